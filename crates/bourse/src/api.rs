@@ -1,0 +1,3 @@
+//! HTTP handlers, one module per client-facing surface.
+
+pub mod openai;

@@ -1,0 +1,393 @@
+//! Configuration: one TOML file, validated once at start-up into a runtime [`Config`].
+//!
+//! Two stages: [`raw`] mirrors the file (unknown keys are errors) and [`Config::from_raw`]
+//! turns it into values the gateway can use without further checks — parsed addresses,
+//! resolved secrets, known provider kinds, absolute URLs, durations. Every error names
+//! the exact path of the offending value (`providers.deepseek.base_url: ...`), so a
+//! misconfiguration fails loudly at start-up and never per request.
+
+pub mod raw;
+pub mod secret;
+
+use crate::provider::preset::{self, Preset};
+use raw::{RawConfig, RawProvider};
+pub use secret::Secret;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4545";
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+// Non-streaming reasoning calls send headers only when the answer is complete, so the
+// first byte can legitimately take minutes.
+const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(300);
+const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// A config error: the path of the offending value and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { path: path.into(), message: message.into() }
+}
+
+/// The validated runtime configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub providers: Vec<ProviderConfig>,
+    /// Where the config came from, for logs and for files placed next to it.
+    pub source: ConfigSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    File(PathBuf),
+    /// No file: presets enabled from their key variables.
+    Environment,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub api_keys: Vec<Secret>,
+    pub max_body_bytes: u64,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub total: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: DEFAULT_CONNECT_TIMEOUT,
+            first_byte: DEFAULT_FIRST_BYTE_TIMEOUT,
+            total: DEFAULT_TOTAL_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub id: String,
+    pub preset: &'static Preset,
+    /// Absolute http(s) URL without a trailing slash; endpoint paths are appended.
+    pub base_url: String,
+    pub api_key: Option<Secret>,
+    pub models: Vec<String>,
+    pub timeouts: Timeouts,
+}
+
+type EnvFn<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+impl Config {
+    /// Load from an explicit path, else `$BOURSE_CONFIG`, else `./bourse.toml` if present,
+    /// else a zero-config start from the environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let chosen = path
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("BOURSE_CONFIG").map(PathBuf::from))
+            .or_else(|| Some(PathBuf::from("bourse.toml")).filter(|p| p.exists()));
+        match chosen {
+            Some(p) => {
+                let text =
+                    std::fs::read_to_string(&p).map_err(|e| err("", format!("cannot read {}: {e}", p.display())))?;
+                let mut cfg = Config::from_toml(&text, &process_env)?;
+                cfg.source = ConfigSource::File(p);
+                Ok(cfg)
+            }
+            None => Config::from_env(&process_env),
+        }
+    }
+
+    /// Parse and validate TOML text.
+    pub fn from_toml(text: &str, env: EnvFn<'_>) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            // toml's message carries the line and a caret; the path says which key.
+            err(if path == "." { String::new() } else { path }, inner.message().to_string())
+        })?;
+        Config::from_raw(raw, env)
+    }
+
+    /// Zero-config: every preset whose key variable is set becomes a provider named after it.
+    pub fn from_env(env: EnvFn<'_>) -> Result<Config, ConfigError> {
+        let mut raw = RawConfig::default();
+        for p in preset::PRESETS {
+            if let Some(var) = p.key_env {
+                if env(var).is_some_and(|v| !v.trim().is_empty()) {
+                    raw.providers.insert(
+                        p.name.to_string(),
+                        RawProvider {
+                            kind: p.name.to_string(),
+                            api_key: Some(format!("env:{var}")),
+                            base_url: None,
+                            models: None,
+                            connect_timeout: None,
+                            first_byte_timeout: None,
+                            total_timeout: None,
+                        },
+                    );
+                }
+            }
+        }
+        if env("BOURSE_API_KEY").is_some_and(|v| !v.trim().is_empty()) {
+            raw.server.api_keys.push("env:BOURSE_API_KEY".into());
+        }
+        let mut cfg = Config::from_raw(raw, env)?;
+        cfg.source = ConfigSource::Environment;
+        Ok(cfg)
+    }
+
+    pub fn from_raw(raw: RawConfig, env: EnvFn<'_>) -> Result<Config, ConfigError> {
+        let listen_text = raw.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = listen_text
+            .parse::<SocketAddr>()
+            .map_err(|_| err("server.listen", format!("\"{listen_text}\" is not an address like 127.0.0.1:4545")))?;
+        let mut api_keys = Vec::new();
+        for (i, r) in raw.server.api_keys.iter().enumerate() {
+            api_keys.push(secret::resolve(r, env).map_err(|m| err(format!("server.api_keys[{i}]"), m))?);
+        }
+        let max_body_bytes = match raw.server.max_body_bytes {
+            Some(0) => return Err(err("server.max_body_bytes", "must be greater than 0")),
+            Some(n) => n,
+            None => DEFAULT_MAX_BODY_BYTES,
+        };
+        let shutdown_grace = match &raw.server.shutdown_grace {
+            Some(s) => parse_duration(s).map_err(|m| err("server.shutdown_grace", m))?,
+            None => DEFAULT_SHUTDOWN_GRACE,
+        };
+        let mut providers = Vec::new();
+        for (id, rp) in &raw.providers {
+            providers.push(provider_from_raw(id, rp, env)?);
+        }
+        Ok(Config {
+            server: ServerConfig { listen, api_keys, max_body_bytes, shutdown_grace },
+            providers,
+            source: ConfigSource::Environment,
+        })
+    }
+}
+
+fn provider_from_raw(id: &str, rp: &RawProvider, env: EnvFn<'_>) -> Result<ProviderConfig, ConfigError> {
+    let at = |key: &str| format!("providers.{id}.{key}");
+    let valid_id = !id.is_empty()
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && id.as_bytes()[0].is_ascii_alphanumeric();
+    if !valid_id {
+        return Err(err(
+            format!("providers.{id}"),
+            "provider ids use lowercase letters, digits, '-' and '_' (the id is the prefix clients write before '/')",
+        ));
+    }
+    let preset = preset::find(&rp.kind).ok_or_else(|| {
+        err(at("kind"), format!("unknown kind \"{}\"; expected one of: {}", rp.kind, preset::kinds().join(", ")))
+    })?;
+    let base_url = match (&rp.base_url, preset.base_url) {
+        (Some(u), _) => validate_url(u).map_err(|m| err(at("base_url"), m))?,
+        (None, Some(default)) => default.to_string(),
+        (None, None) => {
+            return Err(err(at("base_url"), format!("required for kind \"{}\" (e.g. \"http://127.0.0.1:8000/v1\")", rp.kind)))
+        }
+    };
+    let api_key = match &rp.api_key {
+        Some(r) => Some(secret::resolve(r, env).map_err(|m| err(at("api_key"), m))?),
+        None if preset.key_required => {
+            let example = preset.key_env.unwrap_or("API_KEY");
+            return Err(err(at("api_key"), format!("required for kind \"{}\" (e.g. api_key = \"env:{example}\")", rp.kind)));
+        }
+        None => None,
+    };
+    let mut models = Vec::new();
+    for (i, m) in rp.models.iter().flatten().enumerate() {
+        if m.trim().is_empty() {
+            return Err(err(format!("{}[{i}]", at("models")), "model names cannot be empty"));
+        }
+        if models.contains(m) {
+            return Err(err(format!("{}[{i}]", at("models")), format!("\"{m}\" is listed twice")));
+        }
+        models.push(m.clone());
+    }
+    let mut timeouts = Timeouts::default();
+    for (key, value, slot) in [
+        ("connect_timeout", &rp.connect_timeout, &mut timeouts.connect),
+        ("first_byte_timeout", &rp.first_byte_timeout, &mut timeouts.first_byte),
+        ("total_timeout", &rp.total_timeout, &mut timeouts.total),
+    ] {
+        if let Some(v) = value {
+            *slot = parse_duration(v).map_err(|m| err(at(key), m))?;
+        }
+    }
+    if timeouts.first_byte > timeouts.total {
+        return Err(err(at("first_byte_timeout"), "cannot be longer than total_timeout"));
+    }
+    Ok(ProviderConfig { id: id.to_string(), preset, base_url, api_key, models, timeouts })
+}
+
+fn validate_url(u: &str) -> Result<String, String> {
+    let parsed = reqwest::Url::parse(u).map_err(|e| format!("\"{u}\" is not a valid URL ({e})"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("\"{u}\" must use http or https"));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("\"{u}\" has no host"));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(format!("\"{u}\" must not have a query or fragment"));
+    }
+    Ok(u.trim_end_matches('/').to_string())
+}
+
+/// "250ms", "30s", "5m", "1h"; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len()));
+    let n: f64 = num.parse().map_err(|_| format!("\"{s}\" is not a duration like \"30s\" or \"500ms\""))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => return Err(format!("\"{s}\": unknown unit \"{other}\" (use ms, s, m or h)")),
+    };
+    if !(secs > 0.0 && secs.is_finite() && secs < 86_400.0 * 7.0) {
+        return Err(format!("\"{s}\" must be between 0 and 7 days"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "DEEPSEEK_API_KEY" => Some("sk-ds".into()),
+            "BOURSE_API_KEY" => Some("gw-key".into()),
+            _ => None,
+        }
+    }
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, &env)
+    }
+
+    fn path_of(text: &str) -> String {
+        load(text).unwrap_err().path
+    }
+
+    #[test]
+    fn the_documented_example_loads() {
+        let cfg = load(
+            r#"
+            [server]
+            listen = "127.0.0.1:4545"
+            api_keys = ["env:BOURSE_API_KEY"]
+            [providers.deepseek]
+            kind = "deepseek"
+            api_key = "env:DEEPSEEK_API_KEY"
+            models = ["deepseek-chat"]
+            first_byte_timeout = "20s"
+            "#,
+        )
+        .unwrap();
+        let p = &cfg.providers[0];
+        assert_eq!(p.base_url, "https://api.deepseek.com");
+        assert_eq!(p.api_key.as_ref().unwrap().expose(), "sk-ds");
+        assert_eq!(p.timeouts.first_byte, Duration::from_secs(20));
+        assert_eq!(cfg.server.api_keys[0].expose(), "gw-key");
+        assert_eq!(cfg.server.max_body_bytes, 32 * 1024 * 1024);
+    }
+
+    #[test]
+    fn unknown_keys_name_their_path() {
+        let e = load("[providers.deepseek]\nkind = \"deepseek\"\napi_key = \"env:DEEPSEEK_API_KEY\"\nbase_ulr = \"x\"\n")
+            .unwrap_err();
+        assert_eq!(e.path, "providers.deepseek.base_ulr");
+        assert!(e.message.contains("unknown field"), "{e}");
+        let e = load("[server]\nlisten = \"127.0.0.1:1\"\nport = 3\n").unwrap_err();
+        assert_eq!(e.path, "server.port");
+        assert!(load("[serverr]\n").unwrap_err().to_string().contains("serverr"));
+    }
+
+    #[test]
+    fn each_bad_value_names_its_path() {
+        assert_eq!(
+            path_of("[providers.x]\nkind = \"openai-compatible\"\nbase_url = \"not a url\"\n"),
+            "providers.x.base_url"
+        );
+        assert_eq!(path_of("[providers.x]\nkind = \"openai-compatible\"\nbase_url = \"ftp://h/v1\"\n"), "providers.x.base_url");
+        assert_eq!(path_of("[providers.x]\nkind = \"vllm\"\n"), "providers.x.base_url");
+        assert_eq!(path_of("[providers.x]\nkind = \"nope\"\n"), "providers.x.kind");
+        assert_eq!(path_of("[providers.o]\nkind = \"openai\"\n"), "providers.o.api_key");
+        assert_eq!(path_of("[providers.o]\nkind = \"openai\"\napi_key = \"env:MISSING_KEY\"\n"), "providers.o.api_key");
+        assert_eq!(path_of("[providers.o]\nkind = \"openai\"\napi_key = \"sk-literal\"\n"), "providers.o.api_key");
+        assert_eq!(path_of("[server]\nlisten = \"localhost\"\n"), "server.listen");
+        assert_eq!(path_of("[server]\napi_keys = [\"env:NOPE\"]\n"), "server.api_keys[0]");
+        assert_eq!(path_of("[server]\nmax_body_bytes = 0\n"), "server.max_body_bytes");
+        assert_eq!(path_of("[server]\nshutdown_grace = \"soon\"\n"), "server.shutdown_grace");
+        assert_eq!(
+            path_of("[providers.x]\nkind = \"vllm\"\nbase_url = \"http://h:1/v1\"\ntotal_timeout = \"5 parsecs\"\n"),
+            "providers.x.total_timeout"
+        );
+        assert_eq!(
+            path_of("[providers.x]\nkind = \"vllm\"\nbase_url = \"http://h:1/v1\"\nmodels = [\"a\", \"a\"]\n"),
+            "providers.x.models[1]"
+        );
+        assert_eq!(path_of("[providers.Bad]\nkind = \"vllm\"\nbase_url = \"http://h:1\"\n"), "providers.Bad");
+        assert_eq!(path_of("[providers.x]\nkind = 3\n"), "providers.x.kind");
+    }
+
+    #[test]
+    fn duplicate_provider_ids_fail() {
+        let e = load("[providers.a]\nkind = \"vllm\"\nbase_url = \"http://h:1\"\n[providers.a]\nkind = \"vllm\"\nbase_url = \"http://h:2\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("duplicate") && e.to_string().contains('a'), "{e}");
+    }
+
+    #[test]
+    fn zero_config_enables_presets_whose_key_is_set() {
+        let cfg = Config::from_env(&env).unwrap();
+        let ids: Vec<_> = cfg.providers.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["deepseek"]);
+        assert_eq!(cfg.server.api_keys.len(), 1);
+        assert_eq!(cfg.source, ConfigSource::Environment);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

@@ -1,0 +1,541 @@
+//! The OpenAI dialect: request validation, upstream bodies, usage and error bodies.
+//!
+//! Validation checks the type of every field Bourse or the SDK contract depends on, so a
+//! client mistake becomes a 400 naming the parameter instead of an opaque upstream error
+//! (or a panic). Fields Bourse does not know are passed on untouched.
+
+use crate::canonical::{ChatRequest, EmbeddingsRequest, Needs, Usage};
+use crate::error::{Error, ErrorKind, Result};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+fn parse_object(body: &[u8]) -> Result<Map<String, Value>> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(Error::new(ErrorKind::InvalidRequest, "the request body must be a JSON object")),
+        Err(e) => Err(Error::new(ErrorKind::InvalidJson, format!("the request body is not valid JSON: {e}"))),
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn wrong(param: &str, expected: &str, got: &Value) -> Error {
+    Error::invalid(param, format!("'{param}' must be {expected}, got {}", type_name(got)))
+}
+
+/// Expected JSON shapes of optional fields; `null` is always accepted for them.
+#[derive(Clone, Copy)]
+enum Shape {
+    Bool,
+    Number,
+    Integer,
+    String,
+    Object,
+    Array,
+    StringOrArray,
+    StringOrObject,
+}
+
+fn check(map: &Map<String, Value>, key: &str, shape: Shape) -> Result<()> {
+    let Some(v) = map.get(key) else { return Ok(()) };
+    let ok = match shape {
+        _ if v.is_null() => true,
+        Shape::Bool => v.is_boolean(),
+        Shape::Number => v.is_number(),
+        Shape::Integer => v.is_i64() || v.is_u64(),
+        Shape::String => v.is_string(),
+        Shape::Object => v.is_object(),
+        Shape::Array => v.is_array(),
+        Shape::StringOrArray => v.is_string() || v.is_array(),
+        Shape::StringOrObject => v.is_string() || v.is_object(),
+    };
+    if ok {
+        return Ok(());
+    }
+    let expected = match shape {
+        Shape::Bool => "a boolean",
+        Shape::Number => "a number",
+        Shape::Integer => "an integer",
+        Shape::String => "a string",
+        Shape::Object => "an object",
+        Shape::Array => "an array",
+        Shape::StringOrArray => "a string or an array",
+        Shape::StringOrObject => "a string or an object",
+    };
+    Err(wrong(key, expected, v))
+}
+
+fn required_model(map: &Map<String, Value>) -> Result<String> {
+    match map.get("model") {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
+        Some(Value::String(_)) => Err(Error::invalid("model", "'model' must not be empty")),
+        Some(other) => Err(wrong("model", "a string", other)),
+        None => Err(Error::invalid("model", "you must provide a model parameter")),
+    }
+}
+
+fn range(map: &Map<String, Value>, key: &str, lo: f64, hi: f64) -> Result<()> {
+    if let Some(x) = map.get(key).and_then(Value::as_f64) {
+        if !(lo..=hi).contains(&x) {
+            return Err(Error::invalid(key, format!("'{key}' must be between {lo} and {hi}, got {x}")));
+        }
+    }
+    Ok(())
+}
+
+const CHAT_ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "function"];
+
+/// Validate a `/v1/chat/completions` body and lift out what the gateway needs.
+pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest> {
+    let map = parse_object(body)?;
+    let model = required_model(&map)?;
+    let messages = match map.get("messages") {
+        Some(Value::Array(a)) if !a.is_empty() => a,
+        Some(Value::Array(_)) => return Err(Error::invalid("messages", "'messages' must contain at least one message")),
+        Some(other) => return Err(wrong("messages", "an array", other)),
+        None => return Err(Error::invalid("messages", "you must provide a messages parameter")),
+    };
+    let mut vision = false;
+    for (i, m) in messages.iter().enumerate() {
+        let Some(obj) = m.as_object() else {
+            return Err(wrong(&format!("messages[{i}]"), "an object", m));
+        };
+        match obj.get("role") {
+            Some(Value::String(r)) if CHAT_ROLES.contains(&r.as_str()) => {}
+            Some(Value::String(r)) => {
+                return Err(Error::invalid(
+                    &format!("messages[{i}].role"),
+                    format!("'{r}' is not a valid role; expected one of {}", CHAT_ROLES.join(", ")),
+                ))
+            }
+            Some(other) => return Err(wrong(&format!("messages[{i}].role"), "a string", other)),
+            None => return Err(Error::invalid(&format!("messages[{i}].role"), "every message needs a 'role'")),
+        }
+        match obj.get("content") {
+            None | Some(Value::Null) | Some(Value::String(_)) => {}
+            Some(Value::Array(parts)) => {
+                vision |= parts.iter().any(|p| p.get("type").and_then(Value::as_str) == Some("image_url"));
+            }
+            Some(other) => return Err(wrong(&format!("messages[{i}].content"), "a string or an array", other)),
+        }
+    }
+    for (key, shape) in [
+        ("stream", Shape::Bool),
+        ("stream_options", Shape::Object),
+        ("temperature", Shape::Number),
+        ("top_p", Shape::Number),
+        ("n", Shape::Integer),
+        ("max_tokens", Shape::Integer),
+        ("max_completion_tokens", Shape::Integer),
+        ("presence_penalty", Shape::Number),
+        ("frequency_penalty", Shape::Number),
+        ("seed", Shape::Integer),
+        ("stop", Shape::StringOrArray),
+        ("tools", Shape::Array),
+        ("tool_choice", Shape::StringOrObject),
+        ("parallel_tool_calls", Shape::Bool),
+        ("response_format", Shape::Object),
+        ("logprobs", Shape::Bool),
+        ("top_logprobs", Shape::Integer),
+        ("logit_bias", Shape::Object),
+        ("user", Shape::String),
+        ("metadata", Shape::Object),
+        ("reasoning_effort", Shape::String),
+        ("store", Shape::Bool),
+        ("service_tier", Shape::String),
+    ] {
+        check(&map, key, shape)?;
+    }
+    range(&map, "temperature", 0.0, 2.0)?;
+    range(&map, "top_p", 0.0, 1.0)?;
+    range(&map, "n", 1.0, 128.0)?;
+    if let Some(Value::Array(tools)) = map.get("tools") {
+        for (i, t) in tools.iter().enumerate() {
+            let name = t.get("function").and_then(|f| f.get("name"));
+            if !t.is_object() || !matches!(name, Some(Value::String(_))) {
+                return Err(Error::invalid(&format!("tools[{i}].function.name"), "each tool needs function.name (a string)"));
+            }
+        }
+    }
+    if let Some(rf) = map.get("response_format").filter(|v| v.is_object()) {
+        match rf.get("type").and_then(Value::as_str) {
+            Some("text" | "json_object" | "json_schema") => {}
+            _ => {
+                return Err(Error::invalid(
+                    "response_format.type",
+                    "'response_format.type' must be one of text, json_object, json_schema",
+                ))
+            }
+        }
+    }
+    let stream = map.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let include_usage = stream
+        && map.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
+    let max_output_tokens = ["max_completion_tokens", "max_tokens"].iter().find_map(|k| map.get(*k).and_then(Value::as_u64));
+    let needs = Needs {
+        tools: map.get("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty()),
+        json_schema: matches!(
+            map.get("response_format").and_then(|r| r.get("type")).and_then(Value::as_str),
+            Some("json_object" | "json_schema")
+        ),
+        vision,
+    };
+    Ok(ChatRequest { model, stream, include_usage, max_output_tokens, needs, body: map })
+}
+
+/// The body to send upstream: the client's object with the upstream model name, and —
+/// for streams — `stream_options.include_usage` forced on, so usage is always known.
+pub fn upstream_chat_body(req: &mut ChatRequest, upstream_model: &str) -> Vec<u8> {
+    req.body.insert("model".into(), Value::String(upstream_model.to_string()));
+    if req.stream {
+        let opts = req.body.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
+        if !opts.is_object() {
+            *opts = Value::Object(Map::new());
+        }
+        if let Some(o) = opts.as_object_mut() {
+            o.insert("include_usage".into(), Value::Bool(true));
+        }
+    }
+    serde_json::to_vec(&req.body).unwrap_or_default()
+}
+
+/// Validate a `/v1/embeddings` body.
+pub fn parse_embeddings_request(body: &[u8]) -> Result<EmbeddingsRequest> {
+    let map = parse_object(body)?;
+    let model = required_model(&map)?;
+    match map.get("input") {
+        Some(Value::String(_)) => {}
+        Some(Value::Array(a)) if !a.is_empty() => {
+            let ok = a.iter().all(Value::is_string)
+                || a.iter().all(Value::is_u64)
+                || a.iter().all(|x| x.as_array().is_some_and(|t| t.iter().all(Value::is_u64)));
+            if !ok {
+                return Err(Error::invalid(
+                    "input",
+                    "'input' must be a string, an array of strings, or an array of token arrays",
+                ));
+            }
+        }
+        Some(Value::Array(_)) => return Err(Error::invalid("input", "'input' must not be empty")),
+        Some(other) => return Err(wrong("input", "a string or an array", other)),
+        None => return Err(Error::invalid("input", "you must provide an input parameter")),
+    }
+    match map.get("encoding_format") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s == "float" || s == "base64" => {}
+        Some(_) => return Err(Error::invalid("encoding_format", "'encoding_format' must be \"float\" or \"base64\"")),
+    }
+    check(&map, "dimensions", Shape::Integer)?;
+    check(&map, "user", Shape::String)?;
+    Ok(EmbeddingsRequest { model, body: map })
+}
+
+pub fn upstream_embeddings_body(req: &mut EmbeddingsRequest, upstream_model: &str) -> Vec<u8> {
+    req.body.insert("model".into(), Value::String(upstream_model.to_string()));
+    serde_json::to_vec(&req.body).unwrap_or_default()
+}
+
+/// The `usage` object as OpenAI-dialect vendors report it (OpenAI, DeepSeek, Moonshot's
+/// older top-level `cached_tokens`, Responses-style `input_tokens_details`).
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct WireUsage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    pub completion_tokens_details: Option<CompletionDetails>,
+    /// DeepSeek: hit + miss = prompt_tokens.
+    #[serde(default)]
+    pub prompt_cache_hit_tokens: Option<u64>,
+    #[serde(default)]
+    pub prompt_cache_miss_tokens: Option<u64>,
+    /// Moonshot (older API) reports cached tokens at the top level.
+    #[serde(default)]
+    pub cached_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct PromptDetails {
+    #[serde(default)]
+    pub cached_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct CompletionDetails {
+    #[serde(default)]
+    pub reasoning_tokens: Option<u64>,
+}
+
+impl WireUsage {
+    /// Normalize: cached tokens are a subset of `prompt_tokens` and reasoning a subset of
+    /// `completion_tokens` in this dialect, so they are subtracted, never added. Counts a
+    /// vendor reports inconsistently (a subset larger than its total) are clamped so no
+    /// token is counted twice.
+    pub fn normalize(&self) -> Usage {
+        let cache_read = self
+            .prompt_cache_hit_tokens
+            .or_else(|| self.prompt_tokens_details.as_ref().and_then(|d| d.cached_tokens))
+            .or(self.cached_tokens)
+            .unwrap_or(0)
+            .min(self.prompt_tokens);
+        let reasoning = self
+            .completion_tokens_details
+            .as_ref()
+            .and_then(|d| d.reasoning_tokens)
+            .unwrap_or(0)
+            .min(self.completion_tokens);
+        Usage {
+            input_uncached: self.prompt_tokens - cache_read,
+            input_cache_read: cache_read,
+            input_cache_write: 0,
+            output: self.completion_tokens - reasoning,
+            output_reasoning: reasoning,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct UsageOnly {
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+/// Usage from a complete non-streaming response body (None if absent or unparsable).
+pub fn response_usage(body: &[u8]) -> Option<Usage> {
+    serde_json::from_slice::<UsageOnly>(body).ok()?.usage.map(|u| u.normalize())
+}
+
+/// Cheap test for whether a stream chunk carries a non-null `usage` object, so that only
+/// that chunk is parsed on the hot path.
+pub fn chunk_has_usage(data: &str) -> bool {
+    let mut rest = data;
+    while let Some(at) = rest.find("\"usage\"") {
+        let after = rest[at + 7..].trim_start();
+        if let Some(v) = after.strip_prefix(':') {
+            if v.trim_start().starts_with('{') {
+                return true;
+            }
+        }
+        rest = &rest[at + 7..];
+    }
+    false
+}
+
+#[derive(Deserialize)]
+struct UsageChunk {
+    #[serde(default)]
+    choices: Option<Vec<serde::de::IgnoredAny>>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+/// For a chunk with usage: the usage, and whether it is the usage-only final chunk
+/// (`choices` empty, null or absent) that a client who did not ask for it must not see.
+pub fn usage_chunk(data: &str) -> Option<(Usage, bool)> {
+    let c: UsageChunk = serde_json::from_str(data).ok()?;
+    let usage_only = c.choices.as_ref().is_none_or(Vec::is_empty);
+    Some((c.usage?.normalize(), usage_only))
+}
+
+/// What an upstream said in its error body, in any of the shapes vendors use:
+/// `{"error":{"message","type","code"}}` (OpenAI and most), numeric or string codes
+/// (Zhipu, Gemini), `{"error":"text"}`, or `base_resp{status_code,status_msg}` (MiniMax).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct VendorError {
+    pub message: Option<String>,
+    pub kind: Option<String>,
+    pub code: Option<String>,
+}
+
+fn stringify(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+pub fn parse_vendor_error(body: &[u8]) -> VendorError {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        let text = String::from_utf8_lossy(body).trim().chars().take(300).collect::<String>();
+        return VendorError { message: (!text.is_empty()).then_some(text), ..Default::default() };
+    };
+    if let Some(e) = v.get("error") {
+        if let Some(text) = e.as_str() {
+            return VendorError { message: Some(text.to_string()), ..Default::default() };
+        }
+        return VendorError {
+            message: e.get("message").and_then(stringify),
+            kind: e.get("type").and_then(stringify).or_else(|| e.get("status").and_then(stringify)),
+            code: e.get("code").and_then(stringify),
+        };
+    }
+    if let Some(b) = v.get("base_resp") {
+        return VendorError {
+            message: b.get("status_msg").and_then(stringify),
+            kind: None,
+            code: b.get("status_code").and_then(stringify),
+        };
+    }
+    VendorError { message: v.get("message").and_then(stringify), ..Default::default() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err_param(body: &str) -> (ErrorKind, Option<String>) {
+        let e = parse_chat_request(body.as_bytes()).unwrap_err();
+        (e.kind, e.param)
+    }
+
+    #[test]
+    fn validation_names_the_parameter() {
+        assert_eq!(err_param("{not json").0, ErrorKind::InvalidJson);
+        assert_eq!(err_param("[1]").0, ErrorKind::InvalidRequest);
+        assert_eq!(err_param(r#"{"messages":[{"role":"user","content":"x"}]}"#).1.as_deref(), Some("model"));
+        assert_eq!(err_param(r#"{"model":"m"}"#).1.as_deref(), Some("messages"));
+        assert_eq!(err_param(r#"{"model":7,"messages":[]}"#).1.as_deref(), Some("model"));
+        assert_eq!(err_param(r#"{"model":"m","messages":[]}"#).1.as_deref(), Some("messages"));
+        assert_eq!(err_param(r#"{"model":"m","messages":[{"content":"x"}]}"#).1.as_deref(), Some("messages[0].role"));
+        assert_eq!(err_param(r#"{"model":"m","messages":[{"role":"wizard"}]}"#).1.as_deref(), Some("messages[0].role"));
+        let m = r#""model":"m","messages":[{"role":"user","content":"hi"}]"#;
+        for (field, bad) in [
+            ("temperature", r#""hot""#),
+            ("temperature", "3"),
+            ("stream", r#""yes""#),
+            ("max_tokens", "1.5"),
+            ("n", "0"),
+            ("stop", "5"),
+            ("tools", r#"{"a":1}"#),
+            ("response_format", r#""json""#),
+        ] {
+            let (_, param) = err_param(&format!("{{{m},\"{field}\":{bad}}}"));
+            assert_eq!(param.as_deref(), Some(field), "{field}={bad}");
+        }
+        assert_eq!(err_param(&format!("{{{m},\"tools\":[{{\"type\":\"function\"}}]}}")).1.as_deref(), Some("tools[0].function.name"));
+    }
+
+    #[test]
+    fn unknown_fields_and_nulls_pass_through() {
+        let body = r#"{"model":"deepseek/deepseek-chat","messages":[{"role":"user","content":"hi"}],"temperature":null,"x_vendor":{"a":[1,2]},"stream":true}"#;
+        let mut req = parse_chat_request(body.as_bytes()).unwrap();
+        assert!(req.stream && !req.include_usage);
+        let out: Value = serde_json::from_slice(&upstream_chat_body(&mut req, "deepseek-chat")).unwrap();
+        assert_eq!(out["model"], "deepseek-chat");
+        assert_eq!(out["x_vendor"]["a"][1], 2);
+        assert_eq!(out["stream_options"]["include_usage"], true);
+        assert!(out["temperature"].is_null());
+    }
+
+    #[test]
+    fn needs_are_detected() {
+        let body = r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}],"tools":[{"type":"function","function":{"name":"f"}}],"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{}}},"max_completion_tokens":50}"#;
+        let req = parse_chat_request(body.as_bytes()).unwrap();
+        assert_eq!(req.needs, Needs { tools: true, json_schema: true, vision: true });
+        assert_eq!(req.max_output_tokens, Some(50));
+    }
+
+    #[test]
+    fn usage_normalization_per_vendor_shape() {
+        let openai: WireUsage = serde_json::from_str(
+            r#"{"prompt_tokens":100,"completion_tokens":50,"prompt_tokens_details":{"cached_tokens":40},"completion_tokens_details":{"reasoning_tokens":30}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            openai.normalize(),
+            Usage { input_uncached: 60, input_cache_read: 40, input_cache_write: 0, output: 20, output_reasoning: 30 }
+        );
+        let deepseek: WireUsage =
+            serde_json::from_str(r#"{"prompt_tokens":100,"completion_tokens":5,"prompt_cache_hit_tokens":64,"prompt_cache_miss_tokens":36}"#)
+                .unwrap();
+        assert_eq!(deepseek.normalize().input_cache_read, 64);
+        assert_eq!(deepseek.normalize().input_uncached, 36);
+        let bogus: WireUsage =
+            serde_json::from_str(r#"{"prompt_tokens":10,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":99}}"#).unwrap();
+        assert_eq!(bogus.normalize().input_total(), 10);
+    }
+
+    #[test]
+    fn usage_chunk_detection() {
+        assert!(!chunk_has_usage(r#"{"choices":[{"delta":{"content":"\"usage\": {"}}],"usage":null}"#));
+        assert!(chunk_has_usage(r#"{"choices":[],"usage": {"prompt_tokens":1}}"#));
+        let (u, only) = usage_chunk(r#"{"choices":null,"usage":{"prompt_tokens":3,"completion_tokens":2}}"#).unwrap();
+        assert!(only);
+        assert_eq!(u.output, 2);
+        let (_, only) = usage_chunk(r#"{"choices":[{"delta":{}}],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#).unwrap();
+        assert!(!only, "a chunk that still carries choices must be forwarded");
+        assert!(usage_chunk(r#"{"usage":{"prompt_tokens":3}}"#).unwrap().1);
+    }
+
+    #[test]
+    fn vendor_error_shapes() {
+        let z = parse_vendor_error(br#"{"error":{"code":1113,"message":"balance"}}"#);
+        assert_eq!(z.code.as_deref(), Some("1113"));
+        let g = parse_vendor_error(br#"{"error":{"code":429,"message":"m","status":"RESOURCE_EXHAUSTED"}}"#);
+        assert_eq!(g.kind.as_deref(), Some("RESOURCE_EXHAUSTED"));
+        let mm = parse_vendor_error(br#"{"base_resp":{"status_code":1008,"status_msg":"insufficient balance"}}"#);
+        assert_eq!(mm.code.as_deref(), Some("1008"));
+        assert_eq!(parse_vendor_error(b"upstream connect error").message.as_deref(), Some("upstream connect error"));
+    }
+}
+
+/// MiniMax-style `<think>…</think>` at the start of `message.content`: move the reasoning
+/// to `message.reasoning_content` (where DeepSeek and others put it) so clients see only
+/// the answer. Bodies without the tag are returned byte-for-byte.
+pub fn split_think_tags(body: bytes::Bytes) -> bytes::Bytes {
+    const OPEN: &str = "<think>";
+    const CLOSE: &str = "</think>";
+    if !body.windows(OPEN.len()).any(|w| w == OPEN.as_bytes()) {
+        return body;
+    }
+    let Ok(mut v) = serde_json::from_slice::<Value>(&body) else { return body };
+    let mut changed = false;
+    if let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) {
+        for choice in choices {
+            let Some(msg) = choice.get_mut("message").and_then(Value::as_object_mut) else { continue };
+            let Some(content) = msg.get("content").and_then(Value::as_str) else { continue };
+            let trimmed = content.trim_start();
+            let Some(rest) = trimmed.strip_prefix(OPEN) else { continue };
+            let Some(end) = rest.find(CLOSE) else { continue };
+            let reasoning = rest[..end].trim().to_string();
+            let answer = rest[end + CLOSE.len()..].trim_start().to_string();
+            msg.insert("content".into(), Value::String(answer));
+            msg.entry("reasoning_content").or_insert(Value::String(reasoning));
+            changed = true;
+        }
+    }
+    if !changed {
+        return body;
+    }
+    serde_json::to_vec(&v).map(bytes::Bytes::from).unwrap_or(body)
+}
+
+#[cfg(test)]
+mod think_tests {
+    use super::*;
+
+    #[test]
+    fn think_tags_move_to_reasoning_content() {
+        let body = bytes::Bytes::from_static(
+            br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"<think>plan it</think>\n\nThe answer."}}]}"#,
+        );
+        let out: Value = serde_json::from_slice(&split_think_tags(body)).unwrap();
+        assert_eq!(out["choices"][0]["message"]["content"], "The answer.");
+        assert_eq!(out["choices"][0]["message"]["reasoning_content"], "plan it");
+        let plain = bytes::Bytes::from_static(br#"{"choices":[{"message":{"content":"no tags"}}]}"#);
+        assert_eq!(split_think_tags(plain.clone()), plain);
+    }
+}

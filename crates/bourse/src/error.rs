@@ -1,0 +1,279 @@
+//! The one error taxonomy of the gateway, and the one place it is rendered.
+//!
+//! Every failure on the request path becomes an [`Error`]: it knows who failed (the
+//! client, an upstream provider, or the gateway itself), whether another attempt could
+//! succeed, and which HTTP status and error body the client sees. Handlers build errors
+//! and return them; nothing else formats error bodies, so every client gets the same
+//! shape (OpenAI's `{"error":{"message","type","param","code"}}`, all four keys present).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Who failed. Drives logging, retry decisions and (later) health tracking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Client,
+    Upstream,
+    Gateway,
+}
+
+/// What went wrong. Status and error type are chosen by exhaustive matches below, so a
+/// new variant cannot be added without deciding how the client sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The body is not JSON at all.
+    InvalidJson,
+    /// JSON, but a field is missing or has the wrong type/value.
+    InvalidRequest,
+    /// The request did not say `content-type: application/json`.
+    UnsupportedMediaType,
+    /// The body is larger than `server.max_body_bytes`.
+    PayloadTooLarge,
+    /// Missing or wrong gateway key.
+    Unauthorized,
+    /// The model (or `provider/model`) resolves to nothing the gateway can reach.
+    ModelNotFound,
+    /// No such route.
+    NotFound,
+    /// Route exists, method does not.
+    MethodNotAllowed,
+    /// The model is known but may not be used as requested (e.g. unpriced).
+    ModelNotAllowed,
+    /// TCP/TLS/DNS failure reaching the provider.
+    UpstreamUnreachable,
+    /// The provider did not answer (first byte or whole body) within its timeout.
+    UpstreamTimeout,
+    /// The provider answered with an error status; relayed with that status.
+    UpstreamStatus(UpstreamStatus),
+    /// The provider answered 2xx with a body we cannot use (e.g. malformed JSON).
+    UpstreamProtocol,
+    /// The gateway cannot serve right now (shutting down, no providers).
+    Unavailable,
+    /// A bug or an invariant broken inside the gateway.
+    Internal,
+}
+
+/// An error status from a provider, already classified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamStatus {
+    pub status: u16,
+    /// The provider's own error `type` and `code`, relayed so SDKs see what the vendor said.
+    pub vendor_type: Option<String>,
+    pub vendor_code: Option<String>,
+    /// "Out of balance / quota": another attempt on the same provider cannot succeed, but
+    /// a different provider can (the router fails over without retrying).
+    pub exhausted: bool,
+    /// Rate limits, overload and 5xx: the same request may succeed if tried again.
+    pub retryable: bool,
+}
+
+/// A gateway error: kind, human message, the offending parameter (if any), and a
+/// `Retry-After` to relay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub param: Option<String>,
+    pub retry_after: Option<String>,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error { kind, message: message.into(), param: None, retry_after: None }
+    }
+
+    pub fn invalid(param: &str, message: impl Into<String>) -> Self {
+        Error { param: Some(param.to_string()), ..Error::new(ErrorKind::InvalidRequest, message) }
+    }
+
+    pub fn origin(&self) -> Origin {
+        match self.kind {
+            ErrorKind::InvalidJson
+            | ErrorKind::InvalidRequest
+            | ErrorKind::UnsupportedMediaType
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::Unauthorized
+            | ErrorKind::ModelNotFound
+            | ErrorKind::NotFound
+            | ErrorKind::MethodNotAllowed
+            | ErrorKind::ModelNotAllowed => Origin::Client,
+            ErrorKind::UpstreamUnreachable
+            | ErrorKind::UpstreamTimeout
+            | ErrorKind::UpstreamStatus(_)
+            | ErrorKind::UpstreamProtocol => Origin::Upstream,
+            ErrorKind::Unavailable | ErrorKind::Internal => Origin::Gateway,
+        }
+    }
+
+    /// Whether the same request could succeed on another attempt (same or other provider).
+    pub fn retryable(&self) -> bool {
+        match &self.kind {
+            ErrorKind::UpstreamUnreachable | ErrorKind::UpstreamTimeout | ErrorKind::Unavailable => true,
+            ErrorKind::UpstreamStatus(s) => s.retryable,
+            ErrorKind::UpstreamProtocol
+            | ErrorKind::InvalidJson
+            | ErrorKind::InvalidRequest
+            | ErrorKind::UnsupportedMediaType
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::Unauthorized
+            | ErrorKind::ModelNotFound
+            | ErrorKind::NotFound
+            | ErrorKind::MethodNotAllowed
+            | ErrorKind::ModelNotAllowed
+            | ErrorKind::Internal => false,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match &self.kind {
+            ErrorKind::InvalidJson | ErrorKind::InvalidRequest | ErrorKind::ModelNotAllowed => {
+                StatusCode::BAD_REQUEST
+            }
+            ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::ModelNotFound | ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::UpstreamUnreachable | ErrorKind::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            // A vendor status outside 400..=599 would be a lie to relay; call it a bad gateway.
+            ErrorKind::UpstreamStatus(s) => StatusCode::from_u16(s.status)
+                .ok()
+                .filter(|c| c.is_client_error() || c.is_server_error())
+                .unwrap_or(StatusCode::BAD_GATEWAY),
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// OpenAI's `error.type` and `error.code` for this error.
+    fn openai_type_code(&self) -> (String, Option<String>) {
+        let fixed = |t: &str, c: &str| (t.to_string(), Some(c.to_string()));
+        match &self.kind {
+            ErrorKind::InvalidJson => fixed("invalid_request_error", "invalid_json"),
+            ErrorKind::InvalidRequest => fixed("invalid_request_error", "invalid_value"),
+            ErrorKind::UnsupportedMediaType => fixed("invalid_request_error", "unsupported_media_type"),
+            ErrorKind::PayloadTooLarge => fixed("invalid_request_error", "request_too_large"),
+            ErrorKind::Unauthorized => fixed("authentication_error", "invalid_api_key"),
+            ErrorKind::ModelNotFound => fixed("invalid_request_error", "model_not_found"),
+            ErrorKind::NotFound => fixed("invalid_request_error", "unknown_url"),
+            ErrorKind::MethodNotAllowed => fixed("invalid_request_error", "method_not_allowed"),
+            ErrorKind::ModelNotAllowed => fixed("invalid_request_error", "model_not_allowed"),
+            ErrorKind::UpstreamUnreachable => fixed("api_error", "upstream_unreachable"),
+            ErrorKind::UpstreamTimeout => fixed("api_error", "upstream_timeout"),
+            ErrorKind::UpstreamProtocol => fixed("api_error", "upstream_protocol_error"),
+            ErrorKind::UpstreamStatus(s) => (
+                s.vendor_type.clone().unwrap_or_else(|| default_vendor_type(s.status).to_string()),
+                s.vendor_code.clone(),
+            ),
+            ErrorKind::Unavailable => fixed("api_error", "unavailable"),
+            ErrorKind::Internal => fixed("api_error", "internal_error"),
+        }
+    }
+
+    /// The OpenAI error object, as a JSON value (also used for in-stream error events).
+    pub fn openai_body(&self) -> serde_json::Value {
+        let (kind, code) = self.openai_type_code();
+        json!({"error": {"message": self.message, "type": kind, "param": self.param, "code": code}})
+    }
+
+    /// A short low-cardinality label for logs and ledger rows.
+    pub fn label(&self) -> &'static str {
+        match &self.kind {
+            ErrorKind::InvalidJson => "invalid_json",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::UnsupportedMediaType => "unsupported_media_type",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::ModelNotFound => "model_not_found",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
+            ErrorKind::ModelNotAllowed => "model_not_allowed",
+            ErrorKind::UpstreamUnreachable => "upstream_unreachable",
+            ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::UpstreamStatus(s) if s.exhausted => "upstream_exhausted",
+            ErrorKind::UpstreamStatus(s) if s.status == 429 => "upstream_rate_limited",
+            ErrorKind::UpstreamStatus(s) if s.status >= 500 => "upstream_5xx",
+            ErrorKind::UpstreamStatus(_) => "upstream_4xx",
+            ErrorKind::UpstreamProtocol => "upstream_protocol",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+fn default_vendor_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self.openai_body()).unwrap_or_default();
+        let mut resp = (self.status(), body).into_response();
+        let headers = resp.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(v) = self.retry_after.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+            headers.insert(header::RETRY_AFTER, v);
+        }
+        // Kept on the response so the access-log middleware can label it without reparsing.
+        resp.extensions_mut().insert(ErrorLabel(self.label()));
+        resp
+    }
+}
+
+/// Marker left on error responses for logging.
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorLabel(pub &'static str);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_body_has_all_four_keys() {
+        let e = Error::new(ErrorKind::UpstreamTimeout, "slow");
+        let body = e.openai_body();
+        let obj = body["error"].as_object().unwrap();
+        for k in ["message", "type", "param", "code"] {
+            assert!(obj.contains_key(k), "missing {k}");
+        }
+        assert_eq!(e.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(e.origin(), Origin::Upstream);
+        assert!(e.retryable());
+    }
+
+    #[test]
+    fn relayed_status_keeps_vendor_type_and_odd_statuses_become_502() {
+        let s = UpstreamStatus {
+            status: 429,
+            vendor_type: Some("insufficient_quota".into()),
+            vendor_code: Some("insufficient_quota".into()),
+            exhausted: true,
+            retryable: false,
+        };
+        let e = Error::new(ErrorKind::UpstreamStatus(s.clone()), "quota");
+        assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.openai_body()["error"]["type"], "insufficient_quota");
+        assert_eq!(e.label(), "upstream_exhausted");
+        let odd = Error::new(ErrorKind::UpstreamStatus(UpstreamStatus { status: 302, ..s }), "x");
+        assert_eq!(odd.status(), StatusCode::BAD_GATEWAY);
+    }
+}

@@ -1,0 +1,191 @@
+//! Upstream providers: one OpenAI-compatible HTTP client, configured by data.
+//!
+//! Every OpenAI-dialect vendor is this one client with a preset's base URL, auth style
+//! and quirks ([`preset`]). Each provider owns a pooled keep-alive connection pool
+//! (rustls with bundled web-PKI roots, `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` honoured),
+//! a connect timeout, a first-byte timeout (until response headers) and a total timeout
+//! (until the last body byte). Failures are classified here, once, into the gateway's
+//! error taxonomy.
+
+pub mod preset;
+
+use crate::config::{ProviderConfig, Timeouts};
+use crate::dialect::openai::{parse_vendor_error, VendorError};
+use crate::error::{Error, ErrorKind, UpstreamStatus};
+use axum::http::{header, HeaderValue};
+use preset::{AuthStyle, Quirks};
+use std::time::Duration;
+
+/// Vendor error codes/types that mean "out of balance or quota": never retried on the
+/// same provider, whatever the status (OpenAI and DashScope `insufficient_quota`,
+/// DashScope `Arrearage`, Zhipu 1112/1113/1121, Anthropic spend limits, MiniMax 1008,
+/// Moonshot `exceeded_current_quota_error`).
+const EXHAUSTED_CODES: &[&str] = &[
+    "insufficient_quota",
+    "Arrearage",
+    "1112",
+    "1113",
+    "1121",
+    "1008",
+    "enforced_spend_limit_reached",
+    "billing_error",
+    "exceeded_current_quota_error",
+    "insufficient_balance",
+];
+
+/// A configured upstream.
+#[derive(Debug)]
+pub struct Provider {
+    pub id: String,
+    /// The preset (or `openai-compatible`) this provider was built from.
+    pub kind: &'static str,
+    pub base_url: String,
+    /// Where requests are processed, when the preset knows.
+    pub hosting: Option<&'static str>,
+    pub models: Vec<String>,
+    pub timeouts: Timeouts,
+    pub quirks: Quirks,
+    auth: Option<HeaderValue>,
+    client: reqwest::Client,
+}
+
+impl Provider {
+    pub fn new(cfg: &ProviderConfig) -> Result<Provider, String> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(cfg.timeouts.connect)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            // Sized for bursts of concurrent streams to one vendor.
+            .pool_max_idle_per_host(256)
+            .user_agent(concat!("bourse/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("providers.{}: cannot build HTTP client: {e}", cfg.id))?;
+        let auth = match (&cfg.api_key, cfg.preset.auth) {
+            (Some(key), AuthStyle::Bearer) => {
+                let mut v = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+                    .map_err(|_| format!("providers.{}.api_key: the key contains characters not allowed in a header", cfg.id))?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            (None, _) => None,
+        };
+        Ok(Provider {
+            id: cfg.id.clone(),
+            kind: cfg.preset.name,
+            base_url: cfg.base_url.clone(),
+            hosting: cfg.preset.hosting,
+            models: cfg.models.clone(),
+            timeouts: cfg.timeouts,
+            quirks: cfg.preset.quirks,
+            auth,
+            client,
+        })
+    }
+
+    /// POST a JSON body to `base_url + path`. Returns once response headers arrive (within
+    /// the first-byte timeout); a non-2xx answer is read and classified into an [`Error`].
+    pub async fn post_json(&self, path: &str, body: Vec<u8>) -> Result<reqwest::Response, Error> {
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.base_url))
+            .timeout(self.timeouts.total)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(auth) = &self.auth {
+            req = req.header(header::AUTHORIZATION, auth.clone());
+        }
+        let resp = match tokio::time::timeout(self.timeouts.first_byte, req.send()).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(self.transport_error(&e)),
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::UpstreamTimeout,
+                    format!("provider {} sent no response within {:?}", self.id, self.timeouts.first_byte),
+                ))
+            }
+        };
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        Err(self.status_error(resp).await)
+    }
+
+    /// Map a transport failure (connect, TLS, timeout, broken body) to the taxonomy.
+    pub fn transport_error(&self, e: &reqwest::Error) -> Error {
+        if e.is_timeout() {
+            Error::new(
+                ErrorKind::UpstreamTimeout,
+                format!("provider {} did not finish within {:?}", self.id, self.timeouts.total),
+            )
+        } else if e.is_connect() {
+            Error::new(ErrorKind::UpstreamUnreachable, format!("cannot connect to provider {}: {}", self.id, root_cause(e)))
+        } else {
+            Error::new(ErrorKind::UpstreamUnreachable, format!("provider {} connection failed: {}", self.id, root_cause(e)))
+        }
+    }
+
+    async fn status_error(&self, resp: reqwest::Response) -> Error {
+        let status = resp.status().as_u16();
+        let retry_after = resp.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
+        // An error body is small; cap what we read so a hostile upstream cannot balloon memory.
+        let body = match tokio::time::timeout(self.timeouts.first_byte, resp.bytes()).await {
+            Ok(Ok(b)) => b.slice(..b.len().min(64 * 1024)),
+            _ => Default::default(),
+        };
+        let vendor = parse_vendor_error(&body);
+        let classified = classify(status, &vendor, &self.quirks);
+        let message = match &vendor.message {
+            Some(m) => format!("provider {} returned {status}: {m}", self.id),
+            None => format!("provider {} returned {status}", self.id),
+        };
+        Error { retry_after, ..Error::new(ErrorKind::UpstreamStatus(classified), message) }
+    }
+}
+
+/// Decide whether an upstream error status can be retried, and whether it means the
+/// account is out of balance (fail over, never retry the same provider).
+pub fn classify(status: u16, vendor: &VendorError, quirks: &Quirks) -> UpstreamStatus {
+    let says = |s: &Option<String>| s.as_deref().is_some_and(|v| EXHAUSTED_CODES.contains(&v));
+    let exhausted = status == 402 || quirks.exhausted_statuses.contains(&status) || says(&vendor.code) || says(&vendor.kind);
+    let retryable = !exhausted && matches!(status, 408 | 409 | 425 | 429 | 500..=599);
+    UpstreamStatus { status, vendor_type: vendor.kind.clone(), vendor_code: vendor.code.clone(), exhausted, retryable }
+}
+
+fn root_cause(e: &reqwest::Error) -> String {
+    let mut source: &dyn std::error::Error = e;
+    while let Some(next) = source.source() {
+        source = next;
+    }
+    source.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vendor(code: Option<&str>, kind: Option<&str>) -> VendorError {
+        VendorError { message: None, kind: kind.map(Into::into), code: code.map(Into::into) }
+    }
+
+    #[test]
+    fn rate_limits_retry_but_out_of_balance_does_not() {
+        let q = Quirks::default();
+        let rl = classify(429, &vendor(Some("rate_limit_exceeded"), Some("requests")), &q);
+        assert!(rl.retryable && !rl.exhausted);
+        let quota = classify(429, &vendor(Some("insufficient_quota"), Some("insufficient_quota")), &q);
+        assert!(!quota.retryable && quota.exhausted);
+        let zhipu = classify(429, &vendor(Some("1113"), None), &q);
+        assert!(zhipu.exhausted && !zhipu.retryable);
+        let deepseek = classify(402, &vendor(None, None), &q);
+        assert!(deepseek.exhausted);
+        let moonshot = preset::find("moonshot").unwrap().quirks;
+        assert!(classify(403, &vendor(None, None), &moonshot).exhausted);
+        assert!(!classify(403, &vendor(None, None), &q).exhausted);
+        for s in [500, 502, 503, 529] {
+            assert!(classify(s, &vendor(None, None), &q).retryable, "{s}");
+        }
+        for s in [400, 401, 404, 422] {
+            assert!(!classify(s, &vendor(None, None), &q).retryable, "{s}");
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Relaying an upstream SSE stream to the client, chunk by chunk.
+//!
+//! Each upstream chunk is parsed as it arrives and forwarded at once — no buffering
+//! beyond the bytes of an incomplete event. On the way through, the relay reads the usage
+//! chunk (Bourse always asks for it) and drops it again if the client did not ask for
+//! it, passes keep-alive comments on, and turns a broken upstream into an OpenAI-shaped
+//! error event (what the official SDKs raise on). When the stream ends — completed,
+//! broken, or dropped because the client went away — the `on_end` hook runs exactly once
+//! with what was seen, so metering never misses a stream.
+
+use crate::canonical::Usage;
+use crate::dialect::openai::{chunk_has_usage, usage_chunk};
+use crate::error::Error;
+use crate::provider::Provider;
+use crate::sse::{self, Item, Parser};
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{BoxStream, Stream, StreamExt};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// How a relayed stream ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// `[DONE]` (or a clean end of the upstream body) reached the client.
+    Completed,
+    /// The upstream broke mid-stream; the client got an error event.
+    UpstreamFailed(String),
+    /// The client went away first; dropping the relay dropped the upstream request.
+    ClientGone,
+}
+
+/// What the metering hook learns about a finished stream.
+#[derive(Debug, Clone)]
+pub struct StreamSummary {
+    pub end: StreamEnd,
+    /// Usage as the upstream reported it; None if its usage chunk never arrived.
+    pub usage: Option<Usage>,
+    /// Content events forwarded to the client.
+    pub events: u64,
+}
+
+pub type OnEnd = Box<dyn FnOnce(StreamSummary) + Send>;
+
+pub struct StreamRelay {
+    inner: BoxStream<'static, reqwest::Result<Bytes>>,
+    provider: Arc<Provider>,
+    parser: Parser,
+    items: Vec<Item>,
+    include_usage: bool,
+    usage: Option<Usage>,
+    events: u64,
+    done: bool,
+    on_end: Option<OnEnd>,
+}
+
+impl StreamRelay {
+    pub fn new(resp: reqwest::Response, provider: Arc<Provider>, include_usage: bool, on_end: Option<OnEnd>) -> Self {
+        StreamRelay {
+            inner: resp.bytes_stream().boxed(),
+            provider,
+            parser: Parser::new(),
+            items: Vec::new(),
+            include_usage,
+            usage: None,
+            events: 0,
+            done: false,
+            on_end,
+        }
+    }
+
+    fn finish(&mut self, end: StreamEnd) {
+        self.done = true;
+        if let Some(hook) = self.on_end.take() {
+            hook(StreamSummary { end, usage: self.usage, events: self.events });
+        }
+    }
+
+    /// Serialize parsed items into `out`, filtering and observing as we go.
+    fn forward(&mut self, out: &mut BytesMut) {
+        for item in self.items.drain(..) {
+            match item {
+                Item::Comment(_) => sse::write_item(&item, out),
+                Item::Event(ev) => {
+                    if chunk_has_usage(&ev.data) {
+                        if let Some((usage, usage_only)) = usage_chunk(&ev.data) {
+                            self.usage = Some(usage);
+                            if usage_only && !self.include_usage {
+                                continue;
+                            }
+                        }
+                    }
+                    if ev.data != "[DONE]" {
+                        self.events += 1;
+                    }
+                    sse::write_item(&Item::Event(ev), out);
+                }
+            }
+        }
+    }
+}
+
+impl Stream for StreamRelay {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match this.inner.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    this.parser.feed(&chunk, &mut this.items);
+                    if this.items.is_empty() {
+                        continue;
+                    }
+                    let mut out = BytesMut::new();
+                    this.forward(&mut out);
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(out.freeze())));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let err: Error = this.provider.transport_error(&e);
+                    let msg = format!("the upstream stream broke: {}", err.message);
+                    let err = Error { message: msg.clone(), ..err };
+                    let frame = sse::frame(&err.openai_body().to_string());
+                    this.finish(StreamEnd::UpstreamFailed(msg));
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(None) => {
+                    this.parser.finish(&mut this.items);
+                    let mut out = BytesMut::new();
+                    this.forward(&mut out);
+                    this.finish(StreamEnd::Completed);
+                    return Poll::Ready((!out.is_empty()).then(|| Ok(out.freeze())));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for StreamRelay {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish(StreamEnd::ClientGone);
+        }
+    }
+}

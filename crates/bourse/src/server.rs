@@ -1,0 +1,251 @@
+//! The HTTP server: state, the router, its layers, and start/stop.
+//!
+//! Layer order, outermost first (one place, so nobody has to reconstruct it):
+//! 1. `edge` — request id (client's `x-request-id` if sane, else new), response header,
+//!    access log at debug with status and latency.
+//! 2. `auth` (only under `/v1`) — gateway keys, compared in constant time.
+//! 3. handlers in [`crate::api`] — body limit and content type, dialect in, resolve,
+//!    attempt, response.
+//!
+//! `app(state)` builds the router without a socket so tests can drive it directly.
+
+use crate::api;
+use crate::config::{Config, Secret};
+use crate::error::{Error, ErrorKind, ErrorLabel};
+use crate::provider::Provider;
+use crate::route::Providers;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderName, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Shared, read-only state of a running gateway.
+#[derive(Debug)]
+pub struct AppState {
+    pub providers: Providers,
+    pub api_keys: Vec<Secret>,
+    pub max_body_bytes: usize,
+    /// Unix seconds at start, for the `created` field of model objects.
+    pub started: u64,
+}
+
+pub type SharedState = Arc<AppState>;
+
+impl AppState {
+    /// Build runtime state (HTTP clients included) from a validated config.
+    pub fn from_config(cfg: &Config) -> Result<AppState, String> {
+        let mut list = Vec::new();
+        for p in &cfg.providers {
+            list.push(Arc::new(Provider::new(p)?));
+        }
+        Ok(AppState {
+            providers: Providers::new(list),
+            api_keys: cfg.server.api_keys.clone(),
+            max_body_bytes: usize::try_from(cfg.server.max_body_bytes).unwrap_or(usize::MAX),
+            started: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        })
+    }
+}
+
+/// The request id, available to handlers as an extension.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub Arc<str>);
+
+pub fn app(state: SharedState) -> Router {
+    let v1 = Router::new()
+        .route("/chat/completions", post(api::openai::chat_completions))
+        .route("/embeddings", post(api::openai::embeddings))
+        .route("/models", get(api::openai::list_models))
+        .route("/models/{*id}", get(api::openai::get_model))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(edge))
+        .with_state(state)
+}
+
+async fn healthz() -> Response {
+    axum::Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+async fn readyz(State(state): State<SharedState>) -> Response {
+    if state.providers.is_empty() {
+        return Error::new(ErrorKind::Unavailable, "no providers are configured").into_response();
+    }
+    let ids: Vec<&str> = state.providers.iter().map(|p| p.id.as_str()).collect();
+    axum::Json(serde_json::json!({"status": "ready", "providers": ids})).into_response()
+}
+
+async fn not_found(req: Request) -> Error {
+    Error::new(ErrorKind::NotFound, format!("no route for {} {}", req.method(), req.uri().path()))
+}
+
+async fn method_not_allowed(req: Request) -> Error {
+    Error::new(ErrorKind::MethodNotAllowed, format!("{} is not allowed on {}", req.method(), req.uri().path()))
+}
+
+fn new_request_id() -> String {
+    format!("req_{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+/// Outermost layer: request id and access log.
+async fn edge(mut req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let id: Arc<str> = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(Arc::from)
+        .unwrap_or_else(|| Arc::from(new_request_id()));
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
+    }
+    let error = resp.extensions().get::<ErrorLabel>().map(|l| l.0).unwrap_or("");
+    tracing::debug!(request_id = %id, %method, path, status = resp.status().as_u16(), error, elapsed_us = start.elapsed().as_micros() as u64, "request");
+    resp
+}
+
+/// Constant-time equality: the time taken does not depend on where the inputs differ.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Gateway keys, when configured. Every key is compared (no early exit) so timing does
+/// not reveal which one nearly matched.
+async fn auth(State(state): State<SharedState>, req: Request, next: Next) -> Response {
+    if state.api_keys.is_empty() {
+        return next.run(req).await;
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return Error::new(ErrorKind::Unauthorized, "missing gateway key: send 'Authorization: Bearer <key>'").into_response();
+    };
+    let ok = state.api_keys.iter().fold(false, |acc, k| acc | ct_eq(presented.as_bytes(), k.expose().as_bytes()));
+    if !ok {
+        return Error::new(ErrorKind::Unauthorized, "invalid gateway key").into_response();
+    }
+    next.run(req).await
+}
+
+/// Options from the command line that override the config.
+#[derive(Debug, Default, Clone)]
+pub struct ServeOptions {
+    pub listen: Option<SocketAddr>,
+    pub insecure_no_auth: bool,
+}
+
+/// Refuse to expose an unauthenticated gateway beyond this machine unless told to.
+pub fn check_exposure(listen: SocketAddr, has_keys: bool, insecure_no_auth: bool) -> Result<(), String> {
+    if has_keys || insecure_no_auth || listen.ip().is_loopback() {
+        return Ok(());
+    }
+    Err(format!(
+        "refusing to listen on {listen} without authentication: set server.api_keys (e.g. [\"env:BOURSE_API_KEY\"]), listen on 127.0.0.1, or pass --insecure-no-auth"
+    ))
+}
+
+/// Run the gateway until SIGINT/SIGTERM, then drain in-flight requests for up to
+/// `server.shutdown_grace`.
+pub async fn run(cfg: Config, opts: ServeOptions) -> Result<(), String> {
+    let listen = opts.listen.unwrap_or(cfg.server.listen);
+    check_exposure(listen, !cfg.server.api_keys.is_empty(), opts.insecure_no_auth)?;
+    let state = Arc::new(AppState::from_config(&cfg)?);
+    if state.providers.is_empty() {
+        tracing::warn!("no providers configured: set a provider key (e.g. OPENAI_API_KEY) or write a config file");
+    }
+    let listener = TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let ids: Vec<&str> = state.providers.iter().map(|p| p.id.as_str()).collect();
+    tracing::info!(providers = ?ids, "bourse listening on http://{local}");
+    let grace = cfg.server.shutdown_grace;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        // Nagle's algorithm would hold small SSE frames back by tens of milliseconds.
+        let _ = tcp.set_nodelay(true);
+    });
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+        let _ = stop_rx.await;
+    });
+    let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
+    tokio::select! {
+        r = &mut server => return r.map_err(|e| e.to_string()),
+        () = shutdown_signal() => {}
+    }
+    tracing::info!(grace_secs = grace.as_secs_f64(), "shutting down: no new connections, finishing in-flight requests");
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(grace, server).await {
+        Ok(r) => r.map_err(|e| e.to_string())?,
+        Err(_) => tracing::warn!("shutdown deadline reached; abandoning requests still in flight"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposure_rules() {
+        let lo: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:1".parse().unwrap();
+        assert!(check_exposure(lo, false, false).is_ok());
+        assert!(check_exposure(any, false, false).unwrap_err().contains("--insecure-no-auth"));
+        assert!(check_exposure(any, true, false).is_ok());
+        assert!(check_exposure(any, false, true).is_ok());
+    }
+
+    #[test]
+    fn constant_time_eq() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"abcd"));
+    }
+}
