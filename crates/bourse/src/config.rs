@@ -215,14 +215,20 @@ fn provider_from_raw(id: &str, rp: &RawProvider, env: EnvFn<'_>) -> Result<Provi
         (Some(u), _) => validate_url(u).map_err(|m| err(at("base_url"), m))?,
         (None, Some(default)) => default.to_string(),
         (None, None) => {
-            return Err(err(at("base_url"), format!("required for kind \"{}\" (e.g. \"http://127.0.0.1:8000/v1\")", rp.kind)))
+            return Err(err(
+                at("base_url"),
+                format!("required for kind \"{}\" (e.g. \"http://127.0.0.1:8000/v1\")", rp.kind),
+            ))
         }
     };
     let api_key = match &rp.api_key {
         Some(r) => Some(secret::resolve(r, env).map_err(|m| err(at("api_key"), m))?),
         None if preset.key_required => {
             let example = preset.key_env.unwrap_or("API_KEY");
-            return Err(err(at("api_key"), format!("required for kind \"{}\" (e.g. api_key = \"env:{example}\")", rp.kind)));
+            return Err(err(
+                at("api_key"),
+                format!("required for kind \"{}\" (e.g. api_key = \"env:{example}\")", rp.kind),
+            ));
         }
         None => None,
     };
@@ -329,8 +335,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_name_their_path() {
-        let e = load("[providers.deepseek]\nkind = \"deepseek\"\napi_key = \"env:DEEPSEEK_API_KEY\"\nbase_ulr = \"x\"\n")
-            .unwrap_err();
+        let e =
+            load("[providers.deepseek]\nkind = \"deepseek\"\napi_key = \"env:DEEPSEEK_API_KEY\"\nbase_ulr = \"x\"\n")
+                .unwrap_err();
         assert_eq!(e.path, "providers.deepseek.base_ulr");
         assert!(e.message.contains("unknown field"), "{e}");
         let e = load("[server]\nlisten = \"127.0.0.1:1\"\nport = 3\n").unwrap_err();
@@ -344,7 +351,10 @@ mod tests {
             path_of("[providers.x]\nkind = \"openai-compatible\"\nbase_url = \"not a url\"\n"),
             "providers.x.base_url"
         );
-        assert_eq!(path_of("[providers.x]\nkind = \"openai-compatible\"\nbase_url = \"ftp://h/v1\"\n"), "providers.x.base_url");
+        assert_eq!(
+            path_of("[providers.x]\nkind = \"openai-compatible\"\nbase_url = \"ftp://h/v1\"\n"),
+            "providers.x.base_url"
+        );
         assert_eq!(path_of("[providers.x]\nkind = \"vllm\"\n"), "providers.x.base_url");
         assert_eq!(path_of("[providers.x]\nkind = \"nope\"\n"), "providers.x.kind");
         assert_eq!(path_of("[providers.o]\nkind = \"openai\"\n"), "providers.o.api_key");

@@ -129,9 +129,7 @@ impl Error {
 
     pub fn status(&self) -> StatusCode {
         match &self.kind {
-            ErrorKind::InvalidJson | ErrorKind::InvalidRequest | ErrorKind::ModelNotAllowed => {
-                StatusCode::BAD_REQUEST
-            }
+            ErrorKind::InvalidJson | ErrorKind::InvalidRequest | ErrorKind::ModelNotAllowed => StatusCode::BAD_REQUEST,
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,

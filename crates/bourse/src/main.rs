@@ -41,21 +41,23 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     bourse::telemetry::init();
     let result = match cli.command {
-        Command::Serve { config, listen, insecure_no_auth } => Config::load(config.as_deref())
-            .map_err(|e| format!("config error: {e}"))
-            .and_then(|cfg| {
+        Command::Serve { config, listen, insecure_no_auth } => {
+            Config::load(config.as_deref()).map_err(|e| format!("config error: {e}")).and_then(|cfg| {
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .enable_all()
                     .build()
                     .map_err(|e| format!("cannot start runtime: {e}"))?;
                 rt.block_on(server::run(cfg, ServeOptions { listen, insecure_no_auth }))
-            }),
-        Command::Check { config } => Config::load(config.as_deref()).map_err(|e| format!("config error: {e}")).map(|cfg| {
-            println!("config ok ({:?})", cfg.source);
-            for p in &cfg.providers {
-                println!("  {:<16} {:<18} {}", p.id, p.preset.name, p.base_url);
-            }
-        }),
+            })
+        }
+        Command::Check { config } => {
+            Config::load(config.as_deref()).map_err(|e| format!("config error: {e}")).map(|cfg| {
+                println!("config ok ({:?})", cfg.source);
+                for p in &cfg.providers {
+                    println!("  {:<16} {:<18} {}", p.id, p.preset.name, p.base_url);
+                }
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -62,8 +62,9 @@ impl Provider {
             .map_err(|e| format!("providers.{}: cannot build HTTP client: {e}", cfg.id))?;
         let auth = match (&cfg.api_key, cfg.preset.auth) {
             (Some(key), AuthStyle::Bearer) => {
-                let mut v = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
-                    .map_err(|_| format!("providers.{}.api_key: the key contains characters not allowed in a header", cfg.id))?;
+                let mut v = HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
+                    format!("providers.{}.api_key: the key contains characters not allowed in a header", cfg.id)
+                })?;
                 v.set_sensitive(true);
                 Some(v)
             }
@@ -118,9 +119,15 @@ impl Provider {
                 format!("provider {} did not finish within {:?}", self.id, self.timeouts.total),
             )
         } else if e.is_connect() {
-            Error::new(ErrorKind::UpstreamUnreachable, format!("cannot connect to provider {}: {}", self.id, root_cause(e)))
+            Error::new(
+                ErrorKind::UpstreamUnreachable,
+                format!("cannot connect to provider {}: {}", self.id, root_cause(e)),
+            )
         } else {
-            Error::new(ErrorKind::UpstreamUnreachable, format!("provider {} connection failed: {}", self.id, root_cause(e)))
+            Error::new(
+                ErrorKind::UpstreamUnreachable,
+                format!("provider {} connection failed: {}", self.id, root_cause(e)),
+            )
         }
     }
 
@@ -146,7 +153,8 @@ impl Provider {
 /// account is out of balance (fail over, never retry the same provider).
 pub fn classify(status: u16, vendor: &VendorError, quirks: &Quirks) -> UpstreamStatus {
     let says = |s: &Option<String>| s.as_deref().is_some_and(|v| EXHAUSTED_CODES.contains(&v));
-    let exhausted = status == 402 || quirks.exhausted_statuses.contains(&status) || says(&vendor.code) || says(&vendor.kind);
+    let exhausted =
+        status == 402 || quirks.exhausted_statuses.contains(&status) || says(&vendor.code) || says(&vendor.kind);
     let retryable = !exhausted && matches!(status, 408 | 409 | 425 | 429 | 500..=599);
     UpstreamStatus { status, vendor_type: vendor.kind.clone(), vendor_code: vendor.code.clone(), exhausted, retryable }
 }

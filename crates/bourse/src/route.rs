@@ -50,7 +50,10 @@ impl Providers {
                 if rest.is_empty() {
                     return Err(Error {
                         param: Some("model".into()),
-                        ..Error::new(ErrorKind::ModelNotFound, format!("model '{model}' names provider '{prefix}' but no model"))
+                        ..Error::new(
+                            ErrorKind::ModelNotFound,
+                            format!("model '{model}' names provider '{prefix}' but no model"),
+                        )
                     });
                 }
                 return Ok(Target { provider: p.clone(), upstream_model: rest.to_string() });
@@ -59,7 +62,10 @@ impl Providers {
         if let Some(p) = self.list.iter().find(|p| p.models.iter().any(|m| m == model)) {
             return Ok(Target { provider: p.clone(), upstream_model: model.to_string() });
         }
-        Err(Error { param: Some("model".into()), ..Error::new(ErrorKind::ModelNotFound, self.not_found_message(model)) })
+        Err(Error {
+            param: Some("model".into()),
+            ..Error::new(ErrorKind::ModelNotFound, self.not_found_message(model))
+        })
     }
 
     fn not_found_message(&self, model: &str) -> String {

@@ -143,7 +143,8 @@ async fn auth(State(state): State<SharedState>, req: Request, next: Next) -> Res
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
     let Some(presented) = presented else {
-        return Error::new(ErrorKind::Unauthorized, "missing gateway key: send 'Authorization: Bearer <key>'").into_response();
+        return Error::new(ErrorKind::Unauthorized, "missing gateway key: send 'Authorization: Bearer <key>'")
+            .into_response();
     };
     let ok = state.api_keys.iter().fold(false, |acc, k| acc | ct_eq(presented.as_bytes(), k.expose().as_bytes()));
     if !ok {

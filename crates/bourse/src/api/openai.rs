@@ -27,9 +27,11 @@ pub async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize) -> Re
             format!("the request body must be JSON with 'content-type: application/json' (got {shown})"),
         ));
     }
-    let too_large =
-        || Error::new(ErrorKind::PayloadTooLarge, format!("the request body is larger than the limit of {limit} bytes"));
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let too_large = || {
+        Error::new(ErrorKind::PayloadTooLarge, format!("the request body is larger than the limit of {limit} bytes"))
+    };
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
@@ -140,7 +142,10 @@ pub async fn get_model(State(state): State<SharedState>, Path(id): Path<String>)
     if !target.provider.models.contains(&target.upstream_model) {
         return Err(Error {
             param: Some("model".into()),
-            ..Error::new(ErrorKind::ModelNotFound, format!("model '{full}' is not listed by provider '{}'", target.provider.id))
+            ..Error::new(
+                ErrorKind::ModelNotFound,
+                format!("model '{full}' is not listed by provider '{}'", target.provider.id),
+            )
         });
     }
     Ok(axum::Json(model_object(&full, &target.provider.id, state.started)).into_response())

@@ -100,7 +100,9 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest> {
     let model = required_model(&map)?;
     let messages = match map.get("messages") {
         Some(Value::Array(a)) if !a.is_empty() => a,
-        Some(Value::Array(_)) => return Err(Error::invalid("messages", "'messages' must contain at least one message")),
+        Some(Value::Array(_)) => {
+            return Err(Error::invalid("messages", "'messages' must contain at least one message"))
+        }
         Some(other) => return Err(wrong("messages", "an array", other)),
         None => return Err(Error::invalid("messages", "you must provide a messages parameter")),
     };
@@ -162,7 +164,10 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest> {
         for (i, t) in tools.iter().enumerate() {
             let name = t.get("function").and_then(|f| f.get("name"));
             if !t.is_object() || !matches!(name, Some(Value::String(_))) {
-                return Err(Error::invalid(&format!("tools[{i}].function.name"), "each tool needs function.name (a string)"));
+                return Err(Error::invalid(
+                    &format!("tools[{i}].function.name"),
+                    "each tool needs function.name (a string)",
+                ));
             }
         }
     }
@@ -180,7 +185,8 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest> {
     let stream = map.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let include_usage = stream
         && map.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
-    let max_output_tokens = ["max_completion_tokens", "max_tokens"].iter().find_map(|k| map.get(*k).and_then(Value::as_u64));
+    let max_output_tokens =
+        ["max_completion_tokens", "max_tokens"].iter().find_map(|k| map.get(*k).and_then(Value::as_u64));
     let needs = Needs {
         tools: map.get("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty()),
         json_schema: matches!(
@@ -425,7 +431,10 @@ mod tests {
             let (_, param) = err_param(&format!("{{{m},\"{field}\":{bad}}}"));
             assert_eq!(param.as_deref(), Some(field), "{field}={bad}");
         }
-        assert_eq!(err_param(&format!("{{{m},\"tools\":[{{\"type\":\"function\"}}]}}")).1.as_deref(), Some("tools[0].function.name"));
+        assert_eq!(
+            err_param(&format!("{{{m},\"tools\":[{{\"type\":\"function\"}}]}}")).1.as_deref(),
+            Some("tools[0].function.name")
+        );
     }
 
     #[test]
@@ -458,13 +467,16 @@ mod tests {
             openai.normalize(),
             Usage { input_uncached: 60, input_cache_read: 40, input_cache_write: 0, output: 20, output_reasoning: 30 }
         );
-        let deepseek: WireUsage =
-            serde_json::from_str(r#"{"prompt_tokens":100,"completion_tokens":5,"prompt_cache_hit_tokens":64,"prompt_cache_miss_tokens":36}"#)
-                .unwrap();
+        let deepseek: WireUsage = serde_json::from_str(
+            r#"{"prompt_tokens":100,"completion_tokens":5,"prompt_cache_hit_tokens":64,"prompt_cache_miss_tokens":36}"#,
+        )
+        .unwrap();
         assert_eq!(deepseek.normalize().input_cache_read, 64);
         assert_eq!(deepseek.normalize().input_uncached, 36);
-        let bogus: WireUsage =
-            serde_json::from_str(r#"{"prompt_tokens":10,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":99}}"#).unwrap();
+        let bogus: WireUsage = serde_json::from_str(
+            r#"{"prompt_tokens":10,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":99}}"#,
+        )
+        .unwrap();
         assert_eq!(bogus.normalize().input_total(), 10);
     }
 
@@ -475,7 +487,8 @@ mod tests {
         let (u, only) = usage_chunk(r#"{"choices":null,"usage":{"prompt_tokens":3,"completion_tokens":2}}"#).unwrap();
         assert!(only);
         assert_eq!(u.output, 2);
-        let (_, only) = usage_chunk(r#"{"choices":[{"delta":{}}],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#).unwrap();
+        let (_, only) =
+            usage_chunk(r#"{"choices":[{"delta":{}}],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#).unwrap();
         assert!(!only, "a chunk that still carries choices must be forwarded");
         assert!(usage_chunk(r#"{"usage":{"prompt_tokens":3}}"#).unwrap().1);
     }

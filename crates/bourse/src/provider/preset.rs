@@ -59,7 +59,15 @@ const fn hosted(name: &'static str, base_url: &'static str, key_env: &'static st
 }
 
 const fn self_hosted(name: &'static str) -> Preset {
-    Preset { name, base_url: None, key_env: None, auth: AuthStyle::Bearer, key_required: false, hosting: None, quirks: NONE }
+    Preset {
+        name,
+        base_url: None,
+        key_env: None,
+        auth: AuthStyle::Bearer,
+        key_required: false,
+        hosting: None,
+        quirks: NONE,
+    }
 }
 
 const fn with_quirks(p: Preset, quirks: Quirks) -> Preset {
@@ -158,9 +166,28 @@ mod tests {
     #[test]
     fn issue_listed_vendors_all_have_presets() {
         for k in [
-            "openai", "deepseek", "dashscope", "dashscope-cn", "qianfan", "moonshot", "moonshot-cn", "zhipu", "zai",
-            "minimax", "mistral", "groq", "together", "fireworks", "deepinfra", "openrouter", "xai", "ollama", "vllm",
-            "llamacpp", "sglang", "openai-compatible",
+            "openai",
+            "deepseek",
+            "dashscope",
+            "dashscope-cn",
+            "qianfan",
+            "moonshot",
+            "moonshot-cn",
+            "zhipu",
+            "zai",
+            "minimax",
+            "mistral",
+            "groq",
+            "together",
+            "fireworks",
+            "deepinfra",
+            "openrouter",
+            "xai",
+            "ollama",
+            "vllm",
+            "llamacpp",
+            "sglang",
+            "openai-compatible",
         ] {
             assert!(find(k).is_some(), "{k}");
         }

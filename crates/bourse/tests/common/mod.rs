@@ -1,0 +1,92 @@
+//! Shared harness for integration tests: upstream-sim instances and a gateway on real
+//! sockets (in-process for most tests; the real binary where signals or exit codes matter).
+
+#![allow(dead_code)]
+
+use bourse::config::Config;
+use bourse::server::{app, AppState};
+use std::net::SocketAddr;
+use std::sync::Arc;
+pub use upstream_sim::{Failure, Sim, SimConfig};
+
+/// Env lookups for configs built in tests: provider keys come from here, not the process.
+pub fn test_env(name: &str) -> Option<String> {
+    match name {
+        "SIM_KEY" => Some("sk-sim-secret".into()),
+        "GATEWAY_KEY" => Some("gw-secret".into()),
+        "GATEWAY_KEY_2" => Some("gw-other".into()),
+        _ => None,
+    }
+}
+
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Start the gateway in-process from TOML text.
+pub async fn gateway(toml_text: &str) -> Gateway {
+    let cfg = Config::from_toml(toml_text, &test_env).expect("test config is valid");
+    let state = Arc::new(AppState::from_config(&cfg).expect("state"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app(state)).await;
+    });
+    Gateway { addr, url: format!("http://{addr}"), task }
+}
+
+/// A provider table pointing at a sim, with the sim's models listed.
+pub fn provider_toml(id: &str, sim: &Sim, extra: &str) -> String {
+    format!(
+        "[providers.{id}]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\napi_key = \"env:SIM_KEY\"\nmodels = [\"sim-small\"]\n{extra}\n",
+        sim.base_url()
+    )
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+pub fn chat_body(model: &str) -> serde_json::Value {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": "Say hello to the exchange."}]})
+}
+
+/// Assert an OpenAI-shaped error body with all four keys; return it.
+pub fn assert_openai_error(body: &serde_json::Value) -> &serde_json::Map<String, serde_json::Value> {
+    let e = body["error"].as_object().unwrap_or_else(|| panic!("not an OpenAI error: {body}"));
+    for k in ["message", "type", "param", "code"] {
+        assert!(e.contains_key(k), "error lacks '{k}': {body}");
+    }
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    e
+}
+
+/// Read an SSE body into its `data:` payloads.
+pub fn sse_data(body: &str) -> Vec<String> {
+    bourse::sse::parse_all(body.as_bytes())
+        .into_iter()
+        .filter_map(|i| match i {
+            bourse::sse::Item::Event(e) => Some(e.data),
+            bourse::sse::Item::Comment(_) => None,
+        })
+        .collect()
+}
+
+/// Poll until `f` is true or ~3 s pass.
+pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..150 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    f()
+}

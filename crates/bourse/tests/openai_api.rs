@@ -1,0 +1,221 @@
+//! The OpenAI-compatible surface over real sockets: bourse in front of upstream-sim.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+async fn post(url: &str, body: &Value) -> reqwest::Response {
+    client()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(body).unwrap())
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn json_of(resp: reqwest::Response) -> Value {
+    serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn non_streaming_chat_forwards_every_field_and_rewrites_only_the_model() {
+    let sim = Sim::start(SimConfig::default()).await.unwrap();
+    let gw = gateway(&provider_toml("alpha", &sim, "")).await;
+    let body = json!({
+        "model": "alpha/sim-small",
+        "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+        "tool_choice": "auto",
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
+        "temperature": 0.3, "top_p": 0.9, "max_tokens": 64, "max_completion_tokens": 64,
+        "stop": ["\n\n"], "n": 1, "seed": 7, "logprobs": false, "reasoning_effort": "low",
+        "user": "u-1", "metadata": {"team": "search"}, "x_unknown_field": {"nested": [1, 2, 3]}
+    });
+    let resp = post(&format!("{}/v1/chat/completions", gw.url), &body).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-bourse-provider"], "alpha");
+    assert_eq!(resp.headers()["x-bourse-model"], "sim-small");
+    assert!(resp.headers()["x-request-id"].to_str().unwrap().starts_with("req_"));
+    let out = json_of(resp).await;
+    assert_eq!(out["object"], "chat.completion");
+    assert_eq!(out["model"], "sim-small");
+
+    let seen = sim.last_request().unwrap();
+    assert_eq!(seen.path, "/v1/chat/completions");
+    let mut expected = body.clone();
+    expected["model"] = json!("sim-small");
+    assert_eq!(seen.body, expected, "every field forwarded unchanged except model");
+    let auth = seen.headers.iter().find(|(k, _)| k == "authorization").map(|(_, v)| v.as_str());
+    assert_eq!(auth, Some("Bearer sk-sim-secret"));
+}
+
+#[tokio::test]
+async fn bare_model_names_resolve_through_listed_models() {
+    let a = Sim::start(SimConfig::default()).await.unwrap();
+    let b = Sim::start(SimConfig::default()).await.unwrap();
+    let toml = format!(
+        "{}\n[providers.beta]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\nmodels = [\"only-on-beta\"]\n",
+        provider_toml("alpha", &a, ""),
+        b.base_url()
+    );
+    let gw = gateway(&toml).await;
+    let resp = post(&format!("{}/v1/chat/completions", gw.url), &chat_body("only-on-beta")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-bourse-provider"], "beta");
+    assert_eq!(b.stats().requests, 1);
+    assert_eq!(a.stats().requests, 0);
+    assert_eq!(b.last_request().unwrap().body["model"], "only-on-beta");
+
+    let resp = post(&format!("{}/v1/chat/completions", gw.url), &chat_body("gpt-9")).await;
+    assert_eq!(resp.status(), 404);
+    let body = json_of(resp).await;
+    let e = assert_openai_error(&body);
+    assert_eq!(e["code"], "model_not_found");
+    let msg = e["message"].as_str().unwrap();
+    assert!(msg.contains("alpha (sim-small)") && msg.contains("beta (only-on-beta)"), "{msg}");
+}
+
+#[tokio::test]
+async fn streaming_relays_chunks_and_usage_only_when_asked() {
+    let sim = Sim::start(SimConfig { output_tokens: 5, ..SimConfig::default() }).await.unwrap();
+    let gw = gateway(&provider_toml("alpha", &sim, "")).await;
+    let url = format!("{}/v1/chat/completions", gw.url);
+
+    // Client did not ask for usage: bourse still asks upstream, and drops the usage chunk.
+    let mut body = chat_body("alpha/sim-small");
+    body["stream"] = json!(true);
+    let resp = post(&url, &body).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let text = resp.text().await.unwrap();
+    let data = sse_data(&text);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    assert!(chunks.iter().all(|c| c.get("usage").is_none_or(Value::is_null)), "usage leaked: {text}");
+    let content: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert!(!content.is_empty());
+    assert_eq!(sim.last_request().unwrap().body["stream_options"]["include_usage"], true);
+
+    // Client asked: the usage chunk arrives, with choices empty.
+    body["stream_options"] = json!({"include_usage": true});
+    let text = post(&url, &body).await.text().await.unwrap();
+    let data = sse_data(&text);
+    let usage: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() >= 5, "{usage}");
+}
+
+#[tokio::test]
+async fn streaming_is_not_buffered() {
+    let sim = Sim::start(SimConfig { output_tokens: 20, chunk_delay_ms: 50, ..SimConfig::default() }).await.unwrap();
+    let gw = gateway(&provider_toml("alpha", &sim, "")).await;
+    let mut body = chat_body("alpha/sim-small");
+    body["stream"] = json!(true);
+    let mut resp = post(&format!("{}/v1/chat/completions", gw.url), &body).await;
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("data: "));
+    // The first bytes reached us while the upstream was still producing the stream.
+    assert_eq!(sim.stats().completed_streams, 0, "the gateway waited for the whole stream");
+    while resp.chunk().await.unwrap().is_some() {}
+    assert!(eventually(|| sim.stats().completed_streams == 1).await);
+}
+
+#[tokio::test]
+async fn vendor_stream_quirks_keepalive_and_null_choices() {
+    let cfg = SimConfig {
+        keepalive_comments: 3,
+        usage_chunk_choices: upstream_sim::UsageChunkChoices::Null,
+        usage_style: upstream_sim::UsageStyle::Deepseek,
+        reasoning_tokens: 4,
+        ..SimConfig::default()
+    };
+    let sim = Sim::start(cfg).await.unwrap();
+    let gw = gateway(&provider_toml("ds", &sim, "")).await;
+    let mut body = chat_body("ds/sim-small");
+    body["stream"] = json!(true);
+    let text = post(&format!("{}/v1/chat/completions", gw.url), &body).await.text().await.unwrap();
+    assert!(text.starts_with(": keep-alive"), "keep-alive comments are passed on: {text:.80}");
+    let data = sse_data(&text);
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    assert!(data.iter().all(|d| !d.contains("\"usage\":{")), "usage chunk with choices:null must be dropped");
+    assert!(data.iter().any(|d| d.contains("reasoning_content")), "reasoning_content passes through");
+
+    // Non-streaming with DeepSeek-style leading blank lines still yields clean JSON.
+    let resp = post(&format!("{}/v1/chat/completions", gw.url), &chat_body("ds/sim-small")).await;
+    assert_eq!(resp.status(), 200);
+    let v = json_of(resp).await;
+    assert!(v["usage"]["prompt_cache_hit_tokens"].is_u64());
+}
+
+#[tokio::test]
+async fn minimax_think_tags_become_reasoning_content() {
+    let sim = Sim::start(SimConfig { think_tags: true, ..SimConfig::default() }).await.unwrap();
+    let toml = format!(
+        "[providers.minimax]\nkind = \"minimax\"\nbase_url = \"{}\"\napi_key = \"env:SIM_KEY\"\n",
+        sim.base_url()
+    );
+    let gw = gateway(&toml).await;
+    let v = json_of(post(&format!("{}/v1/chat/completions", gw.url), &chat_body("minimax/MiniMax-M2")).await).await;
+    let msg = &v["choices"][0]["message"];
+    assert!(!msg["content"].as_str().unwrap().contains("<think>"), "{v}");
+    assert!(!msg["reasoning_content"].as_str().unwrap().is_empty(), "{v}");
+}
+
+#[tokio::test]
+async fn embeddings_float_and_base64_pass_through() {
+    let sim = Sim::start(SimConfig::default()).await.unwrap();
+    let gw = gateway(&provider_toml("alpha", &sim, "")).await;
+    let url = format!("{}/v1/embeddings", gw.url);
+    let f = json_of(post(&url, &json!({"model": "alpha/emb", "input": ["a", "b"]})).await).await;
+    assert_eq!(f["data"].as_array().unwrap().len(), 2);
+    assert!(f["data"][0]["embedding"].is_array());
+    let b = json_of(post(&url, &json!({"model": "alpha/emb", "input": ["a", "b"], "encoding_format": "base64"})).await)
+        .await;
+    assert!(b["data"][0]["embedding"].is_string());
+    assert_eq!(sim.last_request().unwrap().body["encoding_format"], "base64");
+    let bad = post(&url, &json!({"model": "alpha/emb"})).await;
+    assert_eq!(bad.status(), 400);
+    assert_eq!(assert_openai_error(&json_of(bad).await)["param"], "input");
+}
+
+#[tokio::test]
+async fn models_list_and_retrieve() {
+    let sim = Sim::start(SimConfig::default()).await.unwrap();
+    let gw = gateway(&provider_toml("alpha", &sim, "")).await;
+    let list: Value = json_of(client().get(format!("{}/v1/models", gw.url)).send().await.unwrap()).await;
+    assert_eq!(list["object"], "list");
+    assert_eq!(list["data"][0]["id"], "alpha/sim-small");
+    assert_eq!(list["data"][0]["object"], "model");
+    let one = client().get(format!("{}/v1/models/alpha/sim-small", gw.url)).send().await.unwrap();
+    assert_eq!(one.status(), 200);
+    assert_eq!(json_of(one).await["owned_by"], "alpha");
+    let by_bare = client().get(format!("{}/v1/models/sim-small", gw.url)).send().await.unwrap();
+    assert_eq!(by_bare.status(), 200);
+    let missing = client().get(format!("{}/v1/models/alpha/nope", gw.url)).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_openai_error(&json_of(missing).await);
+}
+
+#[tokio::test]
+async fn health_ready_and_request_ids() {
+    let sim = Sim::start(SimConfig::default()).await.unwrap();
+    let gw = gateway(&provider_toml("alpha", &sim, "")).await;
+    let h = client().get(format!("{}/healthz", gw.url)).send().await.unwrap();
+    assert_eq!(h.status(), 200);
+    let r = client().get(format!("{}/readyz", gw.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(json_of(r).await["providers"][0], "alpha");
+    let resp = client()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .header("content-type", "application/json")
+        .header("x-request-id", "trace-abc-123")
+        .body(chat_body("alpha/sim-small").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "trace-abc-123");
+    let empty = gateway("").await;
+    let r = client().get(format!("{}/readyz", empty.url)).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+}

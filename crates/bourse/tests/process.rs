@@ -1,0 +1,190 @@
+//! The real `bourse` binary: start-up checks, signals, and environment handling.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+fn bourse() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bourse"));
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+        "no_proxy",
+        "BOURSE_CONFIG",
+    ] {
+        c.env_remove(var);
+    }
+    c.env("RUST_LOG", "bourse=info").stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
+    c
+}
+
+fn write_config(text: &str) -> tempfile_path::TempPath {
+    tempfile_path::TempPath::new(text)
+}
+
+/// A tiny temp-file helper (no extra crate): removed on drop.
+mod tempfile_path {
+    pub struct TempPath(pub std::path::PathBuf);
+    impl TempPath {
+        pub fn new(text: &str) -> Self {
+            let p = std::env::temp_dir().join(format!("bourse-test-{}-{}.toml", std::process::id(), fastrand::u64(..)));
+            std::fs::write(&p, text).unwrap();
+            TempPath(p)
+        }
+    }
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// Start `bourse serve` and wait for its "listening" line; returns the child and base URL.
+async fn serve(cmd: &mut Command) -> (Child, String) {
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let url = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(at) = line.find("listening on http://") {
+                return line[at + "listening on ".len()..].trim().to_string();
+            }
+        }
+        panic!("bourse exited before listening");
+    })
+    .await
+    .expect("bourse did not start");
+    // Keep draining stderr so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, url)
+}
+
+#[tokio::test]
+async fn help_lists_the_commands() {
+    let out = bourse().arg("--help").stdout(Stdio::piped()).output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("serve") && text.contains("check"), "{text}");
+}
+
+#[tokio::test]
+async fn config_errors_fail_at_startup_naming_the_path() {
+    let cfg = write_config("[providers.deepseek]\nkind = \"deepseek\"\napi_key = \"env:BOURSE_TEST_UNSET_KEY\"\n");
+    let out = bourse().args(["serve", "--config"]).arg(&cfg.0).output().await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("providers.deepseek.api_key") && err.contains("BOURSE_TEST_UNSET_KEY"), "{err}");
+}
+
+#[tokio::test]
+async fn refuses_non_loopback_without_keys_unless_told() {
+    let out = bourse().args(["serve", "--listen", "0.0.0.0:0"]).output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure-no-auth"));
+    let (mut child, _) = serve(bourse().args(["serve", "--listen", "0.0.0.0:0", "--insecure-no-auth"])).await;
+    child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn zero_config_enables_presets_from_key_variables() {
+    let cfg = bourse()
+        .args(["check"])
+        .env("DEEPSEEK_API_KEY", "sk-x")
+        .env("MISTRAL_API_KEY", "m")
+        .stdout(Stdio::piped())
+        .output();
+    let out = cfg.await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("deepseek") && text.contains("https://api.deepseek.com") && text.contains("mistral"),
+        "{text}"
+    );
+    assert!(!text.contains("sk-x"), "keys are never printed");
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_streams_then_exits() {
+    let sim = Sim::start(SimConfig { output_tokens: 30, chunk_delay_ms: 20, ..SimConfig::default() }).await.unwrap();
+    let cfg = write_config(&format!(
+        "[server]\nshutdown_grace = \"20s\"\n[providers.alpha]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\n",
+        sim.base_url()
+    ));
+    let (mut child, url) = serve(bourse().args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&cfg.0)).await;
+    let mut body = chat_body("alpha/sim-small");
+    body["stream"] = json!(true);
+    let mut resp = client()
+        .post(format!("{url}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::from_utf8(resp.chunk().await.unwrap().unwrap().to_vec()).unwrap();
+    let pid = child.id().unwrap();
+    let killed = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(killed.success());
+    while let Some(c) = resp.chunk().await.unwrap() {
+        text.push_str(&String::from_utf8_lossy(&c));
+    }
+    assert!(text.trim_end().ends_with("data: [DONE]"), "stream cut short by shutdown: {text}");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status:?}");
+    // And it no longer accepts connections.
+    assert!(client().get(format!("{url}/healthz")).send().await.is_err());
+}
+
+#[tokio::test]
+async fn upstream_requests_honour_http_proxy() {
+    // A one-shot forward proxy that answers for any absolute-form request it receives.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = proxy.local_addr().unwrap();
+    let seen = tokio::spawn(async move {
+        let (mut sock, _) = proxy.accept().await.unwrap();
+        let mut buf = vec![0u8; 8192];
+        let mut got = Vec::new();
+        loop {
+            let n = sock.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+            if n == 0 || got.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        let body = r#"{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"via proxy"},"finish_reason":"stop"}]}"#;
+        let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+        tokio::io::AsyncWriteExt::write_all(&mut sock, resp.as_bytes()).await.unwrap();
+        String::from_utf8_lossy(&got).lines().next().unwrap_or_default().to_string()
+    });
+    let cfg = write_config(
+        "[providers.far]\nkind = \"openai-compatible\"\nbase_url = \"http://llm.bourse-test.invalid/v1\"\n",
+    );
+    let (mut child, url) = serve(
+        bourse()
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&cfg.0)
+            .env("HTTP_PROXY", format!("http://{proxy_addr}")),
+    )
+    .await;
+    let resp = client()
+        .post(format!("{url}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(chat_body("far/m").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().contains("via proxy"));
+    let request_line = seen.await.unwrap();
+    assert_eq!(request_line, "POST http://llm.bourse-test.invalid/v1/chat/completions HTTP/1.1");
+    child.kill().await.unwrap();
+}
