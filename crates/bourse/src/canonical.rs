@@ -43,7 +43,7 @@ pub struct EmbeddingsRequest {
 
 /// Token usage in one normalized shape, whatever the dialect reported. The five counts
 /// are disjoint: their sum is every token the provider billed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     pub input_uncached: u64,
     pub input_cache_read: u64,

@@ -126,7 +126,7 @@ async fn vendor_stream_quirks_keepalive_and_null_choices() {
     let cfg = SimConfig {
         keepalive_comments: 3,
         usage_chunk_choices: upstream_sim::UsageChunkChoices::Null,
-        usage_style: upstream_sim::UsageStyle::Deepseek,
+        usage_style: upstream_sim::UsageStyle::DeepSeek,
         reasoning_tokens: 4,
         ..SimConfig::default()
     };

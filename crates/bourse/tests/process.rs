@@ -57,7 +57,8 @@ async fn serve(cmd: &mut Command) -> (Child, String) {
     let url = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(line) = lines.next_line().await.unwrap() {
             if let Some(at) = line.find("listening on http://") {
-                return line[at + "listening on ".len()..].trim().to_string();
+                let rest = &line[at + "listening on ".len()..];
+                return rest.split_whitespace().next().unwrap_or_default().to_string();
             }
         }
         panic!("bourse exited before listening");

@@ -7,6 +7,7 @@ use bourse::config::Config;
 use bourse::server::{app, AppState};
 use std::net::SocketAddr;
 use std::sync::Arc;
+#[allow(unused_imports)]
 pub use upstream_sim::{Failure, Sim, SimConfig};
 
 /// Env lookups for configs built in tests: provider keys come from here, not the process.
