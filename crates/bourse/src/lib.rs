@@ -7,9 +7,12 @@
 
 pub mod api;
 pub mod canonical;
+pub mod catalog;
 pub mod config;
 pub mod dialect;
 pub mod error;
+pub mod ledger;
+pub mod meter;
 pub mod provider;
 pub mod relay;
 pub mod route;

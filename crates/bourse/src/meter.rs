@@ -1,0 +1,95 @@
+//! Metering: normalized usage × catalog rates → exact cost, and the counterfactual cost
+//! of the same usage on the reference model.
+//!
+//! Rates are integer pico-USD per token, so every product is exact; a request's cost is
+//! rounded once, half up, to integer nano-USD ([`Cost`]) — the unit ledger rows, headers
+//! and reports use. Sums of rows are sums of integers: nothing is ever accumulated in
+//! floating point.
+
+use crate::canonical::Usage;
+use crate::catalog::Model;
+
+/// Money in integer nano-USD (1e-9 $).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cost(pub i64);
+
+impl Cost {
+    /// Decimal USD with nine places, e.g. `0.000123450` — exact, no float formatting.
+    pub fn usd(self) -> String {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let n = self.0.unsigned_abs();
+        format!("{sign}{}.{:09}", n / 1_000_000_000, n % 1_000_000_000)
+    }
+}
+
+impl std::ops::Sub for Cost {
+    type Output = Cost;
+    fn sub(self, rhs: Cost) -> Cost {
+        Cost(self.0.saturating_sub(rhs.0))
+    }
+}
+
+/// The cost of `usage` on `model`. Token kinds without a dedicated price are charged at
+/// the price they fall back to (cache reads and writes as input, reasoning as output), so
+/// nothing is silently free.
+pub fn cost(usage: &Usage, model: &Model) -> Cost {
+    let r = model.rates_for(usage.input_total());
+    let pico: u128 = u128::from(usage.input_uncached) * u128::from(r.input.0)
+        + u128::from(usage.input_cache_read) * u128::from(r.cached_input.unwrap_or(r.input).0)
+        + u128::from(usage.input_cache_write) * u128::from(r.cache_write_5m.unwrap_or(r.input).0)
+        + u128::from(usage.output) * u128::from(r.output.0)
+        + u128::from(usage.output_reasoning) * u128::from(r.reasoning_output.unwrap_or(r.output).0);
+    let nanos = (pico + 500) / 1000;
+    Cost(i64::try_from(nanos).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn catalog() -> Catalog {
+        let text = "[meta]\nname = \"t\"\ndate = \"d\"\n\
+            [[model]]\nprovider = \"deepseek\"\nmodel = \"deepseek-chat\"\ninput = 0.28\ncached_input = 0.028\noutput = 0.42\n\
+            [[model]]\nprovider = \"openai\"\nmodel = \"o3\"\ninput = 2\ncached_input = 0.5\noutput = 8\nreasoning_output = 8\n\
+            [[model]]\nprovider = \"gemini\"\nmodel = \"pro\"\ninput = 1.25\noutput = 10\ntiers = [{ above = 200000, input = 2.5, output = 15 }]\n";
+        Catalog::load(text, &BTreeMap::new()).unwrap().0
+    }
+
+    #[test]
+    fn exact_costs_by_token_kind() {
+        let c = catalog();
+        let ds = c.get("deepseek/deepseek-chat").unwrap();
+        // 1000 uncached × 280,000 pico + 4000 cached × 28,000 + 500 out × 420,000 = 280M + 112M + 210M pico
+        let u = Usage { input_uncached: 1000, input_cache_read: 4000, output: 500, ..Usage::default() };
+        assert_eq!(cost(&u, ds), Cost(602_000));
+        assert_eq!(cost(&u, ds).usd(), "0.000602000");
+        let g = c.get("gemini/pro").unwrap();
+        let long = Usage { input_uncached: 250_000, output: 1000, ..Usage::default() };
+        assert_eq!(cost(&long, g), Cost(250_000 * 2_500 + 1000 * 15_000));
+    }
+
+    #[test]
+    fn rounding_is_once_and_half_up() {
+        let c = catalog();
+        let ds = c.get("deepseek/deepseek-chat").unwrap();
+        // 1 cached token = 28,000 pico = 28 nano exactly; 1 token at 0.0028/M would be 2.8 nano -> 3
+        assert_eq!(cost(&Usage { input_cache_read: 1, ..Usage::default() }, ds), Cost(28));
+    }
+
+    proptest! {
+        #[test]
+        fn cost_is_additive_within_rounding(a in 0u64..10_000_000, b in 0u64..10_000_000, o in 0u64..1_000_000) {
+            let c = catalog();
+            let m = c.get("openai/o3").unwrap();
+            let whole = cost(&Usage { input_uncached: a + b, output: o, ..Usage::default() }, m).0;
+            let parts = cost(&Usage { input_uncached: a, ..Usage::default() }, m).0
+                + cost(&Usage { input_uncached: b, ..Usage::default() }, m).0
+                + cost(&Usage { output: o, ..Usage::default() }, m).0;
+            // Every rate here is a whole number of nano-USD per token, so parts add up exactly.
+            prop_assert_eq!(whole, parts);
+        }
+    }
+}
