@@ -1,0 +1,189 @@
+//! What a simulated provider should do: latency, response size, usage
+//! accounting quirks and injected failures.
+//!
+//! The same `SimConfig` is accepted from Rust (`Sim::start`, `Sim::set_config`),
+//! from the command line (`--config-json`) and over HTTP (`PUT /sim/config`), so
+//! it is plain serde data with a default for every field: a JSON object only has
+//! to name what it changes, and a misspelt field is an error rather than a
+//! silently ignored knob.
+
+use serde::{Deserialize, Serialize};
+
+/// Behaviour of one simulated provider. Every field has a default, so
+/// `SimConfig { ttft_ms: 50, ..Default::default() }` and `{"ttft_ms": 50}` both work.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimConfig {
+    /// Delay before the first chunk of a stream (headers go out at once), or
+    /// before the whole response when not streaming.
+    pub ttft_ms: u64,
+    /// Delay between consecutive streamed delta chunks.
+    pub chunk_delay_ms: u64,
+    /// Answer length in tokens; streaming sends one content chunk per token.
+    pub output_tokens: u32,
+    /// Fixed prompt token count; `None` derives it from the request text
+    /// (characters / 4, rounded up, at least 1).
+    pub prompt_tokens: Option<u32>,
+    /// Reported as `prompt_tokens_details.cached_tokens` (clamped to the prompt).
+    pub cached_tokens: u32,
+    /// Reasoning tokens, added to `completion_tokens` and emitted as
+    /// DeepSeek-style `reasoning_content`.
+    pub reasoning_tokens: u32,
+    /// Which vendor's usage object to imitate.
+    pub usage_style: UsageStyle,
+    /// Shape of the `choices` field in the final usage chunk of a stream.
+    pub usage_chunk_choices: UsageChunkChoices,
+    /// SSE comment lines (streaming) or blank lines (non-streaming) sent
+    /// before the payload, as DeepSeek does while a request waits for capacity.
+    pub keepalive_comments: u32,
+    /// MiniMax style: the content opens with `<think>...</think>`.
+    pub think_tags: bool,
+    /// Model ids served by `GET /v1/models`.
+    pub models: Vec<String>,
+    /// Length of embedding vectors unless the request asks for `dimensions`.
+    pub embedding_dims: u32,
+    /// Failure to inject on model endpoints (chat completions, embeddings).
+    pub failure: Failure,
+    /// `None`: every model request fails with `failure`. `Some(n)`: only the
+    /// first `n` model requests after this config was set fail, then all succeed.
+    pub fail_first_n: Option<u32>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            ttft_ms: 0,
+            chunk_delay_ms: 0,
+            output_tokens: 12,
+            prompt_tokens: None,
+            cached_tokens: 0,
+            reasoning_tokens: 0,
+            usage_style: UsageStyle::default(),
+            usage_chunk_choices: UsageChunkChoices::default(),
+            keepalive_comments: 0,
+            think_tags: false,
+            models: vec!["sim-small".to_owned(), "sim-large".to_owned()],
+            embedding_dims: 8,
+            failure: Failure::None,
+            fail_first_n: None,
+        }
+    }
+}
+
+/// How the usage object reports prompt caching.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UsageStyle {
+    /// `prompt_tokens_details.cached_tokens`.
+    #[default]
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// `prompt_cache_hit_tokens` + `prompt_cache_miss_tokens`, no `prompt_tokens_details`.
+    #[serde(rename = "deepseek")]
+    DeepSeek,
+}
+
+/// The `choices` field of the trailing usage chunk; vendors disagree on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageChunkChoices {
+    /// `"choices": []` (OpenAI).
+    #[default]
+    Empty,
+    /// `"choices": null`.
+    Null,
+    /// No `choices` key at all.
+    Absent,
+}
+
+/// An injected failure. Serialized with a `kind` tag, e.g.
+/// `{"kind":"status","status":429,"retry_after":2}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Failure {
+    /// Behave normally.
+    #[default]
+    None,
+    /// Reply with an HTTP error status and an OpenAI-shaped error body.
+    Status {
+        status: u16,
+        /// Seconds for the `Retry-After` header.
+        #[serde(default)]
+        retry_after: Option<u64>,
+        /// `error.type`; defaults to a sensible value for the status.
+        #[serde(default)]
+        error_type: Option<String>,
+        /// `error.code`; defaults to null.
+        #[serde(default)]
+        code: Option<String>,
+        /// `error.message`; defaults to "simulated failure".
+        #[serde(default)]
+        message: Option<String>,
+    },
+    /// Read the request, then close the connection without answering.
+    Close,
+    /// Read the request and never answer, until the client gives up.
+    Stall,
+    /// Streaming: send this many delta chunks, then abort the connection
+    /// (no finish chunk, no usage, no `[DONE]`). Non-streaming: send the
+    /// headers and part of the body, then abort.
+    DropMidStream {
+        #[serde(default)]
+        after_chunks: u32,
+    },
+    /// Non-streaming: a 200 whose body is not valid JSON. Streaming: one
+    /// chunk whose data is not valid JSON, then the normal stream.
+    MalformedJson,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_json_fills_defaults() {
+        let c: SimConfig = serde_json::from_str(r#"{"ttft_ms":5,"usage_style":"deepseek"}"#).unwrap();
+        assert_eq!(c.ttft_ms, 5);
+        assert_eq!(c.usage_style, UsageStyle::DeepSeek);
+        assert_eq!(c.output_tokens, 12);
+        assert_eq!(c.models, ["sim-small", "sim-large"]);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        assert!(serde_json::from_str::<SimConfig>(r#"{"ttft":5}"#).is_err());
+        assert!(serde_json::from_str::<SimConfig>(r#"{"failure":{"kind":"status","status":500,"bogus":1}}"#).is_err());
+    }
+
+    #[test]
+    fn failure_tags() {
+        let f: Failure = serde_json::from_str(r#"{"kind":"status","status":429,"retry_after":3}"#).unwrap();
+        assert_eq!(
+            f,
+            Failure::Status { status: 429, retry_after: Some(3), error_type: None, code: None, message: None }
+        );
+        let f: Failure = serde_json::from_str(r#"{"kind":"drop_mid_stream","after_chunks":2}"#).unwrap();
+        assert_eq!(f, Failure::DropMidStream { after_chunks: 2 });
+        for (json, want) in [
+            (r#"{"kind":"none"}"#, Failure::None),
+            (r#"{"kind":"close"}"#, Failure::Close),
+            (r#"{"kind":"stall"}"#, Failure::Stall),
+            (r#"{"kind":"malformed_json"}"#, Failure::MalformedJson),
+        ] {
+            assert_eq!(serde_json::from_str::<Failure>(json).unwrap(), want);
+        }
+        let c: SimConfig = serde_json::from_str(r#"{"usage_chunk_choices":"absent","fail_first_n":2}"#).unwrap();
+        assert_eq!(c.usage_chunk_choices, UsageChunkChoices::Absent);
+        assert_eq!(c.fail_first_n, Some(2));
+    }
+
+    #[test]
+    fn round_trips() {
+        let c = SimConfig {
+            failure: Failure::DropMidStream { after_chunks: 3 },
+            usage_style: UsageStyle::DeepSeek,
+            ..SimConfig::default()
+        };
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<SimConfig>(&json).unwrap(), c);
+    }
+}

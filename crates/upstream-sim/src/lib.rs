@@ -1,0 +1,137 @@
+//! `upstream-sim`: a fake LLM provider for integration tests and load
+//! benchmarks of the Bourse gateway.
+//!
+//! A [`Sim`] is an HTTP server on a local port that answers like a real
+//! provider (today the OpenAI dialect; Anthropic and Gemini would be sibling
+//! modules of `openai`), with configurable latency, usage-reporting quirks and
+//! injected failures. Start several to stand in for several providers:
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use upstream_sim::{Failure, Sim, SimConfig};
+//! let primary = Sim::start(SimConfig {
+//!     failure: Failure::Status { status: 503, retry_after: None, error_type: None, code: None, message: None },
+//!     ..SimConfig::default()
+//! }).await?;
+//! let fallback = Sim::start(SimConfig { ttft_ms: 20, ..SimConfig::default() }).await?;
+//! println!("{} then {}", primary.base_url(), fallback.base_url());
+//! # Ok(()) }
+//! ```
+//!
+//! The `upstream-sim` binary runs one instance on a fixed port
+//! (`upstream-sim --listen 127.0.0.1:9100 --ttft-ms 20`). Both it and the
+//! library expose the same controls over HTTP, outside `/v1`:
+//! `GET /sim/stats`, `GET /sim/last-request`, `GET /sim/config` and
+//! `PUT /sim/config` (a JSON [`SimConfig`], replacing the current one).
+
+mod body;
+pub mod config;
+mod openai;
+mod server;
+mod text;
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use config::{Failure, SimConfig, UsageChunkChoices, UsageStyle};
+
+use server::Shared;
+
+/// Counters since the simulator started. Only `/v1` requests count.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// `/v1` requests received (any method or path, including failed ones).
+    pub requests: u64,
+    /// Streaming responses whose last byte was handed to the connection.
+    pub completed_streams: u64,
+    /// Streaming responses abandoned because the client went away first.
+    pub cancelled_streams: u64,
+}
+
+/// The most recent `/v1` request, as received.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// Path without the query string.
+    pub path: String,
+    /// In arrival order, names lowercase.
+    pub headers: Vec<(String, String)>,
+    /// The parsed JSON body, or `Null` if it was empty or not JSON.
+    pub body: serde_json::Value,
+}
+
+impl RecordedRequest {
+    /// The first value of header `name` (compared case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A running simulator. Dropping it (or calling [`Sim::shutdown`]) stops the
+/// server and closes its connections.
+pub struct Sim {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+impl Sim {
+    /// Starts a simulator on an ephemeral port of 127.0.0.1.
+    pub async fn start(config: SimConfig) -> io::Result<Sim> {
+        Sim::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config).await
+    }
+
+    /// Starts a simulator on `addr`. Must be called inside a Tokio runtime,
+    /// which then runs the server.
+    pub async fn bind(addr: SocketAddr, config: SimConfig) -> io::Result<Sim> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new(config));
+        let task = tokio::spawn(server::serve(listener, shared.clone()));
+        Ok(Sim { addr, shared, task })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR/v1`, the base URL an OpenAI client expects.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Replaces the config; requests that arrive afterwards use it. Also
+    /// restarts the `fail_first_n` budget.
+    pub fn set_config(&self, config: SimConfig) {
+        self.shared.set_config(config);
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> SimConfig {
+        self.shared.active().config.clone()
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    pub fn last_request(&self) -> Option<RecordedRequest> {
+        self.shared.last_request()
+    }
+
+    /// Stops the server now; same as dropping it.
+    pub fn shutdown(self) {}
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        // The accept loop owns the connection tasks, so aborting it ends them all.
+        self.task.abort();
+    }
+}

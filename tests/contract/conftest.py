@@ -1,0 +1,266 @@
+"""Harness for the OpenAI SDK contract tests.
+
+One upstream-sim and one bourse gateway in front of it, both the real binaries from
+`cargo build --workspace --bins`, started once per session on port 0 and stopped at the
+end. Tests get a strictly validating `openai.OpenAI` client pointed at the gateway and a
+`sim_config` helper that reconfigures the sim live and resets it to defaults afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+import openai
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+GATEWAY_KEY = "gw-contract-test-key"
+MODEL = "sim/sim-small"
+READY_TIMEOUT_S = 30.0
+
+_PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy"}
+
+
+def _target_dir() -> Path:
+    configured = os.environ.get("CARGO_TARGET_DIR")
+    if configured:
+        path = Path(configured)
+        return path if path.is_absolute() else REPO / path
+    return REPO / "target"
+
+
+BINARIES = ("bourse", "upstream-sim")
+
+
+def _binary(name: str) -> Path:
+    missing = [
+        str(p)
+        for p in (_target_dir() / "debug" / b for b in BINARIES)
+        if not (p.is_file() and os.access(p, os.X_OK))
+    ]
+    if missing:
+        pytest.fail(
+            f"missing {', '.join(missing)}: run `cargo build --workspace --bins` in {REPO} first "
+            "(the contract tests drive the real bourse and upstream-sim binaries)",
+            pytrace=False,
+        )
+    return _target_dir() / "debug" / name
+
+
+def _child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARS}
+    # The gateway must read only the config we hand it.
+    env.pop("BOURSE_CONFIG", None)
+    env.setdefault("NO_COLOR", "1")
+    env.update(extra)
+    return env
+
+
+def _tail(path: Path, limit: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-limit:]
+    except OSError:
+        return ""
+
+
+class _Child:
+    """A subprocess whose output goes to files (never a pipe that could fill up and
+    block it), with a ready line parsed from one of them."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], logdir: Path):
+        self.name = name
+        self.stdout_path = logdir / f"{name}.stdout.log"
+        self.stderr_path = logdir / f"{name}.stderr.log"
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=str(logdir)
+            )
+
+    def logs(self) -> str:
+        return (
+            f"--- {self.name} stdout ({self.stdout_path}) ---\n{_tail(self.stdout_path)}\n"
+            f"--- {self.name} stderr ({self.stderr_path}) ---\n{_tail(self.stderr_path)}"
+        )
+
+    def wait_ready(self, log: Path, pattern: re.Pattern[str]) -> re.Match[str]:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            match = pattern.search(_tail(log, 1 << 20))
+            if match:
+                return match
+            if self.proc.poll() is not None:
+                self.stop()
+                pytest.fail(
+                    f"{self.name} exited with status {self.proc.returncode} before it was ready\n{self.logs()}",
+                    pytrace=False,
+                )
+            time.sleep(0.02)
+        self.stop()
+        pytest.fail(f"{self.name} printed no ready line within {READY_TIMEOUT_S}s\n{self.logs()}", pytrace=False)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def _plain_http() -> httpx.Client:
+    # trust_env=False: never send test traffic through a proxy from the environment.
+    return httpx.Client(trust_env=False, timeout=10.0)
+
+
+@dataclass
+class Sim:
+    addr: str
+    child: _Child
+    http: httpx.Client
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.addr}"
+
+    def set_config(self, config: dict[str, Any]) -> None:
+        resp = self.http.put(f"{self.url}/sim/config", json=config)
+        assert resp.status_code < 300, f"sim rejected config {config}: {resp.status_code} {resp.text}"
+
+    def reset(self) -> None:
+        # Every field has a default, so an empty object restores the start-up config.
+        self.set_config({})
+
+    def last_request(self) -> dict[str, Any]:
+        resp = self.http.get(f"{self.url}/sim/last-request")
+        resp.raise_for_status()
+        return resp.json()
+
+    def stats(self) -> dict[str, Any]:
+        resp = self.http.get(f"{self.url}/sim/stats")
+        resp.raise_for_status()
+        return resp.json()
+
+
+@dataclass
+class Gateway:
+    addr: str
+    key: str
+    child: _Child
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.addr}/v1"
+
+
+@pytest.fixture(scope="session")
+def logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("contract")
+
+
+@pytest.fixture(scope="session")
+def sim(logdir: Path) -> Iterator[Sim]:
+    binary = _binary("upstream-sim")
+    child = _Child("upstream-sim", [str(binary), "--listen", "127.0.0.1:0"], _child_env(), logdir)
+    try:
+        match = child.wait_ready(
+            child.stdout_path, re.compile(r"upstream-sim listening on (?:https?://)?(\S+?:\d+)")
+        )
+        with _plain_http() as http:
+            yield Sim(addr=match.group(1), child=child, http=http)
+    finally:
+        child.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(sim: Sim, logdir: Path) -> Iterator[Gateway]:
+    binary = _binary("bourse")
+    config = logdir / "bourse.toml"
+    config.write_text(
+        "[server]\n"
+        'api_keys = ["env:BOURSE_TEST_GATEWAY_KEY"]\n'
+        "\n"
+        "[providers.sim]\n"
+        'kind = "openai-compatible"\n'
+        f'base_url = "{sim.url}/v1"\n'
+        'models = ["sim-small"]\n'
+    )
+    child = _Child(
+        "bourse",
+        [str(binary), "serve", "--config", str(config), "--listen", "127.0.0.1:0"],
+        _child_env(BOURSE_TEST_GATEWAY_KEY=GATEWAY_KEY),
+        logdir,
+    )
+    try:
+        match = child.wait_ready(child.stderr_path, re.compile(r"listening on http://([0-9.]+:\d+)"))
+        yield Gateway(addr=match.group(1), key=GATEWAY_KEY, child=child)
+    finally:
+        child.stop()
+
+
+def strict_options(client: openai.OpenAI, **options: Any) -> openai.OpenAI:
+    """`client.with_options(...)` that stays strict.
+
+    `OpenAI.copy()` / `with_options()` does not carry `_strict_response_validation` over
+    to the new client (it is not among the constructor arguments it forwards), so a bare
+    `with_options` silently turns validation off. Pass it through `_extra_kwargs`.
+    """
+    derived = client.with_options(**options, _extra_kwargs={"_strict_response_validation": True})
+    assert derived._strict_response_validation is True
+    return derived
+
+
+def lenient_options(client: openai.OpenAI, **options: Any) -> openai.OpenAI:
+    """`client.with_options(...)` with strict validation explicitly off, for the one SDK
+    call that cannot work strictly against any server: `embeddings.create()` without
+    `encoding_format` asks for base64 and decodes it in a post-parser that runs *after*
+    validation, so strict mode rejects the (correct) base64 string as "not a list"."""
+    derived = client.with_options(**options, _extra_kwargs={"_strict_response_validation": False})
+    assert derived._strict_response_validation is False
+    return derived
+
+
+@pytest.fixture(scope="session")
+def base_client(gateway: Gateway) -> Iterator[openai.OpenAI]:
+    client = openai.OpenAI(
+        base_url=gateway.base_url,
+        api_key=gateway.key,
+        max_retries=0,
+        timeout=30.0,
+        http_client=openai.DefaultHttpxClient(trust_env=False),
+        _strict_response_validation=True,
+    )
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def client(base_client: openai.OpenAI) -> openai.OpenAI:
+    """A strictly validating client for the gateway: any response that does not match the
+    SDK's types raises `openai.APIResponseValidationError`."""
+    return strict_options(base_client, max_retries=0)
+
+
+@pytest.fixture
+def sim_config(sim: Sim) -> Iterator[Callable[..., None]]:
+    """`sim_config(failure={...}, ...)` reconfigures the running sim (a full config: fields
+    not named take their defaults); the sim is reset to defaults after the test."""
+    changed = False
+
+    def configure(**config: Any) -> None:
+        nonlocal changed
+        changed = True
+        sim.set_config(json.loads(json.dumps(config)))
+
+    yield configure
+    if changed:
+        sim.reset()
