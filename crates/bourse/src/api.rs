@@ -1,3 +1,4 @@
 //! HTTP handlers, one module per client-facing surface.
 
 pub mod openai;
+pub mod usage;

@@ -10,6 +10,7 @@
 //! unknown providers and duplicate ids are errors that name the entry.
 
 pub mod litellm;
+pub mod render;
 
 use crate::provider::preset;
 use serde::{Deserialize, Serialize};
@@ -317,6 +318,17 @@ fn rates_from(at: &str, p: &PriceFields, base: Option<&Rates>, allow: bool, f: &
 
 /// Validate one raw entry into a model. `id` is `provider/model`; `at` names it in errors.
 fn model_from_raw(id: &str, at: &str, r: &RawModel, allow: bool, f: &mut Findings) -> Option<Model> {
+    model_from_raw_with(id, at, r, allow, &[], f)
+}
+
+fn model_from_raw_with(
+    id: &str,
+    at: &str,
+    r: &RawModel,
+    allow: bool,
+    extra_providers: &[String],
+    f: &mut Findings,
+) -> Option<Model> {
     let (provider, model) = match id.split_once('/') {
         Some((p, m)) if !p.is_empty() && !m.is_empty() => (p.to_string(), m.to_string()),
         _ => {
@@ -324,7 +336,7 @@ fn model_from_raw(id: &str, at: &str, r: &RawModel, allow: bool, f: &mut Finding
             return None;
         }
     };
-    if !known_provider(&provider) {
+    if !known_provider(&provider) && !extra_providers.contains(&provider) {
         f.errors.push(format!("{at}: unknown provider \"{provider}\""));
         return None;
     }
@@ -466,6 +478,16 @@ fn merge(base: &RawModel, o: &RawModel) -> RawModel {
 impl Catalog {
     /// Load catalog text plus config overrides (`[models."p/m"]`, keyed by id).
     pub fn load(text: &str, overrides: &BTreeMap<String, RawModel>) -> Result<(Catalog, Findings), Findings> {
+        Catalog::load_with(text, overrides, &[])
+    }
+
+    /// Like [`Catalog::load`], also accepting entries for the configured provider ids in
+    /// `extra_providers` (a user's `[providers.mybox]` can be priced as `mybox/model`).
+    pub fn load_with(
+        text: &str,
+        overrides: &BTreeMap<String, RawModel>,
+        extra_providers: &[String],
+    ) -> Result<(Catalog, Findings), Findings> {
         let mut f = Findings::default();
         let raw: RawCatalog = match toml::from_str(text) {
             Ok(r) => r,
@@ -503,7 +525,7 @@ impl Catalog {
         let mut models = Vec::new();
         for (id, at, r) in &entries {
             let allow = raw.meta.allow_expensive.contains(id);
-            if let Some(m) = model_from_raw(id, at, r, allow, &mut f) {
+            if let Some(m) = model_from_raw_with(id, at, r, allow, extra_providers, &mut f) {
                 models.push(m);
             }
         }
@@ -513,7 +535,14 @@ impl Catalog {
         let index = models.iter().enumerate().map(|(i, m)| (m.id.clone(), i)).collect();
         let version = format!("{}@{}#{:08x}", raw.meta.name, raw.meta.date, hash as u32);
         Ok((
-            Catalog { name: raw.meta.name, date: raw.meta.date, version, cny_per_usd: raw.meta.cny_per_usd, models, index },
+            Catalog {
+                name: raw.meta.name,
+                date: raw.meta.date,
+                version,
+                cny_per_usd: raw.meta.cny_per_usd,
+                models,
+                index,
+            },
             f,
         ))
     }
@@ -562,7 +591,11 @@ mod tests {
         assert!(chat >= 60, "{chat} chat models");
         assert!(emb >= 8, "{emb} embedding models");
         for m in c.models() {
-            assert!(m.price_source.is_some() && m.price_date.is_some(), "{}: price must trace to a source and date", m.id);
+            assert!(
+                m.price_source.is_some() && m.price_date.is_some(),
+                "{}: price must trace to a source and date",
+                m.id
+            );
         }
         assert!(c.version.starts_with(&format!("{}@{}#", c.name, c.date)));
     }

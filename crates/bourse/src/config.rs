@@ -9,11 +9,13 @@
 pub mod raw;
 pub mod secret;
 
+use crate::catalog::Catalog;
 use crate::provider::preset::{self, Preset};
 use raw::{RawConfig, RawProvider};
 pub use secret::Secret;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4545";
@@ -24,6 +26,9 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 // first byte can legitimately take minutes.
 const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(900);
+/// Savings are measured against a premium model most teams know the price of.
+pub const DEFAULT_REFERENCE: &str = "openai/gpt-4o";
+const DEFAULT_LEDGER_FILE: &str = "bourse.db";
 
 /// A config error: the path of the offending value and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,8 +58,32 @@ fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub struct Config {
     pub server: ServerConfig,
     pub providers: Vec<ProviderConfig>,
+    /// The price catalog in force (shipped or `catalog.file`, plus `[models]` overrides).
+    pub catalog: Arc<Catalog>,
+    /// `provider/model` of the reference model for counterfactual cost.
+    pub reference: String,
+    pub storage: StorageConfig,
     /// Where the config came from, for logs and for files placed next to it.
     pub source: ConfigSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// `sqlite:PATH` or `postgres://...`; None when the ledger is off.
+    pub url: Option<String>,
+    /// Whether `url` was written in the config (else it defaults next to the config file).
+    pub url_explicit: bool,
+    pub queue: usize,
+    pub on_full: OnFull,
+}
+
+/// What the ledger writer does when its queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFull {
+    /// Wait briefly for room, then drop and count (the default: no silent loss).
+    Block,
+    /// Drop at once and count.
+    Drop,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +148,11 @@ impl Config {
                 let text =
                     std::fs::read_to_string(&p).map_err(|e| err("", format!("cannot read {}: {e}", p.display())))?;
                 let mut cfg = Config::from_toml(&text, &process_env)?;
+                // The embedded ledger lives next to the config file unless told otherwise.
+                if let (false, Some(_)) = (cfg.storage.url_explicit, &cfg.storage.url) {
+                    let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                    cfg.storage.url = Some(format!("sqlite:{}", dir.join(DEFAULT_LEDGER_FILE).display()));
+                }
                 cfg.source = ConfigSource::File(p);
                 Ok(cfg)
             }
@@ -189,12 +223,65 @@ impl Config {
         for (id, rp) in &raw.providers {
             providers.push(provider_from_raw(id, rp, env)?);
         }
+        let catalog_text = match &raw.catalog.file {
+            Some(f) => std::fs::read_to_string(f).map_err(|e| err("catalog.file", format!("cannot read {f}: {e}")))?,
+            None => crate::catalog::SHIPPED.to_string(),
+        };
+        let ids: Vec<String> = providers.iter().map(|p| p.id.clone()).collect();
+        let catalog = match Catalog::load_with(&catalog_text, &raw.models, &ids) {
+            Ok((c, findings)) => {
+                for w in &findings.warnings {
+                    tracing::debug!("catalog: {w}");
+                }
+                c
+            }
+            Err(findings) => {
+                let path = if raw.catalog.file.is_some() { "catalog.file" } else { "models" };
+                return Err(err(path, findings.errors.join("; ")));
+            }
+        };
+        let reference = raw.catalog.reference.clone().unwrap_or_else(|| DEFAULT_REFERENCE.to_string());
+        if catalog.get(&reference).is_none() {
+            return Err(err(
+                "catalog.reference",
+                format!("\"{reference}\" is not in the catalog; add it under [models]"),
+            ));
+        }
+        let storage = storage_from_raw(&raw.storage)?;
         Ok(Config {
             server: ServerConfig { listen, api_keys, max_body_bytes, shutdown_grace },
             providers,
+            catalog: Arc::new(catalog),
+            reference,
+            storage,
             source: ConfigSource::Environment,
         })
     }
+}
+
+fn storage_from_raw(raw: &raw::RawStorage) -> Result<StorageConfig, ConfigError> {
+    let url = match &raw.url {
+        Some(u) if u.starts_with("sqlite:") || u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+            Some(u.clone())
+        }
+        Some(u) => return Err(err("storage.url", format!("\"{u}\" must start with sqlite: or postgres://"))),
+        None => Some(format!("sqlite:{DEFAULT_LEDGER_FILE}")),
+    };
+    let on_full = match raw.on_full.as_deref() {
+        None | Some("block") => OnFull::Block,
+        Some("drop") => OnFull::Drop,
+        Some(other) => return Err(err("storage.on_full", format!("\"{other}\" must be \"block\" or \"drop\""))),
+    };
+    let queue = raw.queue.unwrap_or(10_000);
+    if queue == 0 {
+        return Err(err("storage.queue", "must be greater than 0"));
+    }
+    Ok(StorageConfig {
+        url: if raw.ledger == Some(false) { None } else { url },
+        url_explicit: raw.url.is_some(),
+        queue,
+        on_full,
+    })
 }
 
 fn provider_from_raw(id: &str, rp: &RawProvider, env: EnvFn<'_>) -> Result<ProviderConfig, ConfigError> {
@@ -390,6 +477,22 @@ mod tests {
         assert_eq!(ids, ["deepseek"]);
         assert_eq!(cfg.server.api_keys.len(), 1);
         assert_eq!(cfg.source, ConfigSource::Environment);
+    }
+
+    #[test]
+    fn catalog_overrides_reference_and_storage() {
+        let cfg = load(
+            "[models.\"vllm/llama\"]\ninput = 0\noutput = 0\n[catalog]\nreference = \"openai/gpt-4o\"\n[storage]\nurl = \"postgres://u@h/db\"\non_full = \"drop\"\n",
+        )
+        .unwrap();
+        assert!(cfg.catalog.get("vllm/llama").is_some());
+        assert_eq!(cfg.storage.url.as_deref(), Some("postgres://u@h/db"));
+        assert_eq!(cfg.storage.on_full, OnFull::Drop);
+        assert_eq!(path_of("[catalog]\nreference = \"nope/x\"\n"), "catalog.reference");
+        assert_eq!(path_of("[storage]\nurl = \"mysql://x\"\n"), "storage.url");
+        let e = load("[models.\"openai/gpt-x\"]\ninput = 0.0000025\noutput = 1\n").unwrap_err();
+        assert!(e.to_string().contains("models.\"openai/gpt-x\".input"), "{e}");
+        assert_eq!(load("[storage]\nledger = false\n").unwrap().storage.url, None);
     }
 
     #[test]

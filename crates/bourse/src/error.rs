@@ -45,7 +45,7 @@ pub enum ErrorKind {
     /// The provider did not answer (first byte or whole body) within its timeout.
     UpstreamTimeout,
     /// The provider answered with an error status; relayed with that status.
-    UpstreamStatus(UpstreamStatus),
+    UpstreamStatus(Box<UpstreamStatus>),
     /// The provider answered 2xx with a body we cannot use (e.g. malformed JSON).
     UpstreamProtocol,
     /// The gateway cannot serve right now (shutting down, no providers).
@@ -267,11 +267,11 @@ mod tests {
             exhausted: true,
             retryable: false,
         };
-        let e = Error::new(ErrorKind::UpstreamStatus(s.clone()), "quota");
+        let e = Error::new(ErrorKind::UpstreamStatus(Box::new(s.clone())), "quota");
         assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(e.openai_body()["error"]["type"], "insufficient_quota");
         assert_eq!(e.label(), "upstream_exhausted");
-        let odd = Error::new(ErrorKind::UpstreamStatus(UpstreamStatus { status: 302, ..s }), "x");
+        let odd = Error::new(ErrorKind::UpstreamStatus(Box::new(UpstreamStatus { status: 302, ..s })), "x");
         assert_eq!(odd.status(), StatusCode::BAD_GATEWAY);
     }
 }

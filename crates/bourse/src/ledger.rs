@@ -36,3 +36,218 @@ pub struct LedgerEntry {
     pub estimated: bool,
     pub stream: bool,
 }
+
+/// The stored columns in [`LedgerEntry`] field order (usage spread over five columns),
+/// shared by both backends so their inserts and selects cannot drift apart.
+macro_rules! entry_columns {
+    () => {
+        "request_id, attempt, ts_ms, key_id, provider, model, route_reason, \
+         input_uncached, input_cache_read, input_cache_write, output, output_reasoning, \
+         cost_nanos, reference_cost_nanos, catalog_version, ttfb_ms, latency_ms, status, \
+         error_kind, estimated, stream"
+    };
+}
+
+#[macro_use]
+mod report;
+mod postgres;
+mod sqlite;
+mod writer;
+
+pub use postgres::PostgresLedger;
+pub use report::{GroupBy, ReportQuery, ReportRow};
+pub use sqlite::SqliteLedger;
+pub use writer::{FullPolicy, PendingWriter, Writer, WriterConfig, WriterHandle, WriterStats};
+
+use std::fmt;
+
+/// Where ledger rows are stored. Clones share the same connections.
+#[derive(Clone, Debug)]
+pub enum Ledger {
+    Sqlite(SqliteLedger),
+    Postgres(PostgresLedger),
+}
+
+impl Ledger {
+    /// Opens (creating on first use) the store named by `url` and brings its schema up to
+    /// date: `sqlite:PATH` or a plain path ending in `.db`, or `postgres://...` /
+    /// `postgresql://...` (connected without TLS for now; see [`PostgresLedger`]).
+    pub async fn open(url: &str) -> Result<Ledger, LedgerError> {
+        match parse_url(url)? {
+            Target::Sqlite(path) => Ok(Ledger::Sqlite(SqliteLedger::open(path).await?)),
+            Target::Postgres => Ok(Ledger::Postgres(PostgresLedger::open(url).await?)),
+        }
+    }
+
+    /// Stores a batch atomically: all rows or none.
+    pub async fn append(&self, rows: &[LedgerEntry]) -> Result<(), LedgerError> {
+        match self {
+            Ledger::Sqlite(s) => s.append(rows).await,
+            Ledger::Postgres(p) => p.append(rows).await,
+        }
+    }
+
+    /// Aggregates rows in `[since_ms, until_ms)`, most expensive group first.
+    pub async fn report(&self, q: &ReportQuery) -> Result<Vec<ReportRow>, LedgerError> {
+        let rows = match self {
+            Ledger::Sqlite(s) => s.report(q).await?,
+            Ledger::Postgres(p) => p.report(q).await?,
+        };
+        Ok(report::finish(rows))
+    }
+
+    /// How many rows are stored.
+    pub async fn count(&self) -> Result<i64, LedgerError> {
+        match self {
+            Ledger::Sqlite(s) => s.count().await,
+            Ledger::Postgres(p) => p.count().await,
+        }
+    }
+
+    /// Every attempt stored for one request, in attempt order.
+    pub async fn rows(&self, request_id: &str) -> Result<Vec<LedgerEntry>, LedgerError> {
+        match self {
+            Ledger::Sqlite(s) => s.rows(request_id).await,
+            Ledger::Postgres(p) => p.rows(request_id).await,
+        }
+    }
+}
+
+/// Why the ledger could not be opened, written or read.
+#[derive(Debug)]
+pub enum LedgerError {
+    /// The URL names no supported store.
+    Url(String),
+    Io(std::io::Error),
+    Sqlite(rusqlite::Error),
+    Postgres(tokio_postgres::Error),
+    /// A stored value does not fit its Rust type (a row written by something else).
+    Corrupt(String),
+    /// The blocking task running SQLite work panicked or was cancelled.
+    Task(String),
+}
+
+impl fmt::Display for LedgerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LedgerError::Url(msg) => write!(f, "ledger url: {msg}"),
+            LedgerError::Io(e) => write!(f, "ledger: {e}"),
+            LedgerError::Sqlite(e) => write!(f, "ledger (sqlite): {e}"),
+            LedgerError::Postgres(e) => write!(f, "ledger (postgres): {e}"),
+            LedgerError::Corrupt(msg) => write!(f, "ledger: corrupt row: {msg}"),
+            LedgerError::Task(msg) => write!(f, "ledger: sqlite task failed: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for LedgerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LedgerError::Io(e) => Some(e),
+            LedgerError::Sqlite(e) => Some(e),
+            LedgerError::Postgres(e) => Some(e),
+            LedgerError::Url(_) | LedgerError::Corrupt(_) | LedgerError::Task(_) => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for LedgerError {
+    fn from(e: std::io::Error) -> Self {
+        LedgerError::Io(e)
+    }
+}
+
+impl From<rusqlite::Error> for LedgerError {
+    fn from(e: rusqlite::Error) -> Self {
+        LedgerError::Sqlite(e)
+    }
+}
+
+impl From<tokio_postgres::Error> for LedgerError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        LedgerError::Postgres(e)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Target<'a> {
+    Sqlite(&'a str),
+    Postgres,
+}
+
+fn parse_url(url: &str) -> Result<Target<'_>, LedgerError> {
+    // `sqlite://` first so `sqlite:///abs/x.db` keeps its leading slash.
+    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        return match path {
+            "" => Err(LedgerError::Url("sqlite: needs a file path, e.g. sqlite:data/ledger.db".into())),
+            // An in-memory database would silently vanish on restart and is per-connection,
+            // so the writer and reader connections would not even see the same rows.
+            ":memory:" => Err(LedgerError::Url("sqlite::memory: is not supported: the ledger must be a file".into())),
+            _ => Ok(Target::Sqlite(path)),
+        };
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Target::Postgres);
+    }
+    if url.ends_with(".db") && !url.contains("://") {
+        return Ok(Target::Sqlite(url));
+    }
+    // Never echo the URL: a postgres-like URL with a typo may still carry a password.
+    Err(LedgerError::Url("expected sqlite:PATH, a path ending in .db, or postgres://...".into()))
+}
+
+/// One embedded schema step; `version` is recorded in `schema_migrations` once applied.
+struct Migration {
+    version: i64,
+    sql: &'static str,
+}
+
+fn now_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Token counts are u64 in Rust but signed 64-bit in both stores. Saturating (instead of
+/// failing) keeps one absurd upstream count from costing its batch-mates their rows.
+fn count_to_db(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Narrows a stored integer back to its field type; out of range means the row was not
+/// written by this code, which is reported rather than wrapped.
+fn from_db<T: TryFrom<i64>>(v: i64, column: &'static str) -> Result<T, LedgerError> {
+    T::try_from(v).map_err(|_| LedgerError::Corrupt(format!("{column} = {v} is out of range")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_pick_the_store() {
+        assert_eq!(parse_url("sqlite:data/ledger.db").unwrap(), Target::Sqlite("data/ledger.db"));
+        assert_eq!(parse_url("sqlite:///var/lib/bourse/l.sqlite").unwrap(), Target::Sqlite("/var/lib/bourse/l.sqlite"));
+        assert_eq!(parse_url("sqlite://rel.db").unwrap(), Target::Sqlite("rel.db"));
+        assert_eq!(parse_url("ledger.db").unwrap(), Target::Sqlite("ledger.db"));
+        assert_eq!(parse_url("/tmp/x/ledger.db").unwrap(), Target::Sqlite("/tmp/x/ledger.db"));
+        assert_eq!(parse_url("postgres://u:p@h/db").unwrap(), Target::Postgres);
+        assert_eq!(parse_url("postgresql://h/db").unwrap(), Target::Postgres);
+        for bad in ["sqlite:", "sqlite::memory:", "mysql://h/db", "ledger.txt", "http://x/ledger.db"] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_reach_url_errors() {
+        let err = parse_url("postgress://user:hunter2@db/ledger").unwrap_err().to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn stored_integers_narrow_or_fail() {
+        assert_eq!(count_to_db(u64::MAX), i64::MAX);
+        assert_eq!(from_db::<u32>(7, "attempt").unwrap(), 7);
+        assert!(from_db::<u32>(-1, "attempt").is_err());
+        assert!(from_db::<u16>(70_000, "status").is_err());
+    }
+}

@@ -1,8 +1,13 @@
 //! The `bourse` command line. Parsing only; the work lives in the library.
 
+use bourse::catalog::render::{self, Filter, SortKey};
+use bourse::catalog::{self, Kind};
 use bourse::config::Config;
+use bourse::ledger::{Ledger, ReportQuery};
 use bourse::server::{self, ServeOptions};
-use clap::{Parser, Subcommand};
+use bourse::{report, timespec};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,14 +20,20 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Args, Clone)]
+struct ConfigArg {
+    /// Config file (TOML). Default: $BOURSE_CONFIG, else ./bourse.toml, else providers
+    /// enabled from their key variables (OPENAI_API_KEY, DEEPSEEK_API_KEY, ...).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.
     Serve {
-        /// Config file (TOML). Default: $BOURSE_CONFIG, else ./bourse.toml, else providers
-        /// enabled from their key variables (OPENAI_API_KEY, DEEPSEEK_API_KEY, ...).
-        #[arg(long, short)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Address to listen on (overrides server.listen; default 127.0.0.1:4545).
         #[arg(long)]
         listen: Option<SocketAddr>,
@@ -32,31 +43,233 @@ enum Command {
     },
     /// Validate a config file and print the providers it defines.
     Check {
-        #[arg(long, short)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
     },
+    /// Show the price catalog (prices per 1M tokens, quality, origin, hosting), or import one.
+    #[command(args_conflicts_with_subcommands = true)]
+    Catalog {
+        #[command(subcommand)]
+        action: Option<CatalogAction>,
+        #[command(flatten)]
+        list: CatalogList,
+    },
+    /// Spend and savings from the ledger.
+    Report {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Start of the period: 7d, 24h, 2w, a date (2026-11-01) or unix ms.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// End of the period (default: now).
+        #[arg(long)]
+        until: Option<String>,
+        /// Group rows by.
+        #[arg(long, value_enum, default_value_t = By::Model)]
+        by: By,
+        #[arg(long, value_enum, default_value_t = Fmt::Table)]
+        format: Fmt,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogAction {
+    /// Convert LiteLLM's model_prices_and_context_window.json into Bourse's catalog format;
+    /// the rejected entries and why go to stderr.
+    ImportLitellm {
+        file: PathBuf,
+        /// Write the catalog here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Price date to record (the file's snapshot date).
+        #[arg(long, default_value = "unknown")]
+        date: String,
+    },
+}
+
+#[derive(Args)]
+struct CatalogList {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[arg(long, value_enum, default_value_t = Sort::Blended)]
+    sort: Sort,
+    /// Sort descending.
+    #[arg(long)]
+    desc: bool,
+    #[arg(long)]
+    provider: Option<String>,
+    #[arg(long, value_enum)]
+    kind: Option<KindArg>,
+    /// Model maker's country, e.g. CN.
+    #[arg(long)]
+    origin: Option<String>,
+    /// Where the provider processes requests, e.g. US.
+    #[arg(long)]
+    hosting: Option<String>,
+    #[arg(long)]
+    open_weights: bool,
+    #[arg(long)]
+    min_quality: Option<u32>,
+    /// Maximum blended (3:1) USD per 1M tokens.
+    #[arg(long)]
+    max_price: Option<f64>,
+    /// Substring of the id.
+    #[arg(long)]
+    search: Option<String>,
+    #[arg(long, value_enum, default_value_t = Fmt::Table)]
+    format: Fmt,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Fmt {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Sort {
+    Blended,
+    Input,
+    Output,
+    Quality,
+    Name,
+    Ratio,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KindArg {
+    Chat,
+    Embedding,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum By {
+    Model,
+    Provider,
+    Key,
+    Day,
+    None,
+}
+
+fn load(c: &ConfigArg) -> Result<Config, String> {
+    Config::load(c.config.as_deref()).map_err(|e| format!("config error: {e}"))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| format!("cannot start runtime: {e}"))
+}
+
+fn catalog_list(a: &CatalogList) -> Result<(), String> {
+    let cfg = load(&a.config)?;
+    let filter = Filter {
+        provider: a.provider.clone(),
+        kind: a.kind.map(|k| match k {
+            KindArg::Chat => Kind::Chat,
+            KindArg::Embedding => Kind::Embedding,
+        }),
+        origin: a.origin.clone(),
+        hosting: a.hosting.clone(),
+        open_weights_only: a.open_weights,
+        min_quality: a.min_quality,
+        max_blended: a.max_price,
+        search: a.search.clone(),
+    };
+    let sort = match a.sort {
+        Sort::Blended => SortKey::Blended,
+        Sort::Input => SortKey::Input,
+        Sort::Output => SortKey::Output,
+        Sort::Quality => SortKey::Quality,
+        Sort::Name => SortKey::Name,
+        Sort::Ratio => SortKey::Ratio,
+    };
+    let format = match a.format {
+        Fmt::Table => render::Format::Table,
+        Fmt::Json => render::Format::Json,
+        Fmt::Csv => render::Format::Csv,
+    };
+    print!("{}", render::render(&cfg.catalog, &cfg.reference, &filter, sort, a.desc, format)?);
+    Ok(())
+}
+
+fn import_litellm(file: &PathBuf, out: Option<&PathBuf>, date: &str) -> Result<(), String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let imp = catalog::litellm::import(&text, date)?;
+    for (key, why) in &imp.rejected {
+        eprintln!("rejected {key}: {why}");
+    }
+    eprintln!("imported {} entries, rejected {}", imp.accepted, imp.rejected.len());
+    match out {
+        Some(p) => std::fs::write(p, &imp.toml).map_err(|e| format!("cannot write {}: {e}", p.display())),
+        None => {
+            print!("{}", imp.toml);
+            Ok(())
+        }
+    }
+}
+
+fn run_report(c: &ConfigArg, since: &str, until: Option<&str>, by: By, format: Fmt) -> Result<(), String> {
+    let cfg = load(c)?;
+    let url = cfg.storage.url.clone().ok_or("the ledger is off in this config ([storage] ledger = false)")?;
+    let now = timespec::now_ms();
+    let q = ReportQuery {
+        since_ms: Some(timespec::parse(since, now).map_err(|e| format!("--since: {e}"))?),
+        until_ms: until.map(|u| timespec::parse(u, now)).transpose().map_err(|e| format!("--until: {e}"))?,
+        by: match by {
+            By::Model => bourse::ledger::GroupBy::Model,
+            By::Provider => bourse::ledger::GroupBy::Provider,
+            By::Key => bourse::ledger::GroupBy::Key,
+            By::Day => bourse::ledger::GroupBy::Day,
+            By::None => bourse::ledger::GroupBy::None,
+        },
+    };
+    let rows = runtime()?.block_on(async {
+        let ledger = Ledger::open(&url).await.map_err(|e| format!("cannot open the ledger: {e}"))?;
+        // A large ledger takes a moment to aggregate: show that it is working.
+        let spinner = std::io::stderr().is_terminal().then(|| {
+            tokio::spawn(async {
+                let start = std::time::Instant::now();
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    eprint!("\rscanning the ledger… {:.1}s", start.elapsed().as_secs_f64());
+                }
+            })
+        });
+        let rows = ledger.report(&q).await.map_err(|e| format!("report failed: {e}"));
+        if let Some(s) = spinner {
+            s.abort();
+            eprint!("\r\x1b[2K");
+        }
+        rows
+    })?;
+    let format = match format {
+        Fmt::Table => report::Format::Table,
+        Fmt::Json => report::Format::Json,
+        Fmt::Csv => report::Format::Csv,
+    };
+    print!("{}", report::render(&rows, format));
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     bourse::telemetry::init();
-    let result = match cli.command {
-        Command::Serve { config, listen, insecure_no_auth } => {
-            Config::load(config.as_deref()).map_err(|e| format!("config error: {e}")).and_then(|cfg| {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| format!("cannot start runtime: {e}"))?;
-                rt.block_on(server::run(cfg, ServeOptions { listen, insecure_no_auth }))
-            })
+    let result = match &cli.command {
+        Command::Serve { config, listen, insecure_no_auth } => load(config).and_then(|cfg| {
+            runtime()?.block_on(server::run(cfg, ServeOptions { listen: *listen, insecure_no_auth: *insecure_no_auth }))
+        }),
+        Command::Check { config } => load(config).map(|cfg| {
+            println!("config ok ({:?}); catalog {}; reference {}", cfg.source, cfg.catalog.version, cfg.reference);
+            for p in &cfg.providers {
+                println!("  {:<16} {:<18} {}", p.id, p.preset.name, p.base_url);
+            }
+        }),
+        Command::Catalog { action: Some(CatalogAction::ImportLitellm { file, out, date }), .. } => {
+            import_litellm(file, out.as_ref(), date)
         }
-        Command::Check { config } => {
-            Config::load(config.as_deref()).map_err(|e| format!("config error: {e}")).map(|cfg| {
-                println!("config ok ({:?})", cfg.source);
-                for p in &cfg.providers {
-                    println!("  {:<16} {:<18} {}", p.id, p.preset.name, p.base_url);
-                }
-            })
+        Command::Catalog { action: None, list } => catalog_list(list),
+        Command::Report { config, since, until, by, format } => {
+            run_report(config, since, until.as_deref(), *by, *format)
         }
     };
     match result {

@@ -6,8 +6,12 @@
 //! and reports use. Sums of rows are sums of integers: nothing is ever accumulated in
 //! floating point.
 
+pub mod estimate;
+
 use crate::canonical::Usage;
-use crate::catalog::Model;
+use crate::catalog::{Catalog, Model};
+use crate::error::{Error, ErrorKind};
+use std::sync::Arc;
 
 /// Money in integer nano-USD (1e-9 $).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -41,6 +45,52 @@ pub fn cost(usage: &Usage, model: &Model) -> Cost {
         + u128::from(usage.output_reasoning) * u128::from(r.reasoning_output.unwrap_or(r.output).0);
     let nanos = (pico + 500) / 1000;
     Cost(i64::try_from(nanos).unwrap_or(i64::MAX))
+}
+
+/// Prices requests against the catalog in force and the reference model.
+#[derive(Debug)]
+pub struct Meter {
+    pub catalog: Arc<Catalog>,
+    reference: String,
+}
+
+impl Meter {
+    /// `reference` must be in the catalog (config validation guarantees it).
+    pub fn new(catalog: Arc<Catalog>, reference: String) -> Meter {
+        Meter { catalog, reference }
+    }
+
+    /// The catalog entry for a target: `id/model`, else `kind/model` (a provider named
+    /// "ds" of kind "deepseek" is priced by the deepseek entries). A model with no known
+    /// price is refused rather than metered as free: the error says how to price it.
+    pub fn priced(&self, provider: &str, kind: &str, model: &str) -> Result<&Model, Error> {
+        let id = format!("{provider}/{model}");
+        if let Some(m) = self.catalog.get(&id) {
+            return Ok(m);
+        }
+        self.catalog.get(&format!("{kind}/{model}")).ok_or_else(|| Error {
+            param: Some("model".into()),
+            ..Error::new(
+                ErrorKind::ModelNotAllowed,
+                format!(
+                    "model '{id}' has no price in the catalog, so Bourse will not route to it (it would be metered as free). \
+                     Price it in the config: [models.\"{id}\"] input = <USD per 1M>, output = <USD per 1M> \
+                     (write 0 for a self-hosted model)"
+                ),
+            )
+        })
+    }
+
+    pub fn reference(&self) -> Option<&Model> {
+        self.catalog.get(&self.reference)
+    }
+
+    /// Actual cost and the counterfactual cost of the same usage on the reference model.
+    pub fn settle(&self, model: &Model, usage: &Usage) -> (Cost, Cost) {
+        let actual = cost(usage, model);
+        let reference = self.reference().map(|r| cost(usage, r)).unwrap_or_default();
+        (actual, reference)
+    }
 }
 
 #[cfg(test)]

@@ -145,7 +145,7 @@ impl Provider {
             Some(m) => format!("provider {} returned {status}: {m}", self.id),
             None => format!("provider {} returned {status}", self.id),
         };
-        Error { retry_after, ..Error::new(ErrorKind::UpstreamStatus(classified), message) }
+        Error { retry_after, ..Error::new(ErrorKind::UpstreamStatus(Box::new(classified)), message) }
     }
 }
 

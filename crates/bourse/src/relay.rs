@@ -9,7 +9,7 @@
 //! with what was seen, so metering never misses a stream.
 
 use crate::canonical::Usage;
-use crate::dialect::openai::{chunk_has_usage, usage_chunk};
+use crate::dialect::openai::{chunk_has_usage, usage_chunk, with_empty_choices};
 use crate::error::Error;
 use crate::provider::Provider;
 use crate::sse::{self, Item, Parser};
@@ -39,9 +39,18 @@ pub struct StreamSummary {
     pub usage: Option<Usage>,
     /// Content events forwarded to the client.
     pub events: u64,
+    /// The `data:` payloads forwarded, kept (up to a bound) only so usage can be estimated
+    /// with a tokenizer when the upstream never reported it.
+    pub data: Vec<String>,
 }
 
-pub type OnEnd = Box<dyn FnOnce(StreamSummary) + Send>;
+/// Called once when the stream ends; what it returns (e.g. a cost comment) is sent to the
+/// client last, if the client is still there.
+pub type OnEnd = Box<dyn FnOnce(StreamSummary) -> Option<Bytes> + Send>;
+
+/// Bound on the payload kept for estimation; past it, the estimate undercounts rather than
+/// letting one endless stream hold unbounded memory.
+const MAX_KEPT_BYTES: usize = 8 * 1024 * 1024;
 
 pub struct StreamRelay {
     inner: BoxStream<'static, reqwest::Result<Bytes>>,
@@ -51,6 +60,8 @@ pub struct StreamRelay {
     include_usage: bool,
     usage: Option<Usage>,
     events: u64,
+    data: Vec<String>,
+    kept_bytes: usize,
     done: bool,
     on_end: Option<OnEnd>,
 }
@@ -65,16 +76,17 @@ impl StreamRelay {
             include_usage,
             usage: None,
             events: 0,
+            data: Vec::new(),
+            kept_bytes: 0,
             done: false,
             on_end,
         }
     }
 
-    fn finish(&mut self, end: StreamEnd) {
+    fn finish(&mut self, end: StreamEnd) -> Option<Bytes> {
         self.done = true;
-        if let Some(hook) = self.on_end.take() {
-            hook(StreamSummary { end, usage: self.usage, events: self.events });
-        }
+        let hook = self.on_end.take()?;
+        hook(StreamSummary { end, usage: self.usage, events: self.events, data: std::mem::take(&mut self.data) })
     }
 
     /// Serialize parsed items into `out`, filtering and observing as we go.
@@ -82,17 +94,27 @@ impl StreamRelay {
         for item in self.items.drain(..) {
             match item {
                 Item::Comment(_) => sse::write_item(&item, out),
-                Item::Event(ev) => {
+                Item::Event(mut ev) => {
                     if chunk_has_usage(&ev.data) {
-                        if let Some((usage, usage_only)) = usage_chunk(&ev.data) {
-                            self.usage = Some(usage);
-                            if usage_only && !self.include_usage {
+                        if let Some(seen) = usage_chunk(&ev.data) {
+                            self.usage = Some(seen.usage);
+                            if seen.usage_only && !self.include_usage {
                                 continue;
+                            }
+                            if seen.choices_missing {
+                                if let Some(fixed) = with_empty_choices(&ev.data) {
+                                    ev.data = fixed;
+                                }
                             }
                         }
                     }
                     if ev.data != "[DONE]" {
                         self.events += 1;
+                        // Only needed if usage never arrives; once it has, stop keeping text.
+                        if self.usage.is_none() && self.kept_bytes < MAX_KEPT_BYTES {
+                            self.kept_bytes += ev.data.len();
+                            self.data.push(ev.data.clone());
+                        }
                     }
                     sse::write_item(&Item::Event(ev), out);
                 }
@@ -127,15 +149,19 @@ impl Stream for StreamRelay {
                     let err: Error = this.provider.transport_error(&e);
                     let msg = format!("the upstream stream broke: {}", err.message);
                     let err = Error { message: msg.clone(), ..err };
-                    let frame = sse::frame(&err.openai_body().to_string());
-                    this.finish(StreamEnd::UpstreamFailed(msg));
-                    return Poll::Ready(Some(Ok(frame)));
+                    let mut out = BytesMut::from(&sse::frame(&err.openai_body().to_string())[..]);
+                    if let Some(trailer) = this.finish(StreamEnd::UpstreamFailed(msg)) {
+                        out.extend_from_slice(&trailer);
+                    }
+                    return Poll::Ready(Some(Ok(out.freeze())));
                 }
                 Poll::Ready(None) => {
                     this.parser.finish(&mut this.items);
                     let mut out = BytesMut::new();
                     this.forward(&mut out);
-                    this.finish(StreamEnd::Completed);
+                    if let Some(trailer) = this.finish(StreamEnd::Completed) {
+                        out.extend_from_slice(&trailer);
+                    }
                     return Poll::Ready((!out.is_empty()).then(|| Ok(out.freeze())));
                 }
             }
@@ -146,7 +172,7 @@ impl Stream for StreamRelay {
 impl Drop for StreamRelay {
     fn drop(&mut self) {
         if !self.done {
-            self.finish(StreamEnd::ClientGone);
+            let _ = self.finish(StreamEnd::ClientGone);
         }
     }
 }

@@ -12,6 +12,8 @@
 use crate::api;
 use crate::config::{Config, Secret};
 use crate::error::{Error, ErrorKind, ErrorLabel};
+use crate::ledger::{Ledger, Writer};
+use crate::meter::Meter;
 use crate::provider::Provider;
 use crate::route::Providers;
 use axum::extract::{Request, State};
@@ -32,6 +34,13 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct AppState {
     pub providers: Providers,
     pub api_keys: Vec<Secret>,
+    /// Stable, non-secret ids of the gateway keys (same order), for ledger rows.
+    pub key_ids: Vec<Arc<str>>,
+    pub meter: Meter,
+    /// Where ledger rows go; None when the ledger is off.
+    pub ledger: Option<Writer>,
+    /// A read handle for usage reports.
+    pub reports: Option<Ledger>,
     pub max_body_bytes: usize,
     /// Unix seconds at start, for the `created` field of model objects.
     pub started: u64,
@@ -49,11 +58,29 @@ impl AppState {
         Ok(AppState {
             providers: Providers::new(list),
             api_keys: cfg.server.api_keys.clone(),
+            key_ids: cfg.server.api_keys.iter().map(|k| Arc::from(key_id(k.expose()))).collect(),
+            meter: Meter::new(cfg.catalog.clone(), cfg.reference.clone()),
+            ledger: None,
+            reports: None,
             max_body_bytes: usize::try_from(cfg.server.max_body_bytes).unwrap_or(usize::MAX),
             started: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         })
     }
 }
+
+/// A key's id: a short hash, so ledger rows say which key without storing it.
+pub fn key_id(key: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("key_{:08x}", h as u32)
+}
+
+/// The id of the gateway key a request used, as an extension.
+#[derive(Clone, Debug)]
+pub struct KeyId(pub Arc<str>);
 
 /// The request id, available to handlers as an extension.
 #[derive(Clone, Debug)]
@@ -65,6 +92,7 @@ pub fn app(state: SharedState) -> Router {
         .route("/embeddings", post(api::openai::embeddings))
         .route("/models", get(api::openai::list_models))
         .route("/models/{*id}", get(api::openai::get_model))
+        .route("/bourse/usage", get(api::usage::usage))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(healthz))
@@ -132,7 +160,7 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Gateway keys, when configured. Every key is compared (no early exit) so timing does
 /// not reveal which one nearly matched.
-async fn auth(State(state): State<SharedState>, req: Request, next: Next) -> Response {
+async fn auth(State(state): State<SharedState>, mut req: Request, next: Next) -> Response {
     if state.api_keys.is_empty() {
         return next.run(req).await;
     }
@@ -146,10 +174,16 @@ async fn auth(State(state): State<SharedState>, req: Request, next: Next) -> Res
         return Error::new(ErrorKind::Unauthorized, "missing gateway key: send 'Authorization: Bearer <key>'")
             .into_response();
     };
-    let ok = state.api_keys.iter().fold(false, |acc, k| acc | ct_eq(presented.as_bytes(), k.expose().as_bytes()));
-    if !ok {
-        return Error::new(ErrorKind::Unauthorized, "invalid gateway key").into_response();
+    let mut matched = None;
+    for (i, k) in state.api_keys.iter().enumerate() {
+        if ct_eq(presented.as_bytes(), k.expose().as_bytes()) {
+            matched = Some(i);
+        }
     }
+    let Some(i) = matched else {
+        return Error::new(ErrorKind::Unauthorized, "invalid gateway key").into_response();
+    };
+    req.extensions_mut().insert(KeyId(state.key_ids[i].clone()));
     next.run(req).await
 }
 
@@ -175,7 +209,20 @@ pub fn check_exposure(listen: SocketAddr, has_keys: bool, insecure_no_auth: bool
 pub async fn run(cfg: Config, opts: ServeOptions) -> Result<(), String> {
     let listen = opts.listen.unwrap_or(cfg.server.listen);
     check_exposure(listen, !cfg.server.api_keys.is_empty(), opts.insecure_no_auth)?;
-    let state = Arc::new(AppState::from_config(&cfg)?);
+    let mut state = AppState::from_config(&cfg)?;
+    let mut writer_handle = None;
+    if let Some(url) = &cfg.storage.url {
+        let ledger = Ledger::open(url).await.map_err(|e| format!("storage.url: cannot open the ledger: {e}"))?;
+        let (writer, handle) = Writer::start(ledger, writer_config(&cfg.storage));
+        state.ledger = Some(writer);
+        state.reports = Some(Ledger::open(url).await.map_err(|e| format!("storage.url: cannot open the ledger: {e}"))?);
+        writer_handle = Some(handle);
+        tracing::info!(ledger = %redact_url(url), "ledger open");
+    }
+    // Load the tokenizer off the request path: it is needed only to estimate usage for
+    // streams cut short, and the first load takes a moment.
+    std::thread::spawn(|| crate::meter::estimate::tokens("warm up"));
+    let state = Arc::new(state);
     if state.providers.is_empty() {
         tracing::warn!("no providers configured: set a provider key (e.g. OPENAI_API_KEY) or write a config file");
     }
@@ -204,8 +251,36 @@ pub async fn run(cfg: Config, opts: ServeOptions) -> Result<(), String> {
         Ok(r) => r.map_err(|e| e.to_string())?,
         Err(_) => tracing::warn!("shutdown deadline reached; abandoning requests still in flight"),
     }
+    if let Some(handle) = writer_handle {
+        // Every request has settled (or been abandoned): flush what the writer still holds.
+        let stats = handle.shutdown().await;
+        tracing::info!(?stats, "ledger flushed");
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+fn writer_config(s: &crate::config::StorageConfig) -> crate::ledger::WriterConfig {
+    use crate::config::OnFull;
+    use crate::ledger::{FullPolicy, WriterConfig};
+    let defaults = WriterConfig::default();
+    let on_full = match s.on_full {
+        OnFull::Block => defaults.on_full,
+        OnFull::Drop => FullPolicy::Drop,
+    };
+    WriterConfig { queue: s.queue, on_full, ..defaults }
+}
+
+/// A storage URL without its password, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 async fn shutdown_signal() {

@@ -121,7 +121,8 @@ async fn upstream_unreachable_is_502() {
     // Bind then drop: nothing listens on this port.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let gw = gateway(&format!(
-        "[providers.dead]\nkind = \"openai-compatible\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\nconnect_timeout = \"1s\"\n"
+        "[providers.dead]\nkind = \"openai-compatible\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\nconnect_timeout = \"1s\"\n{}",
+        price("dead/m", 1.0, 1.0)
     ))
     .await;
     let (status, _, v) =

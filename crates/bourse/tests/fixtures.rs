@@ -35,8 +35,8 @@ fn recorded_openai_streams_parse_and_roundtrip() {
         assert!(!events.is_empty(), "{}", path.display());
         for e in &events {
             if e.data != "[DONE]" {
-                let v: serde_json::Value = serde_json::from_str(&e.data)
-                    .unwrap_or_else(|err| panic!("{}: {err}: {}", path.display(), e.data));
+                let v: serde_json::Value =
+                    serde_json::from_str(&e.data).unwrap_or_else(|err| panic!("{}: {err}: {}", path.display(), e.data));
                 assert!(v.get("choices").is_some() || v.get("error").is_some(), "{}", path.display());
             }
         }

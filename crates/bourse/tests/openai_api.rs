@@ -56,9 +56,10 @@ async fn bare_model_names_resolve_through_listed_models() {
     let a = Sim::start(SimConfig::default()).await.unwrap();
     let b = Sim::start(SimConfig::default()).await.unwrap();
     let toml = format!(
-        "{}\n[providers.beta]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\nmodels = [\"only-on-beta\"]\n",
+        "{}\n[providers.beta]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\nmodels = [\"only-on-beta\"]\n{}",
         provider_toml("alpha", &a, ""),
-        b.base_url()
+        b.base_url(),
+        price("beta/only-on-beta", 0.5, 1.0)
     );
     let gw = gateway(&toml).await;
     let resp = post(&format!("{}/v1/chat/completions", gw.url), &chat_body("only-on-beta")).await;
@@ -152,8 +153,9 @@ async fn vendor_stream_quirks_keepalive_and_null_choices() {
 async fn minimax_think_tags_become_reasoning_content() {
     let sim = Sim::start(SimConfig { think_tags: true, ..SimConfig::default() }).await.unwrap();
     let toml = format!(
-        "[providers.minimax]\nkind = \"minimax\"\nbase_url = \"{}\"\napi_key = \"env:SIM_KEY\"\n",
-        sim.base_url()
+        "[providers.minimax]\nkind = \"minimax\"\nbase_url = \"{}\"\napi_key = \"env:SIM_KEY\"\n{}",
+        sim.base_url(),
+        price("minimax/MiniMax-M2", 0.3, 1.2)
     );
     let gw = gateway(&toml).await;
     let v = json_of(post(&format!("{}/v1/chat/completions", gw.url), &chat_body("minimax/MiniMax-M2")).await).await;

@@ -24,6 +24,8 @@ fn bourse() -> Command {
     ] {
         c.env_remove(var);
     }
+    // Zero-config starts put their ledger in the working directory: keep it out of the repo.
+    c.current_dir(std::env::temp_dir());
     c.env("RUST_LOG", "bourse=info").stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
     c
 }
@@ -118,8 +120,9 @@ async fn zero_config_enables_presets_from_key_variables() {
 async fn sigterm_finishes_in_flight_streams_then_exits() {
     let sim = Sim::start(SimConfig { output_tokens: 30, chunk_delay_ms: 20, ..SimConfig::default() }).await.unwrap();
     let cfg = write_config(&format!(
-        "[server]\nshutdown_grace = \"20s\"\n[providers.alpha]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\n",
-        sim.base_url()
+        "[server]\nshutdown_grace = \"20s\"\n[storage]\nledger = false\n[providers.alpha]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\n{}",
+        sim.base_url(),
+        price("alpha/sim-small", 1.0, 2.0)
     ));
     let (mut child, url) = serve(bourse().args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&cfg.0)).await;
     let mut body = chat_body("alpha/sim-small");
@@ -138,7 +141,9 @@ async fn sigterm_finishes_in_flight_streams_then_exits() {
     while let Some(c) = resp.chunk().await.unwrap() {
         text.push_str(&String::from_utf8_lossy(&c));
     }
-    assert!(text.trim_end().ends_with("data: [DONE]"), "stream cut short by shutdown: {text}");
+    let data = sse_data(&text);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "stream cut short: {text}");
+    assert_eq!(data.iter().filter(|d| d.contains("\"content\":\"")).count(), 31, "every token arrived: {text}");
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status:?}");
     // And it no longer accepts connections.
@@ -166,9 +171,10 @@ async fn upstream_requests_honour_http_proxy() {
         tokio::io::AsyncWriteExt::write_all(&mut sock, resp.as_bytes()).await.unwrap();
         String::from_utf8_lossy(&got).lines().next().unwrap_or_default().to_string()
     });
-    let cfg = write_config(
-        "[providers.far]\nkind = \"openai-compatible\"\nbase_url = \"http://llm.bourse-test.invalid/v1\"\n",
-    );
+    let cfg = write_config(&format!(
+        "[storage]\nledger = false\n[providers.far]\nkind = \"openai-compatible\"\nbase_url = \"http://llm.bourse-test.invalid/v1\"\n{}",
+        price("far/m", 1.0, 1.0)
+    ));
     let (mut child, url) = serve(
         bourse()
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])

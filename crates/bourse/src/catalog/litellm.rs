@@ -31,8 +31,12 @@ const PROVIDERS: &[(&str, &str)] = &[
 ];
 
 /// Long-context surcharge suffixes LiteLLM uses, with the prompt size they start above.
-const TIER_SUFFIXES: &[(&str, u64)] =
-    &[("_above_128k_tokens", 128_000), ("_above_200k_tokens", 200_000), ("_above_272k_tokens", 272_000), ("_above_512k_tokens", 512_000)];
+const TIER_SUFFIXES: &[(&str, u64)] = &[
+    ("_above_128k_tokens", 128_000),
+    ("_above_200k_tokens", 200_000),
+    ("_above_272k_tokens", 272_000),
+    ("_above_512k_tokens", 512_000),
+];
 
 #[derive(Debug, Default)]
 pub struct Import {
@@ -99,7 +103,10 @@ pub fn import(json: &str, date: &str) -> Result<Import, String> {
             context: entry.get("max_input_tokens").and_then(Value::as_u64),
             max_output: entry.get("max_output_tokens").and_then(Value::as_u64),
             price_source: Some(
-                entry.get("source").and_then(Value::as_str).map_or_else(|| "LiteLLM price file".to_string(), |s| format!("LiteLLM price file ({s})")),
+                entry
+                    .get("source")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| "LiteLLM price file".to_string(), |s| format!("LiteLLM price file ({s})")),
             ),
             price_date: Some(date.to_string()),
             ..RawModel::default()
@@ -149,7 +156,7 @@ pub fn import(json: &str, date: &str) -> Result<Import, String> {
         }
         raw.capabilities = Some(caps);
         let mut f = Findings::default();
-        if model_from_raw(&id, &format!("{key}"), &raw, false, &mut f).is_none() {
+        if model_from_raw(&id, key, &raw, false, &mut f).is_none() {
             out.rejected.push((key.clone(), f.errors.join("; ")));
             continue;
         }
@@ -280,9 +287,13 @@ mod tests {
         assert!(reason("together_ai/bad-units").contains("ceiling"), "{}", reason("together_ai/bad-units"));
         assert!(reason("groq/no-price").contains("missing price"));
         assert!(reason("dall-e-3").contains("image_generation"));
-        let (cat, _) = Catalog::load(&imp.toml, &BTreeMap::new()).unwrap_or_else(|f| panic!("{}\n{}", Catalog::describe(&f), imp.toml));
+        let (cat, _) = Catalog::load(&imp.toml, &BTreeMap::new())
+            .unwrap_or_else(|f| panic!("{}\n{}", Catalog::describe(&f), imp.toml));
         let g = cat.get("openai/gpt-4o").unwrap();
-        assert_eq!((g.rates.input, g.rates.cached_input, g.rates.output), (Rate(2_500_000), Some(Rate(1_250_000)), Rate(10_000_000)));
+        assert_eq!(
+            (g.rates.input, g.rates.cached_input, g.rates.output),
+            (Rate(2_500_000), Some(Rate(1_250_000)), Rate(10_000_000))
+        );
         assert!(g.capabilities.tools && g.capabilities.vision && g.capabilities.json_schema);
         assert_eq!(cat.get("deepseek/deepseek-v4-flash").unwrap().rates.cached_input, Some(Rate(2_800)));
         assert_eq!(cat.get("gemini/gemini-2.5-pro").unwrap().rates_for(300_000).input, Rate(2_500_000));
@@ -302,7 +313,8 @@ mod tests {
         assert!(imp.accepted > 300, "accepted only {}", imp.accepted);
         // The known per-token/per-million unit mistakes never get in.
         assert!(imp.rejected.iter().any(|(k, _)| k.starts_with("wandb/")));
-        let (cat, _) = Catalog::load(&imp.toml, &BTreeMap::new()).unwrap_or_else(|f| panic!("{}", Catalog::describe(&f)));
+        let (cat, _) =
+            Catalog::load(&imp.toml, &BTreeMap::new()).unwrap_or_else(|f| panic!("{}", Catalog::describe(&f)));
         assert_eq!(cat.models().len(), imp.accepted);
         assert_eq!(cat.get("deepseek/deepseek-chat").map(|m| m.rates.input), Some(Rate(280_000)));
     }

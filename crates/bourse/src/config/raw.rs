@@ -12,6 +12,35 @@ pub struct RawConfig {
     pub server: RawServer,
     #[serde(default)]
     pub providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    pub catalog: RawCatalogSection,
+    /// Price and fact overrides or additions, keyed by `provider/model`.
+    #[serde(default)]
+    pub models: BTreeMap<String, crate::catalog::RawModel>,
+    #[serde(default)]
+    pub storage: RawStorage,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCatalogSection {
+    /// A catalog file that replaces the shipped one.
+    pub file: Option<String>,
+    /// The premium model savings are measured against.
+    pub reference: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    /// `sqlite:PATH` or `postgres://...`; default `sqlite:bourse.db` next to the config file.
+    pub url: Option<String>,
+    /// Set false to run without a ledger (benchmarks, stateless edge nodes).
+    pub ledger: Option<bool>,
+    /// Rows the background writer may hold before the full-queue policy applies.
+    pub queue: Option<usize>,
+    /// "block" (wait briefly, then drop and count) or "drop" (drop and count at once).
+    pub on_full: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -347,12 +347,32 @@ struct UsageChunk {
     usage: Option<WireUsage>,
 }
 
-/// For a chunk with usage: the usage, and whether it is the usage-only final chunk
-/// (`choices` empty, null or absent) that a client who did not ask for it must not see.
-pub fn usage_chunk(data: &str) -> Option<(Usage, bool)> {
+/// A chunk that carries usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeenUsage {
+    pub usage: Usage,
+    /// The usage-only final chunk (`choices` empty, null or absent), which a client that
+    /// did not ask for usage must not see.
+    pub usage_only: bool,
+    /// `choices` was null or absent (vLLM and others): the SDKs need a list there.
+    pub choices_missing: bool,
+}
+
+pub fn usage_chunk(data: &str) -> Option<SeenUsage> {
     let c: UsageChunk = serde_json::from_str(data).ok()?;
-    let usage_only = c.choices.as_ref().is_none_or(Vec::is_empty);
-    Some((c.usage?.normalize(), usage_only))
+    Some(SeenUsage {
+        usage: c.usage?.normalize(),
+        usage_only: c.choices.as_ref().is_none_or(Vec::is_empty),
+        choices_missing: c.choices.is_none(),
+    })
+}
+
+/// Rewrite a usage chunk whose `choices` is null or missing to `"choices":[]`, the shape
+/// OpenAI sends and the official SDKs require.
+pub fn with_empty_choices(data: &str) -> Option<String> {
+    let mut v: Value = serde_json::from_str(data).ok()?;
+    v.as_object_mut()?.insert("choices".into(), Value::Array(Vec::new()));
+    serde_json::to_string(&v).ok()
 }
 
 /// What an upstream said in its error body, in any of the shapes vendors use:
@@ -484,13 +504,15 @@ mod tests {
     fn usage_chunk_detection() {
         assert!(!chunk_has_usage(r#"{"choices":[{"delta":{"content":"\"usage\": {"}}],"usage":null}"#));
         assert!(chunk_has_usage(r#"{"choices":[],"usage": {"prompt_tokens":1}}"#));
-        let (u, only) = usage_chunk(r#"{"choices":null,"usage":{"prompt_tokens":3,"completion_tokens":2}}"#).unwrap();
-        assert!(only);
-        assert_eq!(u.output, 2);
-        let (_, only) =
+        let seen = usage_chunk(r#"{"choices":null,"usage":{"prompt_tokens":3,"completion_tokens":2}}"#).unwrap();
+        assert!(seen.usage_only && seen.choices_missing);
+        assert_eq!(seen.usage.output, 2);
+        let seen =
             usage_chunk(r#"{"choices":[{"delta":{}}],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#).unwrap();
-        assert!(!only, "a chunk that still carries choices must be forwarded");
-        assert!(usage_chunk(r#"{"usage":{"prompt_tokens":3}}"#).unwrap().1);
+        assert!(!seen.usage_only, "a chunk that still carries choices must be forwarded");
+        assert!(usage_chunk(r#"{"usage":{"prompt_tokens":3}}"#).unwrap().choices_missing);
+        let fixed: Value = serde_json::from_str(&with_empty_choices(r#"{"id":"x","usage":{}}"#).unwrap()).unwrap();
+        assert_eq!(fixed["choices"], serde_json::json!([]));
     }
 
     #[test]

@@ -44,12 +44,21 @@ pub async fn gateway(toml_text: &str) -> Gateway {
     Gateway { addr, url: format!("http://{addr}"), task }
 }
 
-/// A provider table pointing at a sim, with the sim's models listed.
+/// A provider table pointing at a sim, with the sim's models listed and priced
+/// (Bourse refuses unpriced models): `sim-small` at $1/$2 per 1M with cache reads at
+/// $0.10, and an embedding model `emb` at $0.02.
 pub fn provider_toml(id: &str, sim: &Sim, extra: &str) -> String {
     format!(
-        "[providers.{id}]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\napi_key = \"env:SIM_KEY\"\nmodels = [\"sim-small\"]\n{extra}\n",
-        sim.base_url()
+        "[providers.{id}]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\napi_key = \"env:SIM_KEY\"\nmodels = [\"sim-small\"]\n{extra}\n{}{}",
+        sim.base_url(),
+        price(&format!("{id}/sim-small"), 1.0, 2.0),
+        price(&format!("{id}/emb"), 0.02, 0.0),
     )
+}
+
+/// A `[models]` price table for one `provider/model`.
+pub fn price(id: &str, input: f64, output: f64) -> String {
+    format!("[models.\"{id}\"]\ninput = {input:?}\ncached_input = {:?}\noutput = {output:?}\n", input / 10.0)
 }
 
 pub fn client() -> reqwest::Client {
@@ -90,4 +99,44 @@ pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     f()
+}
+
+/// A gateway with a real ledger behind it, and a read handle on that ledger.
+pub struct LedgerGateway {
+    pub gateway: Gateway,
+    pub ledger: bourse::ledger::Ledger,
+    _writer: bourse::ledger::WriterHandle,
+}
+
+impl LedgerGateway {
+    /// The first ledger row of a request, waiting for the background writer.
+    pub async fn row(&self, request_id: &str) -> bourse::ledger::LedgerEntry {
+        for _ in 0..200 {
+            if let Some(r) = self.ledger.rows(request_id).await.unwrap().into_iter().next() {
+                return r;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("no ledger row for {request_id}");
+    }
+}
+
+pub async fn gateway_with_ledger(toml_text: &str, url: &str) -> LedgerGateway {
+    use bourse::ledger::{Ledger, Writer, WriterConfig};
+    let cfg = Config::from_toml(toml_text, &test_env).expect("test config is valid");
+    let mut state = AppState::from_config(&cfg).expect("state");
+    let (writer, handle) = Writer::start(
+        Ledger::open(url).await.unwrap(),
+        WriterConfig { flush_interval: std::time::Duration::from_millis(10), ..WriterConfig::default() },
+    );
+    state.ledger = Some(writer);
+    state.reports = Some(Ledger::open(url).await.unwrap());
+    let ledger = Ledger::open(url).await.unwrap();
+    let state = Arc::new(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app(state)).await;
+    });
+    LedgerGateway { gateway: Gateway { addr, url: format!("http://{addr}"), task }, ledger, _writer: handle }
 }

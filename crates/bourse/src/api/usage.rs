@@ -1,0 +1,59 @@
+//! `GET /v1/bourse/usage`: the ledger report as JSON (behind the gateway key like every
+//! `/v1` route): requests, tokens by kind, cost, reference cost and savings.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::ledger::{GroupBy, ReportQuery};
+use crate::meter::Cost;
+use crate::server::SharedState;
+use crate::timespec;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Debug, Deserialize)]
+pub struct UsageParams {
+    since: Option<String>,
+    until: Option<String>,
+    by: Option<String>,
+}
+
+pub fn group_by(s: Option<&str>) -> Result<GroupBy, String> {
+    match s.unwrap_or("model") {
+        "model" => Ok(GroupBy::Model),
+        "provider" => Ok(GroupBy::Provider),
+        "key" => Ok(GroupBy::Key),
+        "day" => Ok(GroupBy::Day),
+        "none" | "total" => Ok(GroupBy::None),
+        other => Err(format!("'by' must be model, provider, key, day or none, got \"{other}\"")),
+    }
+}
+
+pub async fn usage(State(state): State<SharedState>, Query(p): Query<UsageParams>) -> Result<Response> {
+    let Some(ledger) = &state.reports else {
+        return Err(Error::new(ErrorKind::Unavailable, "the ledger is off ([storage] ledger = false)"));
+    };
+    let now = timespec::now_ms();
+    let since =
+        p.since.as_deref().map(|s| timespec::parse(s, now)).transpose().map_err(|m| Error::invalid("since", m))?;
+    let until =
+        p.until.as_deref().map(|s| timespec::parse(s, now)).transpose().map_err(|m| Error::invalid("until", m))?;
+    let by = group_by(p.by.as_deref()).map_err(|m| Error::invalid("by", m))?;
+    let rows = ledger
+        .report(&ReportQuery { since_ms: since, until_ms: until, by })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("ledger report failed: {e}")))?;
+    let data: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(r).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("cost_usd".into(), json!(Cost(r.cost_nanos).usd()));
+                o.insert("reference_cost_usd".into(), json!(Cost(r.reference_cost_nanos).usd()));
+                o.insert("saved_usd".into(), json!(Cost(r.saved_nanos).usd()));
+            }
+            v
+        })
+        .collect();
+    Ok(axum::Json(json!({"object": "list", "since_ms": since, "until_ms": until, "data": data})).into_response())
+}

@@ -1,0 +1,242 @@
+//! The embedded SQLite store (the default).
+//!
+//! rusqlite is blocking, so every call runs on tokio's blocking pool (`spawn_blocking`),
+//! never on a runtime worker. Two connections: one for writes and one for reads, so a long
+//! report never holds up the batch writer (WAL lets readers and the writer run together).
+//! Each connection sits behind a mutex because a `Connection` is not `Sync`.
+
+use super::report::{GroupBy, ReportQuery, ReportRow};
+use super::{count_to_db, from_db, now_ms, LedgerEntry, LedgerError, Migration};
+use crate::canonical::Usage;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+const MIGRATIONS: &[Migration] =
+    &[Migration { version: 1, sql: include_str!("../../migrations/sqlite/0001_ledger.sql") }];
+
+/// How long a statement waits for another process's lock (e.g. a `sqlite3` shell running
+/// a report) before failing; the batch writer retries on top of this.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const INSERT: &str = concat!(
+    "INSERT INTO ledger (",
+    entry_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
+);
+
+const SELECT_BY_REQUEST: &str =
+    concat!("SELECT ", entry_columns!(), " FROM ledger WHERE request_id = ?1 ORDER BY attempt, id");
+
+/// A ledger in one SQLite file. Clones share the connections.
+#[derive(Clone)]
+pub struct SqliteLedger {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+}
+
+impl fmt::Debug for SqliteLedger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteLedger").field("path", &self.inner.path).finish_non_exhaustive()
+    }
+}
+
+impl SqliteLedger {
+    pub(super) async fn open(path: &str) -> Result<SqliteLedger, LedgerError> {
+        let path = PathBuf::from(path);
+        blocking(move || {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut writer = connect(&path)?;
+            migrate(&mut writer)?;
+            let reader = connect(&path)?;
+            Ok(SqliteLedger { inner: Arc::new(Inner { path, writer: Mutex::new(writer), reader: Mutex::new(reader) }) })
+        })
+        .await
+    }
+
+    /// The file this ledger lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub(super) async fn append(&self, rows: &[LedgerEntry]) -> Result<(), LedgerError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // spawn_blocking needs 'static data; a batch is small, so copying it is cheap.
+        let rows = rows.to_vec();
+        let inner = self.inner.clone();
+        blocking(move || {
+            let mut conn = lock(&inner.writer);
+            // IMMEDIATE takes the write lock up front, so a concurrent writer makes us wait
+            // (busy_timeout) at BEGIN instead of failing half-way through the batch.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut stmt = tx.prepare_cached(INSERT)?;
+                for r in &rows {
+                    stmt.execute(params![
+                        r.request_id,
+                        r.attempt,
+                        r.ts_ms,
+                        r.key_id,
+                        r.provider,
+                        r.model,
+                        r.route_reason,
+                        count_to_db(r.usage.input_uncached),
+                        count_to_db(r.usage.input_cache_read),
+                        count_to_db(r.usage.input_cache_write),
+                        count_to_db(r.usage.output),
+                        count_to_db(r.usage.output_reasoning),
+                        r.cost_nanos,
+                        r.reference_cost_nanos,
+                        r.catalog_version,
+                        r.ttfb_ms,
+                        r.latency_ms,
+                        r.status,
+                        r.error_kind,
+                        r.estimated,
+                        r.stream,
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn report(&self, q: &ReportQuery) -> Result<Vec<ReportRow>, LedgerError> {
+        let sql = report_sql!(q.by, day: "date(ts_ms / 1000.0, 'unixepoch')", sum_cast: "", since: "?1", until: "?2");
+        let (since, until) = (q.since_ms, q.until_ms);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(sql)?;
+            let mut rows = stmt.query(params![since, until])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                let mut sums = [0i64; 11];
+                for (i, s) in sums.iter_mut().enumerate() {
+                    *s = row.get(i + 1)?;
+                }
+                out.push(ReportRow::from_sums(row.get(0)?, sums));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn count(&self) -> Result<i64, LedgerError> {
+        self.read(|conn| Ok(conn.query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get(0))?)).await
+    }
+
+    pub(super) async fn rows(&self, request_id: &str) -> Result<Vec<LedgerEntry>, LedgerError> {
+        let request_id = request_id.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(SELECT_BY_REQUEST)?;
+            let mut rows = stmt.query(params![request_id])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(entry(row)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, LedgerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, LedgerError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        blocking(move || f(&lock(&inner.reader))).await
+    }
+}
+
+/// Runs SQLite work on the blocking pool.
+async fn blocking<T, F>(f: F) -> Result<T, LedgerError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, LedgerError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.map_err(|e| LedgerError::Task(e.to_string()))?
+}
+
+/// A panic while holding the lock cannot leave the connection mid-transaction (rusqlite
+/// rolls back on drop), so a poisoned lock is still safe to use.
+fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn connect(path: &Path) -> Result<Connection, LedgerError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // WAL: readers never block the writer and a commit is one append to the log.
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(path = %path.display(), mode, "ledger: SQLite refused WAL mode; writes will be slower");
+    }
+    // NORMAL in WAL mode survives a process crash (SIGKILL) and only risks the last
+    // commits on power loss, for far fewer fsyncs than FULL.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
+    // IMMEDIATE so two processes opening a fresh file at once apply each step once.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
+    )?;
+    for m in MIGRATIONS {
+        let applied = tx
+            .query_row("SELECT 1 FROM schema_migrations WHERE version = ?1", params![m.version], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if !applied {
+            tx.execute_batch(m.sql)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_ms) VALUES (?1, ?2)",
+                params![m.version, now_ms()],
+            )?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn entry(row: &rusqlite::Row<'_>) -> Result<LedgerEntry, LedgerError> {
+    Ok(LedgerEntry {
+        request_id: row.get(0)?,
+        attempt: from_db(row.get(1)?, "attempt")?,
+        ts_ms: row.get(2)?,
+        key_id: row.get(3)?,
+        provider: row.get(4)?,
+        model: row.get(5)?,
+        route_reason: row.get(6)?,
+        usage: Usage {
+            input_uncached: from_db(row.get(7)?, "input_uncached")?,
+            input_cache_read: from_db(row.get(8)?, "input_cache_read")?,
+            input_cache_write: from_db(row.get(9)?, "input_cache_write")?,
+            output: from_db(row.get(10)?, "output")?,
+            output_reasoning: from_db(row.get(11)?, "output_reasoning")?,
+        },
+        cost_nanos: row.get(12)?,
+        reference_cost_nanos: row.get(13)?,
+        catalog_version: row.get(14)?,
+        ttfb_ms: row.get::<_, Option<i64>>(15)?.map(|v| from_db(v, "ttfb_ms")).transpose()?,
+        latency_ms: from_db(row.get(16)?, "latency_ms")?,
+        status: from_db(row.get(17)?, "status")?,
+        error_kind: row.get(18)?,
+        estimated: row.get(19)?,
+        stream: row.get(20)?,
+    })
+}

@@ -1,0 +1,175 @@
+//! `bourse report`: ledger aggregates as a table, JSON or CSV. Money is summed as integer
+//! nano-USD by the database and only formatted here.
+
+use crate::ledger::ReportRow;
+use crate::meter::Cost;
+use serde_json::json;
+use std::fmt::Write as _;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+/// Savings as a percentage of the reference cost, to one decimal (integer arithmetic).
+fn saved_pct(r: &ReportRow) -> String {
+    if r.reference_cost_nanos <= 0 {
+        return "-".into();
+    }
+    let tenths = (i128::from(r.saved_nanos) * 1000) / i128::from(r.reference_cost_nanos);
+    format!("{}.{}%", tenths / 10, (tenths % 10).abs())
+}
+
+fn total(rows: &[ReportRow]) -> ReportRow {
+    let mut t = ReportRow { group: "TOTAL".into(), ..ReportRow::default() };
+    for r in rows {
+        t.requests += r.requests;
+        t.attempts += r.attempts;
+        t.input_uncached += r.input_uncached;
+        t.input_cache_read += r.input_cache_read;
+        t.input_cache_write += r.input_cache_write;
+        t.output += r.output;
+        t.output_reasoning += r.output_reasoning;
+        t.cost_nanos += r.cost_nanos;
+        t.reference_cost_nanos += r.reference_cost_nanos;
+        t.saved_nanos += r.saved_nanos;
+        t.errors += r.errors;
+        t.estimated += r.estimated;
+    }
+    t
+}
+
+const HEADER: [&str; 14] = [
+    "group",
+    "requests",
+    "attempts",
+    "input",
+    "cache_read",
+    "cache_write",
+    "output",
+    "reasoning",
+    "cost_usd",
+    "reference_usd",
+    "saved_usd",
+    "saved_pct",
+    "errors",
+    "estimated",
+];
+
+fn cells(r: &ReportRow) -> Vec<String> {
+    vec![
+        r.group.clone(),
+        r.requests.to_string(),
+        r.attempts.to_string(),
+        r.input_uncached.to_string(),
+        r.input_cache_read.to_string(),
+        r.input_cache_write.to_string(),
+        r.output.to_string(),
+        r.output_reasoning.to_string(),
+        Cost(r.cost_nanos).usd(),
+        Cost(r.reference_cost_nanos).usd(),
+        Cost(r.saved_nanos).usd(),
+        saved_pct(r),
+        r.errors.to_string(),
+        r.estimated.to_string(),
+    ]
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+pub fn render(rows: &[ReportRow], format: Format) -> String {
+    match format {
+        Format::Json => {
+            let data: Vec<_> = rows
+                .iter()
+                .map(|r| {
+                    let mut v = serde_json::to_value(r).unwrap_or_default();
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("cost_usd".into(), json!(Cost(r.cost_nanos).usd()));
+                        o.insert("reference_cost_usd".into(), json!(Cost(r.reference_cost_nanos).usd()));
+                        o.insert("saved_usd".into(), json!(Cost(r.saved_nanos).usd()));
+                        o.insert("saved_pct".into(), json!(saved_pct(r)));
+                    }
+                    v
+                })
+                .collect();
+            let t = total(rows);
+            serde_json::to_string_pretty(&json!({"data": data, "total": {
+                "requests": t.requests, "cost_usd": Cost(t.cost_nanos).usd(),
+                "reference_cost_usd": Cost(t.reference_cost_nanos).usd(), "saved_usd": Cost(t.saved_nanos).usd(),
+                "saved_pct": saved_pct(&t), "errors": t.errors}}))
+            .unwrap_or_default()
+        }
+        Format::Csv => {
+            let mut out = HEADER.join(",");
+            out.push('\n');
+            for r in rows {
+                out.push_str(&cells(r).iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","));
+                out.push('\n');
+            }
+            out
+        }
+        Format::Table => {
+            let mut table: Vec<Vec<String>> = vec![HEADER.iter().map(|h| h.to_string()).collect()];
+            table.extend(rows.iter().map(cells));
+            if rows.len() > 1 {
+                table.push(cells(&total(rows)));
+            }
+            let widths: Vec<usize> =
+                (0..HEADER.len()).map(|i| table.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+            let mut out = String::new();
+            for row in &table {
+                for (i, c) in row.iter().enumerate() {
+                    if i == 0 {
+                        let _ = write!(out, "{c:<w$}", w = widths[i]);
+                    } else {
+                        let _ = write!(out, "  {c:>w$}", w = widths[i]);
+                    }
+                }
+                out.push('\n');
+            }
+            if rows.is_empty() {
+                out.push_str("(no ledger rows in this period)\n");
+            }
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(g: &str, cost: i64, reference: i64) -> ReportRow {
+        ReportRow {
+            group: g.into(),
+            requests: 2,
+            attempts: 3,
+            cost_nanos: cost,
+            reference_cost_nanos: reference,
+            saved_nanos: reference - cost,
+            ..ReportRow::default()
+        }
+    }
+
+    #[test]
+    fn table_totals_and_percentages_are_exact() {
+        let rows = [row("a/x", 800_000, 8_000_000), row("b/y", 1, 3)];
+        let t = render(&rows, Format::Table);
+        assert!(t.contains("0.000800000") && t.contains("90.0%") && t.contains("66.6%"), "{t}");
+        assert!(t.lines().last().unwrap().starts_with("TOTAL"), "{t}");
+        assert!(t.contains("0.008000003"), "{t}");
+        let csv = render(&[row("a,b", 1, 2)], Format::Csv);
+        assert!(csv.lines().nth(1).unwrap().starts_with("\"a,b\",2,3"), "{csv}");
+        let j: serde_json::Value = serde_json::from_str(&render(&rows, Format::Json)).unwrap();
+        assert_eq!(j["total"]["cost_usd"], "0.000800001");
+    }
+}

@@ -1,0 +1,580 @@
+//! The usage ledger against both stores: every test below is one `async fn(url)` run by
+//! `sqlite::<name>` (a temp file) and `postgres::<name>` (a fresh database; see
+//! `common/pg.rs` for where the server comes from).
+
+#[path = "common/pg.rs"]
+mod pg;
+
+use bourse::canonical::Usage;
+use bourse::ledger::{
+    FullPolicy, GroupBy, Ledger, LedgerEntry, ReportQuery, ReportRow, Writer, WriterConfig, WriterStats,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Generates `sqlite::$name` and `postgres::$name` for each shared test `$name(url)`.
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let dir = super::TempDir::new(stringify!($name));
+                    super::$name(&dir.url()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = super::pg::Database::create(stringify!($name)).await;
+                    super::$name(&db.url).await;
+                    db.drop().await;
+                }
+            )*
+        }
+    };
+}
+
+both_stores!(
+    roundtrip_every_field,
+    report_by_model_exact,
+    report_every_grouping_and_window,
+    report_empty,
+    migrations_are_idempotent,
+    concurrent_opens_migrate_once,
+    writer_flushes_everything_on_shutdown,
+    writer_ends_when_every_clone_is_dropped,
+    drop_policy_counts_drops,
+    block_policy_waits_then_drops,
+    block_policy_loses_nothing_in_a_burst,
+    failing_store_counts_failed_batches,
+    sigkill_loses_at_most_the_unflushed_tail,
+);
+
+/// A temp dir removed on drop (also after a failed test: nothing there is worth keeping).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let dir = std::env::temp_dir().join(format!("bourse-ledger-{}-{tag}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// A nested path, so opening also proves the parent dir gets created.
+    fn url(&self) -> String {
+        format!("sqlite:{}", self.0.join("data/ledger.db").display())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn row(request_id: &str, attempt: u32, ts_ms: i64) -> LedgerEntry {
+    LedgerEntry {
+        request_id: request_id.into(),
+        attempt,
+        ts_ms,
+        key_id: None,
+        provider: "openai".into(),
+        model: "gpt-4o-mini".into(),
+        route_reason: None,
+        usage: Usage::default(),
+        cost_nanos: 0,
+        reference_cost_nanos: 0,
+        catalog_version: "test@2025-01-01#0".into(),
+        ttfb_ms: None,
+        latency_ms: 5,
+        status: 200,
+        error_kind: None,
+        estimated: false,
+        stream: false,
+    }
+}
+
+fn usage(base: u64) -> Usage {
+    Usage {
+        input_uncached: base,
+        input_cache_read: 2 * base,
+        input_cache_write: 3 * base,
+        output: 4 * base,
+        output_reasoning: 5 * base,
+    }
+}
+
+async fn roundtrip_every_field(url: &str) {
+    let ledger = Ledger::open(url).await.unwrap();
+    let full = LedgerEntry {
+        request_id: "req-1".into(),
+        attempt: 2,
+        ts_ms: 1_700_000_000_123,
+        key_id: Some("key-7f3a".into()),
+        provider: "anthropic".into(),
+        model: "claude-sonnet-4".into(),
+        route_reason: Some("fallback: openai 503".into()),
+        usage: Usage {
+            input_uncached: 1_234,
+            input_cache_read: 5_678,
+            input_cache_write: 90,
+            output: 321,
+            output_reasoning: 654,
+        },
+        cost_nanos: 1_234_567_890,
+        reference_cost_nanos: 2_345_678_901,
+        catalog_version: "builtin@2025-06-01#ab12".into(),
+        ttfb_ms: Some(250),
+        latency_ms: 1_500,
+        status: 200,
+        error_kind: None,
+        estimated: true,
+        stream: true,
+    };
+    // Every optional field empty, bools false, and each integer at its type's edge.
+    let edge = LedgerEntry {
+        request_id: "req-1".into(),
+        attempt: u32::MAX,
+        ts_ms: i64::MIN,
+        key_id: None,
+        provider: "o'quote\"; DROP TABLE ledger; --".into(),
+        model: "ünïcødé/模型".into(),
+        route_reason: None,
+        usage: Usage {
+            input_uncached: i64::MAX as u64,
+            input_cache_read: 0,
+            input_cache_write: 1,
+            output: u32::MAX as u64 + 1,
+            output_reasoning: 0,
+        },
+        cost_nanos: i64::MIN,
+        reference_cost_nanos: i64::MAX,
+        catalog_version: String::new(),
+        ttfb_ms: Some(u32::MAX),
+        latency_ms: u32::MAX,
+        status: u16::MAX,
+        error_kind: Some("upstream_timeout".into()),
+        estimated: false,
+        stream: false,
+    };
+    let first = LedgerEntry { attempt: 1, status: 503, error_kind: Some("upstream_5xx".into()), ..full.clone() };
+    let other = row("req-2", 1, 5);
+    // Out of attempt order on purpose: rows() orders by attempt.
+    ledger.append(&[edge.clone(), full.clone(), other.clone(), first.clone()]).await.unwrap();
+    ledger.append(&[]).await.unwrap();
+
+    assert_eq!(ledger.rows("req-1").await.unwrap(), vec![first, full, edge]);
+    assert_eq!(ledger.rows("req-2").await.unwrap(), vec![other]);
+    assert_eq!(ledger.rows("nope").await.unwrap(), vec![]);
+    assert_eq!(ledger.count().await.unwrap(), 4);
+}
+
+/// Five attempts of four requests, spread over four UTC days (two at a day's edges).
+fn report_fixture() -> Vec<LedgerEntry> {
+    let mk = |req: &str, attempt, ts_ms, key: Option<&str>, provider: &str, model: &str, base, cost, reference| {
+        LedgerEntry {
+            key_id: key.map(Into::into),
+            provider: provider.into(),
+            model: model.into(),
+            usage: usage(base),
+            cost_nanos: cost,
+            reference_cost_nanos: reference,
+            ..row(req, attempt, ts_ms)
+        }
+    };
+    vec![
+        LedgerEntry { error_kind: Some("timeout".into()), ..mk("a", 1, 0, Some("k1"), "openai", "gpt", 1, 100, 150) },
+        mk("a", 2, 86_399_999, Some("k1"), "anthropic", "claude", 10, 200, 200),
+        LedgerEntry { estimated: true, ..mk("b", 1, 86_400_000, None, "openai", "gpt", 100, 300, 500) },
+        LedgerEntry {
+            estimated: true,
+            error_kind: Some("upstream_5xx".into()),
+            ..mk("c", 1, 1_700_000_000_000, Some("k2"), "openai", "mini", 1_000, 200, 190)
+        },
+        LedgerEntry { error_kind: Some("connect".into()), ..mk("d", 1, -1, None, "anthropic", "claude", 0, 0, 0) },
+    ]
+}
+
+fn q(by: GroupBy) -> ReportQuery {
+    ReportQuery { since_ms: None, until_ms: None, by }
+}
+
+/// One grouping written out by hand, which also vouches for `expected_report` below.
+async fn report_by_model_exact(url: &str) {
+    let ledger = Ledger::open(url).await.unwrap();
+    ledger.append(&report_fixture()).await.unwrap();
+    let row = |group: &str, requests, attempts, base: i64, cost, reference, errors, estimated| ReportRow {
+        group: group.into(),
+        requests,
+        attempts,
+        input_uncached: base,
+        input_cache_read: 2 * base,
+        input_cache_write: 3 * base,
+        output: 4 * base,
+        output_reasoning: 5 * base,
+        cost_nanos: cost,
+        reference_cost_nanos: reference,
+        saved_nanos: reference - cost,
+        errors,
+        estimated,
+    };
+    let want = vec![
+        row("openai/gpt", 2, 2, 101, 400, 650, 1, 1),
+        // Equal cost: ordered by group.
+        row("anthropic/claude", 2, 2, 10, 200, 200, 1, 0),
+        row("openai/mini", 1, 1, 1_000, 200, 190, 1, 1),
+    ];
+    assert_eq!(ledger.report(&q(GroupBy::Model)).await.unwrap(), want);
+    assert_eq!(want[2].saved_nanos, -10, "a dearer route than the reference shows as negative savings");
+
+    // Five attempts but four distinct requests.
+    let all = ledger.report(&q(GroupBy::None)).await.unwrap();
+    assert_eq!(all, vec![row("(all)", 4, 5, 1_111, 800, 1_040, 3, 2)]);
+    assert_eq!(
+        expected_report(&report_fixture(), &q(GroupBy::Model)),
+        ledger.report(&q(GroupBy::Model)).await.unwrap()
+    );
+}
+
+async fn report_every_grouping_and_window(url: &str) {
+    let ledger = Ledger::open(url).await.unwrap();
+    let rows = report_fixture();
+    ledger.append(&rows).await.unwrap();
+    let day = 86_400_000;
+    let windows = [
+        (None, None),
+        (Some(0), Some(day)), // since is inclusive, until exclusive: day 1970-01-01 only
+        (Some(day), None),
+        (None, Some(0)),
+        (Some(-1), Some(0)),
+        (Some(2 * day), Some(day)), // empty
+    ];
+    for by in [GroupBy::Model, GroupBy::Provider, GroupBy::Key, GroupBy::Day, GroupBy::None] {
+        for (since_ms, until_ms) in windows {
+            let query = ReportQuery { since_ms, until_ms, by };
+            assert_eq!(ledger.report(&query).await.unwrap(), expected_report(&rows, &query), "{query:?}");
+        }
+    }
+    // Spot checks that the reference agrees with the intent.
+    let days: Vec<String> = ledger.report(&q(GroupBy::Day)).await.unwrap().into_iter().map(|r| r.group).collect();
+    assert_eq!(days, ["1970-01-02", "2023-11-14", "1970-01-01", "1969-12-31"]);
+    let keys: Vec<String> = ledger.report(&q(GroupBy::Key)).await.unwrap().into_iter().map(|r| r.group).collect();
+    assert_eq!(keys, ["k1", "(none)", "k2"]);
+    let first_day = ReportQuery { since_ms: Some(0), until_ms: Some(day), by: GroupBy::None };
+    let r = &ledger.report(&first_day).await.unwrap()[0];
+    assert_eq!((r.requests, r.attempts, r.cost_nanos), (1, 2, 300));
+}
+
+async fn report_empty(url: &str) {
+    let ledger = Ledger::open(url).await.unwrap();
+    for by in [GroupBy::Model, GroupBy::Provider, GroupBy::Key, GroupBy::Day, GroupBy::None] {
+        assert_eq!(ledger.report(&q(by)).await.unwrap(), vec![]);
+    }
+}
+
+/// The report computed in Rust: the meaning the SQL of both stores must match.
+fn expected_report(rows: &[LedgerEntry], query: &ReportQuery) -> Vec<ReportRow> {
+    let mut groups: BTreeMap<String, (ReportRow, BTreeSet<String>)> = BTreeMap::new();
+    for r in rows {
+        if query.since_ms.is_some_and(|s| r.ts_ms < s) || query.until_ms.is_some_and(|u| r.ts_ms >= u) {
+            continue;
+        }
+        let key = match query.by {
+            GroupBy::Model => format!("{}/{}", r.provider, r.model),
+            GroupBy::Provider => r.provider.clone(),
+            GroupBy::Key => r.key_id.clone().unwrap_or_else(|| "(none)".into()),
+            GroupBy::Day => utc_day(r.ts_ms),
+            GroupBy::None => "(all)".into(),
+        };
+        let (g, requests) = groups
+            .entry(key.clone())
+            .or_insert_with(|| (ReportRow { group: key, ..Default::default() }, BTreeSet::new()));
+        requests.insert(r.request_id.clone());
+        g.attempts += 1;
+        g.input_uncached += r.usage.input_uncached as i64;
+        g.input_cache_read += r.usage.input_cache_read as i64;
+        g.input_cache_write += r.usage.input_cache_write as i64;
+        g.output += r.usage.output as i64;
+        g.output_reasoning += r.usage.output_reasoning as i64;
+        g.cost_nanos += r.cost_nanos;
+        g.reference_cost_nanos += r.reference_cost_nanos;
+        g.errors += i64::from(r.error_kind.is_some());
+        g.estimated += i64::from(r.estimated);
+    }
+    let mut out: Vec<ReportRow> = groups
+        .into_values()
+        .map(|(mut g, requests)| {
+            g.requests = requests.len() as i64;
+            g.saved_nanos = g.reference_cost_nanos - g.cost_nanos;
+            g
+        })
+        .collect();
+    out.sort_by(|a, b| b.cost_nanos.cmp(&a.cost_nanos).then_with(|| a.group.cmp(&b.group)));
+    out
+}
+
+/// `YYYY-MM-DD` of a Unix-millisecond instant in UTC (Hinnant's civil-from-days).
+fn utc_day(ts_ms: i64) -> String {
+    let z = ts_ms.div_euclid(86_400_000) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[test]
+fn utc_day_reference_is_right() {
+    assert_eq!(utc_day(0), "1970-01-01");
+    assert_eq!(utc_day(-1), "1969-12-31");
+    assert_eq!(utc_day(1_700_000_000_000), "2023-11-14");
+    assert_eq!(utc_day(951_782_400_000), "2000-02-29");
+}
+
+async fn migrations_are_idempotent(url: &str) {
+    let first = Ledger::open(url).await.unwrap();
+    first.append(&[row("r", 1, 1)]).await.unwrap();
+    drop(first);
+    for _ in 0..2 {
+        let again = Ledger::open(url).await.unwrap();
+        assert_eq!(again.count().await.unwrap(), 1, "reopening keeps the rows");
+        again.append(&[row("r", 2, 2)]).await.unwrap();
+        let n = again.count().await.unwrap();
+        assert!(n == 2 || n == 3);
+    }
+    assert_eq!(Ledger::open(url).await.unwrap().count().await.unwrap(), 3);
+}
+
+/// Several gateways starting at once on a fresh store: each step applies exactly once.
+async fn concurrent_opens_migrate_once(url: &str) {
+    let opens = (0..4).map(|_| Ledger::open(url));
+    let ledgers: Vec<Ledger> = futures_util::future::join_all(opens).await.into_iter().map(Result::unwrap).collect();
+    for (i, l) in ledgers.iter().enumerate() {
+        l.append(&[row("r", i as u32 + 1, 1)]).await.unwrap();
+    }
+    assert_eq!(ledgers[0].count().await.unwrap(), 4);
+}
+
+fn numbered(i: usize) -> LedgerEntry {
+    LedgerEntry { usage: usage(i as u64), cost_nanos: i as i64, ..row(&format!("req-{i}"), 1, i as i64) }
+}
+
+async fn writer_flushes_everything_on_shutdown(url: &str) {
+    let ledger = Ledger::open(url).await.unwrap();
+    // A flush interval far beyond the test: only shutdown can flush the last partial batch.
+    let cfg = WriterConfig { flush_interval: Duration::from_secs(600), ..WriterConfig::default() };
+    let (writer, handle) = Writer::start(ledger.clone(), cfg);
+    const N: usize = 2_000;
+    for i in 0..N {
+        writer.record(numbered(i)).await;
+    }
+    let started = Instant::now();
+    let stats = tokio::time::timeout(Duration::from_secs(30), handle.shutdown()).await.expect("shutdown finishes");
+    assert!(started.elapsed() < Duration::from_secs(10), "shutdown must not wait for flush_interval");
+    assert_eq!(stats, WriterStats { queued: 0, written: N as u64, dropped: 0, failed_batches: 0 });
+    assert_eq!(ledger.count().await.unwrap(), N as i64);
+    let none = ledger.report(&q(GroupBy::None)).await.unwrap();
+    assert_eq!(none[0].cost_nanos, (0..N as i64).sum::<i64>());
+
+    // After shutdown the queue is closed: a late row is counted, not lost silently.
+    writer.record(numbered(N)).await;
+    writer.try_record(numbered(N + 1));
+    assert_eq!(writer.stats().dropped, 2);
+    assert_eq!(ledger.count().await.unwrap(), N as i64);
+}
+
+async fn writer_ends_when_every_clone_is_dropped(url: &str) {
+    let ledger = Ledger::open(url).await.unwrap();
+    let cfg = WriterConfig { flush_interval: Duration::from_secs(600), ..WriterConfig::default() };
+    let (writer, handle) = Writer::start(ledger.clone(), cfg);
+    drop(handle); // detaches: the task lives on while any Writer does
+    let clone = writer.clone();
+    for i in 0..300 {
+        clone.record(numbered(i)).await;
+    }
+    writer.try_record(numbered(300));
+    drop(clone);
+    // Still open: one Writer is left, and 301 - 256 rows wait for the (long) interval.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ledger.count().await.unwrap() < 256 {
+        assert!(Instant::now() < deadline, "the first full batch was not written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ledger.count().await.unwrap(), 256);
+    drop(writer);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ledger.count().await.unwrap() < 301 {
+        assert!(Instant::now() < deadline, "the last batch was not flushed after every Writer was dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ledger.count().await.unwrap(), 301);
+}
+
+/// The test seam: `Writer::queue` makes the queue without a drain task, so "full" is
+/// exact rather than a race against a store.
+async fn drop_policy_counts_drops(url: &str) {
+    let ledger = Ledger::open(url).await.unwrap();
+    let cfg = WriterConfig { queue: 1, on_full: FullPolicy::Drop, ..WriterConfig::default() };
+    let (writer, pending) = Writer::queue(cfg);
+    for i in 0..4 {
+        writer.record(numbered(i)).await;
+    }
+    writer.try_record(numbered(4));
+    assert_eq!(writer.stats(), WriterStats { queued: 1, written: 0, dropped: 4, failed_batches: 0 });
+    let stats = pending.start(ledger.clone()).shutdown().await;
+    assert_eq!(stats, WriterStats { queued: 0, written: 1, dropped: 4, failed_batches: 0 });
+    assert_eq!(ledger.rows("req-0").await.unwrap(), vec![numbered(0)], "the first row kept its place");
+    assert_eq!(ledger.count().await.unwrap(), 1);
+}
+
+async fn block_policy_waits_then_drops(url: &str) {
+    let ledger = Ledger::open(url).await.unwrap();
+    let max_wait = Duration::from_millis(100);
+    let cfg = WriterConfig { queue: 1, on_full: FullPolicy::Block { max_wait }, ..WriterConfig::default() };
+    let (writer, pending) = Writer::queue(cfg);
+    writer.record(numbered(0)).await;
+    let started = Instant::now();
+    writer.record(numbered(1)).await;
+    assert!(started.elapsed() >= max_wait, "Block waits for space before dropping");
+    assert_eq!(writer.stats().dropped, 1);
+    // try_record never waits, whatever the policy.
+    let started = Instant::now();
+    writer.try_record(numbered(2));
+    assert!(started.elapsed() < max_wait);
+    assert_eq!(writer.stats().dropped, 2);
+
+    // With the drain running, a blocked record gets through once space frees up.
+    let handle = pending.start(ledger.clone());
+    writer.record(numbered(3)).await;
+    let stats = handle.shutdown().await;
+    assert_eq!(stats, WriterStats { queued: 0, written: 2, dropped: 2, failed_batches: 0 });
+    assert_eq!(ledger.count().await.unwrap(), 2);
+}
+
+async fn block_policy_loses_nothing_in_a_burst(url: &str) {
+    let ledger = Ledger::open(url).await.unwrap();
+    // max_wait well above one batch write even on a loaded 2-core CI box: this asserts the
+    // blocking semantics (wait for the drain rather than drop), not the machine's speed.
+    let cfg = WriterConfig {
+        queue: 100,
+        on_full: FullPolicy::Block { max_wait: Duration::from_secs(5) },
+        ..WriterConfig::default()
+    };
+    let (writer, handle) = Writer::start(ledger.clone(), cfg);
+    const PRODUCERS: usize = 4;
+    const EACH: usize = 2_500;
+    let tasks: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    writer.record(numbered(p * EACH + i)).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stats = handle.shutdown().await;
+    assert_eq!(stats, WriterStats { queued: 0, written: 10_000, dropped: 0, failed_batches: 0 });
+    assert_eq!(ledger.count().await.unwrap(), 10_000);
+}
+
+/// Drops the ledger table behind the writer's back, so every append fails.
+async fn break_store(url: &str) {
+    if let Some(path) = url.strip_prefix("sqlite:") {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.execute_batch("DROP TABLE ledger").unwrap();
+    } else {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client.batch_execute("DROP TABLE ledger").await.unwrap();
+    }
+}
+
+async fn failing_store_counts_failed_batches(url: &str) {
+    let ledger = Ledger::open(url).await.unwrap();
+    break_store(url).await;
+    let cfg =
+        WriterConfig { batch: 10, retries: 2, retry_backoff: Duration::from_millis(5), ..WriterConfig::default() };
+    let (writer, handle) = Writer::start(ledger.clone(), cfg);
+    for i in 0..25 {
+        writer.record(numbered(i)).await;
+    }
+    let stats = tokio::time::timeout(Duration::from_secs(30), handle.shutdown()).await.unwrap();
+    assert_eq!(stats.written, 0);
+    assert_eq!(stats.dropped, 25, "rows of failed batches count as dropped");
+    assert!(stats.failed_batches >= 3, "{stats:?}"); // 25 rows in batches of at most 10
+    assert_eq!(stats.queued, 0);
+    assert!(ledger.count().await.is_err());
+}
+
+/// Child side of the SIGKILL measurement: records ~2 000 rows/s through a default writer
+/// and prints each accepted row's number until killed. Runs only when the parent sets
+/// the env var (it is `#[ignore]`d so a plain `cargo test` never starts it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of sigkill_loses_at_most_the_unflushed_tail"]
+async fn sigkill_child() {
+    let Ok(url) = std::env::var("BOURSE_LEDGER_KILL_URL") else { return };
+    let ledger = Ledger::open(&url).await.unwrap();
+    let (writer, _handle) = Writer::start(ledger, WriterConfig::default());
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    // Bounded, in case the parent died without killing us.
+    for i in 0..120_000 {
+        if i % 2 == 0 {
+            tick.tick().await;
+        }
+        writer.record(numbered(i)).await;
+        println!("accepted {i}");
+    }
+}
+
+/// Measures what a hard kill loses: rows accepted by `record` but never committed. The
+/// design bounds it by `queue + batch`; while the store keeps up it is about
+/// `flush_interval` (+ one write) of traffic. See the numbers in `ledger/writer.rs`.
+async fn sigkill_loses_at_most_the_unflushed_tail(url: &str) {
+    use tokio::io::AsyncBufReadExt;
+    Ledger::open(url).await.unwrap(); // migrate up front so the child starts recording at once
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "sigkill_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("BOURSE_LEDGER_KILL_URL", url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut accepted: i64 = 0;
+    let mut killed_at = None;
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.unwrap().unwrap() {
+        let Some(n) = line.strip_prefix("accepted ") else { continue };
+        accepted = n.parse::<i64>().unwrap() + 1;
+        // ~1.5 s of traffic: several flush intervals, so the steady state is reached.
+        if accepted >= 3_000 && killed_at.is_none() {
+            child.start_kill().unwrap(); // SIGKILL
+            killed_at = Some(accepted);
+        }
+    }
+    child.wait().await.unwrap();
+    let stored = Ledger::open(url).await.unwrap().count().await.unwrap();
+    // The child may have accepted one more row than it printed.
+    let lost = accepted - stored;
+    let defaults = WriterConfig::default();
+    eprintln!(
+        "SIGKILL at {} accepted rows (~2000 rows/s): {stored} stored, {lost} lost (bound: queue {} + batch {})",
+        accepted, defaults.queue, defaults.batch
+    );
+    assert!(stored > 0, "batches committed before the kill survive it");
+    assert!(lost >= -1 && lost <= (defaults.queue + defaults.batch) as i64, "lost {lost}");
+}
