@@ -193,6 +193,18 @@ def gateway(sim: Sim, logdir: Path) -> Iterator[Gateway]:
         'kind = "openai-compatible"\n'
         f'base_url = "{sim.url}/v1"\n'
         'models = ["sim-small"]\n'
+        "\n"
+        "# Bourse refuses unpriced models; price the simulated ones.\n"
+        '[models."sim/sim-small"]\n'
+        "input = 1.0\n"
+        "cached_input = 0.1\n"
+        "output = 2.0\n"
+        '[models."sim/text-embedding-sim"]\n'
+        'kind = "embedding"\n'
+        "input = 0.02\n"
+        "\n"
+        "[storage]\n"
+        f'url = "sqlite:{logdir / "ledger.db"}"\n'
     )
     child = _Child(
         "bourse",

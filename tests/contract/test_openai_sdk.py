@@ -112,6 +112,12 @@ def test_chat_completion_raw_response_headers(client: openai.OpenAI) -> None:
     completion = raw.parse()
     assert isinstance(completion, ChatCompletion)
     assert completion.choices[0].message.content
+    # Priced at $1/M in, $2/M out (conftest); the reference (gpt-4o) costs more.
+    usage = completion.usage
+    assert usage is not None
+    expected_nanos = usage.prompt_tokens * 1000 + usage.completion_tokens * 2000
+    assert raw.headers.get("x-bourse-cost-usd") == f"{expected_nanos // 10**9}.{expected_nanos % 10**9:09d}"
+    assert float(raw.headers["x-bourse-saved-usd"]) > 0
 
 
 def test_client_request_id_is_echoed(client: openai.OpenAI) -> None:
@@ -182,12 +188,6 @@ def test_stream_helper_final_completion(client: openai.OpenAI) -> None:
     assert final.usage is not None and final.usage.completion_tokens == DEFAULT_OUTPUT_TOKENS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: the usage chunk is relayed with choices null/absent as the vendor sent "
-    "it; the SDK types require a list (strict validation raises, and even the lenient SDK's "
-    "chat.completions.stream() helper raises TypeError). Remove this marker once fixed.",
-)
 @pytest.mark.parametrize("choices_shape", ["null", "absent"])
 def test_stream_usage_chunk_is_valid_whatever_the_vendor_sends(
     client: openai.OpenAI, sim_config, choices_shape: str

@@ -142,6 +142,15 @@ async fn vendor_stream_quirks_keepalive_and_null_choices() {
     assert!(data.iter().all(|d| !d.contains("\"usage\":{")), "usage chunk with choices:null must be dropped");
     assert!(data.iter().any(|d| d.contains("reasoning_content")), "reasoning_content passes through");
 
+    // A client that asked for usage gets the chunk, with `choices: null` rewritten to `[]`
+    // (the official SDKs reject null there).
+    body["stream_options"] = json!({"include_usage": true});
+    let text = post(&format!("{}/v1/chat/completions", gw.url), &body).await.text().await.unwrap();
+    let data = sse_data(&text);
+    let usage: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert_eq!(usage["choices"], json!([]), "{usage}");
+    assert!(usage["usage"]["prompt_cache_hit_tokens"].is_u64());
+
     // Non-streaming with DeepSeek-style leading blank lines still yields clean JSON.
     let resp = post(&format!("{}/v1/chat/completions", gw.url), &chat_body("ds/sim-small")).await;
     assert_eq!(resp.status(), 200);

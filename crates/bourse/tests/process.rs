@@ -195,3 +195,38 @@ async fn upstream_requests_honour_http_proxy() {
     assert_eq!(request_line, "POST http://llm.bourse-test.invalid/v1/chat/completions HTTP/1.1");
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn sigterm_flushes_every_ledger_row() {
+    const N: usize = 200;
+    let sim = Sim::start(SimConfig::default()).await.unwrap();
+    let db = std::env::temp_dir().join(format!("bourse-flush-{}-{}.db", std::process::id(), fastrand::u64(..)));
+    let url = format!("sqlite:{}", db.display());
+    let cfg = write_config(&format!(
+        "[storage]\nurl = \"{url}\"\n[providers.alpha]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\n{}",
+        sim.base_url(),
+        price("alpha/sim-small", 1.0, 2.0)
+    ));
+    let (mut child, gw) = serve(bourse().args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&cfg.0)).await;
+    let c = client();
+    let sends = (0..N).map(|_| {
+        c.post(format!("{gw}/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(chat_body("alpha/sim-small").to_string())
+            .send()
+    });
+    for r in futures_util::future::join_all(sends).await {
+        assert_eq!(r.unwrap().status(), 200);
+    }
+    // Signal right away: rows may still sit in the writer's queue.
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+    let ledger = bourse::ledger::Ledger::open(&url).await.unwrap();
+    assert_eq!(ledger.count().await.unwrap(), N as i64, "every request has its ledger row after SIGTERM");
+    drop(ledger);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+}
