@@ -3,7 +3,7 @@
 use crate::canonical::Usage;
 use crate::dialect::openai::{self as wire, parse_chat_request, parse_embeddings_request};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ledger::LedgerEntry;
+use crate::ledger::{LedgerEntry, Writer};
 use crate::meter::{estimate, Cost};
 use crate::relay::{OnEnd, StreamEnd, StreamRelay, StreamSummary};
 use crate::route::Target;
@@ -128,9 +128,8 @@ impl Attempt {
         }
     }
 
-    /// Price the usage and write the ledger row (never on the request path: the writer
-    /// queues it). Returns the cost and the reference cost.
-    fn settle(self, usage: Usage, estimated: bool, status: u16, error: Option<&str>) -> Settled {
+    /// Price the usage and build the ledger row. Returns the cost and the reference cost.
+    fn settle(self, usage: Usage, estimated: bool, status: u16, error: Option<&str>) -> (Settled, Option<Record>) {
         let meter = &self.state.meter;
         let priced = meter.priced(&self.target.provider.id, self.target.provider.kind, &self.target.upstream_model);
         let (cost, reference) = match priced {
@@ -138,8 +137,9 @@ impl Attempt {
             // Unreachable: unpriced targets are refused before any attempt starts.
             Err(_) => (Cost::default(), Cost::default()),
         };
-        if let Some(ledger) = &self.state.ledger {
-            ledger.try_record(LedgerEntry {
+        let record = self.state.ledger.clone().map(|writer| Record {
+            writer,
+            entry: LedgerEntry {
                 request_id: self.caller.request_id,
                 attempt: self.number,
                 ts_ms: self.ts_ms,
@@ -157,18 +157,47 @@ impl Attempt {
                 error_kind: error.map(str::to_string),
                 estimated,
                 stream: self.stream,
-            });
-        }
-        Settled { cost, reference }
+            },
+        });
+        (Settled { cost, reference }, record)
     }
 
     /// A failed attempt: a ledger row with no usage, and the error as the client sees it.
-    fn fail(self, e: Error) -> Response {
+    async fn fail(self, e: Error) -> Response {
         let target = self.target.clone();
-        self.settle(Usage::default(), false, e.status().as_u16(), Some(e.label()));
+        let (_, record) = self.settle(Usage::default(), false, e.status().as_u16(), Some(e.label()));
+        if let Some(r) = record {
+            r.send().await;
+        }
         let mut resp = e.into_response();
         provenance(&mut resp, &target);
         resp
+    }
+}
+
+/// A ledger row on its way to the writer.
+struct Record {
+    writer: Writer,
+    entry: LedgerEntry,
+}
+
+impl Record {
+    /// Queue the row (the writer's full-queue policy applies; it never waits on the database).
+    async fn send(self) {
+        self.writer.record(self.entry).await;
+    }
+
+    /// From synchronous code (the end of a stream, possibly inside a drop): queue the row
+    /// at once if there is room (always, unless the store has fallen behind), else hand it
+    /// to a task so the same full-queue policy applies.
+    fn send_detached(self) {
+        let Err(entry) = self.writer.offer(self.entry) else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move { self.writer.record(entry).await });
+            }
+            Err(_) => self.writer.try_record(entry),
+        }
     }
 }
 
@@ -208,7 +237,7 @@ pub async fn chat_completions(
     let mut attempt = Attempt::start(&state, caller(rid, key), &target, req.stream);
     let resp = match target.provider.post_json("/chat/completions", upstream_body).await {
         Ok(r) => r,
-        Err(e) => return Ok(attempt.fail(e)),
+        Err(e) => return Ok(attempt.fail(e).await),
     };
     attempt.ttfb = Some(attempt.started.elapsed());
     let is_sse = resp
@@ -235,7 +264,10 @@ pub async fn chat_completions(
                 StreamEnd::UpstreamFailed(_) => (502, Some("upstream_stream_broken")),
                 StreamEnd::ClientGone => (499, Some("client_disconnected")),
             };
-            let settled = attempt.settle(usage, estimated, status, error);
+            let (settled, record) = attempt.settle(usage, estimated, status, error);
+            if let Some(r) = record {
+                r.send_detached();
+            }
             Some(money_comment(&settled))
         });
         let relay = StreamRelay::new(resp, target.provider.clone(), req.include_usage, Some(on_end));
@@ -251,7 +283,7 @@ pub async fn chat_completions(
         Ok((s, b))
     }) {
         Ok(x) => x,
-        Err(e) => return Ok(attempt.fail(e)),
+        Err(e) => return Ok(attempt.fail(e).await),
     };
     let bytes = if target.provider.quirks.think_tags_in_content { wire::split_think_tags(bytes) } else { bytes };
     let (usage, estimated) = match wire::response_usage(&bytes) {
@@ -265,7 +297,10 @@ pub async fn chat_completions(
             true,
         ),
     };
-    let settled = attempt.settle(usage, estimated, status.as_u16(), None);
+    let (settled, record) = attempt.settle(usage, estimated, status.as_u16(), None);
+    if let Some(r) = record {
+        r.send().await;
+    }
     let mut out = json_response(status, bytes);
     provenance(&mut out, &target);
     money_headers(&mut out, &settled);
@@ -287,7 +322,7 @@ pub async fn embeddings(
     let mut attempt = Attempt::start(&state, caller(rid, key), &target, false);
     let resp = match target.provider.post_json("/embeddings", upstream_body).await {
         Ok(r) => r,
-        Err(e) => return Ok(attempt.fail(e)),
+        Err(e) => return Ok(attempt.fail(e).await),
     };
     attempt.ttfb = Some(attempt.started.elapsed());
     let (status, bytes) = match read_upstream_body(&target, resp).await.and_then(|(s, b)| {
@@ -295,13 +330,16 @@ pub async fn embeddings(
         Ok((s, b))
     }) {
         Ok(x) => x,
-        Err(e) => return Ok(attempt.fail(e)),
+        Err(e) => return Ok(attempt.fail(e).await),
     };
     let (usage, estimated) = match wire::response_usage(&bytes) {
         Some(u) => (u, false),
         None => (Usage { input_uncached: estimate::embedding_input_tokens(&req.body), ..Usage::default() }, true),
     };
-    let settled = attempt.settle(usage, estimated, status.as_u16(), None);
+    let (settled, record) = attempt.settle(usage, estimated, status.as_u16(), None);
+    if let Some(r) = record {
+        r.send().await;
+    }
     let mut out = json_response(status, bytes);
     provenance(&mut out, &target);
     money_headers(&mut out, &settled);

@@ -226,6 +226,23 @@ impl Writer {
         }
     }
 
+    /// Queues a row if there is room now; gives it back if the queue is full, so a caller
+    /// in sync code can hand it to a task that applies the full-queue policy.
+    pub fn offer(&self, row: LedgerEntry) -> Result<(), LedgerEntry> {
+        self.shared.queued.fetch_add(1, Relaxed);
+        match self.tx.try_send(row) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(row)) => {
+                self.shared.queued.fetch_sub(1, Relaxed);
+                Err(row)
+            }
+            Err(TrySendError::Closed(_)) => {
+                self.lost(DropReason::Closed);
+                Ok(())
+            }
+        }
+    }
+
     pub fn stats(&self) -> WriterStats {
         self.shared.stats()
     }
