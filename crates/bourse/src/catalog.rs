@@ -623,7 +623,7 @@ mod tests {
         let e = load(&format!("{one}{one}")).unwrap_err();
         assert!(e.contains("duplicate id"), "{e}");
         let ok = Catalog::load(
-            &format!("[meta]\nname = \"t\"\ndate = \"d\"\nallow_expensive = [\"openai/o1-pro\"]\n[[model]]\nprovider = \"openai\"\nmodel = \"o1-pro\"\ninput = 150\noutput = 600\n"),
+            "[meta]\nname = \"t\"\ndate = \"d\"\nallow_expensive = [\"openai/o1-pro\"]\n[[model]]\nprovider = \"openai\"\nmodel = \"o1-pro\"\ninput = 150\noutput = 600\n",
             &BTreeMap::new(),
         );
         assert!(ok.is_ok());

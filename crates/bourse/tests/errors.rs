@@ -24,7 +24,9 @@ async fn client_mistakes_are_4xx_never_500() {
     let sim = Sim::start(SimConfig::default()).await.unwrap();
     let gw = gateway(&format!("[server]\nmax_body_bytes = 4096\n{}", provider_toml("alpha", &sim, ""))).await;
     let url = format!("{}/v1/chat/completions", gw.url);
-    let cases: Vec<(&str, &str, Vec<u8>, u16, Option<&str>)> = vec![
+    // (name, content type, body, expected status, expected `param`)
+    type Case<'a> = (&'a str, &'a str, Vec<u8>, u16, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         ("malformed json", "application/json", b"{\"model\": ".to_vec(), 400, None),
         ("not an object", "application/json", b"[1,2]".to_vec(), 400, None),
         (

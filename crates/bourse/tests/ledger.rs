@@ -262,9 +262,10 @@ async fn report_every_grouping_and_window(url: &str) {
     }
     // Spot checks that the reference agrees with the intent.
     let days: Vec<String> = ledger.report(&q(GroupBy::Day)).await.unwrap().into_iter().map(|r| r.group).collect();
-    assert_eq!(days, ["1970-01-02", "2023-11-14", "1970-01-01", "1969-12-31"]);
+    // 300 on each of the first two days: equal costs are ordered by group.
+    assert_eq!(days, ["1970-01-01", "1970-01-02", "2023-11-14", "1969-12-31"]);
     let keys: Vec<String> = ledger.report(&q(GroupBy::Key)).await.unwrap().into_iter().map(|r| r.group).collect();
-    assert_eq!(keys, ["k1", "(none)", "k2"]);
+    assert_eq!(keys, ["(none)", "k1", "k2"]);
     let first_day = ReportQuery { since_ms: Some(0), until_ms: Some(day), by: GroupBy::None };
     let r = &ledger.report(&first_day).await.unwrap()[0];
     assert_eq!((r.requests, r.attempts, r.cost_nanos), (1, 2, 300));
@@ -344,12 +345,10 @@ async fn migrations_are_idempotent(url: &str) {
     let first = Ledger::open(url).await.unwrap();
     first.append(&[row("r", 1, 1)]).await.unwrap();
     drop(first);
-    for _ in 0..2 {
+    for stored in 1..=2 {
         let again = Ledger::open(url).await.unwrap();
-        assert_eq!(again.count().await.unwrap(), 1, "reopening keeps the rows");
+        assert_eq!(again.count().await.unwrap(), stored, "reopening keeps the rows");
         again.append(&[row("r", 2, 2)]).await.unwrap();
-        let n = again.count().await.unwrap();
-        assert!(n == 2 || n == 3);
     }
     assert_eq!(Ledger::open(url).await.unwrap().count().await.unwrap(), 3);
 }
@@ -437,6 +436,35 @@ async fn drop_policy_counts_drops(url: &str) {
     assert_eq!(ledger.count().await.unwrap(), 1);
 }
 
+#[tokio::test]
+async fn a_writer_never_started_counts_its_queue_as_dropped() {
+    let (writer, pending) = Writer::queue(WriterConfig { queue: 10, ..WriterConfig::default() });
+    for i in 0..3 {
+        writer.record(numbered(i)).await;
+    }
+    drop(pending);
+    writer.try_record(numbered(3));
+    assert_eq!(writer.stats(), WriterStats { queued: 0, written: 0, dropped: 4, failed_batches: 0 });
+}
+
+#[tokio::test]
+async fn offer_hands_back_what_does_not_fit() {
+    let (writer, pending) = Writer::queue(WriterConfig { queue: 1, ..WriterConfig::default() });
+    assert_eq!(writer.offer(numbered(0)), Ok(()));
+    assert_eq!(writer.offer(numbered(1)), Err(numbered(1)), "full: the caller gets the row back");
+    assert_eq!(writer.stats(), WriterStats { queued: 1, written: 0, dropped: 0, failed_batches: 0 });
+    drop(pending);
+    assert_eq!(writer.offer(numbered(2)), Ok(()), "closed: nothing to hand back to");
+    assert_eq!(writer.stats(), WriterStats { queued: 0, written: 0, dropped: 2, failed_batches: 0 });
+}
+
+#[test]
+fn handles_are_shareable() {
+    fn shareable<T: Clone + Send + Sync + 'static>() {}
+    shareable::<Writer>();
+    shareable::<Ledger>();
+}
+
 async fn block_policy_waits_then_drops(url: &str) {
     let ledger = Ledger::open(url).await.unwrap();
     let max_wait = Duration::from_millis(100);
@@ -447,10 +475,8 @@ async fn block_policy_waits_then_drops(url: &str) {
     writer.record(numbered(1)).await;
     assert!(started.elapsed() >= max_wait, "Block waits for space before dropping");
     assert_eq!(writer.stats().dropped, 1);
-    // try_record never waits, whatever the policy.
-    let started = Instant::now();
+    // try_record (sync, so it cannot wait) drops at once, whatever the policy.
     writer.try_record(numbered(2));
-    assert!(started.elapsed() < max_wait);
     assert_eq!(writer.stats().dropped, 2);
 
     // With the drain running, a blocked record gets through once space frees up.
@@ -520,61 +546,80 @@ async fn failing_store_counts_failed_batches(url: &str) {
     assert!(ledger.count().await.is_err());
 }
 
-/// Child side of the SIGKILL measurement: records ~2 000 rows/s through a default writer
-/// and prints each accepted row's number until killed. Runs only when the parent sets
-/// the env var (it is `#[ignore]`d so a plain `cargo test` never starts it).
+/// Child side of the SIGKILL measurement: records rows at `BOURSE_LEDGER_KILL_RATE` per
+/// second through a default writer and prints each accepted row's number until killed.
+/// Runs only when the parent sets the env vars (it is `#[ignore]`d so a plain
+/// `cargo test` never starts it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "child process of sigkill_loses_at_most_the_unflushed_tail"]
 async fn sigkill_child() {
     let Ok(url) = std::env::var("BOURSE_LEDGER_KILL_URL") else { return };
+    let rate: u64 = std::env::var("BOURSE_LEDGER_KILL_RATE").unwrap().parse().unwrap();
     let ledger = Ledger::open(&url).await.unwrap();
     let (writer, _handle) = Writer::start(ledger, WriterConfig::default());
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    // Ticks the timer cannot deliver on time are caught up in a burst, so the average
+    // rate holds even below the timer's 1 ms resolution.
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
     // Bounded, in case the parent died without killing us.
-    for i in 0..120_000 {
-        if i % 2 == 0 {
-            tick.tick().await;
-        }
+    for i in 0..60 * rate as usize {
+        tick.tick().await;
         writer.record(numbered(i)).await;
         println!("accepted {i}");
     }
 }
 
 /// Measures what a hard kill loses: rows accepted by `record` but never committed. The
-/// design bounds it by `queue + batch`; while the store keeps up it is about
-/// `flush_interval` (+ one write) of traffic. See the numbers in `ledger/writer.rs`.
+/// design bounds it by `queue + batch`; while the store keeps up it is the batch being
+/// filled (under `batch` rows and under `flush_interval` of traffic) plus what arrives
+/// during one write. The numbers are quoted in `ledger/writer.rs`.
 async fn sigkill_loses_at_most_the_unflushed_tail(url: &str) {
-    use tokio::io::AsyncBufReadExt;
     Ledger::open(url).await.unwrap(); // migrate up front so the child starts recording at once
+    let defaults = WriterConfig::default();
+    let mut before = 0;
+    // 2000/s fills a 256-row batch before flush_interval (200 ms); 500/s does not.
+    for rate in [2_000, 500] {
+        let (accepted, stored) = kill_child_after(url, rate, Duration::from_millis(1_500)).await;
+        let stored = stored - before;
+        before += stored;
+        // The child may have accepted one more row than it printed.
+        let lost = accepted - stored;
+        eprintln!(
+            "{}: SIGKILL after {accepted} rows at {rate} rows/s: {stored} stored, {lost} lost \
+             (bound: queue {} + batch {})",
+            url.split(':').next().unwrap_or_default(),
+            defaults.queue,
+            defaults.batch
+        );
+        assert!(stored > 0, "batches committed before the kill survive it");
+        assert!(lost >= -1 && lost <= (defaults.queue + defaults.batch) as i64, "lost {lost}");
+    }
+}
+
+/// Runs `sigkill_child` at `rate` rows/s, SIGKILLs it after `after` of traffic, and
+/// returns (rows it reported accepted, rows now stored).
+async fn kill_child_after(url: &str, rate: u64, after: Duration) -> (i64, i64) {
+    use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "sigkill_child", "--ignored", "--nocapture", "--test-threads=1"])
         .env("BOURSE_LEDGER_KILL_URL", url)
+        .env("BOURSE_LEDGER_KILL_RATE", rate.to_string())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let kill_at = (rate as u128 * after.as_millis() / 1_000) as i64;
     let mut accepted: i64 = 0;
-    let mut killed_at = None;
+    let mut killed = false;
     while let Some(line) = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.unwrap().unwrap() {
         let Some(n) = line.strip_prefix("accepted ") else { continue };
         accepted = n.parse::<i64>().unwrap() + 1;
-        // ~1.5 s of traffic: several flush intervals, so the steady state is reached.
-        if accepted >= 3_000 && killed_at.is_none() {
+        if accepted >= kill_at && !killed {
             child.start_kill().unwrap(); // SIGKILL
-            killed_at = Some(accepted);
+            killed = true;
         }
     }
     child.wait().await.unwrap();
-    let stored = Ledger::open(url).await.unwrap().count().await.unwrap();
-    // The child may have accepted one more row than it printed.
-    let lost = accepted - stored;
-    let defaults = WriterConfig::default();
-    eprintln!(
-        "SIGKILL at {} accepted rows (~2000 rows/s): {stored} stored, {lost} lost (bound: queue {} + batch {})",
-        accepted, defaults.queue, defaults.batch
-    );
-    assert!(stored > 0, "batches committed before the kill survive it");
-    assert!(lost >= -1 && lost <= (defaults.queue + defaults.batch) as i64, "lost {lost}");
+    (accepted, Ledger::open(url).await.unwrap().count().await.unwrap())
 }

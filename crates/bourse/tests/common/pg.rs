@@ -195,6 +195,8 @@ fn free_port() -> u16 {
 
 /// Stops the cluster and removes its dir once this process has exited. Detached, with no
 /// inherited stdio, so it never holds a pipe open for whoever ran the tests.
+// Never waited on by design: it must outlive this process (and so cannot become our zombie).
+#[allow(clippy::zombie_processes)]
 fn watchdog(root: bool, pg_ctl: &Path, data: &Path, dir: &Path) {
     const SCRIPT: &str = r#"
         while kill -0 "$1" 2>/dev/null; do sleep 0.5; done
