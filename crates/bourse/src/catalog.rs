@@ -397,6 +397,9 @@ fn model_from_raw_with(
     }
     tiers.sort_by_key(|t| t.above);
     let capabilities = match Capabilities::from_names(r.capabilities.as_deref().unwrap_or(&[]), at) {
+        // Every OpenAI-compatible chat endpoint streams: an entry that lists no
+        // capabilities (a quick `[models]` price) is not excluded from streaming requests.
+        Ok(c) if r.capabilities.is_none() && kind == Kind::Chat => Capabilities { streaming: true, ..c },
         Ok(c) => c,
         Err(e) => {
             f.errors.push(e);

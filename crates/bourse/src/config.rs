@@ -10,6 +10,10 @@ pub mod raw;
 pub mod secret;
 
 use crate::catalog::Catalog;
+use crate::meter::Cost;
+use crate::route::health::HealthConfig;
+use crate::route::plan::{parse_quality, Policy};
+use std::collections::BTreeMap;
 use crate::provider::preset::{self, Preset};
 use raw::{RawConfig, RawProvider};
 pub use secret::Secret;
@@ -29,6 +33,10 @@ const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(900);
 /// Savings are measured against a premium model most teams know the price of.
 pub const DEFAULT_REFERENCE: &str = "openai/gpt-4o";
 const DEFAULT_LEDGER_FILE: &str = "bourse.db";
+/// `auto` asks for a "strong" model unless configured otherwise.
+const DEFAULT_MIN_QUALITY: u32 = 1370;
+/// Output tokens assumed for ranking before a model's average is observed.
+const DEFAULT_EXPECTED_OUTPUT: u64 = 512;
 
 /// A config error: the path of the offending value and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,8 +71,29 @@ pub struct Config {
     /// `provider/model` of the reference model for counterfactual cost.
     pub reference: String,
     pub storage: StorageConfig,
+    /// Named routes (`auto` always exists).
+    pub routes: BTreeMap<String, RouteConfig>,
+    /// Named data policies (`default` always exists).
+    pub policies: BTreeMap<String, Policy>,
+    pub router: RouterConfig,
     /// Where the config came from, for logs and for files placed next to it.
     pub source: ConfigSource,
+}
+
+/// A named route: what "cheapest good-enough model" means for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    pub name: String,
+    pub min_quality: u32,
+    pub policy: String,
+    pub expected_output: u64,
+    pub max_cost: Option<Cost>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RouterConfig {
+    pub max_attempts: u32,
+    pub health: HealthConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,15 +277,112 @@ impl Config {
             ));
         }
         let storage = storage_from_raw(&raw.storage)?;
+        let ids: Vec<&str> = providers.iter().map(|p| p.id.as_str()).collect();
+        let (routes, policies, router) = routing_from_raw(&raw, &ids)?;
         Ok(Config {
             server: ServerConfig { listen, api_keys, max_body_bytes, shutdown_grace },
             providers,
             catalog: Arc::new(catalog),
             reference,
             storage,
+            routes,
+            policies,
+            router,
             source: ConfigSource::Environment,
         })
     }
+}
+
+/// Routes, policies and router settings. `auto` and `default` exist even when not written.
+type Routing = (BTreeMap<String, RouteConfig>, BTreeMap<String, Policy>, RouterConfig);
+
+fn routing_from_raw(raw: &RawConfig, provider_ids: &[&str]) -> Result<Routing, ConfigError> {
+    let mut policies = BTreeMap::new();
+    policies.insert("default".to_string(), Policy { name: "default".into(), ..Policy::default() });
+    for (name, p) in &raw.policies {
+        let at = |k: &str| format!("policies.{name}.{k}");
+        for (key, list) in [("allow_providers", &p.allow_providers), ("deny_providers", &p.deny_providers)] {
+            for (i, id) in list.iter().enumerate() {
+                if !provider_ids.contains(&id.as_str()) {
+                    return Err(err(format!("{}[{i}]", at(key)), format!("\"{id}\" is not a configured provider")));
+                }
+            }
+        }
+        if let Some(cap) = p.max_price_per_mtok {
+            if !(cap.is_finite() && cap >= 0.0) {
+                return Err(err(at("max_price_per_mtok"), "must be a price in USD per 1M tokens"));
+            }
+        }
+        let upper = |v: &Vec<String>| v.iter().map(|s| s.trim().to_ascii_uppercase()).collect::<Vec<_>>();
+        policies.insert(
+            name.clone(),
+            Policy {
+                name: name.clone(),
+                deny_origin: upper(&p.deny_origin),
+                deny_hosting: upper(&p.deny_hosting),
+                open_weights_only: p.open_weights_only,
+                allow_providers: p.allow_providers.clone(),
+                deny_providers: p.deny_providers.clone(),
+                max_price_per_mtok: p.max_price_per_mtok,
+            },
+        );
+    }
+    let mut routes = BTreeMap::new();
+    routes.insert(
+        "auto".to_string(),
+        RouteConfig {
+            name: "auto".into(),
+            min_quality: DEFAULT_MIN_QUALITY,
+            policy: "default".into(),
+            expected_output: DEFAULT_EXPECTED_OUTPUT,
+            max_cost: None,
+        },
+    );
+    for (name, r) in &raw.routes {
+        let at = |k: &str| format!("routes.{name}.{k}");
+        if name.contains('/') || provider_ids.contains(&name.as_str()) {
+            return Err(err(format!("routes.{name}"), "route names cannot contain '/' or equal a provider id"));
+        }
+        let min_quality = match &r.min_quality {
+            None => DEFAULT_MIN_QUALITY,
+            Some(raw::RawQuality::Number(n)) => *n,
+            Some(raw::RawQuality::Name(s)) => parse_quality(s).map_err(|m| err(at("min_quality"), m))?,
+        };
+        let policy = r.policy.clone().unwrap_or_else(|| "default".into());
+        if !policies.contains_key(&policy) {
+            return Err(err(at("policy"), format!("unknown policy \"{policy}\" (define [policies.{policy}])")));
+        }
+        let max_cost = match r.max_cost_usd {
+            Some(v) if v.is_finite() && v >= 0.0 => Some(Cost((v * 1e9).round() as i64)),
+            Some(_) => return Err(err(at("max_cost_usd"), "must be a non-negative amount in USD")),
+            None => None,
+        };
+        routes.insert(
+            name.clone(),
+            RouteConfig {
+                name: name.clone(),
+                min_quality,
+                policy,
+                expected_output: r.expected_output.unwrap_or(DEFAULT_EXPECTED_OUTPUT),
+                max_cost,
+            },
+        );
+    }
+    let mut health = HealthConfig::default();
+    if let Some(t) = raw.router.failure_threshold {
+        if t == 0 {
+            return Err(err("router.failure_threshold", "must be at least 1"));
+        }
+        health.failure_threshold = t;
+    }
+    if let Some(c) = &raw.router.cooldown {
+        health.cooldown = parse_duration(c).map_err(|m| err("router.cooldown", m))?;
+    }
+    let max_attempts = raw.router.max_attempts.unwrap_or(3);
+    if max_attempts == 0 {
+        return Err(err("router.max_attempts", "must be at least 1"));
+    }
+    Ok((routes, policies, RouterConfig { max_attempts, health }))
 }
 
 fn storage_from_raw(raw: &raw::RawStorage) -> Result<StorageConfig, ConfigError> {

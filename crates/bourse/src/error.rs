@@ -40,6 +40,8 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// The model is known but may not be used as requested (e.g. unpriced).
     ModelNotAllowed,
+    /// A route's constraints leave no model to try.
+    NoFeasibleModel,
     /// TCP/TLS/DNS failure reaching the provider.
     UpstreamUnreachable,
     /// The provider did not answer (first byte or whole body) within its timeout.
@@ -99,7 +101,8 @@ impl Error {
             | ErrorKind::ModelNotFound
             | ErrorKind::NotFound
             | ErrorKind::MethodNotAllowed
-            | ErrorKind::ModelNotAllowed => Origin::Client,
+            | ErrorKind::ModelNotAllowed
+            | ErrorKind::NoFeasibleModel => Origin::Client,
             ErrorKind::UpstreamUnreachable
             | ErrorKind::UpstreamTimeout
             | ErrorKind::UpstreamStatus(_)
@@ -123,13 +126,17 @@ impl Error {
             | ErrorKind::NotFound
             | ErrorKind::MethodNotAllowed
             | ErrorKind::ModelNotAllowed
+            | ErrorKind::NoFeasibleModel
             | ErrorKind::Internal => false,
         }
     }
 
     pub fn status(&self) -> StatusCode {
         match &self.kind {
-            ErrorKind::InvalidJson | ErrorKind::InvalidRequest | ErrorKind::ModelNotAllowed => StatusCode::BAD_REQUEST,
+            ErrorKind::InvalidJson
+            | ErrorKind::InvalidRequest
+            | ErrorKind::ModelNotAllowed
+            | ErrorKind::NoFeasibleModel => StatusCode::BAD_REQUEST,
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -160,6 +167,7 @@ impl Error {
             ErrorKind::NotFound => fixed("invalid_request_error", "unknown_url"),
             ErrorKind::MethodNotAllowed => fixed("invalid_request_error", "method_not_allowed"),
             ErrorKind::ModelNotAllowed => fixed("invalid_request_error", "model_not_allowed"),
+            ErrorKind::NoFeasibleModel => fixed("invalid_request_error", "no_feasible_model"),
             ErrorKind::UpstreamUnreachable => fixed("api_error", "upstream_unreachable"),
             ErrorKind::UpstreamTimeout => fixed("api_error", "upstream_timeout"),
             ErrorKind::UpstreamProtocol => fixed("api_error", "upstream_protocol_error"),
@@ -190,6 +198,7 @@ impl Error {
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::ModelNotAllowed => "model_not_allowed",
+            ErrorKind::NoFeasibleModel => "no_feasible_model",
             ErrorKind::UpstreamUnreachable => "upstream_unreachable",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
             ErrorKind::UpstreamStatus(s) if s.exhausted => "upstream_exhausted",

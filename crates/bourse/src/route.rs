@@ -1,12 +1,21 @@
-//! Addressing: which provider and upstream model serve the model a client named.
+//! Routing: which provider and upstream model serve a request.
 //!
-//! `provider/model` picks that provider (the rest, slashes and all, is the upstream model
-//! name, so `together/meta-llama/Llama-3.3-70B` works). A bare name goes to a provider that
-//! lists it in its `models`. This is the seam where price-based routing across models
-//! will plug in: it returns a [`Target`], and later a ranked list of them.
+//! Addressing: `provider/model` picks that provider (the rest, slashes and all, is the
+//! upstream model name, so `together/meta-llama/Llama-3.3-70B` works); a bare name goes to
+//! a provider that lists it in its `models`. A route (`auto`, or one named in config)
+//! instead asks the [`plan`]ner for the cheapest feasible models, which become the
+//! fallback chain; [`health`] keeps failing provider+model pairs out of it for a while.
 
+pub mod health;
+pub mod plan;
+
+use crate::catalog::{Catalog, Kind};
+use crate::config::{Config, RouteConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::provider::Provider;
+use health::Health;
+use plan::{Entry, Policy};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Where one attempt goes.
@@ -90,5 +99,489 @@ impl Providers {
             self.list.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(", "),
             looked.join("; ")
         )
+    }
+}
+
+/// Everything routing needs, built once at start-up.
+#[derive(Debug)]
+pub struct Router {
+    /// Every routable (provider, chat model) pair.
+    pub entries: Vec<Entry>,
+    pub routes: BTreeMap<String, RouteConfig>,
+    pub policies: BTreeMap<String, Policy>,
+    pub health: Health,
+    pub max_attempts: u32,
+    /// Failures that open a circuit (an out-of-balance answer counts as all of them).
+    pub failure_threshold: u32,
+}
+
+impl Router {
+    /// Pair each configured provider with the catalog's chat models it serves: entries
+    /// under its own id first, then its kind's (a provider "ds" of kind "deepseek" serves
+    /// the deepseek models). A provider that lists `models` serves only those.
+    pub fn new(providers: &Providers, catalog: &Catalog, cfg: &Config) -> Router {
+        let mut entries = Vec::new();
+        for p in providers.iter() {
+            let mut seen = std::collections::HashSet::new();
+            for owner in [p.id.as_str(), p.kind] {
+                for m in catalog.models().iter().filter(|m| m.kind == Kind::Chat && m.provider == owner) {
+                    if !p.models.is_empty() && !p.models.contains(&m.model) {
+                        continue;
+                    }
+                    if seen.insert(m.model.clone()) {
+                        entries.push(Entry::new(p.clone(), m.clone()));
+                    }
+                }
+            }
+        }
+        Router {
+            entries,
+            routes: cfg.routes.clone(),
+            policies: cfg.policies.clone(),
+            health: Health::new(cfg.router.health),
+            max_attempts: cfg.router.max_attempts,
+            failure_threshold: cfg.router.health.failure_threshold,
+        }
+    }
+
+    pub fn route(&self, name: &str) -> Option<&RouteConfig> {
+        self.routes.get(name)
+    }
+
+    pub fn entry(&self, key: &str) -> Option<&Entry> {
+        self.entries.iter().find(|e| &*e.key == key)
+    }
+}
+
+/// Per-request routing overrides, from `x-bourse-*` headers (never forwarded upstream).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub route: Option<String>,
+    pub min_quality: Option<u32>,
+    pub policy: Option<String>,
+    pub max_cost: Option<crate::meter::Cost>,
+}
+
+impl Overrides {
+    /// Parse the override headers; a bad value is a 400 naming the header.
+    pub fn from_headers(h: &axum::http::HeaderMap) -> Result<Overrides> {
+        let get = |name: &str| -> Result<Option<String>> {
+            match h.get(name) {
+                None => Ok(None),
+                Some(v) => v
+                    .to_str()
+                    .map(|s| Some(s.trim().to_string()))
+                    .map_err(|_| Error::invalid(name, format!("'{name}' must be ASCII"))),
+            }
+        };
+        let min_quality = get("x-bourse-min-quality")?
+            .map(|s| plan::parse_quality(&s).map_err(|m| Error::invalid("x-bourse-min-quality", m)))
+            .transpose()?;
+        let max_cost = get("x-bourse-max-cost-usd")?
+            .map(|s| match s.parse::<f64>() {
+                Ok(v) if v.is_finite() && v >= 0.0 => Ok(crate::meter::Cost((v * 1e9).round() as i64)),
+                _ => Err(Error::invalid("x-bourse-max-cost-usd", format!("'{s}' is not an amount in USD"))),
+            })
+            .transpose()?;
+        Ok(Overrides { route: get("x-bourse-route")?, min_quality, policy: get("x-bourse-policy")?, max_cost })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.route.is_none() && self.min_quality.is_none() && self.policy.is_none() && self.max_cost.is_none()
+    }
+}
+
+/// A routed request's plan, with what is needed to explain it.
+#[derive(Debug)]
+pub struct Routed {
+    pub route: String,
+    pub min_quality: u32,
+    pub policy: String,
+    pub max_cost: Option<crate::meter::Cost>,
+    pub prompt_tokens: u64,
+    pub plan: plan::Plan,
+}
+
+impl Router {
+    /// The route a request asks for, if any: the `x-bourse-route` header, else a `model`
+    /// that names a route.
+    pub fn route_for<'a>(&'a self, model: &str, o: &Overrides) -> Result<Option<&'a RouteConfig>> {
+        match &o.route {
+            Some(name) => self.route(name).map(Some).ok_or_else(|| {
+                Error::invalid(
+                    "x-bourse-route",
+                    format!("unknown route '{name}'; configured: {}", self.routes.keys().cloned().collect::<Vec<_>>().join(", ")),
+                )
+            }),
+            None => Ok(self.route(model)),
+        }
+    }
+
+    /// Plan a chat request on a route. `now` is for health checks.
+    pub fn plan(
+        &self,
+        route: &RouteConfig,
+        o: &Overrides,
+        req: &crate::canonical::ChatRequest,
+        now: std::time::Instant,
+    ) -> Result<Routed> {
+        let policy_name = o.policy.clone().unwrap_or_else(|| route.policy.clone());
+        let policy = self.policies.get(&policy_name).ok_or_else(|| {
+            Error::invalid("x-bourse-policy", format!("unknown policy '{policy_name}'"))
+        })?;
+        let prompt_tokens = plan::estimate_prompt_tokens(&req.body);
+        let min_quality = o.min_quality.unwrap_or(route.min_quality);
+        let max_cost = match (o.max_cost, route.max_cost) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let ask = plan::Ask {
+            policy,
+            min_quality,
+            max_cost,
+            needs: req.needs,
+            stream: req.stream,
+            reasoning: req.body.get("reasoning_effort").is_some_and(|v| !v.is_null()),
+            prompt_tokens,
+            max_tokens: req.max_output_tokens,
+            default_output: route.expected_output,
+        };
+        let health = &self.health;
+        let plan = plan::plan(&self.entries, &ask, |e| {
+            (health.is_available(&e.key, now), health.ewma_ttfb(&e.key).map(|d| d.as_micros() as u64))
+        });
+        Ok(Routed { route: route.name.clone(), min_quality, policy: policy_name, max_cost, prompt_tokens, plan })
+    }
+
+    /// The 4xx for a plan with no feasible model: which constraints removed how many
+    /// candidates, with examples.
+    pub fn no_feasible(&self, r: &Routed) -> Error {
+        let mut groups: BTreeMap<&'static str, (usize, Vec<&str>)> = BTreeMap::new();
+        for (i, x) in &r.plan.excluded {
+            let g = groups.entry(x.constraint()).or_default();
+            g.0 += 1;
+            if g.1.len() < 3 {
+                g.1.push(&self.entries[*i].key);
+            }
+        }
+        let parts: Vec<String> = groups
+            .iter()
+            .map(|(c, (n, examples))| format!("{c}: {n} ({}{})", examples.join(", "), if *n > 3 { ", ..." } else { "" }))
+            .collect();
+        let detail = if self.entries.is_empty() {
+            "no configured provider serves a priced catalog model".to_string()
+        } else {
+            format!("of {} models, removed by {}", self.entries.len(), parts.join("; "))
+        };
+        Error {
+            param: Some("model".into()),
+            ..Error::new(
+                ErrorKind::NoFeasibleModel,
+                format!(
+                    "no model satisfies route '{}' (min_quality {}, policy '{}'): {detail}",
+                    r.route, r.min_quality, r.policy
+                ),
+            )
+        }
+    }
+
+    /// The `x-bourse-route-reason` text: chosen model, its expected cost, how many were
+    /// feasible, and the runner-up.
+    pub fn reason(&self, r: &Routed, chosen: usize, attempt: u32) -> String {
+        let c = &r.plan.candidates;
+        let show = |i: usize| {
+            let cand = &c[i];
+            format!("{} (expected ${})", self.entries[cand.entry].key, plan::cost_of(cand.expected_pico).usd())
+        };
+        let runner_up = c.iter().enumerate().find(|(i, _)| *i != chosen).map(|(i, _)| show(i));
+        let mut s = format!("route={} chose {}; {} feasible", r.route, show(chosen), c.len());
+        if let Some(ru) = runner_up {
+            s.push_str(&format!("; runner-up {ru}"));
+        }
+        if attempt > 1 {
+            s.push_str(&format!("; attempt {attempt} (fallback)"));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::canonical::ChatRequest;
+    use crate::dialect::openai::parse_chat_request;
+    use proptest::prelude::*;
+    use std::time::Instant;
+
+    /// Three providers, six models: prices, quality, capabilities, origin and hosting vary.
+    const BASE: &str = r#"
+        [providers.us]
+        kind = "openai-compatible"
+        base_url = "http://127.0.0.1:9/v1"
+        [providers.cn]
+        kind = "openai-compatible"
+        base_url = "http://127.0.0.1:9/v1"
+        [providers.host]
+        kind = "openai-compatible"
+        base_url = "http://127.0.0.1:9/v1"
+        [models."us/premium"]
+        input = 5.0
+        output = 20.0
+        quality = 1450
+        origin = "US"
+        hosting = "US"
+        context = 200000
+        capabilities = ["tools", "json_schema", "vision", "reasoning", "streaming"]
+        [models."us/mid"]
+        input = 1.0
+        output = 4.0
+        quality = 1380
+        origin = "US"
+        hosting = "US"
+        context = 128000
+        capabilities = ["tools", "json_schema", "streaming"]
+        [models."cn/cheap"]
+        input = 0.1
+        output = 0.3
+        quality = 1390
+        origin = "CN"
+        hosting = "CN"
+        open_weights = true
+        context = 64000
+        capabilities = ["tools", "streaming"]
+        [models."host/cn-open"]
+        input = 0.2
+        output = 0.6
+        quality = 1385
+        origin = "CN"
+        hosting = "US"
+        open_weights = true
+        context = 32000
+        capabilities = ["streaming"]
+        [models."host/tiny"]
+        input = 0.01
+        output = 0.02
+        quality = 1250
+        origin = "US"
+        hosting = "US"
+        context = 8000
+        capabilities = ["tools", "streaming"]
+        [models."host/unrated"]
+        input = 0.001
+        output = 0.002
+        hosting = "US"
+        origin = "FR"
+    "#;
+
+    fn router(extra: &str) -> Router {
+        let cfg = Config::from_toml(&format!("{BASE}\n{extra}"), &|_| None).unwrap();
+        let providers =
+            Providers::new(cfg.providers.iter().map(|p| Arc::new(Provider::new(p).unwrap())).collect());
+        Router::new(&providers, &cfg.catalog, &cfg)
+    }
+
+    fn req(extra: &str) -> ChatRequest {
+        parse_chat_request(format!(r#"{{"model":"auto","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#).as_bytes())
+            .unwrap()
+    }
+
+    fn ranked(r: &Router, route: &str, o: &Overrides, rq: &ChatRequest) -> Vec<String> {
+        let routed = r.plan(r.route(route).unwrap(), o, rq, Instant::now()).unwrap();
+        routed.plan.candidates.iter().map(|c| r.entries[c.entry].key.to_string()).collect()
+    }
+
+    fn excluded_for(r: &Router, route: &str, o: &Overrides, rq: &ChatRequest, key: &str) -> Option<plan::Exclusion> {
+        let routed = r.plan(r.route(route).unwrap(), o, rq, Instant::now()).unwrap();
+        routed.plan.excluded.iter().find(|(i, _)| &*r.entries[*i].key == key).map(|(_, x)| x.clone())
+    }
+
+    #[test]
+    fn table_of_constraints() {
+        let policies = r#"
+            [policies.no_cn_made]
+            deny_origin = ["CN"]
+            [policies.no_cn_hosted]
+            deny_hosting = ["cn"]
+            [policies.open]
+            open_weights_only = true
+            [policies.only_host]
+            allow_providers = ["host"]
+            [policies.not_cn]
+            deny_providers = ["cn"]
+            [policies.cheap]
+            max_price_per_mtok = 1.0
+            [routes.any]
+            min_quality = "basic"
+            [routes.frontier]
+            min_quality = "frontier"
+            [routes.strong_no_cn_made]
+            min_quality = "strong"
+            policy = "no_cn_made"
+            [routes.strong_no_cn_hosted]
+            min_quality = "strong"
+            policy = "no_cn_hosted"
+            [routes.open]
+            min_quality = 1300
+            policy = "open"
+            [routes.only_host]
+            min_quality = "basic"
+            policy = "only_host"
+            [routes.not_cn]
+            min_quality = "strong"
+            policy = "not_cn"
+            [routes.cheap_strong]
+            min_quality = "strong"
+            policy = "cheap"
+        "#;
+        let r = router(policies);
+        let none = Overrides::default();
+        let plain = req("");
+        // (route, request extra, expected ranking)
+        let cases: &[(&str, &str, &[&str])] = &[
+            ("auto", "", &["cn/cheap", "host/cn-open", "us/mid", "us/premium"]),
+            // "basic" is no floor at all: unrated models qualify.
+            ("any", "", &["host/unrated", "host/tiny", "cn/cheap", "host/cn-open", "us/mid", "us/premium"]),
+            ("frontier", "", &["us/premium"]),
+            ("strong_no_cn_made", "", &["us/mid", "us/premium"]),
+            // A Chinese open-weight model on a US host passes deny_hosting, not deny_origin.
+            ("strong_no_cn_hosted", "", &["host/cn-open", "us/mid", "us/premium"]),
+            ("open", "", &["cn/cheap", "host/cn-open"]),
+            ("only_host", "", &["host/unrated", "host/tiny", "host/cn-open"]),
+            ("not_cn", "", &["host/cn-open", "us/mid", "us/premium"]),
+            ("cheap_strong", "", &["cn/cheap", "host/cn-open"]),
+            ("auto", r#","tools":[{"type":"function","function":{"name":"f"}}]"#, &["cn/cheap", "us/mid", "us/premium"]),
+            ("auto", r#","response_format":{"type":"json_object"}"#, &["us/mid", "us/premium"]),
+            ("auto", r#","reasoning_effort":"low""#, &["us/premium"]),
+            ("auto", r#","max_tokens":40000"#, &["cn/cheap", "us/mid", "us/premium"]),
+            ("auto", r#","max_tokens":100000"#, &["us/mid", "us/premium"]),
+            ("auto", r#","max_tokens":150000"#, &["us/premium"]),
+            // Combination: open weights, tools, not CN-hosted -> nothing.
+            ("open", r#","tools":[{"type":"function","function":{"name":"f"}}]"#, &["cn/cheap"]),
+        ];
+        for (route, extra, want) in cases {
+            assert_eq!(ranked(&r, route, &none, &req(extra)), *want, "route {route} {extra}");
+        }
+        assert!(matches!(
+            excluded_for(&r, "strong_no_cn_hosted", &none, &plain, "cn/cheap"),
+            Some(plan::Exclusion::HostingDenied { .. })
+        ));
+        assert!(matches!(
+            excluded_for(&r, "auto", &none, &plain, "host/unrated"),
+            Some(plan::Exclusion::BelowQuality { quality: None, .. })
+        ));
+        assert!(matches!(
+            excluded_for(&r, "auto", &none, &req(r#","tools":[{"type":"function","function":{"name":"f"}}]"#), "host/cn-open"),
+            Some(plan::Exclusion::MissingCapability { capability: "tools" })
+        ));
+    }
+
+    #[test]
+    fn header_overrides_and_cost_ceiling() {
+        let r = router("[policies.no_cn]\ndeny_hosting = [\"CN\"]\n");
+        let o = Overrides { min_quality: Some(1420), ..Overrides::default() };
+        assert_eq!(ranked(&r, "auto", &o, &req("")), ["us/premium"]);
+        let o = Overrides { policy: Some("no_cn".into()), ..Overrides::default() };
+        assert_eq!(ranked(&r, "auto", &o, &req(""))[0], "host/cn-open");
+        // Worst case with max_tokens 1000: premium 1000 × $20/M = $0.02 > $0.01 ceiling.
+        let o = Overrides { max_cost: Some(crate::meter::Cost(10_000_000)), ..Overrides::default() };
+        let got = ranked(&r, "auto", &o, &req(r#","max_tokens":1000"#));
+        assert!(!got.contains(&"us/premium".to_string()) && got.contains(&"us/mid".to_string()), "{got:?}");
+        assert!(matches!(
+            excluded_for(&r, "auto", &o, &req(r#","max_tokens":1000"#), "us/premium"),
+            Some(plan::Exclusion::OverCostCeiling { .. })
+        ));
+    }
+
+    #[test]
+    fn no_feasible_model_says_which_constraints_removed_what() {
+        let r = router("");
+        let rq = req(r#","reasoning_effort":"high","response_format":{"type":"json_object"}"#);
+        let o = Overrides { max_cost: Some(crate::meter::Cost(1)), ..Overrides::default() };
+        let routed = r.plan(r.route("auto").unwrap(), &o, &rq, Instant::now()).unwrap();
+        assert!(routed.plan.candidates.is_empty());
+        let e = r.no_feasible(&routed);
+        assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST);
+        for needle in ["route 'auto'", "of 6 models", "json_schema: 4", "max_cost: 1 (us/premium)", "reasoning: 1 (us/mid)"] {
+            assert!(e.message.contains(needle), "{needle}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn open_circuits_rank_after_healthy_ties_and_observed_output_moves_ranking() {
+        let r = router("");
+        // Long outputs observed on cn/cheap make host/cn-open cheaper in expectation.
+        let cheap = r.entries.iter().find(|e| &*e.key == "cn/cheap").unwrap();
+        for _ in 0..20 {
+            cheap.observe_output(20_000);
+        }
+        assert_eq!(ranked(&r, "auto", &Overrides::default(), &req(""))[0], "host/cn-open");
+    }
+
+    fn arb_catalog() -> impl Strategy<Value = Vec<(u32, u32, Option<u32>, bool, bool, u64, bool)>> {
+        // (input cents/M, output cents/M, quality, tools, cn-hosted, context k, open)
+        proptest::collection::vec(
+            (1u32..2000, 1u32..6000, proptest::option::of(1200u32..1500), any::<bool>(), any::<bool>(), 4u64..256, any::<bool>()),
+            1..12,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn chosen_is_feasible_and_nothing_feasible_is_cheaper(
+            models in arb_catalog(),
+            floor in 1200u32..1500,
+            tools in any::<bool>(),
+            deny_cn in any::<bool>(),
+            max_tokens in proptest::option::of(1u64..200_000),
+        ) {
+            let mut text = String::from("[providers.p]\nkind = \"openai-compatible\"\nbase_url = \"http://127.0.0.1:9/v1\"\n[policies.pol]\n");
+            if deny_cn {
+                text.push_str("deny_hosting = [\"CN\"]\n");
+            }
+            text.push_str(&format!("[routes.r]\nmin_quality = {floor}\npolicy = \"pol\"\n"));
+            for (i, (inp, out, q, t, cn, ctx, open)) in models.iter().enumerate() {
+                text.push_str(&format!(
+                    "[models.\"p/m{i}\"]\ninput = {}\noutput = {}\n{}hosting = \"{}\"\ncontext = {}\nopen_weights = {open}\ncapabilities = [{}\"streaming\"]\n",
+                    *inp as f64 / 100.0, *out as f64 / 100.0,
+                    q.map(|q| format!("quality = {q}\n")).unwrap_or_default(),
+                    if *cn { "CN" } else { "US" }, ctx * 1000, if *t { "\"tools\", " } else { "" }
+                ));
+            }
+            let r = router_from(&text);
+            let extra = format!(
+                "{}{}",
+                if tools { r#","tools":[{"type":"function","function":{"name":"f"}}]"# } else { "" },
+                max_tokens.map(|m| format!(r#","max_tokens":{m}"#)).unwrap_or_default()
+            );
+            let rq = req(&extra);
+            let routed = r.plan(r.route("r").unwrap(), &Overrides::default(), &rq, Instant::now()).unwrap();
+            let prompt = routed.prompt_tokens;
+            // Independent statement of feasibility.
+            let feasible = |i: usize| {
+                let (_, _, q, t, cn, ctx, _) = models[i];
+                q.is_some_and(|q| q >= floor) && (!tools || t) && !(deny_cn && cn)
+                    && prompt + max_tokens.unwrap_or(0) <= ctx * 1000
+            };
+            let idx = |key: &str| key.trim_start_matches("p/m").parse::<usize>().unwrap();
+            for c in &routed.plan.candidates {
+                prop_assert!(feasible(idx(&r.entries[c.entry].key)));
+            }
+            for (i, _) in &routed.plan.excluded {
+                prop_assert!(!feasible(idx(&r.entries[*i].key)));
+            }
+            if let Some(first) = routed.plan.candidates.first() {
+                for c in &routed.plan.candidates {
+                    prop_assert!(c.expected_pico >= first.expected_pico);
+                }
+            }
+            prop_assert_eq!(routed.plan.candidates.len() + routed.plan.excluded.len(), models.len());
+        }
+    }
+
+    fn router_from(text: &str) -> Router {
+        let cfg = Config::from_toml(text, &|_| None).unwrap();
+        let providers =
+            Providers::new(cfg.providers.iter().map(|p| Arc::new(Provider::new(p).unwrap())).collect());
+        Router::new(&providers, &cfg.catalog, &cfg)
     }
 }

@@ -37,6 +37,7 @@ pub struct AppState {
     /// Stable, non-secret ids of the gateway keys (same order), for ledger rows.
     pub key_ids: Vec<Arc<str>>,
     pub meter: Meter,
+    pub router: crate::route::Router,
     /// Where ledger rows go; None when the ledger is off.
     pub ledger: Option<Writer>,
     /// A read handle for usage reports.
@@ -55,8 +56,11 @@ impl AppState {
         for p in &cfg.providers {
             list.push(Arc::new(Provider::new(p)?));
         }
+        let providers = Providers::new(list);
+        let router = crate::route::Router::new(&providers, &cfg.catalog, cfg);
         Ok(AppState {
-            providers: Providers::new(list),
+            router,
+            providers,
             api_keys: cfg.server.api_keys.clone(),
             key_ids: cfg.server.api_keys.iter().map(|k| Arc::from(key_id(k.expose()))).collect(),
             meter: Meter::new(cfg.catalog.clone(), cfg.reference.clone()),

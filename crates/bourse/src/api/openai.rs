@@ -6,7 +6,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::ledger::{LedgerEntry, Writer};
 use crate::meter::{estimate, Cost};
 use crate::relay::{OnEnd, StreamEnd, StreamRelay, StreamSummary};
-use crate::route::Target;
+use crate::canonical::ChatRequest;
+use crate::route::health::Availability;
+use crate::route::{Overrides, Target};
 use crate::server::{KeyId, RequestId, SharedState};
 use axum::body::{Body, Bytes};
 use axum::extract::{Extension, Path, State};
@@ -21,6 +23,7 @@ pub static X_BOURSE_MODEL: HeaderName = HeaderName::from_static("x-bourse-model"
 pub static X_BOURSE_COST: HeaderName = HeaderName::from_static("x-bourse-cost-usd");
 pub static X_BOURSE_REFERENCE_COST: HeaderName = HeaderName::from_static("x-bourse-reference-cost-usd");
 pub static X_BOURSE_SAVED: HeaderName = HeaderName::from_static("x-bourse-saved-usd");
+pub static X_BOURSE_ROUTE_REASON: HeaderName = HeaderName::from_static("x-bourse-route-reason");
 
 /// Check the content type and read the body, refusing anything over the limit with a 413
 /// before it is buffered.
@@ -101,6 +104,9 @@ struct Attempt {
     caller: Caller,
     target: Target,
     number: u32,
+    route_reason: Option<String>,
+    /// The router entry this attempt used, if routed.
+    entry: Option<usize>,
     ts_ms: i64,
     started: Instant,
     ttfb: Option<Duration>,
@@ -114,13 +120,23 @@ struct Settled {
 }
 
 impl Attempt {
-    fn start(state: &SharedState, caller: Caller, target: &Target, stream: bool) -> Attempt {
+    fn start(
+        state: &SharedState,
+        caller: Caller,
+        target: &Target,
+        stream: bool,
+        number: u32,
+        route_reason: Option<String>,
+        entry: Option<usize>,
+    ) -> Attempt {
         let ts_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
         Attempt {
             state: state.clone(),
             caller,
             target: target.clone(),
-            number: 1,
+            number,
+            route_reason,
+            entry,
             ts_ms,
             started: Instant::now(),
             ttfb: None,
@@ -128,8 +144,19 @@ impl Attempt {
         }
     }
 
+    /// The upstream answered: close its circuit and fold in its time to first byte.
+    fn healthy(&self) {
+        if let Some(i) = self.entry {
+            let router = &self.state.router;
+            router.health.record_success(&router.entries[i].key, self.ttfb.unwrap_or_default(), Instant::now());
+        }
+    }
+
     /// Price the usage and build the ledger row. Returns the cost and the reference cost.
     fn settle(self, usage: Usage, estimated: bool, status: u16, error: Option<&str>) -> (Settled, Option<Record>) {
+        if let (Some(i), None) = (self.entry, error) {
+            self.state.router.entries[i].observe_output(usage.output_total());
+        }
         let meter = &self.state.meter;
         let priced = meter.priced(&self.target.provider.id, self.target.provider.kind, &self.target.upstream_model);
         let (cost, reference) = match priced {
@@ -146,7 +173,7 @@ impl Attempt {
                 key_id: self.caller.key_id,
                 provider: self.target.provider.id.clone(),
                 model: self.target.upstream_model.clone(),
-                route_reason: None,
+                route_reason: self.route_reason,
                 usage,
                 cost_nanos: cost.0,
                 reference_cost_nanos: reference.0,
@@ -162,16 +189,25 @@ impl Attempt {
         (Settled { cost, reference }, record)
     }
 
-    /// A failed attempt: a ledger row with no usage, and the error as the client sees it.
-    async fn fail(self, e: Error) -> Response {
-        let target = self.target.clone();
+    /// A failed attempt: a ledger row with no usage, health told, the error handed back.
+    async fn fail(self, e: Error) -> Error {
+        if let (Some(i), crate::error::Origin::Upstream) = (self.entry, e.origin()) {
+            let router = &self.state.router;
+            let key = &router.entries[i].key;
+            // Out of balance will not fix itself within a cooldown: open the circuit now.
+            let hits = match &e.kind {
+                ErrorKind::UpstreamStatus(s) if s.exhausted => router.failure_threshold,
+                _ => 1,
+            };
+            for _ in 0..hits {
+                router.health.record_failure(key, Instant::now());
+            }
+        }
         let (_, record) = self.settle(Usage::default(), false, e.status().as_u16(), Some(e.label()));
         if let Some(r) = record {
             r.send().await;
         }
-        let mut resp = e.into_response();
-        provenance(&mut resp, &target);
-        resp
+        e
     }
 }
 
@@ -222,6 +258,32 @@ fn money_comment(s: &Settled) -> Bytes {
     ))
 }
 
+/// One place to try, in the order to try them.
+struct Try {
+    target: Target,
+    /// Index into the router's entries, for routed tries (health and observed output).
+    entry: Option<usize>,
+    reason: Option<String>,
+}
+
+/// Whether a failed routed attempt should move on to the next candidate. Client-side
+/// rejections (400, 404, 413, 422 — bad input, content refused) would fail the same way
+/// everywhere, so they return at once.
+fn fails_over(e: &Error) -> bool {
+    match &e.kind {
+        ErrorKind::UpstreamStatus(s) => s.retryable || s.exhausted || matches!(s.status, 401 | 402 | 403),
+        ErrorKind::UpstreamUnreachable | ErrorKind::UpstreamTimeout | ErrorKind::UpstreamProtocol => true,
+        _ => false,
+    }
+}
+
+/// Jittered backoff before the next candidate: spreads retries from many clients so a
+/// struggling fleet is not hit in lockstep. 20 ms doubling per attempt, ±50%, capped.
+fn backoff(attempt: u32) -> Duration {
+    let base = 20u64.saturating_mul(1 << attempt.min(5)).min(400);
+    Duration::from_millis(base / 2 + fastrand::u64(0..=base))
+}
+
 pub async fn chat_completions(
     State(state): State<SharedState>,
     rid: Option<Extension<RequestId>>,
@@ -231,13 +293,107 @@ pub async fn chat_completions(
 ) -> Result<Response> {
     let body = read_json_body(&headers, body, state.max_body_bytes).await?;
     let mut req = parse_chat_request(&body)?;
-    let target = state.providers.resolve(&req.model)?;
-    state.meter.priced(&target.provider.id, target.provider.kind, &target.upstream_model)?;
-    let upstream_body = wire::upstream_chat_body(&mut req, &target.upstream_model);
-    let mut attempt = Attempt::start(&state, caller(rid, key), &target, req.stream);
+    let overrides = Overrides::from_headers(&headers)?;
+    let caller = caller(rid, key);
+    let router = &state.router;
+    let route = router.route_for(&req.model, &overrides)?;
+    let (tries, routed) = match route {
+        Some(route) => {
+            let routed = router.plan(route, &overrides, &req, Instant::now())?;
+            if routed.plan.candidates.is_empty() {
+                return Err(router.no_feasible(&routed));
+            }
+            let tries: Vec<Try> = routed
+                .plan
+                .candidates
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let e = &router.entries[c.entry];
+                    Try {
+                        target: Target { provider: e.provider.clone(), upstream_model: e.model.model.clone() },
+                        entry: Some(c.entry),
+                        reason: Some(router.reason(&routed, i, 1)),
+                    }
+                })
+                .collect();
+            (tries, true)
+        }
+        None => {
+            let target = state.providers.resolve(&req.model)?;
+            state.meter.priced(&target.provider.id, target.provider.kind, &target.upstream_model)?;
+            (vec![Try { target, entry: None, reason: None }], false)
+        }
+    };
+    // Explicit models get one attempt: the client's SDK owns retries (and sees Retry-After).
+    let max_attempts = if routed { router.max_attempts } else { 1 };
+    let mut attempt_no = 0u32;
+    let mut last_err: Option<(Error, Target)> = None;
+    let mut exhausted: Vec<String> = Vec::new();
+    for t in tries {
+        if attempt_no >= max_attempts {
+            break;
+        }
+        if exhausted.contains(&t.target.provider.id) {
+            continue;
+        }
+        if let Some(i) = t.entry {
+            if let Availability::Open { .. } = router.health.acquire(&router.entries[i].key, Instant::now()) {
+                continue;
+            }
+        }
+        attempt_no += 1;
+        if attempt_no > 1 {
+            tokio::time::sleep(backoff(attempt_no - 1)).await;
+        }
+        let reason = t.reason.map(|r| if attempt_no > 1 { format!("{r}; attempt {attempt_no} (fallback)") } else { r });
+        match attempt_chat(&state, &caller, &mut req, &t.target, t.entry, attempt_no, reason).await {
+            Ok(resp) => return Ok(resp),
+            Err(e) => {
+                if let ErrorKind::UpstreamStatus(s) = &e.kind {
+                    if s.exhausted {
+                        exhausted.push(t.target.provider.id.clone());
+                    }
+                }
+                if !routed || !fails_over(&e) {
+                    return Ok(error_response(e, &t.target));
+                }
+                last_err = Some((e, t.target));
+            }
+        }
+    }
+    match last_err {
+        Some((e, target)) => Ok(error_response(e, &target)),
+        None => Err(Error::new(
+            ErrorKind::Unavailable,
+            "every feasible model is temporarily unavailable (circuits open after repeated failures)",
+        )),
+    }
+}
+
+fn error_response(e: Error, target: &Target) -> Response {
+    let mut resp = e.into_response();
+    provenance(&mut resp, target);
+    resp
+}
+
+/// One attempt at a chat completion: send, relay, settle. Writes the attempt's ledger row
+/// and updates health; returns the error (already recorded) for the caller to decide on a
+/// fallback.
+async fn attempt_chat(
+    state: &SharedState,
+    caller: &Caller,
+    req: &mut ChatRequest,
+    target: &Target,
+    entry: Option<usize>,
+    number: u32,
+    reason: Option<String>,
+) -> std::result::Result<Response, Error> {
+    let upstream_body = wire::upstream_chat_body(req, &target.upstream_model);
+    let mut attempt = Attempt::start(state, caller.clone(), target, req.stream, number, reason.clone(), entry);
     let resp = match target.provider.post_json("/chat/completions", upstream_body).await {
         Ok(r) => r,
-        Err(e) => return Ok(attempt.fail(e).await),
+        Err(e) => return Err(attempt.fail(e).await),
     };
     attempt.ttfb = Some(attempt.started.elapsed());
     let is_sse = resp
@@ -246,7 +402,8 @@ pub async fn chat_completions(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if req.stream && is_sse {
-        let request_body = std::mem::take(&mut req.body);
+        attempt.healthy();
+        let request_body = req.body.clone();
         let on_end: OnEnd = Box::new(move |summary: StreamSummary| {
             let (usage, estimated) = match summary.usage {
                 Some(u) => (u, false),
@@ -275,16 +432,18 @@ pub async fn chat_completions(
         let h = out.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        provenance(&mut out, &target);
+        provenance(&mut out, target);
+        route_reason(&mut out, reason.as_deref());
         return Ok(out);
     }
-    let (status, bytes) = match read_upstream_body(&target, resp).await.and_then(|(s, b)| {
-        require_json(&target, &b)?;
+    let (status, bytes) = match read_upstream_body(target, resp).await.and_then(|(s, b)| {
+        require_json(target, &b)?;
         Ok((s, b))
     }) {
         Ok(x) => x,
-        Err(e) => return Ok(attempt.fail(e).await),
+        Err(e) => return Err(attempt.fail(e).await),
     };
+    attempt.healthy();
     let bytes = if target.provider.quirks.think_tags_in_content { wire::split_think_tags(bytes) } else { bytes };
     let (usage, estimated) = match wire::response_usage(&bytes) {
         Some(u) => (u, false),
@@ -302,9 +461,16 @@ pub async fn chat_completions(
         r.send().await;
     }
     let mut out = json_response(status, bytes);
-    provenance(&mut out, &target);
+    provenance(&mut out, target);
     money_headers(&mut out, &settled);
+    route_reason(&mut out, reason.as_deref());
     Ok(out)
+}
+
+fn route_reason(resp: &mut Response, reason: Option<&str>) {
+    if let Some(v) = reason.and_then(|r| HeaderValue::from_str(r).ok()) {
+        resp.headers_mut().insert(X_BOURSE_ROUTE_REASON.clone(), v);
+    }
 }
 
 pub async fn embeddings(
@@ -319,10 +485,10 @@ pub async fn embeddings(
     let target = state.providers.resolve(&req.model)?;
     state.meter.priced(&target.provider.id, target.provider.kind, &target.upstream_model)?;
     let upstream_body = wire::upstream_embeddings_body(&mut req, &target.upstream_model);
-    let mut attempt = Attempt::start(&state, caller(rid, key), &target, false);
+    let mut attempt = Attempt::start(&state, caller(rid, key), &target, false, 1, None, None);
     let resp = match target.provider.post_json("/embeddings", upstream_body).await {
         Ok(r) => r,
-        Err(e) => return Ok(attempt.fail(e).await),
+        Err(e) => return Ok(error_response(attempt.fail(e).await, &target)),
     };
     attempt.ttfb = Some(attempt.started.elapsed());
     let (status, bytes) = match read_upstream_body(&target, resp).await.and_then(|(s, b)| {
@@ -330,7 +496,7 @@ pub async fn embeddings(
         Ok((s, b))
     }) {
         Ok(x) => x,
-        Err(e) => return Ok(attempt.fail(e).await),
+        Err(e) => return Ok(error_response(attempt.fail(e).await, &target)),
     };
     let (usage, estimated) = match wire::response_usage(&bytes) {
         Some(u) => (u, false),

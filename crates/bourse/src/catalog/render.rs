@@ -631,7 +631,7 @@ input = 0.02
         let row = out.lines().find(|l| l.starts_with("openai/gpt-4o,")).unwrap();
         assert_eq!(row, "openai/gpt-4o,chat,2.5,10,4.375,1285,basic,US,US,no,128000,\"tools,vision\",1");
         let row = out.lines().find(|l| l.starts_with("deepseek/")).unwrap();
-        assert_eq!(row, "deepseek/deepseek-v4-flash,chat,0.14,0.28,0.175,,unrated,CN,CN,yes,,,0.04");
+        assert_eq!(row, "deepseek/deepseek-v4-flash,chat,0.14,0.28,0.175,,unrated,CN,CN,yes,,streaming,0.04");
         assert!(out.ends_with('\n'));
     }
 

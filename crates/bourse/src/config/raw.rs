@@ -19,6 +19,58 @@ pub struct RawConfig {
     pub models: BTreeMap<String, crate::catalog::RawModel>,
     #[serde(default)]
     pub storage: RawStorage,
+    #[serde(default)]
+    pub routes: BTreeMap<String, RawRoute>,
+    #[serde(default)]
+    pub policies: BTreeMap<String, RawPolicy>,
+    #[serde(default)]
+    pub router: RawRouter,
+}
+
+/// A quality floor: a tier name ("strong") or a number on the catalog's scale.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawQuality {
+    Number(u32),
+    Name(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub min_quality: Option<RawQuality>,
+    pub policy: Option<String>,
+    /// Output tokens expected when the request sets no max_tokens and nothing is observed yet.
+    pub expected_output: Option<u64>,
+    /// A ceiling on every request's worst-case cost on this route.
+    pub max_cost_usd: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    #[serde(default)]
+    pub deny_origin: Vec<String>,
+    #[serde(default)]
+    pub deny_hosting: Vec<String>,
+    #[serde(default)]
+    pub open_weights_only: bool,
+    #[serde(default)]
+    pub allow_providers: Vec<String>,
+    #[serde(default)]
+    pub deny_providers: Vec<String>,
+    pub max_price_per_mtok: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouter {
+    /// Upstream attempts per routed request, fallbacks included.
+    pub max_attempts: Option<u32>,
+    /// Consecutive failures that open a provider+model circuit.
+    pub failure_threshold: Option<u32>,
+    /// How long an open circuit stays open before one probe.
+    pub cooldown: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,0 +1,325 @@
+//! The planner: of every model the gateway can reach, which are feasible for this request
+//! and in what order to try them.
+//!
+//! Feasible = catalog chat models on configured providers, minus policy exclusions
+//! (maker's country and hosting jurisdiction are separate checks), minus models lacking a
+//! capability the request needs, minus models whose context cannot hold the estimated
+//! prompt plus `max_tokens`, minus models below the quality floor, minus models whose
+//! worst-case cost exceeds the request's ceiling or the policy's price cap. Ranking is by
+//! expected cost (integer pico-dollars), ties broken by health and then observed latency.
+//! Exclusions are kept as small enums and only turned into text when someone reads them
+//! (the no-feasible-model error, `quote`), so planning stays allocation-light: it runs
+//! on every routed request.
+
+use crate::canonical::Needs;
+use crate::catalog::{Model, Rates};
+use crate::meter::Cost;
+use crate::provider::Provider;
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Named quality tiers on the catalog's (LMArena-like) scale.
+pub const TIERS: &[(&str, u32)] = &[("frontier", 1420), ("strong", 1370), ("adequate", 1300), ("basic", 0)];
+
+/// A tier name or a number.
+pub fn parse_quality(s: &str) -> Result<u32, String> {
+    if let Some((_, q)) = TIERS.iter().find(|(n, _)| n.eq_ignore_ascii_case(s.trim())) {
+        return Ok(*q);
+    }
+    s.trim().parse::<u32>().map_err(|_| {
+        format!("\"{s}\" is not a quality: use frontier, strong, adequate, basic, or a number like 1375")
+    })
+}
+
+/// Data-policy constraints.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Policy {
+    pub name: String,
+    /// Model makers' countries to avoid.
+    pub deny_origin: Vec<String>,
+    /// Jurisdictions where the request may not be processed.
+    pub deny_hosting: Vec<String>,
+    pub open_weights_only: bool,
+    /// Empty = every configured provider.
+    pub allow_providers: Vec<String>,
+    pub deny_providers: Vec<String>,
+    /// Cap on the blended (3 input : 1 output) price, USD per 1M tokens.
+    pub max_price_per_mtok: Option<f64>,
+}
+
+/// One routable (provider, model) pair, built once at start-up.
+#[derive(Debug)]
+pub struct Entry {
+    /// `provider_id/model`, the health key and what clients see.
+    pub key: Arc<str>,
+    pub provider: Arc<Provider>,
+    pub model: Model,
+    /// Observed average visible+reasoning output tokens (EWMA ×1000; 0 = no sample yet).
+    avg_output_milli: AtomicU64,
+}
+
+impl Entry {
+    pub fn new(provider: Arc<Provider>, model: Model) -> Entry {
+        let key = Arc::from(format!("{}/{}", provider.id, model.model));
+        Entry { key, provider, model, avg_output_milli: AtomicU64::new(0) }
+    }
+
+    pub fn observed_output(&self) -> Option<u64> {
+        match self.avg_output_milli.load(Ordering::Relaxed) {
+            0 => None,
+            m => Some(m.div_ceil(1000)),
+        }
+    }
+
+    /// Fold a completed request's output tokens into the average (EWMA, α = 0.2). A lost
+    /// update under contention only nudges an estimate, so relaxed atomics are enough.
+    pub fn observe_output(&self, tokens: u64) {
+        let sample = tokens.saturating_mul(1000).max(1);
+        let old = self.avg_output_milli.load(Ordering::Relaxed);
+        let new = if old == 0 { sample } else { (old * 4 + sample) / 5 };
+        self.avg_output_milli.store(new.max(1), Ordering::Relaxed);
+    }
+}
+
+/// Everything the planner needs to know about one request.
+#[derive(Debug, Clone)]
+pub struct Ask<'a> {
+    pub policy: &'a Policy,
+    pub min_quality: u32,
+    /// Ceiling on this request's worst-case cost.
+    pub max_cost: Option<Cost>,
+    pub needs: Needs,
+    pub stream: bool,
+    /// The request set `reasoning_effort`.
+    pub reasoning: bool,
+    pub prompt_tokens: u64,
+    pub max_tokens: Option<u64>,
+    /// Output expected when neither max_tokens nor an observed average says otherwise.
+    pub default_output: u64,
+}
+
+/// Why a model was left out. Kept small; rendered on demand.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Exclusion {
+    ProviderNotAllowed,
+    ProviderDenied,
+    OriginDenied { origin: String },
+    OriginUnknown,
+    HostingDenied { hosting: String },
+    HostingUnknown,
+    NotOpenWeights,
+    MissingCapability { capability: &'static str },
+    ContextTooSmall { needed: u64, context: u64 },
+    BelowQuality { quality: Option<u32>, floor: u32 },
+    OverPriceCap { blended_usd_per_mtok: f64, cap: f64 },
+    OverCostCeiling { max_cost_usd: String, ceiling_usd: String },
+    CircuitOpen,
+}
+
+impl Exclusion {
+    pub fn describe(&self) -> String {
+        match self {
+            Exclusion::ProviderNotAllowed => "provider not in the policy's allow_providers".into(),
+            Exclusion::ProviderDenied => "provider in the policy's deny_providers".into(),
+            Exclusion::OriginDenied { origin } => format!("made in {origin} (deny_origin)"),
+            Exclusion::OriginUnknown => "maker's country unknown while deny_origin is set".into(),
+            Exclusion::HostingDenied { hosting } => format!("hosted in {hosting} (deny_hosting)"),
+            Exclusion::HostingUnknown => "hosting jurisdiction unknown while deny_hosting is set".into(),
+            Exclusion::NotOpenWeights => "not open weights (open_weights_only)".into(),
+            Exclusion::MissingCapability { capability } => format!("no {capability} support"),
+            Exclusion::ContextTooSmall { needed, context } => {
+                format!("context {context} tokens cannot hold ~{needed} (prompt + max_tokens)")
+            }
+            Exclusion::BelowQuality { quality: Some(q), floor } => format!("quality {q} below the floor {floor}"),
+            Exclusion::BelowQuality { quality: None, floor } => format!("unrated, below the floor {floor}"),
+            Exclusion::OverPriceCap { blended_usd_per_mtok, cap } => {
+                format!("blended ${blended_usd_per_mtok}/1M above max_price_per_mtok {cap}")
+            }
+            Exclusion::OverCostCeiling { max_cost_usd, ceiling_usd } => {
+                format!("worst case ${max_cost_usd} above the ceiling ${ceiling_usd}")
+            }
+            Exclusion::CircuitOpen => "circuit open after repeated failures".into(),
+        }
+    }
+
+    /// A short label grouping exclusions in error messages.
+    pub fn constraint(&self) -> &'static str {
+        match self {
+            Exclusion::ProviderNotAllowed | Exclusion::ProviderDenied => "providers",
+            Exclusion::OriginDenied { .. } | Exclusion::OriginUnknown => "deny_origin",
+            Exclusion::HostingDenied { .. } | Exclusion::HostingUnknown => "deny_hosting",
+            Exclusion::NotOpenWeights => "open_weights_only",
+            Exclusion::MissingCapability { capability } => capability,
+            Exclusion::ContextTooSmall { .. } => "context",
+            Exclusion::BelowQuality { .. } => "min_quality",
+            Exclusion::OverPriceCap { .. } => "max_price_per_mtok",
+            Exclusion::OverCostCeiling { .. } => "max_cost",
+            Exclusion::CircuitOpen => "health",
+        }
+    }
+}
+
+/// A feasible candidate with its cost range (integer pico-USD).
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate {
+    pub entry: usize,
+    pub min_pico: u128,
+    pub expected_pico: u128,
+    pub max_pico: u128,
+    pub healthy: bool,
+    /// EWMA time to first byte in microseconds (u64::MAX when unknown, so it sorts last).
+    pub latency_us: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub candidates: Vec<Candidate>,
+    pub excluded: Vec<(usize, Exclusion)>,
+}
+
+fn pico_to_cost(p: u128) -> Cost {
+    Cost(i64::try_from(p.div_ceil(1000)).unwrap_or(i64::MAX))
+}
+
+pub fn cost_of(p: u128) -> Cost {
+    pico_to_cost(p)
+}
+
+fn blended_usd(r: &Rates) -> f64 {
+    (3.0 * r.input.usd_per_mtok() + r.output.usd_per_mtok()) / 4.0
+}
+
+fn matches_any(list: &[String], v: &str) -> bool {
+    list.iter().any(|x| x.eq_ignore_ascii_case(v))
+}
+
+/// Check one entry against the hard constraints (everything but cost and health).
+fn exclude(e: &Entry, ask: &Ask<'_>) -> Option<Exclusion> {
+    let p = ask.policy;
+    let m = &e.model;
+    if !p.allow_providers.is_empty() && !p.allow_providers.iter().any(|a| *a == e.provider.id) {
+        return Some(Exclusion::ProviderNotAllowed);
+    }
+    if p.deny_providers.iter().any(|d| *d == e.provider.id) {
+        return Some(Exclusion::ProviderDenied);
+    }
+    if !p.deny_origin.is_empty() {
+        match &m.origin {
+            Some(o) if matches_any(&p.deny_origin, o) => return Some(Exclusion::OriginDenied { origin: o.clone() }),
+            Some(_) => {}
+            None => return Some(Exclusion::OriginUnknown),
+        }
+    }
+    if !p.deny_hosting.is_empty() {
+        // The catalog says where this provider serves the model; the preset is the fallback.
+        match m.hosting.as_deref().or(e.provider.hosting) {
+            Some(h) if matches_any(&p.deny_hosting, h) => {
+                return Some(Exclusion::HostingDenied { hosting: h.to_string() })
+            }
+            Some(_) => {}
+            None => return Some(Exclusion::HostingUnknown),
+        }
+    }
+    if p.open_weights_only && !m.open_weights {
+        return Some(Exclusion::NotOpenWeights);
+    }
+    let caps = &m.capabilities;
+    for (needed, has, name) in [
+        (ask.needs.tools, caps.tools, "tools"),
+        (ask.needs.json_schema, caps.json_schema, "json_schema"),
+        (ask.needs.vision, caps.vision, "vision"),
+        (ask.reasoning, caps.reasoning, "reasoning"),
+        (ask.stream, caps.streaming, "streaming"),
+    ] {
+        if needed && !has {
+            return Some(Exclusion::MissingCapability { capability: name });
+        }
+    }
+    if let Some(context) = m.context {
+        let needed = ask.prompt_tokens + ask.max_tokens.unwrap_or(0);
+        if needed > context {
+            return Some(Exclusion::ContextTooSmall { needed, context });
+        }
+    }
+    if ask.min_quality > 0 && m.quality.is_none_or(|q| q < ask.min_quality) {
+        return Some(Exclusion::BelowQuality { quality: m.quality, floor: ask.min_quality });
+    }
+    if let Some(cap) = p.max_price_per_mtok {
+        let b = blended_usd(&m.rates);
+        if b > cap {
+            return Some(Exclusion::OverPriceCap { blended_usd_per_mtok: b, cap });
+        }
+    }
+    None
+}
+
+/// Plan a request over `entries`. `health(entry) -> (available, latency_us)`.
+pub fn plan(entries: &[Entry], ask: &Ask<'_>, health: impl Fn(&Entry) -> (bool, Option<u64>)) -> Plan {
+    let mut out = Plan { candidates: Vec::with_capacity(entries.len()), excluded: Vec::new() };
+    let prompt = u128::from(ask.prompt_tokens);
+    for (i, e) in entries.iter().enumerate() {
+        if let Some(x) = exclude(e, ask) {
+            out.excluded.push((i, x));
+            continue;
+        }
+        let r = e.model.rates_for(ask.prompt_tokens);
+        let input = u128::from(r.input.0);
+        let cached = u128::from(r.cached_input.unwrap_or(r.input).0);
+        let output = u128::from(r.output.0);
+        let worst_output = u128::from(r.reasoning_output.unwrap_or(r.output).0.max(r.output.0));
+        let max_out = ask
+            .max_tokens
+            .or(e.model.max_output)
+            .or(e.model.context.map(|c| c.saturating_sub(ask.prompt_tokens)))
+            .unwrap_or(4096);
+        let expected_out = e.observed_output().unwrap_or(ask.default_output).min(max_out);
+        let min_pico = prompt * cached.min(input);
+        let expected_pico = prompt * input + u128::from(expected_out) * output;
+        let max_pico = prompt * input + u128::from(max_out) * worst_output;
+        if let Some(ceiling) = ask.max_cost {
+            let worst = pico_to_cost(max_pico);
+            if worst > ceiling {
+                out.excluded.push((i, Exclusion::OverCostCeiling { max_cost_usd: worst.usd(), ceiling_usd: ceiling.usd() }));
+                continue;
+            }
+        }
+        let (healthy, latency) = health(e);
+        out.candidates.push(Candidate {
+            entry: i,
+            min_pico,
+            expected_pico,
+            max_pico,
+            healthy,
+            latency_us: latency.unwrap_or(u64::MAX),
+        });
+    }
+    out.candidates
+        .sort_unstable_by(|a, b| (a.expected_pico, !a.healthy, a.latency_us, a.entry).cmp(&(b.expected_pico, !b.healthy, b.latency_us, b.entry)));
+    out
+}
+
+/// Rough prompt tokens without a tokenizer, for routing: bytes of message text and tool
+/// definitions / 4, plus framing per message. Cheap enough for every request; the ledger
+/// uses the provider's real counts.
+pub fn estimate_prompt_tokens(body: &serde_json::Map<String, serde_json::Value>) -> u64 {
+    fn text_bytes(v: &serde_json::Value) -> u64 {
+        match v {
+            serde_json::Value::String(s) => s.len() as u64,
+            serde_json::Value::Array(a) => a.iter().map(text_bytes).sum(),
+            serde_json::Value::Object(o) => o.iter().filter(|(k, _)| *k != "role").map(|(_, v)| text_bytes(v)).sum(),
+            _ => 0,
+        }
+    }
+    let mut bytes = 0;
+    let mut messages = 0;
+    if let Some(serde_json::Value::Array(ms)) = body.get("messages") {
+        messages = ms.len() as u64;
+        bytes += ms.iter().map(text_bytes).sum::<u64>();
+    }
+    if let Some(t) = body.get("tools") {
+        bytes += text_bytes(t);
+    }
+    bytes.div_ceil(4) + messages * 4 + 3
+}
