@@ -11,12 +11,12 @@ pub mod secret;
 
 use crate::catalog::Catalog;
 use crate::meter::Cost;
+use crate::provider::preset::{self, Preset};
 use crate::route::health::HealthConfig;
 use crate::route::plan::{parse_quality, Policy};
-use std::collections::BTreeMap;
-use crate::provider::preset::{self, Preset};
 use raw::{RawConfig, RawProvider};
 pub use secret::Secret;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -210,7 +210,10 @@ impl Router {
             Some(name) => self.route(name).map(Some).ok_or_else(|| {
                 Error::invalid(
                     "x-bourse-route",
-                    format!("unknown route '{name}'; configured: {}", self.routes.keys().cloned().collect::<Vec<_>>().join(", ")),
+                    format!(
+                        "unknown route '{name}'; configured: {}",
+                        self.routes.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
                 )
             }),
             None => Ok(self.route(model)),
@@ -226,9 +229,10 @@ impl Router {
         now: std::time::Instant,
     ) -> Result<Routed> {
         let policy_name = o.policy.clone().unwrap_or_else(|| route.policy.clone());
-        let policy = self.policies.get(&policy_name).ok_or_else(|| {
-            Error::invalid("x-bourse-policy", format!("unknown policy '{policy_name}'"))
-        })?;
+        let policy = self
+            .policies
+            .get(&policy_name)
+            .ok_or_else(|| Error::invalid("x-bourse-policy", format!("unknown policy '{policy_name}'")))?;
         let prompt_tokens = plan::estimate_prompt_tokens(&req.body);
         let min_quality = o.min_quality.unwrap_or(route.min_quality);
         let max_cost = match (o.max_cost, route.max_cost) {
@@ -266,7 +270,9 @@ impl Router {
         }
         let parts: Vec<String> = groups
             .iter()
-            .map(|(c, (n, examples))| format!("{c}: {n} ({}{})", examples.join(", "), if *n > 3 { ", ..." } else { "" }))
+            .map(|(c, (n, examples))| {
+                format!("{c}: {n} ({}{})", examples.join(", "), if *n > 3 { ", ..." } else { "" })
+            })
             .collect();
         let detail = if self.entries.is_empty() {
             "no configured provider serves a priced catalog model".to_string()
@@ -375,14 +381,15 @@ mod tests {
 
     fn router(extra: &str) -> Router {
         let cfg = Config::from_toml(&format!("{BASE}\n{extra}"), &|_| None).unwrap();
-        let providers =
-            Providers::new(cfg.providers.iter().map(|p| Arc::new(Provider::new(p).unwrap())).collect());
+        let providers = Providers::new(cfg.providers.iter().map(|p| Arc::new(Provider::new(p).unwrap())).collect());
         Router::new(&providers, &cfg.catalog, &cfg)
     }
 
     fn req(extra: &str) -> ChatRequest {
-        parse_chat_request(format!(r#"{{"model":"auto","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#).as_bytes())
-            .unwrap()
+        parse_chat_request(
+            format!(r#"{{"model":"auto","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#).as_bytes(),
+        )
+        .unwrap()
     }
 
     fn ranked(r: &Router, route: &str, o: &Overrides, rq: &ChatRequest) -> Vec<String> {
@@ -449,7 +456,11 @@ mod tests {
             ("only_host", "", &["host/unrated", "host/tiny", "host/cn-open"]),
             ("not_cn", "", &["host/cn-open", "us/mid", "us/premium"]),
             ("cheap_strong", "", &["cn/cheap", "host/cn-open"]),
-            ("auto", r#","tools":[{"type":"function","function":{"name":"f"}}]"#, &["cn/cheap", "us/mid", "us/premium"]),
+            (
+                "auto",
+                r#","tools":[{"type":"function","function":{"name":"f"}}]"#,
+                &["cn/cheap", "us/mid", "us/premium"],
+            ),
             ("auto", r#","response_format":{"type":"json_object"}"#, &["us/mid", "us/premium"]),
             ("auto", r#","reasoning_effort":"low""#, &["us/premium"]),
             ("auto", r#","max_tokens":40000"#, &["cn/cheap", "us/mid", "us/premium"]),
@@ -470,7 +481,13 @@ mod tests {
             Some(plan::Exclusion::BelowQuality { quality: None, .. })
         ));
         assert!(matches!(
-            excluded_for(&r, "auto", &none, &req(r#","tools":[{"type":"function","function":{"name":"f"}}]"#), "host/cn-open"),
+            excluded_for(
+                &r,
+                "auto",
+                &none,
+                &req(r#","tools":[{"type":"function","function":{"name":"f"}}]"#),
+                "host/cn-open"
+            ),
             Some(plan::Exclusion::MissingCapability { capability: "tools" })
         ));
     }
@@ -501,7 +518,9 @@ mod tests {
         assert!(routed.plan.candidates.is_empty());
         let e = r.no_feasible(&routed);
         assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST);
-        for needle in ["route 'auto'", "of 6 models", "json_schema: 4", "max_cost: 1 (us/premium)", "reasoning: 1 (us/mid)"] {
+        for needle in
+            ["route 'auto'", "of 6 models", "json_schema: 4", "max_cost: 1 (us/premium)", "reasoning: 1 (us/mid)"]
+        {
             assert!(e.message.contains(needle), "{needle}: {}", e.message);
         }
     }
@@ -517,10 +536,20 @@ mod tests {
         assert_eq!(ranked(&r, "auto", &Overrides::default(), &req(""))[0], "host/cn-open");
     }
 
-    fn arb_catalog() -> impl Strategy<Value = Vec<(u32, u32, Option<u32>, bool, bool, u64, bool)>> {
-        // (input cents/M, output cents/M, quality, tools, cn-hosted, context k, open)
+    /// (input cents/M, output cents/M, quality, tools, cn-hosted, context k, open)
+    type ArbModel = (u32, u32, Option<u32>, bool, bool, u64, bool);
+
+    fn arb_catalog() -> impl Strategy<Value = Vec<ArbModel>> {
         proptest::collection::vec(
-            (1u32..2000, 1u32..6000, proptest::option::of(1200u32..1500), any::<bool>(), any::<bool>(), 4u64..256, any::<bool>()),
+            (
+                1u32..2000,
+                1u32..6000,
+                proptest::option::of(1200u32..1500),
+                any::<bool>(),
+                any::<bool>(),
+                4u64..256,
+                any::<bool>(),
+            ),
             1..12,
         )
     }
@@ -580,8 +609,7 @@ mod tests {
 
     fn router_from(text: &str) -> Router {
         let cfg = Config::from_toml(text, &|_| None).unwrap();
-        let providers =
-            Providers::new(cfg.providers.iter().map(|p| Arc::new(Provider::new(p).unwrap())).collect());
+        let providers = Providers::new(cfg.providers.iter().map(|p| Arc::new(Provider::new(p).unwrap())).collect());
         Router::new(&providers, &cfg.catalog, &cfg)
     }
 }

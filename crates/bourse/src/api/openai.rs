@@ -1,12 +1,12 @@
 //! The OpenAI-compatible surface: `/v1/chat/completions`, `/v1/embeddings`, `/v1/models`.
 
+use crate::canonical::ChatRequest;
 use crate::canonical::Usage;
 use crate::dialect::openai::{self as wire, parse_chat_request, parse_embeddings_request};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ledger::{LedgerEntry, Writer};
 use crate::meter::{estimate, Cost};
 use crate::relay::{OnEnd, StreamEnd, StreamRelay, StreamSummary};
-use crate::canonical::ChatRequest;
 use crate::route::health::Availability;
 use crate::route::{Overrides, Target};
 use crate::server::{KeyId, RequestId, SharedState};
@@ -271,7 +271,7 @@ struct Try {
 /// everywhere, so they return at once.
 fn fails_over(e: &Error) -> bool {
     match &e.kind {
-        ErrorKind::UpstreamStatus(s) => s.retryable || s.exhausted || matches!(s.status, 401 | 402 | 403),
+        ErrorKind::UpstreamStatus(s) => s.retryable || s.exhausted || matches!(s.status, 401..=403),
         ErrorKind::UpstreamUnreachable | ErrorKind::UpstreamTimeout | ErrorKind::UpstreamProtocol => true,
         _ => false,
     }

@@ -27,9 +27,9 @@ pub fn parse_quality(s: &str) -> Result<u32, String> {
     if let Some((_, q)) = TIERS.iter().find(|(n, _)| n.eq_ignore_ascii_case(s.trim())) {
         return Ok(*q);
     }
-    s.trim().parse::<u32>().map_err(|_| {
-        format!("\"{s}\" is not a quality: use frontier, strong, adequate, basic, or a number like 1375")
-    })
+    s.trim()
+        .parse::<u32>()
+        .map_err(|_| format!("\"{s}\" is not a quality: use frontier, strong, adequate, basic, or a number like 1375"))
 }
 
 /// Data-policy constraints.
@@ -281,7 +281,8 @@ pub fn plan(entries: &[Entry], ask: &Ask<'_>, health: impl Fn(&Entry) -> (bool, 
         if let Some(ceiling) = ask.max_cost {
             let worst = pico_to_cost(max_pico);
             if worst > ceiling {
-                out.excluded.push((i, Exclusion::OverCostCeiling { max_cost_usd: worst.usd(), ceiling_usd: ceiling.usd() }));
+                out.excluded
+                    .push((i, Exclusion::OverCostCeiling { max_cost_usd: worst.usd(), ceiling_usd: ceiling.usd() }));
                 continue;
             }
         }
@@ -295,8 +296,9 @@ pub fn plan(entries: &[Entry], ask: &Ask<'_>, health: impl Fn(&Entry) -> (bool, 
             latency_us: latency.unwrap_or(u64::MAX),
         });
     }
-    out.candidates
-        .sort_unstable_by(|a, b| (a.expected_pico, !a.healthy, a.latency_us, a.entry).cmp(&(b.expected_pico, !b.healthy, b.latency_us, b.entry)));
+    out.candidates.sort_unstable_by(|a, b| {
+        (a.expected_pico, !a.healthy, a.latency_us, a.entry).cmp(&(b.expected_pico, !b.healthy, b.latency_us, b.entry))
+    });
     out
 }
 
