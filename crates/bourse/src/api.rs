@@ -1,4 +1,5 @@
 //! HTTP handlers, one module per client-facing surface.
 
 pub mod openai;
+pub mod quote;
 pub mod usage;

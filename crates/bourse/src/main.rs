@@ -54,6 +54,22 @@ enum Command {
         #[command(flatten)]
         list: CatalogList,
     },
+    /// Rank the feasible models for a chat request, with min/expected/max cost and every
+    /// excluded model's reason — without calling any upstream.
+    Quote {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Route to plan on (default: the request's model if it names a route, else auto).
+        #[arg(long)]
+        route: Option<String>,
+        /// Set the request's max_tokens.
+        #[arg(long)]
+        max_tokens: Option<u64>,
+        #[arg(long, value_enum, default_value_t = QuoteFmt::Table)]
+        format: QuoteFmt,
+        /// A chat completion request (JSON), or - for standard input.
+        input: String,
+    },
     /// Spend and savings from the ledger.
     Report {
         #[command(flatten)]
@@ -125,6 +141,12 @@ enum Fmt {
     Table,
     Json,
     Csv,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum QuoteFmt {
+    Table,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -208,6 +230,44 @@ fn import_litellm(file: &PathBuf, out: Option<&PathBuf>, date: &str) -> Result<(
     }
 }
 
+fn run_quote(
+    c: &ConfigArg,
+    route: Option<&str>,
+    max_tokens: Option<u64>,
+    format: QuoteFmt,
+    input: &str,
+) -> Result<(), String> {
+    use std::io::Read as _;
+    let cfg = load(c)?;
+    let mut text = String::new();
+    if input == "-" {
+        std::io::stdin().read_to_string(&mut text).map_err(|e| format!("cannot read standard input: {e}"))?;
+    } else {
+        text = std::fs::read_to_string(input).map_err(|e| format!("cannot read {input}: {e}"))?;
+    }
+    let mut body: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{input}: not JSON: {e}"))?;
+    if let Some(obj) = body.as_object_mut() {
+        obj.entry("model").or_insert_with(|| serde_json::Value::String("auto".into()));
+        if let Some(m) = max_tokens {
+            obj.insert("max_tokens".into(), m.into());
+        }
+    }
+    let req = bourse::dialect::openai::parse_chat_request(body.to_string().as_bytes()).map_err(|e| e.message)?;
+    let state = bourse::server::AppState::from_config(&cfg)?;
+    let router = &state.router;
+    let overrides = bourse::route::Overrides { route: route.map(str::to_string), ..Default::default() };
+    let chosen = match router.route_for(&req.model, &overrides).map_err(|e| e.message)? {
+        Some(r) => r,
+        None => router.route("auto").ok_or("no route named auto")?,
+    };
+    let routed = router.plan(chosen, &overrides, &req, std::time::Instant::now()).map_err(|e| e.message)?;
+    match format {
+        QuoteFmt::Table => print!("{}", router.quote_table(&routed)),
+        QuoteFmt::Json => println!("{}", serde_json::to_string_pretty(&router.quote_json(&routed)).unwrap_or_default()),
+    }
+    Ok(())
+}
+
 fn run_report(c: &ConfigArg, since: &str, until: Option<&str>, by: By, format: Fmt) -> Result<(), String> {
     let cfg = load(c)?;
     let url = cfg.storage.url.clone().ok_or("the ledger is off in this config ([storage] ledger = false)")?;
@@ -268,6 +328,9 @@ fn main() -> ExitCode {
             import_litellm(file, out.as_ref(), date)
         }
         Command::Catalog { action: None, list } => catalog_list(list),
+        Command::Quote { config, route, max_tokens, format, input } => {
+            run_quote(config, route.as_deref(), *max_tokens, *format, input)
+        }
         Command::Report { config, since, until, by, format } => {
             run_report(config, since, until.as_deref(), *by, *format)
         }

@@ -8,6 +8,7 @@
 
 pub mod health;
 pub mod plan;
+pub mod quote;
 
 use crate::catalog::{Catalog, Kind};
 use crate::config::{Config, RouteConfig};

@@ -97,6 +97,7 @@ pub fn app(state: SharedState) -> Router {
         .route("/models", get(api::openai::list_models))
         .route("/models/{*id}", get(api::openai::get_model))
         .route("/bourse/usage", get(api::usage::usage))
+        .route("/bourse/quote", post(api::quote::quote))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(healthz))

@@ -247,3 +247,32 @@ async fn routed_streams_work_and_are_metered() {
     let row = &rows(&f, "rstream", 1).await[0];
     assert!(row.stream && row.cost_nanos > 0 && row.route_reason.is_some());
 }
+
+#[tokio::test]
+async fn quote_ranks_and_explains_without_calling_upstream() {
+    let f = fixture().await;
+    let mut body = chat_body("auto");
+    body["tools"] = json!([{"type": "function", "function": {"name": "f"}}]);
+    body["max_tokens"] = json!(100);
+    let resp = client()
+        .post(format!("{}/v1/bourse/quote", f.gw.gateway.url))
+        .header("content-type", "application/json")
+        .header("x-bourse-max-cost-usd", "0.01")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let q: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    let models: Vec<&str> = q["candidates"].as_array().unwrap().iter().map(|c| c["model"].as_str().unwrap()).collect();
+    assert_eq!(models, ["mid/sim-small", "premium/sim-small"]);
+    let c = &q["candidates"][0];
+    // mid: $1/M in, $2/M out; 100 output tokens at most.
+    let max: f64 = c["max_cost_usd"].as_str().unwrap().parse().unwrap();
+    let min: f64 = c["min_cost_usd"].as_str().unwrap().parse().unwrap();
+    assert!(min > 0.0 && min < max && max < 0.001, "{c}");
+    let ex = &q["excluded"][0];
+    assert_eq!(ex["model"], "cheap/sim-small");
+    assert_eq!(ex["constraint"], "tools");
+    assert_eq!(f.cheap.stats().requests + f.mid.stats().requests + f.premium.stats().requests, 0);
+}

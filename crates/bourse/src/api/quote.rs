@@ -1,0 +1,27 @@
+//! `POST /v1/bourse/quote`: what a chat request would cost on each feasible model, and why
+//! the others were excluded — without calling any upstream.
+
+use crate::api::openai::read_json_body;
+use crate::dialect::openai::parse_chat_request;
+use crate::error::Result;
+use crate::route::Overrides;
+use crate::server::SharedState;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use std::time::Instant;
+
+pub async fn quote(State(state): State<SharedState>, headers: HeaderMap, body: Body) -> Result<Response> {
+    let body = read_json_body(&headers, body, state.max_body_bytes).await?;
+    let req = parse_chat_request(&body)?;
+    let overrides = Overrides::from_headers(&headers)?;
+    let router = &state.router;
+    // A request that names a model rather than a route is quoted on `auto`.
+    let route = match router.route_for(&req.model, &overrides)? {
+        Some(r) => r,
+        None => router.route("auto").ok_or_else(|| crate::error::Error::invalid("model", "no route named auto"))?,
+    };
+    let routed = router.plan(route, &overrides, &req, Instant::now())?;
+    Ok(axum::Json(router.quote_json(&routed)).into_response())
+}
