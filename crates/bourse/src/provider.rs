@@ -47,6 +47,16 @@ pub struct Provider {
     pub quirks: Quirks,
     auth: Option<HeaderValue>,
     client: reqwest::Client,
+    /// Endpoint URLs, parsed once here rather than on every request.
+    chat_url: reqwest::Url,
+    embeddings_url: reqwest::Url,
+}
+
+/// The upstream endpoints Bourse calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Embeddings,
 }
 
 impl Provider {
@@ -70,7 +80,13 @@ impl Provider {
             }
             (None, _) => None,
         };
+        let url = |path: &str| {
+            reqwest::Url::parse(&format!("{}{path}", cfg.base_url))
+                .map_err(|e| format!("providers.{}.base_url: {e}", cfg.id))
+        };
         Ok(Provider {
+            chat_url: url("/chat/completions")?,
+            embeddings_url: url("/embeddings")?,
             id: cfg.id.clone(),
             kind: cfg.preset.name,
             base_url: cfg.base_url.clone(),
@@ -83,12 +99,16 @@ impl Provider {
         })
     }
 
-    /// POST a JSON body to `base_url + path`. Returns once response headers arrive (within
+    /// POST a JSON body to an endpoint. Returns once response headers arrive (within
     /// the first-byte timeout); a non-2xx answer is read and classified into an [`Error`].
-    pub async fn post_json(&self, path: &str, body: Vec<u8>) -> Result<reqwest::Response, Error> {
+    pub async fn post_json(&self, endpoint: Endpoint, body: Vec<u8>) -> Result<reqwest::Response, Error> {
+        let url = match endpoint {
+            Endpoint::ChatCompletions => &self.chat_url,
+            Endpoint::Embeddings => &self.embeddings_url,
+        };
         let mut req = self
             .client
-            .post(format!("{}{path}", self.base_url))
+            .post(url.clone())
             .timeout(self.timeouts.total)
             .header(header::CONTENT_TYPE, "application/json")
             .body(body);

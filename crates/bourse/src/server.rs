@@ -224,9 +224,6 @@ pub async fn run(cfg: Config, opts: ServeOptions) -> Result<(), String> {
         writer_handle = Some(handle);
         tracing::info!(ledger = %redact_url(url), "ledger open");
     }
-    // Load the tokenizer off the request path: it is needed only to estimate usage for
-    // streams cut short, and the first load takes a moment.
-    std::thread::spawn(|| crate::meter::estimate::tokens("warm up"));
     let state = Arc::new(state);
     if state.providers.is_empty() {
         tracing::warn!("no providers configured: set a provider key (e.g. OPENAI_API_KEY) or write a config file");

@@ -6,6 +6,7 @@ use crate::dialect::openai::{self as wire, parse_chat_request, parse_embeddings_
 use crate::error::{Error, ErrorKind, Result};
 use crate::ledger::{LedgerEntry, Writer};
 use crate::meter::{estimate, Cost};
+use crate::provider::Endpoint;
 use crate::relay::{OnEnd, StreamEnd, StreamRelay, StreamSummary};
 use crate::route::health::Availability;
 use crate::route::{Overrides, Target};
@@ -77,14 +78,11 @@ async fn read_upstream_body(target: &Target, resp: reqwest::Response) -> Result<
     Ok((status, bytes.slice(start..)))
 }
 
-fn require_json(target: &Target, body: &Bytes) -> Result<()> {
-    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
-        return Err(Error::new(
-            ErrorKind::UpstreamProtocol,
-            format!("provider {} returned a body that is not valid JSON", target.provider.id),
-        ));
-    }
-    Ok(())
+fn not_json(target: &Target) -> Error {
+    Error::new(
+        ErrorKind::UpstreamProtocol,
+        format!("provider {} returned a body that is not valid JSON", target.provider.id),
+    )
 }
 
 /// Who is asking, for the ledger.
@@ -391,7 +389,7 @@ async fn attempt_chat(
 ) -> std::result::Result<Response, Error> {
     let upstream_body = wire::upstream_chat_body(req, &target.upstream_model);
     let mut attempt = Attempt::start(state, caller.clone(), target, req.stream, number, reason.clone(), entry);
-    let resp = match target.provider.post_json("/chat/completions", upstream_body).await {
+    let resp = match target.provider.post_json(Endpoint::ChatCompletions, upstream_body).await {
         Ok(r) => r,
         Err(e) => return Err(attempt.fail(e).await),
     };
@@ -405,27 +403,40 @@ async fn attempt_chat(
         attempt.healthy();
         let request_body = req.body.clone();
         let on_end: OnEnd = Box::new(move |summary: StreamSummary| {
-            let (usage, estimated) = match summary.usage {
-                Some(u) => (u, false),
-                None => (
-                    Usage {
-                        input_uncached: estimate::prompt_tokens(&request_body),
-                        output: estimate::completion_tokens(&summary.data),
-                        ..Usage::default()
-                    },
-                    true,
-                ),
-            };
             let (status, error) = match &summary.end {
                 StreamEnd::Completed => (200, None),
                 StreamEnd::UpstreamFailed(_) => (502, Some("upstream_stream_broken")),
                 StreamEnd::ClientGone => (499, Some("client_disconnected")),
             };
-            let (settled, record) = attempt.settle(usage, estimated, status, error);
-            if let Some(r) = record {
-                r.send_detached();
+            match summary.usage {
+                Some(usage) => {
+                    let (settled, record) = attempt.settle(usage, false, status, error);
+                    if let Some(r) = record {
+                        r.send_detached();
+                    }
+                    Some(money_comment(&settled))
+                }
+                // The usage chunk never came: count the tokens with the tokenizer, off the
+                // async workers (its first use loads ~30 MB of BPE tables). The client is
+                // gone or has its error event, so no cost comment follows.
+                None => {
+                    let estimate = move || {
+                        let usage = Usage {
+                            input_uncached: estimate::prompt_tokens(&request_body),
+                            output: estimate::completion_tokens(&summary.data),
+                            ..Usage::default()
+                        };
+                        if let (_, Some(r)) = attempt.settle(usage, true, status, error) {
+                            r.send_detached();
+                        }
+                    };
+                    match tokio::runtime::Handle::try_current() {
+                        Ok(rt) => drop(rt.spawn_blocking(estimate)),
+                        Err(_) => estimate(),
+                    }
+                    None
+                }
             }
-            Some(money_comment(&settled))
         });
         let relay = StreamRelay::new(resp, target.provider.clone(), req.include_usage, Some(on_end));
         let mut out = Response::new(Body::from_stream(relay));
@@ -436,25 +447,31 @@ async fn attempt_chat(
         route_reason(&mut out, reason.as_deref());
         return Ok(out);
     }
-    let (status, bytes) = match read_upstream_body(target, resp).await.and_then(|(s, b)| {
-        require_json(target, &b)?;
-        Ok((s, b))
-    }) {
+    let (status, bytes) = match read_upstream_body(target, resp).await {
         Ok(x) => x,
         Err(e) => return Err(attempt.fail(e).await),
     };
+    // One parse both validates the body and finds the usage.
+    let usage = match wire::response_usage(&bytes) {
+        Ok(u) => u,
+        Err(wire::NotJson) => return Err(attempt.fail(not_json(target)).await),
+    };
     attempt.healthy();
     let bytes = if target.provider.quirks.think_tags_in_content { wire::split_think_tags(bytes) } else { bytes };
-    let (usage, estimated) = match wire::response_usage(&bytes) {
+    let (usage, estimated) = match usage {
         Some(u) => (u, false),
-        None => (
-            Usage {
-                input_uncached: estimate::prompt_tokens(&req.body),
-                output: estimate::response_completion_tokens(&bytes),
+        None => {
+            let body = req.body.clone();
+            let resp_bytes = bytes.clone();
+            let counted = tokio::task::spawn_blocking(move || Usage {
+                input_uncached: estimate::prompt_tokens(&body),
+                output: estimate::response_completion_tokens(&resp_bytes),
                 ..Usage::default()
-            },
-            true,
-        ),
+            })
+            .await
+            .unwrap_or_default();
+            (counted, true)
+        }
     };
     let (settled, record) = attempt.settle(usage, estimated, status.as_u16(), None);
     if let Some(r) = record {
@@ -486,19 +503,20 @@ pub async fn embeddings(
     state.meter.priced(&target.provider.id, target.provider.kind, &target.upstream_model)?;
     let upstream_body = wire::upstream_embeddings_body(&mut req, &target.upstream_model);
     let mut attempt = Attempt::start(&state, caller(rid, key), &target, false, 1, None, None);
-    let resp = match target.provider.post_json("/embeddings", upstream_body).await {
+    let resp = match target.provider.post_json(Endpoint::Embeddings, upstream_body).await {
         Ok(r) => r,
         Err(e) => return Ok(error_response(attempt.fail(e).await, &target)),
     };
     attempt.ttfb = Some(attempt.started.elapsed());
-    let (status, bytes) = match read_upstream_body(&target, resp).await.and_then(|(s, b)| {
-        require_json(&target, &b)?;
-        Ok((s, b))
-    }) {
+    let (status, bytes) = match read_upstream_body(&target, resp).await {
         Ok(x) => x,
         Err(e) => return Ok(error_response(attempt.fail(e).await, &target)),
     };
-    let (usage, estimated) = match wire::response_usage(&bytes) {
+    let usage = match wire::response_usage(&bytes) {
+        Ok(u) => u,
+        Err(wire::NotJson) => return Ok(error_response(attempt.fail(not_json(&target)).await, &target)),
+    };
+    let (usage, estimated) = match usage {
         Some(u) => (u, false),
         None => (Usage { input_uncached: estimate::embedding_input_tokens(&req.body), ..Usage::default() }, true),
     };

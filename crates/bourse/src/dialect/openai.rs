@@ -318,10 +318,19 @@ struct UsageOnly {
     usage: Option<WireUsage>,
 }
 
-/// Usage from a complete non-streaming response body (None if absent or unparsable).
-pub fn response_usage(body: &[u8]) -> Option<Usage> {
-    serde_json::from_slice::<UsageOnly>(body).ok()?.usage.map(|u| u.normalize())
+/// Usage from a complete non-streaming response body: `Ok(None)` if the body is JSON
+/// without (usable) usage, `Err` if it is not JSON at all.
+pub fn response_usage(body: &[u8]) -> Result<Option<Usage>, NotJson> {
+    match serde_json::from_slice::<UsageOnly>(body) {
+        Ok(u) => Ok(u.usage.map(|u| u.normalize())),
+        // Valid JSON whose usage has an odd shape: relay it, estimate the usage.
+        Err(_) => serde_json::from_slice::<serde::de::IgnoredAny>(body).map(|_| None).map_err(|_| NotJson),
+    }
 }
+
+/// A response body that is not JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotJson;
 
 /// Cheap test for whether a stream chunk carries a non-null `usage` object, so that only
 /// that chunk is parsed on the hot path.
