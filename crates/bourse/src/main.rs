@@ -12,6 +12,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+// glibc malloc showed up as ~12% of the gateway's CPU under load (lock contention when
+// memory allocated on one worker is freed on another); mimalloc's thread-local heaps
+// avoid it. Chosen by measurement: see bench/RESULTS.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Bourse: an inference exchange. One OpenAI-compatible endpoint in front of every LLM provider.
 #[derive(Parser)]
 #[command(name = "bourse", version, about)]
