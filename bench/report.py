@@ -201,6 +201,24 @@ def main():
         else:
             row("streaming median TTFB ≤ bareproxy + 0.2 ms", "—", None)
 
+    # ------------------------------------------------------- variants of the gateway itself
+    base, nol, auto = wrk.get(("bourse", 64)), wrk.get(("bourse-noledger", 64)), wrk.get(("bourse-auto", 64))
+    if base and (nol or auto):
+        w("")
+        w("## Ledger and routing cost (64 connections)")
+        w("")
+        w("| comparison | req/s | ratio | target | |")
+        w("|---|---|---:|---|---|")
+        if nol:
+            frac = base["rps"] / nol["rps"]
+            w(f"| ledger on (`bourse`) vs off (`bourse-noledger`) | {base['rps']:,.0f} vs {nol['rps']:,.0f} | "
+              f"{100 * frac:.1f}% | ≥ 90% | {verdict(frac >= 0.90)} |")
+        if auto:
+            frac = auto["rps"] / base["rps"]
+            w(f"| routed (`model: auto`, `bourse-auto`) vs explicit model (`bourse`) | "
+              f"{auto['rps']:,.0f} vs {base['rps']:,.0f} | {100 * frac:.1f}% | no measurable loss (≥ 95%) | "
+              f"{verdict(frac >= 0.95)} |")
+
     print("\n".join(out))
 
 

@@ -145,7 +145,8 @@ start_bourse() { # start_bourse NAME EXTRA_TOML
   # work. The ledger stays at its default (SQLite next to this file) unless $extra says otherwise.
   {
     printf '[providers.sim]\nkind = "openai-compatible"\nbase_url = "http://127.0.0.1:%s/v1"\n\n' "$SIM_PORT"
-    printf '[models."sim/sim-small"]\ninput = 0.15\noutput = 0.60\n'
+    # quality 1400 ("strong") lets the `auto` route choose it in the bourse-auto variant.
+    printf '[models."sim/sim-small"]\ninput = 0.15\noutput = 0.60\nquality = 1400\n'
     [ -z "$extra" ] || printf '\n%s\n' "$extra"
   } >"$WORK/$name.toml"
   BOURSE_CONFIGS+=("$name.toml")
@@ -297,7 +298,13 @@ if [ "$HAVE_BAREPROXY" = 1 ]; then
 fi
 
 start_bourse bourse "$BENCH_EXTRA_BOURSE_CONFIG"
-# e.g. a second variant in the same run: start_bourse bourse-noledger $'[storage]\nledger = false'
+# The same gateway with the ledger off (issue: ledger on within 10% of off), and asked for
+# `"model": "auto"` so every request goes through the router (issue: no measurable loss).
+if [ -z "${BENCH_NO_VARIANTS:-}" ]; then
+  start_bourse bourse-noledger $'[storage]\nledger = false\n'"$BENCH_EXTRA_BOURSE_CONFIG"
+  start_bourse bourse-auto "$BENCH_EXTRA_BOURSE_CONFIG"
+  MODEL[bourse-auto]="auto"
+fi
 
 for p in "${PATHS[@]}"; do preflight "$p"; done
 log "paths: $(for p in "${PATHS[@]}"; do printf '%s=%s ' "$p" "${URL[$p]}"; done)"

@@ -129,8 +129,12 @@ async fn method_not_allowed(req: Request) -> Error {
     Error::new(ErrorKind::MethodNotAllowed, format!("{} is not allowed on {}", req.method(), req.uri().path()))
 }
 
+/// A new request id: 48 bits of Unix milliseconds, then 80 random bits, in hex. Ids sort by
+/// time, so the ledger's request-id index grows at its right edge instead of touching a
+/// random page per row (measured: a random-key index was most of the ledger's cost).
 fn new_request_id() -> String {
-    format!("req_{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    format!("req_{:012x}{:04x}{:016x}", ms & 0xffff_ffff_ffff, fastrand::u16(..), fastrand::u64(..))
 }
 
 /// Outermost layer: request id and access log.

@@ -393,7 +393,7 @@ async fn writer_flushes_everything_on_shutdown(url: &str) {
 
 async fn writer_ends_when_every_clone_is_dropped(url: &str) {
     let ledger = Ledger::open(url).await.unwrap();
-    let cfg = WriterConfig { flush_interval: Duration::from_secs(600), ..WriterConfig::default() };
+    let cfg = WriterConfig { flush_interval: Duration::from_secs(600), batch: 256, ..WriterConfig::default() };
     let (writer, handle) = Writer::start(ledger.clone(), cfg);
     drop(handle); // detaches: the task lives on while any Writer does
     let clone = writer.clone();

@@ -230,3 +230,60 @@ async fn sigterm_flushes_every_ledger_row() {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
 }
+
+#[tokio::test]
+async fn catalog_and_report_commands() {
+    // The catalog table shows the price gap against the reference at a glance.
+    let out = bourse().args(["catalog", "--kind", "chat"]).stdout(Stdio::piped()).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("deepseek/deepseek-v4-flash") && text.contains("openai/gpt-5.5"), "{text:.400}");
+    assert!(text.contains("reference openai/gpt-4o") && text.contains("cheaper than reference"), "{text:.400}");
+    let out = bourse().args(["catalog", "--format", "json", "--provider", "deepseek"]).stdout(Stdio::piped()).output();
+    let json: serde_json::Value = serde_json::from_slice(&out.await.unwrap().stdout).unwrap();
+    assert!(json["models"].as_array().unwrap().iter().all(|m| m["id"].as_str().unwrap().starts_with("deepseek/")));
+
+    // Requests through a served gateway, then `bourse report` over the same config.
+    let sim =
+        Sim::start(SimConfig { prompt_tokens: Some(1000), output_tokens: 10, ..SimConfig::default() }).await.unwrap();
+    let db = std::env::temp_dir().join(format!("bourse-report-{}-{}.db", std::process::id(), fastrand::u64(..)));
+    let cfg = write_config(&format!(
+        "[storage]\nurl = \"sqlite:{}\"\n[providers.alpha]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\n{}",
+        db.display(),
+        sim.base_url(),
+        price("alpha/sim-small", 1.0, 2.0)
+    ));
+    let (mut child, gw) = serve(bourse().args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&cfg.0)).await;
+    for _ in 0..3 {
+        let r = client()
+            .post(format!("{gw}/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(chat_body("alpha/sim-small").to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(child.wait().await.unwrap().success());
+    let out = bourse()
+        .args(["report", "--by", "model", "--format", "json", "--config"])
+        .arg(&cfg.0)
+        .stdout(Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &report["data"][0];
+    assert_eq!(row["group"], "alpha/sim-small");
+    assert_eq!(row["requests"], 3);
+    // 3 × (1000 × $1/M + 10 × $2/M) = 3 × 1,020,000 nano-USD = $0.003060000
+    assert_eq!(row["cost_usd"], "0.003060000");
+    let table = bourse().args(["report", "--config"]).arg(&cfg.0).stdout(Stdio::piped()).output().await.unwrap();
+    assert!(String::from_utf8_lossy(&table.stdout).contains("0.003060000"));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+}

@@ -261,7 +261,8 @@ struct Try {
     target: Target,
     /// Index into the router's entries, for routed tries (health and observed output).
     entry: Option<usize>,
-    reason: Option<String>,
+    /// Position in the plan, for the route reason (built only for attempts actually made).
+    rank: Option<usize>,
 }
 
 /// Whether a failed routed attempt should move on to the next candidate. Client-side
@@ -295,6 +296,7 @@ pub async fn chat_completions(
     let caller = caller(rid, key);
     let router = &state.router;
     let route = router.route_for(&req.model, &overrides)?;
+    let mut plan = None;
     let (tries, routed) = match route {
         Some(route) => {
             let routed = router.plan(route, &overrides, &req, Instant::now())?;
@@ -306,21 +308,22 @@ pub async fn chat_completions(
                 .candidates
                 .iter()
                 .enumerate()
-                .map(|(i, c)| {
+                .map(|(rank, c)| {
                     let e = &router.entries[c.entry];
                     Try {
                         target: Target { provider: e.provider.clone(), upstream_model: e.model.model.clone() },
                         entry: Some(c.entry),
-                        reason: Some(router.reason(&routed, i, 1)),
+                        rank: Some(rank),
                     }
                 })
                 .collect();
+            plan = Some(routed);
             (tries, true)
         }
         None => {
             let target = state.providers.resolve(&req.model)?;
             state.meter.priced(&target.provider.id, target.provider.kind, &target.upstream_model)?;
-            (vec![Try { target, entry: None, reason: None }], false)
+            (vec![Try { target, entry: None, rank: None }], false)
         }
     };
     // Explicit models get one attempt: the client's SDK owns retries (and sees Retry-After).
@@ -344,7 +347,10 @@ pub async fn chat_completions(
         if attempt_no > 1 {
             tokio::time::sleep(backoff(attempt_no - 1)).await;
         }
-        let reason = t.reason.map(|r| if attempt_no > 1 { format!("{r}; attempt {attempt_no} (fallback)") } else { r });
+        let reason = match (&plan, t.rank) {
+            (Some(p), Some(rank)) => Some(router.reason(p, rank, attempt_no)),
+            _ => None,
+        };
         match attempt_chat(&state, &caller, &mut req, &t.target, t.entry, attempt_no, reason).await {
             Ok(resp) => return Ok(resp),
             Err(e) => {
