@@ -7,6 +7,7 @@ Every path in the results gets a column; every path whose name starts with "bour
 is compared with bareproxy and checked against the targets.
 """
 import json
+import os
 import sys
 
 # Targets (bourse vs the bareproxy floor, same run).
@@ -218,6 +219,26 @@ def main():
             w(f"| routed (`model: auto`, `bourse-auto`) vs explicit model (`bourse`) | "
               f"{auto['rps']:,.0f} vs {base['rps']:,.0f} | {100 * frac:.1f}% | no measurable loss (≥ 95%) | "
               f"{verdict(frac >= 0.95)} |")
+
+    # ------------------------------------------------------------- planner (criterion)
+    cdir = meta.get("criterion_dir") or ""
+    if cdir and os.path.isdir(cdir):
+        w("")
+        w("## Route planner (criterion, 100-model catalog)")
+        w("")
+        w("`cargo bench -p bourse --bench plan`: `Router::plan` over 100 priced models on 4 providers "
+          "(policy, capability, context, quality and cost checks, ranking). Target: < 20 µs.")
+        w("")
+        w("| case | median (µs) | 95% CI (µs) | target |")
+        w("|---|---:|---|---|")
+        for case in sorted(os.listdir(cdir)):
+            est = os.path.join(cdir, case, "new", "estimates.json")
+            if not os.path.exists(est):
+                continue
+            m = json.load(open(est))["median"]
+            lo, hi = m["confidence_interval"]["lower_bound"], m["confidence_interval"]["upper_bound"]
+            med = m["point_estimate"] / 1000
+            w(f"| {case} | {med:.2f} | {lo / 1000:.2f}–{hi / 1000:.2f} | {verdict(med < 20)} |")
 
     print("\n".join(out))
 

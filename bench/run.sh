@@ -340,6 +340,17 @@ for p in "${PATHS[@]}"; do # warnings the gateways logged under load (e.g. dropp
 done
 
 # ---------------------------------------------------------------- report
+# The router's planner, alone: criterion over a 100-model catalog (target: < 20 µs).
+CRITERION_DIR=""
+if [ "${BENCH_PLANNER:-1}" != 0 ]; then
+  log "planner benchmark (criterion)"
+  if (cd "$ROOT" && cargo bench -q -p bourse --bench plan -- --noplot >"$WORK/criterion.log" 2>&1); then
+    CRITERION_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/criterion/plan_100_models"
+  else
+    log "planner benchmark failed; see $WORK/criterion.log"
+  fi
+fi
+
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 [ -z "$(git status --porcelain 2>/dev/null)" ] || commit="$commit (working tree has uncommitted changes)"
 python3 - "$WORK/meta.json" <<EOF
@@ -362,6 +373,7 @@ json.dump({
     "max_other_cores": $BENCH_MAX_OTHER_CORES,
     "wrk_version": "$(wrk -v 2>&1 | head -1 | awk '{ print $2 }')",
     "have_bareproxy": bool($HAVE_BAREPROXY),
+    "criterion_dir": "$CRITERION_DIR",
     "paths": $(printf '%s\n' "${PATHS[@]}" | python3 -c 'import json, sys; print(json.dumps(sys.stdin.read().split()))'),
 }, open(sys.argv[1], "w"), indent=1)
 EOF

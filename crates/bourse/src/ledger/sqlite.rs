@@ -224,7 +224,6 @@ fn connect(path: &Path) -> Result<Connection, LedgerError> {
     // batches are then copied into the database file once per checkpoint rather than
     // once per few batches (measured: file writes were the ledger's largest cost).
     conn.pragma_update(None, "wal_autocheckpoint", 16_000)?;
-    conn.pragma_update(None, "cache_size", -16_000)?;
     Ok(conn)
 }
 
