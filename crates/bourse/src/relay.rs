@@ -9,6 +9,7 @@
 //! with what was seen, so metering never misses a stream.
 
 use crate::canonical::Usage;
+use crate::dialect::openai::think::ThinkSplitter;
 use crate::dialect::openai::{chunk_has_usage, usage_chunk, with_empty_choices};
 use crate::error::Error;
 use crate::provider::Provider;
@@ -58,6 +59,8 @@ pub struct StreamRelay {
     parser: Parser,
     items: Vec<Item>,
     include_usage: bool,
+    /// MiniMax-style `<think>` in streamed content, moved to `reasoning_content`.
+    think: Option<ThinkSplitter>,
     usage: Option<Usage>,
     events: u64,
     data: Vec<String>,
@@ -70,16 +73,17 @@ impl StreamRelay {
     pub fn new(resp: reqwest::Response, provider: Arc<Provider>, include_usage: bool, on_end: Option<OnEnd>) -> Self {
         StreamRelay {
             inner: resp.bytes_stream().boxed(),
-            provider,
             parser: Parser::new(),
             items: Vec::new(),
             include_usage,
+            think: provider.quirks.think_tags_in_content.then(ThinkSplitter::default),
             usage: None,
             events: 0,
             data: Vec::new(),
             kept_bytes: 0,
             done: false,
             on_end,
+            provider,
         }
     }
 
@@ -109,6 +113,9 @@ impl StreamRelay {
                         }
                     }
                     if ev.data != "[DONE]" {
+                        if let Some(rewritten) = self.think.as_mut().and_then(|t| t.rewrite(&ev.data)) {
+                            ev.data = rewritten;
+                        }
                         self.events += 1;
                         // Only needed if usage never arrives; once it has, stop keeping text.
                         if self.usage.is_none() && self.kept_bytes < MAX_KEPT_BYTES {

@@ -171,6 +171,19 @@ async fn minimax_think_tags_become_reasoning_content() {
     let msg = &v["choices"][0]["message"];
     assert!(!msg["content"].as_str().unwrap().contains("<think>"), "{v}");
     assert!(!msg["reasoning_content"].as_str().unwrap().is_empty(), "{v}");
+
+    // Streaming: the tags arrive split across deltas; content deltas never show them.
+    let mut body = chat_body("minimax/MiniMax-M2");
+    body["stream"] = json!(true);
+    let text = post(&format!("{}/v1/chat/completions", gw.url), &body).await.text().await.unwrap();
+    let (mut content, mut reasoning) = (String::new(), String::new());
+    for d in sse_data(&text).iter().filter(|d| d.starts_with('{')) {
+        let c: Value = serde_json::from_str(d).unwrap();
+        content.push_str(c["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+        reasoning.push_str(c["choices"][0]["delta"]["reasoning_content"].as_str().unwrap_or(""));
+    }
+    assert!(!content.contains("think>") && !content.is_empty(), "{content}");
+    assert!(!reasoning.is_empty() && !reasoning.contains("think>"), "{reasoning}");
 }
 
 #[tokio::test]

@@ -4,6 +4,8 @@
 //! client mistake becomes a 400 naming the parameter instead of an opaque upstream error
 //! (or a panic). Fields Bourse does not know are passed on untouched.
 
+pub mod think;
+
 use crate::canonical::{ChatRequest, EmbeddingsRequest, Needs, Usage};
 use crate::error::{Error, ErrorKind, Result};
 use serde::Deserialize;
