@@ -85,22 +85,23 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+/// One report row as JSON: the integer fields plus exact decimal USD strings (shared by
+/// `bourse report --format json` and `GET /v1/bourse/usage`).
+pub fn row_json(r: &ReportRow) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("cost_usd".into(), json!(Cost(r.cost_nanos).usd()));
+        o.insert("reference_cost_usd".into(), json!(Cost(r.reference_cost_nanos).usd()));
+        o.insert("saved_usd".into(), json!(Cost(r.saved_nanos).usd()));
+        o.insert("saved_pct".into(), json!(saved_pct(r)));
+    }
+    v
+}
+
 pub fn render(rows: &[ReportRow], format: Format) -> String {
     match format {
         Format::Json => {
-            let data: Vec<_> = rows
-                .iter()
-                .map(|r| {
-                    let mut v = serde_json::to_value(r).unwrap_or_default();
-                    if let Some(o) = v.as_object_mut() {
-                        o.insert("cost_usd".into(), json!(Cost(r.cost_nanos).usd()));
-                        o.insert("reference_cost_usd".into(), json!(Cost(r.reference_cost_nanos).usd()));
-                        o.insert("saved_usd".into(), json!(Cost(r.saved_nanos).usd()));
-                        o.insert("saved_pct".into(), json!(saved_pct(r)));
-                    }
-                    v
-                })
-                .collect();
+            let data: Vec<_> = rows.iter().map(row_json).collect();
             let t = total(rows);
             serde_json::to_string_pretty(&json!({"data": data, "total": {
                 "requests": t.requests, "cost_usd": Cost(t.cost_nanos).usd(),

@@ -3,7 +3,6 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::ledger::{GroupBy, ReportQuery};
-use crate::meter::Cost;
 use crate::server::SharedState;
 use crate::timespec;
 use axum::extract::{Query, State};
@@ -43,17 +42,6 @@ pub async fn usage(State(state): State<SharedState>, Query(p): Query<UsageParams
         .report(&ReportQuery { since_ms: since, until_ms: until, by })
         .await
         .map_err(|e| Error::new(ErrorKind::Internal, format!("ledger report failed: {e}")))?;
-    let data: Vec<_> = rows
-        .iter()
-        .map(|r| {
-            let mut v = serde_json::to_value(r).unwrap_or_default();
-            if let Some(o) = v.as_object_mut() {
-                o.insert("cost_usd".into(), json!(Cost(r.cost_nanos).usd()));
-                o.insert("reference_cost_usd".into(), json!(Cost(r.reference_cost_nanos).usd()));
-                o.insert("saved_usd".into(), json!(Cost(r.saved_nanos).usd()));
-            }
-            v
-        })
-        .collect();
+    let data: Vec<_> = rows.iter().map(crate::report::row_json).collect();
     Ok(axum::Json(json!({"object": "list", "since_ms": since, "until_ms": until, "data": data})).into_response())
 }
