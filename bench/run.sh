@@ -94,8 +94,13 @@ if [ "$BENCH_SKIP_BUILD" != 1 ]; then
 fi
 HAVE_BAREPROXY=0
 if [ -f "$BAREPROXY_DIR/Cargo.toml" ]; then
-  [ "$BENCH_SKIP_BUILD" = 1 ] ||
-    cargo build --release --manifest-path "$BAREPROXY_DIR/Cargo.toml" --target-dir "$TARGET_DIR"
+  if [ "$BENCH_SKIP_BUILD" != 1 ]; then
+    # Build a copy: ../shared is read-only on CI machines and cargo writes Cargo.lock next
+    # to the manifest.
+    rm -rf "$TARGET_DIR/bareproxy-src"
+    cp -r "$BAREPROXY_DIR" "$TARGET_DIR/bareproxy-src"
+    cargo build --release --manifest-path "$TARGET_DIR/bareproxy-src/Cargo.toml" --target-dir "$TARGET_DIR"
+  fi
   HAVE_BAREPROXY=1
 else
   log "../shared/bench/bareproxy not found: benchmarking direct and bourse only (no floor to compare with)"
