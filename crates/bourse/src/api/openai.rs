@@ -407,7 +407,9 @@ async fn attempt_chat(
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if req.stream && is_sse {
         attempt.healthy();
-        let request_body = req.body.clone();
+        // This attempt answers the request (no fallback after a stream starts): keep the
+        // body for a possible estimate without copying it.
+        let request_body = std::mem::take(&mut req.body);
         let on_end: OnEnd = Box::new(move |summary: StreamSummary| {
             let (status, error) = match &summary.end {
                 StreamEnd::Completed => (200, None),
