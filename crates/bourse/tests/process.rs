@@ -287,3 +287,34 @@ async fn catalog_and_report_commands() {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
 }
+
+#[tokio::test]
+async fn no_proxy_bypasses_the_proxy() {
+    // HTTP_PROXY points at a port where nothing listens; NO_PROXY exempts the upstream's host,
+    // so the request must go straight to it.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let sim = Sim::start(SimConfig::default()).await.unwrap();
+    let cfg = write_config(&format!(
+        "[storage]\nledger = false\n[providers.near]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\n{}",
+        sim.base_url(),
+        price("near/sim-small", 1.0, 1.0)
+    ));
+    let (mut child, url) = serve(
+        bourse()
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&cfg.0)
+            .env("HTTP_PROXY", format!("http://{dead}"))
+            .env("NO_PROXY", "127.0.0.1,localhost"),
+    )
+    .await;
+    let resp = client()
+        .post(format!("{url}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(chat_body("near/sim-small").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(sim.stats().requests, 1);
+    child.kill().await.unwrap();
+}
