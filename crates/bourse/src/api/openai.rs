@@ -258,7 +258,8 @@ fn money_comment(s: &Settled) -> Bytes {
 
 /// One place to try, in the order to try them.
 struct Try {
-    target: Target,
+    /// Set for an explicit model; built from the router entry for routed tries.
+    target: Option<Target>,
     /// Index into the router's entries, for routed tries (health and observed output).
     entry: Option<usize>,
     /// Position in the plan, for the route reason (built only for attempts actually made).
@@ -303,19 +304,13 @@ pub async fn chat_completions(
             if routed.plan.candidates.is_empty() {
                 return Err(router.no_feasible(&routed));
             }
+            // Only indices here: targets are built for the few candidates actually tried.
             let tries: Vec<Try> = routed
                 .plan
                 .candidates
                 .iter()
                 .enumerate()
-                .map(|(rank, c)| {
-                    let e = &router.entries[c.entry];
-                    Try {
-                        target: Target { provider: e.provider.clone(), upstream_model: e.model.model.clone() },
-                        entry: Some(c.entry),
-                        rank: Some(rank),
-                    }
-                })
+                .map(|(rank, c)| Try { target: None, entry: Some(c.entry), rank: Some(rank) })
                 .collect();
             plan = Some(routed);
             (tries, true)
@@ -323,7 +318,7 @@ pub async fn chat_completions(
         None => {
             let target = state.providers.resolve(&req.model)?;
             state.meter.priced(&target.provider.id, target.provider.kind, &target.upstream_model)?;
-            (vec![Try { target, entry: None, rank: None }], false)
+            (vec![Try { target: Some(target), entry: None, rank: None }], false)
         }
     };
     // Explicit models get one attempt: the client's SDK owns retries (and sees Retry-After).
@@ -335,7 +330,15 @@ pub async fn chat_completions(
         if attempt_no >= max_attempts {
             break;
         }
-        if exhausted.contains(&t.target.provider.id) {
+        let target = match (t.target, t.entry) {
+            (Some(target), _) => target,
+            (None, Some(i)) => {
+                let e = &router.entries[i];
+                Target { provider: e.provider.clone(), upstream_model: e.model.model.clone() }
+            }
+            (None, None) => continue,
+        };
+        if exhausted.contains(&target.provider.id) {
             continue;
         }
         if let Some(i) = t.entry {
@@ -351,18 +354,18 @@ pub async fn chat_completions(
             (Some(p), Some(rank)) => Some(router.reason(p, rank, attempt_no)),
             _ => None,
         };
-        match attempt_chat(&state, &caller, &mut req, &t.target, t.entry, attempt_no, reason).await {
+        match attempt_chat(&state, &caller, &mut req, &target, t.entry, attempt_no, reason).await {
             Ok(resp) => return Ok(resp),
             Err(e) => {
                 if let ErrorKind::UpstreamStatus(s) = &e.kind {
                     if s.exhausted {
-                        exhausted.push(t.target.provider.id.clone());
+                        exhausted.push(target.provider.id.clone());
                     }
                 }
                 if !routed || !fails_over(&e) {
-                    return Ok(error_response(e, &t.target));
+                    return Ok(error_response(e, &target));
                 }
-                last_err = Some((e, t.target));
+                last_err = Some((e, target));
             }
         }
     }
