@@ -2,9 +2,12 @@
 //! benchmarks of the Bourse gateway.
 //!
 //! A [`Sim`] is an HTTP server on a local port that answers like a real
-//! provider (today the OpenAI dialect; Anthropic and Gemini would be sibling
-//! modules of `openai`), with configurable latency, usage-reporting quirks and
-//! injected failures. Start several to stand in for several providers:
+//! provider, with configurable latency, usage-reporting quirks and injected
+//! failures. It speaks three dialects at once, told apart by path: OpenAI
+//! (`/v1/chat/completions`, `/v1/embeddings`, `/v1/models`), Anthropic
+//! (`/v1/messages`, `/v1/messages/count_tokens`) and Gemini
+//! (`/v1beta/models/{model}:generateContent`, `:streamGenerateContent`,
+//! `:countTokens`). Start several to stand in for several providers:
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -20,12 +23,14 @@
 //!
 //! The `upstream-sim` binary runs one instance on a fixed port
 //! (`upstream-sim --listen 127.0.0.1:9100 --ttft-ms 20`). Both it and the
-//! library expose the same controls over HTTP, outside `/v1`:
+//! library expose the same controls over HTTP, outside the API paths:
 //! `GET /sim/stats`, `GET /sim/last-request`, `GET /sim/config` and
 //! `PUT /sim/config` (a JSON [`SimConfig`], replacing the current one).
 
+mod anthropic;
 mod body;
 pub mod config;
+mod gemini;
 mod openai;
 mod server;
 mod text;
@@ -42,10 +47,10 @@ pub use config::{Failure, SimConfig, UsageChunkChoices, UsageStyle};
 
 use server::Shared;
 
-/// Counters since the simulator started. Only `/v1` requests count.
+/// Counters since the simulator started. Only API (`/v1`, `/v1beta`) requests count.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
-    /// `/v1` requests received (any method or path, including failed ones).
+    /// API requests received (any method or path, including failed ones).
     pub requests: u64,
     /// Streaming responses whose last byte was handed to the connection.
     pub completed_streams: u64,
@@ -53,7 +58,7 @@ pub struct Stats {
     pub cancelled_streams: u64,
 }
 
-/// The most recent `/v1` request, as received.
+/// The most recent API (`/v1`, `/v1beta`) request, as received.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RecordedRequest {
     pub method: String,

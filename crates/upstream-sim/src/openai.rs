@@ -29,7 +29,7 @@ use crate::text;
 const MODELS_CREATED: u64 = 1_700_000_000;
 const FINGERPRINT: &str = "fp_upstream_sim";
 const SERVICE_TIER: &str = "default";
-const JSON: &str = "application/json";
+pub(crate) const JSON: &str = "application/json";
 /// What `malformed_json` sends: the start of a plausible body, cut off.
 const MALFORMED_BODY: &[u8] = br#"{"id": "chatcmpl-sim-broken", "object": "chat.completion", "choices": ["#;
 const MALFORMED_CHUNK: &[u8] = b"data: {\"id\": \"chatcmpl-sim-broken\", \"choices\": [{\"delta\": \n\n";
@@ -111,18 +111,45 @@ fn bad_request(ctx: &Ctx, message: &str) -> Reply {
 /// Turns the failures that do not depend on the payload into a
 /// reply; `None` means "produce the payload" (possibly damaged later).
 fn early_failure(ctx: &Ctx, failure: &Failure) -> Option<Reply> {
+    early_failure_with(failure, |status, failure| {
+        error_response(
+            ctx,
+            status,
+            failure.message,
+            failure.error_type.unwrap_or_else(|| default_error_type(status)),
+            failure.code,
+        )
+    })
+}
+
+/// The caller-visible parts of an injected `Failure::Status`, for a dialect
+/// to render in its own error shape.
+pub(crate) struct StatusFailure<'a> {
+    pub(crate) message: &'a str,
+    /// The configured `error_type`, if any; each dialect has its own default.
+    pub(crate) error_type: Option<&'a str>,
+    pub(crate) code: Option<&'a str>,
+}
+
+/// [`early_failure`] for any dialect: `render` builds the error response for
+/// an injected status; `Retry-After`, close and stall are handled here.
+pub(crate) fn early_failure_with(
+    failure: &Failure,
+    render: impl FnOnce(StatusCode, StatusFailure<'_>) -> Response<SimBody>,
+) -> Option<Reply> {
     match failure {
         Failure::None | Failure::DropMidStream { .. } | Failure::MalformedJson => None,
         Failure::Close => Some(Reply::Close),
         Failure::Stall => Some(Reply::Stall),
         Failure::Status { status, retry_after, error_type, code, message } => {
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let mut response = error_response(
-                ctx,
+            let mut response = render(
                 status,
-                message.as_deref().unwrap_or("simulated failure"),
-                error_type.as_deref().unwrap_or_else(|| default_error_type(status)),
-                code.as_deref(),
+                StatusFailure {
+                    message: message.as_deref().unwrap_or("simulated failure"),
+                    error_type: error_type.as_deref(),
+                    code: code.as_deref(),
+                },
             );
             if let Some(seconds) = retry_after {
                 response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(*seconds));
@@ -147,17 +174,17 @@ fn default_error_type(status: StatusCode) -> &'static str {
     }
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+pub(crate) fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     write_json(&mut out, value);
     out
 }
 
-fn write_json<T: Serialize>(out: &mut Vec<u8>, value: &T) {
+pub(crate) fn write_json<T: Serialize>(out: &mut Vec<u8>, value: &T) {
     // Serializing these plain structs into a Vec cannot fail (no maps with
     // non-string keys, no fallible Serialize impls), so there is no error path.
     let _ = serde_json::to_writer(out, value);
@@ -165,7 +192,7 @@ fn write_json<T: Serialize>(out: &mut Vec<u8>, value: &T) {
 
 /// Writes `count` copies of `line`, evenly spread over `ttft_ms`, as a
 /// provider does while a request waits for capacity.
-fn preamble(script: &mut Script, ttft_ms: u64, count: u32, line: &[u8]) {
+pub(crate) fn preamble(script: &mut Script, ttft_ms: u64, count: u32, line: &[u8]) {
     let step = ttft_ms / (u64::from(count) + 1);
     for _ in 0..count {
         script.wait(step);
@@ -176,7 +203,7 @@ fn preamble(script: &mut Script, ttft_ms: u64, count: u32, line: &[u8]) {
 
 /// Sends a complete non-streaming JSON payload, applying latency, keep-alive
 /// blank lines and the payload-damaging failures.
-async fn deliver(ctx: &Ctx, payload: Vec<u8>, failure: &Failure) -> Reply {
+pub(crate) async fn deliver(ctx: &Ctx, payload: Vec<u8>, failure: &Failure) -> Reply {
     let config = ctx.config();
     let payload = match failure {
         Failure::MalformedJson => MALFORMED_BODY.to_vec(),
@@ -254,7 +281,7 @@ struct ResponseFormat {
 /// Character count of a message `content`: a string, an array of parts
 /// (only their `text` counts), or null. Counted in place, never copied.
 #[derive(Default)]
-struct TextLen(u64);
+pub(crate) struct TextLen(pub(crate) u64);
 
 impl<'de> Deserialize<'de> for TextLen {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -380,12 +407,18 @@ fn pick_tool<'r>(req: &'r ChatRequest<'_>) -> Option<&'r FunctionIn> {
 /// Arguments that satisfy the tool's JSON schema well enough for a client
 /// to parse: one sample value per declared property.
 fn tool_arguments(parameters: Option<&Value>) -> String {
+    tool_arguments_value(parameters).to_string()
+}
+
+/// [`tool_arguments`] as a JSON object, for dialects that send arguments as
+/// an object rather than a string.
+pub(crate) fn tool_arguments_value(parameters: Option<&Value>) -> Value {
     let Some(properties) = parameters.and_then(|p| p.get("properties")).and_then(Value::as_object) else {
-        return r#"{"location":"Paris"}"#.to_owned();
+        return serde_json::json!({"location": "Paris"});
     };
     let args: serde_json::Map<String, Value> =
         properties.iter().map(|(name, schema)| (name.clone(), sample_value(name, schema))).collect();
-    Value::Object(args).to_string()
+    Value::Object(args)
 }
 
 fn sample_value(name: &str, schema: &Value) -> Value {
@@ -398,7 +431,7 @@ fn sample_value(name: &str, schema: &Value) -> Value {
         Some(Value::Array(types)) => types.first().and_then(Value::as_str).unwrap_or("string"),
         _ => "string",
     };
-    match kind {
+    match kind.to_ascii_lowercase().as_str() {
         "integer" | "number" => Value::from(42),
         "boolean" => Value::Bool(true),
         "array" => Value::Array(Vec::new()),
@@ -547,7 +580,7 @@ fn stream_chat(ctx: &Ctx, answer: &Answer<'_>, include_usage: bool, failure: &Fa
     Reply::Respond(sse_response(ctx, script.into_body(ctx.stream_stats())))
 }
 
-fn sse_response(ctx: &Ctx, body: SimBody) -> Response<SimBody> {
+pub(crate) fn sse_response(ctx: &Ctx, body: SimBody) -> Response<SimBody> {
     let mut response = ctx.response(StatusCode::OK, "text/event-stream", body);
     response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response

@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 
 use crate::body::SimBody;
 use crate::config::{Failure, SimConfig};
-use crate::{openai, RecordedRequest, Stats};
+use crate::{anthropic, gemini, openai, RecordedRequest, Stats};
 
 /// Request bodies above this are refused; nothing legitimate in a test is close.
 const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -228,7 +228,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     if path.starts_with("/sim/") {
         return Ok(control(&shared, req).await);
     }
-    let is_api = path == "/v1" || path.starts_with("/v1/");
+    let is_api = path == "/v1" || path.starts_with("/v1/") || path.starts_with("/v1beta/");
     let n = if is_api { shared.requests.fetch_add(1, Ordering::Relaxed) + 1 } else { 0 };
     let ctx = Ctx { active: shared.active(), shared, n };
     if !is_api {
@@ -254,7 +254,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     let uri = parts.uri.clone();
     ctx.shared.record(RawRequest { method: parts.method, uri: parts.uri, headers: parts.headers, body: body.clone() });
 
-    match openai::handle(&ctx, &method, uri.path(), &body).await {
+    let path = uri.path();
+    let reply = match dialect(path) {
+        Dialect::OpenAi => openai::handle(&ctx, &method, path, &body).await,
+        Dialect::Anthropic => anthropic::handle(&ctx, &method, path, &body).await,
+        Dialect::Gemini => gemini::handle(&ctx, &method, path, &body).await,
+    };
+    match reply {
         Reply::Respond(response) => Ok(response),
         Reply::Close => Err(DropConnection),
         Reply::Stall => {
@@ -262,6 +268,24 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             std::future::pending::<()>().await;
             Err(DropConnection)
         }
+    }
+}
+
+enum Dialect {
+    OpenAi,
+    Anthropic,
+    Gemini,
+}
+
+/// Which vendor an API path belongs to. The paths do not overlap, so one
+/// simulator serves all three dialects at once.
+fn dialect(path: &str) -> Dialect {
+    if path == "/v1/messages" || path.starts_with("/v1/messages/") {
+        Dialect::Anthropic
+    } else if path.starts_with("/v1beta/") || (path.starts_with("/v1/models/") && path.contains(':')) {
+        Dialect::Gemini
+    } else {
+        Dialect::OpenAi
     }
 }
 

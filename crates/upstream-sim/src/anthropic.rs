@@ -1,0 +1,459 @@
+//! The Anthropic Messages dialect: `POST /v1/messages` (plain and SSE
+//! streaming with named events, tool use) and `POST /v1/messages/count_tokens`,
+//! with Anthropic-shaped errors.
+//!
+//! Shares latency, failure injection, fake text and tool-argument synthesis
+//! with the OpenAI dialect; only the wire shapes differ. Usage follows
+//! Anthropic's accounting: `input_tokens` excludes the cached part of the
+//! prompt, which is reported separately as `cache_read_input_tokens`.
+//! `reasoning_tokens` is not used here (no `thinking` blocks are produced).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::Bytes;
+use hyper::{Method, Response, StatusCode};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::body::{Script, SimBody};
+use crate::config::Failure;
+use crate::openai::{self, TextLen, JSON};
+use crate::server::{Ctx, Reply};
+use crate::text;
+
+/// One broken event for `malformed_json` streams.
+const MALFORMED_EVENT: &[u8] = b"event: content_block_delta\ndata: {\"type\": \"content_block_delta\", \"delta\": \n\n";
+const PING: &[u8] = b"event: ping\ndata: {\"type\": \"ping\"}\n\n";
+
+/// Entry point for `/v1/messages` and everything under it.
+pub(crate) async fn handle(ctx: &Ctx, method: &Method, path: &str, body: &Bytes) -> Reply {
+    match (method, path) {
+        (&Method::POST, "/v1/messages") => messages(ctx, body).await,
+        (&Method::POST, "/v1/messages/count_tokens") => count_tokens(ctx, body),
+        (_, "/v1/messages" | "/v1/messages/count_tokens") => Reply::Respond(error_response(
+            ctx,
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("Method {method} is not allowed for {path}."),
+            "invalid_request_error",
+        )),
+        _ => Reply::Respond(error_response(
+            ctx,
+            StatusCode::NOT_FOUND,
+            &format!("Not found: {method} {path}"),
+            "not_found_error",
+        )),
+    }
+}
+
+/// `{"type":"error","error":{"type","message"}}` with the given status.
+fn error_response(ctx: &Ctx, status: StatusCode, message: &str, kind: &str) -> Response<SimBody> {
+    let body = ErrorBody { kind: "error", error: ErrorOut { kind, message } };
+    ctx.response(status, JSON, SimBody::full(openai::to_json(&body)))
+}
+
+fn bad_request(ctx: &Ctx, message: &str) -> Reply {
+    Reply::Respond(error_response(ctx, StatusCode::BAD_REQUEST, message, "invalid_request_error"))
+}
+
+fn default_error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        529 => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
+// ------------------------------------------------------------- requests
+
+#[derive(Deserialize)]
+struct MessagesRequest<'a> {
+    #[serde(borrow)]
+    model: Cow<'a, str>,
+    messages: Vec<MessageIn>,
+    #[serde(default)]
+    system: Content,
+    stream: Option<bool>,
+    tools: Option<Vec<ToolIn>>,
+    tool_choice: Option<ToolChoice>,
+}
+
+#[derive(Deserialize)]
+struct MessageIn {
+    #[serde(default)]
+    content: Content,
+}
+
+#[derive(Deserialize)]
+struct ToolIn {
+    name: String,
+    input_schema: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ToolChoice {
+    #[serde(rename = "type")]
+    kind: String,
+    name: Option<String>,
+}
+
+/// A `content` or `system` field: a string or an array of blocks. Only the
+/// characters of `text` blocks are counted; `tool_result` blocks are noticed
+/// so the simulated model does not call a tool again right after one.
+#[derive(Default)]
+struct Content {
+    chars: u64,
+    has_tool_result: bool,
+}
+
+impl<'de> Deserialize<'de> for Content {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Content;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or an array of content blocks")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Content, E> {
+                Ok(Content { chars: v.chars().count() as u64, has_tool_result: false })
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Content, E> {
+                Ok(Content::default())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Content, A::Error> {
+                #[derive(Deserialize)]
+                struct Block {
+                    #[serde(rename = "type", default)]
+                    kind: String,
+                    #[serde(default)]
+                    text: TextLen,
+                }
+                let mut content = Content::default();
+                while let Some(block) = seq.next_element::<Block>()? {
+                    content.chars += block.text.0;
+                    content.has_tool_result |= block.kind == "tool_result";
+                }
+                Ok(content)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+impl MessagesRequest<'_> {
+    fn prompt_tokens(&self, ctx: &Ctx) -> u32 {
+        let chars = self.system.chars + self.messages.iter().map(|m| m.content.chars).sum::<u64>();
+        ctx.config().prompt_tokens.unwrap_or_else(|| text::estimate_tokens(chars))
+    }
+
+    /// The first tool, unless the last turn carries a tool result or
+    /// `tool_choice` says otherwise.
+    fn pick_tool(&self) -> Option<&ToolIn> {
+        let tools = self.tools.as_ref()?;
+        if self.messages.last().is_some_and(|m| m.content.has_tool_result) {
+            return None;
+        }
+        match &self.tool_choice {
+            Some(choice) if choice.kind == "none" => None,
+            Some(ToolChoice { kind, name: Some(name) }) if kind == "tool" => tools.iter().find(|t| t.name == *name),
+            _ => tools.first(),
+        }
+    }
+}
+
+// --------------------------------------------------------------- answers
+
+struct ToolUse {
+    id: String,
+    name: String,
+    input: Value,
+}
+
+/// The simulated model's answer to one request, independent of streaming.
+struct Answer<'r> {
+    id: String,
+    model: &'r str,
+    /// Text pieces (one per streamed delta); empty for tool use.
+    content: Vec<&'static str>,
+    tool: Option<ToolUse>,
+    stop_reason: &'static str,
+    usage: Usage,
+}
+
+impl<'r> Answer<'r> {
+    fn new(ctx: &Ctx, req: &'r MessagesRequest<'r>) -> Answer<'r> {
+        let config = ctx.config();
+        let prompt_tokens = req.prompt_tokens(ctx);
+        let cached = config.cached_tokens.min(prompt_tokens);
+        let tool = req.pick_tool().map(|t| ToolUse {
+            id: format!("toolu_sim_{}", ctx.n),
+            name: t.name.clone(),
+            input: openai::tool_arguments_value(t.input_schema.as_ref()),
+        });
+        let content = if tool.is_some() {
+            Vec::new()
+        } else {
+            (0..config.output_tokens as usize).map(text::answer_token).collect()
+        };
+        Answer {
+            id: format!("msg_sim_{}", ctx.n),
+            model: &req.model,
+            content,
+            stop_reason: if tool.is_some() { "tool_use" } else { "end_turn" },
+            tool,
+            usage: Usage {
+                input_tokens: prompt_tokens - cached,
+                cache_creation_input_tokens: 0,
+                cache_read_input_tokens: cached,
+                output_tokens: config.output_tokens,
+            },
+        }
+    }
+
+    fn message<'a>(
+        &'a self,
+        content: Vec<BlockOut<'a>>,
+        stop_reason: Option<&'static str>,
+        usage: Usage,
+    ) -> MessageOut<'a> {
+        MessageOut {
+            id: &self.id,
+            kind: "message",
+            role: "assistant",
+            model: self.model,
+            content,
+            stop_reason,
+            stop_sequence: (),
+            usage,
+        }
+    }
+}
+
+async fn messages(ctx: &Ctx, body: &Bytes) -> Reply {
+    let req: MessagesRequest = match serde_json::from_slice(body) {
+        Ok(req) => req,
+        Err(e) => return bad_request(ctx, &format!("Invalid messages request: {e}")),
+    };
+    let failure = ctx.take_failure();
+    let early = openai::early_failure_with(failure, |status, f| {
+        error_response(ctx, status, f.message, f.error_type.unwrap_or_else(|| default_error_type(status)))
+    });
+    if let Some(reply) = early {
+        return reply;
+    }
+    let answer = Answer::new(ctx, &req);
+    if req.stream == Some(true) {
+        stream(ctx, &answer, failure)
+    } else {
+        let text = answer.content.concat();
+        let block = match &answer.tool {
+            Some(tool) => BlockOut::ToolUse { id: &tool.id, name: &tool.name, input: &tool.input },
+            None => BlockOut::Text { text: &text },
+        };
+        let payload = openai::to_json(&answer.message(vec![block], Some(answer.stop_reason), answer.usage));
+        openai::deliver(ctx, payload, failure).await
+    }
+}
+
+fn count_tokens(ctx: &Ctx, body: &Bytes) -> Reply {
+    let req: MessagesRequest = match serde_json::from_slice(body) {
+        Ok(req) => req,
+        Err(e) => return bad_request(ctx, &format!("Invalid count_tokens request: {e}")),
+    };
+    let payload = openai::to_json(&TokenCount { input_tokens: req.prompt_tokens(ctx) });
+    Reply::Respond(ctx.response(StatusCode::OK, JSON, SimBody::full(payload)))
+}
+
+/// Writes one `event: NAME\ndata: {json}\n\n`.
+fn event<T: Serialize>(script: &mut Script, name: &str, data: &T) {
+    script.push(b"event: ");
+    script.push(name.as_bytes());
+    script.push(b"\ndata: ");
+    openai::write_json(script.buf(), data);
+    script.push(b"\n\n");
+}
+
+fn stream(ctx: &Ctx, answer: &Answer<'_>, failure: &Failure) -> Reply {
+    let config = ctx.config();
+    let mut script = Script::default();
+    openai::preamble(&mut script, config.ttft_ms, config.keepalive_comments, b": keep-alive\n\n");
+
+    // Like the real API: the start message already counts one output token.
+    let start_usage = Usage { output_tokens: 1, ..answer.usage };
+    event(
+        &mut script,
+        "message_start",
+        &MessageStart { kind: "message_start", message: answer.message(Vec::new(), None, start_usage) },
+    );
+    let tool_json = answer.tool.as_ref().map(|t| t.input.to_string());
+    // A streamed `tool_use` block starts with `input: {}`.
+    let empty_input = Value::Object(serde_json::Map::new());
+    let (block, deltas): (BlockOut<'_>, Vec<DeltaOut<'_>>) = match (&answer.tool, &tool_json) {
+        (Some(tool), Some(json)) => {
+            let pieces = text::split_even(json, (config.output_tokens as usize).max(3));
+            // The real API opens tool input with an empty fragment.
+            let deltas =
+                std::iter::once("").chain(pieces).map(|p| DeltaOut::InputJsonDelta { partial_json: p }).collect();
+            (BlockOut::ToolUse { id: &tool.id, name: &tool.name, input: &empty_input }, deltas)
+        }
+        _ => (BlockOut::Text { text: "" }, answer.content.iter().map(|t| DeltaOut::TextDelta { text: t }).collect()),
+    };
+    event(
+        &mut script,
+        "content_block_start",
+        &BlockStart { kind: "content_block_start", index: 0, content_block: block },
+    );
+    script.push(PING);
+    if *failure == Failure::MalformedJson {
+        script.push(MALFORMED_EVENT);
+    }
+
+    let drop_after = match failure {
+        Failure::DropMidStream { after_chunks } => Some(*after_chunks as usize),
+        _ => None,
+    };
+    for (i, delta) in deltas.iter().enumerate() {
+        if i > 0 {
+            script.wait(config.chunk_delay_ms);
+        }
+        if drop_after == Some(i) {
+            break;
+        }
+        event(&mut script, "content_block_delta", &BlockDelta { kind: "content_block_delta", index: 0, delta });
+    }
+    if drop_after.is_some() {
+        // No stop events: the stream just ends badly.
+        script.abort();
+        return Reply::Respond(openai::sse_response(ctx, script.into_body(ctx.stream_stats())));
+    }
+
+    event(&mut script, "content_block_stop", &BlockStop { kind: "content_block_stop", index: 0 });
+    event(
+        &mut script,
+        "message_delta",
+        &MessageDelta {
+            kind: "message_delta",
+            delta: StopDelta { stop_reason: answer.stop_reason, stop_sequence: () },
+            usage: OutputUsage { output_tokens: answer.usage.output_tokens },
+        },
+    );
+    event(&mut script, "message_stop", &TypeOnly { kind: "message_stop" });
+    Reply::Respond(openai::sse_response(ctx, script.into_body(ctx.stream_stats())))
+}
+
+// ------------------------------------------------------- response shapes
+
+#[derive(Serialize, Clone, Copy)]
+struct Usage {
+    input_tokens: u32,
+    cache_creation_input_tokens: u32,
+    cache_read_input_tokens: u32,
+    output_tokens: u32,
+}
+
+#[derive(Serialize)]
+struct MessageOut<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    role: &'static str,
+    model: &'a str,
+    content: Vec<BlockOut<'a>>,
+    stop_reason: Option<&'static str>,
+    stop_sequence: (),
+    usage: Usage,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockOut<'a> {
+    Text { text: &'a str },
+    ToolUse { id: &'a str, name: &'a str, input: &'a Value },
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum DeltaOut<'a> {
+    TextDelta { text: &'a str },
+    InputJsonDelta { partial_json: &'a str },
+}
+
+#[derive(Serialize)]
+struct MessageStart<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: MessageOut<'a>,
+}
+
+#[derive(Serialize)]
+struct BlockStart<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    index: u32,
+    content_block: BlockOut<'a>,
+}
+
+#[derive(Serialize)]
+struct BlockDelta<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    index: u32,
+    delta: &'a DeltaOut<'a>,
+}
+
+#[derive(Serialize)]
+struct BlockStop {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    index: u32,
+}
+
+#[derive(Serialize)]
+struct MessageDelta {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    delta: StopDelta,
+    usage: OutputUsage,
+}
+
+#[derive(Serialize)]
+struct StopDelta {
+    stop_reason: &'static str,
+    stop_sequence: (),
+}
+
+#[derive(Serialize)]
+struct OutputUsage {
+    output_tokens: u32,
+}
+
+#[derive(Serialize)]
+struct TypeOnly {
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+struct TokenCount {
+    input_tokens: u32,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: ErrorOut<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    message: &'a str,
+}

@@ -1,0 +1,368 @@
+//! The Google Gemini dialect: `POST /v1beta/models/{model}:generateContent`,
+//! `:streamGenerateContent` (always answered as SSE, as with `?alt=sse`) and
+//! `:countTokens`, with `google.rpc.Status`-shaped errors.
+//!
+//! Shares latency, failure injection, fake text and tool-argument synthesis
+//! with the OpenAI dialect; only the wire shapes differ. Usage follows
+//! Gemini's accounting: `promptTokenCount` includes the cached part
+//! (`cachedContentTokenCount`), and thinking tokens (`thoughtsTokenCount`) are
+//! counted apart from `candidatesTokenCount` but included in `totalTokenCount`.
+//! As the real API does, zero cached and thought counts are omitted.
+
+use bytes::Bytes;
+use hyper::{Method, Response, StatusCode};
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::body::Script;
+use crate::body::SimBody;
+use crate::config::Failure;
+use crate::openai::{self, TextLen, JSON};
+use crate::server::{Ctx, Reply};
+use crate::text;
+
+/// One broken chunk for `malformed_json` streams.
+const MALFORMED_CHUNK: &[u8] = b"data: {\"candidates\": [{\"content\": \n\n";
+
+/// Entry point for `/v1beta/...` (and `/v1/models/{model}:method`).
+pub(crate) async fn handle(ctx: &Ctx, method: &Method, path: &str, body: &Bytes) -> Reply {
+    let target = path.strip_prefix("/v1beta/models/").or_else(|| path.strip_prefix("/v1/models/"));
+    let Some((model, action)) = target.and_then(|t| t.rsplit_once(':')) else {
+        return Reply::Respond(error_response(
+            ctx,
+            StatusCode::NOT_FOUND,
+            &format!("Not found: {method} {path}"),
+            None,
+        ));
+    };
+    if method != Method::POST {
+        return Reply::Respond(error_response(
+            ctx,
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("Method {method} is not allowed for {path}."),
+            None,
+        ));
+    }
+    match action {
+        "generateContent" => generate(ctx, model, body, false).await,
+        "streamGenerateContent" => generate(ctx, model, body, true).await,
+        "countTokens" => count_tokens(ctx, body),
+        _ => Reply::Respond(error_response(ctx, StatusCode::NOT_FOUND, &format!("Unknown method: {action}"), None)),
+    }
+}
+
+/// `{"error":{"code","message","status"}}`; `status` defaults from the HTTP status.
+fn error_response(ctx: &Ctx, status: StatusCode, message: &str, rpc_status: Option<&str>) -> Response<SimBody> {
+    let body = ErrorBody {
+        error: ErrorOut {
+            code: status.as_u16(),
+            message,
+            status: rpc_status.unwrap_or_else(|| default_rpc_status(status)),
+        },
+    };
+    ctx.response(status, JSON, SimBody::full(openai::to_json(&body)))
+}
+
+fn bad_request(ctx: &Ctx, message: &str) -> Reply {
+    Reply::Respond(error_response(ctx, StatusCode::BAD_REQUEST, message, None))
+}
+
+/// The canonical `google.rpc.Code` name for an HTTP status.
+fn default_rpc_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        405 => "UNIMPLEMENTED",
+        409 => "ABORTED",
+        429 => "RESOURCE_EXHAUSTED",
+        499 => "CANCELLED",
+        501 => "UNIMPLEMENTED",
+        503 => "UNAVAILABLE",
+        504 => "DEADLINE_EXCEEDED",
+        500..=599 => "INTERNAL",
+        _ => "UNKNOWN",
+    }
+}
+
+// ------------------------------------------------------------- requests
+
+/// Field names are camelCase on the wire; the API also accepts snake_case.
+#[derive(Deserialize)]
+struct GenerateRequest {
+    #[serde(default)]
+    contents: Vec<ContentIn>,
+    #[serde(rename = "systemInstruction", alias = "system_instruction")]
+    system_instruction: Option<ContentIn>,
+    tools: Option<Vec<ToolIn>>,
+    #[serde(rename = "toolConfig", alias = "tool_config")]
+    tool_config: Option<ToolConfig>,
+}
+
+#[derive(Deserialize)]
+struct ContentIn {
+    #[serde(default)]
+    parts: Vec<PartIn>,
+}
+
+#[derive(Deserialize)]
+struct PartIn {
+    #[serde(default)]
+    text: TextLen,
+    #[serde(rename = "functionResponse", alias = "function_response")]
+    function_response: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct ToolIn {
+    #[serde(rename = "functionDeclarations", alias = "function_declarations", default)]
+    function_declarations: Vec<FunctionIn>,
+}
+
+#[derive(Deserialize)]
+struct FunctionIn {
+    name: String,
+    parameters: Option<Value>,
+    #[serde(rename = "parametersJsonSchema", alias = "parameters_json_schema")]
+    parameters_json_schema: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ToolConfig {
+    #[serde(rename = "functionCallingConfig", alias = "function_calling_config")]
+    function_calling_config: Option<FunctionCallingConfig>,
+}
+
+#[derive(Deserialize)]
+struct FunctionCallingConfig {
+    mode: Option<String>,
+    #[serde(rename = "allowedFunctionNames", alias = "allowed_function_names")]
+    allowed_function_names: Option<Vec<String>>,
+}
+
+impl ContentIn {
+    fn chars(&self) -> u64 {
+        self.parts.iter().map(|p| p.text.0).sum()
+    }
+}
+
+impl GenerateRequest {
+    fn prompt_tokens(&self, ctx: &Ctx) -> u32 {
+        let chars = self.system_instruction.as_ref().map_or(0, ContentIn::chars)
+            + self.contents.iter().map(ContentIn::chars).sum::<u64>();
+        ctx.config().prompt_tokens.unwrap_or_else(|| text::estimate_tokens(chars))
+    }
+
+    /// The first declared function (or the first allowed one), unless the
+    /// last turn answers a function call or calling is switched off.
+    fn pick_function(&self) -> Option<&FunctionIn> {
+        let mut functions = self.tools.as_ref()?.iter().flat_map(|t| &t.function_declarations);
+        let last_parts = self.contents.last().map_or(&[][..], |c| &c.parts);
+        if last_parts.iter().any(|p| p.function_response.is_some()) {
+            return None;
+        }
+        let config = self.tool_config.as_ref().and_then(|c| c.function_calling_config.as_ref());
+        if config.and_then(|c| c.mode.as_deref()).is_some_and(|m| m.eq_ignore_ascii_case("none")) {
+            return None;
+        }
+        match config.and_then(|c| c.allowed_function_names.as_ref()).and_then(|names| names.first()) {
+            Some(name) => functions.find(|f| f.name == *name),
+            None => functions.next(),
+        }
+    }
+}
+
+// --------------------------------------------------------------- answers
+
+async fn generate(ctx: &Ctx, model: &str, body: &Bytes, stream: bool) -> Reply {
+    let req: GenerateRequest = match serde_json::from_slice(body) {
+        Ok(req) => req,
+        Err(e) => return bad_request(ctx, &format!("Invalid JSON payload received. {e}")),
+    };
+    if req.contents.is_empty() {
+        return bad_request(ctx, "* GenerateContentRequest.contents: contents is not specified");
+    }
+    let failure = ctx.take_failure();
+    let early = openai::early_failure_with(failure, |status, f| error_response(ctx, status, f.message, f.error_type));
+    if let Some(reply) = early {
+        return reply;
+    }
+
+    let config = ctx.config();
+    let prompt_tokens = req.prompt_tokens(ctx);
+    let thoughts = config.reasoning_tokens;
+    let usage = UsageMetadata {
+        prompt_token_count: prompt_tokens,
+        candidates_token_count: config.output_tokens,
+        total_token_count: prompt_tokens.saturating_add(config.output_tokens).saturating_add(thoughts),
+        cached_content_token_count: config.cached_tokens.min(prompt_tokens),
+        thoughts_token_count: thoughts,
+    };
+    let call = req.pick_function().map(|f| FunctionCall {
+        name: &f.name,
+        args: openai::tool_arguments_value(f.parameters.as_ref().or(f.parameters_json_schema.as_ref())),
+    });
+    let response_id = format!("sim-{}", ctx.n);
+    let pieces: Vec<&str> = (0..config.output_tokens as usize).map(text::answer_token).collect();
+    let response = |parts: Vec<PartOut<'_>>, last: bool| {
+        let response: GenerateResponse<'_> = GenerateResponse {
+            candidates: [Candidate {
+                content: ContentOut { role: "model", parts },
+                finish_reason: last.then_some("STOP"),
+                index: 0,
+            }],
+            usage_metadata: last.then_some(usage),
+            model_version: model,
+            response_id: &response_id,
+        };
+        openai::to_json(&response)
+    };
+
+    if !stream {
+        let text = pieces.concat();
+        let part = match &call {
+            Some(call) => PartOut::FunctionCall { function_call: call },
+            None => PartOut::Text { text: &text },
+        };
+        return openai::deliver(ctx, response(vec![part], true), failure).await;
+    }
+
+    let mut script = Script::default();
+    openai::preamble(&mut script, config.ttft_ms, config.keepalive_comments, b": keep-alive\n\n");
+    if *failure == Failure::MalformedJson {
+        script.push(MALFORMED_CHUNK);
+    }
+    // A function call arrives whole in one chunk; text one piece per chunk,
+    // the last piece together with the finish reason and usage.
+    let chunks: Vec<PartOut<'_>> = match &call {
+        Some(call) => vec![PartOut::FunctionCall { function_call: call }],
+        None if pieces.is_empty() => vec![PartOut::Text { text: "" }],
+        None => pieces.iter().map(|t| PartOut::Text { text: t }).collect(),
+    };
+    let drop_after = match failure {
+        Failure::DropMidStream { after_chunks } => Some(*after_chunks as usize),
+        _ => None,
+    };
+    let count = chunks.len();
+    // Dropping never delivers the final chunk, which carries the usage.
+    let stop_at = drop_after.map(|n| n.min(count - 1));
+    for (i, part) in chunks.into_iter().enumerate() {
+        if i > 0 {
+            script.wait(config.chunk_delay_ms);
+        }
+        if stop_at == Some(i) {
+            break;
+        }
+        script.push(b"data: ");
+        script.push(&response(vec![part], i + 1 == count));
+        script.push(b"\n\n");
+    }
+    if drop_after.is_some() {
+        script.abort();
+    }
+    Reply::Respond(openai::sse_response(ctx, script.into_body(ctx.stream_stats())))
+}
+
+fn count_tokens(ctx: &Ctx, body: &Bytes) -> Reply {
+    #[derive(Deserialize)]
+    struct CountRequest {
+        #[serde(default)]
+        contents: Vec<ContentIn>,
+        #[serde(rename = "generateContentRequest", alias = "generate_content_request")]
+        generate_content_request: Option<GenerateRequest>,
+    }
+    let req: CountRequest = match serde_json::from_slice(body) {
+        Ok(req) => req,
+        Err(e) => return bad_request(ctx, &format!("Invalid JSON payload received. {e}")),
+    };
+    let total = match &req.generate_content_request {
+        Some(inner) => inner.prompt_tokens(ctx),
+        None => ctx
+            .config()
+            .prompt_tokens
+            .unwrap_or_else(|| text::estimate_tokens(req.contents.iter().map(ContentIn::chars).sum::<u64>())),
+    };
+    let payload = openai::to_json(&TokenCount { total_tokens: total });
+    Reply::Respond(ctx.response(StatusCode::OK, JSON, SimBody::full(payload)))
+}
+
+// ------------------------------------------------------- response shapes
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerateResponse<'a> {
+    candidates: [Candidate<'a>; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage_metadata: Option<UsageMetadata>,
+    model_version: &'a str,
+    response_id: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Candidate<'a> {
+    content: ContentOut<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finish_reason: Option<&'static str>,
+    index: u32,
+}
+
+#[derive(Serialize)]
+struct ContentOut<'a> {
+    role: &'static str,
+    parts: Vec<PartOut<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum PartOut<'a> {
+    Text {
+        text: &'a str,
+    },
+    FunctionCall {
+        #[serde(rename = "functionCall")]
+        function_call: &'a FunctionCall<'a>,
+    },
+}
+
+#[derive(Serialize)]
+struct FunctionCall<'a> {
+    name: &'a str,
+    args: Value,
+}
+
+#[derive(Serialize, Clone, Copy)]
+#[serde(rename_all = "camelCase")]
+struct UsageMetadata {
+    prompt_token_count: u32,
+    candidates_token_count: u32,
+    total_token_count: u32,
+    #[serde(skip_serializing_if = "is_zero")]
+    cached_content_token_count: u32,
+    #[serde(skip_serializing_if = "is_zero")]
+    thoughts_token_count: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenCount {
+    total_tokens: u32,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorOut<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorOut<'a> {
+    code: u16,
+    message: &'a str,
+    status: &'a str,
+}
