@@ -19,6 +19,11 @@ async fn send(
     (status, headers, v)
 }
 
+/// A plain chat completion for `model` through the gateway.
+async fn chat(gw: &Gateway, model: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+    send(&format!("{}/v1/chat/completions", gw.url), "application/json", chat_body(model).to_string()).await
+}
+
 #[tokio::test]
 async fn client_mistakes_are_4xx_never_500() {
     let sim = Sim::start(SimConfig::default()).await.unwrap();
@@ -127,8 +132,7 @@ async fn upstream_unreachable_is_502() {
         price("dead/m", 1.0, 1.0)
     ))
     .await;
-    let (status, _, v) =
-        send(&format!("{}/v1/chat/completions", gw.url), "application/json", chat_body("dead/m").to_string()).await;
+    let (status, _, v) = chat(&gw, "dead/m").await;
     assert_eq!(status, 502);
     assert_eq!(assert_openai_error(&v)["code"], "upstream_unreachable");
 }
@@ -137,9 +141,7 @@ async fn upstream_unreachable_is_502() {
 async fn upstream_timeout_is_504() {
     let sim = Sim::start(SimConfig { failure: Failure::Stall, ..SimConfig::default() }).await.unwrap();
     let gw = gateway(&provider_toml("slow", &sim, "first_byte_timeout = \"300ms\"")).await;
-    let (status, _, v) =
-        send(&format!("{}/v1/chat/completions", gw.url), "application/json", chat_body("slow/sim-small").to_string())
-            .await;
+    let (status, _, v) = chat(&gw, "slow/sim-small").await;
     assert_eq!(status, 504);
     assert_eq!(assert_openai_error(&v)["code"], "upstream_timeout");
 }
@@ -148,9 +150,7 @@ async fn upstream_timeout_is_504() {
 async fn upstream_connection_closed_is_502() {
     let sim = Sim::start(SimConfig { failure: Failure::Close, ..SimConfig::default() }).await.unwrap();
     let gw = gateway(&provider_toml("flaky", &sim, "")).await;
-    let (status, _, v) =
-        send(&format!("{}/v1/chat/completions", gw.url), "application/json", chat_body("flaky/sim-small").to_string())
-            .await;
+    let (status, _, v) = chat(&gw, "flaky/sim-small").await;
     assert_eq!(status, 502, "{v}");
     assert_openai_error(&v);
 }
@@ -196,9 +196,7 @@ async fn upstream_statuses_are_relayed_with_retry_after() {
 async fn malformed_upstream_json_is_502() {
     let sim = Sim::start(SimConfig { failure: Failure::MalformedJson, ..SimConfig::default() }).await.unwrap();
     let gw = gateway(&provider_toml("alpha", &sim, "")).await;
-    let (status, _, v) =
-        send(&format!("{}/v1/chat/completions", gw.url), "application/json", chat_body("alpha/sim-small").to_string())
-            .await;
+    let (status, _, v) = chat(&gw, "alpha/sim-small").await;
     assert_eq!(status, 502);
     assert_eq!(assert_openai_error(&v)["code"], "upstream_protocol_error");
 }

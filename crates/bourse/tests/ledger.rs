@@ -548,8 +548,8 @@ async fn failing_store_counts_failed_batches(url: &str) {
 
 /// Child side of the SIGKILL measurement: records rows at `BOURSE_LEDGER_KILL_RATE` per
 /// second through a default writer and prints each accepted row's number until killed.
-/// Runs only when the parent sets the env vars (it is `#[ignore]`d so a plain
-/// `cargo test` never starts it).
+/// Runs only when the parent sets the env vars; it is marked ignored (reason below) so a
+/// plain `cargo test` never starts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "child process of sigkill_loses_at_most_the_unflushed_tail"]
 async fn sigkill_child() {

@@ -1,9 +1,12 @@
 //! End-to-end tests of the OpenAI dialect over real HTTP, through reqwest,
 //! the same client stack the gateway uses.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use common::{client, sim, wait_for_stats};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use upstream_sim::{Failure, Sim, SimConfig, Stats, UsageChunkChoices, UsageStyle};
@@ -30,15 +33,6 @@ impl JsonResponse for reqwest::Response {
         Ok(serde_json::from_slice(&bytes)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes))))
     }
-}
-
-fn client() -> reqwest::Client {
-    // Tests talk to loopback only; a proxy from the environment must not interfere.
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
-
-async fn sim(config: SimConfig) -> Sim {
-    Sim::start(config).await.unwrap()
 }
 
 fn chat_body(stream: bool) -> Value {
@@ -104,17 +98,6 @@ async fn stream_chunks(sim: &Sim, body: &Value) -> Vec<Value> {
 
 fn delta_texts(chunks: &[Value], field: &str) -> String {
     chunks.iter().filter_map(|c| c["choices"][0]["delta"][field].as_str()).collect()
-}
-
-async fn wait_for_stats(sim: &Sim, want: impl Fn(&Stats) -> bool) -> Stats {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let stats = sim.stats();
-        if want(&stats) || Instant::now() > deadline {
-            return stats;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test]

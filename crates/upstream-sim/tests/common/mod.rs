@@ -1,4 +1,4 @@
-//! Helpers shared by the Anthropic and Gemini dialect tests: a proxy-free
+//! Helpers shared by the dialect tests: a proxy-free
 //! reqwest client, JSON bodies without reqwest's `json` feature, and SSE parsing.
 
 #![allow(dead_code)]
