@@ -2,17 +2,44 @@
 //!
 //! Each client dialect turns its request into a [`ChatRequest`] / [`EmbeddingsRequest`],
 //! and everything between the edges (addressing, routing, metering) reads only these.
-//! While clients and upstreams both speak the OpenAI dialect, the request keeps the
-//! client's JSON object so every field it sent — including ones Bourse does not know —
-//! reaches the provider untouched; only `model` (and, for streams, `stream_options`) is
-//! rewritten. A translating dialect (Anthropic, Gemini) will build that object from its
-//! own wire types at its edge.
+//! A request keeps the client's JSON object and the dialect it is in: when the upstream
+//! speaks the same dialect, every field the client sent — including ones Bourse does not
+//! know — reaches the provider untouched (only `model`, and for OpenAI streams
+//! `stream_options`, is rewritten). When the dialects differ, the edge converts the body
+//! into a [`Conversation`] and renders that in the upstream's dialect; responses come back
+//! as a [`Reply`] (or a stream of [`Delta`]s) and are rendered in the client's dialect.
+//!
+//! The conversation model follows the richest of the dialects (Anthropic's content
+//! blocks): system text apart from the turns, user/assistant turns made of parts, tool
+//! results as parts of a user turn, thinking with its signature. OpenAI's `tool` role
+//! messages become tool-result parts of a user turn; Gemini's `model` role is the
+//! assistant.
 
 use serde_json::{Map, Value};
 
-/// A chat completion request.
+/// The wire formats Bourse speaks, with clients (OpenAI, Anthropic) and upstreams (all three).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    OpenAi,
+    Anthropic,
+    Gemini,
+}
+
+impl Dialect {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::OpenAi => "openai",
+            Dialect::Anthropic => "anthropic",
+            Dialect::Gemini => "gemini",
+        }
+    }
+}
+
+/// A chat request (`/v1/chat/completions` or `/v1/messages`).
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
+    /// The dialect `body` is in: the client's.
+    pub dialect: Dialect,
     /// The model as the client named it: `provider/model`, a bare model, or a route.
     pub model: String,
     pub stream: bool,
@@ -22,7 +49,7 @@ pub struct ChatRequest {
     pub max_output_tokens: Option<u64>,
     /// Capabilities the request needs from a model (for routing).
     pub needs: Needs,
-    /// The OpenAI-dialect request object.
+    /// The client's request object, in `dialect`.
     pub body: Map<String, Value>,
 }
 
@@ -61,4 +88,206 @@ impl Usage {
     pub fn output_total(&self) -> u64 {
         self.output + self.output_reasoning
     }
+}
+
+// ------------------------------------------------------------------ conversation
+
+/// A chat request in dialect-neutral form: what translation reads and writes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Conversation {
+    /// System instructions, in order (OpenAI `system`/`developer` messages, Anthropic
+    /// `system`, Gemini `systemInstruction`).
+    pub system: Vec<Text>,
+    pub messages: Vec<Message>,
+    pub tools: Vec<Tool>,
+    pub tool_choice: Option<ToolChoice>,
+    pub parallel_tool_calls: Option<bool>,
+    pub response_format: ResponseFormat,
+    pub max_output_tokens: Option<u64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<u64>,
+    pub stop: Vec<String>,
+    pub thinking: Option<Thinking>,
+    /// End-user id (OpenAI `user`, Anthropic `metadata.user_id`).
+    pub user: Option<String>,
+}
+
+/// A piece of system text. `cache_control` is Anthropic's prompt-caching marker, kept so
+/// it reaches an Anthropic upstream; other dialects drop it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Text {
+    pub text: String,
+    pub cache_control: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+/// One turn. Consecutive turns of the same role are allowed (dialects that forbid them
+/// merge them when rendering).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub role: Role,
+    pub parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    Text(Text),
+    Image {
+        source: ImageSource,
+        cache_control: Option<Value>,
+    },
+    /// The assistant calls a tool. `arguments` is the parsed JSON input (an object).
+    ToolCall {
+        id: String,
+        name: String,
+        arguments: Value,
+    },
+    /// The result of a tool call, sent back in a user turn. `content` holds text and
+    /// image parts only.
+    ToolResult {
+        call_id: String,
+        content: Vec<Part>,
+        is_error: bool,
+        cache_control: Option<Value>,
+    },
+    /// Visible reasoning; the signature must travel back unchanged in tool loops.
+    Thinking {
+        text: String,
+        signature: Option<String>,
+    },
+    /// Anthropic's encrypted reasoning; only an Anthropic upstream can use it.
+    RedactedThinking {
+        data: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageSource {
+    /// An `http(s):` URL or a `data:` URL.
+    Url(String),
+    Base64 {
+        media_type: String,
+        data: String,
+    },
+}
+
+/// A function the model may call. `parameters` is a JSON Schema object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tool {
+    pub name: String,
+    pub description: Option<String>,
+    pub parameters: Value,
+    pub cache_control: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolChoice {
+    Auto,
+    /// The model must call some tool (OpenAI `required`, Anthropic `any`, Gemini `ANY`).
+    Any,
+    None,
+    /// This tool, by name.
+    Tool(String),
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum ResponseFormat {
+    #[default]
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    JsonSchema {
+        name: String,
+        schema: Value,
+        strict: Option<bool>,
+    },
+}
+
+impl ResponseFormat {
+    pub fn is_json(&self) -> bool {
+        !matches!(self, ResponseFormat::Text)
+    }
+}
+
+/// Extended thinking: on with a token budget (Anthropic `budget_tokens`, Gemini
+/// `thinkingBudget`), on with the vendor's adaptive default, or an effort level
+/// (OpenAI `reasoning_effort`: minimal, low, medium, high).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Thinking {
+    Budget(u64),
+    Adaptive,
+    Effort(String),
+    Disabled,
+}
+
+/// The name of the tool Bourse adds to get JSON mode out of a dialect that only has
+/// tools (Anthropic): the model is made to call it, and its input is returned as the
+/// answer's text.
+pub const JSON_TOOL: &str = "json_response";
+
+// ------------------------------------------------------------------ responses
+
+/// Why generation stopped, across dialects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// Natural end (OpenAI `stop`, Anthropic `end_turn`, Gemini `STOP`).
+    EndTurn,
+    /// Output limit (OpenAI `length`, Anthropic `max_tokens`, Gemini `MAX_TOKENS`).
+    MaxTokens,
+    /// A stop sequence matched; which one, when the upstream says.
+    StopSequence(Option<String>),
+    /// The model called tools.
+    ToolUse,
+    /// Withheld by a safety or policy filter (OpenAI `content_filter`, Anthropic
+    /// `refusal`, Gemini `SAFETY`, `RECITATION`, ...).
+    ContentFilter,
+}
+
+/// A complete (non-streaming) answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub id: String,
+    /// The model as the upstream named it.
+    pub model: String,
+    /// Text, Thinking, RedactedThinking and ToolCall parts, in order.
+    pub parts: Vec<Part>,
+    pub stop: StopReason,
+    /// None when the upstream reported none (metering then estimates).
+    pub usage: Option<Usage>,
+}
+
+/// One step of a streamed answer. Decoders turn upstream events into these; encoders turn
+/// them into the client's events.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delta {
+    /// The answer begins. `usage` is what is known so far (Anthropic reports input here).
+    Start {
+        id: String,
+        model: String,
+        usage: Option<Usage>,
+    },
+    Text(String),
+    Thinking(String),
+    ThinkingSignature(String),
+    RedactedThinking(String),
+    /// A tool call begins; `index` counts tool calls within this answer from 0.
+    ToolCallStart {
+        index: u32,
+        id: String,
+        name: String,
+    },
+    /// More of the JSON arguments of tool call `index`.
+    ToolCallArgs {
+        index: u32,
+        json: String,
+    },
+    Stop(StopReason),
+    /// Usage so far; cumulative, so the last one wins.
+    Usage(Usage),
 }

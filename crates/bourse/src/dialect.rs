@@ -1,3 +1,38 @@
 //! Wire formats spoken at the edges, each converting to and from [`crate::canonical`].
+//!
+//! Every dialect offers the same pieces: request → [`Conversation`] (client side),
+//! [`Conversation`] → request body (upstream side), response body ↔ [`Reply`], and for
+//! streams a [`Decode`] (upstream events → [`Delta`]s) and an [`Encode`] ([`Delta`]s →
+//! client events). Same-dialect traffic skips all of this and passes through.
+//!
+//! [`Conversation`]: crate::canonical::Conversation
+//! [`Reply`]: crate::canonical::Reply
 
+pub mod anthropic;
+pub mod gemini;
 pub mod openai;
+
+use crate::canonical::Delta;
+use crate::error::Error;
+use crate::sse;
+use bytes::BytesMut;
+
+/// Upstream stream events → canonical deltas. Stateful: one per stream.
+pub trait Decode: Send {
+    /// One SSE event from the upstream. An in-stream error event (Anthropic `error`,
+    /// OpenAI `{"error":…}`) or unparseable data becomes `Err`; the stream then ends.
+    fn event(&mut self, ev: &sse::Event, out: &mut Vec<Delta>) -> Result<(), Error>;
+    /// The upstream body ended cleanly: emit whatever is still pending (e.g. a stop
+    /// reason held back until usage arrived).
+    fn finish(&mut self, out: &mut Vec<Delta>);
+}
+
+/// Canonical deltas → the client's stream events. Stateful: one per stream.
+pub trait Encode: Send {
+    fn delta(&mut self, d: &Delta, out: &mut BytesMut);
+    /// The stream is complete: close open blocks and end it the way the dialect does
+    /// (`[DONE]`, `message_stop`).
+    fn finish(&mut self, out: &mut BytesMut);
+    /// The stream broke: an error event in the dialect's shape (no clean ending follows).
+    fn error(&mut self, e: &Error, out: &mut BytesMut);
+}

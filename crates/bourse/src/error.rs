@@ -186,6 +186,76 @@ impl Error {
         json!({"error": {"message": self.message, "type": kind, "param": self.param, "code": code}})
     }
 
+    /// Anthropic's error `type` for this error (its documented set: invalid_request_error,
+    /// authentication_error, permission_error, not_found_error, request_too_large,
+    /// rate_limit_error, api_error, overloaded_error, timeout_error, billing_error).
+    pub fn anthropic_type(&self) -> &'static str {
+        match &self.kind {
+            ErrorKind::InvalidJson
+            | ErrorKind::InvalidRequest
+            | ErrorKind::UnsupportedMediaType
+            | ErrorKind::ModelNotAllowed
+            | ErrorKind::NoFeasibleModel
+            | ErrorKind::MethodNotAllowed => "invalid_request_error",
+            ErrorKind::PayloadTooLarge => "request_too_large",
+            ErrorKind::Unauthorized => "authentication_error",
+            ErrorKind::ModelNotFound | ErrorKind::NotFound => "not_found_error",
+            ErrorKind::UpstreamTimeout => "timeout_error",
+            ErrorKind::UpstreamUnreachable | ErrorKind::UpstreamProtocol | ErrorKind::Internal => "api_error",
+            ErrorKind::Unavailable => "overloaded_error",
+            ErrorKind::UpstreamStatus(s) => match s.status {
+                _ if s.exhausted => "billing_error",
+                400 | 409 | 422 => "invalid_request_error",
+                401 => "authentication_error",
+                402 => "billing_error",
+                403 => "permission_error",
+                404 => "not_found_error",
+                413 => "request_too_large",
+                429 => "rate_limit_error",
+                504 => "timeout_error",
+                503 | 529 => "overloaded_error",
+                _ => "api_error",
+            },
+        }
+    }
+
+    /// The HTTP status an Anthropic client sees: as [`Error::status`], except that an
+    /// overloaded upstream (503/529 from any vendor, or every candidate unavailable) is
+    /// Anthropic's 529, which its SDKs raise as `OverloadedError`.
+    pub fn anthropic_status(&self) -> StatusCode {
+        match &self.kind {
+            ErrorKind::UpstreamStatus(s) if matches!(s.status, 503 | 529) => {
+                StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
+            ErrorKind::Unavailable => StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            _ => self.status(),
+        }
+    }
+
+    /// Anthropic's error object: `{"type":"error","error":{"type","message"}}` (also used for
+    /// in-stream `error` events).
+    pub fn anthropic_body(&self) -> serde_json::Value {
+        json!({"type": "error", "error": {"type": self.anthropic_type(), "message": self.message}})
+    }
+
+    /// The error as a response in the client's dialect.
+    pub fn render(self, dialect: crate::canonical::Dialect) -> Response {
+        use crate::canonical::Dialect;
+        let (status, body) = match dialect {
+            Dialect::Anthropic => (self.anthropic_status(), self.anthropic_body()),
+            Dialect::OpenAi | Dialect::Gemini => (self.status(), self.openai_body()),
+        };
+        let mut resp = (status, serde_json::to_vec(&body).unwrap_or_default()).into_response();
+        let headers = resp.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(v) = self.retry_after.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+            headers.insert(header::RETRY_AFTER, v);
+        }
+        // Kept on the response so the access-log middleware can label it without reparsing.
+        resp.extensions_mut().insert(ErrorLabel(self.label()));
+        resp
+    }
+
     /// A short low-cardinality label for logs and ledger rows.
     pub fn label(&self) -> &'static str {
         match &self.kind {
@@ -231,18 +301,26 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// OpenAI-shaped by default: the OpenAI surface returns `Result<_, Error>` directly.
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let body = serde_json::to_vec(&self.openai_body()).unwrap_or_default();
-        let mut resp = (self.status(), body).into_response();
-        let headers = resp.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(v) = self.retry_after.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
-            headers.insert(header::RETRY_AFTER, v);
-        }
-        // Kept on the response so the access-log middleware can label it without reparsing.
-        resp.extensions_mut().insert(ErrorLabel(self.label()));
-        resp
+        self.render(crate::canonical::Dialect::OpenAi)
+    }
+}
+
+/// An error rendered in Anthropic's shape, for the `/v1/messages` handlers.
+#[derive(Debug)]
+pub struct AnthropicError(pub Error);
+
+impl From<Error> for AnthropicError {
+    fn from(e: Error) -> Self {
+        AnthropicError(e)
+    }
+}
+
+impl IntoResponse for AnthropicError {
+    fn into_response(self) -> Response {
+        self.0.render(crate::canonical::Dialect::Anthropic)
     }
 }
 

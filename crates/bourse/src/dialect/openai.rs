@@ -6,7 +6,7 @@
 
 pub mod think;
 
-use crate::canonical::{ChatRequest, EmbeddingsRequest, Needs, Usage};
+use crate::canonical::{ChatRequest, Dialect, EmbeddingsRequest, Needs, Usage};
 use crate::error::{Error, ErrorKind, Result};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -197,7 +197,7 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest> {
         ),
         vision,
     };
-    Ok(ChatRequest { model, stream, include_usage, max_output_tokens, needs, body: map })
+    Ok(ChatRequest { dialect: Dialect::OpenAi, model, stream, include_usage, max_output_tokens, needs, body: map })
 }
 
 /// The body to send upstream: the client's object with the upstream model name, and —
