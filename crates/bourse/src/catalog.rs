@@ -20,10 +20,9 @@ use std::fmt::Write as _;
 /// The shipped catalog, compiled in.
 pub const SHIPPED: &str = include_str!("../../../catalog/models.toml");
 
-/// Provider ids a catalog may name: every preset, plus the native-dialect vendors whose
-/// prices are known before their clients exist.
+/// Provider ids a catalog may name: every preset.
 pub fn known_provider(id: &str) -> bool {
-    preset::find(id).is_some() || matches!(id, "anthropic" | "gemini")
+    preset::find(id).is_some()
 }
 
 /// Above this input price (USD per 1M) an entry needs `allow_expensive` in the catalog's

@@ -202,9 +202,11 @@ impl Config {
     }
 
     /// Zero-config: every preset whose key variable is set becomes a provider named after it.
+    /// A vendor's second endpoint (DeepSeek's Anthropic-compatible one, say) shares the key
+    /// of its first and serves the same models, so only the first is enabled.
     pub fn from_env(env: EnvFn<'_>) -> Result<Config, ConfigError> {
         let mut raw = RawConfig::default();
-        for p in preset::PRESETS {
+        for p in preset::PRESETS.iter().filter(|p| p.vendor == p.name) {
             if let Some(var) = p.key_env {
                 if env(var).is_some_and(|v| !v.trim().is_empty()) {
                     raw.providers.insert(

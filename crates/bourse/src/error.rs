@@ -361,4 +361,39 @@ mod tests {
         let odd = Error::new(ErrorKind::UpstreamStatus(Box::new(UpstreamStatus { status: 302, ..s })), "x");
         assert_eq!(odd.status(), StatusCode::BAD_GATEWAY);
     }
+
+    #[test]
+    fn anthropic_shape_types_and_overload_status() {
+        let e = Error::invalid("max_tokens", "max_tokens: Field required");
+        assert_eq!(
+            e.anthropic_body(),
+            json!({"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: Field required"}})
+        );
+        let status = |status: u16, exhausted: bool| {
+            Error::new(
+                ErrorKind::UpstreamStatus(Box::new(UpstreamStatus {
+                    status,
+                    vendor_type: None,
+                    vendor_code: None,
+                    exhausted,
+                    retryable: !exhausted,
+                })),
+                "x",
+            )
+        };
+        // Overload from any vendor is Anthropic's 529 overloaded_error.
+        for s in [503, 529] {
+            assert_eq!(status(s, false).anthropic_status().as_u16(), 529);
+            assert_eq!(status(s, false).anthropic_type(), "overloaded_error");
+        }
+        assert_eq!(Error::new(ErrorKind::Unavailable, "x").anthropic_status().as_u16(), 529);
+        assert_eq!(status(429, false).anthropic_type(), "rate_limit_error");
+        assert_eq!(status(429, true).anthropic_type(), "billing_error");
+        assert_eq!(status(429, false).anthropic_status().as_u16(), 429);
+        assert_eq!(Error::new(ErrorKind::Unauthorized, "x").anthropic_type(), "authentication_error");
+        assert_eq!(Error::new(ErrorKind::ModelNotFound, "x").anthropic_type(), "not_found_error");
+        assert_eq!(Error::new(ErrorKind::PayloadTooLarge, "x").anthropic_type(), "request_too_large");
+        // The OpenAI surface keeps the vendor's status.
+        assert_eq!(status(529, false).status().as_u16(), 529);
+    }
 }

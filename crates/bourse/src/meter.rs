@@ -60,15 +60,15 @@ impl Meter {
         Meter { catalog, reference }
     }
 
-    /// The catalog entry for a target: `id/model`, else `kind/model` (a provider named
-    /// "ds" of kind "deepseek" is priced by the deepseek entries). A model with no known
+    /// The catalog entry for a target: `id/model`, else `vendor/model` (a provider named
+    /// "ds" of kind "deepseek" or "deepseek-anthropic" is priced by the deepseek entries). A model with no known
     /// price is refused rather than metered as free: the error says how to price it.
-    pub fn priced(&self, provider: &str, kind: &str, model: &str) -> Result<&Model, Error> {
+    pub fn priced(&self, provider: &str, vendor: &str, model: &str) -> Result<&Model, Error> {
         let id = format!("{provider}/{model}");
         if let Some(m) = self.catalog.get(&id) {
             return Ok(m);
         }
-        self.catalog.get(&format!("{kind}/{model}")).ok_or_else(|| Error {
+        self.catalog.get(&format!("{vendor}/{model}")).ok_or_else(|| Error {
             param: Some("model".into()),
             ..Error::new(
                 ErrorKind::ModelNotAllowed,

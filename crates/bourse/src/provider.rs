@@ -1,7 +1,8 @@
-//! Upstream providers: one OpenAI-compatible HTTP client, configured by data.
+//! Upstream providers: one HTTP client, configured by data.
 //!
-//! Every OpenAI-dialect vendor is this one client with a preset's base URL, auth style
-//! and quirks ([`preset`]). Each provider owns a pooled keep-alive connection pool
+//! Every vendor endpoint is this one client with a preset's dialect, base URL, auth style
+//! and quirks ([`preset`]); the dialect decides the endpoint paths and auth headers, and
+//! [`crate::dialect`] the bodies. Each provider owns a pooled keep-alive connection pool
 //! (rustls with bundled web-PKI roots, `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` honoured),
 //! a connect timeout, a first-byte timeout (until response headers) and a total timeout
 //! (until the last body byte). Failures are classified here, once, into the gateway's
@@ -9,10 +10,12 @@
 
 pub mod preset;
 
+use crate::canonical::Dialect;
 use crate::config::{ProviderConfig, Timeouts};
-use crate::dialect::openai::{parse_vendor_error, VendorError};
+use crate::dialect::openai::VendorError;
+use crate::dialect::{anthropic, gemini, openai};
 use crate::error::{Error, ErrorKind, UpstreamStatus};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderName, HeaderValue};
 use preset::{AuthStyle, Quirks};
 use std::time::Duration;
 
@@ -39,25 +42,40 @@ pub struct Provider {
     pub id: String,
     /// The preset (or `openai-compatible`) this provider was built from.
     pub kind: &'static str,
+    /// Whose catalog prices apply (the preset's vendor: "deepseek" for `deepseek-anthropic`).
+    pub vendor: &'static str,
+    pub dialect: Dialect,
     pub base_url: String,
     /// Where requests are processed, when the preset knows.
     pub hosting: Option<&'static str>,
     pub models: Vec<String>,
     pub timeouts: Timeouts,
     pub quirks: Quirks,
-    auth: Option<HeaderValue>,
+    /// The auth header (name and value), if a key is configured.
+    auth: Option<(HeaderName, HeaderValue)>,
     client: reqwest::Client,
-    /// Endpoint URLs, parsed once here rather than on every request.
+    /// Endpoint URLs, parsed once here rather than on every request (Gemini's chat URL
+    /// names the model, so it is built per request).
     chat_url: reqwest::Url,
     embeddings_url: reqwest::Url,
 }
 
 /// The upstream endpoints Bourse calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Endpoint {
-    ChatCompletions,
+pub enum Endpoint<'a> {
+    /// Chat in the provider's dialect: OpenAI `/chat/completions`, Anthropic
+    /// `/v1/messages`, Gemini `/models/{model}:generateContent` (or its streaming twin).
+    Chat {
+        model: &'a str,
+        stream: bool,
+    },
     Embeddings,
 }
+
+/// Anthropic's API version header; every Anthropic-compatible endpoint accepts this one.
+static ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
 
 impl Provider {
     pub fn new(cfg: &ProviderConfig) -> Result<Provider, String> {
@@ -70,25 +88,38 @@ impl Provider {
             .user_agent(concat!("bourse/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("providers.{}: cannot build HTTP client: {e}", cfg.id))?;
-        let auth = match (&cfg.api_key, cfg.preset.auth) {
-            (Some(key), AuthStyle::Bearer) => {
-                let mut v = HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
+        let auth = match &cfg.api_key {
+            Some(key) => {
+                let (name, value) = match cfg.preset.auth {
+                    AuthStyle::Bearer => (header::AUTHORIZATION, format!("Bearer {}", key.expose())),
+                    AuthStyle::XApiKey => (X_API_KEY.clone(), key.expose().to_string()),
+                    AuthStyle::GoogApiKey => (X_GOOG_API_KEY.clone(), key.expose().to_string()),
+                };
+                let mut v = HeaderValue::from_str(&value).map_err(|_| {
                     format!("providers.{}.api_key: the key contains characters not allowed in a header", cfg.id)
                 })?;
                 v.set_sensitive(true);
-                Some(v)
+                Some((name, v))
             }
-            (None, _) => None,
+            None => None,
         };
         let url = |path: &str| {
             reqwest::Url::parse(&format!("{}{path}", cfg.base_url))
                 .map_err(|e| format!("providers.{}.base_url: {e}", cfg.id))
         };
+        let chat_path = match cfg.preset.dialect {
+            Dialect::OpenAi => "/chat/completions",
+            Dialect::Anthropic => "/v1/messages",
+            // Checked here once; the real URL is built per request.
+            Dialect::Gemini => "/models/m:generateContent",
+        };
         Ok(Provider {
-            chat_url: url("/chat/completions")?,
+            chat_url: url(chat_path)?,
             embeddings_url: url("/embeddings")?,
             id: cfg.id.clone(),
             kind: cfg.preset.name,
+            vendor: cfg.preset.vendor,
+            dialect: cfg.preset.dialect,
             base_url: cfg.base_url.clone(),
             hosting: cfg.preset.hosting,
             models: cfg.models.clone(),
@@ -101,19 +132,41 @@ impl Provider {
 
     /// POST a JSON body to an endpoint. Returns once response headers arrive (within
     /// the first-byte timeout); a non-2xx answer is read and classified into an [`Error`].
-    pub async fn post_json(&self, endpoint: Endpoint, body: Vec<u8>) -> Result<reqwest::Response, Error> {
-        let url = match endpoint {
-            Endpoint::ChatCompletions => &self.chat_url,
-            Endpoint::Embeddings => &self.embeddings_url,
+    pub async fn post_json(&self, endpoint: Endpoint<'_>, body: Vec<u8>) -> Result<reqwest::Response, Error> {
+        self.post_json_with(endpoint, body, None).await
+    }
+
+    /// [`Provider::post_json`] with one more header (a client header relayed as is).
+    pub async fn post_json_with(
+        &self,
+        endpoint: Endpoint<'_>,
+        body: Vec<u8>,
+        extra: Option<(HeaderName, HeaderValue)>,
+    ) -> Result<reqwest::Response, Error> {
+        let url = match (endpoint, self.dialect) {
+            (Endpoint::Chat { model, stream }, Dialect::Gemini) => {
+                let url = format!("{}{}", self.base_url, gemini::endpoint_path(model, stream));
+                reqwest::Url::parse(&url).map_err(|e| {
+                    Error::invalid("model", format!("model '{model}' does not fit in a Gemini URL: {e}"))
+                })?
+            }
+            (Endpoint::Chat { .. }, _) => self.chat_url.clone(),
+            (Endpoint::Embeddings, _) => self.embeddings_url.clone(),
         };
         let mut req = self
             .client
-            .post(url.clone())
+            .post(url)
             .timeout(self.timeouts.total)
             .header(header::CONTENT_TYPE, "application/json")
             .body(body);
-        if let Some(auth) = &self.auth {
-            req = req.header(header::AUTHORIZATION, auth.clone());
+        if let Some((name, value)) = &self.auth {
+            req = req.header(name.clone(), value.clone());
+        }
+        if self.dialect == Dialect::Anthropic {
+            req = req.header(ANTHROPIC_VERSION.clone(), HeaderValue::from_static("2023-06-01"));
+        }
+        if let Some((name, value)) = extra {
+            req = req.header(name, value);
         }
         let resp = match tokio::time::timeout(self.timeouts.first_byte, req.send()).await {
             Ok(Ok(r)) => r,
@@ -159,7 +212,11 @@ impl Provider {
             Ok(Ok(b)) => b.slice(..b.len().min(64 * 1024)),
             _ => Default::default(),
         };
-        let vendor = parse_vendor_error(&body);
+        let vendor = match self.dialect {
+            Dialect::OpenAi => openai::parse_vendor_error(&body),
+            Dialect::Anthropic => anthropic::parse_vendor_error(&body),
+            Dialect::Gemini => gemini::parse_vendor_error(&body),
+        };
         let classified = classify(status, &vendor, &self.quirks);
         let message = match &vendor.message {
             Some(m) => format!("provider {} returned {status}: {m}", self.id),

@@ -1,16 +1,23 @@
 //! Relaying an upstream SSE stream to the client, chunk by chunk.
 //!
 //! Each upstream chunk is parsed as it arrives and forwarded at once — no buffering
-//! beyond the bytes of an incomplete event. On the way through, the relay reads the usage
-//! chunk (Bourse always asks for it) and drops it again if the client did not ask for
-//! it, passes keep-alive comments on, and turns a broken upstream into an OpenAI-shaped
-//! error event (what the official SDKs raise on). When the stream ends — completed,
-//! broken, or dropped because the client went away — the `on_end` hook runs exactly once
-//! with what was seen, so metering never misses a stream.
+//! beyond the bytes of an incomplete event. Three modes ([`Mode`]):
+//! - OpenAI to OpenAI: events pass through; the relay reads the usage chunk (Bourse
+//!   always asks for it) and drops it again if the client did not ask for it.
+//! - Same other dialect (Anthropic to Anthropic): events pass through untouched while a
+//!   decoder watches them for usage.
+//! - Different dialects: a decoder turns upstream events into canonical deltas and an
+//!   encoder writes them as the client's events.
+//!
+//! Keep-alive comments are passed on, and a broken upstream becomes an error event in the
+//! client's dialect (what its SDK raises on). When the stream ends — completed, broken,
+//! or dropped because the client went away — the `on_end` hook runs exactly once with
+//! what was seen, so metering never misses a stream.
 
-use crate::canonical::Usage;
+use crate::canonical::{Delta, Dialect, Usage};
 use crate::dialect::openai::think::ThinkSplitter;
 use crate::dialect::openai::{chunk_has_usage, usage_chunk, with_empty_choices};
+use crate::dialect::{Decode, Encode};
 use crate::error::Error;
 use crate::provider::Provider;
 use crate::sse::{self, Item, Parser};
@@ -40,9 +47,23 @@ pub struct StreamSummary {
     pub usage: Option<Usage>,
     /// Content events forwarded to the client.
     pub events: u64,
-    /// The `data:` payloads forwarded, kept (up to a bound) only so usage can be estimated
-    /// with a tokenizer when the upstream never reported it.
+    /// The `data:` payloads forwarded (OpenAI mode), kept (up to a bound) only so usage can
+    /// be estimated with a tokenizer when the upstream never reported it.
     pub data: Vec<String>,
+    /// The same for the other modes: the answer's text (and tool arguments) as decoded.
+    pub text: String,
+}
+
+/// How upstream events become client events.
+pub enum Mode {
+    /// OpenAI client, OpenAI-dialect upstream. `include_usage`: the client asked for the
+    /// usage chunk.
+    OpenAi { include_usage: bool },
+    /// Client and upstream speak the same (non-OpenAI) dialect: forward, and decode only
+    /// to watch usage.
+    Observe { client: Dialect, decoder: Box<dyn Decode> },
+    /// Different dialects.
+    Translate { decoder: Box<dyn Decode>, encoder: Box<dyn Encode> },
 }
 
 /// Called once when the stream ends; what it returns (e.g. a cost comment) is sent to the
@@ -58,28 +79,33 @@ pub struct StreamRelay {
     provider: Arc<Provider>,
     parser: Parser,
     items: Vec<Item>,
-    include_usage: bool,
+    mode: Mode,
+    deltas: Vec<Delta>,
     /// MiniMax-style `<think>` in streamed content, moved to `reasoning_content`.
     think: Option<ThinkSplitter>,
     usage: Option<Usage>,
     events: u64,
     data: Vec<String>,
+    text: String,
     kept_bytes: usize,
     done: bool,
     on_end: Option<OnEnd>,
 }
 
 impl StreamRelay {
-    pub fn new(resp: reqwest::Response, provider: Arc<Provider>, include_usage: bool, on_end: Option<OnEnd>) -> Self {
+    pub fn new(resp: reqwest::Response, provider: Arc<Provider>, mode: Mode, on_end: Option<OnEnd>) -> Self {
+        let think = matches!(mode, Mode::OpenAi { .. }) && provider.quirks.think_tags_in_content;
         StreamRelay {
             inner: resp.bytes_stream().boxed(),
             parser: Parser::new(),
             items: Vec::new(),
-            include_usage,
-            think: provider.quirks.think_tags_in_content.then(ThinkSplitter::default),
+            mode,
+            deltas: Vec::new(),
+            think: think.then(ThinkSplitter::default),
             usage: None,
             events: 0,
             data: Vec::new(),
+            text: String::new(),
             kept_bytes: 0,
             done: false,
             on_end,
@@ -90,11 +116,107 @@ impl StreamRelay {
     fn finish(&mut self, end: StreamEnd) -> Option<Bytes> {
         self.done = true;
         let hook = self.on_end.take()?;
-        hook(StreamSummary { end, usage: self.usage, events: self.events, data: std::mem::take(&mut self.data) })
+        hook(StreamSummary {
+            end,
+            usage: self.usage,
+            events: self.events,
+            data: std::mem::take(&mut self.data),
+            text: std::mem::take(&mut self.text),
+        })
     }
 
-    /// Serialize parsed items into `out`, filtering and observing as we go.
-    fn forward(&mut self, out: &mut BytesMut) {
+    /// Note usage and keep text for a possible estimate, from decoded deltas.
+    fn observe(&mut self) {
+        for d in &self.deltas {
+            match d {
+                Delta::Start { usage: Some(u), .. } | Delta::Usage(u) => self.usage = Some(*u),
+                Delta::Text(t) | Delta::Thinking(t) | Delta::ToolCallArgs { json: t, .. }
+                    if self.usage.is_none() && self.kept_bytes < MAX_KEPT_BYTES =>
+                {
+                    self.kept_bytes += t.len();
+                    self.text.push_str(t);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Serialize parsed items into `out`, filtering, translating and observing as we go.
+    /// Returns the error that ended the stream, if an upstream event was one.
+    fn forward(&mut self, out: &mut BytesMut) -> Option<Error> {
+        if matches!(self.mode, Mode::OpenAi { .. }) {
+            self.forward_openai(out);
+            return None;
+        }
+        let items = std::mem::take(&mut self.items);
+        for item in items {
+            let Item::Event(ev) = item else {
+                sse::write_item(&item, out);
+                continue;
+            };
+            self.events += 1;
+            let result = match &mut self.mode {
+                Mode::Observe { decoder, .. } => {
+                    let r = decoder.event(&ev, &mut self.deltas);
+                    // The client speaks this dialect: its own event goes through as sent
+                    // (an upstream error event included).
+                    sse::write_item(&Item::Event(ev), out);
+                    r
+                }
+                Mode::Translate { decoder, encoder } => {
+                    let r = decoder.event(&ev, &mut self.deltas);
+                    for d in &self.deltas {
+                        encoder.delta(d, out);
+                    }
+                    if let Err(e) = &r {
+                        encoder.error(e, out);
+                    }
+                    r
+                }
+                Mode::OpenAi { .. } => Ok(()),
+            };
+            self.observe();
+            self.deltas.clear();
+            if let Err(e) = result {
+                return Some(e);
+            }
+        }
+        None
+    }
+
+    /// The upstream body ended cleanly: flush the decoder and end the client's stream.
+    fn close(&mut self, out: &mut BytesMut) {
+        match &mut self.mode {
+            Mode::OpenAi { .. } => return,
+            Mode::Observe { decoder, .. } => decoder.finish(&mut self.deltas),
+            Mode::Translate { decoder, encoder } => {
+                decoder.finish(&mut self.deltas);
+                for d in &self.deltas {
+                    encoder.delta(d, out);
+                }
+                encoder.finish(out);
+            }
+        }
+        self.observe();
+        self.deltas.clear();
+    }
+
+    /// An error event in the client's dialect, for a stream that broke.
+    fn error_event(&mut self, err: &Error, out: &mut BytesMut) {
+        match &mut self.mode {
+            Mode::OpenAi { .. } | Mode::Observe { client: Dialect::OpenAi | Dialect::Gemini, .. } => {
+                out.extend_from_slice(&sse::frame(&err.openai_body().to_string()))
+            }
+            Mode::Observe { client: Dialect::Anthropic, .. } => {
+                sse::write_event(Some("error"), &err.anthropic_body().to_string(), out)
+            }
+            Mode::Translate { encoder, .. } => encoder.error(err, out),
+        }
+    }
+
+    /// OpenAI to OpenAI: pass events through, reading (and maybe dropping) the usage chunk.
+    fn forward_openai(&mut self, out: &mut BytesMut) {
+        let include_usage = matches!(self.mode, Mode::OpenAi { include_usage: true });
         for item in self.items.drain(..) {
             match item {
                 Item::Comment(_) => sse::write_item(&item, out),
@@ -102,7 +224,7 @@ impl StreamRelay {
                     if chunk_has_usage(&ev.data) {
                         if let Some(seen) = usage_chunk(&ev.data) {
                             self.usage = Some(seen.usage);
-                            if seen.usage_only && !self.include_usage {
+                            if seen.usage_only && !include_usage {
                                 continue;
                             }
                             if seen.choices_missing {
@@ -147,7 +269,13 @@ impl Stream for StreamRelay {
                         continue;
                     }
                     let mut out = BytesMut::new();
-                    this.forward(&mut out);
+                    if let Some(e) = this.forward(&mut out) {
+                        // An upstream error event: the client has it; the stream is over.
+                        if let Some(trailer) = this.finish(StreamEnd::UpstreamFailed(e.message)) {
+                            out.extend_from_slice(&trailer);
+                        }
+                        return Poll::Ready(Some(Ok(out.freeze())));
+                    }
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(out.freeze())));
                     }
@@ -156,7 +284,8 @@ impl Stream for StreamRelay {
                     let err: Error = this.provider.transport_error(&e);
                     let msg = format!("the upstream stream broke: {}", err.message);
                     let err = Error { message: msg.clone(), ..err };
-                    let mut out = BytesMut::from(&sse::frame(&err.openai_body().to_string())[..]);
+                    let mut out = BytesMut::new();
+                    this.error_event(&err, &mut out);
                     if let Some(trailer) = this.finish(StreamEnd::UpstreamFailed(msg)) {
                         out.extend_from_slice(&trailer);
                     }
@@ -165,7 +294,13 @@ impl Stream for StreamRelay {
                 Poll::Ready(None) => {
                     this.parser.finish(&mut this.items);
                     let mut out = BytesMut::new();
-                    this.forward(&mut out);
+                    if let Some(e) = this.forward(&mut out) {
+                        if let Some(trailer) = this.finish(StreamEnd::UpstreamFailed(e.message)) {
+                            out.extend_from_slice(&trailer);
+                        }
+                        return Poll::Ready(Some(Ok(out.freeze())));
+                    }
+                    this.close(&mut out);
                     if let Some(trailer) = this.finish(StreamEnd::Completed) {
                         out.extend_from_slice(&trailer);
                     }

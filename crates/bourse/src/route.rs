@@ -118,13 +118,13 @@ pub struct Router {
 
 impl Router {
     /// Pair each configured provider with the catalog's chat models it serves: entries
-    /// under its own id first, then its kind's (a provider "ds" of kind "deepseek" serves
-    /// the deepseek models). A provider that lists `models` serves only those.
+    /// under its own id first, then its vendor's (a provider "ds" of kind "deepseek" or
+    /// "deepseek-anthropic" serves the deepseek models). A provider that lists `models` serves only those.
     pub fn new(providers: &Providers, catalog: &Catalog, cfg: &Config) -> Router {
         let mut entries = Vec::new();
         for p in providers.iter() {
             let mut seen = std::collections::HashSet::new();
-            for owner in [p.id.as_str(), p.kind] {
+            for owner in [p.id.as_str(), p.vendor] {
                 for m in catalog.models().iter().filter(|m| m.kind == Kind::Chat && m.provider == owner) {
                     if !p.models.is_empty() && !p.models.contains(&m.model) {
                         continue;

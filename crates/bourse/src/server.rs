@@ -10,6 +10,7 @@
 //! `app(state)` builds the router without a socket so tests can drive it directly.
 
 use crate::api;
+use crate::canonical::Dialect;
 use crate::config::{Config, Secret};
 use crate::error::{Error, ErrorKind, ErrorLabel};
 use crate::ledger::{Ledger, Writer};
@@ -98,6 +99,8 @@ pub fn app(state: SharedState) -> Router {
         .route("/models/{*id}", get(api::openai::get_model))
         .route("/bourse/usage", get(api::usage::usage))
         .route("/bourse/quote", post(api::quote::quote))
+        .route("/messages", post(api::anthropic::messages))
+        .route("/messages/count_tokens", post(api::anthropic::count_tokens))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(healthz))
@@ -121,12 +124,25 @@ async fn readyz(State(state): State<SharedState>) -> Response {
     axum::Json(serde_json::json!({"status": "ready", "providers": ids})).into_response()
 }
 
-async fn not_found(req: Request) -> Error {
-    Error::new(ErrorKind::NotFound, format!("no route for {} {}", req.method(), req.uri().path()))
+/// The dialect a client speaks, from the path: Anthropic's SDKs call `/v1/messages…`.
+/// (Layers inside the `/v1` nest see the path without its `/v1`.)
+fn client_dialect(path: &str) -> Dialect {
+    if path.strip_prefix("/v1").unwrap_or(path).starts_with("/messages") {
+        Dialect::Anthropic
+    } else {
+        Dialect::OpenAi
+    }
 }
 
-async fn method_not_allowed(req: Request) -> Error {
-    Error::new(ErrorKind::MethodNotAllowed, format!("{} is not allowed on {}", req.method(), req.uri().path()))
+async fn not_found(req: Request) -> Response {
+    let path = req.uri().path();
+    Error::new(ErrorKind::NotFound, format!("no route for {} {path}", req.method())).render(client_dialect(path))
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    let path = req.uri().path();
+    Error::new(ErrorKind::MethodNotAllowed, format!("{} is not allowed on {path}", req.method()))
+        .render(client_dialect(path))
 }
 
 /// A new request id: 48 bits of Unix milliseconds, then 80 random bits, in hex. Ids sort by
@@ -167,21 +183,29 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Gateway keys, when configured. Every key is compared (no early exit) so timing does
-/// not reveal which one nearly matched.
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// Gateway keys, when configured, as `Authorization: Bearer` (OpenAI SDKs) or `x-api-key`
+/// (Anthropic SDKs). Every key is compared (no early exit) so timing does not reveal which
+/// one nearly matched. Refusals are rendered in the dialect of the path.
 async fn auth(State(state): State<SharedState>, mut req: Request, next: Next) -> Response {
     if state.api_keys.is_empty() {
         return next.run(req).await;
     }
-    let presented = req
-        .headers()
+    let headers = req.headers();
+    let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .or_else(|| headers.get(&X_API_KEY).and_then(|v| v.to_str().ok()))
         .map(str::trim);
+    let dialect = client_dialect(req.uri().path());
     let Some(presented) = presented else {
-        return Error::new(ErrorKind::Unauthorized, "missing gateway key: send 'Authorization: Bearer <key>'")
-            .into_response();
+        let how = match dialect {
+            Dialect::Anthropic => "'x-api-key: <key>' or 'Authorization: Bearer <key>'",
+            _ => "'Authorization: Bearer <key>'",
+        };
+        return Error::new(ErrorKind::Unauthorized, format!("missing gateway key: send {how}")).render(dialect);
     };
     let mut matched = None;
     for (i, k) in state.api_keys.iter().enumerate() {
@@ -190,7 +214,7 @@ async fn auth(State(state): State<SharedState>, mut req: Request, next: Next) ->
         }
     }
     let Some(i) = matched else {
-        return Error::new(ErrorKind::Unauthorized, "invalid gateway key").into_response();
+        return Error::new(ErrorKind::Unauthorized, "invalid gateway key").render(dialect);
     };
     req.extensions_mut().insert(KeyId(state.key_ids[i].clone()));
     next.run(req).await

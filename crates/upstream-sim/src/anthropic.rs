@@ -82,6 +82,14 @@ struct MessagesRequest<'a> {
     stream: Option<bool>,
     tools: Option<Vec<ToolIn>>,
     tool_choice: Option<ToolChoice>,
+    /// Structured outputs: `output_config.format` (current) or `output_format` (beta).
+    output_config: Option<OutputConfig>,
+    output_format: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct OutputConfig {
+    format: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -196,10 +204,21 @@ impl<'r> Answer<'r> {
             name: t.name.clone(),
             input: openai::tool_arguments_value(t.input_schema.as_ref()),
         });
+        let json_mode =
+            req.output_config.as_ref().and_then(|c| c.format.as_ref()).or(req.output_format.as_ref()).is_some();
         let content = if tool.is_some() {
             Vec::new()
         } else {
-            (0..config.output_tokens as usize).map(text::answer_token).collect()
+            // Structured output answers with a JSON object, as the OpenAI dialect's JSON mode does.
+            let mut pieces = Vec::with_capacity(config.output_tokens as usize + 2);
+            if json_mode {
+                pieces.push("{\"answer\":\"");
+            }
+            pieces.extend((0..config.output_tokens as usize).map(text::answer_token));
+            if json_mode {
+                pieces.push("\"}");
+            }
+            pieces
         };
         Answer {
             id: format!("msg_sim_{}", ctx.n),

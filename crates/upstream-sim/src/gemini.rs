@@ -7,7 +7,9 @@
 //! Gemini's accounting: `promptTokenCount` includes the cached part
 //! (`cachedContentTokenCount`), and thinking tokens (`thoughtsTokenCount`) are
 //! counted apart from `candidatesTokenCount` but included in `totalTokenCount`.
-//! As the real API does, zero cached and thought counts are omitted.
+//! As the real API does, zero cached and thought counts are omitted. With
+//! `generationConfig.responseMimeType: "application/json"` the answer text is
+//! a JSON object, `{"answer":"..."}`, as in the OpenAI dialect's JSON mode.
 
 use bytes::Bytes;
 use hyper::{Method, Response, StatusCode};
@@ -99,6 +101,14 @@ struct GenerateRequest {
     tools: Option<Vec<ToolIn>>,
     #[serde(rename = "toolConfig", alias = "tool_config")]
     tool_config: Option<ToolConfig>,
+    #[serde(rename = "generationConfig", alias = "generation_config")]
+    generation_config: Option<GenerationConfig>,
+}
+
+#[derive(Deserialize)]
+struct GenerationConfig {
+    #[serde(rename = "responseMimeType", alias = "response_mime_type")]
+    response_mime_type: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -149,6 +159,13 @@ impl ContentIn {
 }
 
 impl GenerateRequest {
+    /// JSON mode (`generationConfig.responseMimeType: "application/json"`): the
+    /// answer text is then a JSON object.
+    fn json_mode(&self) -> bool {
+        let mime = self.generation_config.as_ref().and_then(|c| c.response_mime_type.as_deref());
+        mime.is_some_and(|m| m.eq_ignore_ascii_case("application/json"))
+    }
+
     fn prompt_tokens(&self, ctx: &Ctx) -> u32 {
         let chars = self.system_instruction.as_ref().map_or(0, ContentIn::chars)
             + self.contents.iter().map(ContentIn::chars).sum::<u64>();
@@ -205,7 +222,17 @@ async fn generate(ctx: &Ctx, model: &str, body: &Bytes, stream: bool) -> Reply {
         args: openai::tool_arguments_value(f.parameters.as_ref().or(f.parameters_json_schema.as_ref())),
     });
     let response_id = format!("sim-{}", ctx.n);
-    let pieces: Vec<&str> = (0..config.output_tokens as usize).map(text::answer_token).collect();
+    // In JSON mode the answer is `{"answer":"<the usual text>"}`, as in the OpenAI
+    // dialect; the opening and closing pieces stream as chunks of their own.
+    let json_mode = req.json_mode();
+    let mut pieces: Vec<&str> = Vec::with_capacity(config.output_tokens as usize + 2);
+    if json_mode {
+        pieces.push("{\"answer\":\"");
+    }
+    pieces.extend((0..config.output_tokens as usize).map(text::answer_token));
+    if json_mode {
+        pieces.push("\"}");
+    }
     let response = |parts: Vec<PartOut<'_>>, last: bool| {
         let response: GenerateResponse<'_> = GenerateResponse {
             candidates: [Candidate {

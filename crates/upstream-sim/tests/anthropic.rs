@@ -307,3 +307,26 @@ async fn drop_mid_stream_never_finishes() {
     assert_eq!(text.matches("event: content_block_delta").count(), 2);
     assert!(!text.contains("message_stop"));
 }
+
+#[tokio::test]
+async fn structured_output_answers_json() {
+    let sim = sim(SimConfig { output_tokens: 3, ..SimConfig::default() }).await;
+    for format_field in ["output_config", "output_format"] {
+        let mut body = messages_body(false);
+        let format = json!({"type": "json_schema", "schema": {"type": "object"}});
+        body[format_field] = if format_field == "output_config" { json!({"format": format}) } else { format };
+        let v = messages(&sim, &body).await;
+        let text = v["content"][0]["text"].as_str().unwrap();
+        let parsed: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{format_field}: {text}: {e}"));
+        assert!(parsed["answer"].is_string(), "{format_field}: {parsed}");
+        // Streamed, the pieces join to the same JSON.
+        body["stream"] = json!(true);
+        let events = stream_events(&sim, &body).await;
+        let joined: String =
+            events.iter().filter_map(|(_, d)| d["delta"]["text"].as_str()).collect::<Vec<_>>().concat();
+        assert!(serde_json::from_str::<Value>(&joined).unwrap()["answer"].is_string(), "{joined}");
+    }
+    // Without a format, plain text.
+    let v = messages(&sim, &messages_body(false)).await;
+    assert!(serde_json::from_str::<Value>(v["content"][0]["text"].as_str().unwrap()).is_err());
+}

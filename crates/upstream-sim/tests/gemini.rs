@@ -223,3 +223,32 @@ async fn count_tokens_and_openai_alongside() {
     assert_eq!(json_of(response).await["object"], "chat.completion");
     assert_eq!(sim.stats().requests, 3);
 }
+
+#[tokio::test]
+async fn json_mode_answers_a_json_object() {
+    let sim = sim(SimConfig { output_tokens: 3, ..SimConfig::default() }).await;
+    let mut body = generate_body();
+    body["generationConfig"]["responseMimeType"] = json!("application/json");
+    body["generationConfig"]["responseJsonSchema"] = json!({"type": "object"});
+
+    let v = generate(&sim, &body).await;
+    let text = v["candidates"][0]["content"]["parts"][0]["text"].as_str().unwrap();
+    assert_eq!(serde_json::from_str::<Value>(text).unwrap(), json!({"answer": "lorem ipsum dolor"}));
+    assert_eq!(v["candidates"][0]["finishReason"], "STOP");
+
+    // Streamed: the same text, split into the opening, each token and the closing.
+    let chunks = stream_chunks(&sim, &body).await;
+    let pieces: Vec<&str> =
+        chunks.iter().map(|c| c["candidates"][0]["content"]["parts"][0]["text"].as_str().unwrap()).collect();
+    assert_eq!(pieces, ["{\"answer\":\"", "lorem", " ipsum", " dolor", "\"}"]);
+    assert_eq!(pieces.concat(), text);
+    assert!(chunks.last().unwrap()["usageMetadata"].is_object());
+
+    // Plain text without the MIME type; a function call wins over JSON mode.
+    let v = generate(&sim, &generate_body()).await;
+    assert_eq!(v["candidates"][0]["content"]["parts"][0]["text"], "lorem ipsum dolor");
+    let mut body = tool_body();
+    body["generationConfig"]["responseMimeType"] = json!("application/json");
+    let v = generate(&sim, &body).await;
+    assert_eq!(v["candidates"][0]["content"]["parts"][0]["functionCall"]["name"], "get_weather");
+}

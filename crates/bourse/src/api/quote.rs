@@ -1,7 +1,7 @@
 //! `POST /v1/bourse/quote`: what a chat request would cost on each feasible model, and why
 //! the others were excluded — without calling any upstream.
 
-use crate::api::openai::read_json_body;
+use crate::api::chat::read_json_body;
 use crate::dialect::openai::parse_chat_request;
 use crate::error::Result;
 use crate::route::Overrides;

@@ -5,6 +5,7 @@
 //! (or a panic). Fields Bourse does not know are passed on untouched.
 
 pub mod think;
+pub mod translate;
 
 use crate::canonical::{ChatRequest, Dialect, EmbeddingsRequest, Needs, Usage};
 use crate::error::{Error, ErrorKind, Result};

@@ -46,10 +46,16 @@ fn text_of(v: &Value, out: &mut String) {
     }
 }
 
-/// Prompt tokens of an OpenAI chat request object (messages and tool definitions).
+/// Prompt tokens of a chat request object, OpenAI or Anthropic (system, messages and tool
+/// definitions).
 pub fn prompt_tokens(body: &serde_json::Map<String, Value>) -> u64 {
     let mut text = String::new();
     let mut messages = 0u64;
+    // Anthropic requests carry the system prompt apart from the messages.
+    if let Some(system) = body.get("system") {
+        text_of(system, &mut text);
+        text.push('\n');
+    }
     if let Some(Value::Array(ms)) = body.get("messages") {
         messages = ms.len() as u64;
         for m in ms {

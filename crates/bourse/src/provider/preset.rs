@@ -1,17 +1,24 @@
-//! Provider presets: every OpenAI-dialect vendor Bourse knows, as data.
+//! Provider presets: every vendor endpoint Bourse knows, as data.
 //!
-//! A preset fills in what a user would otherwise have to look up: the base URL, how the
-//! key is sent, which environment variable holds it in a zero-config start, where the
-//! provider processes requests, and the quirks the shared OpenAI-compatible client must
-//! handle for it. Adding a vendor that speaks the OpenAI dialect is a new row here, never
-//! a new module. Base URLs and quirks come from the vendors' API docs (see
+//! A preset fills in what a user would otherwise have to look up: the wire dialect, the
+//! base URL, how the key is sent, which environment variable holds it in a zero-config
+//! start, where the provider processes requests, whose catalog prices apply, and the
+//! quirks the shared client must handle for it. Adding a vendor endpoint that speaks a
+//! known dialect (OpenAI, Anthropic Messages, Gemini) is a new row here, never a new
+//! module. Base URLs and quirks come from the vendors' API docs (see
 //! `../shared/catalog/PROVIDER_DIALECTS.md` in the team's notes).
+
+use crate::canonical::Dialect;
 
 /// How the API key travels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthStyle {
     /// `Authorization: Bearer <key>` — every OpenAI-dialect vendor.
     Bearer,
+    /// `x-api-key: <key>` — Anthropic and the Anthropic-compatible endpoints.
+    XApiKey,
+    /// `x-goog-api-key: <key>` — the Gemini API.
+    GoogApiKey,
 }
 
 /// Vendor behaviours the shared client must handle.
@@ -31,6 +38,12 @@ pub struct Quirks {
 pub struct Preset {
     /// The `kind` users write in config, and the provider id in a zero-config start.
     pub name: &'static str,
+    /// The wire format the endpoint speaks.
+    pub dialect: Dialect,
+    /// Whose catalog entries price this endpoint's models: DeepSeek's Anthropic-compatible
+    /// endpoint serves (and bills) the same models as its OpenAI one, so both are
+    /// "deepseek".
+    pub vendor: &'static str,
     /// None for self-hosted servers: the user must give `base_url`.
     pub base_url: Option<&'static str>,
     /// Environment variable read in a zero-config start.
@@ -49,6 +62,8 @@ const NONE: Quirks = Quirks { think_tags_in_content: false, exhausted_statuses: 
 const fn hosted(name: &'static str, base_url: &'static str, key_env: &'static str, hosting: &'static str) -> Preset {
     Preset {
         name,
+        dialect: Dialect::OpenAi,
+        vendor: name,
         base_url: Some(base_url),
         key_env: Some(key_env),
         auth: AuthStyle::Bearer,
@@ -61,6 +76,8 @@ const fn hosted(name: &'static str, base_url: &'static str, key_env: &'static st
 const fn self_hosted(name: &'static str) -> Preset {
     Preset {
         name,
+        dialect: Dialect::OpenAi,
+        vendor: name,
         base_url: None,
         key_env: None,
         auth: AuthStyle::Bearer,
@@ -74,8 +91,23 @@ const fn with_quirks(p: Preset, quirks: Quirks) -> Preset {
     Preset { quirks, ..p }
 }
 
+/// A vendor's Anthropic Messages endpoint. `base_url` is what Anthropic's SDKs call the
+/// base (they append `/v1/messages`), so the same value works in `ANTHROPIC_BASE_URL`.
+/// Its key is the vendor's usual one, and its models are priced as the vendor's.
+const fn anthropic(
+    name: &'static str,
+    vendor: &'static str,
+    base_url: &'static str,
+    key_env: &'static str,
+    hosting: &'static str,
+) -> Preset {
+    Preset { dialect: Dialect::Anthropic, vendor, auth: AuthStyle::XApiKey, ..hosted(name, base_url, key_env, hosting) }
+}
+
 /// Generic OpenAI-compatible endpoint: the user gives `base_url`, a key is optional.
 pub const OPENAI_COMPATIBLE: &str = "openai-compatible";
+/// Generic Anthropic-Messages-compatible endpoint (self-hosted or another gateway).
+pub const ANTHROPIC_COMPATIBLE: &str = "anthropic-compatible";
 
 pub static PRESETS: &[Preset] = &[
     hosted("openai", "https://api.openai.com/v1", "OPENAI_API_KEY", "US"),
@@ -121,6 +153,39 @@ pub static PRESETS: &[Preset] = &[
         Quirks { think_tags_in_content: false, exhausted_statuses: &[402] },
     ),
     hosted("xai", "https://api.x.ai/v1", "XAI_API_KEY", "US"),
+    // Native dialects. Anthropic's base URL has no /v1 (its SDKs append /v1/messages);
+    // Gemini's is the v1beta surface that `models/{m}:generateContent` hangs off.
+    anthropic("anthropic", "anthropic", "https://api.anthropic.com", "ANTHROPIC_API_KEY", "US"),
+    Preset {
+        dialect: Dialect::Gemini,
+        auth: AuthStyle::GoogApiKey,
+        ..hosted("gemini", "https://generativelanguage.googleapis.com/v1beta", "GEMINI_API_KEY", "US")
+    },
+    // The Anthropic-compatible endpoints Chinese vendors publish so Claude-built tools can
+    // switch by base URL. Same keys and balances as their OpenAI-dialect endpoints, so the
+    // same out-of-balance statuses.
+    with_quirks(
+        anthropic("deepseek-anthropic", "deepseek", "https://api.deepseek.com/anthropic", "DEEPSEEK_API_KEY", "CN"),
+        Quirks { think_tags_in_content: false, exhausted_statuses: &[402] },
+    ),
+    with_quirks(
+        anthropic("moonshot-anthropic", "moonshot", "https://api.moonshot.ai/anthropic", "MOONSHOT_API_KEY", "SG"),
+        Quirks { think_tags_in_content: false, exhausted_statuses: &[403] },
+    ),
+    with_quirks(
+        anthropic(
+            "moonshot-cn-anthropic",
+            "moonshot-cn",
+            "https://api.moonshot.cn/anthropic",
+            "MOONSHOT_CN_API_KEY",
+            "CN",
+        ),
+        Quirks { think_tags_in_content: false, exhausted_statuses: &[403] },
+    ),
+    anthropic("zhipu-anthropic", "zhipu", "https://open.bigmodel.cn/api/anthropic", "ZHIPUAI_API_KEY", "CN"),
+    anthropic("zai-anthropic", "zai", "https://api.z.ai/api/anthropic", "ZAI_API_KEY", "SG"),
+    anthropic("minimax-anthropic", "minimax", "https://api.minimax.io/anthropic", "MINIMAX_API_KEY", "SG"),
+    anthropic("minimax-cn-anthropic", "minimax-cn", "https://api.minimaxi.com/anthropic", "MINIMAX_CN_API_KEY", "CN"),
     self_hosted("ollama"),
     self_hosted("vllm"),
     self_hosted("llamacpp"),
@@ -131,15 +196,18 @@ pub static PRESETS: &[Preset] = &[
 /// whose key is optional.
 pub fn find(kind: &str) -> Option<&'static Preset> {
     static GENERIC: Preset = self_hosted(OPENAI_COMPATIBLE);
-    if kind == OPENAI_COMPATIBLE {
-        return Some(&GENERIC);
+    static GENERIC_ANTHROPIC: Preset =
+        Preset { dialect: Dialect::Anthropic, auth: AuthStyle::XApiKey, ..self_hosted(ANTHROPIC_COMPATIBLE) };
+    match kind {
+        OPENAI_COMPATIBLE => Some(&GENERIC),
+        ANTHROPIC_COMPATIBLE => Some(&GENERIC_ANTHROPIC),
+        _ => PRESETS.iter().find(|p| p.name == kind),
     }
-    PRESETS.iter().find(|p| p.name == kind)
 }
 
 /// Every kind accepted in config, for error messages.
 pub fn kinds() -> Vec<&'static str> {
-    std::iter::once(OPENAI_COMPATIBLE).chain(PRESETS.iter().map(|p| p.name)).collect()
+    [OPENAI_COMPATIBLE, ANTHROPIC_COMPATIBLE].into_iter().chain(PRESETS.iter().map(|p| p.name)).collect()
 }
 
 #[cfg(test)]
@@ -192,5 +260,27 @@ mod tests {
             assert!(find(k).is_some(), "{k}");
         }
         assert!(find("minimax").unwrap().quirks.think_tags_in_content);
+    }
+
+    #[test]
+    fn native_and_anthropic_compatible_presets() {
+        let a = find("anthropic").unwrap();
+        assert_eq!((a.dialect, a.auth, a.vendor), (Dialect::Anthropic, AuthStyle::XApiKey, "anthropic"));
+        let g = find("gemini").unwrap();
+        assert_eq!((g.dialect, g.auth), (Dialect::Gemini, AuthStyle::GoogApiKey));
+        for (kind, vendor) in [
+            ("deepseek-anthropic", "deepseek"),
+            ("moonshot-anthropic", "moonshot"),
+            ("zhipu-anthropic", "zhipu"),
+            ("zai-anthropic", "zai"),
+            ("minimax-anthropic", "minimax"),
+        ] {
+            let p = find(kind).unwrap();
+            assert_eq!((p.dialect, p.vendor), (Dialect::Anthropic, vendor), "{kind}");
+            // The vendor's prices exist under the vendor's OpenAI-dialect preset name.
+            assert_eq!(find(vendor).unwrap().dialect, Dialect::OpenAi, "{kind}");
+        }
+        assert_eq!(find("anthropic-compatible").unwrap().dialect, Dialect::Anthropic);
+        assert!(!find("anthropic-compatible").unwrap().key_required);
     }
 }

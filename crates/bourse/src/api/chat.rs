@@ -1,0 +1,639 @@
+//! The chat exchange, whichever dialect the client speaks: resolve or route, attempt
+//! (with fallbacks), relay or translate the answer, meter it, and write the ledger.
+//!
+//! The client's dialect decides how the request was parsed and how answers and errors are
+//! rendered; the upstream's decides the wire in between. Same dialect on both sides passes
+//! the body through (only `model` rewritten); otherwise the request goes through the
+//! canonical [`Conversation`](crate::canonical::Conversation) and the answer through a
+//! [`Reply`](crate::canonical::Reply) or a stream of deltas ([`crate::dialect`]).
+
+use crate::canonical::{ChatRequest, Dialect, Usage};
+use crate::dialect::openai::{self as wire, translate};
+use crate::dialect::{anthropic, gemini, Decode, Encode};
+use crate::error::{Error, ErrorKind, Result};
+use crate::ledger::{LedgerEntry, Writer};
+use crate::meter::{estimate, Cost};
+use crate::provider::Endpoint;
+use crate::relay::{Mode, OnEnd, StreamEnd, StreamRelay, StreamSummary};
+use crate::route::health::Availability;
+use crate::route::{Overrides, Target};
+use crate::server::{KeyId, RequestId, SharedState};
+use axum::body::{Body, Bytes};
+use axum::extract::Extension;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub static X_BOURSE_PROVIDER: HeaderName = HeaderName::from_static("x-bourse-provider");
+pub static X_BOURSE_MODEL: HeaderName = HeaderName::from_static("x-bourse-model");
+pub static X_BOURSE_COST: HeaderName = HeaderName::from_static("x-bourse-cost-usd");
+pub static X_BOURSE_REFERENCE_COST: HeaderName = HeaderName::from_static("x-bourse-reference-cost-usd");
+pub static X_BOURSE_SAVED: HeaderName = HeaderName::from_static("x-bourse-saved-usd");
+pub static X_BOURSE_ROUTE_REASON: HeaderName = HeaderName::from_static("x-bourse-route-reason");
+
+/// Check the content type and read the body, refusing anything over the limit with a 413
+/// before it is buffered.
+pub async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        let shown = if ct.is_empty() { "none".to_string() } else { format!("'{ct}'") };
+        return Err(Error::new(
+            ErrorKind::UnsupportedMediaType,
+            format!("the request body must be JSON with 'content-type: application/json' (got {shown})"),
+        ));
+    }
+    let too_large = || {
+        Error::new(ErrorKind::PayloadTooLarge, format!("the request body is larger than the limit of {limit} bytes"))
+    };
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(Error::new(ErrorKind::InvalidRequest, format!("could not read the request body: {e}"))),
+    }
+}
+
+pub(crate) fn provenance(resp: &mut Response, target: &Target) {
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&target.provider.id) {
+        h.insert(X_BOURSE_PROVIDER.clone(), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&target.upstream_model) {
+        h.insert(X_BOURSE_MODEL.clone(), v);
+    }
+}
+
+pub(crate) fn json_response(status: StatusCode, body: Bytes) -> Response {
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+pub(crate) async fn read_upstream_body(target: &Target, resp: reqwest::Response) -> Result<(StatusCode, Bytes)> {
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::OK);
+    let bytes = resp.bytes().await.map_err(|e| target.provider.transport_error(&e))?;
+    // DeepSeek holds queued non-streaming requests open with blank lines: they are not
+    // part of the JSON, so trim them rather than relay a body that starts with newlines.
+    let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
+    Ok((status, bytes.slice(start..)))
+}
+
+pub(crate) fn not_json(target: &Target) -> Error {
+    Error::new(
+        ErrorKind::UpstreamProtocol,
+        format!("provider {} returned a body that is not valid JSON", target.provider.id),
+    )
+}
+
+/// Who is asking, for the ledger.
+#[derive(Clone, Debug)]
+pub(crate) struct Caller {
+    request_id: String,
+    key_id: Option<String>,
+}
+
+pub(crate) fn caller(rid: Option<Extension<RequestId>>, key: Option<Extension<KeyId>>) -> Caller {
+    Caller { request_id: rid.map(|r| r.0 .0.to_string()).unwrap_or_default(), key_id: key.map(|k| k.0 .0.to_string()) }
+}
+
+/// One upstream attempt, from start to settlement.
+pub(crate) struct Attempt {
+    state: SharedState,
+    caller: Caller,
+    target: Target,
+    number: u32,
+    route_reason: Option<String>,
+    /// The router entry this attempt used, if routed.
+    entry: Option<usize>,
+    ts_ms: i64,
+    pub(crate) started: Instant,
+    pub(crate) ttfb: Option<Duration>,
+    stream: bool,
+}
+
+/// The money headers of a settled, non-streaming response.
+pub(crate) struct Settled {
+    cost: Cost,
+    reference: Cost,
+}
+
+impl Attempt {
+    pub(crate) fn start(
+        state: &SharedState,
+        caller: Caller,
+        target: &Target,
+        stream: bool,
+        number: u32,
+        route_reason: Option<String>,
+        entry: Option<usize>,
+    ) -> Attempt {
+        let ts_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        Attempt {
+            state: state.clone(),
+            caller,
+            target: target.clone(),
+            number,
+            route_reason,
+            entry,
+            ts_ms,
+            started: Instant::now(),
+            ttfb: None,
+            stream,
+        }
+    }
+
+    /// The upstream answered: close its circuit and fold in its time to first byte.
+    fn healthy(&self) {
+        if let Some(i) = self.entry {
+            let router = &self.state.router;
+            router.health.record_success(&router.entries[i].key, self.ttfb.unwrap_or_default(), Instant::now());
+        }
+    }
+
+    /// Price the usage and build the ledger row. Returns the cost and the reference cost.
+    pub(crate) fn settle(
+        self,
+        usage: Usage,
+        estimated: bool,
+        status: u16,
+        error: Option<&str>,
+    ) -> (Settled, Option<Record>) {
+        if let (Some(i), None) = (self.entry, error) {
+            self.state.router.entries[i].observe_output(usage.output_total());
+        }
+        let meter = &self.state.meter;
+        let priced = meter.priced(&self.target.provider.id, self.target.provider.vendor, &self.target.upstream_model);
+        let (cost, reference) = match priced {
+            Ok(m) => meter.settle(m, &usage),
+            // Unreachable: unpriced targets are refused before any attempt starts.
+            Err(_) => (Cost::default(), Cost::default()),
+        };
+        let record = self.state.ledger.clone().map(|writer| Record {
+            writer,
+            entry: LedgerEntry {
+                request_id: self.caller.request_id,
+                attempt: self.number,
+                ts_ms: self.ts_ms,
+                key_id: self.caller.key_id,
+                provider: self.target.provider.id.clone(),
+                model: self.target.upstream_model.clone(),
+                route_reason: self.route_reason,
+                usage,
+                cost_nanos: cost.0,
+                reference_cost_nanos: reference.0,
+                catalog_version: meter.catalog.version.clone(),
+                ttfb_ms: self.ttfb.map(|d| d.as_millis() as u32),
+                latency_ms: self.started.elapsed().as_millis() as u32,
+                status,
+                error_kind: error.map(str::to_string),
+                estimated,
+                stream: self.stream,
+            },
+        });
+        (Settled { cost, reference }, record)
+    }
+
+    /// A failed attempt: a ledger row with no usage, health told, the error handed back.
+    pub(crate) async fn fail(self, e: Error) -> Error {
+        if let (Some(i), crate::error::Origin::Upstream) = (self.entry, e.origin()) {
+            let router = &self.state.router;
+            let key = &router.entries[i].key;
+            // Out of balance will not fix itself within a cooldown: open the circuit now.
+            let hits = match &e.kind {
+                ErrorKind::UpstreamStatus(s) if s.exhausted => router.failure_threshold,
+                _ => 1,
+            };
+            for _ in 0..hits {
+                router.health.record_failure(key, Instant::now());
+            }
+        }
+        let (_, record) = self.settle(Usage::default(), false, e.status().as_u16(), Some(e.label()));
+        if let Some(r) = record {
+            r.send().await;
+        }
+        e
+    }
+}
+
+/// A ledger row on its way to the writer.
+pub(crate) struct Record {
+    writer: Writer,
+    entry: LedgerEntry,
+}
+
+impl Record {
+    /// Queue the row (the writer's full-queue policy applies; it never waits on the database).
+    pub(crate) async fn send(self) {
+        self.writer.record(self.entry).await;
+    }
+
+    /// From synchronous code (the end of a stream, possibly inside a drop): queue the row
+    /// at once if there is room (always, unless the store has fallen behind), else hand it
+    /// to a task so the same full-queue policy applies.
+    fn send_detached(self) {
+        let Err(entry) = self.writer.offer(self.entry) else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move { self.writer.record(entry).await });
+            }
+            Err(_) => self.writer.try_record(entry),
+        }
+    }
+}
+
+pub(crate) fn money_headers(resp: &mut Response, s: &Settled) {
+    let h = resp.headers_mut();
+    for (name, value) in
+        [(&X_BOURSE_COST, s.cost), (&X_BOURSE_REFERENCE_COST, s.reference), (&X_BOURSE_SAVED, s.reference - s.cost)]
+    {
+        if let Ok(v) = HeaderValue::from_str(&value.usd()) {
+            h.insert(name.clone(), v);
+        }
+    }
+}
+
+/// The SSE comment sent after `[DONE]`: streaming headers leave before the cost is known.
+fn money_comment(s: &Settled) -> Bytes {
+    Bytes::from(format!(
+        ": x-bourse-cost-usd={} x-bourse-reference-cost-usd={} x-bourse-saved-usd={}\n\n",
+        s.cost.usd(),
+        s.reference.usd(),
+        (s.reference - s.cost).usd()
+    ))
+}
+
+/// One place to try, in the order to try them.
+struct Try {
+    /// Set for an explicit model; built from the router entry for routed tries.
+    target: Option<Target>,
+    /// Index into the router's entries, for routed tries (health and observed output).
+    entry: Option<usize>,
+    /// Position in the plan, for the route reason (built only for attempts actually made).
+    rank: Option<usize>,
+}
+
+/// Whether a failed routed attempt should move on to the next candidate. Client-side
+/// rejections (400, 404, 413, 422 — bad input, content refused) would fail the same way
+/// everywhere, so they return at once.
+fn fails_over(e: &Error) -> bool {
+    match &e.kind {
+        ErrorKind::UpstreamStatus(s) => s.retryable || s.exhausted || matches!(s.status, 401..=403),
+        ErrorKind::UpstreamUnreachable | ErrorKind::UpstreamTimeout | ErrorKind::UpstreamProtocol => true,
+        _ => false,
+    }
+}
+
+/// Jittered backoff before the next candidate: spreads retries from many clients so a
+/// struggling fleet is not hit in lockstep. 20 ms doubling per attempt, ±50%, capped.
+fn backoff(attempt: u32) -> Duration {
+    let base = 20u64.saturating_mul(1 << attempt.min(5)).min(400);
+    Duration::from_millis(base / 2 + fastrand::u64(0..=base))
+}
+
+/// Serve one chat request end to end. Every outcome, errors included, is a response in
+/// the client's dialect.
+pub(crate) async fn exchange(
+    state: &SharedState,
+    caller: Caller,
+    mut req: ChatRequest,
+    overrides: &Overrides,
+    headers: &HeaderMap,
+) -> Response {
+    let client = req.dialect;
+    let router = &state.router;
+    let route = match router.route_for(&req.model, overrides) {
+        Ok(r) => r,
+        Err(e) => return e.render(client),
+    };
+    let mut plan = None;
+    let (tries, routed) = match route {
+        Some(route) => {
+            let routed = match router.plan(route, overrides, &req, Instant::now()) {
+                Ok(r) => r,
+                Err(e) => return e.render(client),
+            };
+            if routed.plan.candidates.is_empty() {
+                return router.no_feasible(&routed).render(client);
+            }
+            // Only indices here: targets are built for the few candidates actually tried.
+            let tries: Vec<Try> = routed
+                .plan
+                .candidates
+                .iter()
+                .enumerate()
+                .map(|(rank, c)| Try { target: None, entry: Some(c.entry), rank: Some(rank) })
+                .collect();
+            plan = Some(routed);
+            (tries, true)
+        }
+        None => {
+            let target = match state.providers.resolve(&req.model) {
+                Ok(t) => t,
+                Err(e) => return e.render(client),
+            };
+            if let Err(e) = state.meter.priced(&target.provider.id, target.provider.vendor, &target.upstream_model) {
+                return e.render(client);
+            }
+            (vec![Try { target: Some(target), entry: None, rank: None }], false)
+        }
+    };
+    let passed = Passed::from_headers(headers);
+    // Explicit models get one attempt: the client's SDK owns retries (and sees Retry-After).
+    let max_attempts = if routed { router.max_attempts } else { 1 };
+    let mut attempt_no = 0u32;
+    let mut last_err: Option<(Error, Target)> = None;
+    let mut exhausted: Vec<String> = Vec::new();
+    let mut overloaded = 0u32;
+    for t in tries {
+        if attempt_no >= max_attempts {
+            break;
+        }
+        let target = match (t.target, t.entry) {
+            (Some(target), _) => target,
+            (None, Some(i)) => {
+                let e = &router.entries[i];
+                Target { provider: e.provider.clone(), upstream_model: e.model.model.clone() }
+            }
+            (None, None) => continue,
+        };
+        if exhausted.contains(&target.provider.id) {
+            continue;
+        }
+        if let Some(i) = t.entry {
+            if let Availability::Open { .. } = router.health.acquire(&router.entries[i].key, Instant::now()) {
+                continue;
+            }
+        }
+        attempt_no += 1;
+        if attempt_no > 1 {
+            tokio::time::sleep(backoff(attempt_no - 1)).await;
+        }
+        let reason = match (&plan, t.rank) {
+            (Some(p), Some(rank)) => Some(router.reason(p, rank, attempt_no)),
+            _ => None,
+        };
+        match attempt_chat(state, &caller, &mut req, &target, t.entry, attempt_no, reason, &passed).await {
+            Ok(resp) => return resp,
+            Err(e) => {
+                if let ErrorKind::UpstreamStatus(s) = &e.kind {
+                    if s.exhausted {
+                        exhausted.push(target.provider.id.clone());
+                    }
+                    if matches!(s.status, 503 | 529) {
+                        overloaded += 1;
+                    }
+                }
+                if !routed || !fails_over(&e) {
+                    return error_response(e, &target, client);
+                }
+                last_err = Some((e, target));
+            }
+        }
+    }
+    match last_err {
+        // Every candidate tried was overloaded: say so (Anthropic clients get 529), not
+        // just the last one's words.
+        Some((e, target)) if overloaded == attempt_no && attempt_no > 1 => {
+            let e = Error { message: format!("every candidate model is overloaded; last: {}", e.message), ..e };
+            error_response(e, &target, client)
+        }
+        Some((e, target)) => error_response(e, &target, client),
+        None => Error::new(
+            ErrorKind::Unavailable,
+            "every feasible model is temporarily unavailable (circuits open after repeated failures)",
+        )
+        .render(client),
+    }
+}
+
+/// Client headers relayed to a same-dialect upstream: Anthropic's beta flags switch on
+/// features (and change response shapes) the client expects.
+#[derive(Default)]
+pub(crate) struct Passed {
+    anthropic_beta: Option<HeaderValue>,
+}
+
+static ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
+
+impl Passed {
+    fn from_headers(h: &HeaderMap) -> Passed {
+        Passed { anthropic_beta: h.get(&ANTHROPIC_BETA).cloned() }
+    }
+}
+
+/// The upstream request body for `target`, and whether the answer's JSON arrives as the
+/// JSON tool's input (JSON mode translated to an Anthropic upstream).
+fn upstream_body(req: &mut ChatRequest, target: &Target) -> Result<(Vec<u8>, bool)> {
+    let model = target.upstream_model.as_str();
+    let upstream = target.provider.dialect;
+    match (req.dialect, upstream) {
+        (Dialect::OpenAi, Dialect::OpenAi) => return Ok((wire::upstream_chat_body(req, model), false)),
+        (Dialect::Anthropic, Dialect::Anthropic) => return Ok((anthropic::passthrough_body(req, model), false)),
+        _ => {}
+    }
+    let conv = match req.dialect {
+        Dialect::OpenAi => translate::conversation(&req.body)?,
+        Dialect::Anthropic => anthropic::conversation(&req.body)?,
+        Dialect::Gemini => return Err(Error::new(ErrorKind::Internal, "Gemini is not a client dialect")),
+    };
+    let body = match upstream {
+        Dialect::OpenAi => translate::render_request(&conv, model, req.stream),
+        Dialect::Anthropic => anthropic::render_request(&conv, model, req.stream),
+        Dialect::Gemini => gemini::render_request(&conv),
+    };
+    Ok((body, upstream == Dialect::Anthropic && conv.response_format.is_json()))
+}
+
+/// How the stream relay treats this pair of dialects.
+fn stream_mode(req: &ChatRequest, upstream: Dialect, json_tool: bool) -> Mode {
+    let decoder: Box<dyn Decode> = match upstream {
+        Dialect::OpenAi => {
+            if req.dialect == Dialect::OpenAi {
+                return Mode::OpenAi { include_usage: req.include_usage };
+            }
+            Box::new(translate::Decoder::new())
+        }
+        Dialect::Anthropic => Box::new(anthropic::Decoder::new(json_tool)),
+        Dialect::Gemini => Box::new(gemini::Decoder::new()),
+    };
+    if req.dialect == upstream {
+        return Mode::Observe { client: req.dialect, decoder };
+    }
+    let encoder: Box<dyn Encode> = match req.dialect {
+        Dialect::Anthropic => Box::new(anthropic::Encoder::new()),
+        _ => Box::new(translate::Encoder::new(req.include_usage)),
+    };
+    Mode::Translate { decoder, encoder }
+}
+
+/// A non-streaming answer in the client's dialect, with its usage (None if the upstream
+/// reported none).
+fn answer(req: &ChatRequest, target: &Target, bytes: Bytes, json_tool: bool) -> Result<(Bytes, Option<Usage>)> {
+    let upstream = target.provider.dialect;
+    let same = req.dialect == upstream;
+    if same && upstream == Dialect::OpenAi {
+        // One parse both validates the body and finds the usage.
+        let usage = wire::response_usage(&bytes).map_err(|_| not_json(target))?;
+        let bytes = if target.provider.quirks.think_tags_in_content { wire::split_think_tags(bytes) } else { bytes };
+        return Ok((bytes, usage));
+    }
+    if same && upstream == Dialect::Anthropic {
+        let usage = anthropic::response_usage(&bytes).map_err(|_| not_json(target))?;
+        return Ok((bytes, usage));
+    }
+    let reply = match upstream {
+        Dialect::OpenAi => translate::parse_reply(&bytes),
+        Dialect::Anthropic => anthropic::parse_reply(&bytes, json_tool),
+        Dialect::Gemini => gemini::parse_reply(&bytes),
+    }
+    .map_err(|e| Error { message: format!("provider {}: {}", target.provider.id, e.message), ..e })?;
+    let out = match req.dialect {
+        Dialect::Anthropic => anthropic::render_reply(&reply),
+        _ => translate::render_reply(&reply),
+    };
+    Ok((Bytes::from(out), reply.usage))
+}
+
+pub(crate) fn error_response(e: Error, target: &Target, dialect: Dialect) -> Response {
+    let mut resp = e.render(dialect);
+    provenance(&mut resp, target);
+    resp
+}
+
+/// One attempt at a chat request: send, relay (or translate), settle. Writes the attempt's
+/// ledger row and updates health; returns the error (already recorded) for the caller to
+/// decide on a fallback.
+#[allow(clippy::too_many_arguments)]
+async fn attempt_chat(
+    state: &SharedState,
+    caller: &Caller,
+    req: &mut ChatRequest,
+    target: &Target,
+    entry: Option<usize>,
+    number: u32,
+    reason: Option<String>,
+    passed: &Passed,
+) -> std::result::Result<Response, Error> {
+    let client = req.dialect;
+    let upstream = target.provider.dialect;
+    // A request that cannot be translated is the client's mistake, the same everywhere:
+    // no attempt, no ledger row.
+    let (upstream_body, json_tool) = upstream_body(req, target)?;
+    let extra = match (&passed.anthropic_beta, client == upstream) {
+        (Some(beta), true) => Some((ANTHROPIC_BETA.clone(), beta.clone())),
+        _ => None,
+    };
+    let mut attempt = Attempt::start(state, caller.clone(), target, req.stream, number, reason.clone(), entry);
+    let endpoint = Endpoint::Chat { model: &target.upstream_model, stream: req.stream };
+    let resp = match target.provider.post_json_with(endpoint, upstream_body, extra).await {
+        Ok(r) => r,
+        Err(e) => return Err(attempt.fail(e).await),
+    };
+    attempt.ttfb = Some(attempt.started.elapsed());
+    let is_sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if req.stream && is_sse {
+        attempt.healthy();
+        // This attempt answers the request (no fallback after a stream starts): keep the
+        // body for a possible estimate without copying it.
+        let request_body = std::mem::take(&mut req.body);
+        let on_end: OnEnd = Box::new(move |summary: StreamSummary| {
+            let (status, error) = match &summary.end {
+                StreamEnd::Completed => (200, None),
+                StreamEnd::UpstreamFailed(_) => (502, Some("upstream_stream_broken")),
+                StreamEnd::ClientGone => (499, Some("client_disconnected")),
+            };
+            match summary.usage {
+                Some(usage) => {
+                    let (settled, record) = attempt.settle(usage, false, status, error);
+                    if let Some(r) = record {
+                        r.send_detached();
+                    }
+                    Some(money_comment(&settled))
+                }
+                // The usage never came: count the tokens with the tokenizer, off the
+                // async workers (its first use loads ~30 MB of BPE tables). The client is
+                // gone or has its error event, so no cost comment follows.
+                None => {
+                    let estimate = move || {
+                        let output = if summary.data.is_empty() {
+                            estimate::tokens(&summary.text)
+                        } else {
+                            estimate::completion_tokens(&summary.data)
+                        };
+                        let usage = Usage {
+                            input_uncached: estimate::prompt_tokens(&request_body),
+                            output,
+                            ..Usage::default()
+                        };
+                        if let (_, Some(r)) = attempt.settle(usage, true, status, error) {
+                            r.send_detached();
+                        }
+                    };
+                    match tokio::runtime::Handle::try_current() {
+                        Ok(rt) => drop(rt.spawn_blocking(estimate)),
+                        Err(_) => estimate(),
+                    }
+                    None
+                }
+            }
+        });
+        let mode = stream_mode(req, upstream, json_tool);
+        let relay = StreamRelay::new(resp, target.provider.clone(), mode, Some(on_end));
+        let mut out = Response::new(Body::from_stream(relay));
+        let h = out.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        provenance(&mut out, target);
+        route_reason(&mut out, reason.as_deref());
+        return Ok(out);
+    }
+    let (status, bytes) = match read_upstream_body(target, resp).await {
+        Ok(x) => x,
+        Err(e) => return Err(attempt.fail(e).await),
+    };
+    let (bytes, usage) = match answer(req, target, bytes, json_tool) {
+        Ok(x) => x,
+        Err(e) => return Err(attempt.fail(e).await),
+    };
+    attempt.healthy();
+    let (usage, estimated) = match usage {
+        Some(u) => (u, false),
+        None => {
+            let body = req.body.clone();
+            let resp_bytes = bytes.clone();
+            let counted = tokio::task::spawn_blocking(move || Usage {
+                input_uncached: estimate::prompt_tokens(&body),
+                output: estimate::response_completion_tokens(&resp_bytes),
+                ..Usage::default()
+            })
+            .await
+            .unwrap_or_default();
+            (counted, true)
+        }
+    };
+    let (settled, record) = attempt.settle(usage, estimated, status.as_u16(), None);
+    if let Some(r) = record {
+        r.send().await;
+    }
+    let mut out = json_response(status, bytes);
+    provenance(&mut out, target);
+    money_headers(&mut out, &settled);
+    route_reason(&mut out, reason.as_deref());
+    Ok(out)
+}
+
+fn route_reason(resp: &mut Response, reason: Option<&str>) {
+    if let Some(v) = reason.and_then(|r| HeaderValue::from_str(r).ok()) {
+        resp.headers_mut().insert(X_BOURSE_ROUTE_REASON.clone(), v);
+    }
+}
