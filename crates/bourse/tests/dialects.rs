@@ -528,6 +528,13 @@ async fn json_mode_every_pair() {
     }
 }
 
+/// A sim whose every model request fails with `status` (Anthropic/OpenAI-shaped body).
+async fn failing_sim(status: u16) -> Sim {
+    let failure =
+        upstream_sim::Failure::Status { status, retry_after: None, error_type: None, code: None, message: None };
+    Sim::start(SimConfig { failure, ..SimConfig::default() }).await.unwrap()
+}
+
 async fn post_messages(url: &str, headers: &[(&str, &str)], body: &str) -> (u16, Value) {
     let mut req = client().post(format!("{url}/v1/messages")).header("content-type", "application/json");
     for (k, v) in headers {
@@ -550,20 +557,8 @@ fn assert_anthropic_error(v: &Value, kind: &str) {
 /// overloaded is a 529 `overloaded_error`.
 #[tokio::test]
 async fn anthropic_surface_errors_and_auth() {
-    let failing = |status: u16| {
-        Sim::start(SimConfig {
-            failure: upstream_sim::Failure::Status {
-                status,
-                retry_after: None,
-                error_type: None,
-                code: None,
-                message: None,
-            },
-            ..SimConfig::default()
-        })
-    };
-    let bad = failing(529).await.unwrap();
-    let also_bad = failing(503).await.unwrap();
+    let bad = failing_sim(529).await;
+    let also_bad = failing_sim(503).await;
     let toml = format!(
         "[server]\napi_keys = [\"env:GATEWAY_KEY\"]\n\
          [providers.an1]\nkind = \"anthropic-compatible\"\nbase_url = \"http://{}\"\nmodels = [\"sim-small\"]\n\
@@ -638,4 +633,58 @@ async fn anthropic_surface_errors_and_auth() {
         counts.push(v["input_tokens"].as_u64().unwrap());
     }
     assert!(counts[0] > 0 && counts[1] > counts[0], "{counts:?}");
+}
+
+/// Routing and fallbacks do not care which dialect the client speaks: an Anthropic client
+/// asking for `auto` gets the cheapest candidate (an Anthropic upstream, overloaded), then
+/// falls back to an OpenAI-dialect one and gets its answer translated; both attempts are
+/// in the ledger.
+#[tokio::test]
+async fn anthropic_client_routes_and_falls_back_across_dialects() {
+    let overloaded = failing_sim(529).await;
+    let healthy =
+        Sim::start(SimConfig { output_tokens: 5, prompt_tokens: Some(20), ..SimConfig::default() }).await.unwrap();
+    let toml = format!(
+        "[providers.cheap]\nkind = \"anthropic-compatible\"\nbase_url = \"http://{}\"\nmodels = [\"sim-small\"]\n\
+         [providers.backup]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\nmodels = [\"sim-small\"]\n\
+         [models.\"cheap/sim-small\"]\ninput = 0.5\noutput = 1.0\nquality = 1400\n\
+         [models.\"backup/sim-small\"]\ninput = 1.0\noutput = 2.0\nquality = 1400\n",
+        overloaded.addr(),
+        healthy.base_url()
+    );
+    let dir = tempdir::Dir::new("dialects-route");
+    let gw = gateway_with_ledger(&toml, &format!("sqlite://{}", dir.0.join("l.db").display())).await;
+    let body = json!({"model": "auto", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]});
+    let resp = client()
+        .post(format!("{}/v1/messages", gw.gateway.url))
+        .header("content-type", "application/json")
+        .header("x-request-id", "req-route-anthropic")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-bourse-provider"], "backup");
+    assert!(resp.headers().contains_key("x-bourse-route-reason"));
+    let v: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(v["type"], "message", "{v}");
+    assert_eq!(v["stop_reason"], "end_turn", "{v}");
+    assert_eq!(v["usage"]["output_tokens"], 5, "{v}");
+    let rows = async {
+        for _ in 0..200 {
+            let rows = gw.ledger.rows("req-route-anthropic").await.unwrap();
+            if rows.len() == 2 {
+                return rows;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("expected two ledger rows");
+    }
+    .await;
+    let mut rows = rows;
+    rows.sort_by_key(|r| r.attempt);
+    assert_eq!((rows[0].provider.as_str(), rows[0].status), ("cheap", 529));
+    assert_eq!((rows[1].provider.as_str(), rows[1].status), ("backup", 200));
+    assert_eq!(rows[1].usage.input_uncached, 20);
+    assert_eq!(rows[1].usage.output, 5);
 }
