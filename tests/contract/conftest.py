@@ -1,9 +1,14 @@
-"""Harness for the OpenAI SDK contract tests.
+"""Harness for the SDK contract tests (OpenAI and Anthropic).
 
 One upstream-sim and one bourse gateway in front of it, both the real binaries from
 `cargo build --workspace --bins`, started once per session on port 0 and stopped at the
-end. Tests get a strictly validating `openai.OpenAI` client pointed at the gateway and a
+end. Tests get a strictly validating `openai.OpenAI` client pointed at the gateway, a
+strictly validating `anthropic.Anthropic` client (see `anthropic_client`), and a
 `sim_config` helper that reconfigures the sim live and resets it to defaults afterwards.
+
+The one sim speaks every dialect on the same port, so the gateway reaches it three ways:
+`sim` (OpenAI dialect), `simanth` and `simanth2` (Anthropic dialect; two ids so the
+`anth-sims` route has two Anthropic candidates). A sim failure hits all three at once.
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 GATEWAY_KEY = "gw-contract-test-key"
 MODEL = "sim/sim-small"
+# The same simulated model behind an Anthropic-dialect provider (same-dialect pass-through
+# for Anthropic clients), and a route whose only candidates are two such providers.
+ANTHROPIC_MODEL = "simanth/sim-small"
+ANTHROPIC_ROUTE = "anth-sims"
 READY_TIMEOUT_S = 30.0
 
 _PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy"}
@@ -161,6 +170,11 @@ class Gateway:
     def base_url(self) -> str:
         return f"http://{self.addr}/v1"
 
+    @property
+    def root_url(self) -> str:
+        """For the Anthropic SDK, which appends `/v1/messages` itself."""
+        return f"http://{self.addr}"
+
 
 @pytest.fixture(scope="session")
 def logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -202,6 +216,37 @@ def gateway(sim: Sim, logdir: Path) -> Iterator[Gateway]:
         '[models."sim/text-embedding-sim"]\n'
         'kind = "embedding"\n'
         "input = 0.02\n"
+        "\n"
+        "# The same sim in the Anthropic dialect (the gateway appends /v1/messages).\n"
+        "[providers.simanth]\n"
+        'kind = "anthropic-compatible"\n'
+        f'base_url = "{sim.url}"\n'
+        'models = ["sim-small"]\n'
+        "\n"
+        "[providers.simanth2]\n"
+        'kind = "anthropic-compatible"\n'
+        f'base_url = "{sim.url}"\n'
+        'models = ["sim-small"]\n'
+        "\n"
+        '[models."simanth/sim-small"]\n'
+        "input = 1.0\n"
+        "output = 2.0\n"
+        '[models."simanth2/sim-small"]\n'
+        "input = 1.0\n"
+        "output = 2.0\n"
+        "\n"
+        "# A route with exactly two candidates, both Anthropic-dialect (unrated models: no floor).\n"
+        f"[routes.{ANTHROPIC_ROUTE}]\n"
+        'min_quality = "basic"\n'
+        'policy = "anthropic_sims"\n'
+        "\n"
+        "[policies.anthropic_sims]\n"
+        'allow_providers = ["simanth", "simanth2"]\n'
+        "\n"
+        "# Tests inject failures on purpose; keep circuits closed so one test's failures never\n"
+        "# take a candidate out of another test's route.\n"
+        "[router]\n"
+        "failure_threshold = 1000\n"
         "\n"
         "[storage]\n"
         f'url = "sqlite:{logdir / "ledger.db"}"\n'
@@ -276,3 +321,51 @@ def sim_config(sim: Sim) -> Iterator[Callable[..., None]]:
     yield configure
     if changed:
         sim.reset()
+
+
+# Anthropic SDK ----------------------------------------------------------------------------
+# Imported lazily so the OpenAI tests still run where only their requirements are installed.
+
+
+def make_anthropic(gateway: Gateway, **options: Any):
+    """A strictly validating `anthropic.Anthropic` client for the gateway: any response
+    or stream event that does not match the SDK's types raises
+    `anthropic.APIResponseValidationError`.
+
+    Build a new client per variation rather than `with_options`: like the OpenAI SDK's,
+    `Anthropic.copy()` does not carry `_strict_response_validation` over.
+
+    Note: anthropic 2.14.0 sends `api_key=` as `Authorization: Bearer <key>`, not
+    `x-api-key`; pass `x_api_key=True` to send the key only as `x-api-key`.
+    """
+    import anthropic
+
+    x_api_key = options.pop("x_api_key", False)
+    headers = dict(options.pop("default_headers", None) or {})
+    if "auth_token" not in options:
+        options.setdefault("api_key", gateway.key)
+    if x_api_key:
+        headers = {"Authorization": anthropic.omit, "x-api-key": options["api_key"], **headers}
+    options.setdefault("max_retries", 0)
+    options.setdefault("timeout", 30.0)
+    with pytest.MonkeyPatch.context() as env:
+        # Only what the test passes: no base URL or extra headers from the environment.
+        for var in ("ANTHROPIC_BASE_URL", "ANTHROPIC_CUSTOM_HEADERS"):
+            env.delenv(var, raising=False)
+        client = anthropic.Anthropic(
+            base_url=gateway.root_url,
+            http_client=anthropic.DefaultHttpxClient(trust_env=False),
+            default_headers=headers or None,
+            _strict_response_validation=True,
+            **options,
+        )
+    assert client._strict_response_validation is True
+    return client
+
+
+@pytest.fixture
+def anthropic_client(gateway: Gateway):
+    """A strictly validating Anthropic SDK client with the gateway key (`api_key=`)."""
+    client = make_anthropic(gateway)
+    yield client
+    client.close()

@@ -18,7 +18,7 @@ use crate::canonical::{Delta, Dialect, Usage};
 use crate::dialect::openai::think::ThinkSplitter;
 use crate::dialect::openai::{chunk_has_usage, usage_chunk, with_empty_choices};
 use crate::dialect::{Decode, Encode};
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::provider::Provider;
 use crate::sse::{self, Item, Parser};
 use bytes::{Bytes, BytesMut};
@@ -158,9 +158,14 @@ impl StreamRelay {
             let result = match &mut self.mode {
                 Mode::Observe { decoder, .. } => {
                     let r = decoder.event(&ev, &mut self.deltas);
-                    // The client speaks this dialect: its own event goes through as sent
-                    // (an upstream error event included).
-                    sse::write_item(&Item::Event(ev), out);
+                    match &r {
+                        // Unparseable: the client's SDK would choke on it too; it gets an
+                        // error event in its dialect instead (below).
+                        Err(e) if e.kind == ErrorKind::UpstreamProtocol => {}
+                        // The client speaks this dialect: its own event goes through as
+                        // sent (an upstream error event included).
+                        _ => sse::write_item(&Item::Event(ev), out),
+                    }
                     r
                 }
                 Mode::Translate { decoder, encoder } => {
@@ -178,6 +183,9 @@ impl StreamRelay {
             self.observe();
             self.deltas.clear();
             if let Err(e) = result {
+                if e.kind == ErrorKind::UpstreamProtocol && matches!(self.mode, Mode::Observe { .. }) {
+                    self.error_event(&e, out);
+                }
                 return Some(e);
             }
         }
