@@ -633,6 +633,17 @@ async fn anthropic_surface_errors_and_auth() {
         counts.push(v["input_tokens"].as_u64().unwrap());
     }
     assert!(counts[0] > 0 && counts[1] > counts[0], "{counts:?}");
+    assert_eq!(bad.stats().requests + also_bad.stats().requests, 3, "counting calls no upstream");
+    let resp = client()
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("x-api-key", "gw-secret")
+        .body(json!({"model": "nobody/nothing", "messages": [{"role": "user", "content": "hi"}]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_anthropic_error(&serde_json::from_str(&resp.text().await.unwrap()).unwrap(), "not_found_error");
 }
 
 /// Routing and fallbacks do not care which dialect the client speaks: an Anthropic client

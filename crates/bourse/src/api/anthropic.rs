@@ -46,6 +46,11 @@ pub async fn count_tokens(
         obj.entry("max_tokens").or_insert(json!(1));
     }
     let req = anthropic::parse_request(&serde_json::to_vec(&value).unwrap_or_default())?;
+    // The model must be one the gateway could serve (a route or a reachable model), as
+    // with a real request; the count itself does not depend on it.
+    if state.router.route_for(&req.model, &Overrides::default())?.is_none() {
+        state.providers.resolve(&req.model)?;
+    }
     let conv = anthropic::conversation(&req.body)?;
     let tokens = tokio::task::spawn_blocking(move || anthropic::count_tokens(&conv)).await.unwrap_or(0);
     Ok(axum::Json(json!({"input_tokens": tokens})).into_response())
