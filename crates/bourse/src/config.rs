@@ -474,14 +474,16 @@ fn provider_from_raw(id: &str, rp: &RawProvider, env: EnvFn<'_>) -> Result<Provi
 }
 
 fn validate_url(u: &str) -> Result<String, String> {
-    let parsed = reqwest::Url::parse(u).map_err(|e| format!("\"{u}\" is not a valid URL ({e})"))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!("\"{u}\" must use http or https"));
+    let parsed: axum::http::Uri = u.parse().map_err(|e| format!("\"{u}\" is not a valid URL ({e})"))?;
+    match parsed.scheme_str() {
+        Some("http" | "https") => {}
+        Some(_) => return Err(format!("\"{u}\" must use http or https")),
+        None => return Err(format!("\"{u}\" is not a valid URL (it needs http:// or https://)")),
     }
-    if parsed.host_str().is_none_or(str::is_empty) {
+    if parsed.host().is_none_or(str::is_empty) {
         return Err(format!("\"{u}\" has no host"));
     }
-    if parsed.query().is_some() || parsed.fragment().is_some() {
+    if parsed.query().is_some() || u.contains('#') {
         return Err(format!("\"{u}\" must not have a query or fragment"));
     }
     Ok(u.trim_end_matches('/').to_string())

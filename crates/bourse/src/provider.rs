@@ -3,11 +3,12 @@
 //! Every vendor endpoint is this one client with a preset's dialect, base URL, auth style
 //! and quirks ([`preset`]); the dialect decides the endpoint paths and auth headers, and
 //! [`crate::dialect`] the bodies. Each provider owns a pooled keep-alive connection pool
-//! (rustls with bundled web-PKI roots, `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` honoured),
-//! a connect timeout, a first-byte timeout (until response headers) and a total timeout
-//! (until the last body byte). Failures are classified here, once, into the gateway's
+//! ([`http`]: rustls with bundled web-PKI roots, `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`
+//! honoured), a connect timeout, a first-byte timeout (until response headers) and a total
+//! timeout (until the last body byte, see [`Upstream`]). Failures are classified here, once, into the gateway's
 //! error taxonomy.
 
+pub mod http;
 pub mod preset;
 
 use crate::canonical::Dialect;
@@ -15,9 +16,10 @@ use crate::config::{ProviderConfig, Timeouts};
 use crate::dialect::openai::VendorError;
 use crate::dialect::{anthropic, gemini, openai};
 use crate::error::{Error, ErrorKind, UpstreamStatus};
-use axum::http::{header, HeaderName, HeaderValue};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode, Uri};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
 use preset::{AuthStyle, Quirks};
-use std::time::Duration;
 
 /// Vendor error codes/types that mean "out of balance or quota": never retried on the
 /// same provider, whatever the status (OpenAI and DashScope `insufficient_quota`,
@@ -53,11 +55,31 @@ pub struct Provider {
     pub quirks: Quirks,
     /// The auth header (name and value), if a key is configured.
     auth: Option<(HeaderName, HeaderValue)>,
-    client: reqwest::Client,
-    /// Endpoint URLs, parsed once here rather than on every request (Gemini's chat URL
+    /// For a plain-http upstream behind an authenticating proxy.
+    proxy_auth: Option<HeaderValue>,
+    client: http::Client,
+    /// Endpoint URIs, parsed once here rather than on every request (Gemini's chat URI
     /// names the model, so it is built per request).
-    chat_url: reqwest::Url,
-    embeddings_url: reqwest::Url,
+    chat_uri: Uri,
+    embeddings_uri: Uri,
+}
+
+/// An upstream's answer (status 2xx, headers received), with the deadline for its body.
+#[derive(Debug)]
+pub struct Upstream {
+    pub response: http::Response,
+    /// When the total timeout runs out.
+    pub deadline: tokio::time::Instant,
+}
+
+impl Upstream {
+    pub fn headers(&self) -> &axum::http::HeaderMap {
+        self.response.headers()
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.response.status()
+    }
 }
 
 /// The upstream endpoints Bourse calls.
@@ -79,15 +101,7 @@ static X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
 
 impl Provider {
     pub fn new(cfg: &ProviderConfig) -> Result<Provider, String> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(cfg.timeouts.connect)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            // Sized for bursts of concurrent streams to one vendor.
-            .pool_max_idle_per_host(256)
-            .user_agent(concat!("bourse/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("providers.{}: cannot build HTTP client: {e}", cfg.id))?;
+        let client = http::Client::new(cfg.timeouts.connect);
         let auth = match &cfg.api_key {
             Some(key) => {
                 let (name, value) = match cfg.preset.auth {
@@ -104,8 +118,7 @@ impl Provider {
             None => None,
         };
         let url = |path: &str| {
-            reqwest::Url::parse(&format!("{}{path}", cfg.base_url))
-                .map_err(|e| format!("providers.{}.base_url: {e}", cfg.id))
+            format!("{}{path}", cfg.base_url).parse::<Uri>().map_err(|e| format!("providers.{}.base_url: {e}", cfg.id))
         };
         let chat_path = match cfg.preset.dialect {
             Dialect::OpenAi => "/chat/completions",
@@ -113,9 +126,11 @@ impl Provider {
             // Checked here once; the real URL is built per request.
             Dialect::Gemini => "/models/m:generateContent",
         };
+        let chat_uri = url(chat_path)?;
         Ok(Provider {
-            chat_url: url(chat_path)?,
-            embeddings_url: url("/embeddings")?,
+            proxy_auth: client.proxy_authorization(&chat_uri),
+            chat_uri,
+            embeddings_uri: url("/embeddings")?,
             id: cfg.id.clone(),
             kind: cfg.preset.name,
             vendor: cfg.preset.vendor,
@@ -132,7 +147,7 @@ impl Provider {
 
     /// POST a JSON body to an endpoint. Returns once response headers arrive (within
     /// the first-byte timeout); a non-2xx answer is read and classified into an [`Error`].
-    pub async fn post_json(&self, endpoint: Endpoint<'_>, body: Vec<u8>) -> Result<reqwest::Response, Error> {
+    pub async fn post_json(&self, endpoint: Endpoint<'_>, body: Vec<u8>) -> Result<Upstream, Error> {
         self.post_json_with(endpoint, body, None).await
     }
 
@@ -142,35 +157,39 @@ impl Provider {
         endpoint: Endpoint<'_>,
         body: Vec<u8>,
         extra: Option<(HeaderName, HeaderValue)>,
-    ) -> Result<reqwest::Response, Error> {
-        let url = match (endpoint, self.dialect) {
+    ) -> Result<Upstream, Error> {
+        let deadline = tokio::time::Instant::now() + self.timeouts.total;
+        let uri = match (endpoint, self.dialect) {
             (Endpoint::Chat { model, stream }, Dialect::Gemini) => {
-                let url = format!("{}{}", self.base_url, gemini::endpoint_path(model, stream));
-                reqwest::Url::parse(&url).map_err(|e| {
+                let uri = format!("{}{}", self.base_url, gemini::endpoint_path(model, stream));
+                uri.parse::<Uri>().map_err(|e| {
                     Error::invalid("model", format!("model '{model}' does not fit in a Gemini URL: {e}"))
                 })?
             }
-            (Endpoint::Chat { .. }, _) => self.chat_url.clone(),
-            (Endpoint::Embeddings, _) => self.embeddings_url.clone(),
+            (Endpoint::Chat { .. }, _) => self.chat_uri.clone(),
+            (Endpoint::Embeddings, _) => self.embeddings_uri.clone(),
         };
-        let mut req = self
-            .client
-            .post(url)
-            .timeout(self.timeouts.total)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(body);
+        let mut req = axum::http::Request::post(uri)
+            .header(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(header::USER_AGENT, HeaderValue::from_static(concat!("bourse/", env!("CARGO_PKG_VERSION"))))
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot build the upstream request: {e}")))?;
+        let headers = req.headers_mut();
         if let Some((name, value)) = &self.auth {
-            req = req.header(name.clone(), value.clone());
+            headers.insert(name.clone(), value.clone());
+        }
+        if let Some(value) = &self.proxy_auth {
+            headers.insert(header::PROXY_AUTHORIZATION, value.clone());
         }
         if self.dialect == Dialect::Anthropic {
-            req = req.header(ANTHROPIC_VERSION.clone(), HeaderValue::from_static("2023-06-01"));
+            headers.insert(ANTHROPIC_VERSION.clone(), HeaderValue::from_static("2023-06-01"));
         }
         if let Some((name, value)) = extra {
-            req = req.header(name, value);
+            headers.insert(name, value);
         }
-        let resp = match tokio::time::timeout(self.timeouts.first_byte, req.send()).await {
+        let response = match tokio::time::timeout(self.timeouts.first_byte, self.client.request(req)).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return Err(self.transport_error(&e)),
+            Ok(Err(e)) => return Err(self.request_error(&e)),
             Err(_) => {
                 return Err(Error::new(
                     ErrorKind::UpstreamTimeout,
@@ -178,20 +197,33 @@ impl Provider {
                 ))
             }
         };
-        if resp.status().is_success() {
-            return Ok(resp);
+        let upstream = Upstream { response, deadline };
+        if upstream.status().is_success() {
+            return Ok(upstream);
         }
-        Err(self.status_error(resp).await)
+        Err(self.status_error(upstream).await)
     }
 
-    /// Map a transport failure (connect, TLS, timeout, broken body) to the taxonomy.
-    pub fn transport_error(&self, e: &reqwest::Error) -> Error {
-        if e.is_timeout() {
-            Error::new(
-                ErrorKind::UpstreamTimeout,
-                format!("provider {} did not finish within {:?}", self.id, self.timeouts.total),
-            )
-        } else if e.is_connect() {
+    /// Read a whole (non-streamed) body, within the total timeout.
+    pub async fn read_body(&self, upstream: Upstream) -> Result<Bytes, Error> {
+        match tokio::time::timeout_at(upstream.deadline, upstream.response.into_body().collect()).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(e)) => Err(self.body_error(&e)),
+            Err(_) => Err(self.total_timeout()),
+        }
+    }
+
+    /// The total timeout ran out while the body was still coming.
+    pub fn total_timeout(&self) -> Error {
+        Error::new(
+            ErrorKind::UpstreamTimeout,
+            format!("provider {} did not finish within {:?}", self.id, self.timeouts.total),
+        )
+    }
+
+    /// A request that got no response: connect, TLS or a connection closed before headers.
+    fn request_error(&self, e: &hyper_util::client::legacy::Error) -> Error {
+        if e.is_connect() {
             Error::new(
                 ErrorKind::UpstreamUnreachable,
                 format!("cannot connect to provider {}: {}", self.id, root_cause(e)),
@@ -204,13 +236,19 @@ impl Provider {
         }
     }
 
-    async fn status_error(&self, resp: reqwest::Response) -> Error {
-        let status = resp.status().as_u16();
-        let retry_after = resp.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
+    /// The body broke off (connection reset, malformed framing).
+    pub fn body_error(&self, e: &hyper::Error) -> Error {
+        Error::new(ErrorKind::UpstreamUnreachable, format!("provider {} connection failed: {}", self.id, root_cause(e)))
+    }
+
+    async fn status_error(&self, upstream: Upstream) -> Error {
+        let status = upstream.status().as_u16();
+        let retry_after = upstream.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
         // An error body is small; cap what we read so a hostile upstream cannot balloon memory.
-        let body = match tokio::time::timeout(self.timeouts.first_byte, resp.bytes()).await {
-            Ok(Ok(b)) => b.slice(..b.len().min(64 * 1024)),
-            _ => Default::default(),
+        let limited = Limited::new(upstream.response.into_body(), 64 * 1024).collect();
+        let body = match tokio::time::timeout(self.timeouts.first_byte, limited).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            _ => Bytes::new(),
         };
         let vendor = match self.dialect {
             Dialect::OpenAi => openai::parse_vendor_error(&body),
@@ -236,7 +274,7 @@ pub fn classify(status: u16, vendor: &VendorError, quirks: &Quirks) -> UpstreamS
     UpstreamStatus { status, vendor_type: vendor.kind.clone(), vendor_code: vendor.code.clone(), exhausted, retryable }
 }
 
-fn root_cause(e: &reqwest::Error) -> String {
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut source: &dyn std::error::Error = e;
     while let Some(next) = source.source() {
         source = next;

@@ -20,10 +20,13 @@ use crate::dialect::openai::{chunk_has_usage, usage_chunk, with_empty_choices};
 use crate::dialect::{Decode, Encode};
 use crate::error::{Error, ErrorKind};
 use crate::provider::Provider;
+use crate::provider::Upstream;
 use crate::sse::{self, Item, Parser};
 use bytes::{Bytes, BytesMut};
-use futures_util::stream::{BoxStream, Stream, StreamExt};
+use futures_util::stream::Stream;
+use hyper::body::Body as _;
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -75,7 +78,9 @@ pub type OnEnd = Box<dyn FnOnce(StreamSummary) -> Option<Bytes> + Send>;
 const MAX_KEPT_BYTES: usize = 8 * 1024 * 1024;
 
 pub struct StreamRelay {
-    inner: BoxStream<'static, reqwest::Result<Bytes>>,
+    body: hyper::body::Incoming,
+    /// The provider's total timeout, for the whole stream.
+    deadline: Pin<Box<tokio::time::Sleep>>,
     provider: Arc<Provider>,
     parser: Parser,
     items: Vec<Item>,
@@ -93,10 +98,11 @@ pub struct StreamRelay {
 }
 
 impl StreamRelay {
-    pub fn new(resp: reqwest::Response, provider: Arc<Provider>, mode: Mode, on_end: Option<OnEnd>) -> Self {
+    pub fn new(upstream: Upstream, provider: Arc<Provider>, mode: Mode, on_end: Option<OnEnd>) -> Self {
         let think = matches!(mode, Mode::OpenAi { .. }) && provider.quirks.think_tags_in_content;
         StreamRelay {
-            inner: resp.bytes_stream().boxed(),
+            body: upstream.response.into_body(),
+            deadline: Box::pin(tokio::time::sleep_until(upstream.deadline)),
             parser: Parser::new(),
             items: Vec::new(),
             mode,
@@ -269,7 +275,22 @@ impl Stream for StreamRelay {
             return Poll::Ready(None);
         }
         loop {
-            match this.inner.poll_next_unpin(cx) {
+            // The deadline is checked only when the body has nothing to give, so a stream
+            // that is flowing is never cut between two ready chunks.
+            let polled = match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Pending if this.deadline.as_mut().poll(cx).is_ready() => {
+                    Poll::Ready(Some(Err(this.provider.total_timeout())))
+                }
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => Poll::Ready(Some(Ok(data))),
+                    // Trailers carry nothing a client of these APIs reads.
+                    Err(_) => continue,
+                },
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(this.provider.body_error(&e)))),
+                Poll::Ready(None) => Poll::Ready(None),
+            };
+            match polled {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => {
                     this.parser.feed(&chunk, &mut this.items);
@@ -288,8 +309,7 @@ impl Stream for StreamRelay {
                         return Poll::Ready(Some(Ok(out.freeze())));
                     }
                 }
-                Poll::Ready(Some(Err(e))) => {
-                    let err: Error = this.provider.transport_error(&e);
+                Poll::Ready(Some(Err(err))) => {
                     let msg = format!("the upstream stream broke: {}", err.message);
                     let err = Error { message: msg.clone(), ..err };
                     let mut out = BytesMut::new();

@@ -196,6 +196,58 @@ async fn upstream_requests_honour_http_proxy() {
     child.kill().await.unwrap();
 }
 
+/// An https upstream behind `HTTPS_PROXY` is reached through a `CONNECT` tunnel to its
+/// host and port, with the proxy's credentials from the proxy URL (TLS then runs inside the
+/// tunnel, end to end; this fake proxy refuses the tunnel, so the request ends in a 502).
+#[tokio::test]
+async fn https_upstreams_tunnel_through_https_proxy() {
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = proxy.local_addr().unwrap();
+    let seen = tokio::spawn(async move {
+        let (mut sock, _) = proxy.accept().await.unwrap();
+        let mut buf = vec![0u8; 8192];
+        let mut got = Vec::new();
+        loop {
+            let n = sock.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+            if n == 0 || got.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        let refuse = "HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+        tokio::io::AsyncWriteExt::write_all(&mut sock, refuse.as_bytes()).await.unwrap();
+        String::from_utf8_lossy(&got).to_string()
+    });
+    let cfg = write_config(&format!(
+        "[storage]\nledger = false\n[providers.far]\nkind = \"openai-compatible\"\nbase_url = \"https://llm.bourse-test.invalid/v1\"\n{}",
+        price("far/m", 1.0, 1.0)
+    ));
+    let (mut child, url) = serve(
+        bourse()
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&cfg.0)
+            .env("HTTPS_PROXY", format!("http://user:pass@{proxy_addr}")),
+    )
+    .await;
+    let resp = client()
+        .post(format!("{url}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(chat_body("far/m").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let request = seen.await.unwrap();
+    let mut lines = request.lines();
+    assert_eq!(lines.next(), Some("CONNECT llm.bourse-test.invalid:443 HTTP/1.1"), "{request}");
+    // "user:pass" in base64.
+    assert!(
+        request.to_ascii_lowercase().contains("proxy-authorization: basic dxnlcjpwyxnz"),
+        "the proxy's credentials travel with the CONNECT: {request}"
+    );
+    child.kill().await.unwrap();
+}
+
 #[tokio::test]
 async fn sigterm_flushes_every_ledger_row() {
     const N: usize = 200;

@@ -13,7 +13,7 @@ use crate::dialect::{anthropic, gemini, Decode, Encode};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ledger::{LedgerEntry, Writer};
 use crate::meter::{estimate, Cost};
-use crate::provider::Endpoint;
+use crate::provider::{Endpoint, Upstream};
 use crate::relay::{Mode, OnEnd, StreamEnd, StreamRelay, StreamSummary};
 use crate::route::health::Availability;
 use crate::route::{Overrides, Target};
@@ -75,9 +75,9 @@ pub(crate) fn json_response(status: StatusCode, body: Bytes) -> Response {
     resp
 }
 
-pub(crate) async fn read_upstream_body(target: &Target, resp: reqwest::Response) -> Result<(StatusCode, Bytes)> {
-    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::OK);
-    let bytes = resp.bytes().await.map_err(|e| target.provider.transport_error(&e))?;
+pub(crate) async fn read_upstream_body(target: &Target, resp: Upstream) -> Result<(StatusCode, Bytes)> {
+    let status = resp.status();
+    let bytes = target.provider.read_body(resp).await?;
     // DeepSeek holds queued non-streaming requests open with blank lines: they are not
     // part of the JSON, so trim them rather than relay a body that starts with newlines.
     let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
