@@ -6,39 +6,29 @@
 //! gateway key may come as `x-api-key` (what Anthropic SDKs send) or as a bearer token.
 //! Errors use Anthropic's shape, `{"type":"error","error":{"type","message"}}`.
 
-use super::chat::{self, caller, read_json_body};
+use super::chat::{self, read_json_body, split};
 use crate::dialect::anthropic;
 use crate::error::{AnthropicError, Error};
 use crate::route::Overrides;
-use crate::server::{KeyId, RequestId, SharedState};
-use axum::body::Body;
-use axum::extract::{Extension, State};
-use axum::http::HeaderMap;
+use crate::server::SharedState;
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-pub async fn messages(
-    State(state): State<SharedState>,
-    rid: Option<Extension<RequestId>>,
-    key: Option<Extension<KeyId>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, AnthropicError> {
-    let body = read_json_body(&headers, body, state.max_body_bytes).await?;
+pub async fn messages(State(state): State<SharedState>, req: Request) -> Result<Response, AnthropicError> {
+    let (parts, body, caller) = split(req);
+    let body = read_json_body(&parts.headers, body, state.max_body_bytes).await?;
     let req = anthropic::parse_request(&body)?;
-    let overrides = Overrides::from_headers(&headers)?;
-    Ok(chat::exchange(&state, caller(rid, key), req, &overrides, &headers).await)
+    let overrides = Overrides::from_headers(&parts.headers)?;
+    Ok(chat::exchange(&state, caller, req, &overrides, &parts.headers).await)
 }
 
 /// An estimate of the prompt's input tokens, counted locally with a BPE tokenizer
 /// (o200k_base): close for most models, not the upstream's exact count, and free — no
 /// upstream is called. `max_tokens` is not required here, as with Anthropic's endpoint.
-pub async fn count_tokens(
-    State(state): State<SharedState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, AnthropicError> {
-    let body = read_json_body(&headers, body, state.max_body_bytes).await?;
+pub async fn count_tokens(State(state): State<SharedState>, req: Request) -> Result<Response, AnthropicError> {
+    let (parts, body, _) = split(req);
+    let body = read_json_body(&parts.headers, body, state.max_body_bytes).await?;
     let mut value: Value = serde_json::from_slice(&body).map_err(|e| {
         Error::new(crate::error::ErrorKind::InvalidJson, format!("the request body is not valid JSON: {e}"))
     })?;

@@ -19,7 +19,6 @@ use crate::route::health::Availability;
 use crate::route::{Overrides, Target};
 use crate::server::{KeyId, RequestId, SharedState};
 use axum::body::{Body, Bytes};
-use axum::extract::Extension;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -98,8 +97,16 @@ pub(crate) struct Caller {
     key_id: Option<String>,
 }
 
-pub(crate) fn caller(rid: Option<Extension<RequestId>>, key: Option<Extension<KeyId>>) -> Caller {
-    Caller { request_id: rid.map(|r| r.0 .0.to_string()).unwrap_or_default(), key_id: key.map(|k| k.0 .0.to_string()) }
+/// A request's head and body, and who sent it (the ids the edge and auth layers left).
+/// Handlers take the whole request rather than separate extractors: a `HeaderMap`
+/// extractor would copy every header of every request.
+pub(crate) fn split(req: axum::extract::Request) -> (axum::http::request::Parts, Body, Caller) {
+    let (parts, body) = req.into_parts();
+    let caller = Caller {
+        request_id: parts.extensions.get::<RequestId>().map(|r| r.0.to_string()).unwrap_or_default(),
+        key_id: parts.extensions.get::<KeyId>().map(|k| k.0.to_string()),
+    };
+    (parts, body, caller)
 }
 
 /// One upstream attempt, from start to settlement.

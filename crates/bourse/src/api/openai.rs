@@ -1,8 +1,8 @@
 //! The OpenAI-compatible surface: `/v1/chat/completions`, `/v1/embeddings`, `/v1/models`.
 
 use super::chat::{
-    self, caller, error_response, json_response, money_headers, not_json, provenance, read_json_body,
-    read_upstream_body, Attempt,
+    self, error_response, json_response, money_headers, not_json, provenance, read_json_body, read_upstream_body,
+    split, Attempt,
 };
 use crate::canonical::{Dialect, Usage};
 use crate::dialect::openai::{self as wire, parse_chat_request, parse_embeddings_request};
@@ -10,10 +10,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::meter::estimate;
 use crate::provider::Endpoint;
 use crate::route::Overrides;
-use crate::server::{KeyId, RequestId, SharedState};
-use axum::body::Body;
-use axum::extract::{Extension, Path, State};
-use axum::http::HeaderMap;
+use crate::server::SharedState;
+use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
@@ -21,32 +19,22 @@ pub use super::chat::{
     X_BOURSE_COST, X_BOURSE_MODEL, X_BOURSE_PROVIDER, X_BOURSE_REFERENCE_COST, X_BOURSE_ROUTE_REASON, X_BOURSE_SAVED,
 };
 
-pub async fn chat_completions(
-    State(state): State<SharedState>,
-    rid: Option<Extension<RequestId>>,
-    key: Option<Extension<KeyId>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response> {
-    let body = read_json_body(&headers, body, state.max_body_bytes).await?;
+pub async fn chat_completions(State(state): State<SharedState>, req: Request) -> Result<Response> {
+    let (parts, body, caller) = split(req);
+    let body = read_json_body(&parts.headers, body, state.max_body_bytes).await?;
     let req = parse_chat_request(&body)?;
-    let overrides = Overrides::from_headers(&headers)?;
-    Ok(chat::exchange(&state, caller(rid, key), req, &overrides, &headers).await)
+    let overrides = Overrides::from_headers(&parts.headers)?;
+    Ok(chat::exchange(&state, caller, req, &overrides, &parts.headers).await)
 }
 
-pub async fn embeddings(
-    State(state): State<SharedState>,
-    rid: Option<Extension<RequestId>>,
-    key: Option<Extension<KeyId>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response> {
-    let body = read_json_body(&headers, body, state.max_body_bytes).await?;
+pub async fn embeddings(State(state): State<SharedState>, req: Request) -> Result<Response> {
+    let (parts, body, caller) = split(req);
+    let body = read_json_body(&parts.headers, body, state.max_body_bytes).await?;
     let mut req = parse_embeddings_request(&body)?;
     let target = state.providers.resolve(&req.model)?;
     state.meter.priced(&target.provider.id, target.provider.vendor, &target.upstream_model)?;
     let upstream_body = wire::upstream_embeddings_body(&mut req, &target.upstream_model);
-    let mut attempt = Attempt::start(&state, caller(rid, key), &target, false, 1, None, None);
+    let mut attempt = Attempt::start(&state, caller, &target, false, 1, None, None);
     let resp = match target.provider.post_json(Endpoint::Embeddings, upstream_body).await {
         Ok(r) => r,
         Err(e) => return Ok(error_response(attempt.fail(e).await, &target, Dialect::OpenAi)),
