@@ -155,7 +155,6 @@ fn new_request_id() -> String {
 
 /// Outermost layer: request id and access log.
 async fn edge(mut req: Request, next: Next) -> Response {
-    let start = Instant::now();
     let id: Arc<str> = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -163,15 +162,18 @@ async fn edge(mut req: Request, next: Next) -> Response {
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(Arc::from)
         .unwrap_or_else(|| Arc::from(new_request_id()));
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // The access line is at debug: copy what it needs only when it will be written.
+    let logged = tracing::enabled!(tracing::Level::DEBUG)
+        .then(|| (Instant::now(), req.method().clone(), req.uri().path().to_string()));
     req.extensions_mut().insert(RequestId(id.clone()));
     let mut resp = next.run(req).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
     }
-    let error = resp.extensions().get::<ErrorLabel>().map(|l| l.0).unwrap_or("");
-    tracing::debug!(request_id = %id, %method, path, status = resp.status().as_u16(), error, elapsed_us = start.elapsed().as_micros() as u64, "request");
+    if let Some((start, method, path)) = logged {
+        let error = resp.extensions().get::<ErrorLabel>().map(|l| l.0).unwrap_or("");
+        tracing::debug!(request_id = %id, %method, path, status = resp.status().as_u16(), error, elapsed_us = start.elapsed().as_micros() as u64, "request");
+    }
     resp
 }
 
