@@ -8,6 +8,8 @@
 # Environment:
 #   BENCH_SECONDS=10         measured wrk duration per (path, connections)
 #   BENCH_WARMUP_SECONDS=2   wrk warm-up before each measured run
+#   BENCH_ROUNDS=3           rounds over every (connections, path) cell, paths interleaved; the
+#                            report takes each cell's median round (a shared machine has slow spells)
 #   BENCH_CONNS="1 16 64"    connection counts
 #   BENCH_TTFB_N=200         sequential streaming requests per path for TTFB
 #   BENCH_LABEL=             free text naming this run (e.g. "ledger off"), shown in the report
@@ -34,6 +36,7 @@ cd "$ROOT"
 
 BENCH_SECONDS="${BENCH_SECONDS:-10}"
 BENCH_WARMUP_SECONDS="${BENCH_WARMUP_SECONDS:-2}"
+BENCH_ROUNDS="${BENCH_ROUNDS:-3}"
 BENCH_CONNS="${BENCH_CONNS:-1 16 64}"
 BENCH_TTFB_N="${BENCH_TTFB_N:-200}"
 BENCH_LABEL="${BENCH_LABEL:-}"
@@ -147,12 +150,17 @@ start_bourse() { # start_bourse NAME EXTRA_TOML
   local name=$1 extra=$2 port
   port=$(free_port)
   # Bourse routes only to priced models; the price (gpt-4o-mini's) makes metering do real
-  # work. The ledger stays at its default (SQLite next to this file) unless $extra says otherwise.
+  # work. The ledger is SQLite in a file of this variant's own unless $extra says otherwise.
   {
     printf '[providers.sim]\nkind = "openai-compatible"\nbase_url = "http://127.0.0.1:%s/v1"\n\n' "$SIM_PORT"
     # quality 1400 ("strong") lets the `auto` route choose it in the bourse-auto variant.
     printf '[models."sim/sim-small"]\ninput = 0.15\noutput = 0.60\nquality = 1400\n'
     [ -z "$extra" ] || printf '\n%s\n' "$extra"
+    # Its own ledger file: variants sharing one would each measure the other's rows too.
+    case "$extra" in
+      *"[storage]"*) ;;
+      *) printf '\n[storage]\nurl = "sqlite:%s"\n' "$WORK/$name.db" ;;
+    esac
   } >"$WORK/$name.toml"
   BOURSE_CONFIGS+=("$name.toml")
   spawn "$name" "$BIN/bourse" serve --config "$WORK/$name.toml" --listen "127.0.0.1:$port"
@@ -316,9 +324,12 @@ log "paths: $(for p in "${PATHS[@]}"; do printf '%s=%s ' "$p" "${URL[$p]}"; done
 LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- measure
-for c in $BENCH_CONNS; do
-  for p in "${PATHS[@]}"; do
-    run_wrk "$p" "$c"
+for round in $(seq 1 "$BENCH_ROUNDS"); do
+  [ "$BENCH_ROUNDS" = 1 ] || log "round $round of $BENCH_ROUNDS"
+  for c in $BENCH_CONNS; do
+    for p in "${PATHS[@]}"; do
+      run_wrk "$p" "$c"
+    done
   done
 done
 
@@ -370,6 +381,7 @@ json.dump({
     "bourse_configs": {p[:-5]: open("$WORK/" + p).read().replace("$SIM_PORT", "SIM_PORT") for p in "${BOURSE_CONFIGS[*]}".split()},
     "seconds": $BENCH_SECONDS,
     "warmup_seconds": $BENCH_WARMUP_SECONDS,
+    "rounds": $BENCH_ROUNDS,
     "ttfb_n": $BENCH_TTFB_N,
     "clk_tck": $CLK_TCK,
     "quiet_cores": $BENCH_QUIET_CORES,
