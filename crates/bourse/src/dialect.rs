@@ -16,6 +16,7 @@ use crate::canonical::Delta;
 use crate::error::Error;
 use crate::sse;
 use bytes::BytesMut;
+use serde_json::Value;
 
 /// Upstream stream events → canonical deltas. Stateful: one per stream.
 pub trait Decode: Send {
@@ -35,4 +36,33 @@ pub trait Encode: Send {
     fn finish(&mut self, out: &mut BytesMut);
     /// The stream broke: an error event in the dialect's shape (no clean ending follows).
     fn error(&mut self, e: &Error, out: &mut BytesMut);
+}
+
+/// The JSON shape a request field must have; validators in each dialect word the mismatch
+/// their own way.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Shape {
+    Bool,
+    Number,
+    Integer,
+    String,
+    Object,
+    Array,
+    StringOrArray,
+    StringOrObject,
+}
+
+impl Shape {
+    pub(crate) fn matches(self, v: &Value) -> bool {
+        match self {
+            Shape::Bool => v.is_boolean(),
+            Shape::Number => v.is_number(),
+            Shape::Integer => v.is_i64() || v.is_u64(),
+            Shape::String => v.is_string(),
+            Shape::Object => v.is_object(),
+            Shape::Array => v.is_array(),
+            Shape::StringOrArray => v.is_string() || v.is_array(),
+            Shape::StringOrObject => v.is_string() || v.is_object(),
+        }
+    }
 }

@@ -150,11 +150,11 @@ async fn sigterm_finishes_in_flight_streams_then_exits() {
     assert!(client().get(format!("{url}/healthz")).send().await.is_err());
 }
 
-#[tokio::test]
-async fn upstream_requests_honour_http_proxy() {
-    // A one-shot forward proxy that answers for any absolute-form request it receives.
+/// A one-shot fake proxy: accepts one connection, reads the request head, answers `reply`,
+/// and hands back what it received.
+async fn one_shot_proxy(reply: String) -> (std::net::SocketAddr, tokio::task::JoinHandle<String>) {
     let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy_addr = proxy.local_addr().unwrap();
+    let addr = proxy.local_addr().unwrap();
     let seen = tokio::spawn(async move {
         let (mut sock, _) = proxy.accept().await.unwrap();
         let mut buf = vec![0u8; 8192];
@@ -166,11 +166,21 @@ async fn upstream_requests_honour_http_proxy() {
                 break;
             }
         }
-        let body = r#"{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"via proxy"},"finish_reason":"stop"}]}"#;
-        let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
-        tokio::io::AsyncWriteExt::write_all(&mut sock, resp.as_bytes()).await.unwrap();
-        String::from_utf8_lossy(&got).lines().next().unwrap_or_default().to_string()
+        tokio::io::AsyncWriteExt::write_all(&mut sock, reply.as_bytes()).await.unwrap();
+        String::from_utf8_lossy(&got).to_string()
     });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn upstream_requests_honour_http_proxy() {
+    // A one-shot forward proxy that answers for any absolute-form request it receives.
+    let body = r#"{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"via proxy"},"finish_reason":"stop"}]}"#;
+    let (proxy_addr, seen) = one_shot_proxy(format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+    .await;
     let cfg = write_config(&format!(
         "[storage]\nledger = false\n[providers.far]\nkind = \"openai-compatible\"\nbase_url = \"http://llm.bourse-test.invalid/v1\"\n{}",
         price("far/m", 1.0, 1.0)
@@ -191,8 +201,8 @@ async fn upstream_requests_honour_http_proxy() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert!(resp.text().await.unwrap().contains("via proxy"));
-    let request_line = seen.await.unwrap();
-    assert_eq!(request_line, "POST http://llm.bourse-test.invalid/v1/chat/completions HTTP/1.1");
+    let request = seen.await.unwrap();
+    assert_eq!(request.lines().next(), Some("POST http://llm.bourse-test.invalid/v1/chat/completions HTTP/1.1"));
     child.kill().await.unwrap();
 }
 
@@ -201,23 +211,8 @@ async fn upstream_requests_honour_http_proxy() {
 /// tunnel, end to end; this fake proxy refuses the tunnel, so the request ends in a 502).
 #[tokio::test]
 async fn https_upstreams_tunnel_through_https_proxy() {
-    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy_addr = proxy.local_addr().unwrap();
-    let seen = tokio::spawn(async move {
-        let (mut sock, _) = proxy.accept().await.unwrap();
-        let mut buf = vec![0u8; 8192];
-        let mut got = Vec::new();
-        loop {
-            let n = sock.read(&mut buf).await.unwrap();
-            got.extend_from_slice(&buf[..n]);
-            if n == 0 || got.windows(4).any(|w| w == b"\r\n\r\n") {
-                break;
-            }
-        }
-        let refuse = "HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
-        tokio::io::AsyncWriteExt::write_all(&mut sock, refuse.as_bytes()).await.unwrap();
-        String::from_utf8_lossy(&got).to_string()
-    });
+    let refuse = "HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+    let (proxy_addr, seen) = one_shot_proxy(refuse.to_string()).await;
     let cfg = write_config(&format!(
         "[storage]\nledger = false\n[providers.far]\nkind = \"openai-compatible\"\nbase_url = \"https://llm.bourse-test.invalid/v1\"\n{}",
         price("far/m", 1.0, 1.0)

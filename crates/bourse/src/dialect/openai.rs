@@ -8,6 +8,7 @@ pub mod think;
 pub mod translate;
 
 use crate::canonical::{ChatRequest, Dialect, EmbeddingsRequest, Needs, Usage};
+use crate::dialect::Shape;
 use crate::error::{Error, ErrorKind, Result};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -35,33 +36,10 @@ fn wrong(param: &str, expected: &str, got: &Value) -> Error {
     Error::invalid(param, format!("'{param}' must be {expected}, got {}", type_name(got)))
 }
 
-/// Expected JSON shapes of optional fields; `null` is always accepted for them.
-#[derive(Clone, Copy)]
-enum Shape {
-    Bool,
-    Number,
-    Integer,
-    String,
-    Object,
-    Array,
-    StringOrArray,
-    StringOrObject,
-}
-
 fn check(map: &Map<String, Value>, key: &str, shape: Shape) -> Result<()> {
+    // `null` is always accepted for optional fields.
     let Some(v) = map.get(key) else { return Ok(()) };
-    let ok = match shape {
-        _ if v.is_null() => true,
-        Shape::Bool => v.is_boolean(),
-        Shape::Number => v.is_number(),
-        Shape::Integer => v.is_i64() || v.is_u64(),
-        Shape::String => v.is_string(),
-        Shape::Object => v.is_object(),
-        Shape::Array => v.is_array(),
-        Shape::StringOrArray => v.is_string() || v.is_array(),
-        Shape::StringOrObject => v.is_string() || v.is_object(),
-    };
-    if ok {
+    if v.is_null() || shape.matches(v) {
         return Ok(());
     }
     let expected = match shape {

@@ -6,6 +6,7 @@ use crate::canonical::{
     ChatRequest, Conversation, Dialect, ImageSource, Message, Needs, Part, ResponseFormat, Role, Text, Thinking, Tool,
     ToolChoice, JSON_TOOL,
 };
+use crate::dialect::Shape;
 use crate::error::{Error, ErrorKind, Result};
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
@@ -28,37 +29,17 @@ fn should_be(param: &str, what: &str) -> Error {
     Error::invalid(param, format!("{param}: Input should be {what}"))
 }
 
-#[derive(Clone, Copy)]
-enum Shape {
-    Bool,
-    Number,
-    Integer,
-    String,
-    Object,
-    Array,
-}
-
-impl Shape {
-    fn matches(self, v: &Value) -> bool {
-        match self {
-            Shape::Bool => v.is_boolean(),
-            Shape::Number => v.is_number(),
-            Shape::Integer => v.is_i64() || v.is_u64(),
-            Shape::String => v.is_string(),
-            Shape::Object => v.is_object(),
-            Shape::Array => v.is_array(),
-        }
-    }
-
-    fn expected(self) -> &'static str {
-        match self {
-            Shape::Bool => "a valid boolean",
-            Shape::Number => "a valid number",
-            Shape::Integer => "a valid integer",
-            Shape::String => "a valid string",
-            Shape::Object => "a valid dictionary",
-            Shape::Array => "a valid list",
-        }
+/// What Anthropic says a field should have been.
+fn expected(shape: Shape) -> &'static str {
+    match shape {
+        Shape::Bool => "a valid boolean",
+        Shape::Number => "a valid number",
+        Shape::Integer => "a valid integer",
+        Shape::String => "a valid string",
+        Shape::Object => "a valid dictionary",
+        Shape::Array => "a valid list",
+        Shape::StringOrArray => "a valid string or list",
+        Shape::StringOrObject => "a valid string or dictionary",
     }
 }
 
@@ -75,7 +56,7 @@ fn optional<'a>(obj: &'a Map<String, Value>, key: &str, base: &str, shape: Shape
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) if shape.matches(v) => Ok(Some(v)),
-        Some(_) => Err(should_be(&path(base, key), shape.expected())),
+        Some(_) => Err(should_be(&path(base, key), expected(shape))),
     }
 }
 
@@ -84,7 +65,7 @@ fn required<'a>(obj: &'a Map<String, Value>, key: &str, base: &str, shape: Shape
     match obj.get(key) {
         None => Err(field_required(&path(base, key))),
         Some(v) if shape.matches(v) => Ok(v),
-        Some(_) => Err(should_be(&path(base, key), shape.expected())),
+        Some(_) => Err(should_be(&path(base, key), expected(shape))),
     }
 }
 
