@@ -150,6 +150,28 @@ async fn sigterm_finishes_in_flight_streams_then_exits() {
     assert!(client().get(format!("{url}/healthz")).send().await.is_err());
 }
 
+/// One chat request through a gateway whose only provider is at `base` and whose
+/// environment sets `var` (a proxy variable) to `proxy`; returns the status and body.
+async fn chat_via_proxy(base: &str, var: &str, proxy: String) -> (u16, String) {
+    let cfg = write_config(&format!(
+        "[storage]\nledger = false\n[providers.far]\nkind = \"openai-compatible\"\nbase_url = \"{base}\"\n{}",
+        price("far/m", 1.0, 1.0)
+    ));
+    let (mut child, url) =
+        serve(bourse().args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&cfg.0).env(var, proxy)).await;
+    let resp = client()
+        .post(format!("{url}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(chat_body("far/m").to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    child.kill().await.unwrap();
+    (status, text)
+}
+
 /// A one-shot fake proxy: accepts one connection, reads the request head, answers `reply`,
 /// and hands back what it received.
 async fn one_shot_proxy(reply: String) -> (std::net::SocketAddr, tokio::task::JoinHandle<String>) {
@@ -181,29 +203,12 @@ async fn upstream_requests_honour_http_proxy() {
         body.len()
     ))
     .await;
-    let cfg = write_config(&format!(
-        "[storage]\nledger = false\n[providers.far]\nkind = \"openai-compatible\"\nbase_url = \"http://llm.bourse-test.invalid/v1\"\n{}",
-        price("far/m", 1.0, 1.0)
-    ));
-    let (mut child, url) = serve(
-        bourse()
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&cfg.0)
-            .env("HTTP_PROXY", format!("http://{proxy_addr}")),
-    )
-    .await;
-    let resp = client()
-        .post(format!("{url}/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(chat_body("far/m").to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert!(resp.text().await.unwrap().contains("via proxy"));
+    let (status, text) =
+        chat_via_proxy("http://llm.bourse-test.invalid/v1", "HTTP_PROXY", format!("http://{proxy_addr}")).await;
+    assert_eq!(status, 200);
+    assert!(text.contains("via proxy"), "{text}");
     let request = seen.await.unwrap();
     assert_eq!(request.lines().next(), Some("POST http://llm.bourse-test.invalid/v1/chat/completions HTTP/1.1"));
-    child.kill().await.unwrap();
 }
 
 /// An https upstream behind `HTTPS_PROXY` is reached through a `CONNECT` tunnel to its
@@ -213,25 +218,10 @@ async fn upstream_requests_honour_http_proxy() {
 async fn https_upstreams_tunnel_through_https_proxy() {
     let refuse = "HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
     let (proxy_addr, seen) = one_shot_proxy(refuse.to_string()).await;
-    let cfg = write_config(&format!(
-        "[storage]\nledger = false\n[providers.far]\nkind = \"openai-compatible\"\nbase_url = \"https://llm.bourse-test.invalid/v1\"\n{}",
-        price("far/m", 1.0, 1.0)
-    ));
-    let (mut child, url) = serve(
-        bourse()
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&cfg.0)
-            .env("HTTPS_PROXY", format!("http://user:pass@{proxy_addr}")),
-    )
-    .await;
-    let resp = client()
-        .post(format!("{url}/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(chat_body("far/m").to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 502);
+    let (status, text) =
+        chat_via_proxy("https://llm.bourse-test.invalid/v1", "HTTPS_PROXY", format!("http://user:pass@{proxy_addr}"))
+            .await;
+    assert_eq!(status, 502, "{text}");
     let request = seen.await.unwrap();
     let mut lines = request.lines();
     assert_eq!(lines.next(), Some("CONNECT llm.bourse-test.invalid:443 HTTP/1.1"), "{request}");
@@ -240,7 +230,6 @@ async fn https_upstreams_tunnel_through_https_proxy() {
         request.to_ascii_lowercase().contains("proxy-authorization: basic dxnlcjpwyxnz"),
         "the proxy's credentials travel with the CONNECT: {request}"
     );
-    child.kill().await.unwrap();
 }
 
 #[tokio::test]
