@@ -136,10 +136,10 @@ impl Router {
             }
         }
         Router {
+            health: Health::with_keys(cfg.router.health, entries.iter().map(|e| e.key.as_ref())),
             entries,
             routes: cfg.routes.clone(),
             policies: cfg.policies.clone(),
-            health: Health::new(cfg.router.health),
             max_attempts: cfg.router.max_attempts,
             failure_threshold: cfg.router.health.failure_threshold,
         }
@@ -295,18 +295,24 @@ impl Router {
     /// The `x-bourse-route-reason` text: chosen model, its expected cost, how many were
     /// feasible, and the runner-up.
     pub fn reason(&self, r: &Routed, chosen: usize, attempt: u32) -> String {
+        use std::fmt::Write as _;
         let c = &r.plan.candidates;
-        let show = |i: usize| {
+        // One buffer, written in place: this runs on every routed request.
+        let mut s = String::with_capacity(160);
+        let show = |s: &mut String, i: usize| {
             let cand = &c[i];
-            format!("{} (expected ${})", self.entries[cand.entry].key, plan::cost_of(cand.expected_pico).usd())
+            let _ =
+                write!(s, "{} (expected ${})", self.entries[cand.entry].key, plan::cost_of(cand.expected_pico).usd());
         };
-        let runner_up = c.iter().enumerate().find(|(i, _)| *i != chosen).map(|(i, _)| show(i));
-        let mut s = format!("route={} chose {}; {} feasible", r.route, show(chosen), c.len());
-        if let Some(ru) = runner_up {
-            s.push_str(&format!("; runner-up {ru}"));
+        let _ = write!(s, "route={} chose ", r.route);
+        show(&mut s, chosen);
+        let _ = write!(s, "; {} feasible", c.len());
+        if let Some(i) = (0..c.len()).find(|i| *i != chosen) {
+            s.push_str("; runner-up ");
+            show(&mut s, i);
         }
         if attempt > 1 {
-            s.push_str(&format!("; attempt {attempt} (fallback)"));
+            let _ = write!(s, "; attempt {attempt} (fallback)");
         }
         s
     }

@@ -121,8 +121,11 @@ impl Entry {
 
     fn record_success(&self, ttfb: Duration, alpha: f64) {
         // Closing drops the open flag and the count together; `open_until` is stale from
-        // here on and ignored until the next opening overwrites it.
-        self.state.store(0, Ordering::Release);
+        // here on and ignored until the next opening overwrites it. Usually it is closed
+        // already: read first, so the common case does not write a line both workers share.
+        if self.state.load(Ordering::Acquire) != 0 {
+            self.state.store(0, Ordering::Release);
+        }
         let sample = ttfb.as_secs_f64() * 1e6;
         let mut old = self.ewma_us.load(Ordering::Acquire);
         loop {
@@ -186,11 +189,20 @@ pub struct Health {
     /// Times are stored as nanoseconds since this so they fit in an `AtomicU64`.
     base: Instant,
     cooldown_ns: u64,
+    /// The keys known at start-up (every router entry), created up front so the hot path
+    /// reads them without taking any lock.
+    known: HashMap<Box<str>, Entry>,
+    /// Any other key, created on its first recorded outcome.
     entries: RwLock<HashMap<Box<str>, Entry>>,
 }
 
 impl Health {
     pub fn new(cfg: HealthConfig) -> Health {
+        Health::with_keys(cfg, std::iter::empty())
+    }
+
+    /// A tracker whose `keys` exist from the start (still healthy until told otherwise).
+    pub fn with_keys<'a>(cfg: HealthConfig, keys: impl IntoIterator<Item = &'a str>) -> Health {
         // Sanitised here rather than rejected: config validation is the config layer's job,
         // and a zero threshold or a NaN alpha must not make the breaker misbehave.
         let cfg = HealthConfig {
@@ -202,6 +214,7 @@ impl Health {
             cfg,
             base: Instant::now(),
             cooldown_ns: u64::try_from(cfg.cooldown.as_nanos()).unwrap_or(u64::MAX),
+            known: keys.into_iter().map(|k| (Box::from(k), Entry::new())).collect(),
             entries: RwLock::new(HashMap::new()),
         }
     }
@@ -243,7 +256,7 @@ impl Health {
     /// Every recorded key's state, sorted by key, for an admin view.
     pub fn snapshot(&self) -> Vec<(String, EntrySnapshot)> {
         let map = self.entries.read().unwrap_or_else(PoisonError::into_inner);
-        let mut out: Vec<_> = map.iter().map(|(k, e)| (k.to_string(), e.snapshot())).collect();
+        let mut out: Vec<_> = self.known.iter().chain(map.iter()).map(|(k, e)| (k.to_string(), e.snapshot())).collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
@@ -257,12 +270,18 @@ impl Health {
     /// Runs `f` on the key's entry if it has one, under the shared lock (no `Arc` clone, so
     /// no extra contended refcount on the hot path).
     fn with_existing<R>(&self, key: &str, f: impl FnOnce(&Entry) -> R) -> Option<R> {
+        if let Some(e) = self.known.get(key) {
+            return Some(f(e));
+        }
         let map = self.entries.read().unwrap_or_else(PoisonError::into_inner);
         map.get(key).map(f)
     }
 
     /// Runs `f` on the key's entry, creating it on first sight (the only write lock taken).
     fn with_entry<R>(&self, key: &str, f: impl FnOnce(&Entry) -> R) -> R {
+        if let Some(e) = self.known.get(key) {
+            return f(e);
+        }
         {
             let map = self.entries.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(e) = map.get(key) {
@@ -288,6 +307,29 @@ mod tests {
     fn health(failure_threshold: u32) -> (Health, Instant) {
         let h = Health::new(HealthConfig { failure_threshold, cooldown: COOLDOWN, ewma_alpha: 0.2 });
         (h, Instant::now())
+    }
+
+    /// Keys registered up front behave exactly like keys created on first outcome: they
+    /// start healthy, open at the threshold, close on success, and show in snapshots.
+    #[test]
+    fn keys_known_up_front_track_like_any_other() {
+        let cfg = HealthConfig { failure_threshold: 2, cooldown: COOLDOWN, ewma_alpha: 0.5 };
+        let h = Health::with_keys(cfg, [KEY, "other/m"]);
+        let t0 = Instant::now();
+        assert!(h.is_available(KEY, t0));
+        assert_eq!(h.snapshot().len(), 2, "known keys are listed from the start");
+        h.record_failure(KEY, t0);
+        assert!(h.is_available(KEY, t0));
+        h.record_failure(KEY, t0);
+        assert!(!h.is_available(KEY, t0), "open at the threshold");
+        assert!(h.is_available("other/m", t0), "keys are independent");
+        h.record_success(KEY, ms(100), t0);
+        h.record_success(KEY, ms(300), t0);
+        assert!(h.is_available(KEY, t0));
+        assert_eq!(h.ewma_ttfb(KEY), Some(ms(200)));
+        // An unknown key still works (created on first outcome).
+        h.record_failure("late/m", t0);
+        assert_eq!(h.snapshot().len(), 3);
     }
 
     fn secs(s: u64) -> Duration {
