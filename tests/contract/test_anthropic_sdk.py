@@ -224,6 +224,8 @@ def test_create_raw_response_headers(anthropic_client: anthropic.Anthropic, mode
     assert raw.headers.get("x-request-id")
     message = raw.parse()
     assert isinstance(message, Message)
+    # The SDK's own request id (read from `request-id`) is the gateway's.
+    assert message._request_id == raw.headers.get("x-request-id")
     assert raw.headers.get("x-bourse-cost-usd") == _cost(message.usage.input_tokens, message.usage.output_tokens)
 
 

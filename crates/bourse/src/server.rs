@@ -29,6 +29,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
 
 /// Shared, read-only state of a running gateway.
 #[derive(Debug)]
@@ -165,9 +166,14 @@ async fn edge(mut req: Request, next: Next) -> Response {
     // The access line is at debug: copy what it needs only when it will be written.
     let logged = tracing::enabled!(tracing::Level::DEBUG)
         .then(|| (Instant::now(), req.method().clone(), req.uri().path().to_string()));
+    let anthropic = client_dialect(req.uri().path()) == Dialect::Anthropic;
     req.extensions_mut().insert(RequestId(id.clone()));
     let mut resp = next.run(req).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
+        // Anthropic's SDKs read the id from `request-id` (their `_request_id`).
+        if anthropic {
+            resp.headers_mut().insert(REQUEST_ID.clone(), v.clone());
+        }
         resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
     }
     if let Some((start, method, path)) = logged {

@@ -576,6 +576,16 @@ async fn anthropic_surface_errors_and_auth() {
     let (s, v) = post_messages(&gw.url, &[version], ok_body).await;
     assert_eq!(s, 401, "{v}");
     assert_anthropic_error(&v, "authentication_error");
+    // Anthropic's SDKs read the request id from `request-id`.
+    let resp = client()
+        .post(format!("{}/v1/messages", gw.url))
+        .header("x-request-id", "req-anthropic-id")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["request-id"], "req-anthropic-id");
+    assert_eq!(resp.headers()["x-request-id"], "req-anthropic-id");
     let (s, v) = post_messages(&gw.url, &[version, ("x-api-key", "wrong")], ok_body).await;
     assert_eq!(s, 401, "{v}");
     assert_anthropic_error(&v, "authentication_error");
