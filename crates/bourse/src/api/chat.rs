@@ -16,7 +16,7 @@ use crate::meter::{estimate, Cost};
 use crate::provider::{Endpoint, Upstream};
 use crate::relay::{Mode, OnEnd, StreamEnd, StreamRelay, StreamSummary};
 use crate::route::health::Availability;
-use crate::route::{Overrides, Target};
+use crate::route::{Overrides, Routed, Target};
 use crate::server::{KeyId, RequestId, SharedState};
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -303,6 +303,26 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base / 2 + fastrand::u64(0..=base))
 }
 
+/// Where to try, in order: the ranked candidates of a route (with its plan, for the route
+/// reason), or the one target an explicit model names. Errors are the client's.
+fn tries_for(state: &SharedState, req: &ChatRequest, overrides: &Overrides) -> Result<(Vec<Try>, Option<Routed>)> {
+    let router = &state.router;
+    let Some(route) = router.route_for(&req.model, overrides)? else {
+        let target = state.providers.resolve(&req.model)?;
+        state.meter.priced(&target.provider.id, target.provider.vendor, &target.upstream_model)?;
+        return Ok((vec![Try { target: Some(target), entry: None, rank: None }], None));
+    };
+    let routed = router.plan(route, overrides, req, Instant::now())?;
+    if routed.plan.candidates.is_empty() {
+        return Err(router.no_feasible(&routed));
+    }
+    // Only indices here: targets are built for the few candidates actually tried.
+    let tries = (routed.plan.candidates.iter().enumerate())
+        .map(|(rank, c)| Try { target: None, entry: Some(c.entry), rank: Some(rank) })
+        .collect();
+    Ok((tries, Some(routed)))
+}
+
 /// Serve one chat request end to end. Every outcome, errors included, is a response in
 /// the client's dialect.
 pub(crate) async fn exchange(
@@ -314,42 +334,11 @@ pub(crate) async fn exchange(
 ) -> Response {
     let client = req.dialect;
     let router = &state.router;
-    let route = match router.route_for(&req.model, overrides) {
-        Ok(r) => r,
+    let (tries, plan) = match tries_for(state, &req, overrides) {
+        Ok(x) => x,
         Err(e) => return e.render(client),
     };
-    let mut plan = None;
-    let (tries, routed) = match route {
-        Some(route) => {
-            let routed = match router.plan(route, overrides, &req, Instant::now()) {
-                Ok(r) => r,
-                Err(e) => return e.render(client),
-            };
-            if routed.plan.candidates.is_empty() {
-                return router.no_feasible(&routed).render(client);
-            }
-            // Only indices here: targets are built for the few candidates actually tried.
-            let tries: Vec<Try> = routed
-                .plan
-                .candidates
-                .iter()
-                .enumerate()
-                .map(|(rank, c)| Try { target: None, entry: Some(c.entry), rank: Some(rank) })
-                .collect();
-            plan = Some(routed);
-            (tries, true)
-        }
-        None => {
-            let target = match state.providers.resolve(&req.model) {
-                Ok(t) => t,
-                Err(e) => return e.render(client),
-            };
-            if let Err(e) = state.meter.priced(&target.provider.id, target.provider.vendor, &target.upstream_model) {
-                return e.render(client);
-            }
-            (vec![Try { target: Some(target), entry: None, rank: None }], false)
-        }
-    };
+    let routed = plan.is_some();
     let passed = Passed::from_headers(headers);
     // Explicit models get one attempt: the client's SDK owns retries (and sees Retry-After).
     let max_attempts = if routed { router.max_attempts } else { 1 };
