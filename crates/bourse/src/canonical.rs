@@ -167,14 +167,70 @@ pub enum Part {
     },
 }
 
+/// Where an image is. Edges build it with [`ImageSource::from_url`], so a `data:` URL is
+/// always `Base64` here and renderers never parse URLs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageSource {
-    /// An `http(s):` URL or a `data:` URL.
+    /// An `http(s):` URL (or anything else that is not a `data:` URL).
     Url(String),
     Base64 {
         media_type: String,
         data: String,
     },
+}
+
+impl ImageSource {
+    /// A client's image URL: `data:[<mime>][;params][;base64],<data>` becomes `Base64` (data
+    /// that is not base64 is percent-decoded and encoded; no MIME type means JPEG, this being
+    /// an image), anything else stays a URL.
+    pub fn from_url(url: &str) -> ImageSource {
+        let parsed = url.get(..5).filter(|s| s.eq_ignore_ascii_case("data:")).and_then(|_| url[5..].split_once(','));
+        let Some((meta, data)) = parsed else { return ImageSource::Url(url.to_string()) };
+        let mut params = meta.split(';');
+        let mime = params.next().unwrap_or("").trim();
+        let media_type = if mime.is_empty() { "image/jpeg" } else { mime }.to_string();
+        let data = if params.any(|p| p.trim().eq_ignore_ascii_case("base64")) {
+            data.to_string()
+        } else {
+            base64_encode(&percent_decode(data))
+        };
+        ImageSource::Base64 { media_type, data }
+    }
+}
+
+fn percent_decode(s: &str) -> Vec<u8> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// A function the model may call. `parameters` is a JSON Schema object.
@@ -290,4 +346,27 @@ pub enum Delta {
     Stop(StopReason),
     /// Usage so far; cumulative, so the last one wins.
     Usage(Usage),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(media_type: &str, data: &str) -> ImageSource {
+        ImageSource::Base64 { media_type: media_type.into(), data: data.into() }
+    }
+
+    #[test]
+    fn data_urls_become_base64_once_at_the_edge() {
+        assert_eq!(ImageSource::from_url("data:image/png;base64,iVBORw0KGgo="), b64("image/png", "iVBORw0KGgo="));
+        assert_eq!(ImageSource::from_url("data:image/svg+xml,%3Csvg%2F%3E"), b64("image/svg+xml", "PHN2Zy8+"));
+        assert_eq!(ImageSource::from_url("DATA:;base64,QUJD"), b64("image/jpeg", "QUJD"));
+        // Not a well-formed data URL, or not a data URL: kept as a URL.
+        assert_eq!(ImageSource::from_url("data:image/png;base64"), ImageSource::Url("data:image/png;base64".into()));
+        assert_eq!(ImageSource::from_url("https://x/y.png"), ImageSource::Url("https://x/y.png".into()));
+        for (raw, b64) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg==")] {
+            assert_eq!(base64_encode(raw.as_bytes()), b64);
+        }
+        assert_eq!(percent_decode("100%25 %zz%4"), b"100% %zz%4");
+    }
 }

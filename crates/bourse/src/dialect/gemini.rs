@@ -233,27 +233,8 @@ fn call_args(arguments: &Value) -> Value {
 fn image_part(source: &ImageSource) -> Value {
     match source {
         ImageSource::Base64 { media_type, data } => json!({"inlineData": {"mimeType": media_type, "data": data}}),
-        ImageSource::Url(url) => match parse_data_url(url) {
-            Some((mime, data)) => json!({"inlineData": {"mimeType": mime, "data": data}}),
-            None => json!({"fileData": {"mimeType": guess_mime(url), "fileUri": url}}),
-        },
+        ImageSource::Url(url) => json!({"fileData": {"mimeType": guess_mime(url), "fileUri": url}}),
     }
-}
-
-/// `data:[<mime>][;params][;base64],<data>` → (mime, base64 data). Data that is not
-/// base64 is percent-decoded and encoded. None when `url` is not a well-formed data URL.
-fn parse_data_url(url: &str) -> Option<(String, String)> {
-    let rest = url.get(..5).filter(|s| s.eq_ignore_ascii_case("data:")).map(|_| &url[5..])?;
-    let (meta, data) = rest.split_once(',')?;
-    let mut params = meta.split(';');
-    let mime = params.next().unwrap_or("").trim();
-    let mime = if mime.is_empty() { "image/jpeg" } else { mime };
-    let data = if params.any(|p| p.trim().eq_ignore_ascii_case("base64")) {
-        data.to_string()
-    } else {
-        base64_encode(&percent_decode(data))
-    };
-    Some((mime.to_string(), data))
 }
 
 /// The MIME type of a file URL, from its extension; JPEG when unknown.
@@ -269,41 +250,6 @@ fn guess_mime(url: &str) -> &'static str {
         "pdf" => "application/pdf",
         _ => "image/jpeg",
     }
-}
-
-fn percent_decode(s: &str) -> Vec<u8> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    out
-}
-
-fn base64_encode(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 // ------------------------------------------------------------------ responses
@@ -689,7 +635,7 @@ mod tests {
                 user(vec![
                     text_part("Weather in Paris?"),
                     image(ImageSource::Base64 { media_type: "image/png".into(), data: "iVBORw0K".into() }),
-                    image(ImageSource::Url("data:image/gif;base64,R0lGODlh".into())),
+                    image(ImageSource::from_url("data:image/gif;base64,R0lGODlh")),
                     image(ImageSource::Url("https://example.com/cat.WEBP?size=2#top".into())),
                     image(ImageSource::Url("https://example.com/photo".into())),
                 ]),
@@ -844,21 +790,6 @@ mod tests {
 
         let conv = Conversation { response_format: ResponseFormat::JsonObject, ..base.clone() };
         assert_eq!(rendered(&conv)["generationConfig"], json!({"responseMimeType": "application/json"}));
-    }
-
-    #[test]
-    fn data_urls_without_base64_are_encoded() {
-        assert_eq!(
-            parse_data_url("data:image/svg+xml,%3Csvg%2F%3E"),
-            Some(("image/svg+xml".to_string(), "PHN2Zy8+".to_string()))
-        );
-        assert_eq!(parse_data_url("DATA:;base64,QUJD"), Some(("image/jpeg".to_string(), "QUJD".to_string())));
-        assert_eq!(parse_data_url("data:image/png;base64"), None);
-        assert_eq!(parse_data_url("https://x/y.png"), None);
-        for (raw, b64) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg==")] {
-            assert_eq!(base64_encode(raw.as_bytes()), b64);
-        }
-        assert_eq!(percent_decode("100%25 %zz%4"), b"100% %zz%4");
     }
 
     fn reply(body: Value) -> Reply {

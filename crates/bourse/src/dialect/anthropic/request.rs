@@ -330,7 +330,7 @@ fn image_part(obj: &Map<String, Value>, at: &str) -> Result<Part> {
             media_type: required_str(src, "media_type", &src_at)?.to_string(),
             data: required_str(src, "data", &src_at)?.to_string(),
         },
-        "url" => ImageSource::Url(required_str(src, "url", &src_at)?.to_string()),
+        "url" => ImageSource::from_url(required_str(src, "url", &src_at)?),
         other => return Err(not_translatable(&path(&src_at, "type"), &format!("an image with a '{other}' source"))),
     };
     Ok(Part::Image { source, cache_control: cache_control(obj) })
@@ -562,19 +562,10 @@ pub(super) fn tool_input(args: &Value) -> Value {
     }
 }
 
-/// `data:<media type>;base64,<data>` split into its media type and data.
-fn parse_data_url(url: &str) -> Option<(&str, &str)> {
-    let (meta, data) = url.strip_prefix("data:")?.split_once(',')?;
-    Some((meta.strip_suffix(";base64")?, data))
-}
-
 fn image_source(source: &ImageSource) -> Value {
     match source {
         ImageSource::Base64 { media_type, data } => json!({"type": "base64", "media_type": media_type, "data": data}),
-        ImageSource::Url(url) => match parse_data_url(url) {
-            Some((media_type, data)) => json!({"type": "base64", "media_type": media_type, "data": data}),
-            None => json!({"type": "url", "url": url}),
-        },
+        ImageSource::Url(url) => json!({"type": "url", "url": url}),
     }
 }
 

@@ -356,7 +356,7 @@ fn openai_shaped_conversation_renders_to_alternating_turns() {
             Message {
                 role: Role::User,
                 parts: vec![Part::Image {
-                    source: ImageSource::Url("data:image/jpeg;base64,/9j/4AAQ".into()),
+                    source: ImageSource::from_url("data:image/jpeg;base64,/9j/4AAQ"),
                     cache_control: None,
                 }],
             },

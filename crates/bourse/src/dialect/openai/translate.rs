@@ -143,18 +143,6 @@ fn parse_usage(v: Value) -> Option<Usage> {
     serde_json::from_value::<WireUsage>(v).ok().map(|w| w.normalize())
 }
 
-fn image_source(url: &str) -> ImageSource {
-    if let Some(rest) = url.strip_prefix("data:") {
-        if let Some((meta, data)) = rest.split_once(',') {
-            if let Some(media_type) = meta.strip_suffix(";base64") {
-                return ImageSource::Base64 { media_type: media_type.to_string(), data: data.to_string() };
-            }
-        }
-    }
-    // http(s) URLs, and data: URLs that are not base64 (kept whole).
-    ImageSource::Url(url.to_string())
-}
-
 fn image_url(source: &ImageSource) -> String {
     match source {
         ImageSource::Url(u) => u.clone(),
@@ -220,7 +208,7 @@ fn content_parts(content: Option<&Value>, i: usize, role: &str, allowed: Allowed
                         "an 'image_url' content part needs image_url.url (a string)",
                     ));
                 };
-                out.push(Part::Image { source: image_source(url), cache_control });
+                out.push(Part::Image { source: ImageSource::from_url(url), cache_control });
             }
             _ => {
                 return Err(Error::invalid(
@@ -1304,7 +1292,11 @@ mod tests {
         );
         assert_eq!(
             parts[3],
-            Part::Image { source: ImageSource::Url("data:image/svg+xml,%3Csvg%3E".into()), cache_control: None }
+            // Not base64: decoded and re-encoded, so every renderer gets plain base64.
+            Part::Image {
+                source: ImageSource::Base64 { media_type: "image/svg+xml".into(), data: "PHN2Zz4=".into() },
+                cache_control: None
+            }
         );
     }
 
