@@ -18,6 +18,15 @@ use crate::sse;
 use bytes::BytesMut;
 use serde_json::Value;
 
+/// An id of our own for something the other dialect requires and the upstream did not
+/// name (a message, a tool call): `prefix` + 24 random alphanumerics.
+pub(crate) fn synthetic_id(prefix: &str) -> String {
+    let mut id = String::with_capacity(prefix.len() + 24);
+    id.push_str(prefix);
+    id.extend(std::iter::repeat_with(fastrand::alphanumeric).take(24));
+    id
+}
+
 /// Upstream stream events → canonical deltas. Stateful: one per stream.
 pub trait Decode: Send {
     /// One SSE event from the upstream. An in-stream error event (Anthropic `error`,

@@ -14,8 +14,8 @@
 use crate::canonical::{
     Conversation, Delta, ImageSource, Part, ResponseFormat, Role, StopReason, Thinking, ToolChoice, Usage,
 };
-use crate::dialect::openai::VendorError;
-use crate::dialect::Decode;
+use crate::dialect::openai::{stringify, VendorError};
+use crate::dialect::{synthetic_id, Decode};
 use crate::error::{Error, ErrorKind, Result};
 use crate::provider::{classify, preset::Quirks};
 use crate::sse;
@@ -333,7 +333,7 @@ impl WireResponse {
 
 /// An id for an answer Gemini did not name.
 fn synthesize_id() -> String {
-    format!("gemini-{:016x}", fastrand::u64(..))
+    synthetic_id("gemini-")
 }
 
 /// The id of tool call `index` of answer `response_id`, when Gemini gives none.
@@ -435,14 +435,6 @@ pub fn usage_from(v: &Value) -> Usage {
 }
 
 // ------------------------------------------------------------------ errors
-
-fn stringify(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
 
 /// `error` of a `google.rpc.Status` body → message, status name (`RESOURCE_EXHAUSTED`) and
 /// the first `details[].reason` (from an `ErrorInfo`).

@@ -375,7 +375,8 @@ pub struct VendorError {
     pub code: Option<String>,
 }
 
-fn stringify(v: &Value) -> Option<String> {
+/// A JSON string or number as text (vendors send error codes as either).
+pub(crate) fn stringify(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),

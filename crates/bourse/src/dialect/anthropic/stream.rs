@@ -8,7 +8,7 @@
 
 use super::{protocol, stop_fields, stop_from, BlockOut, MessageOut, UsageOut};
 use crate::canonical::{Delta, StopReason, Usage, JSON_TOOL};
-use crate::dialect::{Decode, Encode};
+use crate::dialect::{synthetic_id, Decode, Encode};
 use crate::error::{Error, ErrorKind, UpstreamStatus};
 use crate::sse;
 use bytes::BytesMut;
@@ -326,8 +326,7 @@ impl Encoder {
     /// The upstream never said `Start`: open the message with an id of our own.
     fn ensure_started(&mut self, out: &mut BytesMut) {
         if !self.started {
-            let id = format!("msg_{}", std::iter::repeat_with(fastrand::alphanumeric).take(24).collect::<String>());
-            self.start(&id, "", out);
+            self.start(&synthetic_id("msg_"), "", out);
         }
     }
 

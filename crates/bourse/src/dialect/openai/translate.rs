@@ -32,7 +32,7 @@ use crate::canonical::{
     Conversation, Delta, ImageSource, Message, Part, Reply, ResponseFormat, Role, StopReason, Text, Thinking, Tool,
     ToolChoice, Usage,
 };
-use crate::dialect::{Decode, Encode};
+use crate::dialect::{synthetic_id, Decode, Encode};
 use crate::error::{Error, ErrorKind, Result, UpstreamStatus};
 use crate::sse;
 use bytes::BytesMut;
@@ -41,16 +41,12 @@ use serde_json::{json, Map, Value};
 
 // ------------------------------------------------------------------ helpers
 
-fn random_suffix() -> String {
-    std::iter::repeat_with(fastrand::alphanumeric).take(24).collect()
-}
-
 fn synth_completion_id() -> String {
-    format!("chatcmpl-{}", random_suffix())
+    synthetic_id("chatcmpl-")
 }
 
 fn synth_call_id() -> String {
-    format!("call_{}", random_suffix())
+    synthetic_id("call_")
 }
 
 fn now_secs() -> u64 {
