@@ -48,9 +48,10 @@ impl Client {
         http.set_keepalive(Some(Duration::from_secs(60)));
         // The TLS layer above hands https URIs down to this connector.
         http.enforce_http(false);
-        let proxies = Arc::new(Matcher::from_env());
+        let (tls, proxies) = shared();
+        let proxies = proxies.clone();
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+            .with_tls_config(tls.clone())
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(ProxyConnector { http, proxies: proxies.clone() });
@@ -76,6 +77,17 @@ impl Client {
         }
         self.proxies.intercept(dst).and_then(|p| p.basic_auth().cloned())
     }
+}
+
+/// What every provider's client shares, built once per process: the TLS configuration
+/// (parsing the bundled root certificates) and the proxy settings read from the environment.
+fn shared() -> &'static (rustls::ClientConfig, Arc<Matcher>) {
+    use hyper_rustls::ConfigBuilderExt;
+    static SHARED: std::sync::OnceLock<(rustls::ClientConfig, Arc<Matcher>)> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| {
+        let tls = rustls::ClientConfig::builder().with_webpki_roots().with_no_client_auth();
+        (tls, Arc::new(Matcher::from_env()))
+    })
 }
 
 /// TCP to the upstream, or to the proxy that `HTTP(S)_PROXY` names for it.
