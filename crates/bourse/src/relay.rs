@@ -131,6 +131,14 @@ impl StreamRelay {
         })
     }
 
+    /// End the stream: `out` (what is left to send), then whatever the end hook adds.
+    fn end_with(&mut self, end: StreamEnd, mut out: BytesMut) -> Bytes {
+        if let Some(trailer) = self.finish(end) {
+            out.extend_from_slice(&trailer);
+        }
+        out.freeze()
+    }
+
     /// Note usage and keep text for a possible estimate, from decoded deltas.
     fn observe(&mut self) {
         for d in &self.deltas {
@@ -300,10 +308,7 @@ impl Stream for StreamRelay {
                     let mut out = BytesMut::new();
                     if let Some(e) = this.forward(&mut out) {
                         // An upstream error event: the client has it; the stream is over.
-                        if let Some(trailer) = this.finish(StreamEnd::UpstreamFailed(e.message)) {
-                            out.extend_from_slice(&trailer);
-                        }
-                        return Poll::Ready(Some(Ok(out.freeze())));
+                        return Poll::Ready(Some(Ok(this.end_with(StreamEnd::UpstreamFailed(e.message), out))));
                     }
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(out.freeze())));
@@ -314,25 +319,20 @@ impl Stream for StreamRelay {
                     let err = Error { message: msg.clone(), ..err };
                     let mut out = BytesMut::new();
                     this.error_event(&err, &mut out);
-                    if let Some(trailer) = this.finish(StreamEnd::UpstreamFailed(msg)) {
-                        out.extend_from_slice(&trailer);
-                    }
-                    return Poll::Ready(Some(Ok(out.freeze())));
+                    return Poll::Ready(Some(Ok(this.end_with(StreamEnd::UpstreamFailed(msg), out))));
                 }
                 Poll::Ready(None) => {
                     this.parser.finish(&mut this.items);
                     let mut out = BytesMut::new();
-                    if let Some(e) = this.forward(&mut out) {
-                        if let Some(trailer) = this.finish(StreamEnd::UpstreamFailed(e.message)) {
-                            out.extend_from_slice(&trailer);
+                    let end = match this.forward(&mut out) {
+                        Some(e) => StreamEnd::UpstreamFailed(e.message),
+                        None => {
+                            this.close(&mut out);
+                            StreamEnd::Completed
                         }
-                        return Poll::Ready(Some(Ok(out.freeze())));
-                    }
-                    this.close(&mut out);
-                    if let Some(trailer) = this.finish(StreamEnd::Completed) {
-                        out.extend_from_slice(&trailer);
-                    }
-                    return Poll::Ready((!out.is_empty()).then(|| Ok(out.freeze())));
+                    };
+                    let out = this.end_with(end, out);
+                    return Poll::Ready((!out.is_empty()).then_some(Ok(out)));
                 }
             }
         }

@@ -339,7 +339,7 @@ pub(crate) async fn exchange(
         Err(e) => return e.render(client),
     };
     let routed = plan.is_some();
-    let passed = Passed::from_headers(headers);
+    let beta = headers.get(&ANTHROPIC_BETA);
     // Explicit models get one attempt: the client's SDK owns retries (and sees Retry-After).
     let max_attempts = if routed { router.max_attempts } else { 1 };
     let mut attempt_no = 0u32;
@@ -374,7 +374,7 @@ pub(crate) async fn exchange(
             (Some(p), Some(rank)) => Some(router.reason(p, rank, attempt_no)),
             _ => None,
         };
-        match attempt_chat(state, &caller, &mut req, &target, t.entry, attempt_no, reason, &passed).await {
+        match attempt_chat(state, &caller, &mut req, &target, t.entry, attempt_no, reason, beta).await {
             Ok(resp) => return resp,
             Err(e) => {
                 if let ErrorKind::UpstreamStatus(s) = &e.kind {
@@ -408,20 +408,9 @@ pub(crate) async fn exchange(
     }
 }
 
-/// Client headers relayed to a same-dialect upstream: Anthropic's beta flags switch on
-/// features (and change response shapes) the client expects.
-#[derive(Default)]
-pub(crate) struct Passed {
-    anthropic_beta: Option<HeaderValue>,
-}
-
+/// Relayed to a same-dialect upstream: Anthropic's beta flags switch on features (and
+/// change response shapes) the client expects.
 static ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
-
-impl Passed {
-    fn from_headers(h: &HeaderMap) -> Passed {
-        Passed { anthropic_beta: h.get(&ANTHROPIC_BETA).cloned() }
-    }
-}
 
 /// The upstream request body for `target`, and whether the answer's JSON arrives as the
 /// JSON tool's input (JSON mode translated to an Anthropic upstream).
@@ -514,17 +503,14 @@ async fn attempt_chat(
     entry: Option<usize>,
     number: u32,
     reason: Option<String>,
-    passed: &Passed,
+    anthropic_beta: Option<&HeaderValue>,
 ) -> std::result::Result<Response, Error> {
     let client = req.dialect;
     let upstream = target.provider.dialect;
     // A request that cannot be translated is the client's mistake, the same everywhere:
     // no attempt, no ledger row.
     let (upstream_body, json_tool) = upstream_body(req, target)?;
-    let extra = match (&passed.anthropic_beta, client == upstream) {
-        (Some(beta), true) => Some((ANTHROPIC_BETA.clone(), beta.clone())),
-        _ => None,
-    };
+    let extra = anthropic_beta.filter(|_| client == upstream).map(|b| (ANTHROPIC_BETA.clone(), b.clone()));
     let mut attempt = Attempt::start(state, caller.clone(), target, req.stream, number, reason.clone(), entry);
     let endpoint = Endpoint::Chat { model: &target.upstream_model, stream: req.stream };
     let resp = match target.provider.post_json_with(endpoint, upstream_body, extra).await {
