@@ -1,13 +1,13 @@
 //! The HTTP server: state, the router, its layers, and start/stop.
 //!
-//! Layer order, outermost first (one place, so nobody has to reconstruct it):
-//! 1. `edge` — request id (client's `x-request-id` if sane, else new), response header,
+//! A request's way through, in order (one place, so nobody has to reconstruct it):
+//! 1. [`serve`] — hyper's HTTP/1.1 server, one task per connection.
+//! 2. [`handle`] — request id (client's `x-request-id` if sane, else new), the gateway key
+//!    (only under `/v1`, compared in constant time), then the response's id headers and the
 //!    access log at debug with status and latency.
-//! 2. `auth` (only under `/v1`) — gateway keys, compared in constant time.
-//! 3. handlers in [`crate::api`] — body limit and content type, dialect in, resolve,
+//! 3. `dispatch` — the route table.
+//! 4. handlers in [`crate::api`] — body limit and content type, dialect in, resolve,
 //!    attempt, response.
-//!
-//! `app(state)` builds the router without a socket so tests can drive it directly.
 
 use crate::api;
 use crate::canonical::Dialect;
@@ -17,12 +17,9 @@ use crate::ledger::{Ledger, Writer};
 use crate::meter::Meter;
 use crate::provider::Provider;
 use crate::route::Providers;
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderName, HeaderValue};
-use axum::middleware::{self, Next};
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -84,40 +81,102 @@ pub fn key_id(key: &str) -> String {
     format!("key_{:08x}", h as u32)
 }
 
-/// The id of the gateway key a request used, as an extension.
-#[derive(Clone, Debug)]
-pub struct KeyId(pub Arc<str>);
-
-/// The request id, available to handlers as an extension.
-#[derive(Clone, Debug)]
-pub struct RequestId(pub Arc<str>);
-
-pub fn app(state: SharedState) -> Router {
-    let v1 = Router::new()
-        .route("/chat/completions", post(api::openai::chat_completions))
-        .route("/embeddings", post(api::openai::embeddings))
-        .route("/models", get(api::openai::list_models))
-        .route("/models/{*id}", get(api::openai::get_model))
-        .route("/bourse/usage", get(api::usage::usage))
-        .route("/bourse/quote", post(api::quote::quote))
-        .route("/messages", post(api::anthropic::messages))
-        .route("/messages/count_tokens", post(api::anthropic::count_tokens))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .nest("/v1", v1)
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(edge))
-        .with_state(state)
+/// Who is asking, as the edge established it: the request id and the gateway key's id.
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    pub request_id: Arc<str>,
+    pub key_id: Option<Arc<str>>,
 }
 
-async fn healthz() -> Response {
+/// The routes, in one table: `(method, path)` to handler. Unknown paths are 404, known paths
+/// with another method 405 (with `allow`); GET routes answer HEAD too. Matching is a `match`
+/// on the path rather than a general router: there are ten routes and the two chat routes
+/// are the hot path.
+async fn dispatch(state: SharedState, req: Request, caller: Caller, dialect: Dialect) -> Response {
+    use axum::http::Method;
+    let path = req.uri().path();
+    let (allowed, route) = match path {
+        "/healthz" => (Method::GET, Route::Healthz),
+        "/readyz" => (Method::GET, Route::Readyz),
+        "/v1/chat/completions" => (Method::POST, Route::ChatCompletions),
+        "/v1/messages" => (Method::POST, Route::Messages),
+        "/v1/messages/count_tokens" => (Method::POST, Route::CountTokens),
+        "/v1/embeddings" => (Method::POST, Route::Embeddings),
+        "/v1/models" => (Method::GET, Route::Models),
+        "/v1/bourse/usage" => (Method::GET, Route::Usage),
+        "/v1/bourse/quote" => (Method::POST, Route::Quote),
+        p if p.len() > "/v1/models/".len() && p.starts_with("/v1/models/") => (Method::GET, Route::Model),
+        _ => {
+            let msg = format!("no route for {} {path}", req.method());
+            return Error::new(ErrorKind::NotFound, msg).render(dialect);
+        }
+    };
+    let method = req.method();
+    if method != allowed && !(allowed == Method::GET && method == Method::HEAD) {
+        let msg = format!("{method} is not allowed on {path}");
+        let mut resp = Error::new(ErrorKind::MethodNotAllowed, msg).render(dialect);
+        let allow = if allowed == Method::GET { "GET,HEAD" } else { "POST" };
+        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+        return resp;
+    }
+    match route {
+        Route::ChatCompletions => api::openai::chat_completions(state, caller, req).await.into_response(),
+        Route::Messages => api::anthropic::messages(state, caller, req).await.into_response(),
+        Route::CountTokens => api::anthropic::count_tokens(state, req).await.into_response(),
+        Route::Embeddings => api::openai::embeddings(state, caller, req).await.into_response(),
+        Route::Models => api::openai::list_models(&state),
+        Route::Model => {
+            // Model ids contain slashes (`provider/model`) and may be percent-encoded.
+            let id = percent_decode(&path["/v1/models/".len()..]);
+            api::openai::get_model(&state, &id).into_response()
+        }
+        Route::Usage => api::usage::usage(state, req.uri()).await.into_response(),
+        Route::Quote => api::quote::quote(state, req).await.into_response(),
+        Route::Healthz => healthz(),
+        Route::Readyz => readyz(&state),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Route {
+    Healthz,
+    Readyz,
+    ChatCompletions,
+    Messages,
+    CountTokens,
+    Embeddings,
+    Models,
+    Model,
+    Usage,
+    Quote,
+}
+
+/// `%XX` escapes decoded (as axum's path extractor did); invalid escapes stay as written.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(h << 4 | l);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+fn healthz() -> Response {
     axum::Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
-async fn readyz(State(state): State<SharedState>) -> Response {
+fn readyz(state: &AppState) -> Response {
     if state.providers.is_empty() {
         return Error::new(ErrorKind::Unavailable, "no providers are configured").into_response();
     }
@@ -126,24 +185,12 @@ async fn readyz(State(state): State<SharedState>) -> Response {
 }
 
 /// The dialect a client speaks, from the path: Anthropic's SDKs call `/v1/messages…`.
-/// (Layers inside the `/v1` nest see the path without its `/v1`.)
 fn client_dialect(path: &str) -> Dialect {
-    if path.strip_prefix("/v1").unwrap_or(path).starts_with("/messages") {
+    if path.starts_with("/v1/messages") {
         Dialect::Anthropic
     } else {
         Dialect::OpenAi
     }
-}
-
-async fn not_found(req: Request) -> Response {
-    let path = req.uri().path();
-    Error::new(ErrorKind::NotFound, format!("no route for {} {path}", req.method())).render(client_dialect(path))
-}
-
-async fn method_not_allowed(req: Request) -> Response {
-    let path = req.uri().path();
-    Error::new(ErrorKind::MethodNotAllowed, format!("{} is not allowed on {path}", req.method()))
-        .render(client_dialect(path))
 }
 
 /// A new request id: 48 bits of Unix milliseconds, then 80 random bits, in hex. Ids sort by
@@ -154,8 +201,10 @@ fn new_request_id() -> String {
     format!("req_{:012x}{:04x}{:016x}", ms & 0xffff_ffff_ffff, fastrand::u16(..), fastrand::u64(..))
 }
 
-/// Outermost layer: request id and access log.
-async fn edge(mut req: Request, next: Next) -> Response {
+/// Every request, in order: request id (the client's `x-request-id` if sane, else new), the
+/// gateway key for `/v1` paths, the route, then the id on the response and the access log
+/// (at debug). Refusals are rendered in the dialect of the path.
+pub async fn handle(state: SharedState, req: Request) -> Response {
     let id: Arc<str> = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -166,12 +215,16 @@ async fn edge(mut req: Request, next: Next) -> Response {
     // The access line is at debug: copy what it needs only when it will be written.
     let logged = tracing::enabled!(tracing::Level::DEBUG)
         .then(|| (Instant::now(), req.method().clone(), req.uri().path().to_string()));
-    let anthropic = client_dialect(req.uri().path()) == Dialect::Anthropic;
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let mut resp = next.run(req).await;
+    let path = req.uri().path();
+    let dialect = client_dialect(path);
+    let gated = path == "/v1" || path.starts_with("/v1/");
+    let mut resp = match if gated { authorize(&state, req.headers(), dialect) } else { Ok(None) } {
+        Ok(key_id) => dispatch(state, req, Caller { request_id: id.clone(), key_id }, dialect).await,
+        Err(refusal) => refusal.render(dialect),
+    };
     if let Ok(v) = HeaderValue::from_str(&id) {
         // Anthropic's SDKs read the id from `request-id` (their `_request_id`).
-        if anthropic {
+        if dialect == Dialect::Anthropic {
             resp.headers_mut().insert(REQUEST_ID.clone(), v.clone());
         }
         resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
@@ -194,26 +247,25 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// Gateway keys, when configured, as `Authorization: Bearer` (OpenAI SDKs) or `x-api-key`
-/// (Anthropic SDKs). Every key is compared (no early exit) so timing does not reveal which
-/// one nearly matched. Refusals are rendered in the dialect of the path.
-async fn auth(State(state): State<SharedState>, mut req: Request, next: Next) -> Response {
+/// (Anthropic SDKs): the id of the key presented, or the refusal (worded for the client's
+/// dialect). Every key is compared (no
+/// early exit) so timing does not reveal which one nearly matched.
+fn authorize(state: &AppState, headers: &HeaderMap, dialect: Dialect) -> Result<Option<Arc<str>>, Error> {
     if state.api_keys.is_empty() {
-        return next.run(req).await;
+        return Ok(None);
     }
-    let headers = req.headers();
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .or_else(|| headers.get(&X_API_KEY).and_then(|v| v.to_str().ok()))
         .map(str::trim);
-    let dialect = client_dialect(req.uri().path());
     let Some(presented) = presented else {
         let how = match dialect {
             Dialect::Anthropic => "'x-api-key: <key>' or 'Authorization: Bearer <key>'",
             _ => "'Authorization: Bearer <key>'",
         };
-        return Error::new(ErrorKind::Unauthorized, format!("missing gateway key: send {how}")).render(dialect);
+        return Err(Error::new(ErrorKind::Unauthorized, format!("missing gateway key: send {how}")));
     };
     let mut matched = None;
     for (i, k) in state.api_keys.iter().enumerate() {
@@ -221,11 +273,10 @@ async fn auth(State(state): State<SharedState>, mut req: Request, next: Next) ->
             matched = Some(i);
         }
     }
-    let Some(i) = matched else {
-        return Error::new(ErrorKind::Unauthorized, "invalid gateway key").render(dialect);
-    };
-    req.extensions_mut().insert(KeyId(state.key_ids[i].clone()));
-    next.run(req).await
+    match matched {
+        Some(i) => Ok(Some(state.key_ids[i].clone())),
+        None => Err(Error::new(ErrorKind::Unauthorized, "invalid gateway key")),
+    }
 }
 
 /// Options from the command line that override the config.
@@ -270,24 +321,18 @@ pub async fn run(cfg: Config, opts: ServeOptions) -> Result<(), String> {
     tracing::info!(providers = ?ids, "bourse listening on http://{local}");
     let grace = cfg.server.shutdown_grace;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        // Nagle's algorithm would hold small SSE frames back by tens of milliseconds.
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+    let server = serve(listener, state, async move {
         let _ = stop_rx.await;
     });
-    let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
+    let mut server = std::pin::pin!(server);
     tokio::select! {
-        r = &mut server => return r.map_err(|e| e.to_string()),
+        () = &mut server => return Ok(()),
         () = shutdown_signal() => {}
     }
     tracing::info!(grace_secs = grace.as_secs_f64(), "shutting down: no new connections, finishing in-flight requests");
     let _ = stop_tx.send(());
-    match tokio::time::timeout(grace, server).await {
-        Ok(r) => r.map_err(|e| e.to_string())?,
-        Err(_) => tracing::warn!("shutdown deadline reached; abandoning requests still in flight"),
+    if tokio::time::timeout(grace, server).await.is_err() {
+        tracing::warn!("shutdown deadline reached; abandoning requests still in flight");
     }
     if let Some(handle) = writer_handle {
         // Every request has settled (or been abandoned): flush what the writer still holds.
@@ -296,6 +341,49 @@ pub async fn run(cfg: Config, opts: ServeOptions) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Accept HTTP/1.1 connections until `stop` completes, then stop accepting, ask every open
+/// connection to close after its current request, and return once they all have.
+///
+/// hyper's HTTP/1 server directly, one task per connection: no HTTP/2 detection and no
+/// router framework in the per-request path (both showed in profiles under load).
+pub async fn serve(listener: TcpListener, state: SharedState, stop: impl std::future::Future<Output = ()>) {
+    use hyper::server::conn::http1;
+    use hyper_util::rt::TokioIo;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin; a
+                    // connection reset before accept is simply gone.
+                    if !matches!(e.kind(), std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset) {
+                        tracing::warn!(error = %e, "accept failed; retrying in 1s");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        // Nagle's algorithm would hold small SSE frames back by tens of milliseconds.
+        let _ = tcp.set_nodelay(true);
+        let state = state.clone();
+        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let state = state.clone();
+            async move { Ok::<_, std::convert::Infallible>(handle(state, req.map(axum::body::Body::new)).await) }
+        });
+        let conn = graceful.watch(http1::Builder::new().serve_connection(TokioIo::new(tcp), service));
+        tokio::spawn(async move {
+            // A client that goes away mid-request is not an error of the gateway's.
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 fn writer_config(s: &crate::config::StorageConfig) -> crate::ledger::WriterConfig {

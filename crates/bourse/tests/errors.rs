@@ -81,7 +81,27 @@ async fn unknown_routes_and_methods() {
     assert_openai_error(&serde_json::from_slice(&r.bytes().await.unwrap()).unwrap());
     let r = client().get(format!("{}/v1/chat/completions", gw.url)).send().await.unwrap();
     assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
     assert_openai_error(&serde_json::from_slice(&r.bytes().await.unwrap()).unwrap());
+    let r = client().post(format!("{}/v1/models", gw.url)).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET,HEAD");
+    // GET routes answer HEAD, with the headers and no body.
+    let r = client().head(format!("{}/healthz", gw.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("x-request-id"));
+    assert!(r.bytes().await.unwrap().is_empty());
+    // Under /v1/messages the client speaks Anthropic: so do the route table's refusals.
+    let r = client().get(format!("{}/v1/messages", gw.url)).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    // A prefix of a route is not the route.
+    let r = client().get(format!("{}/v1/models/", gw.url)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = client().get(format!("{}/v1/chat/completions/x", gw.url)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
 }
 
 #[tokio::test]

@@ -214,6 +214,9 @@ async fn models_list_and_retrieve() {
     let one = client().get(format!("{}/v1/models/alpha/sim-small", gw.url)).send().await.unwrap();
     assert_eq!(one.status(), 200);
     assert_eq!(json_of(one).await["owned_by"], "alpha");
+    // An SDK may percent-encode the slash of `provider/model`.
+    let encoded = client().get(format!("{}/v1/models/alpha%2Fsim-small", gw.url)).send().await.unwrap();
+    assert_eq!(json_of(encoded).await["id"], "alpha/sim-small");
     let by_bare = client().get(format!("{}/v1/models/sim-small", gw.url)).send().await.unwrap();
     assert_eq!(by_bare.status(), 200);
     let missing = client().get(format!("{}/v1/models/alpha/nope", gw.url)).send().await.unwrap();

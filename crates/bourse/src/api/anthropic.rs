@@ -6,17 +6,17 @@
 //! gateway key may come as `x-api-key` (what Anthropic SDKs send) or as a bearer token.
 //! Errors use Anthropic's shape, `{"type":"error","error":{"type","message"}}`.
 
-use super::chat::{self, read_json_body, split};
+use super::chat::{self, read_json_body};
 use crate::dialect::anthropic;
 use crate::error::{AnthropicError, Error};
 use crate::route::Overrides;
-use crate::server::SharedState;
-use axum::extract::{Request, State};
+use crate::server::{Caller, SharedState};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-pub async fn messages(State(state): State<SharedState>, req: Request) -> Result<Response, AnthropicError> {
-    let (parts, body, caller) = split(req);
+pub async fn messages(state: SharedState, caller: Caller, req: Request) -> Result<Response, AnthropicError> {
+    let (parts, body) = req.into_parts();
     let body = read_json_body(&parts.headers, body, state.max_body_bytes).await?;
     let req = anthropic::parse_request(&body)?;
     let overrides = Overrides::from_headers(&parts.headers)?;
@@ -26,8 +26,8 @@ pub async fn messages(State(state): State<SharedState>, req: Request) -> Result<
 /// An estimate of the prompt's input tokens, counted locally with a BPE tokenizer
 /// (o200k_base): close for most models, not the upstream's exact count, and free — no
 /// upstream is called. `max_tokens` is not required here, as with Anthropic's endpoint.
-pub async fn count_tokens(State(state): State<SharedState>, req: Request) -> Result<Response, AnthropicError> {
-    let (parts, body, _) = split(req);
+pub async fn count_tokens(state: SharedState, req: Request) -> Result<Response, AnthropicError> {
+    let (parts, body) = req.into_parts();
     let body = read_json_body(&parts.headers, body, state.max_body_bytes).await?;
     let mut value: Value = serde_json::from_slice(&body).map_err(|e| {
         Error::new(crate::error::ErrorKind::InvalidJson, format!("the request body is not valid JSON: {e}"))

@@ -17,7 +17,7 @@ use crate::provider::{Endpoint, Upstream};
 use crate::relay::{Mode, OnEnd, StreamEnd, StreamRelay, StreamSummary};
 use crate::route::health::Availability;
 use crate::route::{Overrides, Routed, Target};
-use crate::server::{KeyId, RequestId, SharedState};
+use crate::server::{Caller, SharedState};
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -88,25 +88,6 @@ pub(crate) fn not_json(target: &Target) -> Error {
         ErrorKind::UpstreamProtocol,
         format!("provider {} returned a body that is not valid JSON", target.provider.id),
     )
-}
-
-/// Who is asking, for the ledger.
-#[derive(Clone, Debug)]
-pub(crate) struct Caller {
-    request_id: String,
-    key_id: Option<String>,
-}
-
-/// A request's head and body, and who sent it (the ids the edge and auth layers left).
-/// Handlers take the whole request rather than separate extractors: a `HeaderMap`
-/// extractor would copy every header of every request.
-pub(crate) fn split(req: axum::extract::Request) -> (axum::http::request::Parts, Body, Caller) {
-    let (parts, body) = req.into_parts();
-    let caller = Caller {
-        request_id: parts.extensions.get::<RequestId>().map(|r| r.0.to_string()).unwrap_or_default(),
-        key_id: parts.extensions.get::<KeyId>().map(|k| k.0.to_string()),
-    };
-    (parts, body, caller)
 }
 
 /// One upstream attempt, from start to settlement.
@@ -184,10 +165,10 @@ impl Attempt {
         let record = self.state.ledger.clone().map(|writer| Record {
             writer,
             entry: LedgerEntry {
-                request_id: self.caller.request_id,
+                request_id: self.caller.request_id.to_string(),
                 attempt: self.number,
                 ts_ms: self.ts_ms,
-                key_id: self.caller.key_id,
+                key_id: self.caller.key_id.as_deref().map(str::to_string),
                 provider: self.target.provider.id.clone(),
                 model: self.target.upstream_model.clone(),
                 route_reason: self.route_reason,

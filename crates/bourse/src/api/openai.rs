@@ -2,7 +2,7 @@
 
 use super::chat::{
     self, error_response, json_response, money_headers, not_json, provenance, read_json_body, read_upstream_body,
-    split, Attempt,
+    Attempt,
 };
 use crate::canonical::{Dialect, Usage};
 use crate::dialect::openai::{self as wire, parse_chat_request, parse_embeddings_request};
@@ -10,8 +10,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::meter::estimate;
 use crate::provider::Endpoint;
 use crate::route::Overrides;
-use crate::server::SharedState;
-use axum::extract::{Path, Request, State};
+use crate::server::{AppState, Caller, SharedState};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
@@ -19,16 +19,16 @@ pub use super::chat::{
     X_BOURSE_COST, X_BOURSE_MODEL, X_BOURSE_PROVIDER, X_BOURSE_REFERENCE_COST, X_BOURSE_ROUTE_REASON, X_BOURSE_SAVED,
 };
 
-pub async fn chat_completions(State(state): State<SharedState>, req: Request) -> Result<Response> {
-    let (parts, body, caller) = split(req);
+pub async fn chat_completions(state: SharedState, caller: Caller, req: Request) -> Result<Response> {
+    let (parts, body) = req.into_parts();
     let body = read_json_body(&parts.headers, body, state.max_body_bytes).await?;
     let req = parse_chat_request(&body)?;
     let overrides = Overrides::from_headers(&parts.headers)?;
     Ok(chat::exchange(&state, caller, req, &overrides, &parts.headers).await)
 }
 
-pub async fn embeddings(State(state): State<SharedState>, req: Request) -> Result<Response> {
-    let (parts, body, caller) = split(req);
+pub async fn embeddings(state: SharedState, caller: Caller, req: Request) -> Result<Response> {
+    let (parts, body) = req.into_parts();
     let body = read_json_body(&parts.headers, body, state.max_body_bytes).await?;
     let mut req = parse_embeddings_request(&body)?;
     let target = state.providers.resolve(&req.model)?;
@@ -69,7 +69,7 @@ fn model_object(id: &str, owner: &str, created: u64) -> Value {
 }
 
 /// Every `provider/model` the gateway can reach by name.
-fn reachable(state: &SharedState) -> Vec<Value> {
+fn reachable(state: &AppState) -> Vec<Value> {
     state
         .providers
         .iter()
@@ -77,13 +77,13 @@ fn reachable(state: &SharedState) -> Vec<Value> {
         .collect()
 }
 
-pub async fn list_models(State(state): State<SharedState>) -> Response {
-    axum::Json(json!({"object": "list", "data": reachable(&state)})).into_response()
+pub fn list_models(state: &AppState) -> Response {
+    axum::Json(json!({"object": "list", "data": reachable(state)})).into_response()
 }
 
-pub async fn get_model(State(state): State<SharedState>, Path(id): Path<String>) -> Result<Response> {
+pub fn get_model(state: &AppState, id: &str) -> Result<Response> {
     // Only what the gateway lists is retrievable, so list and retrieve agree.
-    let target = state.providers.resolve(&id)?;
+    let target = state.providers.resolve(id)?;
     let full = format!("{}/{}", target.provider.id, target.upstream_model);
     if !target.provider.models.contains(&target.upstream_model) {
         return Err(Error {

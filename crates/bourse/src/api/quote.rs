@@ -6,13 +6,13 @@ use crate::dialect::openai::parse_chat_request;
 use crate::error::Result;
 use crate::route::Overrides;
 use crate::server::SharedState;
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use std::time::Instant;
 
-pub async fn quote(State(state): State<SharedState>, headers: HeaderMap, body: Body) -> Result<Response> {
+pub async fn quote(state: SharedState, req: Request) -> Result<Response> {
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
     let body = read_json_body(&headers, body, state.max_body_bytes).await?;
     let req = parse_chat_request(&body)?;
     let overrides = Overrides::from_headers(&headers)?;

@@ -5,7 +5,6 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::ledger::{GroupBy, ReportQuery};
 use crate::server::SharedState;
 use crate::timespec;
-use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
@@ -28,7 +27,9 @@ pub fn group_by(s: Option<&str>) -> Result<GroupBy, String> {
     }
 }
 
-pub async fn usage(State(state): State<SharedState>, Query(p): Query<UsageParams>) -> Result<Response> {
+pub async fn usage(state: SharedState, uri: &axum::http::Uri) -> Result<Response> {
+    let axum::extract::Query(p) = axum::extract::Query::<UsageParams>::try_from_uri(uri)
+        .map_err(|e| Error::new(ErrorKind::InvalidRequest, format!("invalid query string: {}", e.body_text())))?;
     let Some(ledger) = &state.reports else {
         return Err(Error::new(ErrorKind::Unavailable, "the ledger is off ([storage] ledger = false)"));
     };

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use bourse::config::Config;
-use bourse::server::{app, AppState};
+use bourse::server::AppState;
 use std::net::SocketAddr;
 use std::sync::Arc;
 #[allow(unused_imports)]
@@ -39,7 +39,7 @@ pub async fn gateway(toml_text: &str) -> Gateway {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app(state)).await;
+        bourse::server::serve(listener, state, std::future::pending()).await;
     });
     Gateway { addr, url: format!("http://{addr}"), task }
 }
@@ -136,7 +136,7 @@ pub async fn gateway_with_ledger(toml_text: &str, url: &str) -> LedgerGateway {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app(state)).await;
+        bourse::server::serve(listener, state, std::future::pending()).await;
     });
     LedgerGateway { gateway: Gateway { addr, url: format!("http://{addr}"), task }, ledger, _writer: handle }
 }
