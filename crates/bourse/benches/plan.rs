@@ -8,6 +8,7 @@ use bourse::config::Config;
 use bourse::dialect::openai::parse_chat_request;
 use bourse::provider::Provider;
 use bourse::route::{Overrides, Providers, Router};
+use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -62,7 +63,7 @@ fn router() -> Router {
 }
 
 fn request(body: &str) -> ChatRequest {
-    parse_chat_request(body.as_bytes()).expect("bench request parses")
+    parse_chat_request(&Bytes::copy_from_slice(body.as_bytes())).expect("bench request parses")
 }
 
 fn bench_plan(c: &mut Criterion) {

@@ -49,8 +49,107 @@ pub struct ChatRequest {
     pub max_output_tokens: Option<u64>,
     /// Capabilities the request needs from a model (for routing).
     pub needs: Needs,
-    /// The client's request object, in `dialect`.
-    pub body: Map<String, Value>,
+    /// The client's request object, in `dialect`: built on first use when the request was
+    /// validated from its bytes ([`RawBody`]), which a same-dialect pass-through never needs.
+    body: std::sync::OnceLock<Map<String, Value>>,
+    raw: Option<RawBody>,
+}
+
+/// A request body as the client sent it, with what a pass-through needs to know to send it
+/// on by splicing instead of re-serializing: where the top-level `model` value is, and
+/// what `stream_options` says.
+#[derive(Debug, Clone)]
+pub struct RawBody {
+    pub bytes: bytes::Bytes,
+    /// Byte range of the top-level `model` value (quotes included).
+    pub model: std::ops::Range<usize>,
+    pub stream_options: StreamOptions,
+}
+
+/// The top-level `stream_options` of a raw OpenAI body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamOptions {
+    Absent,
+    /// Present, with `include_usage: true`.
+    IncludesUsage,
+    /// Present, without `include_usage: true` (splicing would have to edit inside it).
+    Other,
+}
+
+impl ChatRequest {
+    /// A request whose body was parsed into a map at the edge.
+    pub fn parsed(
+        dialect: Dialect,
+        model: String,
+        stream: bool,
+        include_usage: bool,
+        max_output_tokens: Option<u64>,
+        needs: Needs,
+        body: Map<String, Value>,
+    ) -> ChatRequest {
+        let request = ChatRequest::raw(dialect, model, stream, include_usage, max_output_tokens, needs, None);
+        let _ = request.body.set(body);
+        request
+    }
+
+    /// A request validated from its bytes; its map is parsed only if something asks for it.
+    pub fn raw(
+        dialect: Dialect,
+        model: String,
+        stream: bool,
+        include_usage: bool,
+        max_output_tokens: Option<u64>,
+        needs: Needs,
+        raw: Option<RawBody>,
+    ) -> ChatRequest {
+        ChatRequest {
+            dialect,
+            model,
+            stream,
+            include_usage,
+            max_output_tokens,
+            needs,
+            body: std::sync::OnceLock::new(),
+            raw,
+        }
+    }
+
+    /// The client's request object.
+    pub fn body(&self) -> &Map<String, Value> {
+        self.body.get_or_init(|| {
+            // The bytes were validated as a JSON object before this request was built.
+            let bytes = self.raw.as_ref().map(|r| &r.bytes[..]).unwrap_or(b"{}");
+            serde_json::from_slice(bytes).unwrap_or_default()
+        })
+    }
+
+    pub fn body_mut(&mut self) -> &mut Map<String, Value> {
+        self.body();
+        // The map is about to change: the bytes no longer describe the request.
+        self.raw = None;
+        self.body.get_mut().expect("initialised just above")
+    }
+
+    /// Moves the body out, for work after the request has gone upstream (a usage estimate),
+    /// without copying it; this request is left with an empty one.
+    pub fn take_body(&mut self) -> ChatRequest {
+        let mut taken = ChatRequest::raw(
+            self.dialect,
+            String::new(),
+            self.stream,
+            self.include_usage,
+            self.max_output_tokens,
+            self.needs,
+            self.raw.take(),
+        );
+        taken.body = std::mem::take(&mut self.body);
+        taken
+    }
+
+    /// The body as sent, if the request was validated from its bytes and not changed since.
+    pub fn raw_body(&self) -> Option<&RawBody> {
+        self.raw.as_ref()
+    }
 }
 
 /// What a request needs a model to support.

@@ -558,6 +558,21 @@ impl Catalog {
         self.index.get(id).map(|&i| &self.models[i])
     }
 
+    /// [`Catalog::get`] of `{prefix}/{model}`, without allocating for ids of ordinary
+    /// length (this runs twice per request).
+    pub fn get_pair(&self, prefix: &str, model: &str) -> Option<&Model> {
+        let mut buf = [0u8; 160];
+        let n = prefix.len() + 1 + model.len();
+        if n > buf.len() {
+            return self.get(&format!("{prefix}/{model}"));
+        }
+        buf[..prefix.len()].copy_from_slice(prefix.as_bytes());
+        buf[prefix.len()] = b'/';
+        buf[prefix.len() + 1..n].copy_from_slice(model.as_bytes());
+        // Two valid strings joined by an ASCII byte are valid UTF-8.
+        std::str::from_utf8(&buf[..n]).ok().and_then(|id| self.get(id))
+    }
+
     pub fn models(&self) -> &[Model] {
         &self.models
     }
@@ -609,6 +624,16 @@ mod tests {
         assert_eq!(m.rates.input, Rate(140_000));
         assert_eq!(m.rates.cached_input, Some(Rate(2_800)));
         assert_eq!(m.rates.output, Rate(280_000));
+    }
+
+    #[test]
+    fn get_pair_is_get_of_the_joined_id_at_any_length() {
+        let long = "m".repeat(300);
+        let entry = |m: &str| format!("[[model]]\nprovider = \"deepseek\"\nmodel = \"{m}\"\ninput = 1\noutput = 2\n");
+        let c = load(&format!("{}{}", entry("v"), entry(&long))).unwrap();
+        assert_eq!(c.get_pair("deepseek", "v").unwrap().id, "deepseek/v");
+        assert_eq!(c.get_pair("deepseek", &long).unwrap().id, format!("deepseek/{long}"));
+        assert!(c.get_pair("deepseek", "w").is_none());
     }
 
     #[test]

@@ -60,6 +60,7 @@ pub use sqlite::SqliteLedger;
 pub use writer::{FullPolicy, PendingWriter, Writer, WriterConfig, WriterHandle, WriterStats};
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Where ledger rows are stored. Clones share the same connections.
 #[derive(Clone, Debug)]
@@ -79,11 +80,14 @@ impl Ledger {
         }
     }
 
-    /// Stores a batch atomically: all rows or none.
-    pub async fn append(&self, rows: &[LedgerEntry]) -> Result<(), LedgerError> {
+    /// Stores a batch atomically: all rows or none. Shared rather than borrowed: SQLite
+    /// writes on a blocking thread, which needs the rows without copying them (the writer
+    /// keeps its handle for retries).
+    pub async fn append(&self, rows: impl Into<Arc<[LedgerEntry]>>) -> Result<(), LedgerError> {
+        let rows = rows.into();
         match self {
             Ledger::Sqlite(s) => s.append(rows).await,
-            Ledger::Postgres(p) => p.append(rows).await,
+            Ledger::Postgres(p) => p.append(&rows).await,
         }
     }
 

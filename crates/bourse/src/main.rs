@@ -258,7 +258,7 @@ fn run_quote(
             obj.insert("max_tokens".into(), m.into());
         }
     }
-    let req = bourse::dialect::openai::parse_chat_request(body.to_string().as_bytes()).map_err(|e| e.message)?;
+    let req = bourse::dialect::openai::parse_chat_request(&body.to_string().into()).map_err(|e| e.message)?;
     let state = bourse::server::AppState::from_config(&cfg)?;
     let router = &state.router;
     let overrides = bourse::route::Overrides { route: route.map(str::to_string), ..Default::default() };

@@ -19,10 +19,35 @@ pub struct Cost(pub i64);
 
 impl Cost {
     /// Decimal USD with nine places, e.g. `0.000123450` — exact, no float formatting.
+    /// Written digit by digit: three of these go on every response, and `format!` with
+    /// padding cost more than the rest of pricing together.
     pub fn usd(self) -> String {
-        let sign = if self.0 < 0 { "-" } else { "" };
-        let n = self.0.unsigned_abs();
-        format!("{sign}{}.{:09}", n / 1_000_000_000, n % 1_000_000_000)
+        // Sign, up to 11 integer digits (i64::MAX nanos is ~9.2e9 USD), point, 9 decimals;
+        // filled from the right.
+        let mut buf = [b'0'; 24];
+        let mut at = buf.len();
+        let (mut int, mut frac) = (self.0.unsigned_abs() / 1_000_000_000, self.0.unsigned_abs() % 1_000_000_000);
+        for _ in 0..9 {
+            at -= 1;
+            buf[at] = b'0' + (frac % 10) as u8;
+            frac /= 10;
+        }
+        at -= 1;
+        buf[at] = b'.';
+        loop {
+            at -= 1;
+            buf[at] = b'0' + (int % 10) as u8;
+            int /= 10;
+            if int == 0 {
+                break;
+            }
+        }
+        if self.0 < 0 {
+            at -= 1;
+            buf[at] = b'-';
+        }
+        // Digits, point and sign only: always UTF-8.
+        String::from_utf8(buf[at..].to_vec()).unwrap_or_default()
     }
 }
 
@@ -51,12 +76,14 @@ pub fn cost(usage: &Usage, model: &Model) -> Cost {
 #[derive(Debug)]
 pub struct Meter {
     pub catalog: Arc<Catalog>,
-    reference: String,
+    /// The reference model's entry, looked up once.
+    reference: Option<Model>,
 }
 
 impl Meter {
     /// `reference` must be in the catalog (config validation guarantees it).
     pub fn new(catalog: Arc<Catalog>, reference: String) -> Meter {
+        let reference = catalog.get(&reference).cloned();
         Meter { catalog, reference }
     }
 
@@ -64,11 +91,11 @@ impl Meter {
     /// "ds" of kind "deepseek" or "deepseek-anthropic" is priced by the deepseek entries). A model with no known
     /// price is refused rather than metered as free: the error says how to price it.
     pub fn priced(&self, provider: &str, vendor: &str, model: &str) -> Result<&Model, Error> {
-        let id = format!("{provider}/{model}");
-        if let Some(m) = self.catalog.get(&id) {
+        if let Some(m) = self.catalog.get_pair(provider, model).or_else(|| self.catalog.get_pair(vendor, model)) {
             return Ok(m);
         }
-        self.catalog.get(&format!("{vendor}/{model}")).ok_or_else(|| Error {
+        let id = format!("{provider}/{model}");
+        Err(Error {
             param: Some("model".into()),
             ..Error::new(
                 ErrorKind::ModelNotAllowed,
@@ -82,7 +109,7 @@ impl Meter {
     }
 
     pub fn reference(&self) -> Option<&Model> {
-        self.catalog.get(&self.reference)
+        self.reference.as_ref()
     }
 
     /// Actual cost and the counterfactual cost of the same usage on the reference model.
@@ -127,6 +154,26 @@ mod tests {
         let ds = c.get("deepseek/deepseek-chat").unwrap();
         // 1 cached token = 28,000 pico = 28 nano exactly; 1 token at 0.0028/M would be 2.8 nano -> 3
         assert_eq!(cost(&Usage { input_cache_read: 1, ..Usage::default() }, ds), Cost(28));
+    }
+
+    #[test]
+    fn usd_is_the_exact_decimal() {
+        let reference = |c: i64| {
+            let n = c.unsigned_abs();
+            format!("{}{}.{:09}", if c < 0 { "-" } else { "" }, n / 1_000_000_000, n % 1_000_000_000)
+        };
+        for c in [0, 1, -1, 9, 10, 999_999_999, 1_000_000_000, -1_000_000_001, 123_456_789_012, i64::MAX, i64::MIN] {
+            assert_eq!(Cost(c).usd(), reference(c), "{c}");
+        }
+        let mut x: i64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            assert_eq!(Cost(x).usd(), reference(x), "{x}");
+            assert_eq!(Cost(x >> 30).usd(), reference(x >> 30), "{}", x >> 30);
+        }
+        assert_eq!(Cost(602_000).usd(), "0.000602000");
     }
 
     proptest! {

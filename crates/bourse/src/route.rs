@@ -166,6 +166,10 @@ pub struct Overrides {
 impl Overrides {
     /// Parse the override headers; a bad value is a 400 naming the header.
     pub fn from_headers(h: &axum::http::HeaderMap) -> Result<Overrides> {
+        // Most requests carry none: one pass over the names instead of four lookups.
+        if !h.keys().any(|k| k.as_str().starts_with("x-bourse-")) {
+            return Ok(Overrides::default());
+        }
         let get = |name: &str| -> Result<Option<String>> {
             match h.get(name) {
                 None => Ok(None),
@@ -234,7 +238,7 @@ impl Router {
             .policies
             .get(&policy_name)
             .ok_or_else(|| Error::invalid("x-bourse-policy", format!("unknown policy '{policy_name}'")))?;
-        let prompt_tokens = plan::estimate_prompt_tokens(&req.body);
+        let prompt_tokens = plan::estimate_prompt_tokens(req.body());
         let min_quality = o.min_quality.unwrap_or(route.min_quality);
         let max_cost = match (o.max_cost, route.max_cost) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -246,7 +250,7 @@ impl Router {
             max_cost,
             needs: req.needs,
             stream: req.stream,
-            reasoning: req.body.get("reasoning_effort").is_some_and(|v| !v.is_null()),
+            reasoning: req.body().get("reasoning_effort").is_some_and(|v| !v.is_null()),
             prompt_tokens,
             max_tokens: req.max_output_tokens,
             default_output: route.expected_output,
@@ -394,7 +398,7 @@ mod tests {
 
     fn req(extra: &str) -> ChatRequest {
         parse_chat_request(
-            format!(r#"{{"model":"auto","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#).as_bytes(),
+            &format!(r#"{{"model":"auto","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#).into(),
         )
         .unwrap()
     }

@@ -196,9 +196,23 @@ fn client_dialect(path: &str) -> Dialect {
 /// A new request id: 48 bits of Unix milliseconds, then 80 random bits, in hex. Ids sort by
 /// time, so the ledger's request-id index grows at its right edge instead of touching a
 /// random page per row (measured: a random-key index was most of the ledger's cost).
-fn new_request_id() -> String {
+fn new_request_id() -> Arc<str> {
     let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    format!("req_{:012x}{:04x}{:016x}", ms & 0xffff_ffff_ffff, fastrand::u16(..), fastrand::u64(..))
+    let mut id = [0u8; 36];
+    id[..4].copy_from_slice(b"req_");
+    hex_into(&mut id[4..16], ms);
+    hex_into(&mut id[16..20], u64::from(fastrand::u16(..)));
+    hex_into(&mut id[20..], fastrand::u64(..));
+    // ASCII only; `Arc::from` copies it once, into the id's one allocation.
+    Arc::from(std::str::from_utf8(&id).unwrap_or("req_"))
+}
+
+/// The low `out.len()` hex digits of `v`, most significant first.
+fn hex_into(out: &mut [u8], v: u64) {
+    let n = out.len();
+    for (k, b) in out.iter_mut().enumerate() {
+        *b = b"0123456789abcdef"[((v >> (4 * (n - 1 - k))) & 0xf) as usize];
+    }
 }
 
 /// Every request, in order: request id (the client's `x-request-id` if sane, else new), the
@@ -211,7 +225,7 @@ pub async fn handle(state: SharedState, req: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(Arc::from)
-        .unwrap_or_else(|| Arc::from(new_request_id()));
+        .unwrap_or_else(new_request_id);
     // The access line is at debug: copy what it needs only when it will be written.
     let logged = tracing::enabled!(tracing::Level::DEBUG)
         .then(|| (Instant::now(), req.method().clone(), req.uri().path().to_string()));
@@ -442,6 +456,24 @@ mod tests {
         assert!(check_exposure(any, false, false).unwrap_err().contains("--insecure-no-auth"));
         assert!(check_exposure(any, true, false).is_ok());
         assert!(check_exposure(any, false, true).is_ok());
+    }
+
+    #[test]
+    fn request_ids_are_hex_and_sort_by_time() {
+        let a = new_request_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = new_request_id();
+        for id in [&a, &b] {
+            assert_eq!(id.len(), 36, "{id}");
+            assert!(id.starts_with("req_") && id[4..].bytes().all(|c| c.is_ascii_hexdigit()), "{id}");
+        }
+        assert!(a[..16] < b[..16], "{a} then {b}");
+        let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let stamped = u64::from_str_radix(&b[4..16], 16).unwrap();
+        assert!(ms - stamped < 60_000, "{stamped} vs now {ms}");
+        let mut out = [0u8; 4];
+        hex_into(&mut out, 0x1_2a3f);
+        assert_eq!(&out, b"2a3f");
     }
 
     #[test]

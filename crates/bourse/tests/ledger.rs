@@ -40,6 +40,7 @@ macro_rules! both_stores {
 
 both_stores!(
     roundtrip_every_field,
+    batches_of_every_size_keep_every_row,
     report_by_model_exact,
     report_every_grouping_and_window,
     report_empty,
@@ -165,8 +166,8 @@ async fn roundtrip_every_field(url: &str) {
     let first = LedgerEntry { attempt: 1, status: 503, error_kind: Some("upstream_5xx".into()), ..full.clone() };
     let other = row("req-2", 1, 5);
     // Out of attempt order on purpose: rows() orders by attempt.
-    ledger.append(&[edge.clone(), full.clone(), other.clone(), first.clone()]).await.unwrap();
-    ledger.append(&[]).await.unwrap();
+    ledger.append([edge.clone(), full.clone(), other.clone(), first.clone()]).await.unwrap();
+    ledger.append(Vec::new()).await.unwrap();
 
     assert_eq!(ledger.rows("req-1").await.unwrap(), vec![first, full, edge]);
     assert_eq!(ledger.rows("req-2").await.unwrap(), vec![other]);
@@ -207,7 +208,7 @@ fn q(by: GroupBy) -> ReportQuery {
 /// One grouping written out by hand, which also vouches for `expected_report` below.
 async fn report_by_model_exact(url: &str) {
     let ledger = Ledger::open(url).await.unwrap();
-    ledger.append(&report_fixture()).await.unwrap();
+    ledger.append(report_fixture()).await.unwrap();
     let row = |group: &str, requests, attempts, base: i64, cost, reference, errors, estimated| ReportRow {
         group: group.into(),
         requests,
@@ -241,10 +242,29 @@ async fn report_by_model_exact(url: &str) {
     );
 }
 
+/// SQLite cuts a batch into multi-row inserts of fixed shapes (32 rows, then powers of
+/// two); whatever the batch size, every row lands once, with its own values.
+async fn batches_of_every_size_keep_every_row(url: &str) {
+    let ledger = Ledger::open(url).await.unwrap();
+    let mut total = 0;
+    for n in [1usize, 2, 3, 23, 31, 32, 33, 64, 77] {
+        let rows: Vec<LedgerEntry> =
+            (0..n).map(|i| LedgerEntry { cost_nanos: i as i64, ..row(&format!("b{n}-{i}"), 1, i as i64) }).collect();
+        ledger.append(rows).await.unwrap();
+        total += n;
+        for i in [0, n / 2, n - 1] {
+            let got = ledger.rows(&format!("b{n}-{i}")).await.unwrap();
+            assert_eq!(got.len(), 1, "batch of {n}, row {i}");
+            assert_eq!((got[0].ts_ms, got[0].cost_nanos), (i as i64, i as i64), "batch of {n}, row {i}");
+        }
+    }
+    assert_eq!(ledger.count().await.unwrap(), total as i64);
+}
+
 async fn report_every_grouping_and_window(url: &str) {
     let ledger = Ledger::open(url).await.unwrap();
     let rows = report_fixture();
-    ledger.append(&rows).await.unwrap();
+    ledger.append(&rows[..]).await.unwrap();
     let day = 86_400_000;
     let windows = [
         (None, None),
@@ -343,12 +363,12 @@ fn utc_day_reference_is_right() {
 
 async fn migrations_are_idempotent(url: &str) {
     let first = Ledger::open(url).await.unwrap();
-    first.append(&[row("r", 1, 1)]).await.unwrap();
+    first.append([row("r", 1, 1)]).await.unwrap();
     drop(first);
     for stored in 1..=2 {
         let again = Ledger::open(url).await.unwrap();
         assert_eq!(again.count().await.unwrap(), stored, "reopening keeps the rows");
-        again.append(&[row("r", 2, 2)]).await.unwrap();
+        again.append([row("r", 2, 2)]).await.unwrap();
     }
     assert_eq!(Ledger::open(url).await.unwrap().count().await.unwrap(), 3);
 }
@@ -358,7 +378,7 @@ async fn concurrent_opens_migrate_once(url: &str) {
     let opens = (0..4).map(|_| Ledger::open(url));
     let ledgers: Vec<Ledger> = futures_util::future::join_all(opens).await.into_iter().map(Result::unwrap).collect();
     for (i, l) in ledgers.iter().enumerate() {
-        l.append(&[row("r", i as u32 + 1, 1)]).await.unwrap();
+        l.append([row("r", i as u32 + 1, 1)]).await.unwrap();
     }
     assert_eq!(ledgers[0].count().await.unwrap(), 4);
 }

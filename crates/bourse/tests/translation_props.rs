@@ -5,7 +5,7 @@
 //! client events. Anything translated must still be valid JSON.
 
 use bourse::canonical::Delta;
-use bourse::dialect::openai::{parse_chat_request, translate};
+use bourse::dialect::openai::{parse_chat_request, translate, upstream_chat_body};
 use bourse::dialect::{anthropic, gemini, Decode, Encode};
 use bourse::sse::Event;
 use bytes::BytesMut;
@@ -178,6 +178,64 @@ fn arb_request() -> impl Strategy<Value = Value> {
             }
             m.insert("model".into(), json!("a/b"));
             m.insert("max_tokens".into(), json!(64));
+            m.insert("messages".into(), Value::Array(messages));
+            Value::Object(m)
+        })
+}
+
+/// The top-level fields chat validation checks, with right and wrong shapes and values
+/// on both sides of the ranges.
+const CHECKED: &[&str] = &[
+    "stream",
+    "stream_options",
+    "temperature",
+    "top_p",
+    "n",
+    "max_tokens",
+    "max_completion_tokens",
+    "presence_penalty",
+    "seed",
+    "stop",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "user",
+    "metadata",
+    "reasoning_effort",
+    "store",
+    "service_tier",
+];
+
+fn checked_fields_request() -> impl Strategy<Value = Value> {
+    let value = prop_oneof![
+        leaf(),
+        Just(json!(-0.0)),
+        Just(json!(2.5)),
+        Just(json!(129)),
+        Just(json!(1.0)),
+        Just(json!({"include_usage": true})),
+        Just(json!({"include_usage": false})),
+        Just(json!({"type": "json_schema", "json_schema": {"name": "x"}})),
+        Just(json!({"type": "nope"})),
+        Just(json!([{"type": "function", "function": {"name": "f"}}])),
+        Just(json!([{"type": "function", "function": {"name": 3}}])),
+        Just(json!(["x"])),
+    ];
+    (
+        proptest::collection::vec(arb_message(), 0..3),
+        proptest::collection::vec((proptest::sample::select(CHECKED), value), 0..5),
+        proptest::option::of(leaf()),
+    )
+        .prop_map(|(messages, fields, model)| {
+            let mut m = Map::new();
+            for (k, v) in fields {
+                m.insert(k.to_string(), v);
+            }
+            m.insert("model".into(), model.unwrap_or(json!("p/m")));
             m.insert("messages".into(), Value::Array(messages));
             Value::Object(m)
         })
@@ -414,10 +472,40 @@ proptest! {
     #[test]
     fn openai_requests_translate_without_panicking(req in prop_oneof![openai_request(), arb_request()]) {
         let body = serde_json::to_vec(&req).unwrap();
-        if let Ok(parsed) = parse_chat_request(&body) {
-            if let Ok(conv) = translate::conversation(&parsed.body) {
+        if let Ok(parsed) = parse_chat_request(&body.clone().into()) {
+            if let Ok(conv) = translate::conversation(parsed.body()) {
                 render_everywhere(&conv);
             }
+        }
+    }
+
+    /// The fast path (a borrowed look at the bytes, then splicing the model in) accepts only
+    /// what the map walk accepts, reads the same values, and sends the same JSON upstream.
+    /// The map walk is forced by a leading duplicate `model` key, which the look refuses
+    /// and the map walk resolves to the last one.
+    #[test]
+    fn fast_path_agrees_with_the_map_walk(
+        req in prop_oneof![openai_request(), arb_request(), checked_fields_request()],
+        model in proptest::sample::select(&["up/m", "m\"q", "ü"][..]),
+    ) {
+        let body = serde_json::to_vec(&req).unwrap();
+        let mut forced = br#"{"model":0,"#.to_vec();
+        forced.extend_from_slice(&body[1..]);
+        let fast = parse_chat_request(&body.clone().into());
+        let slow = parse_chat_request(&forced.into());
+        match (fast, slow) {
+            (Ok(mut f), Ok(mut s)) => {
+                prop_assert!(f.raw_body().is_some() || req.get("model").is_some());
+                prop_assert_eq!(
+                    (&f.model, f.stream, f.include_usage, f.max_output_tokens, f.needs),
+                    (&s.model, s.stream, s.include_usage, s.max_output_tokens, s.needs)
+                );
+                prop_assert_eq!(f.body(), s.body());
+                let (fb, sb) = (upstream_chat_body(&mut f, model), upstream_chat_body(&mut s, model));
+                prop_assert_eq!(serde_json::from_slice::<Value>(&fb).unwrap(), serde_json::from_slice::<Value>(&sb).unwrap());
+            }
+            (Ok(f), Err(e)) => prop_assert!(false, "fast path accepted what the map walk refuses ({}): {:?}", e.message, f.model),
+            _ => {}
         }
     }
 
@@ -425,7 +513,7 @@ proptest! {
     fn anthropic_requests_translate_without_panicking(req in prop_oneof![anthropic_request(), arb_request()]) {
         let body = serde_json::to_vec(&req).unwrap();
         if let Ok(mut parsed) = anthropic::parse_request(&body) {
-            if let Ok(conv) = anthropic::conversation(&parsed.body) {
+            if let Ok(conv) = anthropic::conversation(parsed.body()) {
                 render_everywhere(&conv);
             }
             assert_json(&anthropic::passthrough_body(&mut parsed, "m"), "anthropic pass-through");
@@ -484,15 +572,37 @@ fn generated_requests_reach_the_translators() {
     let (mut openai, mut anthropic_ok, n) = (0, 0, 500);
     for _ in 0..n {
         let body = serde_json::to_vec(&openai_request().new_tree(&mut runner).unwrap().current()).unwrap();
-        if parse_chat_request(&body).is_ok_and(|r| translate::conversation(&r.body).is_ok()) {
+        if parse_chat_request(&body.clone().into()).is_ok_and(|r| translate::conversation(r.body()).is_ok()) {
             openai += 1;
         }
         let body = serde_json::to_vec(&anthropic_request().new_tree(&mut runner).unwrap().current()).unwrap();
-        if anthropic::parse_request(&body).is_ok_and(|r| anthropic::conversation(&r.body).is_ok()) {
+        if anthropic::parse_request(&body).is_ok_and(|r| anthropic::conversation(r.body()).is_ok()) {
             anthropic_ok += 1;
         }
     }
     eprintln!("translated: openai {openai}/{n}, anthropic {anthropic_ok}/{n}");
     assert!(openai * 4 >= n, "only {openai}/{n} OpenAI requests reached translation");
     assert!(anthropic_ok * 4 >= n, "only {anthropic_ok}/{n} Anthropic requests reached translation");
+}
+
+/// The same for the fast-path property: a fair share of its requests must pass validation
+/// on the fast path (so the comparison is not only between two refusals), and a fair share
+/// must be refused (so the refusals are compared too).
+#[test]
+fn generated_requests_exercise_the_fast_path() {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let (mut fast, mut refused, n) = (0, 0, 600);
+    let strategy = prop_oneof![openai_request(), arb_request(), checked_fields_request()];
+    for _ in 0..n {
+        let body = serde_json::to_vec(&strategy.new_tree(&mut runner).unwrap().current()).unwrap();
+        match parse_chat_request(&body.into()) {
+            Ok(r) if r.raw_body().is_some() => fast += 1,
+            Ok(_) => {}
+            Err(_) => refused += 1,
+        }
+    }
+    eprintln!("fast path: {fast}/{n} accepted, {refused}/{n} refused");
+    assert!(fast * 4 >= n, "only {fast}/{n} requests took the fast path");
+    assert!(refused * 4 >= n, "only {refused}/{n} requests were refused");
 }

@@ -41,7 +41,7 @@ pub async fn count_tokens(state: SharedState, req: Request) -> Result<Response, 
     if state.router.route_for(&req.model, &Overrides::default())?.is_none() {
         state.providers.resolve(&req.model)?;
     }
-    let conv = anthropic::conversation(&req.body)?;
+    let conv = anthropic::conversation(req.body())?;
     let tokens = tokio::task::spawn_blocking(move || anthropic::count_tokens(&conv)).await.unwrap_or(0);
     Ok(axum::Json(json!({"input_tokens": tokens})).into_response())
 }

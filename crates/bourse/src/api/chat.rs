@@ -11,7 +11,7 @@ use crate::canonical::{ChatRequest, Dialect, Usage};
 use crate::dialect::openai::{self as wire, translate};
 use crate::dialect::{anthropic, gemini, Decode, Encode};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ledger::{LedgerEntry, Writer};
+use crate::ledger::LedgerEntry;
 use crate::meter::{estimate, Cost};
 use crate::provider::{Endpoint, Upstream};
 use crate::relay::{Mode, OnEnd, StreamEnd, StreamRelay, StreamSummary};
@@ -20,7 +20,7 @@ use crate::route::{Overrides, Routed, Target};
 use crate::server::{Caller, SharedState};
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -69,8 +69,13 @@ pub(crate) fn provenance(resp: &mut Response, target: &Target) {
 }
 
 pub(crate) fn json_response(status: StatusCode, body: Bytes) -> Response {
-    let mut resp = (status, body).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    // Room for every header an answer gets (provenance, money, route, request id), so
+    // adding them never regrows the map.
+    let mut headers = HeaderMap::with_capacity(12);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    *resp.headers_mut() = headers;
     resp
 }
 
@@ -162,29 +167,28 @@ impl Attempt {
             // Unreachable: unpriced targets are refused before any attempt starts.
             Err(_) => (Cost::default(), Cost::default()),
         };
-        let record = self.state.ledger.clone().map(|writer| Record {
-            writer,
-            entry: LedgerEntry {
-                request_id: self.caller.request_id.to_string(),
-                attempt: self.number,
-                ts_ms: self.ts_ms,
-                key_id: self.caller.key_id.as_deref().map(str::to_string),
-                provider: self.target.provider.id.clone(),
-                model: self.target.upstream_model.clone(),
-                route_reason: self.route_reason,
-                usage,
-                cost_nanos: cost.0,
-                reference_cost_nanos: reference.0,
-                catalog_version: meter.catalog.version.clone(),
-                ttfb_ms: self.ttfb.map(|d| d.as_millis() as u32),
-                latency_ms: self.started.elapsed().as_millis() as u32,
-                status,
-                error_kind: error.map(str::to_string),
-                estimated,
-                stream: self.stream,
-            },
+        let entry = self.state.ledger.is_some().then(|| LedgerEntry {
+            request_id: self.caller.request_id.to_string(),
+            attempt: self.number,
+            ts_ms: self.ts_ms,
+            key_id: self.caller.key_id.as_deref().map(str::to_string),
+            provider: self.target.provider.id.clone(),
+            model: self.target.upstream_model.clone(),
+            route_reason: self.route_reason,
+            usage,
+            cost_nanos: cost.0,
+            reference_cost_nanos: reference.0,
+            catalog_version: meter.catalog.version.clone(),
+            ttfb_ms: self.ttfb.map(|d| d.as_millis() as u32),
+            latency_ms: self.started.elapsed().as_millis() as u32,
+            status,
+            error_kind: error.map(str::to_string),
+            estimated,
+            stream: self.stream,
         });
-        (Settled { cost, reference }, record)
+        // The row travels with the state it came from (not a clone of the writer: its
+        // reference counts are shared by every worker, so touching them costs).
+        (Settled { cost, reference }, entry.map(|entry| Record { state: self.state, entry }))
     }
 
     /// A failed attempt: a ledger row with no usage, health told, the error handed back.
@@ -211,26 +215,30 @@ impl Attempt {
 
 /// A ledger row on its way to the writer.
 pub(crate) struct Record {
-    writer: Writer,
+    state: SharedState,
     entry: LedgerEntry,
 }
 
 impl Record {
     /// Queue the row (the writer's full-queue policy applies; it never waits on the database).
     pub(crate) async fn send(self) {
-        self.writer.record(self.entry).await;
+        if let Some(writer) = &self.state.ledger {
+            writer.record(self.entry).await;
+        }
     }
 
     /// From synchronous code (the end of a stream, possibly inside a drop): queue the row
     /// at once if there is room (always, unless the store has fallen behind), else hand it
     /// to a task so the same full-queue policy applies.
     fn send_detached(self) {
-        let Err(entry) = self.writer.offer(self.entry) else { return };
+        let Some(writer) = &self.state.ledger else { return };
+        let Err(entry) = writer.offer(self.entry) else { return };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                rt.spawn(async move { self.writer.record(entry).await });
+                let state = self.state;
+                rt.spawn(async move { Record { state, entry }.send().await });
             }
-            Err(_) => self.writer.try_record(entry),
+            Err(_) => writer.try_record(entry),
         }
     }
 }
@@ -240,7 +248,8 @@ pub(crate) fn money_headers(resp: &mut Response, s: &Settled) {
     for (name, value) in
         [(&X_BOURSE_COST, s.cost), (&X_BOURSE_REFERENCE_COST, s.reference), (&X_BOURSE_SAVED, s.reference - s.cost)]
     {
-        if let Ok(v) = HeaderValue::from_str(&value.usd()) {
+        // From the String itself: `from_str` would copy it into a second allocation.
+        if let Ok(v) = HeaderValue::try_from(value.usd()) {
             h.insert(name.clone(), v);
         }
     }
@@ -404,8 +413,8 @@ fn upstream_body(req: &mut ChatRequest, target: &Target) -> Result<(Vec<u8>, boo
         _ => {}
     }
     let conv = match req.dialect {
-        Dialect::OpenAi => translate::conversation(&req.body)?,
-        Dialect::Anthropic => anthropic::conversation(&req.body)?,
+        Dialect::OpenAi => translate::conversation(req.body())?,
+        Dialect::Anthropic => anthropic::conversation(req.body())?,
         Dialect::Gemini => return Err(Error::new(ErrorKind::Internal, "Gemini is not a client dialect")),
     };
     let body = match upstream {
@@ -508,7 +517,7 @@ async fn attempt_chat(
         attempt.healthy();
         // This attempt answers the request (no fallback after a stream starts): keep the
         // body for a possible estimate without copying it.
-        let request_body = std::mem::take(&mut req.body);
+        let request = req.take_body();
         let on_end: OnEnd = Box::new(move |summary: StreamSummary| {
             let (status, error) = match &summary.end {
                 StreamEnd::Completed => (200, None),
@@ -534,7 +543,7 @@ async fn attempt_chat(
                             estimate::completion_tokens(&summary.data)
                         };
                         let usage = Usage {
-                            input_uncached: estimate::prompt_tokens(&request_body),
+                            input_uncached: estimate::prompt_tokens(request.body()),
                             output,
                             ..Usage::default()
                         };
@@ -572,7 +581,7 @@ async fn attempt_chat(
     let (usage, estimated) = match usage {
         Some(u) => (u, false),
         None => {
-            let body = req.body.clone();
+            let body = req.body().clone();
             let resp_bytes = bytes.clone();
             let counted = tokio::task::spawn_blocking(move || Usage {
                 input_uncached: estimate::prompt_tokens(&body),

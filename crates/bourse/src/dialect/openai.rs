@@ -4,12 +4,14 @@
 //! client mistake becomes a 400 naming the parameter instead of an opaque upstream error
 //! (or a panic). Fields Bourse does not know are passed on untouched.
 
+mod peek;
 pub mod think;
 pub mod translate;
 
-use crate::canonical::{ChatRequest, Dialect, EmbeddingsRequest, Needs, Usage};
+use crate::canonical::{ChatRequest, Dialect, EmbeddingsRequest, Needs, RawBody, StreamOptions, Usage};
 use crate::dialect::Shape;
 use crate::error::{Error, ErrorKind, Result};
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -75,8 +77,18 @@ fn range(map: &Map<String, Value>, key: &str, lo: f64, hi: f64) -> Result<()> {
 
 const CHAT_ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "function"];
 
-/// Validate a `/v1/chat/completions` body and lift out what the gateway needs.
-pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest> {
+/// Validate a `/v1/chat/completions` body and lift out what the gateway needs: a borrowed
+/// look at the bytes first (no map is built for a request that passes), and the full map
+/// walk, with its exact error messages, for anything that look cannot vouch for.
+pub fn parse_chat_request(body: &Bytes) -> Result<ChatRequest> {
+    match peek::peek(body) {
+        Some(req) => Ok(req),
+        None => parse_chat_map(body),
+    }
+}
+
+/// The map walk: validates every field and keeps the parsed object.
+fn parse_chat_map(body: &[u8]) -> Result<ChatRequest> {
     let map = parse_object(body)?;
     let model = required_model(&map)?;
     let messages = match map.get("messages") {
@@ -176,15 +188,20 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest> {
         ),
         vision,
     };
-    Ok(ChatRequest { dialect: Dialect::OpenAi, model, stream, include_usage, max_output_tokens, needs, body: map })
+    Ok(ChatRequest::parsed(Dialect::OpenAi, model, stream, include_usage, max_output_tokens, needs, map))
 }
 
 /// The body to send upstream: the client's object with the upstream model name, and —
 /// for streams — `stream_options.include_usage` forced on, so usage is always known.
 pub fn upstream_chat_body(req: &mut ChatRequest, upstream_model: &str) -> Vec<u8> {
-    req.body.insert("model".into(), Value::String(upstream_model.to_string()));
-    if req.stream {
-        let opts = req.body.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
+    if let Some(spliced) = req.raw_body().and_then(|raw| splice(raw, req.stream, upstream_model)) {
+        return spliced;
+    }
+    let stream = req.stream;
+    let body = req.body_mut();
+    body.insert("model".into(), Value::String(upstream_model.to_string()));
+    if stream {
+        let opts = body.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
         if !opts.is_object() {
             *opts = Value::Object(Map::new());
         }
@@ -192,7 +209,35 @@ pub fn upstream_chat_body(req: &mut ChatRequest, upstream_model: &str) -> Vec<u8
             o.insert("include_usage".into(), Value::Bool(true));
         }
     }
-    serde_json::to_vec(&req.body).unwrap_or_default()
+    serde_json::to_vec(body).unwrap_or_default()
+}
+
+/// [`upstream_chat_body`] on the client's bytes: the model value replaced in place and, for
+/// a stream without `stream_options`, `"stream_options":{"include_usage":true}` added as
+/// the first member. `None` when a stream's `stream_options` would need editing inside.
+fn splice(raw: &RawBody, stream: bool, upstream_model: &str) -> Option<Vec<u8>> {
+    let add_options = match (stream, raw.stream_options) {
+        (false, _) | (true, StreamOptions::IncludesUsage) => false,
+        (true, StreamOptions::Absent) => true,
+        (true, StreamOptions::Other) => return None,
+    };
+    const OPTIONS: &[u8] = br#""stream_options":{"include_usage":true},"#;
+    let b = &raw.bytes[..];
+    let model = serde_json::to_vec(upstream_model).ok()?;
+    let mut out = Vec::with_capacity(b.len() + model.len() + OPTIONS.len());
+    let mut rest = 0;
+    if add_options {
+        // The body is an object with at least `model` and `messages`: after its `{` a member
+        // always follows, so the added one ends with a comma.
+        let open = b.iter().position(|&c| c == b'{')? + 1;
+        out.extend_from_slice(&b[..open]);
+        out.extend_from_slice(OPTIONS);
+        rest = open;
+    }
+    out.extend_from_slice(&b[rest..raw.model.start]);
+    out.extend_from_slice(&model);
+    out.extend_from_slice(&b[raw.model.end..]);
+    Some(out)
 }
 
 /// Validate a `/v1/embeddings` body.
@@ -414,7 +459,7 @@ mod tests {
     use super::*;
 
     fn err_param(body: &str) -> (ErrorKind, Option<String>) {
-        let e = parse_chat_request(body.as_bytes()).unwrap_err();
+        let e = parse_chat_request(&Bytes::copy_from_slice(body.as_bytes())).unwrap_err();
         (e.kind, e.param)
     }
 
@@ -451,7 +496,7 @@ mod tests {
     #[test]
     fn unknown_fields_and_nulls_pass_through() {
         let body = r#"{"model":"deepseek/deepseek-chat","messages":[{"role":"user","content":"hi"}],"temperature":null,"x_vendor":{"a":[1,2]},"stream":true}"#;
-        let mut req = parse_chat_request(body.as_bytes()).unwrap();
+        let mut req = parse_chat_request(&Bytes::copy_from_slice(body.as_bytes())).unwrap();
         assert!(req.stream && !req.include_usage);
         let out: Value = serde_json::from_slice(&upstream_chat_body(&mut req, "deepseek-chat")).unwrap();
         assert_eq!(out["model"], "deepseek-chat");
@@ -461,9 +506,38 @@ mod tests {
     }
 
     #[test]
+    fn pass_through_keeps_the_clients_bytes_but_the_model() {
+        // Spacing, key order, number spelling and escapes arrive upstream as the client wrote
+        // them: only the model value changes (and a stream gains `stream_options` first).
+        let body =
+            "{ \"x\": 1.50, \"model\" : \"a\\/b\", \"messages\":[{\"role\":\"user\",\"content\":\"caf\\u00e9\"}] }";
+        let mut req = parse_chat_request(&Bytes::copy_from_slice(body.as_bytes())).unwrap();
+        assert_eq!(req.model, "a/b");
+        assert!(req.raw_body().is_some(), "the fast path took it");
+        let out = upstream_chat_body(&mut req, "b\"c");
+        assert_eq!(String::from_utf8(out).unwrap(), body.replace("\"a\\/b\"", "\"b\\\"c\""));
+        let stream = body.replacen('{', "{\"stream\":true,", 1);
+        let mut req = parse_chat_request(&Bytes::from(stream.clone())).unwrap();
+        let out = String::from_utf8(upstream_chat_body(&mut req, "b")).unwrap();
+        let want =
+            stream.replacen('{', "{\"stream_options\":{\"include_usage\":true},", 1).replace("\"a\\/b\"", "\"b\"");
+        assert_eq!(out, want);
+        // `stream_options` present without include_usage: the map rewrites it.
+        let other = body.replacen('{', "{\"stream\":true,\"stream_options\":{\"x\":1},", 1);
+        let mut req = parse_chat_request(&Bytes::from(other)).unwrap();
+        let out: Value = serde_json::from_slice(&upstream_chat_body(&mut req, "b")).unwrap();
+        assert_eq!(out["stream_options"], serde_json::json!({"x": 1, "include_usage": true}));
+        // Duplicate keys: the map walk decides (the last one wins, as everywhere in serde_json).
+        let dup = r#"{"model":"x","model":"a/b","messages":[{"role":"user","content":"hi"}]}"#;
+        let req = parse_chat_request(&Bytes::from_static(dup.as_bytes())).unwrap();
+        assert_eq!(req.model, "a/b");
+        assert!(req.raw_body().is_none());
+    }
+
+    #[test]
     fn needs_are_detected() {
         let body = r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}],"tools":[{"type":"function","function":{"name":"f"}}],"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{}}},"max_completion_tokens":50}"#;
-        let req = parse_chat_request(body.as_bytes()).unwrap();
+        let req = parse_chat_request(&Bytes::copy_from_slice(body.as_bytes())).unwrap();
         assert_eq!(req.needs, Needs { tools: true, json_schema: true, vision: true });
         assert_eq!(req.max_output_tokens, Some(50));
     }

@@ -26,10 +26,32 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const COLUMNS: usize = 21;
 const ROWS_PER_INSERT: usize = 32;
 
-/// `INSERT ... VALUES (?, ...), (?, ...), ...` for `n` rows.
-fn insert_sql(n: usize) -> String {
-    let row = format!("({})", vec!["?"; COLUMNS].join(", "));
-    format!("INSERT INTO ledger ({}) VALUES {}", entry_columns!(), vec![row; n].join(", "))
+/// A batch cut into multi-row inserts: chunks of `ROWS_PER_INSERT`, then the rest in
+/// powers of two (23 rows: 16 + 4 + 2 + 1). Six statement shapes in all, so every one
+/// stays prepared in the statement cache: an odd-sized last chunk per batch meant parsing
+/// a new statement of hundreds of parameters per batch.
+fn insert_chunks(rows: &[LedgerEntry]) -> impl Iterator<Item = &[LedgerEntry]> {
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let n = if rest.len() >= ROWS_PER_INSERT { ROWS_PER_INSERT } else { 1 << rest.len().ilog2() };
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
+/// `INSERT ... VALUES (?, ...), (?, ...), ...` for a chunk of `n` rows (a power of two up
+/// to `ROWS_PER_INSERT`), built once per shape.
+fn insert_sql(n: usize) -> &'static str {
+    static SQL: [std::sync::OnceLock<String>; 6] = [const { std::sync::OnceLock::new() }; 6];
+    debug_assert!(n.is_power_of_two() && n <= ROWS_PER_INSERT);
+    SQL[n.ilog2() as usize].get_or_init(|| {
+        let row = format!("({})", vec!["?"; COLUMNS].join(", "));
+        format!("INSERT INTO ledger ({}) VALUES {}", entry_columns!(), vec![row; n].join(", "))
+    })
 }
 
 const SELECT_BY_REQUEST: &str =
@@ -73,12 +95,10 @@ impl SqliteLedger {
         &self.inner.path
     }
 
-    pub(super) async fn append(&self, rows: &[LedgerEntry]) -> Result<(), LedgerError> {
+    pub(super) async fn append(&self, rows: Arc<[LedgerEntry]>) -> Result<(), LedgerError> {
         if rows.is_empty() {
             return Ok(());
         }
-        // spawn_blocking needs 'static data; a batch is small, so copying it is cheap.
-        let rows = rows.to_vec();
         let inner = self.inner.clone();
         blocking(move || {
             let mut conn = lock(&inner.writer);
@@ -87,7 +107,7 @@ impl SqliteLedger {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             // Many rows per statement: SQLite's per-statement work (bind reset, VDBE
             // start-up) is paid once per chunk instead of once per row.
-            for chunk in rows.chunks(ROWS_PER_INSERT) {
+            for chunk in insert_chunks(&rows) {
                 let counts: Vec<[i64; 5]> = chunk
                     .iter()
                     .map(|r| {
@@ -122,7 +142,7 @@ impl SqliteLedger {
                         &r.stream,
                     ]);
                 }
-                let mut stmt = tx.prepare_cached(&insert_sql(chunk.len()))?;
+                let mut stmt = tx.prepare_cached(insert_sql(chunk.len()))?;
                 stmt.execute(values.as_slice())?;
             }
             tx.commit()?;

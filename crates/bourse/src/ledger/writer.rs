@@ -371,8 +371,8 @@ impl Drain {
                     break;
                 }
             }
-            degraded = !self.write(&batch, degraded).await;
-            batch.clear();
+            let rows: Arc<[LedgerEntry]> = std::mem::replace(&mut batch, Vec::with_capacity(self.cfg.batch)).into();
+            degraded = !self.write(rows, degraded).await;
             if !open {
                 break;
             }
@@ -432,13 +432,13 @@ impl Drain {
     }
 
     /// Writes one batch with retries; false if it was given up on.
-    async fn write(&self, batch: &[LedgerEntry], degraded: bool) -> bool {
+    async fn write(&self, batch: Arc<[LedgerEntry]>, degraded: bool) -> bool {
         let n = batch.len() as u64;
         let retries = if degraded { 0 } else { self.cfg.retries };
         let mut backoff = self.cfg.retry_backoff;
         let mut attempt = 0;
         let ok = loop {
-            match self.ledger.append(batch).await {
+            match self.ledger.append(batch.clone()).await {
                 Ok(()) => {
                     self.shared.written.fetch_add(n, Relaxed);
                     break true;

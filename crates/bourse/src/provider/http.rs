@@ -137,7 +137,10 @@ pub struct ProxyStream {
 
 impl Connection for ProxyStream {
     fn connected(&self) -> Connected {
-        self.io.connected().proxy(self.via_proxy)
+        // Not `self.io.connected()`: that attaches the socket addresses (`HttpInfo`), which
+        // the pool then copies into every response's extensions (three allocations per
+        // request) for nobody to read.
+        Connected::new().proxy(self.via_proxy)
     }
 }
 

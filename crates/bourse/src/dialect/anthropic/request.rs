@@ -287,22 +287,15 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest> {
     let stream = map.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let needs =
         Needs { tools: map.get("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty()), json_schema, vision };
-    Ok(ChatRequest {
-        dialect: Dialect::Anthropic,
-        model,
-        stream,
-        // Anthropic streams always carry usage (message_start and message_delta).
-        include_usage: true,
-        max_output_tokens: Some(max_tokens),
-        needs,
-        body: map,
-    })
+    // Anthropic streams always carry usage (message_start and message_delta).
+    Ok(ChatRequest::parsed(Dialect::Anthropic, model, stream, true, Some(max_tokens), needs, map))
 }
 
 /// Same-dialect pass-through: the client's object with only `model` replaced.
 pub fn passthrough_body(req: &mut ChatRequest, upstream_model: &str) -> Vec<u8> {
-    req.body.insert("model".into(), Value::String(upstream_model.to_string()));
-    serde_json::to_vec(&req.body).unwrap_or_default()
+    let body = req.body_mut();
+    body.insert("model".into(), Value::String(upstream_model.to_string()));
+    serde_json::to_vec(body).unwrap_or_default()
 }
 
 // ------------------------------------------------------------------ request -> conversation

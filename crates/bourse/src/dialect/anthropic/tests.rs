@@ -55,7 +55,7 @@ fn sdk_shaped_requests_pass_and_lift_what_the_gateway_needs() {
     assert!(req.stream && req.include_usage);
     assert_eq!(req.max_output_tokens, Some(1024));
     assert_eq!(req.needs, Needs { tools: true, json_schema: false, vision: true });
-    assert!(req.body.contains_key("x_future_field"), "unknown fields are kept");
+    assert!(req.body().contains_key("x_future_field"), "unknown fields are kept");
 
     // Minimal, string content, no vision/tools; server tools and unknown blocks pass.
     let minimal = json!({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]});
@@ -291,9 +291,9 @@ fn anthropic_conversation_survives_render_and_reparse() {
     let body = render_request(&conv, "claude-sonnet-4-5", true);
     // What we render is itself a valid request.
     let req = parse_request(&body).unwrap();
-    assert_eq!(req.body["model"], "claude-sonnet-4-5");
-    assert_eq!(req.body["stream"], true);
-    assert_eq!(conversation(&req.body).unwrap(), conv);
+    assert_eq!(req.body()["model"], "claude-sonnet-4-5");
+    assert_eq!(req.body()["stream"], true);
+    assert_eq!(conversation(req.body()).unwrap(), conv);
 
     // Thinking settings, a stop sequence list and a text document too.
     let mut b = sdk_request();
@@ -303,7 +303,7 @@ fn anthropic_conversation_survives_render_and_reparse() {
     b["max_tokens"] = json!(8192);
     b["stop_sequences"] = json!(["END", "STOP"]);
     let conv = conversation(b.as_object().unwrap()).unwrap();
-    let back = conversation(&parse_request(&render_request(&conv, "m", false)).unwrap().body).unwrap();
+    let back = conversation(&parse_request(&render_request(&conv, "m", false)).unwrap().body().clone()).unwrap();
     assert_eq!(back, conv);
     assert_eq!(back.stop, vec!["END".to_string(), "STOP".to_string()]);
 }
