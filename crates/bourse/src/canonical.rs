@@ -77,23 +77,9 @@ pub enum StreamOptions {
 }
 
 impl ChatRequest {
-    /// A request whose body was parsed into a map at the edge.
-    pub fn parsed(
-        dialect: Dialect,
-        model: String,
-        stream: bool,
-        include_usage: bool,
-        max_output_tokens: Option<u64>,
-        needs: Needs,
-        body: Map<String, Value>,
-    ) -> ChatRequest {
-        let request = ChatRequest::raw(dialect, model, stream, include_usage, max_output_tokens, needs, None);
-        let _ = request.body.set(body);
-        request
-    }
-
-    /// A request validated from its bytes; its map is parsed only if something asks for it.
-    pub fn raw(
+    /// A request; `raw` when it was validated from its bytes (its map is then parsed only if
+    /// something asks for it), else give it its map with [`ChatRequest::with_body`].
+    pub fn new(
         dialect: Dialect,
         model: String,
         stream: bool,
@@ -112,6 +98,12 @@ impl ChatRequest {
             body: std::sync::OnceLock::new(),
             raw,
         }
+    }
+
+    /// The request with its body parsed into a map at the edge.
+    pub fn with_body(self, body: Map<String, Value>) -> ChatRequest {
+        let _ = self.body.set(body);
+        ChatRequest { raw: None, ..self }
     }
 
     /// The client's request object.
@@ -133,7 +125,7 @@ impl ChatRequest {
     /// Moves the body out, for work after the request has gone upstream (a usage estimate),
     /// without copying it; this request is left with an empty one.
     pub fn take_body(&mut self) -> ChatRequest {
-        let mut taken = ChatRequest::raw(
+        let mut taken = ChatRequest::new(
             self.dialect,
             String::new(),
             self.stream,

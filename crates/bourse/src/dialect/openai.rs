@@ -188,7 +188,7 @@ fn parse_chat_map(body: &[u8]) -> Result<ChatRequest> {
         ),
         vision,
     };
-    Ok(ChatRequest::parsed(Dialect::OpenAi, model, stream, include_usage, max_output_tokens, needs, map))
+    Ok(ChatRequest::new(Dialect::OpenAi, model, stream, include_usage, max_output_tokens, needs, None).with_body(map))
 }
 
 /// The body to send upstream: the client's object with the upstream model name, and —

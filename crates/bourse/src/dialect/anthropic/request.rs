@@ -288,7 +288,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest> {
     let needs =
         Needs { tools: map.get("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty()), json_schema, vision };
     // Anthropic streams always carry usage (message_start and message_delta).
-    Ok(ChatRequest::parsed(Dialect::Anthropic, model, stream, true, Some(max_tokens), needs, map))
+    Ok(ChatRequest::new(Dialect::Anthropic, model, stream, true, Some(max_tokens), needs, None).with_body(map))
 }
 
 /// Same-dialect pass-through: the client's object with only `model` replaced.

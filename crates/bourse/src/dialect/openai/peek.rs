@@ -244,7 +244,7 @@ pub(super) fn peek(body: &Bytes) -> Option<ChatRequest> {
     let start = model_raw.get().as_ptr() as usize - body.as_ptr() as usize;
     let raw = RawBody { bytes: body.clone(), model: start..start + model_raw.get().len(), stream_options };
     let needs = Needs { tools, json_schema, vision };
-    Some(ChatRequest::raw(
+    Some(ChatRequest::new(
         Dialect::OpenAi,
         model.into_owned(),
         stream,
