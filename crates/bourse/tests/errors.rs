@@ -137,6 +137,10 @@ async fn gateway_keys_are_required_when_configured() {
     }
     // Health checks stay open for load balancers.
     assert_eq!(client().get(format!("{}/healthz", gw.url)).send().await.unwrap().status(), 200);
+    // Every `/v1` path is behind the key, known or not: no route list for strangers.
+    assert_eq!(client().get(format!("{}/v1/nope", gw.url)).send().await.unwrap().status(), 401);
+    let known = client().get(format!("{}/v1/nope", gw.url)).bearer_auth("gw-secret").send().await.unwrap();
+    assert_eq!(known.status(), 404);
     // The gateway key is not forwarded upstream; the provider's key is.
     let seen = sim.last_request().unwrap();
     let auth = seen.headers.iter().find(|(k, _)| k == "authorization").map(|(_, v)| v.clone());
