@@ -74,4 +74,70 @@ impl Shape {
             Shape::StringOrObject => v.is_string() || v.is_object(),
         }
     }
+
+    /// [`Shape::matches`] on a value still in its JSON text (valid JSON, not `null`), judged
+    /// the way serde_json would parse it.
+    pub(crate) fn matches_raw(self, v: &serde_json::value::RawValue) -> bool {
+        let t = v.get();
+        let string = t.starts_with('"');
+        let object = t.starts_with('{');
+        let array = t.starts_with('[');
+        match self {
+            Shape::Bool => t == "true" || t == "false",
+            Shape::Number => t.starts_with(|c: char| c == '-' || c.is_ascii_digit()),
+            // serde_json reads `1.0`, `1e3` and `-0` as floats.
+            Shape::Integer => t != "-0" && (t.parse::<i64>().is_ok() || t.parse::<u64>().is_ok()),
+            Shape::String => string,
+            Shape::Object => object,
+            Shape::Array => array,
+            Shape::StringOrArray => string || array,
+            Shape::StringOrObject => string || object,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Shape;
+
+    #[test]
+    fn a_raw_shape_is_the_shape_of_the_parsed_value() {
+        let shapes = [
+            Shape::Bool,
+            Shape::Number,
+            Shape::Integer,
+            Shape::String,
+            Shape::Object,
+            Shape::Array,
+            Shape::StringOrArray,
+            Shape::StringOrObject,
+        ];
+        let texts = [
+            "true",
+            "false",
+            "0",
+            "-0",
+            "-1",
+            "1.0",
+            "1e3",
+            "-0.0",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "\"1\"",
+            "\"\"",
+            "{}",
+            "{\"a\":1}",
+            "[]",
+            "[1]",
+        ];
+        for text in texts {
+            let raw: Box<serde_json::value::RawValue> = serde_json::from_str(text).unwrap();
+            let value: serde_json::Value = serde_json::from_str(text).unwrap();
+            for shape in shapes {
+                assert_eq!(shape.matches_raw(&raw), shape.matches(&value), "{shape:?} of {text}");
+            }
+        }
+    }
 }

@@ -77,6 +77,37 @@ fn range(map: &Map<String, Value>, key: &str, lo: f64, hi: f64) -> Result<()> {
 
 const CHAT_ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "function"];
 
+/// The optional top-level chat fields whose type is checked (`null` always passes), for the
+/// map walk and the look at the bytes alike.
+const CHAT_FIELDS: &[(&str, Shape)] = &[
+    ("stream", Shape::Bool),
+    ("stream_options", Shape::Object),
+    ("temperature", Shape::Number),
+    ("top_p", Shape::Number),
+    ("n", Shape::Integer),
+    ("max_tokens", Shape::Integer),
+    ("max_completion_tokens", Shape::Integer),
+    ("presence_penalty", Shape::Number),
+    ("frequency_penalty", Shape::Number),
+    ("seed", Shape::Integer),
+    ("stop", Shape::StringOrArray),
+    ("tools", Shape::Array),
+    ("tool_choice", Shape::StringOrObject),
+    ("parallel_tool_calls", Shape::Bool),
+    ("response_format", Shape::Object),
+    ("logprobs", Shape::Bool),
+    ("top_logprobs", Shape::Integer),
+    ("logit_bias", Shape::Object),
+    ("user", Shape::String),
+    ("metadata", Shape::Object),
+    ("reasoning_effort", Shape::String),
+    ("store", Shape::Bool),
+    ("service_tier", Shape::String),
+];
+
+/// Numeric fields with a range: (field, least, most), both inclusive.
+const CHAT_RANGES: &[(&str, f64, f64)] = &[("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0), ("n", 1.0, 128.0)];
+
 /// Validate a `/v1/chat/completions` body and lift out what the gateway needs: a borrowed
 /// look at the bytes first (no map is built for a request that passes), and the full map
 /// walk, with its exact error messages, for anything that look cannot vouch for.
@@ -123,36 +154,12 @@ fn parse_chat_map(body: &[u8]) -> Result<ChatRequest> {
             Some(other) => return Err(wrong(&format!("messages[{i}].content"), "a string or an array", other)),
         }
     }
-    for (key, shape) in [
-        ("stream", Shape::Bool),
-        ("stream_options", Shape::Object),
-        ("temperature", Shape::Number),
-        ("top_p", Shape::Number),
-        ("n", Shape::Integer),
-        ("max_tokens", Shape::Integer),
-        ("max_completion_tokens", Shape::Integer),
-        ("presence_penalty", Shape::Number),
-        ("frequency_penalty", Shape::Number),
-        ("seed", Shape::Integer),
-        ("stop", Shape::StringOrArray),
-        ("tools", Shape::Array),
-        ("tool_choice", Shape::StringOrObject),
-        ("parallel_tool_calls", Shape::Bool),
-        ("response_format", Shape::Object),
-        ("logprobs", Shape::Bool),
-        ("top_logprobs", Shape::Integer),
-        ("logit_bias", Shape::Object),
-        ("user", Shape::String),
-        ("metadata", Shape::Object),
-        ("reasoning_effort", Shape::String),
-        ("store", Shape::Bool),
-        ("service_tier", Shape::String),
-    ] {
+    for &(key, shape) in CHAT_FIELDS {
         check(&map, key, shape)?;
     }
-    range(&map, "temperature", 0.0, 2.0)?;
-    range(&map, "top_p", 0.0, 1.0)?;
-    range(&map, "n", 1.0, 128.0)?;
+    for &(key, lo, hi) in CHAT_RANGES {
+        range(&map, key, lo, hi)?;
+    }
     if let Some(Value::Array(tools)) = map.get("tools") {
         for (i, t) in tools.iter().enumerate() {
             let name = t.get("function").and_then(|f| f.get("name"));
