@@ -49,10 +49,27 @@ pub struct ChatRequest {
     pub max_output_tokens: Option<u64>,
     /// Capabilities the request needs from a model (for routing).
     pub needs: Needs,
-    /// The client's request object, in `dialect`: built on first use when the request was
-    /// validated from its bytes ([`RawBody`]), which a same-dialect pass-through never needs.
-    body: std::sync::OnceLock<Map<String, Value>>,
+    /// The client's request object, in `dialect`.
+    body: RequestBody,
+}
+
+/// A request's JSON object: parsed at the edge, or kept as the client's bytes ([`RawBody`])
+/// and parsed on first use, which a same-dialect pass-through never needs.
+#[derive(Debug, Clone, Default)]
+pub struct RequestBody {
+    map: std::sync::OnceLock<Map<String, Value>>,
     raw: Option<RawBody>,
+}
+
+impl RequestBody {
+    /// The object as a map.
+    pub fn map(&self) -> &Map<String, Value> {
+        self.map.get_or_init(|| {
+            // The bytes were validated as a JSON object before the request was built.
+            let bytes = self.raw.as_ref().map(|r| &r.bytes[..]).unwrap_or(b"{}");
+            serde_json::from_slice(bytes).unwrap_or_default()
+        })
+    }
 }
 
 /// A request body as the client sent it, with what a pass-through needs to know to send it
@@ -88,59 +105,36 @@ impl ChatRequest {
         needs: Needs,
         raw: Option<RawBody>,
     ) -> ChatRequest {
-        ChatRequest {
-            dialect,
-            model,
-            stream,
-            include_usage,
-            max_output_tokens,
-            needs,
-            body: std::sync::OnceLock::new(),
-            raw,
-        }
+        let body = RequestBody { map: std::sync::OnceLock::new(), raw };
+        ChatRequest { dialect, model, stream, include_usage, max_output_tokens, needs, body }
     }
 
     /// The request with its body parsed into a map at the edge.
-    pub fn with_body(self, body: Map<String, Value>) -> ChatRequest {
-        let _ = self.body.set(body);
-        ChatRequest { raw: None, ..self }
+    pub fn with_body(self, map: Map<String, Value>) -> ChatRequest {
+        ChatRequest { body: RequestBody { map: map.into(), raw: None }, ..self }
     }
 
     /// The client's request object.
     pub fn body(&self) -> &Map<String, Value> {
-        self.body.get_or_init(|| {
-            // The bytes were validated as a JSON object before this request was built.
-            let bytes = self.raw.as_ref().map(|r| &r.bytes[..]).unwrap_or(b"{}");
-            serde_json::from_slice(bytes).unwrap_or_default()
-        })
+        self.body.map()
     }
 
     pub fn body_mut(&mut self) -> &mut Map<String, Value> {
-        self.body();
+        self.body.map();
         // The map is about to change: the bytes no longer describe the request.
-        self.raw = None;
-        self.body.get_mut().expect("initialised just above")
+        self.body.raw = None;
+        self.body.map.get_mut().expect("initialised just above")
     }
 
     /// Moves the body out, for work after the request has gone upstream (a usage estimate),
-    /// without copying it; this request is left with an empty one.
-    pub fn take_body(&mut self) -> ChatRequest {
-        let mut taken = ChatRequest::new(
-            self.dialect,
-            String::new(),
-            self.stream,
-            self.include_usage,
-            self.max_output_tokens,
-            self.needs,
-            self.raw.take(),
-        );
-        taken.body = std::mem::take(&mut self.body);
-        taken
+    /// without copying or parsing it; this request is left with an empty one.
+    pub fn take_body(&mut self) -> RequestBody {
+        std::mem::take(&mut self.body)
     }
 
     /// The body as sent, if the request was validated from its bytes and not changed since.
     pub fn raw_body(&self) -> Option<&RawBody> {
-        self.raw.as_ref()
+        self.body.raw.as_ref()
     }
 }
 

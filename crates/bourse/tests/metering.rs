@@ -107,6 +107,20 @@ async fn suite(storage_url: &str) {
     assert!(row.usage.input_uncached > 0 && row.usage.output > 0, "{row:?}");
     assert!(row.cost_nanos > 0);
 
+    // A complete answer without usage (some self-hosted servers) is estimated too, and the
+    // cost the client is told is the cost recorded.
+    sim.set_config(SimConfig { usage_style: UsageStyle::Omitted, ..SimConfig::default() });
+    body["_rid"] = json!("rid-no-usage");
+    let resp = post(&gw, &body).await;
+    assert_eq!(resp.status(), 200);
+    let told = resp.headers()["x-bourse-cost-usd"].to_str().unwrap().to_string();
+    let answer: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    assert!(answer.get("usage").is_none(), "the sim left usage out: {answer}");
+    let row = gw.row("rid-no-usage").await;
+    assert!(row.estimated && row.usage.input_uncached > 0 && row.usage.output > 0, "{row:?}");
+    assert!(row.cost_nanos > 0);
+    assert_eq!(told, bourse::meter::Cost(row.cost_nanos).usd());
+
     // A failed attempt is a row too.
     sim.set_config(SimConfig {
         failure: Failure::Status { status: 503, retry_after: None, error_type: None, code: None, message: None },
@@ -139,7 +153,8 @@ async fn suite(storage_url: &str) {
     )
     .unwrap();
     let row = report["data"].as_array().unwrap().iter().find(|r| r["group"] == "alpha/sim-small").unwrap().clone();
-    assert_eq!(row["cost_nanos"], json!(800_000 * 3 + gw.row("rid-broken").await.cost_nanos));
+    let estimated = gw.row("rid-broken").await.cost_nanos + gw.row("rid-no-usage").await.cost_nanos;
+    assert_eq!(row["cost_nanos"], json!(800_000 * 3 + estimated));
     assert_eq!(row["errors"], json!(2));
 }
 

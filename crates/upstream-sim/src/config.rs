@@ -80,6 +80,10 @@ pub enum UsageStyle {
     /// `prompt_cache_hit_tokens` + `prompt_cache_miss_tokens`, no `prompt_tokens_details`.
     #[serde(rename = "deepseek")]
     DeepSeek,
+    /// No usage at all: a completion without `usage`, a stream without the usage chunk
+    /// (some self-hosted servers), so the gateway has to estimate.
+    #[serde(rename = "omitted")]
+    Omitted,
 }
 
 /// The `choices` field of the trailing usage chunk; vendors disagree on it.

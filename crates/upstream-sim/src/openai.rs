@@ -452,15 +452,16 @@ async fn chat(ctx: &Ctx, body: &Bytes) -> Reply {
         return reply;
     }
     let answer = Answer::new(ctx, &req);
+    let reports_usage = ctx.config().usage_style != UsageStyle::Omitted;
     if req.stream == Some(true) {
         let include_usage = req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
-        stream_chat(ctx, &answer, include_usage, failure)
+        stream_chat(ctx, &answer, include_usage && reports_usage, failure)
     } else {
-        deliver(ctx, completion_json(&answer), failure).await
+        deliver(ctx, completion_json(&answer, reports_usage), failure).await
     }
 }
 
-fn completion_json(answer: &Answer<'_>) -> Vec<u8> {
+fn completion_json(answer: &Answer<'_>, reports_usage: bool) -> Vec<u8> {
     let reasoning = (!answer.reasoning.is_empty()).then(|| answer.reasoning.concat());
     let (content, tool_calls) = match &answer.tool_call {
         Some(call) => (
@@ -484,7 +485,7 @@ fn completion_json(answer: &Answer<'_>) -> Vec<u8> {
             logprobs: (),
             finish_reason: answer.finish_reason,
         }],
-        usage: &answer.usage,
+        usage: reports_usage.then_some(&answer.usage),
         system_fingerprint: FINGERPRINT,
         service_tier: SERVICE_TIER,
     })
@@ -720,7 +721,8 @@ struct Completion<'a> {
     created: u64,
     model: &'a str,
     choices: [Choice<'a>; 1],
-    usage: &'a Usage,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<&'a Usage>,
     system_fingerprint: &'static str,
     service_tier: &'static str,
 }

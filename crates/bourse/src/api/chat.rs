@@ -543,7 +543,7 @@ async fn attempt_chat(
                             estimate::completion_tokens(&summary.data)
                         };
                         let usage = Usage {
-                            input_uncached: estimate::prompt_tokens(request.body()),
+                            input_uncached: estimate::prompt_tokens(request.map()),
                             output,
                             ..Usage::default()
                         };
@@ -581,10 +581,12 @@ async fn attempt_chat(
     let (usage, estimated) = match usage {
         Some(u) => (u, false),
         None => {
-            let body = req.body().clone();
+            // The request is answered: its body moves to the blocking thread (and is
+            // parsed there if it never was).
+            let request = req.take_body();
             let resp_bytes = bytes.clone();
             let counted = tokio::task::spawn_blocking(move || Usage {
-                input_uncached: estimate::prompt_tokens(&body),
+                input_uncached: estimate::prompt_tokens(request.map()),
                 output: estimate::response_completion_tokens(&resp_bytes),
                 ..Usage::default()
             })
