@@ -1,4 +1,4 @@
-//! The HTTP server: state, the router, its layers, and start/stop.
+//! The HTTP server: state, the route table, the edge every request passes, and start/stop.
 //!
 //! A request's way through, in order (one place, so nobody has to reconstruct it):
 //! 1. [`serve`] — hyper's HTTP/1.1 server, one task per connection.
@@ -82,7 +82,7 @@ pub fn key_id(key: &str) -> String {
 }
 
 /// Who is asking, as the edge established it: the request id and the gateway key's id.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Caller {
     pub request_id: Arc<str>,
     pub key_id: Option<Arc<str>>,
@@ -218,7 +218,7 @@ fn hex_into(out: &mut [u8], v: u64) {
 /// Every request, in order: request id (the client's `x-request-id` if sane, else new), the
 /// gateway key for `/v1` paths, the route, then the id on the response and the access log
 /// (at debug). Refusals are rendered in the dialect of the path.
-pub async fn handle(state: SharedState, req: Request) -> Response {
+async fn handle(state: SharedState, req: Request) -> Response {
     let id: Arc<str> = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -232,7 +232,8 @@ pub async fn handle(state: SharedState, req: Request) -> Response {
     let path = req.uri().path();
     let dialect = client_dialect(path);
     let gated = path == "/v1" || path.starts_with("/v1/");
-    let mut resp = match if gated { authorize(&state, req.headers(), dialect) } else { Ok(None) } {
+    let key = if gated { authorize(&state, req.headers(), dialect) } else { Ok(None) };
+    let mut resp = match key {
         Ok(key_id) => dispatch(state, req, Caller { request_id: id.clone(), key_id }, dialect).await,
         Err(refusal) => refusal.render(dialect),
     };
@@ -262,8 +263,8 @@ static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// Gateway keys, when configured, as `Authorization: Bearer` (OpenAI SDKs) or `x-api-key`
 /// (Anthropic SDKs): the id of the key presented, or the refusal (worded for the client's
-/// dialect). Every key is compared (no
-/// early exit) so timing does not reveal which one nearly matched.
+/// dialect). Every key is compared (no early exit) so timing does not reveal which one
+/// nearly matched.
 fn authorize(state: &AppState, headers: &HeaderMap, dialect: Dialect) -> Result<Option<Arc<str>>, Error> {
     if state.api_keys.is_empty() {
         return Ok(None);
