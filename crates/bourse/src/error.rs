@@ -91,6 +91,11 @@ impl Error {
         Error { param: Some(param.to_string()), ..Error::new(ErrorKind::InvalidRequest, message) }
     }
 
+    /// The upstream answered with something its dialect does not allow.
+    pub fn protocol(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::UpstreamProtocol, message)
+    }
+
     pub fn origin(&self) -> Origin {
         match self.kind {
             ErrorKind::InvalidJson

@@ -206,11 +206,6 @@ struct Migration {
     sql: &'static str,
 }
 
-fn now_ms() -> i64 {
-    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// Token counts are u64 in Rust but signed 64-bit in both stores. Saturating (instead of
 /// failing) keeps one absurd upstream count from costing its batch-mates their rows.
 fn count_to_db(v: u64) -> i64 {

@@ -22,7 +22,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 use tokio::net::TcpListener;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -66,7 +66,7 @@ impl AppState {
             ledger: None,
             reports: None,
             max_body_bytes: usize::try_from(cfg.server.max_body_bytes).unwrap_or(usize::MAX),
-            started: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            started: crate::timespec::now_ms() as u64 / 1000,
         })
     }
 }
@@ -197,7 +197,7 @@ fn client_dialect(path: &str) -> Dialect {
 /// time, so the ledger's request-id index grows at its right edge instead of touching a
 /// random page per row (measured: a random-key index was most of the ledger's cost).
 fn new_request_id() -> Arc<str> {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let ms = crate::timespec::now_ms() as u64;
     let mut id = [0u8; 36];
     id[..4].copy_from_slice(b"req_");
     hex_into(&mut id[4..16], ms);
@@ -469,7 +469,7 @@ mod tests {
             assert!(id.starts_with("req_") && id[4..].bytes().all(|c| c.is_ascii_hexdigit()), "{id}");
         }
         assert!(a[..16] < b[..16], "{a} then {b}");
-        let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
         let stamped = u64::from_str_radix(&b[4..16], 16).unwrap();
         assert!(ms - stamped < 60_000, "{stamped} vs now {ms}");
         let mut out = [0u8; 4];

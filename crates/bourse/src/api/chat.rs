@@ -22,7 +22,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 pub static X_BOURSE_PROVIDER: HeaderName = HeaderName::from_static("x-bourse-provider");
 pub static X_BOURSE_MODEL: HeaderName = HeaderName::from_static("x-bourse-model");
@@ -126,7 +126,7 @@ impl Attempt {
         route_reason: Option<String>,
         entry: Option<usize>,
     ) -> Attempt {
-        let ts_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        let ts_ms = crate::timespec::now_ms();
         Attempt {
             state: state.clone(),
             caller,

@@ -22,17 +22,13 @@ pub use stream::{Decoder, Encoder};
 
 use crate::canonical::{Conversation, Part, Reply, ResponseFormat, StopReason, Text, Usage, JSON_TOOL};
 use crate::dialect::openai::{NotJson, VendorError};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use request::tool_input;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::borrow::Cow;
 
 // ------------------------------------------------------------------ responses
-
-fn protocol(message: impl Into<String>) -> Error {
-    Error::new(ErrorKind::UpstreamProtocol, message)
-}
 
 fn stop_from(reason: Option<&str>, sequence: Option<&str>) -> StopReason {
     match reason {
@@ -62,17 +58,19 @@ fn stop_fields(stop: &StopReason) -> (&'static str, Option<&str>) {
 /// stop becomes EndTurn. Malformed body -> Err(UpstreamProtocol).
 pub fn parse_reply(body: &[u8], json_mode: bool) -> Result<Reply> {
     let v: Value = serde_json::from_slice(body)
-        .map_err(|e| protocol(format!("the upstream's Anthropic response is not valid JSON: {e}")))?;
-    let obj = v.as_object().ok_or_else(|| protocol("the upstream's Anthropic response is not a JSON object"))?;
+        .map_err(|e| Error::protocol(format!("the upstream's Anthropic response is not valid JSON: {e}")))?;
+    let obj = v.as_object().ok_or_else(|| Error::protocol("the upstream's Anthropic response is not a JSON object"))?;
     let content = obj
         .get("content")
         .and_then(Value::as_array)
-        .ok_or_else(|| protocol("the upstream's Anthropic response has no content array"))?;
+        .ok_or_else(|| Error::protocol("the upstream's Anthropic response has no content array"))?;
     let mut parts = Vec::new();
     let mut json_answer: Option<usize> = None;
     let mut other_tools = false;
     for (i, block) in content.iter().enumerate() {
-        let b = block.as_object().ok_or_else(|| protocol(format!("content[{i}] of the response is not an object")))?;
+        let b = block
+            .as_object()
+            .ok_or_else(|| Error::protocol(format!("content[{i}] of the response is not an object")))?;
         let field = |k: &str| b.get(k).and_then(Value::as_str);
         let text = |k: &str| field(k).unwrap_or_default().to_string();
         match field("type") {
@@ -83,7 +81,9 @@ pub fn parse_reply(body: &[u8], json_mode: bool) -> Result<Reply> {
             Some("redacted_thinking") => parts.push(Part::RedactedThinking { data: text("data") }),
             Some("tool_use") => {
                 let (Some(id), Some(name)) = (field("id"), field("name")) else {
-                    return Err(protocol(format!("content[{i}] of the response is a tool_use without id or name")));
+                    return Err(Error::protocol(format!(
+                        "content[{i}] of the response is a tool_use without id or name"
+                    )));
                 };
                 let input = b.get("input").cloned().unwrap_or_else(|| json!({}));
                 if json_mode && name == JSON_TOOL && json_answer.is_none() {

@@ -305,7 +305,7 @@ struct PromptFeedback {
 impl WireResponse {
     fn parse(data: &[u8]) -> Result<WireResponse> {
         let unreadable = |e: &dyn std::fmt::Display| {
-            Error::new(ErrorKind::UpstreamProtocol, format!("the Gemini upstream sent an unreadable response: {e}"))
+            Error::protocol(format!("the Gemini upstream sent an unreadable response: {e}"))
         };
         match serde_json::from_slice::<Value>(data) {
             Ok(v @ Value::Object(_)) => serde_json::from_value(v).map_err(|e| unreadable(&e)),

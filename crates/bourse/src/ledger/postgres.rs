@@ -10,8 +10,9 @@
 //! single round trip, whatever the batch size.
 
 use super::report::{GroupBy, ReportQuery, ReportRow};
-use super::{count_to_db, from_db, now_ms, LedgerEntry, LedgerError, Migration};
+use super::{count_to_db, from_db, LedgerEntry, LedgerError, Migration};
 use crate::canonical::Usage;
+use crate::timespec::now_ms;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,8 +6,9 @@
 //! Each connection sits behind a mutex because a `Connection` is not `Sync`.
 
 use super::report::{GroupBy, ReportQuery, ReportRow};
-use super::{count_to_db, from_db, now_ms, LedgerEntry, LedgerError, Migration};
+use super::{count_to_db, from_db, LedgerEntry, LedgerError, Migration};
 use crate::canonical::Usage;
+use crate::timespec::now_ms;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@
 //! cumulative usage) and `message_stop`; `ping` may come at any time and `error` may
 //! arrive after the HTTP 200.
 
-use super::{protocol, stop_fields, stop_from, BlockOut, MessageOut, UsageOut};
+use super::{stop_fields, stop_from, BlockOut, MessageOut, UsageOut};
 use crate::canonical::{Delta, StopReason, Usage, JSON_TOOL};
 use crate::dialect::{synthetic_id, Decode, Encode};
 use crate::error::{Error, ErrorKind, UpstreamStatus};
@@ -185,7 +185,7 @@ impl Decode for Decoder {
             return Ok(());
         }
         let v: Value = serde_json::from_str(&ev.data).map_err(|e| {
-            protocol(format!("the upstream sent a stream event that is not valid JSON ({e}): {:.200}", ev.data))
+            Error::protocol(format!("the upstream sent a stream event that is not valid JSON ({e}): {:.200}", ev.data))
         })?;
         let kind = v.get("type").and_then(Value::as_str).or(ev.event.as_deref()).unwrap_or_default();
         match kind {

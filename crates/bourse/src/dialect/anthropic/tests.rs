@@ -1,5 +1,6 @@
 use super::*;
 use crate::canonical::{Dialect, ImageSource, Message, Needs, Role, Thinking, Tool, ToolChoice};
+use crate::error::ErrorKind;
 
 fn err(body: &Value) -> Error {
     parse_request(body.to_string().as_bytes()).unwrap_err()

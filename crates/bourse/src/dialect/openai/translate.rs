@@ -49,14 +49,6 @@ fn synth_call_id() -> String {
     synthetic_id("call_")
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-fn protocol(message: impl Into<String>) -> Error {
-    Error::new(ErrorKind::UpstreamProtocol, message)
-}
-
 /// An error the upstream reported inside a 200 body or stream (`{"error":{…}}`). The
 /// vendor's `code`, when it is an HTTP error status, becomes the status; otherwise 500.
 fn upstream_reported(data: &[u8]) -> Error {
@@ -742,15 +734,15 @@ fn message_text(content: Option<&Value>) -> String {
 /// [`ErrorKind::UpstreamProtocol`] error; an `{"error":…}` body is the upstream's error.
 pub fn parse_reply(body: &[u8]) -> Result<Reply> {
     let wire: WireReply = serde_json::from_slice(body)
-        .map_err(|e| protocol(format!("the upstream's chat completion could not be parsed: {e}")))?;
+        .map_err(|e| Error::protocol(format!("the upstream's chat completion could not be parsed: {e}")))?;
     if wire.error.as_ref().is_some_and(|e| !e.is_null()) && wire.choices.is_none() {
         return Err(upstream_reported(body));
     }
     let choice = wire
         .choices
         .and_then(|cs| cs.into_iter().find(|c| c.index.unwrap_or(0) == 0))
-        .ok_or_else(|| protocol("the upstream's chat completion has no choices"))?;
-    let msg = choice.message.ok_or_else(|| protocol("the upstream's chat completion has no message"))?;
+        .ok_or_else(|| Error::protocol("the upstream's chat completion has no choices"))?;
+    let msg = choice.message.ok_or_else(|| Error::protocol("the upstream's chat completion has no message"))?;
     let mut parts = Vec::new();
     if let Some(r) = msg.reasoning_content.or(msg.reasoning).filter(|s| !s.is_empty()) {
         parts.push(Part::Thinking { text: r, signature: None });
@@ -800,7 +792,7 @@ pub fn render_reply(reply: &Reply) -> Vec<u8> {
     let mut out = json!({
         "id": reply.id,
         "object": "chat.completion",
-        "created": now_secs(),
+        "created": crate::timespec::now_ms() as u64 / 1000,
         "model": reply.model,
         "choices": [{
             "index": 0,
@@ -965,7 +957,7 @@ impl Decode for Decoder {
             return Ok(());
         }
         let chunk: WireChunk = serde_json::from_str(data)
-            .map_err(|e| protocol(format!("the upstream sent a stream chunk that could not be parsed: {e}")))?;
+            .map_err(|e| Error::protocol(format!("the upstream sent a stream chunk that could not be parsed: {e}")))?;
         if ev.event.as_deref() == Some("error") || chunk.error.as_ref().is_some_and(|e| !e.is_null()) {
             return Err(upstream_reported(data.as_bytes()));
         }
@@ -1057,7 +1049,7 @@ impl Encoder {
             include_usage,
             id: None,
             model: String::new(),
-            created: now_secs(),
+            created: crate::timespec::now_ms() as u64 / 1000,
             head: String::new(),
             stop: None,
             usage: None,
