@@ -38,7 +38,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/common.sh
+. "$BENCH_DIR/common.sh"
 wait_port() {
   for _ in $(seq 1 600); do
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
@@ -48,7 +49,7 @@ wait_port() {
   exit 1
 }
 
-SIM_PORT=$(port)
+SIM_PORT=$(free_port)
 "$BIN/upstream-sim" --listen "127.0.0.1:$SIM_PORT" --threads 1 >"$WORK/sim.log" 2>&1 &
 PIDS+=($!)
 wait_port "$SIM_PORT"
@@ -100,19 +101,11 @@ measure() {
   fi
 }
 
-PROXY_PORT=$(port)
-{
-  printf '[providers.sim]\nkind = "openai-compatible"\nbase_url = "http://127.0.0.1:%s/v1"\n' "$SIM_PORT"
-  printf '[models."sim/sim-small"]\ninput = 0.15\noutput = 0.60\nquality = 1400\n'
-  [ -z "$EXTRA" ] || printf '%s\n' "$EXTRA"
-  case "$EXTRA" in
-    *"[storage]"*) ;;
-    *) printf '[storage]\nurl = "sqlite:%s"\n' "$WORK/ledger.db" ;;
-  esac
-} >"$WORK/bourse.toml"
+PROXY_PORT=$(free_port)
+bourse_config "$SIM_PORT" "$EXTRA" "$WORK/ledger.db" >"$WORK/bourse.toml"
 measure bourse "$BOURSE" serve --config "$WORK/bourse.toml" --listen "127.0.0.1:$PROXY_PORT"
 
 if [ -x "$BIN/bareproxy" ]; then
-  PROXY_PORT=$(port)
+  PROXY_PORT=$(free_port)
   measure bareproxy "$BIN/bareproxy" "127.0.0.1:$PROXY_PORT" "127.0.0.1:$SIM_PORT"
 fi

@@ -113,9 +113,8 @@ for b in bourse upstream-sim $([ "$HAVE_BAREPROXY" = 0 ] || echo bareproxy); do
 done
 
 # ---------------------------------------------------------------- helpers
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# shellcheck source=bench/common.sh
+. "$BENCH_DIR/common.sh"
 
 # wait_ready NAME PID PORT [LOG_PATTERN]: the process is alive, printed LOG_PATTERN (if given)
 # and accepts TCP connections on PORT; 30 s at most.
@@ -149,19 +148,7 @@ declare -a BOURSE_CONFIGS=()
 start_bourse() { # start_bourse NAME EXTRA_TOML
   local name=$1 extra=$2 port
   port=$(free_port)
-  # Bourse routes only to priced models; the price (gpt-4o-mini's) makes metering do real
-  # work. The ledger is SQLite in a file of this variant's own unless $extra says otherwise.
-  {
-    printf '[providers.sim]\nkind = "openai-compatible"\nbase_url = "http://127.0.0.1:%s/v1"\n\n' "$SIM_PORT"
-    # quality 1400 ("strong") lets the `auto` route choose it in the bourse-auto variant.
-    printf '[models."sim/sim-small"]\ninput = 0.15\noutput = 0.60\nquality = 1400\n'
-    [ -z "$extra" ] || printf '\n%s\n' "$extra"
-    # Its own ledger file: variants sharing one would each measure the other's rows too.
-    case "$extra" in
-      *"[storage]"*) ;;
-      *) printf '\n[storage]\nurl = "sqlite:%s"\n' "$WORK/$name.db" ;;
-    esac
-  } >"$WORK/$name.toml"
+  bourse_config "$SIM_PORT" "$extra" "$WORK/$name.db" >"$WORK/$name.toml"
   BOURSE_CONFIGS+=("$name.toml")
   spawn "$name" "$BIN/bourse" serve --config "$WORK/$name.toml" --listen "127.0.0.1:$port"
   wait_ready "$name" "$SPAWNED_PID" "$port" "bourse listening on"

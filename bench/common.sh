@@ -1,0 +1,22 @@
+# Shared by bench/run.sh and bench/icount.sh (sourced, not run).
+
+# A free TCP port on 127.0.0.1.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# bourse_config SIM_PORT EXTRA_TOML LEDGER_DB: a gateway config in front of the sim at SIM_PORT.
+# Bourse routes only to priced models; the price (gpt-4o-mini's) makes metering do real work,
+# and quality 1400 ("strong") lets an `auto` route choose it. The ledger is SQLite in
+# LEDGER_DB unless EXTRA_TOML has its own [storage]: variants sharing one file would each
+# measure the other's rows too.
+bourse_config() {
+  local sim_port=$1 extra=$2 db=$3
+  printf '[providers.sim]\nkind = "openai-compatible"\nbase_url = "http://127.0.0.1:%s/v1"\n\n' "$sim_port"
+  printf '[models."sim/sim-small"]\ninput = 0.15\noutput = 0.60\nquality = 1400\n'
+  [ -z "$extra" ] || printf '\n%s\n' "$extra"
+  case "$extra" in
+    *"[storage]"*) ;;
+    *) printf '\n[storage]\nurl = "sqlite:%s"\n' "$db" ;;
+  esac
+}
