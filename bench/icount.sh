@@ -10,6 +10,8 @@
 #   bash bench/icount.sh path/to/bourse       # another build of bourse
 #   ICOUNT_EXTRA=$'[storage]\nledger = false' bash bench/icount.sh
 #   ICOUNT_TOP=40 bash bench/icount.sh        # also bourse's 40 costliest functions (inclusive)
+#   ICOUNT_SAVE=DIR bash bench/icount.sh      # keep the callgrind files (DIR/NAME.cg.*) for
+#                                             # callgrind_annotate
 #
 # Needs valgrind (Debian: apt-get install valgrind) and release binaries in target/release
 # (bareproxy as bench/run.sh builds it). Under callgrind the proxy runs ~50× slower, so the
@@ -24,6 +26,7 @@ BOURSE="${1:-$BIN/bourse}"
 N="${ICOUNT_N:-2000}"
 TOP="${ICOUNT_TOP:-0}"
 EXTRA="${ICOUNT_EXTRA:-}"
+SAVE="${ICOUNT_SAVE:-}"
 
 command -v valgrind >/dev/null || { echo "icount: valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
 for b in "$BOURSE" "$BIN/upstream-sim"; do
@@ -93,6 +96,9 @@ measure() {
   local total
   total=$(grep -h "^totals:" "$out".* | awk '{s += $2} END {print s}')
   printf '%-12s %9d instructions/request (%d requests)\n' "$name" $((total / N)) "$N"
+  if [ -n "$SAVE" ]; then
+    mkdir -p "$SAVE" && rm -f "$SAVE/$name.cg".* && cp "$out".* "$SAVE/"
+  fi
   if [ "$TOP" -gt 0 ]; then
     callgrind_annotate --inclusive=yes --auto=no "$out".* 2>/dev/null | grep -E '^ *[0-9,]+ \(' | sed 's/,//g' |
       awk -v n="$N" '{c = $1; $1 = ""; $2 = ""; printf "  %8d %s\n", c / n, $0}' |

@@ -5,7 +5,7 @@
 //! client events. Anything translated must still be valid JSON.
 
 use bourse::canonical::Delta;
-use bourse::dialect::openai::{parse_chat_request, translate, upstream_chat_body};
+use bourse::dialect::openai::{parse_chat_request, response_usage, translate, upstream_chat_body, NotJson, WireUsage};
 use bourse::dialect::{anthropic, gemini, Decode, Encode};
 use bourse::sse::Event;
 use bytes::BytesMut;
@@ -605,4 +605,118 @@ fn generated_requests_exercise_the_fast_path() {
     eprintln!("fast path: {fast}/{n} accepted, {refused}/{n} refused");
     assert!(fast * 4 >= n, "only {fast}/{n} requests took the fast path");
     assert!(refused * 4 >= n, "only {refused}/{n} requests were refused");
+}
+
+/// What `response_usage` answered before the scanner: serde_json reads the whole answer
+/// with a typed `usage`, and judges any answer that fails that as JSON or not.
+fn usage_by_serde(body: &[u8]) -> Result<Option<bourse::canonical::Usage>, NotJson> {
+    #[derive(serde::Deserialize)]
+    struct UsageOnly {
+        #[serde(default)]
+        usage: Option<WireUsage>,
+    }
+    match serde_json::from_slice::<UsageOnly>(body) {
+        Ok(u) => Ok(u.usage.map(|u| u.normalize())),
+        Err(_) => serde_json::from_slice::<serde::de::IgnoredAny>(body).map(|_| None).map_err(|_| NotJson),
+    }
+}
+
+/// Upstream answers around a `usage` object of plain and odd members (negative, fractional,
+/// quoted, too large, null, duplicated, escaped names, details of every shape), sometimes two
+/// `usage` members or none, sometimes with one byte changed, inserted or removed.
+fn answer_text() -> impl Strategy<Value = Vec<u8>> {
+    const NAMES: &[&str] = &[
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "prompt_tokens_details",
+        "completion_tokens_details",
+        "prompt_cache_hit_tokens",
+        "prompt_cache_miss_tokens",
+        "cached_tokens",
+        "prompt_\\u0074okens",
+    ];
+    const VALUES: &[&str] = &[
+        "0",
+        "12",
+        "7 ",
+        "-1",
+        "1.5",
+        "1e2",
+        "null",
+        "\"3\"",
+        "18446744073709551615",
+        "18446744073709551616",
+        "{\"cached_tokens\":2}",
+        "{\"reasoning_tokens\":null,\"audio_tokens\":0}",
+        "{\"cached_tokens\":1,\"cached_tokens\":2}",
+        "{\"reasoning_\\u0074okens\":4}",
+        "{\"reasoning_tokens\":-4}",
+        "{}",
+        "[]",
+        "[1,{\"a\":\"x\\\"y\"}]",
+    ];
+    let member = (proptest::sample::select(NAMES), proptest::sample::select(VALUES));
+    let usage = proptest::collection::vec(member, 0..7).prop_map(|ms| {
+        let inner: Vec<String> = ms.iter().map(|(n, v)| format!("\"{n}\":{v}")).collect();
+        format!("{{{}}}", inner.join(","))
+    });
+    let usage_value = prop_oneof![4 => usage, 1 => Just("null".to_string()), 1 => Just("3".to_string())];
+    let shape = 0..6u8;
+    let edit = proptest::option::of((
+        any::<proptest::sample::Index>(),
+        0..3u8,
+        proptest::sample::select(&b"{}[],:\"\\ 0a-.en\x01"[..]),
+    ));
+    (usage_value, proptest::option::of(Just("{\"prompt_tokens\":1}")), shape, edit).prop_map(|(usage, second, shape, edit)| {
+        let choices = r#""choices":[{"index":0,"message":{"role":"assistant","content":"h\u00e9llo \"there\""},"finish_reason":"stop"}]"#;
+        let mut text = match shape {
+            0 => format!(r#"{{"id":"c",{choices},"usage":{usage}}}"#),
+            1 => format!(r#" {{ "usage" : {usage} , "id" : "c" }} "#),
+            2 => format!(r#"{{"id":"c",{choices}}}"#),
+            3 => format!(r#"[{{"usage":{usage}}}]"#),
+            4 => format!(r#"{{"us\u0061ge":{usage},"id":"c"}}"#),
+            _ => format!(r#"{{"usage":{usage},"usage":{}}}"#, second.unwrap_or("null")),
+        }
+        .into_bytes();
+        if let Some((at, kind, byte)) = edit {
+            let i = at.index(text.len());
+            match kind {
+                0 => text[i] = byte,
+                1 => text.insert(i, byte),
+                _ => {
+                    text.remove(i);
+                }
+            }
+        }
+        text
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// The scanner reads usage from an upstream answer exactly as serde_json did: the same
+    /// counts, the same "no usage", and the same verdict on what is not JSON (which becomes a
+    /// 502). It only ever accepts what serde_json accepts.
+    #[test]
+    fn response_usage_agrees_with_serde_json(body in answer_text()) {
+        prop_assert_eq!(response_usage(&body), usage_by_serde(&body), "{}", String::from_utf8_lossy(&body));
+    }
+}
+
+#[test]
+fn the_usage_strategy_reaches_every_verdict() {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let (mut some, mut none, mut not_json) = (0, 0, 0);
+    for _ in 0..2000 {
+        let body = answer_text().new_tree(&mut runner).unwrap().current();
+        match usage_by_serde(&body) {
+            Ok(Some(_)) => some += 1,
+            Ok(None) => none += 1,
+            Err(NotJson) => not_json += 1,
+        }
+    }
+    assert!(some > 300 && none > 300 && not_json > 200, "some {some}, none {none}, not JSON {not_json}");
 }

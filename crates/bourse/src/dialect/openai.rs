@@ -9,7 +9,7 @@ pub mod think;
 pub mod translate;
 
 use crate::canonical::{ChatRequest, Dialect, EmbeddingsRequest, Needs, RawBody, StreamOptions, Usage};
-use crate::dialect::Shape;
+use crate::dialect::{scan, Shape};
 use crate::error::{Error, ErrorKind, Result};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -354,10 +354,123 @@ struct UsageOnly {
 /// Usage from a complete non-streaming response body: `Ok(None)` if the body is JSON
 /// without (usable) usage, `Err` if it is not JSON at all.
 pub fn response_usage(body: &[u8]) -> Result<Option<Usage>, NotJson> {
+    if let Some(usage) = scanned_usage(body) {
+        return Ok(usage);
+    }
     match serde_json::from_slice::<UsageOnly>(body) {
         Ok(u) => Ok(u.usage.map(|u| u.normalize())),
         // Valid JSON whose usage has an odd shape: relay it, estimate the usage.
         Err(_) => serde_json::from_slice::<serde::de::IgnoredAny>(body).map(|_| None).map_err(|_| NotJson),
+    }
+}
+
+/// [`response_usage`] by the scanner, which reads only the `usage` member with serde_json
+/// (a full parse of the answer was a tenth of the gateway's instructions per request).
+/// `None` when it cannot vouch for the answer — not an object, not UTF-8, not JSON, a member
+/// name with escapes, `usage` twice — and serde_json decides as before.
+fn scanned_usage(body: &[u8]) -> Option<Option<Usage>> {
+    let text = std::str::from_utf8(body).ok()?;
+    let (mut usage, mut unsure) = (None, false);
+    scan::members(text, |name, value| {
+        unsure |= name.escaped || (name.text == "usage" && usage.replace(value).is_some());
+    })
+    .ok()?;
+    if unsure {
+        return None;
+    }
+    // As serde_json reads `usage: Option<WireUsage>`: null is none, a wrong shape is none.
+    let usage = usage
+        .filter(|u| !u.is_null())
+        .and_then(|u| plain_usage(u).or_else(|| serde_json::from_str::<WireUsage>(u.get()).ok()));
+    Some(usage.map(|u| u.normalize()))
+}
+
+/// A `usage` object read by hand when it is the plain kind every vendor sends (counts as
+/// unsigned integers, details objects, names without escapes, none twice); `None` leaves it
+/// to serde_json, which then decides exactly as it would have.
+fn plain_usage(u: scan::Raw<'_>) -> Option<WireUsage> {
+    let mut w = WireUsage::default();
+    let (mut seen, mut plain) = (0u8, true);
+    u.members(|name, v| {
+        let slot = match name.text {
+            _ if name.escaped => {
+                plain = false;
+                return;
+            }
+            "prompt_tokens" => 0,
+            "completion_tokens" => 1,
+            "prompt_tokens_details" => 2,
+            "completion_tokens_details" => 3,
+            "prompt_cache_hit_tokens" => 4,
+            "prompt_cache_miss_tokens" => 5,
+            "cached_tokens" => 6,
+            _ => return,
+        };
+        plain &= seen & (1 << slot) == 0;
+        seen |= 1 << slot;
+        let read = match slot {
+            0 => count(v).map(|n| w.prompt_tokens = n),
+            1 => count(v).map(|n| w.completion_tokens = n),
+            2 => details(v, "cached_tokens")
+                .map(|d| w.prompt_tokens_details = d.map(|cached_tokens| PromptDetails { cached_tokens })),
+            3 => details(v, "reasoning_tokens").map(|d| {
+                w.completion_tokens_details = d.map(|reasoning_tokens| CompletionDetails { reasoning_tokens })
+            }),
+            4 => optional_count(v).map(|n| w.prompt_cache_hit_tokens = n),
+            5 => optional_count(v).map(|n| w.prompt_cache_miss_tokens = n),
+            _ => optional_count(v).map(|n| w.cached_tokens = n),
+        };
+        plain &= read.is_some();
+    })
+    .ok()?;
+    plain.then_some(w)
+}
+
+/// An unsigned integer written as digits (JSON allows no leading zeros); `None` for
+/// anything else, including a count beyond u64.
+fn count(v: scan::Raw<'_>) -> Option<u64> {
+    let t = v.get();
+    if t.bytes().all(|c| c.is_ascii_digit()) {
+        t.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// `Option<u64>`: null is `Some(None)`.
+fn optional_count(v: scan::Raw<'_>) -> Option<Option<u64>> {
+    if v.is_null() {
+        Some(None)
+    } else {
+        count(v).map(Some)
+    }
+}
+
+/// A details object with one optional count named `field`: null is `Some(None)`.
+fn details(v: scan::Raw<'_>, field: &str) -> Option<Option<Option<u64>>> {
+    if v.is_null() {
+        return Some(None);
+    }
+    if !v.is_object() {
+        return None;
+    }
+    let (mut found, mut plain) = (None, true);
+    v.members(|name, v| {
+        if name.escaped {
+            plain = false;
+        } else if name.text == field {
+            plain &= found.is_none();
+            found = Some(optional_count(v));
+        }
+    })
+    .ok()?;
+    if !plain {
+        return None;
+    }
+    // Absent, or present and read (`None` inside when it was not a plain count).
+    match found {
+        None => Some(Some(None)),
+        Some(read) => read.map(Some),
     }
 }
 
