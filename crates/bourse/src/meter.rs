@@ -19,12 +19,19 @@ pub struct Cost(pub i64);
 
 impl Cost {
     /// Decimal USD with nine places, e.g. `0.000123450` — exact, no float formatting.
-    /// Written digit by digit: three of these go on every response, and `format!` with
-    /// padding cost more than the rest of pricing together.
     pub fn usd(self) -> String {
+        let mut buf = [0; 24];
+        // Digits, point and sign only: always UTF-8.
+        String::from_utf8(self.usd_ascii(&mut buf).to_vec()).unwrap_or_default()
+    }
+
+    /// [`Cost::usd`] as ASCII bytes written into the end of `buf`, without allocating:
+    /// three of these go on every response as headers, which copy the bytes anyway.
+    /// Written digit by digit because `format!` with padding cost more than the rest of
+    /// pricing together.
+    pub fn usd_ascii(self, buf: &mut [u8; 24]) -> &[u8] {
         // Sign, up to 11 integer digits (i64::MAX nanos is ~9.2e9 USD), point, 9 decimals;
         // filled from the right.
-        let mut buf = [b'0'; 24];
         let mut at = buf.len();
         let (mut int, mut frac) = (self.0.unsigned_abs() / 1_000_000_000, self.0.unsigned_abs() % 1_000_000_000);
         for _ in 0..9 {
@@ -46,8 +53,7 @@ impl Cost {
             at -= 1;
             buf[at] = b'-';
         }
-        // Digits, point and sign only: always UTF-8.
-        String::from_utf8(buf[at..].to_vec()).unwrap_or_default()
+        &buf[at..]
     }
 }
 
@@ -72,6 +78,12 @@ pub fn cost(usage: &Usage, model: &Model) -> Cost {
     Cost(i64::try_from(nanos).unwrap_or(i64::MAX))
 }
 
+/// The catalog entry that prices a target, found once per request by [`Meter::price`] and
+/// kept by position: an attempt outlives the request's borrows (a stream settles when it
+/// ends), and settling should not look the entry up again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Price(usize);
+
 /// Prices requests against the catalog in force and the reference model.
 #[derive(Debug)]
 pub struct Meter {
@@ -91,8 +103,14 @@ impl Meter {
     /// "ds" of kind "deepseek" or "deepseek-anthropic" is priced by the deepseek entries). A model with no known
     /// price is refused rather than metered as free: the error says how to price it.
     pub fn priced(&self, provider: &str, vendor: &str, model: &str) -> Result<&Model, Error> {
-        if let Some(m) = self.catalog.get_pair(provider, model).or_else(|| self.catalog.get_pair(vendor, model)) {
-            return Ok(m);
+        self.price(provider, vendor, model).map(|p| self.model(p))
+    }
+
+    /// [`Meter::priced`], as a handle for [`Meter::model`].
+    pub fn price(&self, provider: &str, vendor: &str, model: &str) -> Result<Price, Error> {
+        let found = self.catalog.position_pair(provider, model).or_else(|| self.catalog.position_pair(vendor, model));
+        if let Some(i) = found {
+            return Ok(Price(i));
         }
         let id = format!("{provider}/{model}");
         Err(Error {
@@ -106,6 +124,11 @@ impl Meter {
                 ),
             )
         })
+    }
+
+    /// The entry a [`Price`] from this meter stands for.
+    pub fn model(&self, price: Price) -> &Model {
+        &self.catalog.models()[price.0]
     }
 
     pub fn reference(&self) -> Option<&Model> {

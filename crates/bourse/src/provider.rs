@@ -16,7 +16,7 @@ use crate::config::{ProviderConfig, Timeouts};
 use crate::dialect::openai::VendorError;
 use crate::dialect::{anthropic, gemini, openai};
 use crate::error::{Error, ErrorKind, UpstreamStatus};
-use axum::http::{header, HeaderName, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use preset::{AuthStyle, Quirks};
@@ -42,6 +42,9 @@ const EXHAUSTED_CODES: &[&str] = &[
 #[derive(Debug)]
 pub struct Provider {
     pub id: String,
+    /// `id` as a header value (`x-bourse-provider` on every answer), built once; None if
+    /// the id is not a valid header value, and then that header is left off.
+    pub id_header: Option<HeaderValue>,
     /// The preset (or `openai-compatible`) this provider was built from.
     pub kind: &'static str,
     /// Whose catalog prices apply (the preset's vendor: "deepseek" for `deepseek-anthropic`).
@@ -53,10 +56,10 @@ pub struct Provider {
     pub models: Vec<String>,
     pub timeouts: Timeouts,
     pub quirks: Quirks,
-    /// The auth header (name and value), if a key is configured.
-    auth: Option<(HeaderName, HeaderValue)>,
-    /// For a plain-http upstream behind an authenticating proxy.
-    proxy_auth: Option<HeaderValue>,
+    /// The headers every request carries (content type, user agent, auth, proxy auth,
+    /// Anthropic's version, `Host` for plain http), built once: cloning the map costs less
+    /// than hashing and inserting each name on every request.
+    headers: HeaderMap,
     client: http::Client,
     /// Endpoint URIs, parsed once here rather than on every request (Gemini's chat URI
     /// names the model, so it is built per request).
@@ -127,11 +130,31 @@ impl Provider {
             Dialect::Gemini => "/models/m:generateContent",
         };
         let chat_uri = url(chat_path)?;
+        let mut headers = HeaderMap::with_capacity(6);
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(header::USER_AGENT, HeaderValue::from_static(concat!("bourse/", env!("CARGO_PKG_VERSION"))));
+        if let Some((name, value)) = auth {
+            headers.insert(name, value);
+        }
+        if let Some(value) = client.proxy_authorization(&chat_uri) {
+            headers.insert(header::PROXY_AUTHORIZATION, value);
+        }
+        if cfg.preset.dialect == Dialect::Anthropic {
+            headers.insert(ANTHROPIC_VERSION.clone(), HeaderValue::from_static("2023-06-01"));
+        }
+        // hyper-util's client adds `Host` to HTTP/1 requests that lack it, per request (with
+        // a `format!` when the port is not the default). A plain-http upstream is always
+        // HTTP/1, so its `Host` is the same every time: written here, once. Not for https,
+        // where ALPN may pick HTTP/2, which carries the authority in `:authority` instead.
+        if let Some(host) = plain_http_host(&chat_uri) {
+            headers.insert(header::HOST, host);
+        }
         Ok(Provider {
-            proxy_auth: client.proxy_authorization(&chat_uri),
+            headers,
             chat_uri,
             embeddings_uri: url("/embeddings")?,
             id: cfg.id.clone(),
+            id_header: HeaderValue::from_str(&cfg.id).ok(),
             kind: cfg.preset.name,
             vendor: cfg.preset.vendor,
             dialect: cfg.preset.dialect,
@@ -140,7 +163,6 @@ impl Provider {
             models: cfg.models.clone(),
             timeouts: cfg.timeouts,
             quirks: cfg.preset.quirks,
-            auth,
             client,
         })
     }
@@ -169,23 +191,12 @@ impl Provider {
             (Endpoint::Chat { .. }, _) => self.chat_uri.clone(),
             (Endpoint::Embeddings, _) => self.embeddings_uri.clone(),
         };
-        let mut req = axum::http::Request::post(uri)
-            .header(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header(header::USER_AGENT, HeaderValue::from_static(concat!("bourse/", env!("CARGO_PKG_VERSION"))))
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot build the upstream request: {e}")))?;
-        let headers = req.headers_mut();
-        if let Some((name, value)) = &self.auth {
-            headers.insert(name.clone(), value.clone());
-        }
-        if let Some(value) = &self.proxy_auth {
-            headers.insert(header::PROXY_AUTHORIZATION, value.clone());
-        }
-        if self.dialect == Dialect::Anthropic {
-            headers.insert(ANTHROPIC_VERSION.clone(), HeaderValue::from_static("2023-06-01"));
-        }
+        let mut req = axum::http::Request::new(Full::new(Bytes::from(body)));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = self.headers.clone();
         if let Some((name, value)) = extra {
-            headers.insert(name, value);
+            req.headers_mut().insert(name, value);
         }
         let response = match tokio::time::timeout(self.timeouts.first_byte, self.client.request(req)).await {
             Ok(Ok(r)) => r,
@@ -264,6 +275,20 @@ impl Provider {
     }
 }
 
+/// The `Host` header hyper-util's client writes for a plain-http `uri`: its host, then its
+/// port unless that is 80. None for other schemes.
+fn plain_http_host(uri: &Uri) -> Option<HeaderValue> {
+    if uri.scheme() != Some(&axum::http::uri::Scheme::HTTP) {
+        return None;
+    }
+    let host = uri.host()?;
+    let value = match uri.port() {
+        Some(port) if port.as_u16() != 80 => format!("{host}:{port}"),
+        _ => host.to_string(),
+    };
+    HeaderValue::from_str(&value).ok()
+}
+
 /// Decide whether an upstream error status can be retried, and whether it means the
 /// account is out of balance (fail over, never retry the same provider).
 pub fn classify(status: u16, vendor: &VendorError, quirks: &Quirks) -> UpstreamStatus {
@@ -288,6 +313,17 @@ mod tests {
 
     fn vendor(code: Option<&str>, kind: Option<&str>) -> VendorError {
         VendorError { message: None, kind: kind.map(Into::into), code: code.map(Into::into) }
+    }
+
+    #[test]
+    fn host_is_written_for_plain_http_only_as_hyper_util_would() {
+        let host = |u: &str| plain_http_host(&u.parse().unwrap()).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(host("http://127.0.0.1:8080/v1/chat/completions").as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(host("http://localhost/v1/embeddings").as_deref(), Some("localhost"));
+        assert_eq!(host("http://localhost:80/v1").as_deref(), Some("localhost"));
+        assert_eq!(host("http://[::1]:9000/x").as_deref(), Some("[::1]:9000"));
+        assert_eq!(host("https://api.openai.com/v1/chat/completions"), None);
+        assert_eq!(host("https://example.com:8443/v1"), None);
     }
 
     #[test]

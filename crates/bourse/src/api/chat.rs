@@ -12,7 +12,7 @@ use crate::dialect::openai::{self as wire, translate};
 use crate::dialect::{anthropic, gemini, Decode, Encode};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ledger::LedgerEntry;
-use crate::meter::{estimate, Cost};
+use crate::meter::{estimate, Cost, Price};
 use crate::provider::{Endpoint, Upstream};
 use crate::relay::{Mode, OnEnd, StreamEnd, StreamRelay, StreamSummary};
 use crate::route::health::Availability;
@@ -60,8 +60,8 @@ pub async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize) -> Re
 
 pub(crate) fn provenance(resp: &mut Response, target: &Target) {
     let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&target.provider.id) {
-        h.insert(X_BOURSE_PROVIDER.clone(), v);
+    if let Some(v) = &target.provider.id_header {
+        h.insert(X_BOURSE_PROVIDER.clone(), v.clone());
     }
     if let Ok(v) = HeaderValue::from_str(&target.upstream_model) {
         h.insert(X_BOURSE_MODEL.clone(), v);
@@ -104,6 +104,9 @@ pub(crate) struct Attempt {
     route_reason: Option<String>,
     /// The router entry this attempt used, if routed.
     entry: Option<usize>,
+    /// What prices an explicit target, found when it was checked (a routed attempt is
+    /// priced by its router entry's model).
+    price: Option<Price>,
     ts_ms: i64,
     pub(crate) started: Instant,
     pub(crate) ttfb: Option<Duration>,
@@ -117,6 +120,7 @@ pub(crate) struct Settled {
 }
 
 impl Attempt {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         state: &SharedState,
         caller: Caller,
@@ -125,6 +129,7 @@ impl Attempt {
         number: u32,
         route_reason: Option<String>,
         entry: Option<usize>,
+        price: Option<Price>,
     ) -> Attempt {
         let ts_ms = crate::timespec::now_ms();
         Attempt {
@@ -134,6 +139,7 @@ impl Attempt {
             number,
             route_reason,
             entry,
+            price,
             ts_ms,
             started: Instant::now(),
             ttfb: None,
@@ -161,14 +167,20 @@ impl Attempt {
             self.state.router.entries[i].observe_output(usage.output_total());
         }
         let meter = &self.state.meter;
-        let priced = meter.priced(&self.target.provider.id, self.target.provider.vendor, &self.target.upstream_model);
-        let (cost, reference) = match priced {
-            Ok(m) => meter.settle(m, &usage),
+        let model = match (self.price, self.entry) {
+            (Some(price), _) => Some(meter.model(price)),
+            // The entry holds the catalog model the meter would find for its target.
+            (None, Some(i)) => Some(&self.state.router.entries[i].model),
+            (None, None) => None,
+        };
+        let (cost, reference) = match model {
+            Some(m) => meter.settle(m, &usage),
             // Unreachable: unpriced targets are refused before any attempt starts.
-            Err(_) => (Cost::default(), Cost::default()),
+            None => (Cost::default(), Cost::default()),
         };
         let entry = self.state.ledger.is_some().then(|| LedgerEntry {
-            request_id: self.caller.request_id.to_string(),
+            // `String::from`, not `to_string`: on an `Arc<str>` that goes through `Display`.
+            request_id: String::from(&*self.caller.request_id),
             attempt: self.number,
             ts_ms: self.ts_ms,
             key_id: self.caller.key_id.as_deref().map(str::to_string),
@@ -245,11 +257,12 @@ impl Record {
 
 pub(crate) fn money_headers(resp: &mut Response, s: &Settled) {
     let h = resp.headers_mut();
+    let mut buf = [0; 24];
     for (name, value) in
         [(&X_BOURSE_COST, s.cost), (&X_BOURSE_REFERENCE_COST, s.reference), (&X_BOURSE_SAVED, s.reference - s.cost)]
     {
-        // From the String itself: `from_str` would copy it into a second allocation.
-        if let Ok(v) = HeaderValue::try_from(value.usd()) {
+        // From the digits on the stack: the header value is their one copy.
+        if let Ok(v) = HeaderValue::from_bytes(value.usd_ascii(&mut buf)) {
             h.insert(name.clone(), v);
         }
     }
@@ -271,6 +284,8 @@ struct Try {
     target: Option<Target>,
     /// Index into the router's entries, for routed tries (health and observed output).
     entry: Option<usize>,
+    /// What prices an explicit target (checked before any attempt).
+    price: Option<Price>,
     /// Position in the plan, for the route reason (built only for attempts actually made).
     rank: Option<usize>,
 }
@@ -299,8 +314,8 @@ fn tries_for(state: &SharedState, req: &ChatRequest, overrides: &Overrides) -> R
     let router = &state.router;
     let Some(route) = router.route_for(&req.model, overrides)? else {
         let target = state.providers.resolve(&req.model)?;
-        state.meter.priced(&target.provider.id, target.provider.vendor, &target.upstream_model)?;
-        return Ok((vec![Try { target: Some(target), entry: None, rank: None }], None));
+        let price = state.meter.price(&target.provider.id, target.provider.vendor, &target.upstream_model)?;
+        return Ok((vec![Try { target: Some(target), entry: None, rank: None, price: Some(price) }], None));
     };
     let routed = router.plan(route, overrides, req, Instant::now())?;
     if routed.plan.candidates.is_empty() {
@@ -308,7 +323,7 @@ fn tries_for(state: &SharedState, req: &ChatRequest, overrides: &Overrides) -> R
     }
     // Only indices here: targets are built for the few candidates actually tried.
     let tries = (routed.plan.candidates.iter().enumerate())
-        .map(|(rank, c)| Try { target: None, entry: Some(c.entry), rank: Some(rank) })
+        .map(|(rank, c)| Try { target: None, entry: Some(c.entry), rank: Some(rank), price: None })
         .collect();
     Ok((tries, Some(routed)))
 }
@@ -364,7 +379,7 @@ pub(crate) async fn exchange(
             (Some(p), Some(rank)) => Some(router.reason(p, rank, attempt_no)),
             _ => None,
         };
-        match attempt_chat(state, &caller, &mut req, &target, t.entry, attempt_no, reason, beta).await {
+        match attempt_chat(state, &caller, &mut req, &target, t.entry, t.price, attempt_no, reason, beta).await {
             Ok(resp) => return resp,
             Err(e) => {
                 if let ErrorKind::UpstreamStatus(s) = &e.kind {
@@ -491,6 +506,7 @@ async fn attempt_chat(
     req: &mut ChatRequest,
     target: &Target,
     entry: Option<usize>,
+    price: Option<Price>,
     number: u32,
     reason: Option<String>,
     anthropic_beta: Option<&HeaderValue>,
@@ -501,7 +517,7 @@ async fn attempt_chat(
     // no attempt, no ledger row.
     let (upstream_body, json_tool) = upstream_body(req, target)?;
     let extra = anthropic_beta.filter(|_| client == upstream).map(|b| (ANTHROPIC_BETA.clone(), b.clone()));
-    let mut attempt = Attempt::start(state, caller.clone(), target, req.stream, number, reason.clone(), entry);
+    let mut attempt = Attempt::start(state, caller.clone(), target, req.stream, number, reason.clone(), entry, price);
     let endpoint = Endpoint::Chat { model: &target.upstream_model, stream: req.stream };
     let resp = match target.provider.post_json_with(endpoint, upstream_body, extra).await {
         Ok(r) => r,

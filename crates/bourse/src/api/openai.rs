@@ -32,9 +32,9 @@ pub async fn embeddings(state: SharedState, caller: Caller, req: Request) -> Res
     let body = read_json_body(&parts.headers, body, state.max_body_bytes).await?;
     let mut req = parse_embeddings_request(&body)?;
     let target = state.providers.resolve(&req.model)?;
-    state.meter.priced(&target.provider.id, target.provider.vendor, &target.upstream_model)?;
+    let price = state.meter.price(&target.provider.id, target.provider.vendor, &target.upstream_model)?;
     let upstream_body = wire::upstream_embeddings_body(&mut req, &target.upstream_model);
-    let mut attempt = Attempt::start(&state, caller, &target, false, 1, None, None);
+    let mut attempt = Attempt::start(&state, caller, &target, false, 1, None, None, Some(price));
     let resp = match target.provider.post_json(Endpoint::Embeddings, upstream_body).await {
         Ok(r) => r,
         Err(e) => return Ok(error_response(attempt.fail(e).await, &target, Dialect::OpenAi)),
