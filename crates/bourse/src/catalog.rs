@@ -12,11 +12,12 @@
 pub mod litellm;
 pub mod render;
 
+use crate::fnv::{fnv1a, Fnv1a, OFFSET as FNV_OFFSET};
 use crate::provider::preset;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 
 /// The shipped catalog, compiled in.
 pub const SHIPPED: &str = include_str!("../../../catalog/models.toml");
@@ -167,32 +168,9 @@ pub struct Catalog {
     pub cny_per_usd: Option<f64>,
     models: Vec<Model>,
     /// Position in `models` by id, keyed by bytes so that ids joined on the stack
-    /// ([`Catalog::position_pair`]) are looked up without a UTF-8 check.
+    /// ([`Catalog::position_pair`]) are looked up without a UTF-8 check; FNV-1a, as the
+    /// ids are fixed at load (see [`Fnv1a`]).
     index: HashMap<Box<[u8]>, usize, BuildHasherDefault<Fnv1a>>,
-}
-
-/// FNV-1a, for the catalog's index: looked up on every request, where SipHash was most of
-/// the lookup's cost. Its keys are fixed at load, so a client choosing the key it looks up
-/// cannot lengthen anyone else's probes: no need for SipHash's flooding defence.
-#[derive(Clone, Copy, Debug)]
-struct Fnv1a(u64);
-
-impl Default for Fnv1a {
-    fn default() -> Self {
-        Fnv1a(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv1a {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }
 
 // ---- raw file format -------------------------------------------------------------------
@@ -282,16 +260,6 @@ pub struct Findings {
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
 }
-
-fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 fn check_price(at: &str, key: &str, v: Option<f64>, allow_expensive: bool, f: &mut Findings) -> Option<Rate> {
     let v = v?;
@@ -585,13 +553,9 @@ impl Catalog {
         self.index.get(id.as_bytes()).map(|&i| &self.models[i])
     }
 
-    /// [`Catalog::get`] of `{prefix}/{model}`.
-    pub fn get_pair(&self, prefix: &str, model: &str) -> Option<&Model> {
-        self.position_pair(prefix, model).map(|i| &self.models[i])
-    }
-
-    /// Where `{prefix}/{model}` is in [`Catalog::models`], without allocating for ids of
-    /// ordinary length (this runs on every request).
+    /// Where the entry [`Catalog::get`] would find for `{prefix}/{model}` is in
+    /// [`Catalog::models`], without allocating for ids of ordinary length (this runs on
+    /// every request).
     pub fn position_pair(&self, prefix: &str, model: &str) -> Option<usize> {
         let mut buf = [0u8; 160];
         let n = prefix.len() + 1 + model.len();
@@ -659,13 +623,15 @@ mod tests {
     }
 
     #[test]
-    fn get_pair_is_get_of_the_joined_id_at_any_length() {
+    fn position_pair_finds_the_joined_id_at_any_length() {
         let long = "m".repeat(300);
         let entry = |m: &str| format!("[[model]]\nprovider = \"deepseek\"\nmodel = \"{m}\"\ninput = 1\noutput = 2\n");
         let c = load(&format!("{}{}", entry("v"), entry(&long))).unwrap();
-        assert_eq!(c.get_pair("deepseek", "v").unwrap().id, "deepseek/v");
-        assert_eq!(c.get_pair("deepseek", &long).unwrap().id, format!("deepseek/{long}"));
-        assert!(c.get_pair("deepseek", "w").is_none());
+        let id = |prefix: &str, model: &str| c.position_pair(prefix, model).map(|i| c.models()[i].id.as_str());
+        assert_eq!(id("deepseek", "v"), Some("deepseek/v"));
+        assert_eq!(id("deepseek", &long), Some(format!("deepseek/{long}").as_str()));
+        assert_eq!(id("deepseek", "w"), None);
+        assert_eq!(c.get("deepseek/v").map(|m| m.id.as_str()), Some("deepseek/v"));
     }
 
     #[test]

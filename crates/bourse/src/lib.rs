@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod config;
 pub mod dialect;
 pub mod error;
+mod fnv;
 pub mod ledger;
 pub mod meter;
 pub mod provider;

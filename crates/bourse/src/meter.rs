@@ -99,14 +99,10 @@ impl Meter {
         Meter { catalog, reference }
     }
 
-    /// The catalog entry for a target: `id/model`, else `vendor/model` (a provider named
-    /// "ds" of kind "deepseek" or "deepseek-anthropic" is priced by the deepseek entries). A model with no known
-    /// price is refused rather than metered as free: the error says how to price it.
-    pub fn priced(&self, provider: &str, vendor: &str, model: &str) -> Result<&Model, Error> {
-        self.price(provider, vendor, model).map(|p| self.model(p))
-    }
-
-    /// [`Meter::priced`], as a handle for [`Meter::model`].
+    /// The catalog entry for a target, as a handle for [`Meter::model`]: `id/model`, else
+    /// `vendor/model` (a provider named "ds" of kind "deepseek" or "deepseek-anthropic" is
+    /// priced by the deepseek entries). A model with no known price is refused rather than
+    /// metered as free: the error says how to price it.
     pub fn price(&self, provider: &str, vendor: &str, model: &str) -> Result<Price, Error> {
         let found = self.catalog.position_pair(provider, model).or_else(|| self.catalog.position_pair(vendor, model));
         if let Some(i) = found {

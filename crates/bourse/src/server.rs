@@ -73,11 +73,7 @@ impl AppState {
 
 /// A key's id: a short hash, so ledger rows say which key without storing it.
 pub fn key_id(key: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let h = crate::fnv::fnv1a(key.as_bytes(), crate::fnv::OFFSET);
     format!("key_{:08x}", h as u32)
 }
 
