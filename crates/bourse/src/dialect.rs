@@ -11,7 +11,7 @@
 pub mod anthropic;
 pub mod gemini;
 pub mod openai;
-pub mod scan;
+pub(crate) mod scan;
 
 use crate::canonical::Delta;
 use crate::error::Error;

@@ -409,8 +409,8 @@ fn plain_usage(u: scan::Raw<'_>) -> Option<WireUsage> {
         plain &= seen & (1 << slot) == 0;
         seen |= 1 << slot;
         let read = match slot {
-            0 => count(v).map(|n| w.prompt_tokens = n),
-            1 => count(v).map(|n| w.completion_tokens = n),
+            0 => v.as_u64().map(|n| w.prompt_tokens = n),
+            1 => v.as_u64().map(|n| w.completion_tokens = n),
             2 => details(v, "cached_tokens")
                 .map(|d| w.prompt_tokens_details = d.map(|cached_tokens| PromptDetails { cached_tokens })),
             3 => details(v, "reasoning_tokens").map(|d| {
@@ -426,23 +426,12 @@ fn plain_usage(u: scan::Raw<'_>) -> Option<WireUsage> {
     plain.then_some(w)
 }
 
-/// An unsigned integer written as digits (JSON allows no leading zeros); `None` for
-/// anything else, including a count beyond u64.
-fn count(v: scan::Raw<'_>) -> Option<u64> {
-    let t = v.get();
-    if t.bytes().all(|c| c.is_ascii_digit()) {
-        t.parse().ok()
-    } else {
-        None
-    }
-}
-
 /// `Option<u64>`: null is `Some(None)`.
 fn optional_count(v: scan::Raw<'_>) -> Option<Option<u64>> {
     if v.is_null() {
         Some(None)
     } else {
-        count(v).map(Some)
+        v.as_u64().map(Some)
     }
 }
 

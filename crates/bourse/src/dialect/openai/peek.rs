@@ -34,15 +34,15 @@ fn field_index(name: &str) -> Option<usize> {
     }
 }
 
-/// The members of an object named in `names` (by position), each left as JSON text, `null`
-/// read as absent (the map walk accepts `null` for every optional field). `None` for a value
-/// that is not an object, a member named with escapes, or a looked-at member given twice
-/// (the map walk then decides, keeping the last one).
-fn pick<'a, const N: usize>(v: Raw<'a>, index: impl Fn(&str) -> Option<usize>) -> Option<[Option<Raw<'a>>; N]> {
+/// The members of the object `text` named by `index` (by position), each left as JSON text,
+/// `null` read as absent (the map walk accepts `null` for every optional field). `None` for
+/// text that is not an object, a member named with escapes, or a looked-at member given
+/// twice (the map walk then decides, keeping the last one).
+fn pick<'a, const N: usize>(text: &'a str, index: impl Fn(&str) -> Option<usize>) -> Option<[Option<Raw<'a>>; N]> {
     let mut found = [None; N];
     let mut seen = [false; N];
     let mut plain = true;
-    v.members(|name: Key<'a>, value| {
+    scan::members(text, |name: Key<'a>, value| {
         if name.escaped {
             plain = false;
         } else if let Some(i) = index(name.text) {
@@ -81,7 +81,7 @@ fn tagged_member(name: &str) -> Option<usize> {
 }
 
 fn tagged(v: Raw<'_>) -> Option<[Option<Raw<'_>>; 4]> {
-    pick(v, tagged_member)
+    pick(v.get(), tagged_member)
 }
 
 fn as_f64(v: Raw<'_>) -> Option<f64> {
@@ -100,22 +100,7 @@ fn elements(v: Raw<'_>) -> Option<Vec<Raw<'_>>> {
 
 /// The request, if the fast path can vouch for it; `None` sends it to the map walk.
 pub(super) fn peek(body: &Bytes) -> Option<ChatRequest> {
-    let text = std::str::from_utf8(body).ok()?;
-    let mut top = [None; FIELDS];
-    let mut seen = [false; FIELDS];
-    let mut plain = true;
-    scan::members(text, |name, value| {
-        if name.escaped {
-            plain = false;
-        } else if let Some(i) = field_index(name.text) {
-            plain &= !std::mem::replace(&mut seen[i], true);
-            top[i] = (!value.is_null()).then_some(value);
-        }
-    })
-    .ok()?;
-    if !plain {
-        return None;
-    }
+    let top: [_; FIELDS] = pick(std::str::from_utf8(body).ok()?, field_index)?;
     let field = |name: &str| field_index(name).and_then(|i| top[i]);
     if !CHAT_FIELDS.iter().zip(&top).all(|((_, shape), v)| v.is_none_or(|v| shape.matches_raw(v.get()))) {
         return None;
@@ -137,7 +122,7 @@ pub(super) fn peek(body: &Bytes) -> Option<ChatRequest> {
     }
     let mut vision = false;
     for m in messages {
-        let [role, content] = pick(m, message_member)?;
+        let [role, content] = pick(m.get(), message_member)?;
         if !CHAT_ROLES.contains(&&*role?.str()?) {
             return None;
         }
@@ -181,8 +166,8 @@ pub(super) fn peek(body: &Bytes) -> Option<ChatRequest> {
         },
     };
     let include_usage = stream && stream_options == StreamOptions::IncludesUsage;
-    let as_u64 = |v: Option<Raw<'_>>| v.and_then(|v| v.get().parse::<u64>().ok());
-    let max_output_tokens = as_u64(field("max_completion_tokens")).or_else(|| as_u64(field("max_tokens")));
+    let max_output_tokens =
+        field("max_completion_tokens").and_then(Raw::as_u64).or_else(|| field("max_tokens").and_then(Raw::as_u64));
     // `model_raw` borrows from `body`: its offset there is where the value starts.
     let start = model_raw.get().as_ptr() as usize - body.as_ptr() as usize;
     let raw = RawBody { bytes: body.clone(), model: start..start + model_raw.get().len(), stream_options };
