@@ -20,3 +20,13 @@ bourse_config() {
     *) printf '\n[storage]\nurl = "sqlite:%s"\n' "$db" ;;
   esac
 }
+
+# wait_port PORT: until something accepts TCP connections on 127.0.0.1:PORT (60 s at most).
+wait_port() {
+  for _ in $(seq 1 600); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "$(basename "$0"): nothing listening on port $1 after 60 s" >&2
+  exit 1
+}

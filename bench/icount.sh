@@ -43,15 +43,6 @@ trap cleanup EXIT
 
 # shellcheck source=bench/common.sh
 . "$BENCH_DIR/common.sh"
-wait_port() {
-  for _ in $(seq 1 600); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "icount: nothing listening on port $1 after 60 s" >&2
-  exit 1
-}
-
 SIM_PORT=$(free_port)
 "$BIN/upstream-sim" --listen "127.0.0.1:$SIM_PORT" --threads 1 >"$WORK/sim.log" 2>&1 &
 PIDS+=($!)
