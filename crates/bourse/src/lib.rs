@@ -12,6 +12,7 @@ pub mod config;
 pub mod dialect;
 pub mod error;
 mod fnv;
+pub mod heap;
 pub mod ledger;
 pub mod meter;
 pub mod provider;

@@ -12,11 +12,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-// glibc malloc showed up as ~12% of the gateway's CPU under load (lock contention when
-// memory allocated on one worker is freed on another); mimalloc's thread-local heaps
-// avoid it. Chosen by measurement: see bench/RESULTS.md.
+// mimalloc, through bourse::heap (why, and why not the `mimalloc` crate's wrapper: there).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: bourse::heap::MiMalloc = bourse::heap::MiMalloc;
 
 /// Bourse: an inference exchange. One OpenAI-compatible endpoint in front of every LLM provider.
 #[derive(Parser)]
