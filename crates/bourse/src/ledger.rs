@@ -60,7 +60,6 @@ pub use sqlite::SqliteLedger;
 pub use writer::{FullPolicy, PendingWriter, Writer, WriterConfig, WriterHandle, WriterStats};
 
 use std::fmt;
-use std::sync::Arc;
 
 /// Where ledger rows are stored. Clones share the same connections.
 #[derive(Clone, Debug)]
@@ -80,14 +79,22 @@ impl Ledger {
         }
     }
 
-    /// Stores a batch atomically: all rows or none. Shared rather than borrowed: SQLite
-    /// writes on a blocking thread, which needs the rows without copying them (the writer
-    /// keeps its handle for retries).
-    pub async fn append(&self, rows: impl Into<Arc<[LedgerEntry]>>) -> Result<(), LedgerError> {
-        let rows = rows.into();
+    /// Stores a batch atomically: all rows or none.
+    pub async fn append(&self, rows: impl Into<Vec<LedgerEntry>>) -> Result<(), LedgerError> {
+        self.write(rows.into()).await.1
+    }
+
+    /// [`Ledger::append`] for the batch writer: the rows move to the store (SQLite writes on
+    /// a blocking thread, which needs them without a copy) and come back, for a retry or for
+    /// the next batch to reuse the allocation. They come back empty only if the blocking
+    /// task itself died (a panic), and then the error says so.
+    pub(crate) async fn write(&self, rows: Vec<LedgerEntry>) -> (Vec<LedgerEntry>, Result<(), LedgerError>) {
         match self {
             Ledger::Sqlite(s) => s.append(rows).await,
-            Ledger::Postgres(p) => p.append(&rows).await,
+            Ledger::Postgres(p) => {
+                let r = p.append(&rows).await;
+                (rows, r)
+            }
         }
     }
 

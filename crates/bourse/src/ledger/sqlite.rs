@@ -55,6 +55,55 @@ fn insert_sql(n: usize) -> &'static str {
     })
 }
 
+/// One batch in one IMMEDIATE transaction, as multi-row inserts.
+fn insert(conn: &mut Connection, rows: &[LedgerEntry]) -> Result<(), LedgerError> {
+    // IMMEDIATE takes the write lock up front, so a concurrent writer makes us wait
+    // (busy_timeout) at BEGIN instead of failing half-way through the batch.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Many rows per statement: SQLite's per-statement work (bind reset, VDBE
+    // start-up) is paid once per chunk instead of once per row.
+    for chunk in insert_chunks(rows) {
+        let counts: Vec<[i64; 5]> = chunk
+            .iter()
+            .map(|r| {
+                let u = &r.usage;
+                [u.input_uncached, u.input_cache_read, u.input_cache_write, u.output, u.output_reasoning]
+                    .map(count_to_db)
+            })
+            .collect();
+        let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * COLUMNS);
+        for (r, c) in chunk.iter().zip(&counts) {
+            values.extend_from_slice(&[
+                &r.request_id,
+                &r.attempt,
+                &r.ts_ms,
+                &r.key_id,
+                &r.provider,
+                &r.model,
+                &r.route_reason,
+                &c[0],
+                &c[1],
+                &c[2],
+                &c[3],
+                &c[4],
+                &r.cost_nanos,
+                &r.reference_cost_nanos,
+                &r.catalog_version,
+                &r.ttfb_ms,
+                &r.latency_ms,
+                &r.status,
+                &r.error_kind,
+                &r.estimated,
+                &r.stream,
+            ]);
+        }
+        let mut stmt = tx.prepare_cached(insert_sql(chunk.len()))?;
+        stmt.execute(values.as_slice())?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 const SELECT_BY_REQUEST: &str =
     concat!("SELECT ", entry_columns!(), " FROM ledger WHERE request_id = ?1 ORDER BY attempt, id");
 
@@ -96,60 +145,16 @@ impl SqliteLedger {
         &self.inner.path
     }
 
-    pub(super) async fn append(&self, rows: Arc<[LedgerEntry]>) -> Result<(), LedgerError> {
+    pub(super) async fn append(&self, rows: Vec<LedgerEntry>) -> (Vec<LedgerEntry>, Result<(), LedgerError>) {
         if rows.is_empty() {
-            return Ok(());
+            return (rows, Ok(()));
         }
         let inner = self.inner.clone();
-        blocking(move || {
-            let mut conn = lock(&inner.writer);
-            // IMMEDIATE takes the write lock up front, so a concurrent writer makes us wait
-            // (busy_timeout) at BEGIN instead of failing half-way through the batch.
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // Many rows per statement: SQLite's per-statement work (bind reset, VDBE
-            // start-up) is paid once per chunk instead of once per row.
-            for chunk in insert_chunks(&rows) {
-                let counts: Vec<[i64; 5]> = chunk
-                    .iter()
-                    .map(|r| {
-                        let u = &r.usage;
-                        [u.input_uncached, u.input_cache_read, u.input_cache_write, u.output, u.output_reasoning]
-                            .map(count_to_db)
-                    })
-                    .collect();
-                let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * COLUMNS);
-                for (r, c) in chunk.iter().zip(&counts) {
-                    values.extend_from_slice(&[
-                        &r.request_id,
-                        &r.attempt,
-                        &r.ts_ms,
-                        &r.key_id,
-                        &r.provider,
-                        &r.model,
-                        &r.route_reason,
-                        &c[0],
-                        &c[1],
-                        &c[2],
-                        &c[3],
-                        &c[4],
-                        &r.cost_nanos,
-                        &r.reference_cost_nanos,
-                        &r.catalog_version,
-                        &r.ttfb_ms,
-                        &r.latency_ms,
-                        &r.status,
-                        &r.error_kind,
-                        &r.estimated,
-                        &r.stream,
-                    ]);
-                }
-                let mut stmt = tx.prepare_cached(insert_sql(chunk.len()))?;
-                stmt.execute(values.as_slice())?;
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await
+        let task = tokio::task::spawn_blocking(move || {
+            let r = insert(&mut lock(&inner.writer), &rows);
+            (rows, r)
+        });
+        task.await.unwrap_or_else(|e| (Vec::new(), Err(LedgerError::Task(e.to_string()))))
     }
 
     pub(super) async fn report(&self, q: &ReportQuery) -> Result<Vec<ReportRow>, LedgerError> {

@@ -371,8 +371,9 @@ impl Drain {
                     break;
                 }
             }
-            let rows: Arc<[LedgerEntry]> = std::mem::replace(&mut batch, Vec::with_capacity(self.cfg.batch)).into();
-            degraded = !self.write(rows, degraded).await;
+            let written;
+            (batch, written) = self.write(std::mem::take(&mut batch), degraded).await;
+            degraded = !written;
             if !open {
                 break;
             }
@@ -431,19 +432,24 @@ impl Drain {
         }
     }
 
-    /// Writes one batch with retries; false if it was given up on.
-    async fn write(&self, batch: Arc<[LedgerEntry]>, degraded: bool) -> bool {
+    /// Writes one batch with retries; false if it was given up on. Hands back the batch's
+    /// allocation, emptied, for the next one (a fresh 1 024-row buffer per batch, and the
+    /// page faults of touching it, showed in the writer's profile).
+    async fn write(&self, mut batch: Vec<LedgerEntry>, degraded: bool) -> (Vec<LedgerEntry>, bool) {
         let n = batch.len() as u64;
         let retries = if degraded { 0 } else { self.cfg.retries };
         let mut backoff = self.cfg.retry_backoff;
         let mut attempt = 0;
         let ok = loop {
-            match self.ledger.append(batch.clone()).await {
+            let result;
+            (batch, result) = self.ledger.write(batch).await;
+            match result {
                 Ok(()) => {
                     self.shared.written.fetch_add(n, Relaxed);
                     break true;
                 }
-                Err(e) if attempt < retries => {
+                // The rows did not come back only if the blocking task died: nothing to retry.
+                Err(e) if attempt < retries && batch.len() as u64 == n => {
                     attempt += 1;
                     tracing::warn!(error = %e, rows = n, attempt, "ledger: batch write failed; retrying");
                     tokio::time::sleep(backoff).await;
@@ -458,6 +464,10 @@ impl Drain {
             }
         };
         self.shared.queued.fetch_sub(n, Relaxed);
-        ok
+        batch.clear();
+        if batch.capacity() < self.cfg.batch {
+            batch.reserve_exact(self.cfg.batch);
+        }
+        (batch, ok)
     }
 }
