@@ -112,7 +112,7 @@ impl Provider {
                     AuthStyle::XApiKey => (X_API_KEY.clone(), key.expose().to_string()),
                     AuthStyle::GoogApiKey => (X_GOOG_API_KEY.clone(), key.expose().to_string()),
                 };
-                let mut v = HeaderValue::from_str(&value).map_err(|_| {
+                let mut v = HeaderValue::from_maybe_shared(process_lifetime(value)).map_err(|_| {
                     format!("providers.{}.api_key: the key contains characters not allowed in a header", cfg.id)
                 })?;
                 v.set_sensitive(true);
@@ -121,7 +121,8 @@ impl Provider {
             None => None,
         };
         let url = |path: &str| {
-            format!("{}{path}", cfg.base_url).parse::<Uri>().map_err(|e| format!("providers.{}.base_url: {e}", cfg.id))
+            Uri::from_maybe_shared(process_lifetime(format!("{}{path}", cfg.base_url)))
+                .map_err(|e| format!("providers.{}.base_url: {e}", cfg.id))
         };
         let chat_path = match cfg.preset.dialect {
             Dialect::OpenAi => "/chat/completions",
@@ -154,7 +155,7 @@ impl Provider {
             chat_uri,
             embeddings_uri: url("/embeddings")?,
             id: cfg.id.clone(),
-            id_header: HeaderValue::from_str(&cfg.id).ok(),
+            id_header: HeaderValue::from_maybe_shared(process_lifetime(cfg.id.clone())).ok(),
             kind: cfg.preset.name,
             vendor: cfg.preset.vendor,
             dialect: cfg.preset.dialect,
@@ -286,7 +287,19 @@ fn plain_http_host(uri: &Uri) -> Option<HeaderValue> {
         Some(port) if port.as_u16() != 80 => format!("{host}:{port}"),
         _ => host.to_string(),
     };
-    HeaderValue::from_str(&value).ok()
+    HeaderValue::from_maybe_shared(process_lifetime(value)).ok()
+}
+
+/// `text` as [`Bytes`] that live as long as the process, without a reference count.
+///
+/// A provider's URIs and fixed header values are cloned into every request it serves and
+/// dropped after it, on whichever worker runs the request. Made from ordinary (shared)
+/// `Bytes`, each clone and drop is an atomic update of one reference count that the workers
+/// pass between their caches, ~20 times per request (URI parts, `Host`, auth, the
+/// provenance header); static `Bytes` clone for free. Providers are built once per process
+/// (once per test in the test suites), so these few hundred bytes are never worth freeing.
+fn process_lifetime(text: String) -> Bytes {
+    Bytes::from_static(Box::leak(text.into_boxed_str()).as_bytes())
 }
 
 /// Decide whether an upstream error status can be retried, and whether it means the
