@@ -181,7 +181,9 @@ impl Provider {
         body: Vec<u8>,
         extra: Option<(HeaderName, HeaderValue)>,
     ) -> Result<Upstream, Error> {
-        let deadline = tokio::time::Instant::now() + self.timeouts.total;
+        // One clock read for both deadlines.
+        let now = tokio::time::Instant::now();
+        let deadline = now + self.timeouts.total;
         let uri = match (endpoint, self.dialect) {
             (Endpoint::Chat { model, stream }, Dialect::Gemini) => {
                 let uri = format!("{}{}", self.base_url, gemini::endpoint_path(model, stream));
@@ -199,7 +201,7 @@ impl Provider {
         if let Some((name, value)) = extra {
             req.headers_mut().insert(name, value);
         }
-        let response = match tokio::time::timeout(self.timeouts.first_byte, self.client.request(req)).await {
+        let response = match tokio::time::timeout_at(now + self.timeouts.first_byte, self.client.request(req)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(self.request_error(&e)),
             Err(_) => {

@@ -36,7 +36,7 @@ pub type Response = hyper::Response<hyper::body::Incoming>;
 /// A pooled client shared by the requests of one provider.
 #[derive(Clone, Debug)]
 pub struct Client {
-    inner: hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<ProxyConnector>, Full<Bytes>>,
+    inner: hyper_util::client::legacy::Client<SharedConnector, Full<Bytes>>,
     proxies: Arc<Matcher>,
 }
 
@@ -55,13 +55,14 @@ impl Client {
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(ProxyConnector { http, proxies: proxies.clone() });
+        // No `.timer()`: hyper-util hands it only to HTTP/2 connections, for keep-alive
+        // pings, which are not enabled; the pool's idle reaper has its own.
         let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             // Sized for bursts of concurrent streams to one vendor.
             .pool_max_idle_per_host(256)
             .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https);
+            .build(SharedConnector(Arc::new(https)));
         Client { inner, proxies }
     }
 
@@ -88,6 +89,28 @@ fn shared() -> &'static (rustls::ClientConfig, Arc<Matcher>) {
         let tls = rustls::ClientConfig::builder().with_webpki_roots().with_no_client_auth();
         (tls, Arc::new(Matcher::from_env()))
     })
+}
+
+/// The connector behind one reference count. hyper-util's client clones itself, connector
+/// included, into every request it sends (not only those that connect); the TLS connector
+/// over [`ProxyConnector`] is four `Arc`s, each an atomic increment and decrement per request
+/// on a count both workers share. Cloned for real only to open a connection.
+#[derive(Clone)]
+pub struct SharedConnector(Arc<hyper_rustls::HttpsConnector<ProxyConnector>>);
+
+impl Service<Uri> for SharedConnector {
+    type Response = hyper_rustls::MaybeHttpsStream<ProxyStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    /// Always ready, as every layer below is (hyper-util's `HttpConnector` is).
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        (*self.0).clone().call(dst)
+    }
 }
 
 /// TCP to the upstream, or to the proxy that `HTTP(S)_PROXY` names for it.
