@@ -95,6 +95,25 @@ pub(crate) fn not_json(target: &Target) -> Error {
     )
 }
 
+/// How an attempt's target was chosen, which decides how it is priced and whom it reports to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Chosen {
+    /// Named by the client: priced by the catalog price found when the target was checked.
+    Explicit(Price),
+    /// A router entry (an index into its entries): priced by the entry's catalog model, and
+    /// the entry's health and observed output are told the outcome.
+    Routed(usize),
+}
+
+impl Chosen {
+    fn entry(self) -> Option<usize> {
+        match self {
+            Chosen::Routed(i) => Some(i),
+            Chosen::Explicit(_) => None,
+        }
+    }
+}
+
 /// One upstream attempt, from start to settlement.
 pub(crate) struct Attempt {
     state: SharedState,
@@ -102,11 +121,7 @@ pub(crate) struct Attempt {
     target: Target,
     number: u32,
     route_reason: Option<String>,
-    /// The router entry this attempt used, if routed.
-    entry: Option<usize>,
-    /// What prices an explicit target, found when it was checked (a routed attempt is
-    /// priced by its router entry's model).
-    price: Option<Price>,
+    chosen: Chosen,
     ts_ms: i64,
     pub(crate) started: Instant,
     pub(crate) ttfb: Option<Duration>,
@@ -120,7 +135,6 @@ pub(crate) struct Settled {
 }
 
 impl Attempt {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         state: &SharedState,
         caller: Caller,
@@ -128,8 +142,7 @@ impl Attempt {
         stream: bool,
         number: u32,
         route_reason: Option<String>,
-        entry: Option<usize>,
-        price: Option<Price>,
+        chosen: Chosen,
     ) -> Attempt {
         let ts_ms = crate::timespec::now_ms();
         Attempt {
@@ -138,8 +151,7 @@ impl Attempt {
             target: target.clone(),
             number,
             route_reason,
-            entry,
-            price,
+            chosen,
             ts_ms,
             started: Instant::now(),
             ttfb: None,
@@ -149,7 +161,7 @@ impl Attempt {
 
     /// The upstream answered: close its circuit and fold in its time to first byte.
     fn healthy(&self) {
-        if let Some(i) = self.entry {
+        if let Some(i) = self.chosen.entry() {
             let router = &self.state.router;
             router.health.record_success(&router.entries[i].key, self.ttfb.unwrap_or_default(), Instant::now());
         }
@@ -163,21 +175,16 @@ impl Attempt {
         status: u16,
         error: Option<&str>,
     ) -> (Settled, Option<Record>) {
-        if let (Some(i), None) = (self.entry, error) {
+        if let (Chosen::Routed(i), None) = (self.chosen, error) {
             self.state.router.entries[i].observe_output(usage.output_total());
         }
         let meter = &self.state.meter;
-        let model = match (self.price, self.entry) {
-            (Some(price), _) => Some(meter.model(price)),
+        let model = match self.chosen {
+            Chosen::Explicit(price) => meter.model(price),
             // The entry holds the catalog model the meter would find for its target.
-            (None, Some(i)) => Some(&self.state.router.entries[i].model),
-            (None, None) => None,
+            Chosen::Routed(i) => &self.state.router.entries[i].model,
         };
-        let (cost, reference) = match model {
-            Some(m) => meter.settle(m, &usage),
-            // Unreachable: unpriced targets are refused before any attempt starts.
-            None => (Cost::default(), Cost::default()),
-        };
+        let (cost, reference) = meter.settle(model, &usage);
         let entry = self.state.ledger.is_some().then(|| LedgerEntry {
             // `String::from`, not `to_string`: on an `Arc<str>` that goes through `Display`.
             request_id: String::from(&*self.caller.request_id),
@@ -205,7 +212,7 @@ impl Attempt {
 
     /// A failed attempt: a ledger row with no usage, health told, the error handed back.
     pub(crate) async fn fail(self, e: Error) -> Error {
-        if let (Some(i), crate::error::Origin::Upstream) = (self.entry, e.origin()) {
+        if let (Chosen::Routed(i), crate::error::Origin::Upstream) = (self.chosen, e.origin()) {
             let router = &self.state.router;
             let key = &router.entries[i].key;
             // Out of balance will not fix itself within a cooldown: open the circuit now.
@@ -279,15 +286,12 @@ fn money_comment(s: &Settled) -> Bytes {
 }
 
 /// One place to try, in the order to try them.
-struct Try {
-    /// Set for an explicit model; built from the router entry for routed tries.
-    target: Option<Target>,
-    /// Index into the router's entries, for routed tries (health and observed output).
-    entry: Option<usize>,
-    /// What prices an explicit target (checked before any attempt).
-    price: Option<Price>,
-    /// Position in the plan, for the route reason (built only for attempts actually made).
-    rank: Option<usize>,
+enum Try {
+    /// The model the client named, checked and priced before any attempt.
+    Explicit { target: Target, price: Price },
+    /// A router entry (its target is built only if it is tried), and its position in the
+    /// plan, for the route reason.
+    Routed { entry: usize, rank: usize },
 }
 
 /// Whether a failed routed attempt should move on to the next candidate. Client-side
@@ -315,16 +319,15 @@ fn tries_for(state: &SharedState, req: &ChatRequest, overrides: &Overrides) -> R
     let Some(route) = router.route_for(&req.model, overrides)? else {
         let target = state.providers.resolve(&req.model)?;
         let price = state.meter.price(&target.provider.id, target.provider.vendor, &target.upstream_model)?;
-        return Ok((vec![Try { target: Some(target), entry: None, rank: None, price: Some(price) }], None));
+        return Ok((vec![Try::Explicit { target, price }], None));
     };
     let routed = router.plan(route, overrides, req, Instant::now())?;
     if routed.plan.candidates.is_empty() {
         return Err(router.no_feasible(&routed));
     }
     // Only indices here: targets are built for the few candidates actually tried.
-    let tries = (routed.plan.candidates.iter().enumerate())
-        .map(|(rank, c)| Try { target: None, entry: Some(c.entry), rank: Some(rank), price: None })
-        .collect();
+    let tries =
+        (routed.plan.candidates.iter().enumerate()).map(|(rank, c)| Try::Routed { entry: c.entry, rank }).collect();
     Ok((tries, Some(routed)))
 }
 
@@ -355,18 +358,18 @@ pub(crate) async fn exchange(
         if attempt_no >= max_attempts {
             break;
         }
-        let target = match (t.target, t.entry) {
-            (Some(target), _) => target,
-            (None, Some(i)) => {
-                let e = &router.entries[i];
-                Target { provider: e.provider.clone(), upstream_model: e.model.model.clone() }
+        let (target, chosen, rank) = match t {
+            Try::Explicit { target, price } => (target, Chosen::Explicit(price), None),
+            Try::Routed { entry, rank } => {
+                let e = &router.entries[entry];
+                let target = Target { provider: e.provider.clone(), upstream_model: e.model.model.clone() };
+                (target, Chosen::Routed(entry), Some(rank))
             }
-            (None, None) => continue,
         };
         if exhausted.contains(&target.provider.id) {
             continue;
         }
-        if let Some(i) = t.entry {
+        if let Chosen::Routed(i) = chosen {
             if let Availability::Open { .. } = router.health.acquire(&router.entries[i].key, Instant::now()) {
                 continue;
             }
@@ -375,11 +378,11 @@ pub(crate) async fn exchange(
         if attempt_no > 1 {
             tokio::time::sleep(backoff(attempt_no - 1)).await;
         }
-        let reason = match (&plan, t.rank) {
+        let reason = match (&plan, rank) {
             (Some(p), Some(rank)) => Some(router.reason(p, rank, attempt_no)),
             _ => None,
         };
-        match attempt_chat(state, &caller, &mut req, &target, t.entry, t.price, attempt_no, reason, beta).await {
+        match attempt_chat(state, &caller, &mut req, &target, chosen, attempt_no, reason, beta).await {
             Ok(resp) => return resp,
             Err(e) => {
                 if let ErrorKind::UpstreamStatus(s) = &e.kind {
@@ -505,8 +508,7 @@ async fn attempt_chat(
     caller: &Caller,
     req: &mut ChatRequest,
     target: &Target,
-    entry: Option<usize>,
-    price: Option<Price>,
+    chosen: Chosen,
     number: u32,
     reason: Option<String>,
     anthropic_beta: Option<&HeaderValue>,
@@ -517,7 +519,7 @@ async fn attempt_chat(
     // no attempt, no ledger row.
     let (upstream_body, json_tool) = upstream_body(req, target)?;
     let extra = anthropic_beta.filter(|_| client == upstream).map(|b| (ANTHROPIC_BETA.clone(), b.clone()));
-    let mut attempt = Attempt::start(state, caller.clone(), target, req.stream, number, reason.clone(), entry, price);
+    let mut attempt = Attempt::start(state, caller.clone(), target, req.stream, number, reason.clone(), chosen);
     let endpoint = Endpoint::Chat { model: &target.upstream_model, stream: req.stream };
     let resp = match target.provider.post_json_with(endpoint, upstream_body, extra).await {
         Ok(r) => r,

@@ -2,7 +2,7 @@
 
 use super::chat::{
     self, error_response, json_response, money_headers, not_json, provenance, read_json_body, read_upstream_body,
-    Attempt,
+    Attempt, Chosen,
 };
 use crate::canonical::{Dialect, Usage};
 use crate::dialect::openai::{self as wire, parse_chat_request, parse_embeddings_request};
@@ -34,7 +34,7 @@ pub async fn embeddings(state: SharedState, caller: Caller, req: Request) -> Res
     let target = state.providers.resolve(&req.model)?;
     let price = state.meter.price(&target.provider.id, target.provider.vendor, &target.upstream_model)?;
     let upstream_body = wire::upstream_embeddings_body(&mut req, &target.upstream_model);
-    let mut attempt = Attempt::start(&state, caller, &target, false, 1, None, None, Some(price));
+    let mut attempt = Attempt::start(&state, caller, &target, false, 1, None, Chosen::Explicit(price));
     let resp = match target.provider.post_json(Endpoint::Embeddings, upstream_body).await {
         Ok(r) => r,
         Err(e) => return Ok(error_response(attempt.fail(e).await, &target, Dialect::OpenAi)),
