@@ -32,26 +32,34 @@ fn plain(size: usize, align: usize) -> bool {
     align <= PLAIN_ALIGN && size.is_multiple_of(align)
 }
 
+type Plain = unsafe extern "C" fn(usize) -> *mut c_void;
+type Aligned = unsafe extern "C" fn(usize, usize) -> *mut c_void;
+
+/// A new block for `layout` from the plain call when that suffices, else the aligned one.
+///
+/// # Safety
+/// As [`GlobalAlloc::alloc`]: `layout` has a non-zero size.
+#[inline(always)]
+unsafe fn new_block(layout: Layout, plain_call: Plain, aligned_call: Aligned) -> *mut u8 {
+    if plain(layout.size(), layout.align()) {
+        plain_call(layout.size()).cast()
+    } else {
+        aligned_call(layout.size(), layout.align()).cast()
+    }
+}
+
 // SAFETY: every pointer handed out comes from mimalloc and is freed by mimalloc (`mi_free`
 // and `mi_realloc*` accept blocks from either the plain or the aligned calls); alignment is
 // guaranteed by `plain` or requested explicitly.
 unsafe impl GlobalAlloc for MiMalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if plain(layout.size(), layout.align()) {
-            ffi::mi_malloc(layout.size()).cast()
-        } else {
-            ffi::mi_malloc_aligned(layout.size(), layout.align()).cast()
-        }
+        new_block(layout, ffi::mi_malloc, ffi::mi_malloc_aligned)
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if plain(layout.size(), layout.align()) {
-            ffi::mi_zalloc(layout.size()).cast()
-        } else {
-            ffi::mi_zalloc_aligned(layout.size(), layout.align()).cast()
-        }
+        new_block(layout, ffi::mi_zalloc, ffi::mi_zalloc_aligned)
     }
 
     #[inline]
