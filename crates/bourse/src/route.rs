@@ -238,7 +238,7 @@ impl Router {
             .policies
             .get(&policy_name)
             .ok_or_else(|| Error::invalid("x-bourse-policy", format!("unknown policy '{policy_name}'")))?;
-        let prompt_tokens = plan::estimate_prompt_tokens(req.body());
+        let (prompt_tokens, reasoning) = prompt_facts(req);
         let min_quality = o.min_quality.unwrap_or(route.min_quality);
         let max_cost = match (o.max_cost, route.max_cost) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -250,7 +250,7 @@ impl Router {
             max_cost,
             needs: req.needs,
             stream: req.stream,
-            reasoning: req.body().get("reasoning_effort").is_some_and(|v| !v.is_null()),
+            reasoning,
             prompt_tokens,
             max_tokens: req.max_output_tokens,
             default_output: route.expected_output,
@@ -320,6 +320,16 @@ impl Router {
         }
         s
     }
+}
+
+/// The planner's prompt estimate and whether `reasoning_effort` is set: from the client's
+/// bytes when the request kept them, else from its map (see [`plan::prompt_facts_raw`]).
+fn prompt_facts(req: &crate::canonical::ChatRequest) -> (u64, bool) {
+    if let Some(facts) = req.raw_body().and_then(|raw| plan::prompt_facts_raw(&raw.bytes)) {
+        return facts;
+    }
+    let body = req.body();
+    (plan::estimate_prompt_tokens(body), body.get("reasoning_effort").is_some_and(|v| !v.is_null()))
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 use bourse::canonical::Delta;
 use bourse::dialect::openai::{parse_chat_request, response_usage, translate, upstream_chat_body, NotJson, WireUsage};
 use bourse::dialect::{anthropic, gemini, Decode, Encode};
+use bourse::route::plan::{estimate_prompt_tokens, prompt_facts_raw};
 use bourse::sse::Event;
 use bytes::BytesMut;
 use proptest::prelude::*;
@@ -476,6 +477,23 @@ proptest! {
             if let Ok(conv) = translate::conversation(parsed.body()) {
                 render_everywhere(&conv);
             }
+        }
+    }
+
+    /// The planner's prompt facts read from a request's bytes equal those read from its parsed
+    /// map, whenever the byte reader answers (escaped and repeated names are left to the map:
+    /// see `prompt_facts_raw`'s unit test).
+    #[test]
+    fn prompt_facts_from_bytes_agree_with_the_map(
+        req in prop_oneof![openai_request(), arb_request(), checked_fields_request()],
+    ) {
+        let body = serde_json::to_vec(&req).unwrap();
+        let facts = prompt_facts_raw(&body);
+        prop_assert!(facts.is_some() || !req.is_object(), "declined a plain body: {}", String::from_utf8_lossy(&body));
+        if let Some(facts) = facts {
+            let map: Map<String, Value> = serde_json::from_slice(&body).unwrap();
+            let reasoning = map.get("reasoning_effort").is_some_and(|v| !v.is_null());
+            prop_assert_eq!(facts, (estimate_prompt_tokens(&map), reasoning));
         }
     }
 

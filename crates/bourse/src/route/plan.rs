@@ -325,3 +325,98 @@ pub fn estimate_prompt_tokens(body: &serde_json::Map<String, serde_json::Value>)
     }
     bytes.div_ceil(4) + messages * 4 + 3
 }
+
+/// [`estimate_prompt_tokens`] and whether `reasoning_effort` is set (not null), read from a
+/// request's JSON text instead of its parsed map: routing a pass-through request otherwise
+/// parsed its whole body into a map for these two facts alone (~5k instructions, more than
+/// the rest of the plan). The same members, counted the same way; `None` where the text has
+/// something the map would read differently (a member name with escapes, a name twice in
+/// one object below the top level: serde_json keeps the last), and the caller uses the map.
+pub fn prompt_facts_raw(text: &[u8]) -> Option<(u64, bool)> {
+    use crate::dialect::scan::{self, Raw};
+    fn text_bytes(v: Raw<'_>, unsure: &mut bool) -> u64 {
+        if v.is_string() {
+            return match v.str() {
+                Some(s) => s.len() as u64,
+                None => {
+                    *unsure = true;
+                    0
+                }
+            };
+        }
+        let mut sum = 0;
+        if v.is_array() {
+            *unsure |= v.elements(|e| sum += text_bytes(e, unsure)).is_err();
+        } else if v.is_object() {
+            let mut names: Vec<&str> = Vec::new();
+            *unsure |= v
+                .fields(|k, e| {
+                    *unsure |= k.escaped || names.contains(&k.text);
+                    names.push(k.text);
+                    if k.text != "role" {
+                        sum += text_bytes(e, unsure);
+                    }
+                })
+                .is_err();
+        }
+        sum
+    }
+    let text = std::str::from_utf8(text).ok()?;
+    let (mut messages, mut tools, mut reasoning, mut unsure) = (None, None, None, false);
+    scan::members(text, |k, v| match k.text {
+        _ if k.escaped => unsure = true,
+        // serde_json's map keeps the last of a name given twice: so do these.
+        "messages" => messages = Some(v),
+        "tools" => tools = Some(v),
+        "reasoning_effort" => reasoning = Some(v),
+        _ => {}
+    })
+    .ok()?;
+    let (mut bytes, mut count) = (0, 0);
+    if let Some(ms) = messages.filter(|m| m.is_array()) {
+        unsure |= ms
+            .elements(|m| {
+                count += 1;
+                bytes += text_bytes(m, &mut unsure);
+            })
+            .is_err();
+    }
+    if let Some(t) = tools {
+        bytes += text_bytes(t, &mut unsure);
+    }
+    let reasoning = reasoning.is_some_and(|r| !r.is_null());
+    (!unsure).then_some((bytes.div_ceil(4) + count * 4 + 3, reasoning))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Byte-read prompt facts equal the map's on escapes, nesting, non-array `messages` and a
+    /// top-level name given twice (the last wins in both); where a map would read the text
+    /// differently (an escaped member name, a name twice in a nested object) they decline.
+    #[test]
+    fn prompt_facts_from_bytes_match_the_map_or_decline() {
+        let agree = [
+            r#"{"model":"auto","messages":[{"role":"user","content":"h\u00e9llo\n"},{"role":"assistant","content":[{"type":"text","text":"ok"}]}]}"#,
+            r#"{"messages":"not a list","tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]}"#,
+            r#"{"messages":[{"content":"first"}],"messages":[{"content":"second one"}],"reasoning_effort":"low"}"#,
+            r#"{"messages":[],"reasoning_effort":null}"#,
+            r#"{"messages":[{"role":"user","content":"x","n":1,"b":true,"z":null}],"tools":"t"}"#,
+        ];
+        for text in agree {
+            let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text).unwrap();
+            let want = (estimate_prompt_tokens(&map), map.get("reasoning_effort").is_some_and(|v| !v.is_null()));
+            assert_eq!(prompt_facts_raw(text.as_bytes()), Some(want), "{text}");
+        }
+        for text in [
+            r#"{"messages":[{"r\u006fle":"user","content":"x"}]}"#,
+            r#"{"messages":[{"content":"a","content":"bb"}]}"#,
+            r#"{"mess\u0061ges":[]}"#,
+            r#"[1]"#,
+            r#"{"messages":[}"#,
+        ] {
+            assert_eq!(prompt_facts_raw(text.as_bytes()), None, "{text}");
+        }
+    }
+}
