@@ -9,6 +9,7 @@
 #   bash bench/icount.sh                      # bourse, ledger on, then bareproxy for scale
 #   bash bench/icount.sh path/to/bourse       # another build of bourse
 #   ICOUNT_EXTRA=$'[storage]\nledger = false' bash bench/icount.sh
+#   ICOUNT_MODEL=auto bash bench/icount.sh    # a routed request (default: sim/sim-small)
 #   ICOUNT_TOP=40 bash bench/icount.sh        # also bourse's 40 costliest functions (inclusive)
 #   ICOUNT_SAVE=DIR bash bench/icount.sh      # keep the callgrind files (DIR/NAME.cg.*) for
 #                                             # callgrind_annotate
@@ -26,6 +27,7 @@ BOURSE="${1:-$BIN/bourse}"
 N="${ICOUNT_N:-2000}"
 TOP="${ICOUNT_TOP:-0}"
 EXTRA="${ICOUNT_EXTRA:-}"
+MODEL="${ICOUNT_MODEL:-sim/sim-small}"
 SAVE="${ICOUNT_SAVE:-}"
 
 command -v valgrind >/dev/null || { echo "icount: valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
@@ -48,12 +50,13 @@ SIM_PORT=$(free_port)
 PIDS+=($!)
 wait_port "$SIM_PORT"
 
-# drive PORT COUNT: COUNT chat completions over 4 keep-alive connections; fails on any non-200.
+# drive PORT COUNT: COUNT chat completions (model $MODEL) over 4 keep-alive connections; fails on
+# any non-200.
 drive() {
-  python3 - "$1" "$2" <<'PY'
-import http.client, sys, threading
-port, n = int(sys.argv[1]), int(sys.argv[2])
-body = b'{"model":"sim/sim-small","stream":false,"max_tokens":16,"messages":[{"role":"user","content":"Say hello in one short sentence."}]}'
+  python3 - "$1" "$2" "$MODEL" <<'PY'
+import http.client, json, sys, threading
+port, n, model = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+body = ('{"model":%s,"stream":false,"max_tokens":16,"messages":[{"role":"user","content":"Say hello in one short sentence."}]}' % json.dumps(model)).encode()
 bad = []
 def work(k):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
