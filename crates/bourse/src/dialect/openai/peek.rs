@@ -34,15 +34,20 @@ fn field_index(name: &str) -> Option<usize> {
     }
 }
 
-/// The members of the object `text` named by `index` (by position), each left as JSON text,
-/// `null` read as absent (the map walk accepts `null` for every optional field). `None` for
-/// text that is not an object, a member named with escapes, or a looked-at member given
-/// twice (the map walk then decides, keeping the last one).
-fn pick<'a, const N: usize>(text: &'a str, index: impl Fn(&str) -> Option<usize>) -> Option<[Option<Raw<'a>>; N]> {
+/// The members of an object named by `index` (by position), each left as JSON text, `null`
+/// read as absent (the map walk accepts `null` for every optional field); `each` lists the
+/// object's members ([`scan::members`] for the body, which checks it, [`Raw::fields`] below
+/// it, which need no second check). `None` for a value that is not an object, a member named
+/// with escapes, or a looked-at member given twice (the map walk then decides, keeping the
+/// last one).
+fn pick<'a, const N: usize>(
+    each: impl FnOnce(&mut dyn FnMut(Key<'a>, Raw<'a>)) -> Result<(), scan::Invalid>,
+    index: impl Fn(&str) -> Option<usize>,
+) -> Option<[Option<Raw<'a>>; N]> {
     let mut found = [None; N];
     let mut seen = [false; N];
     let mut plain = true;
-    scan::members(text, |name: Key<'a>, value| {
+    each(&mut |name: Key<'a>, value: Raw<'a>| {
         if name.escaped {
             plain = false;
         } else if let Some(i) = index(name.text) {
@@ -81,7 +86,7 @@ fn tagged_member(name: &str) -> Option<usize> {
 }
 
 fn tagged(v: Raw<'_>) -> Option<[Option<Raw<'_>>; 4]> {
-    pick(v.get(), tagged_member)
+    pick(|f| v.fields(f), tagged_member)
 }
 
 fn as_f64(v: Raw<'_>) -> Option<f64> {
@@ -100,7 +105,8 @@ fn elements(v: Raw<'_>) -> Option<Vec<Raw<'_>>> {
 
 /// The request, if the fast path can vouch for it; `None` sends it to the map walk.
 pub(super) fn peek(body: &Bytes) -> Option<ChatRequest> {
-    let top: [_; FIELDS] = pick(std::str::from_utf8(body).ok()?, field_index)?;
+    let text = std::str::from_utf8(body).ok()?;
+    let top: [_; FIELDS] = pick(|f| scan::members(text, f), field_index)?;
     let field = |name: &str| field_index(name).and_then(|i| top[i]);
     if !CHAT_FIELDS.iter().zip(&top).all(|((_, shape), v)| v.is_none_or(|v| shape.matches_raw(v.get()))) {
         return None;
@@ -122,7 +128,7 @@ pub(super) fn peek(body: &Bytes) -> Option<ChatRequest> {
     }
     let mut vision = false;
     for m in messages {
-        let [role, content] = pick(m.get(), message_member)?;
+        let [role, content] = pick(|f| m.fields(f), message_member)?;
         if !CHAT_ROLES.contains(&&*role?.str()?) {
             return None;
         }
