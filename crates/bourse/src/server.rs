@@ -66,7 +66,7 @@ impl AppState {
             ledger: None,
             reports: None,
             max_body_bytes: usize::try_from(cfg.server.max_body_bytes).unwrap_or(usize::MAX),
-            started: crate::timespec::now_ms() as u64 / 1000,
+            started: crate::timespec::now_secs(),
         })
     }
 }

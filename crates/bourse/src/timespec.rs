@@ -43,6 +43,11 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// Unix seconds now, from the same clock (OpenAI's `created`, the models list).
+pub fn now_secs() -> u64 {
+    (now_ms() / 1000) as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -323,7 +323,12 @@ pub fn estimate_prompt_tokens(body: &serde_json::Map<String, serde_json::Value>)
     if let Some(t) = body.get("tools") {
         bytes += text_bytes(t);
     }
-    bytes.div_ceil(4) + messages * 4 + 3
+    tokens_for(bytes, messages)
+}
+
+/// The estimate from text bytes and message count: bytes / 4, plus framing per message.
+fn tokens_for(text_bytes: u64, messages: u64) -> u64 {
+    text_bytes.div_ceil(4) + messages * 4 + 3
 }
 
 /// [`estimate_prompt_tokens`] and whether `reasoning_effort` is set (not null), read from a
@@ -385,7 +390,7 @@ pub fn prompt_facts_raw(text: &[u8]) -> Option<(u64, bool)> {
         bytes += text_bytes(t, &mut unsure);
     }
     let reasoning = reasoning.is_some_and(|r| !r.is_null());
-    (!unsure).then_some((bytes.div_ceil(4) + count * 4 + 3, reasoning))
+    (!unsure).then_some((tokens_for(bytes, count), reasoning))
 }
 
 #[cfg(test)]

@@ -792,7 +792,7 @@ pub fn render_reply(reply: &Reply) -> Vec<u8> {
     let mut out = json!({
         "id": reply.id,
         "object": "chat.completion",
-        "created": crate::timespec::now_ms() as u64 / 1000,
+        "created": crate::timespec::now_secs(),
         "model": reply.model,
         "choices": [{
             "index": 0,
@@ -1049,7 +1049,7 @@ impl Encoder {
             include_usage,
             id: None,
             model: String::new(),
-            created: crate::timespec::now_ms() as u64 / 1000,
+            created: crate::timespec::now_secs(),
             head: String::new(),
             stop: None,
             usage: None,
