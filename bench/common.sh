@@ -1,8 +1,13 @@
-# Shared by bench/run.sh and bench/icount.sh (sourced, not run).
+# Shared by the bench scripts (sourced, not run).
 
 # A free TCP port on 127.0.0.1.
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# chat_body MODEL STREAM: the benchmark's chat completion request (MODEL is a plain name).
+chat_body() {
+  printf '{"model":"%s","stream":%s,"max_tokens":16,"messages":[{"role":"user","content":"Say hello in one short sentence."}]}' "$1" "$2"
 }
 
 # bourse_config SIM_PORT EXTRA_TOML LEDGER_DB: a gateway config in front of the sim at SIM_PORT.

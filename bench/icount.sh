@@ -53,10 +53,9 @@ wait_port "$SIM_PORT"
 # drive PORT COUNT: COUNT chat completions (model $MODEL) over 4 keep-alive connections; fails on
 # any non-200.
 drive() {
-  python3 - "$1" "$2" "$MODEL" <<'PY'
-import http.client, json, sys, threading
-port, n, model = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-body = ('{"model":%s,"stream":false,"max_tokens":16,"messages":[{"role":"user","content":"Say hello in one short sentence."}]}' % json.dumps(model)).encode()
+  python3 - "$1" "$2" "$(chat_body "$MODEL" false)" <<'PY'
+import http.client, sys, threading
+port, n, body = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].encode()
 bad = []
 def work(k):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)

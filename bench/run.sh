@@ -196,10 +196,6 @@ cpu_ticks() { # utime + stime of a process (all threads), in clock ticks
 }
 vm_hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
 
-chat_body() { # chat_body MODEL STREAM
-  printf '{"model":"%s","stream":%s,"max_tokens":16,"messages":[{"role":"user","content":"Say hello in one short sentence."}]}' "$1" "$2"
-}
-
 # One request of each kind through a path before loading it: a path that answers 404 fast
 # would otherwise post a splendid req/s.
 preflight() {

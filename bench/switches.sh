@@ -30,11 +30,11 @@ trap cleanup EXIT
 # shellcheck source=bench/common.sh
 . "$BENCH_DIR/common.sh"
 
-cat >"$WORK/req.lua" <<'LUA'
+cat >"$WORK/req.lua" <<LUA
 wrk.method = "POST"
 wrk.path = "/v1/chat/completions"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"model":"sim/sim-small","stream":false,"max_tokens":16,"messages":[{"role":"user","content":"Say hello in one short sentence."}]}'
+wrk.body = '$(chat_body sim/sim-small false)'
 LUA
 
 SIM_PORT=$(free_port)
