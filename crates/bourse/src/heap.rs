@@ -6,8 +6,9 @@
 //! `mi_malloc_aligned`, and mimalloc v3 only takes its plain path there when the rounded
 //! block size is a power of two: any other block above 1 KiB (a request body, a hyper read
 //! buffer, a response) is over-allocated by its alignment through two slow functions. Under
-//! callgrind that was ~9 of the ~28 allocations per proxied request and ~2.5k instructions
-//! (see purpleprotocol/mimalloc_rust#170 for the same finding).
+//! callgrind that was ~9 of the ~28 allocations per proxied request; going around it saved
+//! ~1.1k instructions per request (`bench/icount.sh`; purpleprotocol/mimalloc_rust#170 has
+//! the same finding).
 //!
 //! So: when the alignment is at most 16 and the size a multiple of it, plain
 //! `mi_malloc`/`mi_zalloc`/`mi_realloc` already give that alignment (mimalloc's size
