@@ -105,15 +105,6 @@ pub(crate) enum Chosen {
     Routed(usize),
 }
 
-impl Chosen {
-    fn entry(self) -> Option<usize> {
-        match self {
-            Chosen::Routed(i) => Some(i),
-            Chosen::Explicit(_) => None,
-        }
-    }
-}
-
 /// One upstream attempt, from start to settlement.
 pub(crate) struct Attempt {
     state: SharedState,
@@ -161,7 +152,7 @@ impl Attempt {
 
     /// The upstream answered: close its circuit and fold in its time to first byte.
     fn healthy(&self) {
-        if let Some(i) = self.chosen.entry() {
+        if let Chosen::Routed(i) = self.chosen {
             let router = &self.state.router;
             router.health.record_success(&router.entries[i].key, self.ttfb.unwrap_or_default(), Instant::now());
         }
