@@ -86,44 +86,44 @@ impl<'a> Raw<'a> {
     /// checking the text again: a `Raw` is text the scanner already checked, so this only
     /// finds where names and values end (about a third of the work). `Err` for other values.
     pub fn fields(self, mut f: impl FnMut(Key<'a>, Raw<'a>)) -> Result<(), Invalid> {
-        if !self.is_object() {
-            return Err(Invalid);
-        }
-        let (text, b) = (self.0, self.0.as_bytes());
-        let mut i = ws(b, 1);
-        if b.get(i) == Some(&b'}') {
-            return Ok(());
-        }
-        loop {
+        let text = self.0;
+        self.items(b'{', |b, i| {
             let (name_end, escaped) = string_end(b, i + 1)?;
             let key = Key { text: text.get(i + 1..name_end - 1).ok_or(Invalid)?, escaped };
             // Past the name: the colon, then the value.
             let start = ws(b, ws(b, name_end) + 1);
             let end = skim(b, start)?;
             f(key, Raw(text.get(start..end).ok_or(Invalid)?));
-            i = ws(b, end);
-            match b.get(i) {
-                Some(b',') => i = ws(b, i + 1),
-                _ => return Ok(()),
-            }
-        }
+            Ok(end)
+        })
     }
 
     /// Calls `f` with each element of this array, in order, without checking the text again
     /// (as [`Raw::fields`]). `Err` for other values.
     pub fn elements(self, mut f: impl FnMut(Raw<'a>)) -> Result<(), Invalid> {
-        if !self.is_array() {
+        let text = self.0;
+        self.items(b'[', |b, i| {
+            let end = skim(b, i)?;
+            f(Raw(text.get(i..end).ok_or(Invalid)?));
+            Ok(end)
+        })
+    }
+
+    /// The items of this container (`open` is `{` or `[`), each read by `item` from its
+    /// first byte to the index just past it; the commas and whitespace between are skipped.
+    #[inline(always)]
+    fn items(self, open: u8, mut item: impl FnMut(&[u8], usize) -> Result<usize, Invalid>) -> Result<(), Invalid> {
+        let b = self.0.as_bytes();
+        if b.first() != Some(&open) {
             return Err(Invalid);
         }
-        let (text, b) = (self.0, self.0.as_bytes());
+        let close = if open == b'{' { b'}' } else { b']' };
         let mut i = ws(b, 1);
-        if b.get(i) == Some(&b']') {
+        if b.get(i) == Some(&close) {
             return Ok(());
         }
         loop {
-            let end = skim(b, i)?;
-            f(Raw(text.get(i..end).ok_or(Invalid)?));
-            i = ws(b, end);
+            i = ws(b, item(b, i)?);
             match b.get(i) {
                 Some(b',') => i = ws(b, i + 1),
                 _ => return Ok(()),
