@@ -2,11 +2,11 @@
 //!
 //! Every vendor endpoint is this one client with a preset's dialect, base URL, auth style
 //! and quirks ([`preset`]); the dialect decides the endpoint paths and auth headers, and
-//! [`crate::dialect`] the bodies. Each provider owns a pooled keep-alive connection pool
-//! ([`http`]: rustls with bundled web-PKI roots, `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`
-//! honoured), a connect timeout, a first-byte timeout (until response headers) and a total
-//! timeout (until the last body byte, see [`Upstream`]). Failures are classified here, once, into the gateway's
-//! error taxonomy.
+//! [`crate::dialect`] the bodies. Each provider owns a pool of keep-alive connections to its
+//! origin ([`http`]: HTTP/1.1, rustls with bundled web-PKI roots, `HTTPS_PROXY`/`HTTP_PROXY`/
+//! `NO_PROXY` honoured), a connect timeout, a first-byte timeout (until response headers) and
+//! a total timeout (until the last body byte, see [`Upstream`]). Failures are classified
+//! here, once, into the gateway's error taxonomy.
 
 pub mod http;
 pub mod preset;
@@ -16,9 +16,8 @@ use crate::config::{ProviderConfig, Timeouts};
 use crate::dialect::openai::VendorError;
 use crate::dialect::{anthropic, gemini, openai};
 use crate::error::{Error, ErrorKind, UpstreamStatus};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
 use preset::{AuthStyle, Quirks};
 
 /// Vendor error codes/types that mean "out of balance or quota": never retried on the
@@ -56,15 +55,13 @@ pub struct Provider {
     pub models: Vec<String>,
     pub timeouts: Timeouts,
     pub quirks: Quirks,
-    /// The headers every request carries (content type, user agent, auth, proxy auth,
-    /// Anthropic's version, `Host` for plain http), built once: cloning the map costs less
-    /// than hashing and inserting each name on every request.
-    headers: HeaderMap,
+    /// The connections to `base_url`'s origin, with the headers every request carries.
     client: http::Client,
-    /// Endpoint URIs, parsed once here rather than on every request (Gemini's chat URI
-    /// names the model, so it is built per request).
-    chat_uri: Uri,
-    embeddings_uri: Uri,
+    /// The base URL's path (`/v1`, or empty), and the endpoints under it. Gemini's chat
+    /// path names the model, so it is built per request.
+    base_path: String,
+    chat_path: String,
+    embeddings_path: String,
 }
 
 /// An upstream's answer (status 2xx, headers received), with the deadline for its body.
@@ -76,12 +73,13 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn headers(&self) -> &axum::http::HeaderMap {
-        self.response.headers()
+    /// A response header's value, when it is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.response.header(name)
     }
 
     pub fn status(&self) -> StatusCode {
-        self.response.status()
+        self.response.status
     }
 }
 
@@ -104,7 +102,6 @@ static X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
 
 impl Provider {
     pub fn new(cfg: &ProviderConfig) -> Result<Provider, String> {
-        let client = http::Client::new(cfg.timeouts.connect);
         let auth = match &cfg.api_key {
             Some(key) => {
                 let (name, value) = match cfg.preset.auth {
@@ -112,7 +109,7 @@ impl Provider {
                     AuthStyle::XApiKey => (X_API_KEY.clone(), key.expose().to_string()),
                     AuthStyle::GoogApiKey => (X_GOOG_API_KEY.clone(), key.expose().to_string()),
                 };
-                let mut v = HeaderValue::from_maybe_shared(process_lifetime(value)).map_err(|_| {
+                let mut v = HeaderValue::from_str(&value).map_err(|_| {
                     format!("providers.{}.api_key: the key contains characters not allowed in a header", cfg.id)
                 })?;
                 v.set_sensitive(true);
@@ -120,40 +117,30 @@ impl Provider {
             }
             None => None,
         };
-        let url = |path: &str| {
-            Uri::from_maybe_shared(process_lifetime(format!("{}{path}", cfg.base_url)))
-                .map_err(|e| format!("providers.{}.base_url: {e}", cfg.id))
-        };
+        let base: Uri = cfg.base_url.parse().map_err(|e| format!("providers.{}.base_url: {e}", cfg.id))?;
+        let base_path = base.path().trim_end_matches('/').to_string();
         let chat_path = match cfg.preset.dialect {
-            Dialect::OpenAi => "/chat/completions",
-            Dialect::Anthropic => "/v1/messages",
-            // Checked here once; the real URL is built per request.
-            Dialect::Gemini => "/models/m:generateContent",
+            Dialect::OpenAi => format!("{base_path}/chat/completions"),
+            Dialect::Anthropic => format!("{base_path}/v1/messages"),
+            // Built per request (it names the model).
+            Dialect::Gemini => String::new(),
         };
-        let chat_uri = url(chat_path)?;
         let mut headers = HeaderMap::with_capacity(6);
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(header::USER_AGENT, HeaderValue::from_static(concat!("bourse/", env!("CARGO_PKG_VERSION"))));
         if let Some((name, value)) = auth {
             headers.insert(name, value);
         }
-        if let Some(value) = client.proxy_authorization(&chat_uri) {
-            headers.insert(header::PROXY_AUTHORIZATION, value);
-        }
         if cfg.preset.dialect == Dialect::Anthropic {
             headers.insert(ANTHROPIC_VERSION.clone(), HeaderValue::from_static("2023-06-01"));
         }
-        // hyper-util's client adds `Host` to HTTP/1 requests that lack it, per request (with
-        // a `format!` when the port is not the default). A plain-http upstream is always
-        // HTTP/1, so its `Host` is the same every time: written here, once. Not for https,
-        // where ALPN may pick HTTP/2, which carries the authority in `:authority` instead.
-        if let Some(host) = plain_http_host(&chat_uri) {
-            headers.insert(header::HOST, host);
-        }
+        let client = http::Client::new(&base, &headers, cfg.timeouts.connect)
+            .map_err(|e| format!("providers.{}.base_url: {e}", cfg.id))?;
         Ok(Provider {
-            headers,
-            chat_uri,
-            embeddings_uri: url("/embeddings")?,
+            client,
+            embeddings_path: format!("{base_path}/embeddings"),
+            chat_path,
+            base_path,
             id: cfg.id.clone(),
             id_header: HeaderValue::from_maybe_shared(process_lifetime(cfg.id.clone())).ok(),
             kind: cfg.preset.name,
@@ -164,7 +151,6 @@ impl Provider {
             models: cfg.models.clone(),
             timeouts: cfg.timeouts,
             quirks: cfg.preset.quirks,
-            client,
         })
     }
 
@@ -184,24 +170,25 @@ impl Provider {
         // One clock read for both deadlines.
         let now = tokio::time::Instant::now();
         let deadline = now + self.timeouts.total;
-        let uri = match (endpoint, self.dialect) {
+        let gemini_path;
+        let path = match (endpoint, self.dialect) {
             (Endpoint::Chat { model, stream }, Dialect::Gemini) => {
-                let uri = format!("{}{}", self.base_url, gemini::endpoint_path(model, stream));
-                uri.parse::<Uri>().map_err(|e| {
+                gemini_path = format!("{}{}", self.base_path, gemini::endpoint_path(model, stream));
+                // The model is written into the request line: it must be a valid target.
+                gemini_path.parse::<axum::http::uri::PathAndQuery>().map_err(|e| {
                     Error::invalid("model", format!("model '{model}' does not fit in a Gemini URL: {e}"))
-                })?
+                })?;
+                &gemini_path
             }
-            (Endpoint::Chat { .. }, _) => self.chat_uri.clone(),
-            (Endpoint::Embeddings, _) => self.embeddings_uri.clone(),
+            (Endpoint::Chat { .. }, _) => &self.chat_path,
+            (Endpoint::Embeddings, _) => &self.embeddings_path,
         };
-        let mut req = axum::http::Request::new(Full::new(Bytes::from(body)));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = uri;
-        *req.headers_mut() = self.headers.clone();
-        if let Some((name, value)) = extra {
-            req.headers_mut().insert(name, value);
-        }
-        let response = match tokio::time::timeout_at(now + self.timeouts.first_byte, self.client.request(req)).await {
+        let response = match tokio::time::timeout_at(
+            now + self.timeouts.first_byte,
+            self.client.post(path, extra.as_ref(), &body),
+        )
+        .await
+        {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(self.request_error(&e)),
             Err(_) => {
@@ -220,8 +207,8 @@ impl Provider {
 
     /// Read a whole (non-streamed) body, within the total timeout.
     pub async fn read_body(&self, upstream: Upstream) -> Result<Bytes, Error> {
-        match tokio::time::timeout_at(upstream.deadline, upstream.response.into_body().collect()).await {
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        match tokio::time::timeout_at(upstream.deadline, upstream.response.body.bytes(usize::MAX)).await {
+            Ok(Ok(bytes)) => Ok(bytes),
             Ok(Err(e)) => Err(self.body_error(&e)),
             Err(_) => Err(self.total_timeout()),
         }
@@ -236,32 +223,26 @@ impl Provider {
     }
 
     /// A request that got no response: connect, TLS or a connection closed before headers.
-    fn request_error(&self, e: &hyper_util::client::legacy::Error) -> Error {
+    fn request_error(&self, e: &http::HttpError) -> Error {
         if e.is_connect() {
-            Error::new(
-                ErrorKind::UpstreamUnreachable,
-                format!("cannot connect to provider {}: {}", self.id, root_cause(e)),
-            )
+            Error::new(ErrorKind::UpstreamUnreachable, format!("cannot connect to provider {}: {e}", self.id))
         } else {
-            Error::new(
-                ErrorKind::UpstreamUnreachable,
-                format!("provider {} connection failed: {}", self.id, root_cause(e)),
-            )
+            self.body_error(e)
         }
     }
 
     /// The body broke off (connection reset, malformed framing).
-    pub fn body_error(&self, e: &hyper::Error) -> Error {
-        Error::new(ErrorKind::UpstreamUnreachable, format!("provider {} connection failed: {}", self.id, root_cause(e)))
+    pub fn body_error(&self, e: &http::HttpError) -> Error {
+        Error::new(ErrorKind::UpstreamUnreachable, format!("provider {} connection failed: {e}", self.id))
     }
 
     async fn status_error(&self, upstream: Upstream) -> Error {
         let status = upstream.status().as_u16();
-        let retry_after = upstream.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let retry_after = upstream.header("retry-after").map(str::to_string);
         // An error body is small; cap what we read so a hostile upstream cannot balloon memory.
-        let limited = Limited::new(upstream.response.into_body(), 64 * 1024).collect();
+        let limited = upstream.response.body.bytes(64 * 1024);
         let body = match tokio::time::timeout(self.timeouts.first_byte, limited).await {
-            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Ok(b)) => b,
             _ => Bytes::new(),
         };
         let vendor = match self.dialect {
@@ -278,28 +259,13 @@ impl Provider {
     }
 }
 
-/// The `Host` header hyper-util's client writes for a plain-http `uri`: its host, then its
-/// port unless that is 80. None for other schemes.
-fn plain_http_host(uri: &Uri) -> Option<HeaderValue> {
-    if uri.scheme() != Some(&axum::http::uri::Scheme::HTTP) {
-        return None;
-    }
-    let host = uri.host()?;
-    let value = match uri.port() {
-        Some(port) if port.as_u16() != 80 => format!("{host}:{port}"),
-        _ => host.to_string(),
-    };
-    HeaderValue::from_maybe_shared(process_lifetime(value)).ok()
-}
-
 /// `text` as [`Bytes`] that live as long as the process, without a reference count.
 ///
-/// A provider's URIs and fixed header values are cloned into every request it serves and
-/// dropped after it, on whichever worker runs the request. Made from ordinary (shared)
-/// `Bytes`, each clone and drop is an atomic update of one reference count that the workers
-/// pass between their caches, ~20 times per request (URI parts, `Host`, auth, the
-/// provenance header); static `Bytes` clone for free. Providers are built once per process
-/// (once per test in the test suites), so these few hundred bytes are never worth freeing.
+/// The provider's id is cloned into every answer as its provenance header and dropped after
+/// it, on whichever worker runs the request. Made from ordinary (shared) `Bytes`, each clone
+/// and drop is an atomic update of one reference count that the workers pass between their
+/// caches; static `Bytes` clone for free. Providers are built once per process (once per
+/// test in the test suites), so these few bytes are never worth freeing.
 fn process_lifetime(text: String) -> Bytes {
     Bytes::from_static(Box::leak(text.into_boxed_str()).as_bytes())
 }
@@ -314,31 +280,12 @@ pub fn classify(status: u16, vendor: &VendorError, quirks: &Quirks) -> UpstreamS
     UpstreamStatus { status, vendor_type: vendor.kind.clone(), vendor_code: vendor.code.clone(), exhausted, retryable }
 }
 
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut source: &dyn std::error::Error = e;
-    while let Some(next) = source.source() {
-        source = next;
-    }
-    source.to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn vendor(code: Option<&str>, kind: Option<&str>) -> VendorError {
         VendorError { message: None, kind: kind.map(Into::into), code: code.map(Into::into) }
-    }
-
-    #[test]
-    fn host_is_written_for_plain_http_only_as_hyper_util_would() {
-        let host = |u: &str| plain_http_host(&u.parse().unwrap()).map(|v| v.to_str().unwrap().to_string());
-        assert_eq!(host("http://127.0.0.1:8080/v1/chat/completions").as_deref(), Some("127.0.0.1:8080"));
-        assert_eq!(host("http://localhost/v1/embeddings").as_deref(), Some("localhost"));
-        assert_eq!(host("http://localhost:80/v1").as_deref(), Some("localhost"));
-        assert_eq!(host("http://[::1]:9000/x").as_deref(), Some("[::1]:9000"));
-        assert_eq!(host("https://api.openai.com/v1/chat/completions"), None);
-        assert_eq!(host("https://example.com:8443/v1"), None);
     }
 
     #[test]

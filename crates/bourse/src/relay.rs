@@ -24,7 +24,6 @@ use crate::provider::Upstream;
 use crate::sse::{self, Item, Parser};
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::Stream;
-use hyper::body::Body as _;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -78,7 +77,7 @@ pub type OnEnd = Box<dyn FnOnce(StreamSummary) -> Option<Bytes> + Send>;
 const MAX_KEPT_BYTES: usize = 8 * 1024 * 1024;
 
 pub struct StreamRelay {
-    body: hyper::body::Incoming,
+    body: crate::provider::http::Body,
     /// The provider's total timeout, for the whole stream.
     deadline: Pin<Box<tokio::time::Sleep>>,
     provider: Arc<Provider>,
@@ -101,7 +100,7 @@ impl StreamRelay {
     pub fn new(upstream: Upstream, provider: Arc<Provider>, mode: Mode, on_end: Option<OnEnd>) -> Self {
         let think = matches!(mode, Mode::OpenAi { .. }) && provider.quirks.think_tags_in_content;
         StreamRelay {
-            body: upstream.response.into_body(),
+            body: upstream.response.body,
             deadline: Box::pin(tokio::time::sleep_until(upstream.deadline)),
             parser: Parser::new(),
             items: Vec::new(),
@@ -285,16 +284,12 @@ impl Stream for StreamRelay {
         loop {
             // The deadline is checked only when the body has nothing to give, so a stream
             // that is flowing is never cut between two ready chunks.
-            let polled = match Pin::new(&mut this.body).poll_frame(cx) {
+            let polled = match this.body.poll_chunk(cx) {
                 Poll::Pending if this.deadline.as_mut().poll(cx).is_ready() => {
                     Poll::Ready(Some(Err(this.provider.total_timeout())))
                 }
                 Poll::Pending => Poll::Pending,
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => Poll::Ready(Some(Ok(data))),
-                    // Trailers carry nothing a client of these APIs reads.
-                    Err(_) => continue,
-                },
+                Poll::Ready(Some(Ok(data))) => Poll::Ready(Some(Ok(data))),
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(this.provider.body_error(&e)))),
                 Poll::Ready(None) => Poll::Ready(None),
             };

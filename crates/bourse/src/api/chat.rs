@@ -517,11 +517,7 @@ async fn attempt_chat(
         Err(e) => return Err(attempt.fail(e).await),
     };
     attempt.ttfb = Some(attempt.started.elapsed());
-    let is_sse = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let is_sse = resp.header("content-type").is_some_and(|v| v.starts_with("text/event-stream"));
     if req.stream && is_sse {
         attempt.healthy();
         // This attempt answers the request (no fallback after a stream starts): keep the

@@ -1,200 +1,623 @@
-//! The upstream HTTP client: hyper's pooled keep-alive client over rustls (bundled web-PKI
-//! roots; HTTP/2 when the server offers it by ALPN, else HTTP/1.1), with `HTTPS_PROXY`,
-//! `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` read from the environment once, at start-up.
+//! The upstream HTTP client: HTTP/1.1 over pooled keep-alive connections, each driven by
+//! the task of the request that uses it.
 //!
-//! Why not a higher-level client: the gateway needs none of redirects, cookies or
-//! decompression, and the benchmark measured a general-purpose client's per-request work
-//! (URL re-parsing, service clones, layered futures) at about a tenth of Bourse's CPU per
-//! request (bench/RESULTS.md).
+//! Why not hyper's pooled client: it runs every connection in a task of its own and hands
+//! requests, responses and body chunks between that task and the caller's through
+//! channels, so one upstream exchange wakes tasks several times over and pays for a pool
+//! keyed by hashing the URI on every request. That was about a fifth of the gateway's
+//! instructions per request (bench/RESULTS.md). Here the request's own task writes the
+//! request, reads the answer and, once the body is done, puts the connection back for the
+//! next request. A provider talks to one origin, so its pool is a plain stack.
 //!
-//! Proxies: an `https` upstream goes through an HTTP `CONNECT` tunnel (TLS end to end); a
-//! plain `http` upstream is sent to the proxy in absolute form, with `Proxy-Authorization`
-//! when the proxy URL carries credentials ([`Client::proxy_authorization`]).
+//! What it speaks: HTTP/1.1 (every vendor API accepts it; OpenAI's and Anthropic's own SDKs
+//! default to it), plain or over rustls with the bundled web-PKI roots (ALPN `http/1.1`),
+//! `Content-Length`, chunked and close-delimited bodies ([`wire`]). Proxies come from
+//! `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY`, read once at start-up: an
+//! `https` upstream goes through an HTTP `CONNECT` tunnel (TLS end to end); a plain `http`
+//! upstream is sent to the proxy with an absolute-form target, with `Proxy-Authorization`
+//! when the proxy URL carries credentials.
+//!
+//! Reuse is safe by construction: a connection goes back to the pool only after a body
+//! that ended exactly where its framing said, with nothing after it, on a response that did
+//! not ask to close. A body dropped early (a client that went away, a timeout) closes its
+//! connection, which is how the upstream learns the request was cancelled. An idle
+//! connection that the server has closed meanwhile is noticed when it is taken (its socket
+//! reads as ended, at no cost while it is quiet), and a request whose write fails on a
+//! reused connection is sent again on a new one: nothing of it reached the server. Once a
+//! request is written it is never sent twice, since the upstream may have started on it.
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper::Uri;
-use hyper_util::client::legacy::connect::proxy::Tunnel;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+pub mod wire;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use bytes::{Bytes, BytesMut};
 use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::future::Future;
-use std::io;
+use std::fmt;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tower_service::Service;
+use tokio_rustls::client::TlsStream;
+use wire::{Chunked, Framing, Parsed};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Idle connections kept per provider: enough for bursts of concurrent streams to one vendor.
+const MAX_IDLE: usize = 256;
+/// How long an idle connection is kept. Servers close theirs sooner or later (uvicorn after
+/// 5 s, nginx after 75 s); those are noticed when taken.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// TCP keep-alive probes on upstream connections, so a silent network drop is noticed.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// Room made in a connection's read buffer before each read.
+const READ_CHUNK: usize = 8 * 1024;
 
-pub type Request = hyper::Request<Full<Bytes>>;
-pub type Response = hyper::Response<hyper::body::Incoming>;
+/// Why an upstream exchange failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpError {
+    kind: Kind,
+    detail: String,
+}
 
-/// A pooled client shared by the requests of one provider.
-#[derive(Clone, Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// No connection: DNS, TCP, the proxy tunnel or the TLS handshake failed.
+    Connect,
+    /// The connection broke, or the server broke the protocol.
+    Exchange,
+}
+
+impl HttpError {
+    fn connect(detail: impl fmt::Display) -> HttpError {
+        HttpError { kind: Kind::Connect, detail: detail.to_string() }
+    }
+
+    fn exchange(detail: impl fmt::Display) -> HttpError {
+        HttpError { kind: Kind::Exchange, detail: detail.to_string() }
+    }
+
+    /// No connection could be made (nothing was sent).
+    pub fn is_connect(&self) -> bool {
+        self.kind == Kind::Connect
+    }
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+impl std::error::Error for HttpError {}
+
+/// A client for one origin (a provider's base URL), shared by that provider's requests.
+#[derive(Clone)]
 pub struct Client {
-    inner: hyper_util::client::legacy::Client<SharedConnector, Full<Bytes>>,
-    proxies: Arc<Matcher>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// Where TCP connections go: the upstream, or the proxy in front of it.
+    host: String,
+    port: u16,
+    /// The `CONNECT` request that opens a tunnel through the proxy, when there is one.
+    tunnel: Option<Vec<u8>>,
+    tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+    /// Before the path in the request line: empty (origin form), or `http://host:port` when
+    /// a forwarding proxy needs the absolute form.
+    target_prefix: String,
+    /// Every request's fixed header lines (`Host` first, then the provider's), encoded once.
+    /// Holds the provider's key: never printed.
+    headers: Vec<u8>,
+    connect_timeout: Duration,
+    idle: Mutex<Vec<Idle>>,
+    /// For messages: scheme, host and port of the upstream.
+    origin: String,
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not the header lines: they carry the provider's key.
+        f.debug_struct("Client").field("origin", &self.shared.origin).finish_non_exhaustive()
+    }
 }
 
 impl Client {
-    pub fn new(connect_timeout: Duration) -> Client {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        // The TLS layer above hands https URIs down to this connector.
-        http.enforce_http(false);
-        let (tls, proxies) = shared();
-        let proxies = proxies.clone();
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls.clone())
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(ProxyConnector { http, proxies: proxies.clone() });
-        // No `.timer()`: hyper-util hands it only to HTTP/2 connections, for keep-alive
-        // pings, which are not enabled; the pool's idle reaper has its own.
-        let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            // Sized for bursts of concurrent streams to one vendor.
-            .pool_max_idle_per_host(256)
-            .pool_timer(TokioTimer::new())
-            .build(SharedConnector(Arc::new(https)));
-        Client { inner, proxies }
-    }
+    /// A client for the origin of `base` (`http` or `https`, as config validated it) whose
+    /// requests all carry `headers`.
+    pub fn new(base: &Uri, headers: &HeaderMap, connect_timeout: Duration) -> Result<Client, String> {
+        let https = match base.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(format!("\"{base}\" must use http or https")),
+        };
+        let host = base.host().filter(|h| !h.is_empty()).ok_or_else(|| format!("\"{base}\" has no host"))?;
+        let default_port = if https { 443 } else { 80 };
+        let port = base.port_u16().unwrap_or(default_port);
+        // IPv6 literals keep their brackets in `Host`, and lose them for DNS and TLS.
+        let bare_host = host.trim_start_matches('[').trim_end_matches(']');
+        let authority = if port == default_port { host.to_string() } else { format!("{host}:{port}") };
+        let origin = format!("{}://{authority}", if https { "https" } else { "http" });
 
-    pub fn request(&self, req: Request) -> hyper_util::client::legacy::ResponseFuture {
-        self.inner.request(req)
-    }
-
-    /// `Proxy-Authorization` for requests to `dst`, when they go to a proxy in the clear
-    /// (plain `http` upstreams) and the proxy URL has credentials. Tunnels carry their own.
-    pub fn proxy_authorization(&self, dst: &Uri) -> Option<hyper::header::HeaderValue> {
-        if dst.scheme() != Some(&hyper::http::uri::Scheme::HTTP) {
-            return None;
+        let mut lines = Vec::with_capacity(256);
+        push_header(&mut lines, b"host", authority.as_bytes());
+        for (name, value) in headers {
+            push_header(&mut lines, name.as_str().as_bytes(), value.as_bytes());
         }
-        self.proxies.intercept(dst).and_then(|p| p.basic_auth().cloned())
+
+        let (tls_config, proxies) = shared();
+        let mut shared = Shared {
+            host: bare_host.to_string(),
+            port,
+            tunnel: None,
+            tls: None,
+            target_prefix: String::new(),
+            headers: lines,
+            connect_timeout,
+            idle: Mutex::new(Vec::new()),
+            origin: origin.clone(),
+        };
+        if let Some(proxy) = proxies.intercept(base) {
+            let (proxy_host, proxy_port) = proxy_address(proxy.uri())?;
+            if https {
+                let mut connect = format!("CONNECT {bare_host}:{port} HTTP/1.1\r\nHost: {bare_host}:{port}\r\n");
+                if let Some(auth) = proxy.basic_auth().and_then(|v| v.to_str().ok()) {
+                    connect.push_str(&format!("Proxy-Authorization: {auth}\r\n"));
+                }
+                connect.push_str("\r\n");
+                shared.tunnel = Some(connect.into_bytes());
+            } else {
+                shared.target_prefix = origin.clone();
+                if let Some(auth) = proxy.basic_auth() {
+                    push_header(&mut shared.headers, b"proxy-authorization", auth.as_bytes());
+                }
+            }
+            shared.host = proxy_host;
+            shared.port = proxy_port;
+        }
+        if https {
+            let name = rustls::pki_types::ServerName::try_from(bare_host.to_string())
+                .map_err(|e| format!("\"{host}\" is not a name TLS can check: {e}"))?;
+            shared.tls = Some((tokio_rustls::TlsConnector::from(tls_config.clone()), name));
+        }
+        Ok(Client { shared: Arc::new(shared) })
+    }
+
+    /// The upstream's scheme, host and port (`https://api.openai.com`).
+    pub fn origin(&self) -> &str {
+        &self.shared.origin
+    }
+
+    /// POST `body` to `path` (with its query, if any; checked by the caller to be a valid
+    /// request target), with one more header if given. Returns once the response head has
+    /// arrived; its body is read from the same connection as the caller polls it.
+    pub async fn post(
+        &self,
+        path: &str,
+        extra: Option<&(HeaderName, HeaderValue)>,
+        body: &[u8],
+    ) -> Result<Response, HttpError> {
+        let s = &*self.shared;
+        let mut head = Vec::with_capacity(64 + s.target_prefix.len() + path.len() + s.headers.len());
+        head.extend_from_slice(b"POST ");
+        head.extend_from_slice(s.target_prefix.as_bytes());
+        head.extend_from_slice(path.as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\n");
+        head.extend_from_slice(&s.headers);
+        if let Some((name, value)) = extra {
+            push_header(&mut head, name.as_str().as_bytes(), value.as_bytes());
+        }
+        head.extend_from_slice(b"content-length: ");
+        head.extend_from_slice(itoa(body.len(), &mut [0; 20]));
+        head.extend_from_slice(b"\r\n\r\n");
+
+        if let Some(mut conn) = self.checkout() {
+            if conn.write_request(&head, body).await.is_ok() {
+                return self.read_response(conn).await;
+            }
+            // The server closed it while it sat idle; nothing reached it. A new one below.
+        }
+        let mut conn = self.connect().await?;
+        conn.write_request(&head, body).await.map_err(|e| HttpError::exchange(format!("sending the request: {e}")))?;
+        self.read_response(conn).await
+    }
+
+    async fn read_response(&self, mut conn: Conn) -> Result<Response, HttpError> {
+        let head = loop {
+            if !conn.buf.is_empty() {
+                match wire::parse_head(&conn.buf).map_err(HttpError::exchange)? {
+                    Parsed::Head(h) => break h,
+                    Parsed::Interim(n) => {
+                        let _ = conn.buf.split_to(n);
+                        continue;
+                    }
+                    Parsed::Partial => {}
+                }
+            }
+            let had = conn.buf.len();
+            match poll_fn(|cx| conn.poll_fill(cx)).await {
+                Ok(0) if had == 0 => return Err(HttpError::exchange("connection closed before the response")),
+                Ok(0) => return Err(HttpError::exchange("connection closed in the middle of the response head")),
+                Ok(_) => {}
+                Err(e) => return Err(HttpError::exchange(e)),
+            }
+        };
+        let raw = conn.buf.split_to(head.len).freeze();
+        let state = match head.framing {
+            Framing::Empty => BodyState::Done,
+            Framing::Length(n) => BodyState::Length(n),
+            Framing::Chunked => BodyState::Chunked(Chunked::default()),
+            Framing::UntilClose => BodyState::UntilClose,
+        };
+        let status = StatusCode::from_u16(head.status)
+            .map_err(|_| HttpError::exchange(format!("invalid status {}", head.status)))?;
+        let mut body = Body { conn: Some(conn), state, keep_alive: head.keep_alive, client: self.shared.clone() };
+        if matches!(body.state, BodyState::Done) {
+            body.finish();
+        }
+        Ok(Response { status, head: raw, body })
+    }
+
+    /// The most recently used idle connection that is still open, if any.
+    fn checkout(&self) -> Option<Conn> {
+        loop {
+            let mut idle = lock(&self.shared.idle).pop()?;
+            if idle.since.elapsed() < IDLE_TIMEOUT && idle.conn.is_open() {
+                return Some(idle.conn);
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, HttpError> {
+        let s = &*self.shared;
+        let mut tcp = match tokio::time::timeout(s.connect_timeout, tcp_connect(&s.host, s.port)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => return Err(HttpError::connect(e)),
+            Err(_) => return Err(HttpError::connect(format!("no connection within {:?}", s.connect_timeout))),
+        };
+        if let Some(connect) = &s.tunnel {
+            open_tunnel(&mut tcp, connect).await.map_err(|e| HttpError::connect(format!("proxy tunnel: {e}")))?;
+        }
+        let io = match &s.tls {
+            Some((tls, name)) => {
+                let stream =
+                    tls.connect(name.clone(), tcp).await.map_err(|e| HttpError::connect(format!("TLS: {e}")))?;
+                Io::Tls(Box::new(stream))
+            }
+            None => Io::Tcp(tcp),
+        };
+        Ok(Conn { io, buf: BytesMut::new() })
+    }
+}
+
+impl Shared {
+    /// Keep a connection whose last exchange ended cleanly, for the next request.
+    fn put(&self, conn: Conn) {
+        let now = Instant::now();
+        let mut idle = lock(&self.idle);
+        // The oldest are at the bottom: drop those past their time, and the oldest if full.
+        let expired = idle.iter().take_while(|i| now.duration_since(i.since) >= IDLE_TIMEOUT).count();
+        let excess = (idle.len() + 1).saturating_sub(MAX_IDLE);
+        let drop = expired.max(excess);
+        if drop > 0 {
+            idle.drain(..drop);
+        }
+        idle.push(Idle { conn, since: now });
+    }
+}
+
+/// A pool's lock is held only to push or pop; a panic elsewhere cannot leave it half done.
+fn lock(m: &Mutex<Vec<Idle>>) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An upstream's answer: status and head now, body as it is read.
+pub struct Response {
+    pub status: StatusCode,
+    head: Bytes,
+    pub body: Body,
+}
+
+impl fmt::Debug for Response {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Response").field("status", &self.status).finish_non_exhaustive()
+    }
+}
+
+impl Response {
+    /// A response header's value (the first, if repeated), when it is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        wire::header(&self.head, name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+}
+
+enum BodyState {
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+    Done,
+}
+
+/// A response body, read from its connection as it is polled.
+pub struct Body {
+    /// None once the body is done (the connection is back in the pool or closed) or broken.
+    conn: Option<Conn>,
+    state: BodyState,
+    keep_alive: bool,
+    client: Arc<Shared>,
+}
+
+impl Body {
+    /// The next piece of the body as it arrives; `None` at its end.
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, HttpError>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else { return Poll::Ready(None) };
+            let data = match &mut self.state {
+                BodyState::Done => None,
+                BodyState::Length(left) if !conn.buf.is_empty() => {
+                    let n = (*left).min(conn.buf.len() as u64) as usize;
+                    *left -= n as u64;
+                    Some(conn.buf.split_to(n).freeze())
+                }
+                BodyState::Chunked(dec) => match dec.next(&mut conn.buf) {
+                    Ok(data) => data,
+                    Err(e) => return Poll::Ready(Some(Err(self.broken(e)))),
+                },
+                BodyState::UntilClose if !conn.buf.is_empty() => Some(conn.buf.split().freeze()),
+                BodyState::Length(_) | BodyState::UntilClose => None,
+            };
+            let done = match &self.state {
+                BodyState::Length(0) | BodyState::Done => true,
+                BodyState::Chunked(dec) => dec.is_done(),
+                _ => false,
+            };
+            if done {
+                // Back to the pool as soon as the last byte is in hand, not on the next poll.
+                self.finish();
+            }
+            if let Some(data) = data {
+                return Poll::Ready(Some(Ok(data)));
+            }
+            if done {
+                return Poll::Ready(None);
+            }
+            let Some(conn) = self.conn.as_mut() else { return Poll::Ready(None) };
+            match conn.poll_fill(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) if matches!(self.state, BodyState::UntilClose) => {
+                    self.conn = None;
+                    self.state = BodyState::Done;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Some(Err(self.broken("connection closed before the body was complete"))))
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(self.broken(e)))),
+            }
+        }
+    }
+
+    /// The whole body, or its first `limit` bytes (then the rest is not read and the
+    /// connection is closed).
+    pub async fn bytes(mut self, limit: usize) -> Result<Bytes, HttpError> {
+        let Some(first) = poll_fn(|cx| self.poll_chunk(cx)).await.transpose()? else { return Ok(Bytes::new()) };
+        if self.conn.is_none() || first.len() >= limit {
+            // The common case: the body came whole with its head, no copy.
+            return Ok(first.slice(..first.len().min(limit)));
+        }
+        let mut all = BytesMut::from(first);
+        while let Some(chunk) = poll_fn(|cx| self.poll_chunk(cx)).await.transpose()? {
+            all.extend_from_slice(&chunk[..chunk.len().min(limit - all.len())]);
+            if all.len() >= limit {
+                break;
+            }
+        }
+        Ok(all.freeze())
+    }
+
+    /// The body ended as framed: keep the connection if the server allows and sent nothing
+    /// more.
+    fn finish(&mut self) {
+        self.state = BodyState::Done;
+        if let Some(conn) = self.conn.take() {
+            if self.keep_alive && conn.buf.is_empty() {
+                self.client.put(conn);
+            }
+        }
+    }
+
+    fn broken(&mut self, e: impl fmt::Display) -> HttpError {
+        self.conn = None;
+        self.state = BodyState::Done;
+        HttpError::exchange(e)
+    }
+}
+
+/// One upstream connection and the bytes read from it but not yet used.
+struct Conn {
+    io: Io,
+    buf: BytesMut,
+}
+
+enum Io {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    /// Read what the socket has into `buf`: the number of bytes, 0 at its end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// Whether an idle connection can take a request: the server has not closed it and has
+    /// sent nothing unasked. A quiet socket answers from its readiness flags, without a
+    /// system call (tokio clears them when a read leaves the socket empty).
+    fn is_open(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        matches!(Pin::new(&mut self.io).poll_read(&mut cx, &mut probe), Poll::Pending)
+    }
+
+    async fn write_request(&mut self, head: &[u8], body: &[u8]) -> io::Result<()> {
+        write_all(&mut self.io, head, body).await
+    }
+}
+
+/// Write `head` then `body` (one system call when the socket takes both).
+async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, head: &[u8], body: &[u8]) -> io::Result<()> {
+    let (mut head, mut body) = (head, body);
+    while !head.is_empty() || !body.is_empty() {
+        let bufs = [IoSlice::new(head), IoSlice::new(body)];
+        let n = poll_fn(|cx| Pin::new(&mut *w).poll_write_vectored(cx, &bufs)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_head = n.min(head.len());
+        head = &head[from_head..];
+        body = &body[n - from_head..];
+    }
+    poll_fn(|cx| Pin::new(&mut *w).poll_flush(cx)).await
+}
+
+/// Ask the proxy for a tunnel; on `2xx` the connection leads to the upstream.
+async fn open_tunnel(tcp: &mut TcpStream, connect: &[u8]) -> Result<(), String> {
+    write_all(tcp, connect, &[]).await.map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if let Parsed::Head(h) = wire::parse_head(&buf).map_err(|e| e.to_string())? {
+            if !(200..300).contains(&h.status) {
+                return Err(format!("the proxy answered {}", h.status));
+            }
+            if buf.len() > h.len {
+                return Err("the proxy sent data before the tunnel opened".into());
+            }
+            return Ok(());
+        }
+        if buf.len() == buf.capacity() {
+            buf.reserve(1024);
+        }
+        match tokio::io::AsyncReadExt::read_buf(tcp, &mut buf).await {
+            Ok(0) => return Err("the proxy closed the connection".into()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// TCP to the first of the host's addresses that accepts, with Nagle off (small requests
+/// and SSE frames go out at once) and keep-alive probes on.
+async fn tcp_connect(host: &str, port: u16) -> io::Result<TcpStream> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        match TcpStream::connect(addr).await {
+            Ok(tcp) => {
+                tcp.set_nodelay(true)?;
+                let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+                socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive)?;
+                return Ok(tcp);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no address found for {host}"))))
+}
+
+fn proxy_address(proxy: &Uri) -> Result<(String, u16), String> {
+    let host = proxy.host().filter(|h| !h.is_empty()).ok_or_else(|| format!("proxy URL \"{proxy}\" has no host"))?;
+    let port = proxy.port_u16().unwrap_or(if proxy.scheme_str() == Some("https") { 443 } else { 80 });
+    Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal, in `buf`.
+fn itoa(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
     }
 }
 
 /// What every provider's client shares, built once per process: the TLS configuration
-/// (parsing the bundled root certificates) and the proxy settings read from the environment.
-fn shared() -> &'static (rustls::ClientConfig, Arc<Matcher>) {
-    use hyper_rustls::ConfigBuilderExt;
-    static SHARED: std::sync::OnceLock<(rustls::ClientConfig, Arc<Matcher>)> = std::sync::OnceLock::new();
+/// (the bundled root certificates) and the proxy settings read from the environment.
+fn shared() -> &'static (Arc<rustls::ClientConfig>, Matcher) {
+    static SHARED: std::sync::OnceLock<(Arc<rustls::ClientConfig>, Matcher)> = std::sync::OnceLock::new();
     SHARED.get_or_init(|| {
-        let tls = rustls::ClientConfig::builder().with_webpki_roots().with_no_client_auth();
-        (tls, Arc::new(Matcher::from_env()))
+        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        let mut tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        (Arc::new(tls), Matcher::from_env())
     })
 }
 
-/// The connector behind one reference count. hyper-util's client clones itself, connector
-/// included, into every request it sends (not only those that connect); the TLS connector
-/// over [`ProxyConnector`] is four `Arc`s, each an atomic increment and decrement per request
-/// on a count both workers share. Cloned for real only to open a connection.
-#[derive(Clone)]
-pub struct SharedConnector(Arc<hyper_rustls::HttpsConnector<ProxyConnector>>);
-
-impl Service<Uri> for SharedConnector {
-    type Response = hyper_rustls::MaybeHttpsStream<ProxyStream>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
-
-    /// Always ready, as every layer below is (hyper-util's `HttpConnector` is).
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, dst: Uri) -> Self::Future {
-        (*self.0).clone().call(dst)
-    }
-}
-
-/// TCP to the upstream, or to the proxy that `HTTP(S)_PROXY` names for it.
-#[derive(Clone, Debug)]
-pub struct ProxyConnector {
-    http: HttpConnector,
-    proxies: Arc<Matcher>,
-}
-
-impl Service<Uri> for ProxyConnector {
-    type Response = ProxyStream;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<ProxyStream, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.http.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, dst: Uri) -> Self::Future {
-        let mut http = self.http.clone();
-        let intercept = self.proxies.intercept(&dst);
-        Box::pin(async move {
-            let Some(proxy) = intercept else {
-                return Ok(ProxyStream { io: http.call(dst).await?, via_proxy: false });
-            };
-            if dst.scheme() == Some(&hyper::http::uri::Scheme::HTTPS) {
-                let mut tunnel = Tunnel::new(proxy.uri().clone(), http);
-                if let Some(auth) = proxy.basic_auth() {
-                    tunnel = tunnel.with_auth(auth.clone());
-                }
-                std::future::poll_fn(|cx| tunnel.poll_ready(cx)).await?;
-                // Inside the tunnel the connection is end to end: not "via proxy" for hyper.
-                return Ok(ProxyStream { io: tunnel.call(dst).await?, via_proxy: false });
-            }
-            Ok(ProxyStream { io: http.call(proxy.uri().clone()).await?, via_proxy: true })
-        })
-    }
-}
-
-/// A TCP stream that knows whether it leads to a forwarding proxy (then hyper writes
-/// absolute-form request targets).
-#[derive(Debug)]
-pub struct ProxyStream {
-    io: TokioIo<TcpStream>,
-    via_proxy: bool,
-}
-
-impl Connection for ProxyStream {
-    fn connected(&self) -> Connected {
-        // Not `self.io.connected()`: that attaches the socket addresses (`HttpInfo`), which
-        // the pool then copies into every response's extensions (three allocations per
-        // request) for nobody to read.
-        Connected::new().proxy(self.via_proxy)
-    }
-}
-
-impl Read for ProxyStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl Write for ProxyStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-}
+#[cfg(test)]
+mod tests;
