@@ -132,6 +132,18 @@ impl Client {
     /// A client for the origin of `base` (`http` or `https`, as config validated it) whose
     /// requests all carry `headers`.
     pub fn new(base: &Uri, headers: &HeaderMap, connect_timeout: Duration) -> Result<Client, String> {
+        let (tls, proxies) = shared();
+        Client::with(base, headers, connect_timeout, tls, proxies)
+    }
+
+    /// [`Client::new`] with the TLS settings and proxy rules given.
+    fn with(
+        base: &Uri,
+        headers: &HeaderMap,
+        connect_timeout: Duration,
+        tls_config: &Arc<rustls::ClientConfig>,
+        proxies: &Matcher,
+    ) -> Result<Client, String> {
         let https = match base.scheme_str() {
             Some("https") => true,
             Some("http") => false,
@@ -151,7 +163,6 @@ impl Client {
             push_header(&mut lines, name.as_str().as_bytes(), value.as_bytes());
         }
 
-        let (tls_config, proxies) = shared();
         let mut shared = Shared {
             host: bare_host.to_string(),
             port,
@@ -613,10 +624,15 @@ fn shared() -> &'static (Arc<rustls::ClientConfig>, Matcher) {
     static SHARED: std::sync::OnceLock<(Arc<rustls::ClientConfig>, Matcher)> = std::sync::OnceLock::new();
     SHARED.get_or_init(|| {
         let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-        let mut tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        (Arc::new(tls), Matcher::from_env())
+        (tls_config(roots), Matcher::from_env())
     })
+}
+
+/// TLS to upstreams: certificates checked against `roots`, HTTP/1.1 offered by ALPN.
+fn tls_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
+    let mut tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(tls)
 }
 
 #[cfg(test)]

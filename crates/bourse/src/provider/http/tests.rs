@@ -283,6 +283,81 @@ async fn refused_connections_are_connect_errors() {
     assert!(e.is_connect(), "{e}");
 }
 
+/// A TLS server for `localhost` (certificate from `testdata/`, signed by its test CA) that
+/// answers every request with [`OK`]; counts connections, and records the SNI name and ALPN
+/// protocol of the last handshake.
+async fn tls_server() -> (u16, Arc<AtomicUsize>, Arc<Mutex<(Option<String>, Option<Vec<u8>>)>>) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let cert = CertificateDer::from(include_bytes!("testdata/leaf.der").to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(include_bytes!("testdata/leaf.key.der").to_vec()));
+    let mut config = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(vec![cert], key).unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new((None, None)));
+    let (c, seen2) = (connections.clone(), seen.clone());
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            c.fetch_add(1, Ordering::SeqCst);
+            let (acceptor, seen) = (acceptor.clone(), seen2.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                {
+                    let (_, conn) = tls.get_ref();
+                    *seen.lock().unwrap() =
+                        (conn.server_name().map(str::to_string), conn.alpn_protocol().map(<[u8]>::to_vec));
+                }
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        // The tests send empty bodies: the request is its head.
+                        buf.drain(..end + 4);
+                        if tls.write_all(OK.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match tls.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (port, connections, seen)
+}
+
+fn tls_client(port: u16, roots: rustls::RootCertStore) -> Client {
+    let base: Uri = format!("https://localhost:{port}/v1").parse().unwrap();
+    let headers = HeaderMap::new();
+    Client::with(&base, &headers, Duration::from_secs(2), &tls_config(roots), &Matcher::builder().build()).unwrap()
+}
+
+#[tokio::test]
+async fn https_upstreams_are_checked_and_reused() {
+    let (port, connections, seen) = tls_server().await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(include_bytes!("testdata/ca.der").to_vec())).unwrap();
+    let c = tls_client(port, roots);
+    assert_eq!(c.origin(), format!("https://localhost:{port}"));
+    for _ in 0..3 {
+        let resp = c.post("/v1/chat/completions", None, b"").await.unwrap();
+        assert_eq!(resp.status, StatusCode::OK);
+        assert_eq!(body_of(resp).await.unwrap(), b"{}");
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "one TLS connection for sequential requests");
+    assert_eq!(*seen.lock().unwrap(), (Some("localhost".to_string()), Some(b"http/1.1".to_vec())));
+
+    // The same server is refused by a client that does not trust its CA (the bundled roots).
+    let c = tls_client(port, rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() });
+    let e = c.post("/v1/chat/completions", None, b"").await.unwrap_err();
+    assert!(e.is_connect() && e.to_string().contains("TLS") && e.to_string().contains("certificate"), "{e}");
+}
+
 #[test]
 fn decimal_lengths() {
     for n in [0, 7, 10, 613, 1_000_000, usize::MAX] {
