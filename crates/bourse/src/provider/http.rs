@@ -52,6 +52,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// Room made in a connection's read buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
+/// Largest body read into one buffer sized from its `Content-Length` up front (an
+/// embeddings answer for a large batch runs to tens of MB).
+const PRESIZE_LIMIT: usize = 256 * 1024 * 1024;
 
 /// Why an upstream exchange failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -418,6 +421,27 @@ impl Body {
     /// The whole body, or its first `limit` bytes (then the rest is not read and the
     /// connection is closed).
     pub async fn bytes(mut self, limit: usize) -> Result<Bytes, HttpError> {
+        // A body of known length not yet all here (a large one): make room for all of it
+        // once and read straight into it, rather than reading small pieces and copying them
+        // together. Not for absurd lengths, which would only be allocated to be refused.
+        if let (BodyState::Length(left), Some(conn)) = (&self.state, &mut self.conn) {
+            let want = usize::try_from(*left).unwrap_or(usize::MAX).min(limit);
+            if want > conn.buf.len() && want <= PRESIZE_LIMIT {
+                conn.buf.reserve(want - conn.buf.len());
+                let mut failed = None;
+                while conn.buf.len() < want {
+                    match poll_fn(|cx| conn.poll_fill(cx)).await {
+                        Ok(0) => failed = Some("connection closed before the body was complete".to_string()),
+                        Ok(_) => continue,
+                        Err(e) => failed = Some(e.to_string()),
+                    }
+                    break;
+                }
+                if let Some(e) = failed {
+                    return Err(self.broken(e));
+                }
+            }
+        }
         let Some(first) = poll_fn(|cx| self.poll_chunk(cx)).await.transpose()? else { return Ok(Bytes::new()) };
         if self.conn.is_none() || first.len() >= limit {
             // The common case: the body came whole with its head, no copy.

@@ -275,6 +275,26 @@ async fn interim_answers_are_skipped_and_error_bodies_capped() {
     assert_eq!(resp.body.bytes(10).await.unwrap().len(), 10);
 }
 
+/// A large body in many small writes arrives whole, and the connection is reused after it.
+#[tokio::test]
+async fn large_bodies_arrive_whole() {
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let expected = body.clone();
+    let s = server(move |n| match n {
+        0 => {
+            let mut pieces = vec![format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes()];
+            pieces.extend(body.chunks(700_000).map(<[u8]>::to_vec));
+            Answer { pieces, close: false }
+        }
+        _ => answer(OK),
+    })
+    .await;
+    let c = client(s.addr);
+    assert_eq!(body_of(c.post("/x", None, b"").await.unwrap()).await.unwrap(), expected);
+    assert_eq!(body_of(c.post("/x", None, b"").await.unwrap()).await.unwrap(), b"{}");
+    assert_eq!(s.connections.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn refused_connections_are_connect_errors() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
