@@ -299,27 +299,53 @@ impl Router {
     /// The `x-bourse-route-reason` text: chosen model, its expected cost, how many were
     /// feasible, and the runner-up.
     pub fn reason(&self, r: &Routed, chosen: usize, attempt: u32) -> String {
-        use std::fmt::Write as _;
         let c = &r.plan.candidates;
-        // One buffer, written in place: this runs on every routed request.
+        // One buffer, written piece by piece: this runs on every routed request, and the
+        // formatting machinery cost more than the rest of it.
         let mut s = String::with_capacity(160);
         let show = |s: &mut String, i: usize| {
             let cand = &c[i];
-            let _ =
-                write!(s, "{} (expected ${})", self.entries[cand.entry].key, plan::cost_of(cand.expected_pico).usd());
+            s.push_str(&self.entries[cand.entry].key);
+            s.push_str(" (expected $");
+            let mut buf = [0; 24];
+            // Digits, point and sign: ASCII.
+            s.push_str(std::str::from_utf8(plan::cost_of(cand.expected_pico).usd_ascii(&mut buf)).unwrap_or("?"));
+            s.push(')');
         };
-        let _ = write!(s, "route={} chose ", r.route);
+        s.push_str("route=");
+        s.push_str(&r.route);
+        s.push_str(" chose ");
         show(&mut s, chosen);
-        let _ = write!(s, "; {} feasible", c.len());
+        s.push_str("; ");
+        push_decimal(&mut s, c.len() as u64);
+        s.push_str(" feasible");
         if let Some(i) = (0..c.len()).find(|i| *i != chosen) {
             s.push_str("; runner-up ");
             show(&mut s, i);
         }
         if attempt > 1 {
-            let _ = write!(s, "; attempt {attempt} (fallback)");
+            s.push_str("; attempt ");
+            push_decimal(&mut s, u64::from(attempt));
+            s.push_str(" (fallback)");
         }
         s
     }
+}
+
+/// `n` in decimal, appended.
+fn push_decimal(s: &mut String, n: u64) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    s.push_str(std::str::from_utf8(&buf[at..]).unwrap_or("?"));
 }
 
 /// The planner's prompt estimate and whether `reasoning_effort` is set: from the client's

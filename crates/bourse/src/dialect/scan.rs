@@ -27,7 +27,8 @@ pub(crate) struct Invalid;
 
 /// One JSON value's text that [`members`] checked in full (directly, or as part of a value
 /// that [`Raw::fields`] or [`Raw::elements`] took apart): the reason those two need not check
-/// it again. Only this module makes one.
+/// it again. Only this module makes one, but for [`Raw::checked`], whose callers vouch for
+/// their text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Raw<'a>(&'a str);
 
@@ -40,6 +41,14 @@ pub(crate) struct Key<'a> {
 }
 
 impl<'a> Raw<'a> {
+    /// Text that [`members`] already accepted whole, to take apart again with
+    /// [`Raw::fields`] or [`Raw::elements`] without checking it twice: a request body the
+    /// peek checked (`RawBody`'s bytes), say. On text that was not checked these still never
+    /// panic; they may just read it differently than serde_json would.
+    pub fn checked(text: &'a str) -> Raw<'a> {
+        Raw(text.trim_matches(|c| matches!(c, ' ' | '\n' | '\r' | '\t')))
+    }
+
     pub fn get(self) -> &'a str {
         self.0
     }

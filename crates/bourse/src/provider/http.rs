@@ -180,7 +180,8 @@ impl Client {
         if let Some(proxy) = proxies.intercept(base) {
             let (proxy_host, proxy_port) = proxy_address(proxy.uri())?;
             if https {
-                let mut connect = format!("CONNECT {bare_host}:{port} HTTP/1.1\r\nHost: {bare_host}:{port}\r\n");
+                // Authority form, with an IPv6 literal's brackets: `CONNECT [::1]:443`.
+                let mut connect = format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n");
                 if let Some(auth) = proxy.basic_auth().and_then(|v| v.to_str().ok()) {
                     connect.push_str(&format!("Proxy-Authorization: {auth}\r\n"));
                 }
@@ -235,7 +236,8 @@ impl Client {
             if conn.write_request(&head, body).await.is_ok() {
                 return self.read_response(conn).await;
             }
-            // The server closed it while it sat idle; nothing reached it. A new one below.
+            // The server closed it while it sat idle: no whole request reached it, so it
+            // cannot have acted on one. A new connection below.
         }
         let mut conn = self.connect().await?;
         conn.write_request(&head, body).await.map_err(|e| HttpError::exchange(format!("sending the request: {e}")))?;

@@ -25,8 +25,10 @@
 //!   caller never reports back (client went away, task cancelled) would otherwise pin the
 //!   target open forever; here another probe is allowed one cooldown later.
 
+use crate::fnv::Fnv1a;
 use serde::Serialize;
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -190,8 +192,9 @@ pub struct Health {
     base: Instant,
     cooldown_ns: u64,
     /// The keys known at start-up (every router entry), created up front so the hot path
-    /// reads them without taking any lock.
-    known: HashMap<Box<str>, Entry>,
+    /// reads them without taking any lock. Hashed with FNV-1a: fixed keys, looked up
+    /// several times per routed request (SipHash was most of each lookup).
+    known: HashMap<Box<str>, Entry, BuildHasherDefault<Fnv1a>>,
     /// Any other key, created on its first recorded outcome.
     entries: RwLock<HashMap<Box<str>, Entry>>,
 }

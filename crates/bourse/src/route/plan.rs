@@ -337,8 +337,14 @@ fn tokens_for(text_bytes: u64, messages: u64) -> u64 {
 /// the rest of the plan). The same members, counted the same way; `None` where the text has
 /// something the map would read differently (a member name with escapes, a name twice in
 /// one object below the top level: serde_json keeps the last), and the caller uses the map.
+///
+/// `text` is a JSON object the scanner has already checked (a `RawBody`'s bytes: the peek
+/// checked the whole body), so it is only taken apart here, not checked a second time.
 pub fn prompt_facts_raw(text: &[u8]) -> Option<(u64, bool)> {
-    use crate::dialect::scan::{self, Raw};
+    use crate::dialect::scan::Raw;
+    /// Member names seen in one object, to notice a repeated one; objects with more members
+    /// than this (no message has them) go to the map.
+    const NAMES: usize = 16;
     fn text_bytes(v: Raw<'_>, unsure: &mut bool) -> u64 {
         if v.is_string() {
             return match v.str() {
@@ -353,11 +359,14 @@ pub fn prompt_facts_raw(text: &[u8]) -> Option<(u64, bool)> {
         if v.is_array() {
             *unsure |= v.elements(|e| sum += text_bytes(e, unsure)).is_err();
         } else if v.is_object() {
-            let mut names: Vec<&str> = Vec::new();
+            let (mut names, mut seen) = ([""; NAMES], 0);
             *unsure |= v
                 .fields(|k, e| {
-                    *unsure |= k.escaped || names.contains(&k.text);
-                    names.push(k.text);
+                    *unsure |= k.escaped || seen == NAMES || names[..seen].contains(&k.text);
+                    if seen < NAMES {
+                        names[seen] = k.text;
+                        seen += 1;
+                    }
                     if k.text != "role" {
                         sum += text_bytes(e, unsure);
                     }
@@ -368,15 +377,16 @@ pub fn prompt_facts_raw(text: &[u8]) -> Option<(u64, bool)> {
     }
     let text = std::str::from_utf8(text).ok()?;
     let (mut messages, mut tools, mut reasoning, mut unsure) = (None, None, None, false);
-    scan::members(text, |k, v| match k.text {
-        _ if k.escaped => unsure = true,
-        // serde_json's map keeps the last of a name given twice: so do these.
-        "messages" => messages = Some(v),
-        "tools" => tools = Some(v),
-        "reasoning_effort" => reasoning = Some(v),
-        _ => {}
-    })
-    .ok()?;
+    Raw::checked(text)
+        .fields(|k, v| match k.text {
+            _ if k.escaped => unsure = true,
+            // serde_json's map keeps the last of a name given twice: so do these.
+            "messages" => messages = Some(v),
+            "tools" => tools = Some(v),
+            "reasoning_effort" => reasoning = Some(v),
+            _ => {}
+        })
+        .ok()?;
     let (mut bytes, mut count) = (0, 0);
     if let Some(ms) = messages.filter(|m| m.is_array()) {
         unsure |= ms
@@ -419,9 +429,12 @@ mod tests {
             r#"{"messages":[{"content":"a","content":"bb"}]}"#,
             r#"{"mess\u0061ges":[]}"#,
             r#"[1]"#,
-            r#"{"messages":[}"#,
         ] {
             assert_eq!(prompt_facts_raw(text.as_bytes()), None, "{text}");
+        }
+        // Text the scanner never checked is outside the contract, but still no panic.
+        for text in [r#"{"messages":[}"#, r#"{"messages":[{"content":"#, "{", "", "\"x"] {
+            let _ = prompt_facts_raw(text.as_bytes());
         }
     }
 }

@@ -379,6 +379,27 @@ async fn https_upstreams_are_checked_and_reused() {
 }
 
 #[test]
+fn proxies_get_a_tunnel_or_the_absolute_form() {
+    let proxies = Matcher::builder().http("http://u:p@proxy.test:3128").https("http://proxy.test:3128").build();
+    let tls = tls_config(rustls::RootCertStore::empty());
+    let headers = HeaderMap::new();
+    let https: Uri = "https://[::1]:8443/v1".parse().unwrap();
+    let c = Client::with(&https, &headers, Duration::from_secs(1), &tls, &proxies).unwrap();
+    let connect = String::from_utf8(c.shared.tunnel.clone().unwrap()).unwrap();
+    assert_eq!(connect, "CONNECT [::1]:8443 HTTP/1.1\r\nHost: [::1]:8443\r\n\r\n");
+    assert_eq!((c.shared.host.as_str(), c.shared.port), ("proxy.test", 3128));
+    assert_eq!(c.shared.target_prefix, "", "inside a tunnel requests use the origin form");
+
+    let http: Uri = "http://llm.test/v1".parse().unwrap();
+    let c = Client::with(&http, &headers, Duration::from_secs(1), &tls, &proxies).unwrap();
+    assert!(c.shared.tunnel.is_none());
+    assert_eq!(c.shared.target_prefix, "http://llm.test");
+    let lines = String::from_utf8(c.shared.headers.clone()).unwrap();
+    // "u:p" in base64.
+    assert_eq!(lines, "host: llm.test\r\nproxy-authorization: Basic dTpw\r\n");
+}
+
+#[test]
 fn decimal_lengths() {
     for n in [0, 7, 10, 613, 1_000_000, usize::MAX] {
         assert_eq!(itoa(n, &mut [0; 20]), n.to_string().as_bytes());
