@@ -292,11 +292,12 @@ impl Client {
 
     async fn connect(&self) -> Result<Conn, HttpError> {
         let s = &*self.shared;
-        let mut tcp = match tokio::time::timeout(s.connect_timeout, tcp_connect(&s.host, s.port)).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => return Err(HttpError::connect(e)),
-            Err(_) => return Err(HttpError::connect(format!("no connection within {:?}", s.connect_timeout))),
-        };
+        let mut tcp =
+            match tokio::time::timeout(s.connect_timeout, tcp_connect(&s.host, s.port, s.connect_timeout)).await {
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(e)) => return Err(HttpError::connect(e)),
+                Err(_) => return Err(HttpError::connect(format!("no connection within {:?}", s.connect_timeout))),
+            };
         if let Some(connect) = &s.tunnel {
             open_tunnel(&mut tcp, connect).await.map_err(|e| HttpError::connect(format!("proxy tunnel: {e}")))?;
         }
@@ -601,21 +602,35 @@ impl AsyncWrite for Io {
 }
 
 /// TCP to the first of the host's addresses that accepts, with Nagle off (small requests
-/// and SSE frames go out at once) and keep-alive probes on.
-async fn tcp_connect(host: &str, port: u16) -> io::Result<TcpStream> {
+/// and SSE frames go out at once) and keep-alive probes on. The time allowed is shared out
+/// evenly among the addresses, so one that drops packets (an IPv6 route that leads nowhere,
+/// say) cannot use it all up before the next is tried.
+async fn tcp_connect(host: &str, port: u16, within: Duration) -> io::Result<TcpStream> {
+    let addrs: Vec<_> = tokio::net::lookup_host((host, port)).await?.collect();
+    if addrs.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::NotFound, format!("no address found for {host}")));
+    }
+    connect_any(addrs, within).await
+}
+
+async fn connect_any(addrs: Vec<std::net::SocketAddr>, within: Duration) -> io::Result<TcpStream> {
+    let each = within / u32::try_from(addrs.len().max(1)).unwrap_or(u32::MAX);
     let mut last = None;
-    for addr in tokio::net::lookup_host((host, port)).await? {
-        match TcpStream::connect(addr).await {
-            Ok(tcp) => {
+    for addr in addrs {
+        match tokio::time::timeout(each, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => {
                 tcp.set_nodelay(true)?;
                 let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
                 socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive)?;
                 return Ok(tcp);
             }
-            Err(e) => last = Some(e),
+            Ok(Err(e)) => last = Some(e),
+            Err(_) => {
+                last = Some(io::Error::new(io::ErrorKind::TimedOut, format!("{addr}: no answer within {each:?}")))
+            }
         }
     }
-    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no address found for {host}"))))
+    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address to connect to")))
 }
 
 fn proxy_address(proxy: &Uri) -> Result<(String, u16), String> {

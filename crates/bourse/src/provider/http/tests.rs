@@ -378,6 +378,34 @@ async fn https_upstreams_are_checked_and_reused() {
     assert!(e.is_connect() && e.to_string().contains("TLS") && e.to_string().contains("certificate"), "{e}");
 }
 
+/// An address that swallows connection attempts (a listener whose backlog is full drops
+/// further SYNs) does not use up the connect timeout: the next address gets its share.
+#[tokio::test]
+async fn a_silent_address_does_not_starve_the_next() {
+    let silent = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    silent.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    silent.listen(0).unwrap();
+    let silent_addr = silent.local_addr().unwrap().as_socket().unwrap();
+    // Fill the backlog (never accepted), then check that a further attempt really hangs.
+    let mut fillers = Vec::new();
+    for _ in 0..3 {
+        if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(silent_addr)).await {
+            fillers.push(c);
+        }
+    }
+    let hangs = tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(silent_addr)).await.is_err();
+    assert!(hangs, "the full backlog should swallow SYNs on this kernel");
+    let good = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // Bounded as `Client::connect` bounds it: had the silent address kept the whole
+    // allowance, the good one would never have been tried.
+    let within = Duration::from_secs(2);
+    let tcp = tokio::time::timeout(within, connect_any(vec![silent_addr, good.local_addr().unwrap()], within))
+        .await
+        .expect("the second address was tried in time")
+        .unwrap();
+    assert_eq!(tcp.peer_addr().unwrap(), good.local_addr().unwrap());
+}
+
 #[test]
 fn proxies_get_a_tunnel_or_the_absolute_form() {
     let proxies = Matcher::builder().http("http://u:p@proxy.test:3128").https("http://proxy.test:3128").build();
