@@ -10,6 +10,7 @@ pub mod canonical;
 pub mod catalog;
 pub mod config;
 pub mod dialect;
+mod digits;
 pub mod error;
 mod fnv;
 pub mod heap;

@@ -33,7 +33,7 @@ impl Cost {
         // Sign, up to 11 integer digits (i64::MAX nanos is ~9.2e9 USD), point, 9 decimals;
         // filled from the right.
         let mut at = buf.len();
-        let (mut int, mut frac) = (self.0.unsigned_abs() / 1_000_000_000, self.0.unsigned_abs() % 1_000_000_000);
+        let (int, mut frac) = (self.0.unsigned_abs() / 1_000_000_000, self.0.unsigned_abs() % 1_000_000_000);
         for _ in 0..9 {
             at -= 1;
             buf[at] = b'0' + (frac % 10) as u8;
@@ -41,14 +41,7 @@ impl Cost {
         }
         at -= 1;
         buf[at] = b'.';
-        loop {
-            at -= 1;
-            buf[at] = b'0' + (int % 10) as u8;
-            int /= 10;
-            if int == 0 {
-                break;
-            }
-        }
+        at = crate::digits::decimal_before(buf, at, int);
         if self.0 < 0 {
             at -= 1;
             buf[at] = b'-';

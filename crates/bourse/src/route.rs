@@ -317,7 +317,7 @@ impl Router {
         s.push_str(" chose ");
         show(&mut s, chosen);
         s.push_str("; ");
-        push_decimal(&mut s, c.len() as u64);
+        crate::digits::push_decimal(&mut s, c.len() as u64);
         s.push_str(" feasible");
         if let Some(i) = (0..c.len()).find(|i| *i != chosen) {
             s.push_str("; runner-up ");
@@ -325,27 +325,11 @@ impl Router {
         }
         if attempt > 1 {
             s.push_str("; attempt ");
-            push_decimal(&mut s, u64::from(attempt));
+            crate::digits::push_decimal(&mut s, u64::from(attempt));
             s.push_str(" (fallback)");
         }
         s
     }
-}
-
-/// `n` in decimal, appended.
-fn push_decimal(s: &mut String, n: u64) {
-    let mut buf = [0u8; 20];
-    let mut at = buf.len();
-    let mut n = n;
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    s.push_str(std::str::from_utf8(&buf[at..]).unwrap_or("?"));
 }
 
 /// The planner's prompt estimate and whether `reasoning_effort` is set: from the client's

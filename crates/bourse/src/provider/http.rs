@@ -229,7 +229,7 @@ impl Client {
             push_header(&mut head, name.as_str().as_bytes(), value.as_bytes());
         }
         head.extend_from_slice(b"content-length: ");
-        head.extend_from_slice(itoa(body.len(), &mut [0; 20]));
+        head.extend_from_slice(crate::digits::decimal(body.len() as u64, &mut [0; 20]));
         head.extend_from_slice(b"\r\n\r\n");
 
         if let Some(mut conn) = self.checkout() {
@@ -644,19 +644,6 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-/// `n` in decimal, in `buf`.
-fn itoa(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
 }
 
 /// What every provider's client shares, built once per process: the TLS configuration

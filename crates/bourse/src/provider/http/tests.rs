@@ -426,10 +426,3 @@ fn proxies_get_a_tunnel_or_the_absolute_form() {
     // "u:p" in base64.
     assert_eq!(lines, "host: llm.test\r\nproxy-authorization: Basic dTpw\r\n");
 }
-
-#[test]
-fn decimal_lengths() {
-    for n in [0, 7, 10, 613, 1_000_000, usize::MAX] {
-        assert_eq!(itoa(n, &mut [0; 20]), n.to_string().as_bytes());
-    }
-}
