@@ -49,13 +49,12 @@ pub struct Provider {
     /// Whose catalog prices apply (the preset's vendor: "deepseek" for `deepseek-anthropic`).
     pub vendor: &'static str,
     pub dialect: Dialect,
-    pub base_url: String,
     /// Where requests are processed, when the preset knows.
     pub hosting: Option<&'static str>,
     pub models: Vec<String>,
     pub timeouts: Timeouts,
     pub quirks: Quirks,
-    /// The connections to `base_url`'s origin, with the headers every request carries.
+    /// The connections to the base URL's origin, with the headers every request carries.
     client: http::Client,
     /// The base URL's path (`/v1`, or empty), and the endpoints under it. Gemini's chat
     /// path names the model, so it is built per request.
@@ -146,7 +145,6 @@ impl Provider {
             kind: cfg.preset.name,
             vendor: cfg.preset.vendor,
             dialect: cfg.preset.dialect,
-            base_url: cfg.base_url.clone(),
             hosting: cfg.preset.hosting,
             models: cfg.models.clone(),
             timeouts: cfg.timeouts,
