@@ -4,11 +4,11 @@
 //! Why not hyper's pooled client: it runs every connection in a task of its own and hands
 //! requests, responses and body chunks between that task and the caller's through
 //! channels, so one upstream exchange wakes tasks several times over and pays for a pool
-//! keyed by hashing the URI on every request: ~14k of the gateway's 78k instructions per
-//! request under `bench/icount.sh`, against ~3k now (README, "Benchmark"). Here the
-//! request's own task writes the request, reads the answer and, once the body is done, puts
-//! the connection back for the next request. A provider talks to one origin, so its pool is
-//! a plain stack.
+//! keyed by hashing the URI on every request: ~16k of the gateway's 78k instructions per
+//! request under `bench/icount.sh`, body read included, against ~4k now (README,
+//! "Benchmark"). Here the request's own task writes the request, reads the answer and, once
+//! the body is done, puts the connection back for the next request. A provider talks to one
+//! origin, so its pool is a plain stack.
 //!
 //! What it speaks: HTTP/1.1 (every vendor API accepts it; OpenAI's and Anthropic's own SDKs
 //! default to it), plain or over rustls with the bundled web-PKI roots (ALPN `http/1.1`),
@@ -54,6 +54,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// Room made in a connection's read buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
+/// A body whose connection ended before its framing did.
+const CLOSED_IN_BODY: &str = "connection closed before the body was complete";
 /// Largest body read into one buffer sized from its `Content-Length` up front (an
 /// embeddings answer for a large batch runs to tens of MB).
 const PRESIZE_LIMIT: usize = 256 * 1024 * 1024;
@@ -109,15 +111,15 @@ struct Shared {
     /// The `CONNECT` request that opens a tunnel through the proxy, when there is one.
     tunnel: Option<Vec<u8>>,
     tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
-    /// Before the path in the request line: empty (origin form), or `http://host:port` when
-    /// a forwarding proxy needs the absolute form.
-    target_prefix: String,
+    /// A forwarding proxy needs the absolute form: `origin` before the path in the request
+    /// line.
+    absolute_form: bool,
     /// Every request's fixed header lines (`Host` first, then the provider's), encoded once.
     /// Holds the provider's key: never printed.
     headers: Vec<u8>,
     connect_timeout: Duration,
     idle: Mutex<Vec<Idle>>,
-    /// For messages: scheme, host and port of the upstream.
+    /// Scheme, host and port of the upstream (`https://api.openai.com`).
     origin: String,
 }
 
@@ -173,11 +175,11 @@ impl Client {
             port,
             tunnel: None,
             tls: None,
-            target_prefix: String::new(),
+            absolute_form: false,
             headers: lines,
             connect_timeout,
             idle: Mutex::new(Vec::new()),
-            origin: origin.clone(),
+            origin,
         };
         if let Some(proxy) = proxies.intercept(base) {
             let (proxy_host, proxy_port) = proxy_address(proxy.uri())?;
@@ -190,7 +192,7 @@ impl Client {
                 connect.push_str("\r\n");
                 shared.tunnel = Some(connect.into_bytes());
             } else {
-                shared.target_prefix = origin.clone();
+                shared.absolute_form = true;
                 if let Some(auth) = proxy.basic_auth() {
                     push_header(&mut shared.headers, b"proxy-authorization", auth.as_bytes());
                 }
@@ -206,11 +208,6 @@ impl Client {
         Ok(Client { shared: Arc::new(shared) })
     }
 
-    /// The upstream's scheme, host and port (`https://api.openai.com`).
-    pub fn origin(&self) -> &str {
-        &self.shared.origin
-    }
-
     /// POST `body` to `path` (with its query, if any; checked by the caller to be a valid
     /// request target), with one more header if given. Returns once the response head has
     /// arrived; its body is read from the same connection as the caller polls it.
@@ -221,9 +218,11 @@ impl Client {
         body: &[u8],
     ) -> Result<Response, HttpError> {
         let s = &*self.shared;
-        let mut head = Vec::with_capacity(64 + s.target_prefix.len() + path.len() + s.headers.len());
+        let mut head = Vec::with_capacity(64 + s.origin.len() + path.len() + s.headers.len());
         head.extend_from_slice(b"POST ");
-        head.extend_from_slice(s.target_prefix.as_bytes());
+        if s.absolute_form {
+            head.extend_from_slice(s.origin.as_bytes());
+        }
         head.extend_from_slice(path.as_bytes());
         head.extend_from_slice(b" HTTP/1.1\r\n");
         head.extend_from_slice(&s.headers);
@@ -247,25 +246,7 @@ impl Client {
     }
 
     async fn read_response(&self, mut conn: Conn) -> Result<Response, HttpError> {
-        let head = loop {
-            if !conn.buf.is_empty() {
-                match wire::parse_head(&conn.buf).map_err(HttpError::exchange)? {
-                    Parsed::Head(h) => break h,
-                    Parsed::Interim(n) => {
-                        let _ = conn.buf.split_to(n);
-                        continue;
-                    }
-                    Parsed::Partial => {}
-                }
-            }
-            let had = conn.buf.len();
-            match poll_fn(|cx| conn.poll_fill(cx)).await {
-                Ok(0) if had == 0 => return Err(HttpError::exchange("connection closed before the response")),
-                Ok(0) => return Err(HttpError::exchange("connection closed in the middle of the response head")),
-                Ok(_) => {}
-                Err(e) => return Err(HttpError::exchange(e)),
-            }
-        };
+        let head = read_head(&mut conn.io, &mut conn.buf).await.map_err(HttpError::exchange)?;
         let raw = conn.buf.split_to(head.len).freeze();
         let state = match head.framing {
             Framing::Empty => BodyState::Done,
@@ -294,6 +275,7 @@ impl Client {
 
     async fn connect(&self) -> Result<Conn, HttpError> {
         let s = &*self.shared;
+        // The outer bound also covers the name lookup; the addresses share the allowance.
         let mut tcp =
             match tokio::time::timeout(s.connect_timeout, tcp_connect(&s.host, s.port, s.connect_timeout)).await {
                 Ok(Ok(tcp)) => tcp,
@@ -407,16 +389,14 @@ impl Body {
                 return Poll::Ready(None);
             }
             let Some(conn) = self.conn.as_mut() else { return Poll::Ready(None) };
-            match conn.poll_fill(cx) {
+            match fill(&mut conn.io, &mut conn.buf, cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) if matches!(self.state, BodyState::UntilClose) => {
                     self.conn = None;
                     self.state = BodyState::Done;
                     return Poll::Ready(None);
                 }
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Some(Err(self.broken("connection closed before the body was complete"))))
-                }
+                Poll::Ready(Ok(0)) => return Poll::Ready(Some(Err(self.broken(CLOSED_IN_BODY)))),
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(self.broken(e)))),
             }
@@ -433,15 +413,16 @@ impl Body {
             let want = usize::try_from(*left).unwrap_or(usize::MAX).min(limit);
             if want > conn.buf.len() && want <= PRESIZE_LIMIT {
                 conn.buf.reserve(want - conn.buf.len());
-                let mut failed = None;
-                while conn.buf.len() < want {
-                    match poll_fn(|cx| conn.poll_fill(cx)).await {
-                        Ok(0) => failed = Some("connection closed before the body was complete".to_string()),
-                        Ok(_) => continue,
-                        Err(e) => failed = Some(e.to_string()),
+                let failed = loop {
+                    if conn.buf.len() >= want {
+                        break None;
                     }
-                    break;
-                }
+                    match poll_fn(|cx| fill(&mut conn.io, &mut conn.buf, cx)).await {
+                        Ok(0) => break Some(CLOSED_IN_BODY.to_string()),
+                        Ok(_) => {}
+                        Err(e) => break Some(e.to_string()),
+                    }
+                };
                 if let Some(e) = failed {
                     return Err(self.broken(e));
                 }
@@ -492,14 +473,6 @@ enum Io {
 }
 
 impl Conn {
-    /// Read what the socket has into `buf`: the number of bytes, 0 at its end.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
-            self.buf.reserve(READ_CHUNK);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
-    }
-
     /// Whether an idle connection can take a request: the server has not closed it and has
     /// sent nothing unasked. A quiet socket answers from its readiness flags, without a
     /// system call (tokio clears them when a read leaves the socket empty).
@@ -512,6 +485,36 @@ impl Conn {
 
     async fn write_request(&mut self, head: &[u8], body: &[u8]) -> io::Result<()> {
         write_all(&mut self.io, head, body).await
+    }
+}
+
+/// Read what `io` has into `buf`: the number of bytes, 0 at its end.
+fn fill<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+        buf.reserve(READ_CHUNK);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// Read until `buf` starts with a whole final response head (interim 1xx answers skipped);
+/// the bytes after it stay in `buf`.
+async fn read_head<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut) -> Result<wire::Head, String> {
+    loop {
+        match wire::parse_head(buf).map_err(|e| e.to_string())? {
+            Parsed::Head(h) => return Ok(h),
+            Parsed::Interim(n) => {
+                let _ = buf.split_to(n);
+                continue;
+            }
+            Parsed::Partial => {}
+        }
+        let had = buf.len();
+        match poll_fn(|cx| fill(io, buf, cx)).await {
+            Ok(0) if had == 0 => return Err("connection closed before the response".into()),
+            Ok(0) => return Err("connection closed in the middle of the response head".into()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
     }
 }
 
@@ -534,26 +537,15 @@ async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, head: &[u8], body: &[u8]) -
 /// Ask the proxy for a tunnel; on `2xx` the connection leads to the upstream.
 async fn open_tunnel(tcp: &mut TcpStream, connect: &[u8]) -> Result<(), String> {
     write_all(tcp, connect, &[]).await.map_err(|e| e.to_string())?;
-    let mut buf = BytesMut::with_capacity(1024);
-    loop {
-        if let Parsed::Head(h) = wire::parse_head(&buf).map_err(|e| e.to_string())? {
-            if !(200..300).contains(&h.status) {
-                return Err(format!("the proxy answered {}", h.status));
-            }
-            if buf.len() > h.len {
-                return Err("the proxy sent data before the tunnel opened".into());
-            }
-            return Ok(());
-        }
-        if buf.len() == buf.capacity() {
-            buf.reserve(1024);
-        }
-        match tokio::io::AsyncReadExt::read_buf(tcp, &mut buf).await {
-            Ok(0) => return Err("the proxy closed the connection".into()),
-            Ok(_) => {}
-            Err(e) => return Err(e.to_string()),
-        }
+    let mut buf = BytesMut::new();
+    let h = read_head(tcp, &mut buf).await?;
+    if !(200..300).contains(&h.status) {
+        return Err(format!("the proxy answered {}", h.status));
     }
+    if buf.len() > h.len {
+        return Err("the proxy sent data before the tunnel opened".into());
+    }
+    Ok(())
 }
 
 impl AsyncRead for Io {
@@ -608,11 +600,7 @@ impl AsyncWrite for Io {
 /// evenly among the addresses, so one that drops packets (an IPv6 route that leads nowhere,
 /// say) cannot use it all up before the next is tried.
 async fn tcp_connect(host: &str, port: u16, within: Duration) -> io::Result<TcpStream> {
-    let addrs: Vec<_> = tokio::net::lookup_host((host, port)).await?.collect();
-    if addrs.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::NotFound, format!("no address found for {host}")));
-    }
-    connect_any(addrs, within).await
+    connect_any(tokio::net::lookup_host((host, port)).await?.collect(), within).await
 }
 
 async fn connect_any(addrs: Vec<std::net::SocketAddr>, within: Duration) -> io::Result<TcpStream> {
@@ -632,7 +620,7 @@ async fn connect_any(addrs: Vec<std::net::SocketAddr>, within: Duration) -> io::
             }
         }
     }
-    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address to connect to")))
+    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the name has no address")))
 }
 
 fn proxy_address(proxy: &Uri) -> Result<(String, u16), String> {

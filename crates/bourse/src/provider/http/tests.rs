@@ -72,7 +72,8 @@ async fn server(script: impl Fn(usize) -> Answer + Send + Sync + 'static) -> Ser
     Server { addr, connections, requests, closed }
 }
 
-async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+/// One request (head and `content-length` body) from `sock`; `None` when it closes first.
+async fn read_request<S: AsyncRead + Unpin>(sock: &mut S, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
@@ -205,6 +206,25 @@ async fn a_connection_the_server_closed_while_idle_is_replaced() {
     assert_eq!(s.requests.lock().unwrap().len(), 3, "no request was lost or sent twice");
 }
 
+/// A pooled connection that looks open but cannot take the request (its writing side is
+/// gone): the request goes out once, on a new connection.
+#[tokio::test]
+async fn a_write_that_fails_on_a_reused_connection_is_sent_on_a_new_one() {
+    let s = server(|_| answer(OK)).await;
+    let c = client(s.addr);
+    // A peer that holds its end open and silent, so the pooled connection passes the
+    // check at checkout and only the write can fail.
+    let holder = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut dead = TcpStream::connect(holder.local_addr().unwrap()).await.unwrap();
+    let _held = holder.accept().await.unwrap();
+    dead.shutdown().await.unwrap();
+    c.shared.put(Conn { io: Io::Tcp(dead), buf: BytesMut::new() });
+    assert_eq!(body_of(c.post("/x", None, b"{}").await.unwrap()).await.unwrap(), b"{}");
+    assert_eq!(s.requests.lock().unwrap().len(), 1, "sent once");
+    assert_eq!(s.connections.load(Ordering::SeqCst), 1, "on a new connection");
+    assert_eq!(lock(&c.shared.idle).len(), 1, "which went back to the pool");
+}
+
 #[tokio::test]
 async fn a_body_dropped_early_closes_its_connection() {
     let s = server(|n| match n {
@@ -331,18 +351,9 @@ async fn tls_server() -> (u16, Arc<AtomicUsize>, Arc<Mutex<(Option<String>, Opti
                         (conn.server_name().map(str::to_string), conn.alpn_protocol().map(<[u8]>::to_vec));
                 }
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        // The tests send empty bodies: the request is its head.
-                        buf.drain(..end + 4);
-                        if tls.write_all(OK.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                    match tls.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                while read_request(&mut tls, &mut buf).await.is_some() {
+                    if tls.write_all(OK.as_bytes()).await.is_err() {
+                        return;
                     }
                 }
             });
@@ -363,7 +374,7 @@ async fn https_upstreams_are_checked_and_reused() {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls::pki_types::CertificateDer::from(include_bytes!("testdata/ca.der").to_vec())).unwrap();
     let c = tls_client(port, roots);
-    assert_eq!(c.origin(), format!("https://localhost:{port}"));
+    assert!(format!("{c:?}").contains(&format!("\"https://localhost:{port}\"")), "{c:?}");
     for _ in 0..3 {
         let resp = c.post("/v1/chat/completions", None, b"").await.unwrap();
         assert_eq!(resp.status, StatusCode::OK);
@@ -416,13 +427,33 @@ fn proxies_get_a_tunnel_or_the_absolute_form() {
     let connect = String::from_utf8(c.shared.tunnel.clone().unwrap()).unwrap();
     assert_eq!(connect, "CONNECT [::1]:8443 HTTP/1.1\r\nHost: [::1]:8443\r\n\r\n");
     assert_eq!((c.shared.host.as_str(), c.shared.port), ("proxy.test", 3128));
-    assert_eq!(c.shared.target_prefix, "", "inside a tunnel requests use the origin form");
+    assert!(!c.shared.absolute_form, "inside a tunnel requests use the origin form");
 
     let http: Uri = "http://llm.test/v1".parse().unwrap();
     let c = Client::with(&http, &headers, Duration::from_secs(1), &tls, &proxies).unwrap();
     assert!(c.shared.tunnel.is_none());
-    assert_eq!(c.shared.target_prefix, "http://llm.test");
+    assert!(c.shared.absolute_form);
+    assert_eq!(c.shared.origin, "http://llm.test");
     let lines = String::from_utf8(c.shared.headers.clone()).unwrap();
     // "u:p" in base64.
     assert_eq!(lines, "host: llm.test\r\nproxy-authorization: Basic dTpw\r\n");
+}
+
+/// `Host` (the first header line) names the authority as written, with the port only when
+/// it is not the scheme's default, and an IPv6 literal in brackets.
+#[test]
+fn host_lines() {
+    let tls = tls_config(rustls::RootCertStore::empty());
+    let none = Matcher::builder().build();
+    let host = |base: &str| {
+        let c = Client::with(&base.parse().unwrap(), &HeaderMap::new(), Duration::from_secs(1), &tls, &none).unwrap();
+        String::from_utf8(c.shared.headers.clone()).unwrap()
+    };
+    assert_eq!(host("http://127.0.0.1:8080/v1"), "host: 127.0.0.1:8080\r\n");
+    assert_eq!(host("http://localhost/v1"), "host: localhost\r\n");
+    assert_eq!(host("http://localhost:80/v1"), "host: localhost\r\n");
+    assert_eq!(host("http://[::1]:9000/x"), "host: [::1]:9000\r\n");
+    assert_eq!(host("https://api.openai.com/v1"), "host: api.openai.com\r\n");
+    assert_eq!(host("https://api.openai.com:443/v1"), "host: api.openai.com\r\n");
+    assert_eq!(host("https://example.com:8443/v1"), "host: example.com:8443\r\n");
 }

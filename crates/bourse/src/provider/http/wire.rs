@@ -13,7 +13,7 @@ use std::fmt;
 
 /// Longest response head accepted: vendors send a few hundred bytes; a server that sends
 /// more than this is not speaking HTTP to us.
-pub const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEAD: usize = 64 * 1024;
 
 /// Most header fields in one response head.
 const MAX_HEADERS: usize = 100;
