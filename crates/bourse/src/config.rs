@@ -128,6 +128,41 @@ pub struct ServerConfig {
     pub api_keys: Vec<Secret>,
     pub max_body_bytes: u64,
     pub shutdown_grace: Duration,
+    pub limits: EdgeLimits,
+}
+
+/// What one client connection may hold and for how long: the edge's defence against slow,
+/// idle and oversized clients (see `server::conn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeLimits {
+    /// A request head must arrive whole within this time of its first byte (of the
+    /// connection's accept, for its first request).
+    pub header_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this long.
+    pub idle_timeout: Duration,
+    /// A response write that cannot make progress (the client stopped reading) for this
+    /// long closes the connection, which cancels the upstream request.
+    pub send_timeout: Duration,
+    /// Client connections held at once; `None` until start-up sets it from the
+    /// descriptor limit (the default), or as configured.
+    pub max_connections: Option<usize>,
+    /// Largest request head in bytes (431 beyond it).
+    pub max_header_bytes: usize,
+    /// Most header lines in a request head (431 beyond it).
+    pub max_headers: usize,
+}
+
+impl Default for EdgeLimits {
+    fn default() -> Self {
+        EdgeLimits {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
+            send_timeout: Duration::from_secs(60),
+            max_connections: None,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,6 +285,7 @@ impl Config {
             Some(s) => parse_duration(s).map_err(|m| err("server.shutdown_grace", m))?,
             None => DEFAULT_SHUTDOWN_GRACE,
         };
+        let limits = limits_from_raw(&raw.server)?;
         let mut providers = Vec::new();
         for (id, rp) in &raw.providers {
             providers.push(provider_from_raw(id, rp, env)?);
@@ -282,7 +318,7 @@ impl Config {
         let ids: Vec<&str> = providers.iter().map(|p| p.id.as_str()).collect();
         let (routes, policies, router) = routing_from_raw(&raw, &ids)?;
         Ok(Config {
-            server: ServerConfig { listen, api_keys, max_body_bytes, shutdown_grace },
+            server: ServerConfig { listen, api_keys, max_body_bytes, shutdown_grace, limits },
             providers,
             catalog: Arc::new(catalog),
             reference,
@@ -293,6 +329,29 @@ impl Config {
             source: ConfigSource::Environment,
         })
     }
+}
+
+fn limits_from_raw(raw: &raw::RawServer) -> Result<EdgeLimits, ConfigError> {
+    let d = EdgeLimits::default();
+    let duration = |v: &Option<String>, path: &str, default: Duration| match v {
+        Some(s) => parse_duration(s).map_err(|m| err(path, m)),
+        None => Ok(default),
+    };
+    let count = |v: Option<u64>, path: &str, min: u64, max: u64| match v {
+        Some(n) if n < min || n > max => Err(err(path, format!("must be between {min} and {max}"))),
+        Some(n) => Ok(Some(n as usize)),
+        None => Ok(None),
+    };
+    Ok(EdgeLimits {
+        header_timeout: duration(&raw.header_timeout, "server.header_timeout", d.header_timeout)?,
+        idle_timeout: duration(&raw.idle_timeout, "server.idle_timeout", d.idle_timeout)?,
+        send_timeout: duration(&raw.send_timeout, "server.send_timeout", d.send_timeout)?,
+        max_connections: count(raw.max_connections, "server.max_connections", 1, 1 << 20)?,
+        // Below 1 KiB an SDK's ordinary head does not fit; above 1 MiB it is no limit.
+        max_header_bytes: count(raw.max_header_bytes, "server.max_header_bytes", 1024, 1 << 20)?
+            .unwrap_or(d.max_header_bytes),
+        max_headers: count(raw.max_headers, "server.max_headers", 8, 1000)?.unwrap_or(d.max_headers),
+    })
 }
 
 /// Routes, policies and router settings. `auto` and `default` exist even when not written.
@@ -548,6 +607,7 @@ mod tests {
         assert_eq!(p.timeouts.first_byte, Duration::from_secs(20));
         assert_eq!(cfg.server.api_keys[0].expose(), "gw-key");
         assert_eq!(cfg.server.max_body_bytes, 32 * 1024 * 1024);
+        assert_eq!(cfg.server.limits, crate::config::EdgeLimits::default());
     }
 
     #[test]
@@ -581,6 +641,12 @@ mod tests {
         assert_eq!(path_of("[server]\napi_keys = [\"env:NOPE\"]\n"), "server.api_keys[0]");
         assert_eq!(path_of("[server]\nmax_body_bytes = 0\n"), "server.max_body_bytes");
         assert_eq!(path_of("[server]\nshutdown_grace = \"soon\"\n"), "server.shutdown_grace");
+        assert_eq!(path_of("[server]\nheader_timeout = \"0s\"\n"), "server.header_timeout");
+        assert_eq!(path_of("[server]\nidle_timeout = \"forever\"\n"), "server.idle_timeout");
+        assert_eq!(path_of("[server]\nsend_timeout = \"1 week\"\n"), "server.send_timeout");
+        assert_eq!(path_of("[server]\nmax_connections = 0\n"), "server.max_connections");
+        assert_eq!(path_of("[server]\nmax_header_bytes = 100\n"), "server.max_header_bytes");
+        assert_eq!(path_of("[server]\nmax_headers = 100000\n"), "server.max_headers");
         assert_eq!(
             path_of("[providers.x]\nkind = \"vllm\"\nbase_url = \"http://h:1/v1\"\ntotal_timeout = \"5 parsecs\"\n"),
             "providers.x.total_timeout"

@@ -9,9 +9,13 @@
 //! 4. handlers in [`crate::api`] — body limit and content type, dialect in, resolve,
 //!    attempt, response.
 
+mod conn;
+
+pub use conn::raise_fd_limit;
+
 use crate::api;
 use crate::canonical::Dialect;
-use crate::config::{Config, Secret};
+use crate::config::{Config, EdgeLimits, Secret};
 use crate::error::{Error, ErrorKind, ErrorLabel};
 use crate::ledger::{Ledger, Writer};
 use crate::meter::Meter;
@@ -42,6 +46,8 @@ pub struct AppState {
     /// A read handle for usage reports.
     pub reports: Option<Ledger>,
     pub max_body_bytes: usize,
+    /// What a client connection may hold, and for how long.
+    pub limits: EdgeLimits,
     /// Unix seconds at start, for the `created` field of model objects.
     pub started: u64,
 }
@@ -66,6 +72,7 @@ impl AppState {
             ledger: None,
             reports: None,
             max_body_bytes: usize::try_from(cfg.server.max_body_bytes).unwrap_or(usize::MAX),
+            limits: cfg.server.limits,
             started: crate::timespec::now_secs(),
         })
     }
@@ -313,6 +320,9 @@ pub async fn run(cfg: Config, opts: ServeOptions) -> Result<(), String> {
     let listen = opts.listen.unwrap_or(cfg.server.listen);
     check_exposure(listen, !cfg.server.api_keys.is_empty(), opts.insecure_no_auth)?;
     let mut state = AppState::from_config(&cfg)?;
+    let fds = conn::raise_fd_limit();
+    let max_connections = conn::max_connections(cfg.server.limits.max_connections, fds)?;
+    state.limits.max_connections = Some(max_connections);
     let mut writer_handle = None;
     if let Some(url) = &cfg.storage.url {
         let ledger = Ledger::open(url).await.map_err(|e| format!("storage.url: cannot open the ledger: {e}"))?;
@@ -329,7 +339,7 @@ pub async fn run(cfg: Config, opts: ServeOptions) -> Result<(), String> {
     let listener = TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     let ids: Vec<&str> = state.providers.iter().map(|p| p.id.as_str()).collect();
-    tracing::info!(providers = ?ids, "bourse listening on http://{local}");
+    tracing::info!(providers = ?ids, max_connections, "bourse listening on http://{local}");
     let grace = cfg.server.shutdown_grace;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = serve(listener, state, async move {
@@ -358,10 +368,24 @@ pub async fn run(cfg: Config, opts: ServeOptions) -> Result<(), String> {
 /// connection to close after its current request, and return once they all have.
 ///
 /// hyper's HTTP/1 server directly, one task per connection: no HTTP/2 detection and no
-/// router framework in the per-request path (both showed in profiles under load).
+/// router framework in the per-request path (both showed in profiles under load). Each
+/// connection is held to the edge's limits ([`conn`]): a cap on how many are open, head,
+/// idle and send timeouts, head size and header count.
 pub async fn serve(listener: TcpListener, state: SharedState, stop: impl std::future::Future<Output = ()>) {
     use hyper::server::conn::http1;
     use hyper_util::rt::TokioIo;
+    let limits = state.limits;
+    let mut http = http1::Builder::new();
+    // The read buffer holds a whole head; the write queue, what a client that stops
+    // reading can make the gateway hold before the body stops being polled.
+    http.max_header_size(limits.max_header_bytes).max_buf_size(limits.max_header_bytes.max(64 * 1024));
+    if limits.max_headers != EdgeLimits::default().max_headers {
+        // hyper keeps its default of 100 header slots on the stack; any other count costs
+        // an allocation per request.
+        http.max_headers(limits.max_headers);
+    }
+    let slots = limits.max_connections.unwrap_or(conn::DEFAULT_MAX_CONNECTIONS);
+    let open = Arc::new(tokio::sync::Semaphore::new(slots));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
     loop {
@@ -380,17 +404,32 @@ pub async fn serve(listener: TcpListener, state: SharedState, stop: impl std::fu
             },
             () = &mut stop => break,
         };
+        let Ok(slot) = open.clone().try_acquire_owned() else {
+            conn::refuse(tcp);
+            continue;
+        };
         // Nagle's algorithm would hold small SSE frames back by tens of milliseconds.
         let _ = tcp.set_nodelay(true);
         let state = state.clone();
+        let busy = conn::Busy::default();
+        let io = TokioIo::new(conn::Guarded::new(tcp, limits, busy.clone()));
         let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let state = state.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(state, req.map(axum::body::Body::new)).await) }
+            let in_flight = busy.begin();
+            async move {
+                let continues = req
+                    .headers()
+                    .get(header::EXPECT)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+                let req = req.map(|body| axum::body::Body::new(conn::RequestBody::new(body, continues)));
+                Ok::<_, std::convert::Infallible>(conn::finish(handle(state, req).await, in_flight))
+            }
         });
-        let conn = graceful.watch(http1::Builder::new().serve_connection(TokioIo::new(tcp), service));
+        let conn = graceful.watch(http.serve_connection(io, service));
         tokio::spawn(async move {
             // A client that goes away mid-request is not an error of the gateway's.
             let _ = conn.await;
+            drop(slot);
         });
     }
     drop(listener);

@@ -105,6 +105,18 @@ pub struct RawServer {
     pub max_body_bytes: Option<u64>,
     /// How long in-flight requests may run after SIGTERM, e.g. "30s".
     pub shutdown_grace: Option<String>,
+    /// How long a request head may take to arrive whole.
+    pub header_timeout: Option<String>,
+    /// How long a keep-alive connection may sit idle between requests.
+    pub idle_timeout: Option<String>,
+    /// How long a response may wait on a client that does not read.
+    pub send_timeout: Option<String>,
+    /// Client connections held at once; more are refused with a 503.
+    pub max_connections: Option<u64>,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: Option<u64>,
+    /// Most header lines in a request head.
+    pub max_headers: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
