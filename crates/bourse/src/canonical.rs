@@ -62,6 +62,22 @@ pub struct RequestBody {
 }
 
 impl RequestBody {
+    /// A body that was parsed (or built) as a map.
+    pub fn from_map(map: Map<String, Value>) -> RequestBody {
+        RequestBody { map: map.into(), raw: None }
+    }
+
+    /// The client's bytes, if the body was kept as sent.
+    pub fn raw_bytes(&self) -> Option<&[u8]> {
+        self.raw.as_ref().map(|r| &r.bytes[..])
+    }
+
+    /// About how many bytes the body holds (its size as sent; a nominal size for one held
+    /// only as a map), for memory budgets.
+    pub fn byte_len(&self) -> usize {
+        self.raw.as_ref().map_or(4096, |r| r.bytes.len())
+    }
+
     /// The object as a map.
     pub fn map(&self) -> &Map<String, Value> {
         self.map.get_or_init(|| {
@@ -111,7 +127,7 @@ impl ChatRequest {
 
     /// The request with its body parsed into a map at the edge.
     pub fn with_body(self, map: Map<String, Value>) -> ChatRequest {
-        ChatRequest { body: RequestBody { map: map.into(), raw: None }, ..self }
+        ChatRequest { body: RequestBody::from_map(map), ..self }
     }
 
     /// The client's request object.

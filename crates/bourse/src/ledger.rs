@@ -32,9 +32,47 @@ pub struct LedgerEntry {
     /// HTTP status the attempt ended with (as seen by the gateway).
     pub status: u16,
     pub error_kind: Option<String>,
-    /// Usage estimated by the gateway because the upstream never reported it.
-    pub estimated: bool,
+    /// How the gateway counted the usage when the upstream never reported it (None: the
+    /// upstream's own figures).
+    pub estimate: Option<Estimate>,
     pub stream: bool,
+}
+
+impl LedgerEntry {
+    /// The usage is the gateway's estimate, not the upstream's report.
+    pub fn estimated(&self) -> bool {
+        self.estimate.is_some()
+    }
+}
+
+/// How an estimated row's tokens were counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Estimate {
+    /// With the o200k BPE tokenizer: exact for OpenAI's models, close for most others.
+    Tokenizer,
+    /// With the byte-count rule, when the tokenizer's pool was saturated (or the text too
+    /// large to keep): cheaper and rougher.
+    Heuristic,
+}
+
+impl Estimate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Estimate::Tokenizer => "tokenizer",
+            Estimate::Heuristic => "heuristic",
+        }
+    }
+
+    /// The stored columns back: `estimated` and `estimator` (rows written before the
+    /// `estimator` column existed were all counted with the tokenizer).
+    pub fn from_columns(estimated: bool, estimator: Option<&str>) -> Option<Estimate> {
+        match (estimated, estimator) {
+            (_, Some("heuristic")) => Some(Estimate::Heuristic),
+            (true, _) | (_, Some(_)) => Some(Estimate::Tokenizer),
+            (false, None) => None,
+        }
+    }
 }
 
 /// The stored columns in [`LedgerEntry`] field order (usage spread over five columns),
@@ -44,7 +82,7 @@ macro_rules! entry_columns {
         "request_id, attempt, ts_ms, key_id, provider, model, route_reason, \
          input_uncached, input_cache_read, input_cache_write, output, output_reasoning, \
          cost_nanos, reference_cost_nanos, catalog_version, ttfb_ms, latency_ms, status, \
-         error_kind, estimated, stream"
+         error_kind, estimated, stream, estimator"
     };
 }
 

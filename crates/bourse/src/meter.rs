@@ -6,6 +6,7 @@
 //! and reports use. Sums of rows are sums of integers: nothing is ever accumulated in
 //! floating point.
 
+pub mod bpe;
 pub mod estimate;
 
 use crate::canonical::Usage;

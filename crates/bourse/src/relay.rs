@@ -12,13 +12,16 @@
 //! Keep-alive comments are passed on, and a broken upstream becomes an error event in the
 //! client's dialect (what its SDK raises on). When the stream ends — completed, broken,
 //! or dropped because the client went away — the `on_end` hook runs exactly once with
-//! what was seen, so metering never misses a stream.
+//! what was seen, so metering never misses a stream. What the hook sends last (the cost
+//! comment) may have to wait for a token estimate: the relay then awaits it before it ends,
+//! or, if the client goes away meanwhile, leaves it to finish on its own.
 
 use crate::canonical::{Delta, Dialect, Usage};
 use crate::dialect::openai::think::ThinkSplitter;
-use crate::dialect::openai::{chunk_has_usage, usage_chunk, with_empty_choices};
+use crate::dialect::openai::{chunk_has_usage, delta_text, usage_chunk, with_empty_choices};
 use crate::dialect::{Decode, Encode};
 use crate::error::{Error, ErrorKind};
+use crate::meter::estimate::Transcript;
 use crate::provider::Provider;
 use crate::provider::Upstream;
 use crate::sse::{self, Item, Parser};
@@ -42,18 +45,16 @@ pub enum StreamEnd {
 }
 
 /// What the metering hook learns about a finished stream.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct StreamSummary {
     pub end: StreamEnd,
     /// Usage as the upstream reported it; None if its usage chunk never arrived.
     pub usage: Option<Usage>,
     /// Content events forwarded to the client.
     pub events: u64,
-    /// The `data:` payloads forwarded (OpenAI mode), kept (up to a bound) only so usage can
-    /// be estimated with a tokenizer when the upstream never reported it.
-    pub data: Vec<String>,
-    /// The same for the other modes: the answer's text (and tool arguments) as decoded.
-    pub text: String,
+    /// The answer's text (and tool arguments) as relayed, kept within its budget only
+    /// while the usage has not arrived, for an estimate should it never come.
+    pub transcript: Transcript,
 }
 
 /// How upstream events become client events.
@@ -70,11 +71,16 @@ pub enum Mode {
 
 /// Called once when the stream ends; what it returns (e.g. a cost comment) is sent to the
 /// client last, if the client is still there.
-pub type OnEnd = Box<dyn FnOnce(StreamSummary) -> Option<Bytes> + Send>;
+pub type OnEnd = Box<dyn FnOnce(StreamSummary) -> Ending + Send>;
 
-/// Bound on the payload kept for estimation; past it, the estimate undercounts rather than
-/// letting one endless stream hold unbounded memory.
-const MAX_KEPT_BYTES: usize = 8 * 1024 * 1024;
+/// What the end hook sends the client last.
+pub enum Ending {
+    /// These bytes, if any, now.
+    Now(Option<Bytes>),
+    /// What this yields, once it is ready (an estimate is being made). It runs to its end
+    /// even if the client goes away first: it writes the ledger row.
+    Later(Pin<Box<dyn Future<Output = Option<Bytes>> + Send>>),
+}
 
 pub struct StreamRelay {
     body: crate::provider::http::Body,
@@ -89,15 +95,21 @@ pub struct StreamRelay {
     think: Option<ThinkSplitter>,
     usage: Option<Usage>,
     events: u64,
-    data: Vec<String>,
-    text: String,
-    kept_bytes: usize,
+    transcript: Option<Transcript>,
     done: bool,
     on_end: Option<OnEnd>,
+    /// The end hook's last bytes, being made.
+    last: Option<Pin<Box<dyn Future<Output = Option<Bytes>> + Send>>>,
 }
 
 impl StreamRelay {
-    pub fn new(upstream: Upstream, provider: Arc<Provider>, mode: Mode, on_end: Option<OnEnd>) -> Self {
+    pub fn new(
+        upstream: Upstream,
+        provider: Arc<Provider>,
+        mode: Mode,
+        transcript: Transcript,
+        on_end: Option<OnEnd>,
+    ) -> Self {
         let think = matches!(mode, Mode::OpenAi { .. }) && provider.quirks.think_tags_in_content;
         StreamRelay {
             body: upstream.response.body,
@@ -109,45 +121,52 @@ impl StreamRelay {
             think: think.then(ThinkSplitter::default),
             usage: None,
             events: 0,
-            data: Vec::new(),
-            text: String::new(),
-            kept_bytes: 0,
+            transcript: Some(transcript),
             done: false,
             on_end,
+            last: None,
             provider,
         }
     }
 
-    fn finish(&mut self, end: StreamEnd) -> Option<Bytes> {
+    fn finish(&mut self, end: StreamEnd) -> Ending {
         self.done = true;
-        let hook = self.on_end.take()?;
-        hook(StreamSummary {
-            end,
-            usage: self.usage,
-            events: self.events,
-            data: std::mem::take(&mut self.data),
-            text: std::mem::take(&mut self.text),
-        })
+        let Some(hook) = self.on_end.take() else { return Ending::Now(None) };
+        let transcript = self.transcript.take().expect("a stream ends once");
+        hook(StreamSummary { end, usage: self.usage, events: self.events, transcript })
     }
 
-    /// End the stream: `out` (what is left to send), then whatever the end hook adds.
+    /// End the stream: `out` (what is left to send), then whatever the end hook adds now;
+    /// what it adds later is polled for next.
     fn end_with(&mut self, end: StreamEnd, mut out: BytesMut) -> Bytes {
-        if let Some(trailer) = self.finish(end) {
-            out.extend_from_slice(&trailer);
+        match self.finish(end) {
+            Ending::Now(Some(trailer)) => out.extend_from_slice(&trailer),
+            Ending::Now(None) => {}
+            Ending::Later(last) => self.last = Some(last),
         }
         out.freeze()
     }
 
+    /// The usage arrived: the kept text is no longer needed.
+    fn saw_usage(&mut self, usage: Usage) {
+        self.usage = Some(usage);
+        if let Some(t) = &mut self.transcript {
+            t.clear();
+        }
+    }
+
     /// Note usage and keep text for a possible estimate, from decoded deltas.
     fn observe(&mut self) {
-        for d in &self.deltas {
-            match d {
-                Delta::Start { usage: Some(u), .. } | Delta::Usage(u) => self.usage = Some(*u),
-                Delta::Text(t) | Delta::Thinking(t) | Delta::ToolCallArgs { json: t, .. }
-                    if self.usage.is_none() && self.kept_bytes < MAX_KEPT_BYTES =>
-                {
-                    self.kept_bytes += t.len();
-                    self.text.push_str(t);
+        for i in 0..self.deltas.len() {
+            match &self.deltas[i] {
+                Delta::Start { usage: Some(u), .. } | Delta::Usage(u) => {
+                    let u = *u;
+                    self.saw_usage(u);
+                }
+                Delta::Text(t) | Delta::Thinking(t) | Delta::ToolCallArgs { json: t, .. } if self.usage.is_none() => {
+                    if let Some(kept) = &mut self.transcript {
+                        kept.push(t);
+                    }
                 }
                 _ => {}
             }
@@ -245,6 +264,9 @@ impl StreamRelay {
                     if chunk_has_usage(&ev.data) {
                         if let Some(seen) = usage_chunk(&ev.data) {
                             self.usage = Some(seen.usage);
+                            if let Some(t) = &mut self.transcript {
+                                t.clear();
+                            }
                             if seen.usage_only && !include_usage {
                                 continue;
                             }
@@ -261,9 +283,8 @@ impl StreamRelay {
                         }
                         self.events += 1;
                         // Only needed if usage never arrives; once it has, stop keeping text.
-                        if self.usage.is_none() && self.kept_bytes < MAX_KEPT_BYTES {
-                            self.kept_bytes += ev.data.len();
-                            self.data.push(ev.data.clone());
+                        if let (None, Some(kept)) = (self.usage, &mut self.transcript) {
+                            delta_text(&ev.data, |t| kept.push(t));
                         }
                     }
                     sse::write_item(&Item::Event(ev), out);
@@ -278,6 +299,11 @@ impl Stream for StreamRelay {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if let Some(last) = &mut this.last {
+            let bytes = std::task::ready!(last.as_mut().poll(cx));
+            this.last = None;
+            return Poll::Ready(bytes.map(Ok));
+        }
         if this.done {
             return Poll::Ready(None);
         }
@@ -327,7 +353,11 @@ impl Stream for StreamRelay {
                         }
                     };
                     let out = this.end_with(end, out);
-                    return Poll::Ready((!out.is_empty()).then_some(Ok(out)));
+                    if out.is_empty() {
+                        // Nothing more now: the hook's last bytes, if it is making them.
+                        return self.poll_next(cx);
+                    }
+                    return Poll::Ready(Some(Ok(out)));
                 }
             }
         }
@@ -336,8 +366,19 @@ impl Stream for StreamRelay {
 
 impl Drop for StreamRelay {
     fn drop(&mut self) {
-        if !self.done {
-            let _ = self.finish(StreamEnd::ClientGone);
+        let last = match self.done {
+            false => match self.finish(StreamEnd::ClientGone) {
+                Ending::Later(last) => Some(last),
+                Ending::Now(_) => None,
+            },
+            true => self.last.take(),
+        };
+        // The client is gone, but the hook's work (an estimate, the ledger row) is not
+        // done: it finishes on its own.
+        if let Some(last) = last {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(last);
+            }
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct AppState {
     /// Stable, non-secret ids of the gateway keys (same order), for ledger rows.
     pub key_ids: Vec<Arc<str>>,
     pub meter: Meter,
+    /// The tokenizer's pool, for usage the upstream never reported.
+    pub estimator: crate::meter::estimate::Estimator,
     pub router: crate::route::Router,
     /// Where ledger rows go; None when the ledger is off.
     pub ledger: Option<Writer>,
@@ -69,6 +71,7 @@ impl AppState {
             api_keys: cfg.server.api_keys.clone(),
             key_ids: cfg.server.api_keys.iter().map(|k| Arc::from(key_id(k.expose()))).collect(),
             meter: Meter::new(cfg.catalog.clone(), cfg.reference.clone()),
+            estimator: crate::meter::estimate::Estimator::new(),
             ledger: None,
             reports: None,
             max_body_bytes: usize::try_from(cfg.server.max_body_bytes).unwrap_or(usize::MAX),

@@ -368,7 +368,7 @@ async fn exchange(m: &Matrix, c: ClientDialect, u: Upstream, body: &Value, strea
         (u64::from(PROMPT_TOKENS - CACHED_TOKENS), u64::from(CACHED_TOKENS), 0, u64::from(OUTPUT_TOKENS)),
         "{case}"
     );
-    assert!(!row.estimated, "{case}: usage was reported, not estimated");
+    assert!(!row.estimated(), "{case}: usage was reported, not estimated");
     assert_eq!(row.cost_nanos, 56_800, "{case}");
     assert_eq!(row.status, 200, "{case}");
     a

@@ -7,7 +7,7 @@ mod pg;
 
 use bourse::canonical::Usage;
 use bourse::ledger::{
-    FullPolicy, GroupBy, Ledger, LedgerEntry, ReportQuery, ReportRow, Writer, WriterConfig, WriterStats,
+    Estimate, FullPolicy, GroupBy, Ledger, LedgerEntry, ReportQuery, ReportRow, Writer, WriterConfig, WriterStats,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -95,7 +95,7 @@ fn row(request_id: &str, attempt: u32, ts_ms: i64) -> LedgerEntry {
         latency_ms: 5,
         status: 200,
         error_kind: None,
-        estimated: false,
+        estimate: None,
         stream: false,
     }
 }
@@ -134,7 +134,7 @@ async fn roundtrip_every_field(url: &str) {
         latency_ms: 1_500,
         status: 200,
         error_kind: None,
-        estimated: true,
+        estimate: Some(Estimate::Heuristic),
         stream: true,
     };
     // Every optional field empty, bools false, and each integer at its type's edge.
@@ -160,7 +160,7 @@ async fn roundtrip_every_field(url: &str) {
         latency_ms: u32::MAX,
         status: u16::MAX,
         error_kind: Some("upstream_timeout".into()),
-        estimated: false,
+        estimate: None,
         stream: false,
     };
     let first = LedgerEntry { attempt: 1, status: 503, error_kind: Some("upstream_5xx".into()), ..full.clone() };
@@ -191,9 +191,12 @@ fn report_fixture() -> Vec<LedgerEntry> {
     vec![
         LedgerEntry { error_kind: Some("timeout".into()), ..mk("a", 1, 0, Some("k1"), "openai", "gpt", 1, 100, 150) },
         mk("a", 2, 86_399_999, Some("k1"), "anthropic", "claude", 10, 200, 200),
-        LedgerEntry { estimated: true, ..mk("b", 1, 86_400_000, None, "openai", "gpt", 100, 300, 500) },
         LedgerEntry {
-            estimated: true,
+            estimate: Some(Estimate::Tokenizer),
+            ..mk("b", 1, 86_400_000, None, "openai", "gpt", 100, 300, 500)
+        },
+        LedgerEntry {
+            estimate: Some(Estimate::Tokenizer),
             error_kind: Some("upstream_5xx".into()),
             ..mk("c", 1, 1_700_000_000_000, Some("k2"), "openai", "mini", 1_000, 200, 190)
         },
@@ -325,7 +328,7 @@ fn expected_report(rows: &[LedgerEntry], query: &ReportQuery) -> Vec<ReportRow> 
         g.cost_nanos += r.cost_nanos;
         g.reference_cost_nanos += r.reference_cost_nanos;
         g.errors += i64::from(r.error_kind.is_some());
-        g.estimated += i64::from(r.estimated);
+        g.estimated += i64::from(r.estimated());
     }
     let mut out: Vec<ReportRow> = groups
         .into_values()

@@ -70,7 +70,7 @@ async fn suite(storage_url: &str) {
         (row.usage.input_uncached, row.usage.input_cache_read, row.usage.output, row.usage.output_reasoning),
         (600, 400, 50, 30)
     );
-    assert_eq!((row.attempt, row.status, row.estimated, row.stream), (1, 200, false, false));
+    assert_eq!((row.attempt, row.status, row.estimated(), row.stream), (1, 200, false, false));
     assert_eq!(row.provider, "alpha");
     assert_eq!(row.model, "sim-small");
     assert!(row.catalog_version.contains('#'), "{}", row.catalog_version);
@@ -91,7 +91,7 @@ async fn suite(storage_url: &str) {
     let text = post(&gw, &sbody).await.text().await.unwrap();
     assert!(text.contains(&format!(": x-bourse-cost-usd={COST} x-bourse-reference-cost-usd={REFERENCE}")), "{text}");
     let row = gw.row("rid-stream").await;
-    assert_eq!((row.cost_nanos, row.stream, row.estimated), (800_000, true, false));
+    assert_eq!((row.cost_nanos, row.stream, row.estimated()), (800_000, true, false));
 
     // A stream whose usage never arrives is estimated with the tokenizer, not recorded as $0.
     sim.set_config(SimConfig {
@@ -102,10 +102,31 @@ async fn suite(storage_url: &str) {
     sbody["_rid"] = json!("rid-broken");
     let _ = post(&gw, &sbody).await.text().await;
     let row = gw.row("rid-broken").await;
-    assert!(row.estimated);
+    assert!(row.estimated());
     assert_eq!(row.error_kind.as_deref(), Some("upstream_stream_broken"));
     assert!(row.usage.input_uncached > 0 && row.usage.output > 0, "{row:?}");
     assert!(row.cost_nanos > 0);
+
+    // A stream that ends normally without usage (some self-hosted servers ignore
+    // include_usage) is counted with the tokenizer and still ends with its cost comment,
+    // which matches the row.
+    sim.set_config(SimConfig { usage_style: UsageStyle::Omitted, ..SimConfig::default() });
+    sbody["_rid"] = json!("rid-stream-no-usage");
+    let text = post(&gw, &sbody).await.text().await.unwrap();
+    let row = gw.row("rid-stream-no-usage").await;
+    assert_eq!((row.status, row.estimate), (200, Some(bourse::ledger::Estimate::Tokenizer)), "{row:?}");
+    let answer: String = sse_data(&text)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .collect();
+    assert!(!answer.is_empty(), "{text}");
+    assert_eq!(row.usage.output, bourse::meter::estimate::tokens(&answer), "the answer's exact o200k count");
+    let comment = format!(": x-bourse-cost-usd={}", bourse::meter::Cost(row.cost_nanos).usd());
+    assert!(
+        text.contains(&comment) && text.find("[DONE]") < text.find(&comment),
+        "the cost comment follows [DONE]: {text}"
+    );
 
     // A complete answer without usage (some self-hosted servers) is estimated too, and the
     // cost the client is told is the cost recorded.
@@ -117,7 +138,7 @@ async fn suite(storage_url: &str) {
     let answer: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
     assert!(answer.get("usage").is_none(), "the sim left usage out: {answer}");
     let row = gw.row("rid-no-usage").await;
-    assert!(row.estimated && row.usage.input_uncached > 0 && row.usage.output > 0, "{row:?}");
+    assert!(row.estimated() && row.usage.input_uncached > 0 && row.usage.output > 0, "{row:?}");
     assert!(row.cost_nanos > 0);
     assert_eq!(told, bourse::meter::Cost(row.cost_nanos).usd());
 
@@ -153,7 +174,10 @@ async fn suite(storage_url: &str) {
     )
     .unwrap();
     let row = report["data"].as_array().unwrap().iter().find(|r| r["group"] == "alpha/sim-small").unwrap().clone();
-    let estimated = gw.row("rid-broken").await.cost_nanos + gw.row("rid-no-usage").await.cost_nanos;
+    let mut estimated = 0;
+    for rid in ["rid-broken", "rid-stream-no-usage", "rid-no-usage"] {
+        estimated += gw.row(rid).await.cost_nanos;
+    }
     assert_eq!(row["cost_nanos"], json!(800_000 * 3 + estimated));
     assert_eq!(row["errors"], json!(2));
 }

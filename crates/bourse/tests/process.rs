@@ -354,3 +354,82 @@ async fn no_proxy_bypasses_the_proxy() {
     assert_eq!(sim.stats().requests, 1);
     child.kill().await.unwrap();
 }
+
+/// The `Threads:` count of a process, from /proc.
+fn threads_of(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Streams whose upstream never reports usage are counted on the tokenizer's fixed pool:
+/// under a steady load of them the gateway's threads stay at its workers, the main thread,
+/// the pool and the ledger's writer, and every stream still ends with its cost comment.
+/// (Counted on tokio's blocking pool instead, the same load grew the process by a thread
+/// for every estimate waiting while the tokenizer loaded.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_less_streams_are_estimated_on_a_fixed_number_of_threads() {
+    let sim = Sim::start(SimConfig {
+        usage_style: upstream_sim::UsageStyle::Omitted,
+        output_tokens: 40,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let db = std::env::temp_dir().join(format!("bourse-threads-{}-{}.db", std::process::id(), fastrand::u64(..)));
+    let cfg = write_config(&format!(
+        "[storage]\nurl = \"sqlite:{}\"\n[providers.alpha]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\n{}",
+        db.display(),
+        sim.base_url(),
+        price("alpha/sim-small", 1.0, 2.0)
+    ));
+    let (mut child, url) = serve(bourse().args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&cfg.0)).await;
+    let pid = child.id().unwrap();
+    let mut body = chat_body("alpha/sim-small");
+    body["stream"] = json!(true);
+    let body = body.to_string();
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let (url, body) = (url.clone(), body.clone());
+            tokio::spawn(async move {
+                let http = client();
+                let (mut streams, mut with_cost) = (0, 0);
+                while std::time::Instant::now() < until {
+                    let resp = http
+                        .post(format!("{url}/v1/chat/completions"))
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .unwrap();
+                    let text = resp.text().await.unwrap();
+                    streams += 1;
+                    let done = text.find("data: [DONE]").expect("a complete stream");
+                    with_cost += usize::from(text[done..].contains(": x-bourse-cost-usd="));
+                }
+                (streams, with_cost)
+            })
+        })
+        .collect();
+    let mut peak = threads_of(pid);
+    while std::time::Instant::now() < until {
+        peak = peak.max(threads_of(pid));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut streams, mut with_cost) = (0, 0);
+    for c in clients {
+        let (s, w) = c.await.unwrap();
+        streams += s;
+        with_cost += w;
+    }
+    peak = peak.max(threads_of(pid));
+    child.kill().await.unwrap();
+    let _ = std::fs::remove_file(&db);
+    assert!(streams >= 64, "only {streams} streams in 3 s");
+    assert_eq!(with_cost, streams, "every usage-less stream ends with its cost comment");
+    // tokio's workers (one per core), the main thread, the tokenizer's pool, and the
+    // ledger's writer on tokio's blocking pool (one batch at a time, one more in passing).
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let bound = 2 * workers + bourse::meter::estimate::POOL_THREADS + 2;
+    assert!(peak <= bound, "{peak} threads (bound {bound} with {workers} workers)");
+}

@@ -395,7 +395,7 @@ fn render_everywhere(conv: &bourse::canonical::Conversation) {
     assert_json(&translate::render_request(conv, "m", true), "openai stream request");
     assert_json(&anthropic::render_request(conv, "m", true), "anthropic request");
     assert_json(&gemini::render_request(conv), "gemini request");
-    let _ = anthropic::count_tokens(conv);
+    let _ = anthropic::count_tokens(conv, bourse::meter::estimate::tokens);
 }
 
 fn encode_everywhere(deltas: &[Delta]) {

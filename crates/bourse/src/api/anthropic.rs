@@ -9,9 +9,11 @@
 use super::chat::{self, read_json_body};
 use crate::dialect::anthropic;
 use crate::error::{AnthropicError, Error};
+use crate::meter::estimate;
 use crate::route::Overrides;
 use crate::server::{Caller, SharedState};
 use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
@@ -22,6 +24,8 @@ pub async fn messages(state: SharedState, caller: Caller, req: Request) -> Resul
     let overrides = Overrides::from_headers(&parts.headers)?;
     Ok(chat::exchange(&state, caller, req, &overrides, &parts.headers).await)
 }
+
+static X_BOURSE_ESTIMATE: HeaderName = HeaderName::from_static("x-bourse-estimate");
 
 /// An estimate of the prompt's input tokens, counted locally with a BPE tokenizer
 /// (o200k_base): close for most models, not the upstream's exact count, and free — no
@@ -41,7 +45,18 @@ pub async fn count_tokens(state: SharedState, req: Request) -> Result<Response, 
     if state.router.route_for(&req.model, &Overrides::default())?.is_none() {
         state.providers.resolve(&req.model)?;
     }
-    let conv = anthropic::conversation(req.body())?;
-    let tokens = tokio::task::spawn_blocking(move || anthropic::count_tokens(&conv)).await.unwrap_or(0);
-    Ok(axum::Json(json!({"input_tokens": tokens})).into_response())
+    let conv = std::sync::Arc::new(anthropic::conversation(req.body())?);
+    let counted = conv.clone();
+    let (tokens, how) = state
+        .estimator
+        .count(
+            body.len(),
+            move || anthropic::count_tokens(&counted, estimate::tokens),
+            || anthropic::count_tokens(&conv, |t| estimate::heuristic(t.as_bytes())),
+        )
+        .await;
+    let mut resp = axum::Json(json!({"input_tokens": tokens})).into_response();
+    // How the count was made: the tokenizer, or its byte heuristic when the pool was busy.
+    resp.headers_mut().insert(X_BOURSE_ESTIMATE.clone(), HeaderValue::from_static(how.as_str()));
+    Ok(resp)
 }

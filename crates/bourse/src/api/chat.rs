@@ -11,10 +11,12 @@ use crate::canonical::{ChatRequest, Dialect, Usage};
 use crate::dialect::openai::{self as wire, translate};
 use crate::dialect::{anthropic, gemini, Decode, Encode};
 use crate::error::{Error, ErrorKind, Result};
+use crate::ledger::Estimate;
 use crate::ledger::LedgerEntry;
-use crate::meter::{estimate, Cost, Price};
+use crate::meter::estimate::{Answer, Counting};
+use crate::meter::{Cost, Price};
 use crate::provider::{Endpoint, Upstream};
-use crate::relay::{Mode, OnEnd, StreamEnd, StreamRelay, StreamSummary};
+use crate::relay::{Ending, Mode, OnEnd, StreamEnd, StreamRelay, StreamSummary};
 use crate::route::health::Availability;
 use crate::route::{Overrides, Routed, Target};
 use crate::server::{Caller, SharedState};
@@ -162,7 +164,7 @@ impl Attempt {
     pub(crate) fn settle(
         self,
         usage: Usage,
-        estimated: bool,
+        estimate: Option<Estimate>,
         status: u16,
         error: Option<&str>,
     ) -> (Settled, Option<Record>) {
@@ -193,7 +195,7 @@ impl Attempt {
             latency_ms: self.started.elapsed().as_millis() as u32,
             status,
             error_kind: error.map(str::to_string),
-            estimated,
+            estimate,
             stream: self.stream,
         });
         // The row travels with the state it came from (not a clone of the writer: its
@@ -215,7 +217,7 @@ impl Attempt {
                 router.health.record_failure(key, Instant::now());
             }
         }
-        let (_, record) = self.settle(Usage::default(), false, e.status().as_u16(), Some(e.label()));
+        let (_, record) = self.settle(Usage::default(), None, e.status().as_u16(), Some(e.label()));
         if let Some(r) = record {
             r.send().await;
         }
@@ -523,49 +525,35 @@ async fn attempt_chat(
         // This attempt answers the request (no fallback after a stream starts): keep the
         // body for a possible estimate without copying it.
         let request = req.take_body();
+        let estimator = state.estimator.clone();
         let on_end: OnEnd = Box::new(move |summary: StreamSummary| {
             let (status, error) = match &summary.end {
                 StreamEnd::Completed => (200, None),
                 StreamEnd::UpstreamFailed(_) => (502, Some("upstream_stream_broken")),
                 StreamEnd::ClientGone => (499, Some("client_disconnected")),
             };
-            match summary.usage {
-                Some(usage) => {
-                    let (settled, record) = attempt.settle(usage, false, status, error);
-                    if let Some(r) = record {
-                        r.send_detached();
-                    }
-                    Some(money_comment(&settled))
+            if let Some(usage) = summary.usage {
+                let (settled, record) = attempt.settle(usage, None, status, error);
+                if let Some(r) = record {
+                    r.send_detached();
                 }
-                // The usage never came: count the tokens with the tokenizer, off the
-                // async workers (its first use loads ~30 MB of BPE tables). The client is
-                // gone or has its error event, so no cost comment follows.
-                None => {
-                    let estimate = move || {
-                        let output = if summary.data.is_empty() {
-                            estimate::tokens(&summary.text)
-                        } else {
-                            estimate::completion_tokens(&summary.data)
-                        };
-                        let usage = Usage {
-                            input_uncached: estimate::prompt_tokens(request.map()),
-                            output,
-                            ..Usage::default()
-                        };
-                        if let (_, Some(r)) = attempt.settle(usage, true, status, error) {
-                            r.send_detached();
-                        }
-                    };
-                    match tokio::runtime::Handle::try_current() {
-                        Ok(rt) => drop(rt.spawn_blocking(estimate)),
-                        Err(_) => estimate(),
-                    }
-                    None
-                }
+                return Ending::Now(Some(money_comment(&settled)));
             }
+            // The usage never came: count the tokens (on the tokenizer's pool), then settle.
+            // A stream that ended normally gets its cost comment once that is done.
+            let counting = Counting { request, answer: Answer::Streamed(summary.transcript) };
+            let completed = summary.end == StreamEnd::Completed;
+            Ending::Later(Box::pin(async move {
+                let (usage, how) = estimator.usage(counting).await;
+                let (settled, record) = attempt.settle(usage, Some(how), status, error);
+                if let Some(r) = record {
+                    r.send().await;
+                }
+                completed.then(|| money_comment(&settled))
+            }))
         });
         let mode = stream_mode(req, upstream, json_tool);
-        let relay = StreamRelay::new(resp, target.provider.clone(), mode, Some(on_end));
+        let relay = StreamRelay::new(resp, target.provider.clone(), mode, state.estimator.transcript(), Some(on_end));
         let mut out = Response::new(Body::from_stream(relay));
         let h = out.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -583,24 +571,17 @@ async fn attempt_chat(
         Err(e) => return Err(attempt.fail(e).await),
     };
     attempt.healthy();
-    let (usage, estimated) = match usage {
-        Some(u) => (u, false),
+    let (usage, estimate) = match usage {
+        Some(u) => (u, None),
         None => {
-            // The request is answered: its body moves to the blocking thread (and is
+            // The request is answered: its body moves to the tokenizer's pool (and is
             // parsed there if it never was).
-            let request = req.take_body();
-            let resp_bytes = bytes.clone();
-            let counted = tokio::task::spawn_blocking(move || Usage {
-                input_uncached: estimate::prompt_tokens(request.map()),
-                output: estimate::response_completion_tokens(&resp_bytes),
-                ..Usage::default()
-            })
-            .await
-            .unwrap_or_default();
-            (counted, true)
+            let counting = Counting { request: req.take_body(), answer: Answer::Body(bytes.clone()) };
+            let (usage, how) = state.estimator.usage(counting).await;
+            (usage, Some(how))
         }
     };
-    let (settled, record) = attempt.settle(usage, estimated, status.as_u16(), None);
+    let (settled, record) = attempt.settle(usage, estimate, status.as_u16(), None);
     if let Some(r) = record {
         r.send().await;
     }

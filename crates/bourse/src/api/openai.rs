@@ -50,11 +50,18 @@ pub async fn embeddings(state: SharedState, caller: Caller, req: Request) -> Res
             return Ok(error_response(attempt.fail(not_json(&target)).await, &target, Dialect::OpenAi))
         }
     };
-    let (usage, estimated) = match usage {
-        Some(u) => (u, false),
-        None => (Usage { input_uncached: estimate::embedding_input_tokens(&req.body), ..Usage::default() }, true),
+    let (usage, estimate) = match usage {
+        Some(u) => (u, None),
+        None => {
+            let input = std::sync::Arc::new(req.body.remove("input").unwrap_or_default());
+            let counted = input.clone();
+            let heuristic = || estimate::heuristic(input.to_string().as_bytes());
+            let (tokens, how) =
+                state.estimator.count(bytes.len(), move || estimate::embedding_input_tokens(&counted), heuristic).await;
+            (Usage { input_uncached: tokens, ..Usage::default() }, Some(how))
+        }
     };
-    let (settled, record) = attempt.settle(usage, estimated, status.as_u16(), None);
+    let (settled, record) = attempt.settle(usage, estimate, status.as_u16(), None);
     if let Some(r) = record {
         r.send().await;
     }

@@ -260,12 +260,12 @@ fn part_text(part: &Part, text: &mut String, images: &mut u64) {
 }
 
 /// Estimated input tokens of a request, for `POST /v1/messages/count_tokens`. This is an
-/// ESTIMATE, not Anthropic's count: text is counted with the gateway's BPE tokenizer
-/// ([`crate::meter::estimate::tokens`]) over the system text, message text, tool_use
-/// inputs, tool results and tool definitions (as JSON, including a JSON-mode schema),
-/// plus a per-message overhead, a flat allowance per image, and the tool-use system
-/// prompt Anthropic adds when tools are present.
-pub fn count_tokens(conv: &Conversation) -> u64 {
+/// ESTIMATE, not Anthropic's count: `count` (the gateway's BPE tokenizer, or its byte
+/// heuristic when that is busy) over the system text, message text, tool_use inputs, tool
+/// results and tool definitions (as JSON, including a JSON-mode schema), plus a
+/// per-message overhead, a flat allowance per image, and the tool-use system prompt
+/// Anthropic adds when tools are present.
+pub fn count_tokens(conv: &Conversation, count: impl FnOnce(&str) -> u64) -> u64 {
     let mut text = String::new();
     let mut images = 0;
     for s in &conv.system {
@@ -285,10 +285,7 @@ pub fn count_tokens(conv: &Conversation) -> u64 {
     }
     let tools_prompt =
         if conv.tools.is_empty() && !conv.response_format.is_json() { 0 } else { TOOL_USE_PROMPT_TOKENS };
-    crate::meter::estimate::tokens(&text)
-        + conv.messages.len() as u64 * PER_MESSAGE_OVERHEAD
-        + images * IMAGE_TOKENS
-        + tools_prompt
+    count(&text) + conv.messages.len() as u64 * PER_MESSAGE_OVERHEAD + images * IMAGE_TOKENS + tools_prompt
 }
 
 #[cfg(test)]

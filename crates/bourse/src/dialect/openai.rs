@@ -471,6 +471,70 @@ fn details(v: scan::Raw<'_>, field: &str) -> Option<Option<Option<u64>>> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotJson;
 
+/// The answer's text in a stream chunk, piece by piece: the string values of `content`,
+/// `reasoning_content` and `arguments` (tool calls), for a usage estimate should the
+/// upstream never report one. Runs on every relayed chunk, so it looks only for those
+/// three member names and does not check the rest of the JSON; a value with escapes is
+/// decoded by serde_json. Text is all it needs to be right about: its count is an estimate.
+pub fn delta_text(data: &str, mut text: impl FnMut(&str)) {
+    let b = data.as_bytes();
+    let mut at = 0;
+    while let Some(q) = memchr_quote_colon(b, at) {
+        // `q` is the closing quote of a member name: `"name"` then `:`.
+        let name_end = q;
+        let Some(name_start) = b[..name_end].iter().rposition(|&c| c == b'"') else { break };
+        let name = &b[name_start + 1..name_end];
+        let mut v = q + 1;
+        while v < b.len() && (b[v] == b':' || b[v].is_ascii_whitespace()) {
+            v += 1;
+        }
+        at = v.max(q + 1);
+        if b.get(v) != Some(&b'"') {
+            continue;
+        }
+        // The string's end: the next quote not escaped. Strings of other members are
+        // skipped whole, so nothing inside them is taken for a member name.
+        let mut end = v + 1;
+        let mut escaped = false;
+        while end < b.len() && b[end] != b'"' {
+            escaped |= b[end] == b'\\';
+            end += if b[end] == b'\\' { 2 } else { 1 };
+        }
+        if end >= b.len() {
+            break;
+        }
+        at = end + 1;
+        if !matches!(name, b"content" | b"reasoning_content" | b"arguments") {
+            continue;
+        }
+        if escaped {
+            if let Ok(s) = serde_json::from_str::<String>(&data[v..=end]) {
+                text(&s);
+            }
+        } else {
+            text(&data[v + 1..end]);
+        }
+    }
+}
+
+/// The position of the next `"` that is followed (after optional whitespace) by `:`, from
+/// `from`: the end of a member name.
+fn memchr_quote_colon(b: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(off) = b.get(i..)?.iter().position(|&c| c == b'"') {
+        let q = i + off;
+        let mut j = q + 1;
+        while j < b.len() && b[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        if b.get(j) == Some(&b':') {
+            return Some(q);
+        }
+        i = q + 1;
+    }
+    None
+}
+
 /// Cheap test for whether a stream chunk carries a non-null `usage` object, so that only
 /// that chunk is parsed on the hot path.
 pub fn chunk_has_usage(data: &str) -> bool {
@@ -570,6 +634,34 @@ pub fn parse_vendor_error(body: &[u8]) -> VendorError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn texts(data: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        delta_text(data, |t| out.push(t.to_string()));
+        out
+    }
+
+    #[test]
+    fn delta_text_reads_content_reasoning_and_tool_arguments() {
+        let c =
+            r#"{"id":"x","choices":[{"index":0,"delta":{"role":"assistant","content":"Hello"},"finish_reason":null}]}"#;
+        assert_eq!(texts(c), ["Hello"]);
+        let r = r#"{"choices":[{"delta":{"reasoning_content":"think","content":null}}]}"#;
+        assert_eq!(texts(r), ["think"]);
+        let t =
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"f","arguments":"{\"a\":1}"}}]}}]}"#;
+        assert_eq!(texts(t), [r#"{"a":1}"#], "escapes are decoded");
+        // Spaces around the colon (Python servers), and a newline escape.
+        assert_eq!(texts(r#"{"choices": [{"delta": {"content" : "a\nb"}}]}"#), ["a\nb"]);
+        // A member name inside another string is not a member.
+        let tricky = r#"{"id":"\"content\":\"no","choices":[{"delta":{"content":"yes"}}]}"#;
+        assert_eq!(texts(tricky), ["yes"]);
+        // Cut short: nothing past the break, and no panic.
+        assert_eq!(texts(r#"{"choices":[{"delta":{"content":"unterminated"#), Vec::<String>::new());
+        for cut in 0..c.len() {
+            let _ = texts(&c[..cut]);
+        }
+    }
 
     fn err_param(body: &str) -> (ErrorKind, Option<String>) {
         let e = parse_chat_request(&Bytes::copy_from_slice(body.as_bytes())).unwrap_err();

@@ -10,7 +10,7 @@
 //! single round trip, whatever the batch size.
 
 use super::report::{GroupBy, ReportQuery, ReportRow};
-use super::{count_to_db, from_db, LedgerEntry, LedgerError, Migration};
+use super::{count_to_db, from_db, Estimate, LedgerEntry, LedgerError, Migration};
 use crate::canonical::Usage;
 use crate::timespec::now_ms;
 use std::fmt;
@@ -18,8 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 
-const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, sql: include_str!("../../migrations/postgres/0001_ledger.sql") }];
+const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, sql: include_str!("../../migrations/postgres/0001_ledger.sql") },
+    Migration { version: 2, sql: include_str!("../../migrations/postgres/0002_estimator.sql") },
+];
 
 /// Key for `pg_advisory_xact_lock`, so gateways starting together migrate one at a time
 /// (`CREATE TABLE IF NOT EXISTS` alone still races in PostgreSQL). Arbitrary but fixed.
@@ -35,7 +37,7 @@ const INSERT: &str = concat!(
     ") SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], ",
     "$7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], ",
     "$14::bigint[], $15::text[], $16::bigint[], $17::bigint[], $18::integer[], $19::text[], $20::boolean[], ",
-    "$21::boolean[])"
+    "$21::boolean[], $22::text[])"
 );
 
 const SELECT_BY_REQUEST: &str =
@@ -118,8 +120,9 @@ impl PostgresLedger {
         let latency_ms = col(|r| i64::from(r.latency_ms));
         let status: Vec<i32> = rows.iter().map(|r| i32::from(r.status)).collect();
         let error_kind: Vec<Option<&str>> = rows.iter().map(|r| r.error_kind.as_deref()).collect();
-        let estimated: Vec<bool> = rows.iter().map(|r| r.estimated).collect();
+        let estimated: Vec<bool> = rows.iter().map(LedgerEntry::estimated).collect();
         let stream: Vec<bool> = rows.iter().map(|r| r.stream).collect();
+        let estimator: Vec<Option<&str>> = rows.iter().map(|r| r.estimate.map(Estimate::as_str)).collect();
 
         let conn = self.conn().await?;
         conn.client
@@ -147,6 +150,7 @@ impl PostgresLedger {
                     &error_kind,
                     &estimated,
                     &stream,
+                    &estimator,
                 ],
             )
             .await?;
@@ -243,7 +247,7 @@ fn entry(row: &Row) -> Result<LedgerEntry, LedgerError> {
         latency_ms: from_db(row.try_get(16)?, "latency_ms")?,
         status: from_db(i64::from(row.try_get::<_, i32>(17)?), "status")?,
         error_kind: row.try_get(18)?,
-        estimated: row.try_get(19)?,
+        estimate: Estimate::from_columns(row.try_get(19)?, row.try_get::<_, Option<&str>>(21)?),
         stream: row.try_get(20)?,
     })
 }

@@ -6,7 +6,7 @@
 //! Each connection sits behind a mutex because a `Connection` is not `Sync`.
 
 use super::report::{GroupBy, ReportQuery, ReportRow};
-use super::{count_to_db, from_db, LedgerEntry, LedgerError, Migration};
+use super::{count_to_db, from_db, Estimate, LedgerEntry, LedgerError, Migration};
 use crate::canonical::Usage;
 use crate::timespec::now_ms;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -18,6 +18,7 @@ use std::time::Duration;
 const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, sql: include_str!("../../migrations/sqlite/0001_ledger.sql") },
     Migration { version: 2, sql: include_str!("../../migrations/sqlite/0002_drop_ts_index.sql") },
+    Migration { version: 3, sql: include_str!("../../migrations/sqlite/0003_estimator.sql") },
 ];
 
 /// How long a statement waits for another process's lock (e.g. a `sqlite3` shell running
@@ -26,7 +27,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Columns per ledger row, and rows per multi-row insert (21 × 32 = 672 bound
 /// values, far below SQLite's 32,766 limit).
-const COLUMNS: usize = 21;
+const COLUMNS: usize = 22;
 const ROWS_PER_INSERT: usize = 32;
 
 /// A batch cut into multi-row inserts: chunks of `ROWS_PER_INSERT`, then the rest in
@@ -117,8 +118,9 @@ fn bind(stmt: &mut rusqlite::Statement<'_>, rows: &[LedgerEntry]) -> rusqlite::R
         stmt.raw_bind_parameter(at + 17, r.latency_ms)?;
         stmt.raw_bind_parameter(at + 18, r.status)?;
         stmt.raw_bind_parameter(at + 19, &r.error_kind)?;
-        stmt.raw_bind_parameter(at + 20, r.estimated)?;
+        stmt.raw_bind_parameter(at + 20, r.estimated())?;
         stmt.raw_bind_parameter(at + 21, r.stream)?;
+        stmt.raw_bind_parameter(at + 22, r.estimate.map(Estimate::as_str))?;
     }
     Ok(())
 }
@@ -318,7 +320,7 @@ fn entry(row: &rusqlite::Row<'_>) -> Result<LedgerEntry, LedgerError> {
         latency_ms: from_db(row.get(16)?, "latency_ms")?,
         status: from_db(row.get(17)?, "status")?,
         error_kind: row.get(18)?,
-        estimated: row.get(19)?,
+        estimate: Estimate::from_columns(row.get(19)?, row.get::<_, Option<String>>(21)?.as_deref()),
         stream: row.get(20)?,
     })
 }
@@ -361,7 +363,7 @@ mod tests {
             latency_ms: 2,
             status: 200,
             error_kind: None,
-            estimated: false,
+            estimate: None,
             stream: false,
         }
     }
@@ -384,18 +386,33 @@ mod tests {
             .unwrap();
             tx.execute_batch(MIGRATIONS[0].sql).unwrap();
             tx.execute("INSERT INTO schema_migrations VALUES (1, 0)", []).unwrap();
+            // A row as version 1 wrote it: estimated, with no `estimator` column yet.
+            tx.execute(
+                "INSERT INTO ledger (request_id, attempt, ts_ms, provider, model, input_uncached, input_cache_read,
+                 input_cache_write, output, output_reasoning, cost_nanos, reference_cost_nanos, catalog_version,
+                 ttfb_ms, latency_ms, status, estimated, stream)
+                 VALUES ('before', 1, 1700000000000, 'p', 'm', 3, 0, 0, 4, 0, 7, 9, 'v', 1, 2, 200, 1, 0)",
+                [],
+            )
+            .unwrap();
             tx.commit().unwrap();
-            insert(&mut conn, &[entry("before")]).unwrap();
             let indexes = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ledger' ORDER BY 1";
             assert_eq!(names(&conn, indexes), ["ledger_request_id", "ledger_ts_ms"]);
         }
         let ledger = SqliteLedger::open(db.0.to_str().unwrap()).await.unwrap();
         assert_eq!(ledger.count().await.unwrap(), 1, "the rows stay");
-        assert_eq!(ledger.rows("before").await.unwrap(), [entry("before")]);
+        // Estimated before the column existed: counted with the tokenizer, as all were then.
+        let before = LedgerEntry { estimate: Some(Estimate::Tokenizer), ..entry("before") };
+        assert_eq!(ledger.rows("before").await.unwrap(), [before]);
+        ledger.append(vec![LedgerEntry { estimate: Some(Estimate::Heuristic), ..entry("after") }]).await.1.unwrap();
+        assert_eq!(ledger.rows("after").await.unwrap()[0].estimate, Some(Estimate::Heuristic));
         let conn = lock(&ledger.inner.reader);
         let indexes = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ledger' ORDER BY 1";
         assert_eq!(names(&conn, indexes), ["ledger_request_id"], "the unused time index is gone");
-        assert_eq!(names(&conn, "SELECT CAST(version AS TEXT) FROM schema_migrations ORDER BY version"), ["1", "2"]);
+        assert_eq!(
+            names(&conn, "SELECT CAST(version AS TEXT) FROM schema_migrations ORDER BY version"),
+            ["1", "2", "3"]
+        );
     }
 
     /// Statements are `INSERT OR FAIL` (no statement journal): a row refused in the second

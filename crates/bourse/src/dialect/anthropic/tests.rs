@@ -677,12 +677,13 @@ fn vendor_errors_read_type_code_and_message() {
 
 #[test]
 fn token_count_estimate_covers_every_input() {
+    use crate::meter::estimate::tokens;
     let base = Conversation {
         system: vec![Text { text: "You are terse.".into(), cache_control: None }],
         messages: vec![Message { role: Role::User, parts: vec![text("What is the capital of France?")] }],
         ..Default::default()
     };
-    let plain = count_tokens(&base);
+    let plain = count_tokens(&base, tokens);
     let only_text = crate::meter::estimate::tokens("You are terse.\nWhat is the capital of France?\n");
     assert!(plain >= only_text && plain <= only_text + 10, "{plain} vs {only_text}");
 
@@ -693,7 +694,7 @@ fn token_count_estimate_covers_every_input() {
         cache_control: None,
     };
     let with_tools = Conversation { tools: vec![long_tool], ..base.clone() };
-    assert!(count_tokens(&with_tools) > plain + 20);
+    assert!(count_tokens(&with_tools, tokens) > plain + 20);
 
     let mut loop_conv = base.clone();
     loop_conv.messages.push(Message {
@@ -713,11 +714,11 @@ fn token_count_estimate_covers_every_input() {
             cache_control: None,
         }],
     });
-    let with_loop = count_tokens(&loop_conv);
+    let with_loop = count_tokens(&loop_conv, tokens);
     assert!(with_loop > plain + 10, "{with_loop} vs {plain}");
     let mut with_image = base;
     with_image.messages[0]
         .parts
         .push(Part::Image { source: ImageSource::Url("https://x/y.png".into()), cache_control: None });
-    assert!(count_tokens(&with_image) >= plain + IMAGE_TOKENS);
+    assert!(count_tokens(&with_image, tokens) >= plain + IMAGE_TOKENS);
 }
