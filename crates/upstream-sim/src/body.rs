@@ -6,15 +6,22 @@
 //! hot path free of task spawns and channel hops, and lets the body itself
 //! notice cancellation: hyper drops the body when the client goes away, and
 //! `Drop` on an unfinished stream is exactly "the body receiver was dropped".
+//!
+//! A frame may carry send-time stamps (`stamp_chunks`): fixed-width slots that
+//! are filled with the current Unix time in microseconds when the frame is
+//! handed to hyper, not when the script is built. A long paced run of frames can
+//! also be left to a [`FrameSource`] that writes each one as it is sent, so a
+//! stream of thousands of tokens does not hold them all in memory.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
@@ -25,11 +32,26 @@ use crate::server::Shared;
 /// One step of a scripted body.
 enum Step {
     Data(Bytes),
+    /// Data with stamp slots at these offsets, filled in as the frame is sent.
+    Stamped(Vec<u8>, Vec<usize>),
     Wait(Duration),
     /// Return `Pending` once so hyper flushes what it has buffered.
     Flush,
     /// Fail the body, which makes hyper abort the connection mid-response.
     Abort,
+    /// Frames `next..end` of `source`, each sent after a pause of `delay`.
+    Paced {
+        source: Box<dyn FrameSource>,
+        next: usize,
+        end: usize,
+        delay: Duration,
+    },
+}
+
+/// Frames written when they are sent rather than when the script is built.
+pub(crate) trait FrameSource: Send {
+    /// Appends frame `i` to `out`.
+    fn frame(&self, i: usize, out: &mut Vec<u8>);
 }
 
 /// Builds a script, coalescing consecutive writes into one frame so a stream
@@ -38,8 +60,13 @@ enum Step {
 pub(crate) struct Script {
     steps: Vec<Step>,
     buf: Vec<u8>,
+    /// Offsets in `buf` of stamp slots.
+    stamps: Vec<usize>,
     declared_len: Option<u64>,
 }
+
+/// Width of a stamp slot: microseconds since 1970 have 16 digits from 2001 to 2286.
+pub(crate) const STAMP_WIDTH: usize = 16;
 
 impl Script {
     /// Appends bytes to the current frame.
@@ -52,10 +79,22 @@ impl Script {
         &mut self.buf
     }
 
+    /// Appends a slot for the send time (Unix microseconds, a JSON number
+    /// padded with leading spaces to [`STAMP_WIDTH`]), filled when the frame
+    /// holding it is sent.
+    pub(crate) fn stamp(&mut self) {
+        self.stamps.push(self.buf.len());
+        self.buf.extend_from_slice(&[b' '; STAMP_WIDTH]);
+    }
+
     fn flush(&mut self) {
         if !self.buf.is_empty() {
-            let data = Bytes::from(std::mem::take(&mut self.buf));
-            self.steps.push(Step::Data(data));
+            let buf = std::mem::take(&mut self.buf);
+            if self.stamps.is_empty() {
+                self.steps.push(Step::Data(Bytes::from(buf)));
+            } else {
+                self.steps.push(Step::Stamped(buf, std::mem::take(&mut self.stamps)));
+            }
         }
     }
 
@@ -64,6 +103,16 @@ impl Script {
         if ms > 0 {
             self.flush();
             self.steps.push(Step::Wait(Duration::from_millis(ms)));
+        }
+    }
+
+    /// Sends what was written so far, then frames `range` of `source`, each
+    /// after a pause of `ms`, written as they are sent.
+    pub(crate) fn paced(&mut self, ms: u64, range: Range<usize>, source: Box<dyn FrameSource>) {
+        self.flush();
+        if !range.is_empty() {
+            let delay = Duration::from_millis(ms);
+            self.steps.push(Step::Paced { source, next: range.start, end: range.end, delay });
         }
     }
 
@@ -165,15 +214,24 @@ impl Body for SimBody {
                         cx.waker().wake_by_ref();
                         return Poll::Pending;
                     }
-                    Some(Step::Data(data)) => {
-                        // hyper may stop polling once `is_end_stream` is true,
-                        // so the last frame is where a stream counts as done.
-                        if steps.is_empty() {
-                            if let Some(g) = guard {
-                                g.complete();
-                            }
+                    Some(Step::Data(data)) => return Poll::Ready(Some(Ok(data_frame(steps, guard, data)))),
+                    Some(Step::Stamped(mut buf, slots)) => {
+                        fill_stamps(&mut buf, &slots, unix_micros());
+                        return Poll::Ready(Some(Ok(data_frame(steps, guard, Bytes::from(buf)))));
+                    }
+                    Some(Step::Paced { source, next, end, delay }) => {
+                        let timer = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
+                        if timer.as_mut().poll(cx).is_pending() {
+                            steps.push_front(Step::Paced { source, next, end, delay });
+                            return Poll::Pending;
                         }
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                        *sleep = None;
+                        let mut buf = Vec::with_capacity(384);
+                        source.frame(next, &mut buf);
+                        if next + 1 < end {
+                            steps.push_front(Step::Paced { source, next: next + 1, end, delay });
+                        }
+                        return Poll::Ready(Some(Ok(data_frame(steps, guard, Bytes::from(buf)))));
                     }
                     Some(Step::Abort) => {
                         steps.clear();
@@ -200,5 +258,70 @@ impl Body for SimBody {
             Inner::Script { declared_len: Some(len), .. } => SizeHint::with_exact(*len),
             Inner::Script { .. } => SizeHint::default(),
         }
+    }
+}
+
+/// A data frame; hyper may stop polling once `is_end_stream` is true, so the
+/// last frame is where a stream counts as done.
+fn data_frame(steps: &VecDeque<Step>, guard: &mut Option<StreamGuard>, data: Bytes) -> Frame<Bytes> {
+    if steps.is_empty() {
+        if let Some(g) = guard {
+            g.complete();
+        }
+    }
+    Frame::data(data)
+}
+
+/// Appends a stamp slot already filled with the current time, for frames
+/// written as they are sent.
+pub(crate) fn push_stamp_now(out: &mut Vec<u8>) {
+    let at = out.len();
+    out.extend_from_slice(&[b' '; STAMP_WIDTH]);
+    fill_stamps(out, &[at], unix_micros());
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Writes `micros` right-aligned into each [`STAMP_WIDTH`]-byte slot (leading
+/// spaces are JSON whitespace); a value too wide for the slot is capped at all nines.
+fn fill_stamps(buf: &mut [u8], slots: &[usize], micros: u64) {
+    let mut digits = [b' '; STAMP_WIDTH];
+    let mut v = micros.min(10u64.pow(STAMP_WIDTH as u32) - 1);
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for &at in slots {
+        if let Some(slot) = buf.get_mut(at..at + STAMP_WIDTH) {
+            slot.copy_from_slice(&digits);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_fill_their_slots() {
+        let mut script = Script::default();
+        script.push(b"{\"a\":");
+        script.stamp();
+        script.push(b"}{\"b\":");
+        script.stamp();
+        script.push(b"}");
+        script.flush();
+        let Some(Step::Stamped(mut buf, slots)) = script.steps.pop() else { panic!("not stamped") };
+        fill_stamps(&mut buf, &slots, 1_733_000_000_123_456);
+        assert_eq!(buf, b"{\"a\":1733000000123456}{\"b\":1733000000123456}");
+        fill_stamps(&mut buf, &slots, 42);
+        assert_eq!(buf, b"{\"a\":              42}{\"b\":              42}");
+        fill_stamps(&mut buf, &slots, u64::MAX);
+        assert_eq!(buf, b"{\"a\":9999999999999999}{\"b\":9999999999999999}");
     }
 }

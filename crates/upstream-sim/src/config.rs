@@ -47,6 +47,11 @@ pub struct SimConfig {
     /// `None`: every model request fails with `failure`. `Some(n)`: only the
     /// first `n` model requests after this config was set fail, then all succeed.
     pub fail_first_n: Option<u32>,
+    /// OpenAI chat streams: every chunk gets a top-level `"sim_sent_us"` member,
+    /// the Unix time in microseconds (system clock) at which the chunk was handed
+    /// to the connection, so a client on the same machine can measure each
+    /// token's transit time through a proxy.
+    pub stamp_chunks: bool,
 }
 
 impl Default for SimConfig {
@@ -66,6 +71,7 @@ impl Default for SimConfig {
             embedding_dims: 8,
             failure: Failure::None,
             fail_first_n: None,
+            stamp_chunks: false,
         }
     }
 }

@@ -20,7 +20,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
-use crate::body::{Script, SimBody};
+use crate::body::{push_stamp_now, FrameSource, Script, SimBody};
 use crate::config::{Failure, SimConfig, UsageChunkChoices, UsageStyle};
 use crate::server::{Ctx, Reply};
 use crate::text;
@@ -511,7 +511,7 @@ fn stream_chat(ctx: &Ctx, answer: &Answer<'_>, include_usage: bool, failure: &Fa
         None => events.extend(answer.content.iter().map(|c| Event::Content(c))),
     }
 
-    let writer = ChunkWriter::new(answer, include_usage);
+    let writer = ChunkWriter::new(answer, include_usage, config.stamp_chunks);
     let mut script = Script::default();
     preamble(&mut script, config.ttft_ms, config.keepalive_comments, b": keep-alive\n\n");
 
@@ -538,7 +538,19 @@ fn stream_chat(ctx: &Ctx, answer: &Answer<'_>, include_usage: bool, failure: &Fa
         Failure::DropMidStream { after_chunks } => Some(*after_chunks as usize),
         _ => None,
     };
+    // A plain paced answer (token i is `answer_token(i)`) is written chunk by chunk as it
+    // is sent: built up front, a long stream would hold every chunk per connection.
+    let plain = config.chunk_delay_ms > 0
+        && drop_after.is_none()
+        && answer.reasoning.is_empty()
+        && answer.tool_call.is_none()
+        && answer.content.iter().enumerate().all(|(i, c)| *c == text::answer_token(i));
     for (i, event) in events.iter().enumerate() {
+        if plain && i == 1 {
+            let source = PlainDeltas { head: writer.head.clone(), usage_null: writer.usage_null, stamp: writer.stamp };
+            script.paced(config.chunk_delay_ms, 1..events.len(), Box::new(source));
+            break;
+        }
         if i > 0 {
             script.wait(config.chunk_delay_ms);
         }
@@ -592,14 +604,16 @@ struct ChunkWriter<'a> {
     answer: &'a Answer<'a>,
     /// With `include_usage`, every chunk before the usage chunk carries `"usage":null`.
     usage_null: bool,
+    /// `stamp_chunks`: every chunk ends with `"sim_sent_us":<send time>`.
+    stamp: bool,
     /// `data: {"id":...,"choices":[{"index":0,"delta":` — identical for every
     /// delta chunk of the answer, so it is serialized once, not per token.
     head: Vec<u8>,
 }
 
 impl<'a> ChunkWriter<'a> {
-    fn new(answer: &'a Answer<'a>, usage_null: bool) -> ChunkWriter<'a> {
-        let mut writer = ChunkWriter { answer, usage_null, head: Vec::new() };
+    fn new(answer: &'a Answer<'a>, usage_null: bool, stamp: bool) -> ChunkWriter<'a> {
+        let mut writer = ChunkWriter { answer, usage_null, stamp, head: Vec::new() };
         let mut head = Vec::with_capacity(256);
         writer.chunk_into(&mut head, Choices::Absent, UsageField::Omit);
         // Reopen the object (drop `}\n\n`) and start the choice.
@@ -624,24 +638,39 @@ impl<'a> ChunkWriter<'a> {
 
     /// A chunk with one choice and no finish reason: the per-token hot path.
     fn delta(&self, script: &mut Script, delta: Delta<'_>) {
-        script.push(&self.head);
-        write_json(script.buf(), &delta);
-        script.push(br#","logprobs":null,"finish_reason":null}]"#);
-        if self.usage_null {
-            script.push(br#","usage":null"#);
-        }
-        script.push(b"}\n\n");
+        delta_chunk_open(script.buf(), &self.head, &delta, self.usage_null);
+        self.close(script);
     }
 
     fn finish(&self, script: &mut Script, finish_reason: &str) {
         let usage = if self.usage_null { UsageField::Null } else { UsageField::Omit };
         let choice =
             ChunkChoice { index: 0, delta: Delta::default(), logprobs: (), finish_reason: Some(finish_reason) };
-        self.chunk_into(script.buf(), Choices::One([choice]), usage);
+        self.serialized(script, Choices::One([choice]), usage);
     }
 
     fn usage(&self, script: &mut Script, choices: Choices<'_>) {
-        self.chunk_into(script.buf(), choices, UsageField::Some(&self.answer.usage));
+        self.serialized(script, choices, UsageField::Some(&self.answer.usage));
+    }
+
+    /// A whole chunk from [`Self::chunk_into`], reopened for the stamp if there is one.
+    fn serialized(&self, script: &mut Script, choices: Choices<'_>, usage: UsageField<'_>) {
+        self.chunk_into(script.buf(), choices, usage);
+        if self.stamp {
+            let buf = script.buf();
+            // Drop `}\n\n`; `close` writes it back after the stamp.
+            buf.truncate(buf.len().saturating_sub(3));
+            self.close(script);
+        }
+    }
+
+    /// Ends a chunk: the stamp slot if asked for, then `}` and the event's blank line.
+    fn close(&self, script: &mut Script) {
+        if self.stamp {
+            script.push(br#","sim_sent_us":"#);
+            script.stamp();
+        }
+        script.push(b"}\n\n");
     }
 
     fn chunk_into(&self, out: &mut Vec<u8>, choices: Choices<'_>, usage: UsageField<'_>) {
@@ -660,6 +689,37 @@ impl<'a> ChunkWriter<'a> {
             },
         );
         out.extend_from_slice(b"\n\n");
+    }
+}
+
+/// A delta chunk up to its closing brace: `head`, the delta, the choice's tail and,
+/// with `usage_null`, `"usage":null`.
+fn delta_chunk_open(out: &mut Vec<u8>, head: &[u8], delta: &Delta<'_>, usage_null: bool) {
+    out.extend_from_slice(head);
+    write_json(out, delta);
+    out.extend_from_slice(br#","logprobs":null,"finish_reason":null}]"#);
+    if usage_null {
+        out.extend_from_slice(br#","usage":null"#);
+    }
+}
+
+/// The content chunks of a plain answer, written as they are sent: chunk `i`
+/// carries `answer_token(i)`, stamped with the time it is written.
+struct PlainDeltas {
+    head: Vec<u8>,
+    usage_null: bool,
+    stamp: bool,
+}
+
+impl FrameSource for PlainDeltas {
+    fn frame(&self, i: usize, out: &mut Vec<u8>) {
+        let delta = Delta { content: Some(Some(text::answer_token(i))), ..Delta::default() };
+        delta_chunk_open(out, &self.head, &delta, self.usage_null);
+        if self.stamp {
+            out.extend_from_slice(br#","sim_sent_us":"#);
+            push_stamp_now(out);
+        }
+        out.extend_from_slice(b"}\n\n");
     }
 }
 

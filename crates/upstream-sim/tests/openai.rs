@@ -416,6 +416,76 @@ async fn chunk_delay_spaces_chunks() {
 }
 
 #[tokio::test]
+async fn paced_chunks_match_unpaced() {
+    // Paced plain answers are written chunk by chunk as they are sent; the chunks must be
+    // the same as those of an unpaced answer built up front (but for id and created).
+    let strip = |chunks: Vec<Value>| -> Vec<Value> {
+        chunks
+            .into_iter()
+            .map(|mut c| {
+                let o = c.as_object_mut().unwrap();
+                o.remove("id");
+                o.remove("created");
+                c
+            })
+            .collect()
+    };
+    let mut body = chat_body(true);
+    body["stream_options"] = json!({"include_usage": true});
+    for (output_tokens, include_usage) in [(30, true), (30, false), (1, true), (2, false)] {
+        if !include_usage {
+            body.as_object_mut().unwrap().remove("stream_options");
+        }
+        let sim = sim(SimConfig { output_tokens, chunk_delay_ms: 1, ..SimConfig::default() }).await;
+        let paced = strip(stream_chunks(&sim, &body).await);
+        sim.set_config(SimConfig { output_tokens, ..SimConfig::default() });
+        let unpaced = strip(stream_chunks(&sim, &body).await);
+        assert_eq!(paced, unpaced, "{output_tokens} tokens, include_usage {include_usage}");
+        let stats = wait_for_stats(&sim, |s| s.completed_streams == 2).await;
+        assert_eq!(stats.completed_streams, 2);
+    }
+}
+
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64
+}
+
+#[tokio::test]
+async fn stamp_chunks_adds_send_time() {
+    // Off by default: no extra member.
+    let sim = sim(SimConfig { output_tokens: 2, ..SimConfig::default() }).await;
+    let chunks = stream_chunks(&sim, &chat_body(true)).await;
+    assert!(chunks.iter().all(|c| c.get("sim_sent_us").is_none()));
+
+    // On: every chunk (role, content, finish, usage) carries its own send time, in order,
+    // the paced ones at least the pacing apart; non-streaming answers are untouched.
+    sim.set_config(SimConfig { stamp_chunks: true, chunk_delay_ms: 30, output_tokens: 4, ..SimConfig::default() });
+    let mut body = chat_body(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let before = unix_micros();
+    let chunks = stream_chunks(&sim, &body).await;
+    let after = unix_micros();
+    assert_eq!(chunks.len(), 7, "{chunks:#?}");
+    let stamps: Vec<u64> = chunks.iter().map(|c| c["sim_sent_us"].as_u64().expect("stamp")).collect();
+    assert!(stamps.iter().all(|&t| before <= t && t <= after), "{stamps:?} not in [{before}, {after}]");
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{stamps:?}");
+    // Content chunks 1..=4: three paced gaps.
+    for w in stamps[1..5].windows(2) {
+        assert!(w[1] - w[0] >= 30_000, "{stamps:?}");
+    }
+    assert_eq!(delta_texts(&chunks, "content"), "lorem ipsum dolor sit");
+    assert!(chunks[6]["usage"].is_object());
+    let v = post_json(&sim, "/chat/completions", &chat_body(false)).await;
+    assert!(v.get("sim_sent_us").is_none());
+
+    // Unpaced chunks share one frame and one send time.
+    sim.set_config(SimConfig { stamp_chunks: true, output_tokens: 3, ..SimConfig::default() });
+    let chunks = stream_chunks(&sim, &chat_body(true)).await;
+    let first = chunks[0]["sim_sent_us"].as_u64().unwrap();
+    assert!(chunks.iter().all(|c| c["sim_sent_us"].as_u64() == Some(first)));
+}
+
+#[tokio::test]
 async fn status_failure() {
     let sim = sim(SimConfig {
         failure: Failure::Status { status: 429, retry_after: Some(7), error_type: None, code: None, message: None },
