@@ -72,6 +72,16 @@ impl RequestBody {
         self.raw.as_ref().map(|r| &r.bytes[..])
     }
 
+    /// The body in memory of its own: a small body is a slice of the buffer the client's
+    /// connection reads into, and a stream that kept it for its whole life would keep that
+    /// buffer from being reused (the connection would take a new one for its next read).
+    pub fn detached(mut self) -> RequestBody {
+        if let Some(raw) = &mut self.raw {
+            raw.bytes = bytes::Bytes::copy_from_slice(&raw.bytes);
+        }
+        self
+    }
+
     /// About how many bytes the body holds (its size as sent; a nominal size for one held
     /// only as a map), for memory budgets.
     pub fn byte_len(&self) -> usize {

@@ -125,19 +125,21 @@ async fn dispatch(state: SharedState, req: Request, caller: Caller, dialect: Dia
         resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
         return resp;
     }
+    // The handlers' futures are boxed so that a request future is sized for the handler it
+    // runs, not for the largest (an exchange's is several KB; see `serve`).
     match route {
-        Route::ChatCompletions => api::openai::chat_completions(state, caller, req).await.into_response(),
-        Route::Messages => api::anthropic::messages(state, caller, req).await.into_response(),
-        Route::CountTokens => api::anthropic::count_tokens(state, req).await.into_response(),
-        Route::Embeddings => api::openai::embeddings(state, caller, req).await.into_response(),
+        Route::ChatCompletions => Box::pin(api::openai::chat_completions(state, caller, req)).await.into_response(),
+        Route::Messages => Box::pin(api::anthropic::messages(state, caller, req)).await.into_response(),
+        Route::CountTokens => Box::pin(api::anthropic::count_tokens(state, req)).await.into_response(),
+        Route::Embeddings => Box::pin(api::openai::embeddings(state, caller, req)).await.into_response(),
         Route::Models => api::openai::list_models(&state),
         Route::Model => {
             // Model ids contain slashes (`provider/model`) and may be percent-encoded.
             let id = percent_decode(&path["/v1/models/".len()..]);
             api::openai::get_model(&state, &id).into_response()
         }
-        Route::Usage => api::usage::usage(state, req.uri()).await.into_response(),
-        Route::Quote => api::quote::quote(state, req).await.into_response(),
+        Route::Usage => Box::pin(api::usage::usage(state, req.uri())).await.into_response(),
+        Route::Quote => Box::pin(api::quote::quote(state, req)).await.into_response(),
         Route::Healthz => healthz(),
         Route::Readyz => readyz(&state),
     }
@@ -425,7 +427,11 @@ pub async fn serve(listener: TcpListener, state: SharedState, stop: impl std::fu
                     .get(header::EXPECT)
                     .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
                 let req = req.map(|body| axum::body::Body::new(conn::RequestBody::new(body, continues)));
-                Ok::<_, std::convert::Infallible>(conn::finish(handle(state, req).await, in_flight))
+                // Boxed: hyper keeps a connection's request future in an allocation sized for
+                // it for the connection's whole life; boxed, an idle or streaming connection
+                // holds a pointer, and the request's state is freed once its head is out.
+                let resp = Box::pin(handle(state, req)).await;
+                Ok::<_, std::convert::Infallible>(conn::finish(resp, in_flight))
             }
         });
         let conn = graceful.watch(http.serve_connection(io, service));

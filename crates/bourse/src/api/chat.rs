@@ -523,8 +523,8 @@ async fn attempt_chat(
     if req.stream && is_sse {
         attempt.healthy();
         // This attempt answers the request (no fallback after a stream starts): keep the
-        // body for a possible estimate without copying it.
-        let request = req.take_body();
+        // body for a possible estimate, in an allocation of its own (see `detached`).
+        let request = req.take_body().detached();
         let estimator = state.estimator.clone();
         let on_end: OnEnd = Box::new(move |summary: StreamSummary| {
             let (status, error) = match &summary.end {
