@@ -54,6 +54,10 @@ pub struct Provider {
     pub models: Vec<String>,
     pub timeouts: Timeouts,
     pub quirks: Quirks,
+    /// A stream from this provider has carried usage (and none has since ended normally
+    /// without): its streams then keep no text for an estimate (see
+    /// [`crate::meter::estimate::Estimator::tally`]).
+    stream_usage: std::sync::atomic::AtomicBool,
     /// The connections to the base URL's origin, with the headers every request carries.
     client: http::Client,
     /// The base URL's path (`/v1`, or empty), and the endpoints under it. Gemini's chat
@@ -100,6 +104,19 @@ static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 static X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
 
 impl Provider {
+    /// Whether this provider's streams are known to carry usage.
+    pub fn streams_report_usage(&self) -> bool {
+        self.stream_usage.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A stream from this provider ended: whether it carried usage. Only a stream that
+    /// ended normally without usage says the provider does not send it.
+    pub fn stream_ended(&self, carried_usage: bool, completed: bool) {
+        if carried_usage || completed {
+            self.stream_usage.store(carried_usage, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     pub fn new(cfg: &ProviderConfig) -> Result<Provider, String> {
         let auth = match &cfg.api_key {
             Some(key) => {
@@ -149,6 +166,7 @@ impl Provider {
             models: cfg.models.clone(),
             timeouts: cfg.timeouts,
             quirks: cfg.preset.quirks,
+            stream_usage: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -93,7 +93,8 @@ async fn suite(storage_url: &str) {
     let row = gw.row("rid-stream").await;
     assert_eq!((row.cost_nanos, row.stream, row.estimated()), (800_000, true, false));
 
-    // A stream whose usage never arrives is estimated with the tokenizer, not recorded as $0.
+    // A stream whose usage never arrives is estimated, not recorded as $0 (by the heuristic:
+    // this provider's streams carry usage, so they keep no text for the tokenizer).
     sim.set_config(SimConfig {
         failure: Failure::DropMidStream { after_chunks: 4 },
         chunk_delay_ms: 5,
@@ -102,15 +103,22 @@ async fn suite(storage_url: &str) {
     sbody["_rid"] = json!("rid-broken");
     let _ = post(&gw, &sbody).await.text().await;
     let row = gw.row("rid-broken").await;
-    assert!(row.estimated());
+    assert_eq!(row.estimate, Some(bourse::ledger::Estimate::Heuristic));
     assert_eq!(row.error_kind.as_deref(), Some("upstream_stream_broken"));
     assert!(row.usage.input_uncached > 0 && row.usage.output > 0, "{row:?}");
     assert!(row.cost_nanos > 0);
 
     // A stream that ends normally without usage (some self-hosted servers ignore
-    // include_usage) is counted with the tokenizer and still ends with its cost comment,
-    // which matches the row.
+    // include_usage) still ends with its cost comment, which matches the row. This provider
+    // had sent usage on its streams, so the first such stream kept no text and is estimated
+    // by the heuristic; from then on its streams keep their text and are counted with the
+    // tokenizer.
     sim.set_config(SimConfig { usage_style: UsageStyle::Omitted, ..SimConfig::default() });
+    sbody["_rid"] = json!("rid-stream-no-usage-1");
+    let first = post(&gw, &sbody).await.text().await.unwrap();
+    let row = gw.row("rid-stream-no-usage-1").await;
+    assert_eq!((row.status, row.estimate), (200, Some(bourse::ledger::Estimate::Heuristic)), "{row:?}");
+    assert!(first.contains(&format!(": x-bourse-cost-usd={}", bourse::meter::Cost(row.cost_nanos).usd())), "{first}");
     sbody["_rid"] = json!("rid-stream-no-usage");
     let text = post(&gw, &sbody).await.text().await.unwrap();
     let row = gw.row("rid-stream-no-usage").await;
@@ -175,7 +183,7 @@ async fn suite(storage_url: &str) {
     .unwrap();
     let row = report["data"].as_array().unwrap().iter().find(|r| r["group"] == "alpha/sim-small").unwrap().clone();
     let mut estimated = 0;
-    for rid in ["rid-broken", "rid-stream-no-usage", "rid-no-usage"] {
+    for rid in ["rid-broken", "rid-stream-no-usage-1", "rid-stream-no-usage", "rid-no-usage"] {
         estimated += gw.row(rid).await.cost_nanos;
     }
     assert_eq!(row["cost_nanos"], json!(800_000 * 3 + estimated));

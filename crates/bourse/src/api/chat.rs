@@ -532,6 +532,7 @@ async fn attempt_chat(
                 StreamEnd::UpstreamFailed(_) => (502, Some("upstream_stream_broken")),
                 StreamEnd::ClientGone => (499, Some("client_disconnected")),
             };
+            attempt.target.provider.stream_ended(summary.usage.is_some(), summary.end == StreamEnd::Completed);
             if let Some(usage) = summary.usage {
                 let (settled, record) = attempt.settle(usage, None, status, error);
                 if let Some(r) = record {
@@ -553,7 +554,13 @@ async fn attempt_chat(
             }))
         });
         let mode = stream_mode(req, upstream, json_tool);
-        let relay = StreamRelay::new(resp, target.provider.clone(), mode, state.estimator.transcript(), Some(on_end));
+        // Text for an estimate is kept only while the provider has not shown that its
+        // streams carry usage; after that, a stream cut short is estimated from a tally.
+        let transcript = match target.provider.streams_report_usage() {
+            true => state.estimator.tally(),
+            false => state.estimator.transcript(),
+        };
+        let relay = StreamRelay::new(resp, target.provider.clone(), mode, transcript, Some(on_end));
         let mut out = Response::new(Body::from_stream(relay));
         let h = out.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

@@ -10,7 +10,8 @@
 //!   never on a number of threads that grows with load.
 //! - **Heuristic**: [`heuristic`] over the text's bytes, made at once on the caller's
 //!   thread when the pool is saturated ([`QUEUE_JOBS`] jobs or [`QUEUE_BYTES`] bytes
-//!   already waiting) or a stream's text was too long to keep ([`Transcript`]).
+//!   already waiting), when a stream's text was too long to keep, or when it was not kept
+//!   because its provider reports usage on its streams ([`Transcript`]).
 //!
 //! Memory: one tokenizer table, loaded on first use (a few MB), the pool's
 //! [`POOL_THREADS`] thread(s), what is queued (bounded above) and the text streams keep
@@ -308,7 +309,14 @@ impl Estimator {
 
     /// Somewhere for a stream to keep its text, charged to the shared budget.
     pub fn transcript(&self) -> Transcript {
-        Transcript { text: String::new(), rough: 0, kept: self.shared.kept.clone() }
+        Transcript { text: String::new(), rough: 0, keep: true, kept: self.shared.kept.clone() }
+    }
+
+    /// A transcript that keeps no text and only tallies it with the heuristic: for a stream
+    /// whose provider reports usage on its streams, where an estimate is needed only if the
+    /// stream is cut short, and every open stream's memory counts.
+    pub fn tally(&self) -> Transcript {
+        Transcript { text: String::new(), rough: 0, keep: false, kept: self.shared.kept.clone() }
     }
 
     /// Estimates waiting for the pool now.
@@ -340,11 +348,13 @@ fn start_pool() -> mpsc::Sender<Job> {
 
 /// The text a stream relayed, kept for an estimate in case its usage never arrives. Its
 /// capacity is charged to a budget shared by every stream ([`KEEP_TOTAL`]) and capped per
-/// stream ([`KEEP_PER_STREAM`]); text that does not fit is counted by the heuristic as it
-/// passes (`rough`) and dropped.
+/// stream ([`KEEP_PER_STREAM`]); text that does not fit, or that a tally does not keep, is
+/// counted by the heuristic as it passes (`rough`) and dropped.
 pub struct Transcript {
     text: String,
     rough: u64,
+    /// Keep text (else only tally it).
+    keep: bool,
     kept: Arc<AtomicUsize>,
 }
 
@@ -354,7 +364,7 @@ impl Transcript {
             return;
         }
         let need = self.text.len() + s.len();
-        if need > self.text.capacity() && !self.grow(need) {
+        if !self.keep || (need > self.text.capacity() && !self.grow(need)) {
             self.rough += heuristic(s.as_bytes());
             return;
         }
@@ -445,6 +455,10 @@ mod tests {
         assert_eq!((t.text.len(), t.rough), (11, heuristic(big.as_bytes())));
         drop(t);
         assert_eq!(est.shared.kept.load(Relaxed), 0, "dropping a transcript gives its budget back");
+        // A tally keeps nothing.
+        let mut tally = est.tally();
+        tally.push("hello world");
+        assert_eq!((tally.text.capacity(), tally.rough), (0, heuristic(b"hello world")));
         // The shared budget: a transcript cannot grow once the total is spent.
         est.shared.kept.store(KEEP_TOTAL, Relaxed);
         let mut t = est.transcript();

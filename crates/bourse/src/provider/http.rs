@@ -55,7 +55,7 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// Room made in a connection's read buffer before each read: a stream's events are small,
 /// so a larger buffer would only add resident memory to every open stream (bodies of
 /// known length are read into a buffer of their own size).
-const READ_CHUNK: usize = 2 * 1024;
+const READ_CHUNK: usize = 1024;
 /// A body whose connection ended before its framing did.
 const CLOSED_IN_BODY: &str = "connection closed before the body was complete";
 /// Largest body read into one buffer sized from its `Content-Length` up front (an
