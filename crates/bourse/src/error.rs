@@ -30,6 +30,8 @@ pub enum ErrorKind {
     UnsupportedMediaType,
     /// The body is larger than `server.max_body_bytes`.
     PayloadTooLarge,
+    /// The request body stopped arriving (for `server.idle_timeout`).
+    RequestTimeout,
     /// Missing or wrong gateway key.
     Unauthorized,
     /// The model (or `provider/model`) resolves to nothing the gateway can reach.
@@ -102,6 +104,7 @@ impl Error {
             | ErrorKind::InvalidRequest
             | ErrorKind::UnsupportedMediaType
             | ErrorKind::PayloadTooLarge
+            | ErrorKind::RequestTimeout
             | ErrorKind::Unauthorized
             | ErrorKind::ModelNotFound
             | ErrorKind::NotFound
@@ -126,6 +129,7 @@ impl Error {
             | ErrorKind::InvalidRequest
             | ErrorKind::UnsupportedMediaType
             | ErrorKind::PayloadTooLarge
+            | ErrorKind::RequestTimeout
             | ErrorKind::Unauthorized
             | ErrorKind::ModelNotFound
             | ErrorKind::NotFound
@@ -144,6 +148,7 @@ impl Error {
             | ErrorKind::NoFeasibleModel => StatusCode::BAD_REQUEST,
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::ModelNotFound | ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -167,6 +172,7 @@ impl Error {
             ErrorKind::InvalidRequest => fixed("invalid_request_error", "invalid_value"),
             ErrorKind::UnsupportedMediaType => fixed("invalid_request_error", "unsupported_media_type"),
             ErrorKind::PayloadTooLarge => fixed("invalid_request_error", "request_too_large"),
+            ErrorKind::RequestTimeout => fixed("invalid_request_error", "request_timeout"),
             ErrorKind::Unauthorized => fixed("authentication_error", "invalid_api_key"),
             ErrorKind::ModelNotFound => fixed("invalid_request_error", "model_not_found"),
             ErrorKind::NotFound => fixed("invalid_request_error", "unknown_url"),
@@ -201,7 +207,8 @@ impl Error {
             | ErrorKind::UnsupportedMediaType
             | ErrorKind::ModelNotAllowed
             | ErrorKind::NoFeasibleModel
-            | ErrorKind::MethodNotAllowed => "invalid_request_error",
+            | ErrorKind::MethodNotAllowed
+            | ErrorKind::RequestTimeout => "invalid_request_error",
             ErrorKind::PayloadTooLarge => "request_too_large",
             ErrorKind::Unauthorized => "authentication_error",
             ErrorKind::ModelNotFound | ErrorKind::NotFound => "not_found_error",
@@ -268,6 +275,7 @@ impl Error {
             ErrorKind::InvalidRequest => "invalid_request",
             ErrorKind::UnsupportedMediaType => "unsupported_media_type",
             ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::ModelNotFound => "model_not_found",
             ErrorKind::NotFound => "not_found",

@@ -267,3 +267,18 @@ async fn a_client_that_stops_reading_a_stream_is_cut_off_and_its_row_metered() {
     served(gw).await;
     let _ = std::fs::remove_file(&db);
 }
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_gets_a_408() {
+    let sim = Sim::start(SimConfig::default()).await.unwrap();
+    let gw = gateway(&format!("[server]\nidle_timeout = \"1s\"\n{}", provider_toml("sim", &sim, ""))).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\":").await.unwrap();
+    let sent = Instant::now();
+    served(&gw).await;
+    let (status, _, body) = read_response(&mut s).await;
+    assert_eq!(status, 408);
+    assert!(sent.elapsed() >= Duration::from_millis(900), "answered after {:?}", sent.elapsed());
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(assert_openai_error(&v)["code"], "request_timeout", "{v}");
+}

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 pub async fn messages(state: SharedState, caller: Caller, req: Request) -> Result<Response, AnthropicError> {
     let (parts, body) = req.into_parts();
-    let body = read_json_body(&parts.headers, body, state.max_body_bytes).await?;
+    let body = read_json_body(&parts.headers, body, &state).await?;
     let req = anthropic::parse_request(&body)?;
     let overrides = Overrides::from_headers(&parts.headers)?;
     Ok(chat::exchange(&state, caller, req, &overrides, &parts.headers).await)
@@ -32,7 +32,7 @@ static X_BOURSE_ESTIMATE: HeaderName = HeaderName::from_static("x-bourse-estimat
 /// upstream is called. `max_tokens` is not required here, as with Anthropic's endpoint.
 pub async fn count_tokens(state: SharedState, req: Request) -> Result<Response, AnthropicError> {
     let (parts, body) = req.into_parts();
-    let body = read_json_body(&parts.headers, body, state.max_body_bytes).await?;
+    let body = read_json_body(&parts.headers, body, &state).await?;
     let mut value: Value = serde_json::from_slice(&body).map_err(|e| {
         Error::new(crate::error::ErrorKind::InvalidJson, format!("the request body is not valid JSON: {e}"))
     })?;

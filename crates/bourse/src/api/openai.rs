@@ -21,7 +21,7 @@ pub use super::chat::{
 
 pub async fn chat_completions(state: SharedState, caller: Caller, req: Request) -> Result<Response> {
     let (parts, body) = req.into_parts();
-    let body = read_json_body(&parts.headers, body, state.max_body_bytes).await?;
+    let body = read_json_body(&parts.headers, body, &state).await?;
     let req = parse_chat_request(&body)?;
     let overrides = Overrides::from_headers(&parts.headers)?;
     Ok(chat::exchange(&state, caller, req, &overrides, &parts.headers).await)
@@ -29,7 +29,7 @@ pub async fn chat_completions(state: SharedState, caller: Caller, req: Request) 
 
 pub async fn embeddings(state: SharedState, caller: Caller, req: Request) -> Result<Response> {
     let (parts, body) = req.into_parts();
-    let body = read_json_body(&parts.headers, body, state.max_body_bytes).await?;
+    let body = read_json_body(&parts.headers, body, &state).await?;
     let mut req = parse_embeddings_request(&body)?;
     let target = state.providers.resolve(&req.model)?;
     let price = state.meter.price(&target.provider.id, target.provider.vendor, &target.upstream_model)?;

@@ -13,7 +13,7 @@ use std::time::Instant;
 pub async fn quote(state: SharedState, req: Request) -> Result<Response> {
     let (parts, body) = req.into_parts();
     let headers = parts.headers;
-    let body = read_json_body(&headers, body, state.max_body_bytes).await?;
+    let body = read_json_body(&headers, body, &state).await?;
     let req = parse_chat_request(&body)?;
     let overrides = Overrides::from_headers(&headers)?;
     let router = &state.router;
