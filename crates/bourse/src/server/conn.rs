@@ -151,10 +151,10 @@ pub struct Guarded<T> {
     /// A write succeeded since the connection went idle: the tail of an answer whose
     /// request was counted done when its (fixed-size) body was handed over.
     wrote: bool,
-    read_timer: Option<Pin<Box<Sleep>>>,
+    read_alarm: Alarm,
     /// When writes started to wait on the client.
     stalled_since: Option<Instant>,
-    write_timer: Option<Pin<Box<Sleep>>>,
+    write_alarm: Alarm,
 }
 
 impl<T> Guarded<T> {
@@ -168,9 +168,9 @@ impl<T> Guarded<T> {
             idle_since: Some(Instant::now()),
             head_since: None,
             wrote: false,
-            read_timer: None,
+            read_alarm: Alarm::default(),
             stalled_since: None,
-            write_timer: None,
+            write_alarm: Alarm::default(),
         }
     }
 
@@ -190,7 +190,7 @@ impl<T> Guarded<T> {
             // this timer does, and the idle deadline is then counted from the end of the
             // exchange.
             self.idle_since = None;
-            arm(&mut self.read_timer, now + self.limits.idle_timeout, cx);
+            self.read_alarm.set(now + self.limits.idle_timeout, now, cx);
             return Poll::Pending;
         }
         let idle_since = *self.idle_since.get_or_insert_with(|| {
@@ -216,7 +216,7 @@ impl<T> Guarded<T> {
                 return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)));
             }
         }
-        arm(&mut self.read_timer, deadline, cx);
+        self.read_alarm.set(deadline, now, cx);
         Poll::Pending
     }
 
@@ -228,7 +228,7 @@ impl<T> Guarded<T> {
             let e = io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading (server.send_timeout)");
             return Poll::Ready(Err(e));
         }
-        arm(&mut self.write_timer, deadline, cx);
+        self.write_alarm.set(deadline, now, cx);
         Poll::Pending
     }
 
@@ -238,20 +238,33 @@ impl<T> Guarded<T> {
     }
 }
 
-/// Set `timer` to fire at `deadline` and register the task with it.
-fn arm(timer: &mut Option<Pin<Box<Sleep>>>, deadline: Instant, cx: &mut Context<'_>) {
-    let t = match timer {
-        Some(t) => {
-            if t.deadline() != deadline {
-                t.as_mut().reset(deadline);
+/// A timer that wakes the connection's task by a deadline, moved only when it must be.
+#[derive(Default)]
+struct Alarm {
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Alarm {
+    /// Make sure the alarm goes off by `deadline` and wakes the task. One still set for an
+    /// earlier time is left where it is (waking early only means the deadline is looked at
+    /// again), which spares the timer wheel a removal and an insertion on every request of
+    /// a keep-alive connection. It is polled every time all the same: a poll that ran out
+    /// of tokio's cooperative budget returned Pending without registering the task.
+    fn set(&mut self, deadline: Instant, now: Instant, cx: &mut Context<'_>) {
+        let sleep = match &mut self.sleep {
+            Some(s) => {
+                let at = s.deadline();
+                if at <= now || at > deadline {
+                    s.as_mut().reset(deadline);
+                }
+                s
             }
-            t
+            None => self.sleep.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        if sleep.as_mut().poll(cx).is_ready() {
+            // Already due (the clock moved on since `now`): look again at once.
+            cx.waker().wake_by_ref();
         }
-        None => timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
-    };
-    if t.as_mut().poll(cx).is_ready() {
-        // Already due (the clock moved on since `now`): look again at once.
-        cx.waker().wake_by_ref();
     }
 }
 
