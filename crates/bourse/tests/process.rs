@@ -433,3 +433,53 @@ async fn usage_less_streams_are_estimated_on_a_fixed_number_of_threads() {
     let bound = 2 * workers + bourse::meter::estimate::POOL_THREADS + 2;
     assert!(peak <= bound, "{peak} threads (bound {bound} with {workers} workers)");
 }
+
+/// The resident memory of a process, in KB, from /proc.
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A client that stops reading a stream whose upstream sends as fast as it can: the
+/// gateway holds only what its buffers take (the relay stops reading the upstream when the
+/// client's socket is full), so its memory does not grow with the tens of MB the upstream
+/// has to send.
+#[tokio::test]
+async fn a_client_that_stops_reading_does_not_grow_the_gateways_memory() {
+    use tokio::io::AsyncWriteExt;
+    let sim = Sim::start(SimConfig { output_tokens: 400_000, ..SimConfig::default() }).await.unwrap();
+    let cfg = write_config(&format!(
+        "[server]\nsend_timeout = \"60s\"\n[storage]\nledger = false\n[providers.alpha]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\n{}",
+        sim.base_url(),
+        price("alpha/sim-small", 1.0, 2.0)
+    ));
+    let (mut child, url) = serve(bourse().args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&cfg.0)).await;
+    let pid = child.id().unwrap();
+    let mut body = chat_body("alpha/sim-small");
+    body["stream"] = json!(true);
+    let body = body.to_string();
+    let addr = url.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = [0u8; 256];
+    let n = s.read(&mut head).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
+    // The answer is ~50 MB; the sockets between hold a few MB of it. Watch for 3 s.
+    let start = rss_kb(pid);
+    let mut peak = start;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(rss_kb(pid));
+    }
+    child.kill().await.unwrap();
+    assert!(peak - start < 8 * 1024, "the gateway grew {} KB for a client that reads nothing", peak - start);
+    drop(s);
+}
