@@ -35,3 +35,42 @@ wait_port() {
   echo "$(basename "$0"): nothing listening on port $1 after 60 s" >&2
   exit 1
 }
+
+# The helpers below use the calling script's $WORK (scratch dir), STARTED_PIDS (what its
+# cleanup stops) and die().
+
+# wait_ready NAME PID PORT [LOG_PATTERN]: the process is alive, printed LOG_PATTERN (if given)
+# and accepts TCP connections on PORT; 30 s at most.
+wait_ready() {
+  local name=$1 pid=$2 port=$3 pattern=${4:-} i
+  for i in $(seq 1 300); do
+    kill -0 "$pid" 2>/dev/null || { cat "$WORK/$name.log" >&2; die "$name exited during startup"; }
+    if { [ -z "$pattern" ] || grep -qs "$pattern" "$WORK/$name.log"; } &&
+      (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  cat "$WORK/$name.log" >&2
+  die "$name not ready on port $port after 30 s"
+}
+
+# spawn NAME CMD...: start in the background with output in $WORK/NAME.log; sets SPAWNED_PID.
+spawn() {
+  local name=$1; shift
+  "$@" >"$WORK/$name.log" 2>&1 &
+  SPAWNED_PID=$!
+  STARTED_PIDS+=("$SPAWNED_PID")
+}
+
+# Cores busy machine-wide over 0.5 s. Called while our servers idle and no load runs, it is
+# what other processes (builds, tests) are taking from the benchmark.
+busy_cores() {
+  local u1 n1 s1 i1 w1 q1 sq1 st1 u2 n2 s2 i2 w2 q2 sq2 st2 busy total
+  read -r _ u1 n1 s1 i1 w1 q1 sq1 st1 _ </proc/stat
+  sleep 0.5
+  read -r _ u2 n2 s2 i2 w2 q2 sq2 st2 _ </proc/stat
+  busy=$(((u2 + n2 + s2 + q2 + sq2 + st2) - (u1 + n1 + s1 + q1 + sq1 + st1)))
+  total=$((busy + (i2 + w2) - (i1 + w1)))
+  awk -v b="$busy" -v t="$total" -v n="$(nproc)" 'BEGIN { printf "%.2f", (t > 0 ? b / t * n : 0) }'
+}

@@ -116,30 +116,6 @@ done
 # shellcheck source=bench/common.sh
 . "$BENCH_DIR/common.sh"
 
-# wait_ready NAME PID PORT [LOG_PATTERN]: the process is alive, printed LOG_PATTERN (if given)
-# and accepts TCP connections on PORT; 30 s at most.
-wait_ready() {
-  local name=$1 pid=$2 port=$3 pattern=${4:-} i
-  for i in $(seq 1 300); do
-    kill -0 "$pid" 2>/dev/null || { cat "$WORK/$name.log" >&2; die "$name exited during startup"; }
-    if { [ -z "$pattern" ] || grep -qs "$pattern" "$WORK/$name.log"; } &&
-      (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      return 0
-    fi
-    sleep 0.1
-  done
-  cat "$WORK/$name.log" >&2
-  die "$name not ready on port $port after 30 s"
-}
-
-# spawn NAME CMD...: start in the background with output in $WORK/NAME.log; sets SPAWNED_PID.
-spawn() {
-  local name=$1; shift
-  "$@" >"$WORK/$name.log" 2>&1 &
-  SPAWNED_PID=$!
-  STARTED_PIDS+=("$SPAWNED_PID")
-}
-
 # Every path: base URL, model name as that path expects it, and the PID whose CPU/RSS we measure.
 declare -a PATHS=()
 declare -A URL=() MODEL=() PID=()
@@ -153,18 +129,6 @@ start_bourse() { # start_bourse NAME EXTRA_TOML
   spawn "$name" "$BIN/bourse" serve --config "$WORK/$name.toml" --listen "127.0.0.1:$port"
   wait_ready "$name" "$SPAWNED_PID" "$port" "bourse listening on"
   PATHS+=("$name"); URL[$name]="http://127.0.0.1:$port"; MODEL[$name]="sim/sim-small"; PID[$name]=$SPAWNED_PID
-}
-
-# Cores busy machine-wide over 0.5 s. Called while our servers idle and no load runs, it is
-# what other processes (builds, tests) are taking from the benchmark.
-busy_cores() {
-  local u1 n1 s1 i1 w1 q1 sq1 st1 u2 n2 s2 i2 w2 q2 sq2 st2 busy total
-  read -r _ u1 n1 s1 i1 w1 q1 sq1 st1 _ </proc/stat
-  sleep 0.5
-  read -r _ u2 n2 s2 i2 w2 q2 sq2 st2 _ </proc/stat
-  busy=$(((u2 + n2 + s2 + q2 + sq2 + st2) - (u1 + n1 + s1 + q1 + sq1 + st1)))
-  total=$((busy + (i2 + w2) - (i1 + w1)))
-  awk -v b="$busy" -v t="$total" -v n="$(nproc)" 'BEGIN { printf "%.2f", (t > 0 ? b / t * n : 0) }'
 }
 
 # wait_quiet WHAT: sets BG to the background load finally seen (waits up to BENCH_QUIET_WAIT s).

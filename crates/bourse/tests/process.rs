@@ -355,10 +355,11 @@ async fn no_proxy_bypasses_the_proxy() {
     child.kill().await.unwrap();
 }
 
-/// The `Threads:` count of a process, from /proc.
-fn threads_of(pid: u32) -> usize {
+/// A number from a process's /proc status (`Threads`, `VmRSS` in kB, ...); 0 if absent.
+fn proc_status(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    let value = status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':'));
+    value.and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
 }
 
 /// Streams whose upstream never reports usage are counted on the tokenizer's fixed pool:
@@ -411,9 +412,9 @@ async fn usage_less_streams_are_estimated_on_a_fixed_number_of_threads() {
             })
         })
         .collect();
-    let mut peak = threads_of(pid);
+    let mut peak = proc_status(pid, "Threads");
     while std::time::Instant::now() < until {
-        peak = peak.max(threads_of(pid));
+        peak = peak.max(proc_status(pid, "Threads"));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (mut streams, mut with_cost) = (0, 0);
@@ -422,7 +423,7 @@ async fn usage_less_streams_are_estimated_on_a_fixed_number_of_threads() {
         streams += s;
         with_cost += w;
     }
-    peak = peak.max(threads_of(pid));
+    peak = peak.max(proc_status(pid, "Threads"));
     child.kill().await.unwrap();
     let _ = std::fs::remove_file(&db);
     assert!(streams >= 64, "only {streams} streams in 3 s");
@@ -430,18 +431,8 @@ async fn usage_less_streams_are_estimated_on_a_fixed_number_of_threads() {
     // tokio's workers (one per core), the main thread, the tokenizer's pool, and the
     // ledger's writer on tokio's blocking pool (one batch at a time, one more in passing).
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let bound = 2 * workers + bourse::meter::estimate::POOL_THREADS + 2;
+    let bound = (2 * workers + bourse::meter::estimate::POOL_THREADS + 2) as u64;
     assert!(peak <= bound, "{peak} threads (bound {bound} with {workers} workers)");
-}
-
-/// The resident memory of a process, in KB, from /proc.
-fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// A client that stops reading a stream whose upstream sends as fast as it can: the
@@ -473,11 +464,11 @@ async fn a_client_that_stops_reading_does_not_grow_the_gateways_memory() {
     let n = s.read(&mut head).await.unwrap();
     assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
     // The answer is ~50 MB; the sockets between hold a few MB of it. Watch for 3 s.
-    let start = rss_kb(pid);
+    let start = proc_status(pid, "VmRSS");
     let mut peak = start;
     for _ in 0..30 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        peak = peak.max(rss_kb(pid));
+        peak = peak.max(proc_status(pid, "VmRSS"));
     }
     child.kill().await.unwrap();
     assert!(peak - start < 8 * 1024, "the gateway grew {} KB for a client that reads nothing", peak - start);
