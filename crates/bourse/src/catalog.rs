@@ -13,7 +13,7 @@ pub mod litellm;
 pub mod render;
 
 use crate::fnv::{fnv1a, Fnv1a, OFFSET as FNV_OFFSET};
-use crate::provider::preset;
+use crate::preset;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;

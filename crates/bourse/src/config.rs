@@ -11,7 +11,7 @@ pub mod secret;
 
 use crate::catalog::Catalog;
 use crate::meter::Cost;
-use crate::provider::preset::{self, Preset};
+use crate::preset::{self, Preset};
 use crate::route::health::HealthConfig;
 use crate::route::plan::{parse_quality, Policy};
 use raw::{RawConfig, RawProvider};

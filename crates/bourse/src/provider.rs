@@ -9,33 +9,15 @@
 //! here, once, into the gateway's error taxonomy.
 
 pub mod http;
-pub mod preset;
 
 use crate::canonical::Dialect;
 use crate::config::{ProviderConfig, Timeouts};
-use crate::dialect::openai::VendorError;
-use crate::dialect::{anthropic, gemini, openai};
-use crate::error::{Error, ErrorKind, UpstreamStatus};
+use crate::dialect::gemini;
+use crate::error::{Error, ErrorKind};
+use crate::preset::{AuthStyle, Quirks};
+use crate::vendor;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use bytes::Bytes;
-use preset::{AuthStyle, Quirks};
-
-/// Vendor error codes/types that mean "out of balance or quota": never retried on the
-/// same provider, whatever the status (OpenAI and DashScope `insufficient_quota`,
-/// DashScope `Arrearage`, Zhipu 1112/1113/1121, Anthropic spend limits, MiniMax 1008,
-/// Moonshot `exceeded_current_quota_error`).
-const EXHAUSTED_CODES: &[&str] = &[
-    "insufficient_quota",
-    "Arrearage",
-    "1112",
-    "1113",
-    "1121",
-    "1008",
-    "enforced_spend_limit_reached",
-    "billing_error",
-    "exceeded_current_quota_error",
-    "insufficient_balance",
-];
 
 /// A configured upstream.
 #[derive(Debug)]
@@ -261,12 +243,8 @@ impl Provider {
             Ok(Ok(b)) => b,
             _ => Bytes::new(),
         };
-        let vendor = match self.dialect {
-            Dialect::OpenAi => openai::parse_vendor_error(&body),
-            Dialect::Anthropic => anthropic::parse_vendor_error(&body),
-            Dialect::Gemini => gemini::parse_vendor_error(&body),
-        };
-        let classified = classify(status, &vendor, &self.quirks);
+        let vendor = vendor::parse(self.dialect, &body);
+        let classified = vendor::classify(status, &vendor, &self.quirks);
         let message = match &vendor.message {
             Some(m) => format!("provider {} returned {status}: {m}", self.id),
             None => format!("provider {} returned {status}", self.id),
@@ -284,45 +262,4 @@ impl Provider {
 /// test in the test suites), so these few bytes are never worth freeing.
 fn process_lifetime(text: String) -> Bytes {
     Bytes::from_static(Box::leak(text.into_boxed_str()).as_bytes())
-}
-
-/// Decide whether an upstream error status can be retried, and whether it means the
-/// account is out of balance (fail over, never retry the same provider).
-pub fn classify(status: u16, vendor: &VendorError, quirks: &Quirks) -> UpstreamStatus {
-    let says = |s: &Option<String>| s.as_deref().is_some_and(|v| EXHAUSTED_CODES.contains(&v));
-    let exhausted =
-        status == 402 || quirks.exhausted_statuses.contains(&status) || says(&vendor.code) || says(&vendor.kind);
-    let retryable = !exhausted && matches!(status, 408 | 409 | 425 | 429 | 500..=599);
-    UpstreamStatus { status, vendor_type: vendor.kind.clone(), vendor_code: vendor.code.clone(), exhausted, retryable }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn vendor(code: Option<&str>, kind: Option<&str>) -> VendorError {
-        VendorError { message: None, kind: kind.map(Into::into), code: code.map(Into::into) }
-    }
-
-    #[test]
-    fn rate_limits_retry_but_out_of_balance_does_not() {
-        let q = Quirks::default();
-        let rl = classify(429, &vendor(Some("rate_limit_exceeded"), Some("requests")), &q);
-        assert!(rl.retryable && !rl.exhausted);
-        let quota = classify(429, &vendor(Some("insufficient_quota"), Some("insufficient_quota")), &q);
-        assert!(!quota.retryable && quota.exhausted);
-        let zhipu = classify(429, &vendor(Some("1113"), None), &q);
-        assert!(zhipu.exhausted && !zhipu.retryable);
-        let deepseek = classify(402, &vendor(None, None), &q);
-        assert!(deepseek.exhausted);
-        let moonshot = preset::find("moonshot").unwrap().quirks;
-        assert!(classify(403, &vendor(None, None), &moonshot).exhausted);
-        assert!(!classify(403, &vendor(None, None), &q).exhausted);
-        for s in [500, 502, 503, 529] {
-            assert!(classify(s, &vendor(None, None), &q).retryable, "{s}");
-        }
-        for s in [400, 401, 404, 422] {
-            assert!(!classify(s, &vendor(None, None), &q).retryable, "{s}");
-        }
-    }
 }

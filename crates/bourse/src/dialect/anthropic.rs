@@ -21,7 +21,7 @@ pub use request::{conversation, parse_request, passthrough_body, render_request,
 pub use stream::{Decoder, Encoder};
 
 use crate::canonical::{Conversation, Part, Reply, ResponseFormat, StopReason, Text, Usage, JSON_TOOL};
-use crate::dialect::openai::{NotJson, VendorError};
+use crate::dialect::openai::NotJson;
 use crate::error::{Error, Result};
 use request::tool_input;
 use serde::Serialize;
@@ -218,20 +218,6 @@ pub fn usage_from(v: &Value) -> Usage {
         output: n("output_tokens"),
         output_reasoning: 0,
     }
-}
-
-/// Upstream error body -> VendorError: `error.type`, `error.details.error_code` (e.g.
-/// `enforced_spend_limit_reached`), `error.message`. Bodies in other shapes (an
-/// Anthropic-compatible vendor answering OpenAI-style, plain text) are read the way the
-/// OpenAI dialect reads them.
-pub fn parse_vendor_error(body: &[u8]) -> VendorError {
-    let mut out = crate::dialect::openai::parse_vendor_error(body);
-    if let Ok(v) = serde_json::from_slice::<Value>(body) {
-        if let Some(code) = v.pointer("/error/details/error_code").and_then(Value::as_str) {
-            out.code = Some(code.to_string());
-        }
-    }
-    out
 }
 
 // ------------------------------------------------------------------ count_tokens

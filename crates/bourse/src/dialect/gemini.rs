@@ -14,11 +14,11 @@
 use crate::canonical::{
     Conversation, Delta, ImageSource, Part, ResponseFormat, Role, StopReason, Thinking, ToolChoice, Usage,
 };
-use crate::dialect::openai::{stringify, VendorError};
 use crate::dialect::{synthetic_id, Decode};
 use crate::error::{Error, ErrorKind, Result};
-use crate::provider::{classify, preset::Quirks};
+use crate::preset::Quirks;
 use crate::sse;
+use crate::vendor;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -436,50 +436,17 @@ pub fn usage_from(v: &Value) -> Usage {
 
 // ------------------------------------------------------------------ errors
 
-/// `error` of a `google.rpc.Status` body → message, status name (`RESOURCE_EXHAUSTED`) and
-/// the first `details[].reason` (from an `ErrorInfo`).
-fn vendor_error_of(error: &Value) -> VendorError {
-    if let Some(text) = error.as_str() {
-        return VendorError { message: Some(text.to_string()), ..Default::default() };
-    }
-    let reason = error
-        .get("details")
-        .and_then(Value::as_array)
-        .and_then(|details| details.iter().find_map(|d| d.get("reason").and_then(stringify)));
-    VendorError {
-        message: error.get("message").and_then(stringify),
-        kind: error.get("status").and_then(stringify),
-        code: reason,
-    }
-}
-
-/// A google.rpc.Status error body → [`VendorError`] {message, kind: status (e.g.
-/// `RESOURCE_EXHAUSTED`), code: `details[].reason` if any}. Also reads the one-element
-/// array a non-SSE stream wraps it in; a body that is not such JSON is handled as
-/// [`crate::dialect::openai::parse_vendor_error`] does (the text becomes the message).
-pub fn parse_vendor_error(body: &[u8]) -> VendorError {
-    let error = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Array(items)) => items.first().and_then(|v| v.get("error")).cloned(),
-        Ok(v) => v.get("error").cloned(),
-        Err(_) => None,
-    };
-    match error {
-        Some(error) => vendor_error_of(&error),
-        None => crate::dialect::openai::parse_vendor_error(body),
-    }
-}
-
 /// An error object Gemini sent with a 200 (in a stream, or as a whole body) → an
 /// UpstreamStatus error, classified like an error status with the same code.
 fn status_error(error: &Value) -> Error {
-    let vendor = vendor_error_of(error);
+    let vendor = vendor::google_status(error);
     let code = error.get("code").and_then(Value::as_u64).and_then(|c| u16::try_from(c).ok()).unwrap_or(500);
     let message = format!(
         "the Gemini upstream reported an error ({code} {}): {}",
         vendor.kind.as_deref().unwrap_or("UNKNOWN"),
         vendor.message.as_deref().unwrap_or("no message")
     );
-    Error::new(ErrorKind::UpstreamStatus(Box::new(classify(code, &vendor, &Quirks::default()))), message)
+    Error::new(ErrorKind::UpstreamStatus(Box::new(vendor::classify(code, &vendor, &Quirks::default()))), message)
 }
 
 // ------------------------------------------------------------------ streams
@@ -1065,35 +1032,6 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::UpstreamProtocol);
         let e = Decoder::new().event(&ev("[]"), &mut out).unwrap_err();
         assert_eq!(e.kind, ErrorKind::UpstreamProtocol);
-    }
-
-    #[test]
-    fn vendor_errors() {
-        let body = br#"{"error": {"code": 429,
-            "message": "You exceeded your current quota, please check your plan and billing details.",
-            "status": "RESOURCE_EXHAUSTED",
-            "details": [
-                {"@type": "type.googleapis.com/google.rpc.QuotaFailure",
-                 "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests"}]},
-                {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "RATE_LIMIT_EXCEEDED",
-                 "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}},
-                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "17s"}
-            ]}}"#;
-        assert_eq!(
-            parse_vendor_error(body),
-            VendorError {
-                message: Some("You exceeded your current quota, please check your plan and billing details.".into()),
-                kind: Some("RESOURCE_EXHAUSTED".into()),
-                code: Some("RATE_LIMIT_EXCEEDED".into()),
-            }
-        );
-        let wrapped =
-            parse_vendor_error(br#"[{"error": {"code": 400, "message": "bad", "status": "INVALID_ARGUMENT"}}]"#);
-        assert_eq!(
-            wrapped,
-            VendorError { message: Some("bad".into()), kind: Some("INVALID_ARGUMENT".into()), code: None }
-        );
-        assert_eq!(parse_vendor_error(b"upstream connect error").message.as_deref(), Some("upstream connect error"));
     }
 
     /// Against the simulator: what `render_request` sends is accepted, and what comes back

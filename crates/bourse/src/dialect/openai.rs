@@ -587,50 +587,6 @@ pub fn with_empty_choices(data: &str) -> Option<String> {
     serde_json::to_string(&v).ok()
 }
 
-/// What an upstream said in its error body, in any of the shapes vendors use:
-/// `{"error":{"message","type","code"}}` (OpenAI and most), numeric or string codes
-/// (Zhipu, Gemini), `{"error":"text"}`, or `base_resp{status_code,status_msg}` (MiniMax).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct VendorError {
-    pub message: Option<String>,
-    pub kind: Option<String>,
-    pub code: Option<String>,
-}
-
-/// A JSON string or number as text (vendors send error codes as either).
-pub(crate) fn stringify(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-pub fn parse_vendor_error(body: &[u8]) -> VendorError {
-    let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        let text = String::from_utf8_lossy(body).trim().chars().take(300).collect::<String>();
-        return VendorError { message: (!text.is_empty()).then_some(text), ..Default::default() };
-    };
-    if let Some(e) = v.get("error") {
-        if let Some(text) = e.as_str() {
-            return VendorError { message: Some(text.to_string()), ..Default::default() };
-        }
-        return VendorError {
-            message: e.get("message").and_then(stringify),
-            kind: e.get("type").and_then(stringify).or_else(|| e.get("status").and_then(stringify)),
-            code: e.get("code").and_then(stringify),
-        };
-    }
-    if let Some(b) = v.get("base_resp") {
-        return VendorError {
-            message: b.get("status_msg").and_then(stringify),
-            kind: None,
-            code: b.get("status_code").and_then(stringify),
-        };
-    }
-    VendorError { message: v.get("message").and_then(stringify), ..Default::default() }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -783,17 +739,6 @@ mod tests {
         assert!(usage_chunk(r#"{"usage":{"prompt_tokens":3}}"#).unwrap().choices_missing);
         let fixed: Value = serde_json::from_str(&with_empty_choices(r#"{"id":"x","usage":{}}"#).unwrap()).unwrap();
         assert_eq!(fixed["choices"], serde_json::json!([]));
-    }
-
-    #[test]
-    fn vendor_error_shapes() {
-        let z = parse_vendor_error(br#"{"error":{"code":1113,"message":"balance"}}"#);
-        assert_eq!(z.code.as_deref(), Some("1113"));
-        let g = parse_vendor_error(br#"{"error":{"code":429,"message":"m","status":"RESOURCE_EXHAUSTED"}}"#);
-        assert_eq!(g.kind.as_deref(), Some("RESOURCE_EXHAUSTED"));
-        let mm = parse_vendor_error(br#"{"base_resp":{"status_code":1008,"status_msg":"insufficient balance"}}"#);
-        assert_eq!(mm.code.as_deref(), Some("1008"));
-        assert_eq!(parse_vendor_error(b"upstream connect error").message.as_deref(), Some("upstream connect error"));
     }
 }
 

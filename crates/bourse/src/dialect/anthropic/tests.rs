@@ -663,19 +663,6 @@ fn replies_parse_and_render_both_ways() {
 }
 
 #[test]
-fn vendor_errors_read_type_code_and_message() {
-    let e = parse_vendor_error(
-        br#"{"type":"error","error":{"type":"rate_limit_error","message":"Spend limit reached","details":{"error_code":"enforced_spend_limit_reached"}},"request_id":"req_1"}"#,
-    );
-    assert_eq!(e.kind.as_deref(), Some("rate_limit_error"));
-    assert_eq!(e.code.as_deref(), Some("enforced_spend_limit_reached"));
-    assert_eq!(e.message.as_deref(), Some("Spend limit reached"));
-    let e = parse_vendor_error(br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#);
-    assert_eq!((e.kind.as_deref(), e.code), (Some("overloaded_error"), None));
-    assert_eq!(parse_vendor_error(b"Bad Gateway").message.as_deref(), Some("Bad Gateway"));
-}
-
-#[test]
 fn token_count_estimate_covers_every_input() {
     use crate::meter::estimate::tokens;
     let base = Conversation {

@@ -27,7 +27,7 @@
 //!   `max_completion_tokens`); `top_k` and tool-result `is_error` are dropped, as are images
 //!   inside tool results (a `tool` message holds text only).
 
-use super::{parse_vendor_error, WireUsage};
+use super::WireUsage;
 use crate::canonical::{
     Conversation, Delta, ImageSource, Message, Part, Reply, ResponseFormat, Role, StopReason, Text, Thinking, Tool,
     ToolChoice, Usage,
@@ -52,7 +52,7 @@ fn synth_call_id() -> String {
 /// An error the upstream reported inside a 200 body or stream (`{"error":{…}}`). The
 /// vendor's `code`, when it is an HTTP error status, becomes the status; otherwise 500.
 fn upstream_reported(data: &[u8]) -> Error {
-    let v = parse_vendor_error(data);
+    let v = crate::vendor::parse(crate::canonical::Dialect::OpenAi, data);
     let status =
         v.code.as_deref().and_then(|c| c.parse::<u16>().ok()).filter(|s| (400..=599).contains(s)).unwrap_or(500);
     let message = v.message.clone().unwrap_or_else(|| "the upstream reported an error".to_string());

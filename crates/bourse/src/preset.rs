@@ -5,8 +5,7 @@
 //! start, where the provider processes requests, whose catalog prices apply, and the
 //! quirks the shared client must handle for it. Adding a vendor endpoint that speaks a
 //! known dialect (OpenAI, Anthropic Messages, Gemini) is a new row here, never a new
-//! module. Base URLs and quirks come from the vendors' API docs (see
-//! `../shared/catalog/PROVIDER_DIALECTS.md` in the team's notes).
+//! module. Base URLs and quirks come from the vendors' API documentation.
 
 use crate::canonical::Dialect;
 
