@@ -59,7 +59,7 @@ fn router() -> Router {
     let cfg = Config::from_toml(&config_toml(), &|_| None).expect("bench config parses");
     let providers =
         Providers::new(cfg.providers.iter().map(|p| Arc::new(Provider::new(p).expect("provider builds"))).collect());
-    Router::new(&providers, &cfg.catalog, &cfg)
+    Router::new(&providers, &cfg.catalog, &cfg.routing)
 }
 
 fn request(body: &str) -> ChatRequest {

@@ -7,14 +7,14 @@
 //! misconfiguration fails loudly at start-up and never per request.
 
 pub mod raw;
+pub mod routing;
 pub mod secret;
 
 use crate::catalog::Catalog;
 use crate::meter::Cost;
 use crate::preset::{self, Preset};
-use crate::route::health::HealthConfig;
-use crate::route::plan::{parse_quality, Policy};
 use raw::{RawConfig, RawProvider};
+pub use routing::{parse_quality, HealthConfig, Policy, RouteConfig, RouterConfig, Routing};
 pub use secret::Secret;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -71,29 +71,10 @@ pub struct Config {
     /// `provider/model` of the reference model for counterfactual cost.
     pub reference: String,
     pub storage: StorageConfig,
-    /// Named routes (`auto` always exists).
-    pub routes: BTreeMap<String, RouteConfig>,
-    /// Named data policies (`default` always exists).
-    pub policies: BTreeMap<String, Policy>,
-    pub router: RouterConfig,
+    /// Routes, policies and the router's settings.
+    pub routing: Routing,
     /// Where the config came from, for logs and for files placed next to it.
     pub source: ConfigSource,
-}
-
-/// A named route: what "cheapest good-enough model" means for it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RouteConfig {
-    pub name: String,
-    pub min_quality: u32,
-    pub policy: String,
-    pub expected_output: u64,
-    pub max_cost: Option<Cost>,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct RouterConfig {
-    pub max_attempts: u32,
-    pub health: HealthConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,16 +297,14 @@ impl Config {
         }
         let storage = storage_from_raw(&raw.storage)?;
         let ids: Vec<&str> = providers.iter().map(|p| p.id.as_str()).collect();
-        let (routes, policies, router) = routing_from_raw(&raw, &ids)?;
+        let routing = routing_from_raw(&raw, &ids)?;
         Ok(Config {
             server: ServerConfig { listen, api_keys, max_body_bytes, shutdown_grace, limits },
             providers,
             catalog: Arc::new(catalog),
             reference,
             storage,
-            routes,
-            policies,
-            router,
+            routing,
             source: ConfigSource::Environment,
         })
     }
@@ -355,8 +334,6 @@ fn limits_from_raw(raw: &raw::RawServer) -> Result<EdgeLimits, ConfigError> {
 }
 
 /// Routes, policies and router settings. `auto` and `default` exist even when not written.
-type Routing = (BTreeMap<String, RouteConfig>, BTreeMap<String, Policy>, RouterConfig);
-
 fn routing_from_raw(raw: &RawConfig, provider_ids: &[&str]) -> Result<Routing, ConfigError> {
     let mut policies = BTreeMap::new();
     policies.insert("default".to_string(), Policy { name: "default".into(), ..Policy::default() });
@@ -443,7 +420,7 @@ fn routing_from_raw(raw: &RawConfig, provider_ids: &[&str]) -> Result<Routing, C
     if max_attempts == 0 {
         return Err(err("router.max_attempts", "must be at least 1"));
     }
-    Ok((routes, policies, RouterConfig { max_attempts, health }))
+    Ok(Routing { routes, policies, router: RouterConfig { max_attempts, health } })
 }
 
 fn storage_from_raw(raw: &raw::RawStorage) -> Result<StorageConfig, ConfigError> {

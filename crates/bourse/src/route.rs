@@ -11,11 +11,12 @@ pub mod plan;
 pub mod quote;
 
 use crate::catalog::{Catalog, Kind};
-use crate::config::{Config, RouteConfig};
+use crate::config::Policy;
+use crate::config::{RouteConfig, Routing};
 use crate::error::{Error, ErrorKind, Result};
 use crate::provider::Provider;
 use health::Health;
-use plan::{Entry, Policy};
+use plan::Entry;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -120,7 +121,7 @@ impl Router {
     /// Pair each configured provider with the catalog's chat models it serves: entries
     /// under its own id first, then its vendor's (a provider "ds" of kind "deepseek" or
     /// "deepseek-anthropic" serves the deepseek models). A provider that lists `models` serves only those.
-    pub fn new(providers: &Providers, catalog: &Catalog, cfg: &Config) -> Router {
+    pub fn new(providers: &Providers, catalog: &Catalog, cfg: &Routing) -> Router {
         let mut entries = Vec::new();
         for p in providers.iter() {
             let mut seen = std::collections::HashSet::new();
@@ -180,7 +181,7 @@ impl Overrides {
             }
         };
         let min_quality = get("x-bourse-min-quality")?
-            .map(|s| plan::parse_quality(&s).map_err(|m| Error::invalid("x-bourse-min-quality", m)))
+            .map(|s| crate::config::parse_quality(&s).map_err(|m| Error::invalid("x-bourse-min-quality", m)))
             .transpose()?;
         let max_cost = get("x-bourse-max-cost-usd")?
             .map(|s| match s.parse::<f64>() {
@@ -346,6 +347,7 @@ fn prompt_facts(req: &crate::canonical::ChatRequest) -> (u64, bool) {
 mod tests {
     use super::*;
     use crate::canonical::ChatRequest;
+    use crate::config::Config;
     use crate::dialect::openai::parse_chat_request;
     use proptest::prelude::*;
     use std::time::Instant;
@@ -413,7 +415,7 @@ mod tests {
     fn router(extra: &str) -> Router {
         let cfg = Config::from_toml(&format!("{BASE}\n{extra}"), &|_| None).unwrap();
         let providers = Providers::new(cfg.providers.iter().map(|p| Arc::new(Provider::new(p).unwrap())).collect());
-        Router::new(&providers, &cfg.catalog, &cfg)
+        Router::new(&providers, &cfg.catalog, &cfg.routing)
     }
 
     fn req(extra: &str) -> ChatRequest {
@@ -641,6 +643,6 @@ mod tests {
     fn router_from(text: &str) -> Router {
         let cfg = Config::from_toml(text, &|_| None).unwrap();
         let providers = Providers::new(cfg.providers.iter().map(|p| Arc::new(Provider::new(p).unwrap())).collect());
-        Router::new(&providers, &cfg.catalog, &cfg)
+        Router::new(&providers, &cfg.catalog, &cfg.routing)
     }
 }

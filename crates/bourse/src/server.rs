@@ -64,7 +64,7 @@ impl AppState {
             list.push(Arc::new(Provider::new(p)?));
         }
         let providers = Providers::new(list);
-        let router = crate::route::Router::new(&providers, &cfg.catalog, cfg);
+        let router = crate::route::Router::new(&providers, &cfg.catalog, &cfg.routing);
         Ok(AppState {
             router,
             providers,

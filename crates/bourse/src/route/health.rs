@@ -25,6 +25,7 @@
 //!   caller never reports back (client went away, task cancelled) would otherwise pin the
 //!   target open forever; here another probe is allowed one cooldown later.
 
+use crate::config::HealthConfig;
 use crate::fnv::Fnv1a;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -32,23 +33,6 @@ use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
 use std::time::{Duration, Instant};
-
-/// Tuning for [`Health`].
-#[derive(Clone, Copy, Debug)]
-pub struct HealthConfig {
-    /// Consecutive failures that open the circuit. Zero is treated as one.
-    pub failure_threshold: u32,
-    /// How long an open circuit refuses attempts before allowing a probe.
-    pub cooldown: Duration,
-    /// Weight of each new sample in the TTFB average, in `[0, 1]`.
-    pub ewma_alpha: f64,
-}
-
-impl Default for HealthConfig {
-    fn default() -> Self {
-        HealthConfig { failure_threshold: 3, cooldown: Duration::from_secs(30), ewma_alpha: 0.2 }
-    }
-}
 
 /// What [`Health::acquire`] says about one target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

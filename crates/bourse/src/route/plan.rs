@@ -13,40 +13,12 @@
 
 use crate::canonical::Needs;
 use crate::catalog::{Model, Rates};
+use crate::config::Policy;
 use crate::meter::Cost;
 use crate::provider::Provider;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-
-/// Named quality tiers on the catalog's (LMArena-like) scale.
-pub const TIERS: &[(&str, u32)] = &[("frontier", 1420), ("strong", 1370), ("adequate", 1300), ("basic", 0)];
-
-/// A tier name or a number.
-pub fn parse_quality(s: &str) -> Result<u32, String> {
-    if let Some((_, q)) = TIERS.iter().find(|(n, _)| n.eq_ignore_ascii_case(s.trim())) {
-        return Ok(*q);
-    }
-    s.trim()
-        .parse::<u32>()
-        .map_err(|_| format!("\"{s}\" is not a quality: use frontier, strong, adequate, basic, or a number like 1375"))
-}
-
-/// Data-policy constraints.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Policy {
-    pub name: String,
-    /// Model makers' countries to avoid.
-    pub deny_origin: Vec<String>,
-    /// Jurisdictions where the request may not be processed.
-    pub deny_hosting: Vec<String>,
-    pub open_weights_only: bool,
-    /// Empty = every configured provider.
-    pub allow_providers: Vec<String>,
-    pub deny_providers: Vec<String>,
-    /// Cap on the blended (3 input : 1 output) price, USD per 1M tokens.
-    pub max_price_per_mtok: Option<f64>,
-}
 
 /// One routable (provider, model) pair, built once at start-up.
 #[derive(Debug)]
