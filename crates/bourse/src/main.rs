@@ -257,7 +257,7 @@ fn run_quote(
         }
     }
     let req = bourse::dialect::openai::parse_chat_request(&body.to_string().into()).map_err(|e| e.message)?;
-    let state = bourse::server::AppState::from_config(&cfg)?;
+    let state = bourse::state::AppState::from_config(&cfg)?;
     let router = &state.router;
     let overrides = bourse::route::Overrides { route: route.map(str::to_string), ..Default::default() };
     let chosen = match router.route_for(&req.model, &overrides).map_err(|e| e.message)? {

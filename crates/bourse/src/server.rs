@@ -1,4 +1,4 @@
-//! The HTTP server: state, the route table, the edge every request passes, and start/stop.
+//! The HTTP server: the route table, the edge every request passes, and start/stop.
 //!
 //! A request's way through, in order (one place, so nobody has to reconstruct it):
 //! 1. [`serve`] — hyper's HTTP/1.1 server, one task per connection.
@@ -15,12 +15,10 @@ pub use conn::raise_fd_limit;
 
 use crate::api;
 use crate::canonical::Dialect;
-use crate::config::{Config, EdgeLimits, Secret};
+use crate::config::{Config, EdgeLimits};
 use crate::error::{Error, ErrorKind, ErrorLabel};
 use crate::ledger::{Ledger, Writer};
-use crate::meter::Meter;
-use crate::provider::Provider;
-use crate::route::Providers;
+use crate::state::{AppState, Caller, SharedState};
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -31,68 +29,6 @@ use tokio::net::TcpListener;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
-
-/// Shared, read-only state of a running gateway.
-#[derive(Debug)]
-pub struct AppState {
-    pub providers: Providers,
-    pub api_keys: Vec<Secret>,
-    /// Stable, non-secret ids of the gateway keys (same order), for ledger rows.
-    pub key_ids: Vec<Arc<str>>,
-    pub meter: Meter,
-    /// The tokenizer's pool, for usage the upstream never reported.
-    pub estimator: crate::meter::estimate::Estimator,
-    pub router: crate::route::Router,
-    /// Where ledger rows go; None when the ledger is off.
-    pub ledger: Option<Writer>,
-    /// A read handle for usage reports.
-    pub reports: Option<Ledger>,
-    pub max_body_bytes: usize,
-    /// What a client connection may hold, and for how long.
-    pub limits: EdgeLimits,
-    /// Unix seconds at start, for the `created` field of model objects.
-    pub started: u64,
-}
-
-pub type SharedState = Arc<AppState>;
-
-impl AppState {
-    /// Build runtime state (HTTP clients included) from a validated config.
-    pub fn from_config(cfg: &Config) -> Result<AppState, String> {
-        let mut list = Vec::new();
-        for p in &cfg.providers {
-            list.push(Arc::new(Provider::new(p)?));
-        }
-        let providers = Providers::new(list);
-        let router = crate::route::Router::new(&providers, &cfg.catalog, &cfg.routing);
-        Ok(AppState {
-            router,
-            providers,
-            api_keys: cfg.server.api_keys.clone(),
-            key_ids: cfg.server.api_keys.iter().map(|k| Arc::from(key_id(k.expose()))).collect(),
-            meter: Meter::new(cfg.catalog.clone(), cfg.reference.clone()),
-            estimator: crate::meter::estimate::Estimator::new(),
-            ledger: None,
-            reports: None,
-            max_body_bytes: usize::try_from(cfg.server.max_body_bytes).unwrap_or(usize::MAX),
-            limits: cfg.server.limits,
-            started: crate::timespec::now_secs(),
-        })
-    }
-}
-
-/// A key's id: a short hash, so ledger rows say which key without storing it.
-pub fn key_id(key: &str) -> String {
-    let h = crate::fnv::fnv1a(key.as_bytes(), crate::fnv::OFFSET);
-    format!("key_{:08x}", h as u32)
-}
-
-/// Who is asking, as the edge established it: the request id and the gateway key's id.
-#[derive(Clone, Debug)]
-pub struct Caller {
-    pub request_id: Arc<str>,
-    pub key_id: Option<Arc<str>>,
-}
 
 /// The routes, in one table: `(method, path)` to handler. Unknown paths are 404, known paths
 /// with another method 405 (with `allow`); GET routes answer HEAD too. Matching is a `match`

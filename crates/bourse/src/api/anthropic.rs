@@ -6,12 +6,13 @@
 //! gateway key may come as `x-api-key` (what Anthropic SDKs send) or as a bearer token.
 //! Errors use Anthropic's shape, `{"type":"error","error":{"type","message"}}`.
 
-use super::chat::{self, read_json_body};
+use super::read_json_body;
 use crate::dialect::anthropic;
 use crate::error::{AnthropicError, Error};
+use crate::exchange;
 use crate::meter::estimate;
 use crate::route::Overrides;
-use crate::server::{Caller, SharedState};
+use crate::state::{Caller, SharedState};
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +23,7 @@ pub async fn messages(state: SharedState, caller: Caller, req: Request) -> Resul
     let body = read_json_body(&parts.headers, body, &state).await?;
     let req = anthropic::parse_request(&body)?;
     let overrides = Overrides::from_headers(&parts.headers)?;
-    Ok(chat::exchange(&state, caller, req, &overrides, &parts.headers).await)
+    Ok(exchange::chat(&state, caller, req, &overrides, &parts.headers).await)
 }
 
 static X_BOURSE_ESTIMATE: HeaderName = HeaderName::from_static("x-bourse-estimate");

@@ -1,11 +1,11 @@
 //! `POST /v1/bourse/quote`: what a chat request would cost on each feasible model, and why
 //! the others were excluded — without calling any upstream.
 
-use crate::api::chat::read_json_body;
+use super::read_json_body;
 use crate::dialect::openai::parse_chat_request;
 use crate::error::Result;
 use crate::route::Overrides;
-use crate::server::SharedState;
+use crate::state::SharedState;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use std::time::Instant;

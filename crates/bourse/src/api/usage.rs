@@ -3,7 +3,7 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::ledger::{GroupBy, ReportQuery};
-use crate::server::SharedState;
+use crate::state::SharedState;
 use crate::timespec;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use bourse::config::Config;
-use bourse::server::AppState;
+use bourse::state::AppState;
 use std::net::SocketAddr;
 use std::sync::Arc;
 #[allow(unused_imports)]

@@ -1,325 +1,43 @@
-//! The chat exchange, whichever dialect the client speaks: resolve or route, attempt
-//! (with fallbacks), relay or translate the answer, meter it, and write the ledger.
+//! One exchange with the upstreams, whichever dialect the client speaks: resolve or route,
+//! attempt (with fallbacks), relay or translate the answer, meter it, and write the ledger.
+//! The handlers in [`crate::api`] parse a request and call [`chat`] or [`embeddings`]; what
+//! they get back is the response, in the client's dialect, errors included.
 //!
 //! The client's dialect decides how the request was parsed and how answers and errors are
 //! rendered; the upstream's decides the wire in between. Same dialect on both sides passes
 //! the body through (only `model` rewritten); otherwise the request goes through the
 //! canonical [`Conversation`](crate::canonical::Conversation) and the answer through a
 //! [`Reply`](crate::canonical::Reply) or a stream of deltas ([`crate::dialect`]).
+//!
+//! [`attempt`] is one upstream attempt from start to settlement (price, ledger row, health);
+//! [`answer`] the headers an answer carries about itself (provenance, money, route reason).
 
-use crate::canonical::{ChatRequest, Dialect, Usage};
+mod answer;
+mod attempt;
+
+pub use answer::{
+    X_BOURSE_COST, X_BOURSE_MODEL, X_BOURSE_PROVIDER, X_BOURSE_REFERENCE_COST, X_BOURSE_ROUTE_REASON, X_BOURSE_SAVED,
+};
+
+use crate::canonical::{ChatRequest, Dialect, EmbeddingsRequest, Usage};
 use crate::dialect::openai::{self as wire, translate};
 use crate::dialect::{anthropic, gemini, Decode, Encode};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ledger::Estimate;
-use crate::ledger::LedgerEntry;
-use crate::meter::estimate::{Answer, Counting};
-use crate::meter::{Cost, Price};
-use crate::provider::{Endpoint, Upstream};
+use crate::meter::estimate::{self, Answer, Counting};
+use crate::meter::Price;
+use crate::provider::Endpoint;
 use crate::relay::{Ending, Mode, OnEnd, StreamEnd, StreamRelay, StreamSummary};
 use crate::route::health::Availability;
 use crate::route::{Overrides, Routed, Target};
-use crate::server::{AppState, Caller, SharedState};
+use crate::state::{Caller, SharedState};
+use answer::{
+    error_response, json_response, money_comment, money_headers, not_json, provenance, read_upstream_body, route_reason,
+};
+use attempt::{Attempt, Chosen};
 use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::Response;
-use bytes::BytesMut;
-use hyper::body::Body as _;
-use std::future::Future;
 use std::time::{Duration, Instant};
-
-pub static X_BOURSE_PROVIDER: HeaderName = HeaderName::from_static("x-bourse-provider");
-pub static X_BOURSE_MODEL: HeaderName = HeaderName::from_static("x-bourse-model");
-pub static X_BOURSE_COST: HeaderName = HeaderName::from_static("x-bourse-cost-usd");
-pub static X_BOURSE_REFERENCE_COST: HeaderName = HeaderName::from_static("x-bourse-reference-cost-usd");
-pub static X_BOURSE_SAVED: HeaderName = HeaderName::from_static("x-bourse-saved-usd");
-pub static X_BOURSE_ROUTE_REASON: HeaderName = HeaderName::from_static("x-bourse-route-reason");
-
-/// Check the content type and read the body: a body over `server.max_body_bytes` is
-/// refused with a 413 before it is buffered, and one that stops arriving for
-/// `server.idle_timeout` with a 408 (a client trickling its body cannot hold a connection).
-pub async fn read_json_body(headers: &HeaderMap, body: Body, state: &AppState) -> Result<Bytes> {
-    let limit = state.max_body_bytes;
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim();
-    if !mime.eq_ignore_ascii_case("application/json") {
-        let shown = if ct.is_empty() { "none".to_string() } else { format!("'{ct}'") };
-        return Err(Error::new(
-            ErrorKind::UnsupportedMediaType,
-            format!("the request body must be JSON with 'content-type: application/json' (got {shown})"),
-        ));
-    }
-    let too_large = || {
-        Error::new(ErrorKind::PayloadTooLarge, format!("the request body is larger than the limit of {limit} bytes"))
-    };
-    let declared =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let mut body = body;
-    // One frame (the usual small body, already read with the head) is kept as it is;
-    // more are joined.
-    let mut first: Option<Bytes> = None;
-    let mut joined = BytesMut::new();
-    while let Some(frame) = next_frame(&mut body, state.limits.idle_timeout).await? {
-        let Ok(data) = frame.into_data() else { continue };
-        let have = first.as_ref().map_or(0, Bytes::len) + joined.len();
-        if have + data.len() > limit {
-            return Err(too_large());
-        }
-        match first.take() {
-            None if joined.is_empty() => first = Some(data),
-            None => joined.extend_from_slice(&data),
-            Some(f) => {
-                joined.reserve(declared.map_or(f.len() + data.len(), |n| n as usize));
-                joined.extend_from_slice(&f);
-                joined.extend_from_slice(&data);
-            }
-        }
-    }
-    Ok(first.unwrap_or_else(|| joined.freeze()))
-}
-
-/// The body's next frame; a timer is set only if none is ready at once.
-async fn next_frame(body: &mut Body, stall: Duration) -> Result<Option<hyper::body::Frame<Bytes>>> {
-    let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-    let frame = std::future::poll_fn(|cx| {
-        if let std::task::Poll::Ready(f) = std::pin::Pin::new(&mut *body).poll_frame(cx) {
-            return std::task::Poll::Ready(Ok(f));
-        }
-        let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
-        t.as_mut().poll(cx).map(Err)
-    })
-    .await;
-    match frame {
-        Ok(None) => Ok(None),
-        Ok(Some(Ok(f))) => Ok(Some(f)),
-        Ok(Some(Err(e))) => Err(Error::new(ErrorKind::InvalidRequest, format!("could not read the request body: {e}"))),
-        Err(()) => Err(Error::new(
-            ErrorKind::RequestTimeout,
-            format!("the request body stopped arriving for {} s (server.idle_timeout)", stall.as_secs()),
-        )),
-    }
-}
-
-pub(crate) fn provenance(resp: &mut Response, target: &Target) {
-    let h = resp.headers_mut();
-    if let Some(v) = &target.provider.id_header {
-        h.insert(X_BOURSE_PROVIDER.clone(), v.clone());
-    }
-    if let Ok(v) = HeaderValue::from_str(&target.upstream_model) {
-        h.insert(X_BOURSE_MODEL.clone(), v);
-    }
-}
-
-pub(crate) fn json_response(status: StatusCode, body: Bytes) -> Response {
-    let mut resp = Response::new(Body::from(body));
-    *resp.status_mut() = status;
-    // Room for every header an answer gets (provenance, money, route, request id), so
-    // adding them never regrows the map.
-    let mut headers = HeaderMap::with_capacity(12);
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    *resp.headers_mut() = headers;
-    resp
-}
-
-pub(crate) async fn read_upstream_body(target: &Target, resp: Upstream) -> Result<(StatusCode, Bytes)> {
-    let status = resp.status();
-    let bytes = target.provider.read_body(resp).await?;
-    // DeepSeek holds queued non-streaming requests open with blank lines: they are not
-    // part of the JSON, so trim them rather than relay a body that starts with newlines.
-    let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
-    Ok((status, bytes.slice(start..)))
-}
-
-pub(crate) fn not_json(target: &Target) -> Error {
-    Error::new(
-        ErrorKind::UpstreamProtocol,
-        format!("provider {} returned a body that is not valid JSON", target.provider.id),
-    )
-}
-
-/// How an attempt's target was chosen, which decides how it is priced and whom it reports to.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Chosen {
-    /// Named by the client: priced by the catalog price found when the target was checked.
-    Explicit(Price),
-    /// A router entry (an index into its entries): priced by the entry's catalog model, and
-    /// the entry's health and observed output are told the outcome.
-    Routed(usize),
-}
-
-/// One upstream attempt, from start to settlement.
-pub(crate) struct Attempt {
-    state: SharedState,
-    caller: Caller,
-    target: Target,
-    number: u32,
-    route_reason: Option<String>,
-    chosen: Chosen,
-    ts_ms: i64,
-    pub(crate) started: Instant,
-    pub(crate) ttfb: Option<Duration>,
-    stream: bool,
-}
-
-/// The money headers of a settled, non-streaming response.
-pub(crate) struct Settled {
-    cost: Cost,
-    reference: Cost,
-}
-
-impl Attempt {
-    pub(crate) fn start(
-        state: &SharedState,
-        caller: Caller,
-        target: &Target,
-        stream: bool,
-        number: u32,
-        route_reason: Option<String>,
-        chosen: Chosen,
-    ) -> Attempt {
-        let ts_ms = crate::timespec::now_ms();
-        Attempt {
-            state: state.clone(),
-            caller,
-            target: target.clone(),
-            number,
-            route_reason,
-            chosen,
-            ts_ms,
-            started: Instant::now(),
-            ttfb: None,
-            stream,
-        }
-    }
-
-    /// The upstream answered: close its circuit and fold in its time to first byte.
-    fn healthy(&self) {
-        if let Chosen::Routed(i) = self.chosen {
-            let router = &self.state.router;
-            router.health.record_success(&router.entries[i].key, self.ttfb.unwrap_or_default(), Instant::now());
-        }
-    }
-
-    /// Price the usage and build the ledger row. Returns the cost and the reference cost.
-    pub(crate) fn settle(
-        self,
-        usage: Usage,
-        estimate: Option<Estimate>,
-        status: u16,
-        error: Option<&str>,
-    ) -> (Settled, Option<Record>) {
-        if let (Chosen::Routed(i), None) = (self.chosen, error) {
-            self.state.router.entries[i].observe_output(usage.output_total());
-        }
-        let meter = &self.state.meter;
-        let model = match self.chosen {
-            Chosen::Explicit(price) => meter.model(price),
-            // The entry holds the catalog model the meter would find for its target.
-            Chosen::Routed(i) => &self.state.router.entries[i].model,
-        };
-        let (cost, reference) = meter.settle(model, &usage);
-        let entry = self.state.ledger.is_some().then(|| LedgerEntry {
-            // `String::from`, not `to_string`: on an `Arc<str>` that goes through `Display`.
-            request_id: String::from(&*self.caller.request_id),
-            attempt: self.number,
-            ts_ms: self.ts_ms,
-            key_id: self.caller.key_id.as_deref().map(str::to_string),
-            provider: self.target.provider.id.clone(),
-            model: self.target.upstream_model.clone(),
-            route_reason: self.route_reason,
-            usage,
-            cost_nanos: cost.0,
-            reference_cost_nanos: reference.0,
-            catalog_version: meter.catalog.version.clone(),
-            ttfb_ms: self.ttfb.map(|d| d.as_millis() as u32),
-            latency_ms: self.started.elapsed().as_millis() as u32,
-            status,
-            error_kind: error.map(str::to_string),
-            estimate,
-            stream: self.stream,
-        });
-        // The row travels with the state it came from (not a clone of the writer: its
-        // reference counts are shared by every worker, so touching them costs).
-        (Settled { cost, reference }, entry.map(|entry| Record { state: self.state, entry }))
-    }
-
-    /// A failed attempt: a ledger row with no usage, health told, the error handed back.
-    pub(crate) async fn fail(self, e: Error) -> Error {
-        if let (Chosen::Routed(i), crate::error::Origin::Upstream) = (self.chosen, e.origin()) {
-            let router = &self.state.router;
-            let key = &router.entries[i].key;
-            // Out of balance will not fix itself within a cooldown: open the circuit now.
-            let hits = match &e.kind {
-                ErrorKind::UpstreamStatus(s) if s.exhausted => router.failure_threshold,
-                _ => 1,
-            };
-            for _ in 0..hits {
-                router.health.record_failure(key, Instant::now());
-            }
-        }
-        let (_, record) = self.settle(Usage::default(), None, e.status().as_u16(), Some(e.label()));
-        if let Some(r) = record {
-            r.send().await;
-        }
-        e
-    }
-}
-
-/// A ledger row on its way to the writer.
-pub(crate) struct Record {
-    state: SharedState,
-    entry: LedgerEntry,
-}
-
-impl Record {
-    /// Queue the row (the writer's full-queue policy applies; it never waits on the database).
-    pub(crate) async fn send(self) {
-        if let Some(writer) = &self.state.ledger {
-            writer.record(self.entry).await;
-        }
-    }
-
-    /// From synchronous code (the end of a stream, possibly inside a drop): queue the row
-    /// at once if there is room (always, unless the store has fallen behind), else hand it
-    /// to a task so the same full-queue policy applies.
-    fn send_detached(self) {
-        let Some(writer) = &self.state.ledger else { return };
-        let Err(entry) = writer.offer(self.entry) else { return };
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                let state = self.state;
-                rt.spawn(async move { Record { state, entry }.send().await });
-            }
-            Err(_) => writer.try_record(entry),
-        }
-    }
-}
-
-pub(crate) fn money_headers(resp: &mut Response, s: &Settled) {
-    let h = resp.headers_mut();
-    let mut buf = [0; 24];
-    for (name, value) in
-        [(&X_BOURSE_COST, s.cost), (&X_BOURSE_REFERENCE_COST, s.reference), (&X_BOURSE_SAVED, s.reference - s.cost)]
-    {
-        // From the digits on the stack: the header value is their one copy.
-        if let Ok(v) = HeaderValue::from_bytes(value.usd_ascii(&mut buf)) {
-            h.insert(name.clone(), v);
-        }
-    }
-}
-
-/// The SSE comment sent after `[DONE]`: streaming headers leave before the cost is known.
-fn money_comment(s: &Settled) -> Bytes {
-    Bytes::from(format!(
-        ": x-bourse-cost-usd={} x-bourse-reference-cost-usd={} x-bourse-saved-usd={}\n\n",
-        s.cost.usd(),
-        s.reference.usd(),
-        (s.reference - s.cost).usd()
-    ))
-}
 
 /// One place to try, in the order to try them.
 enum Try {
@@ -369,7 +87,7 @@ fn tries_for(state: &SharedState, req: &ChatRequest, overrides: &Overrides) -> R
 
 /// Serve one chat request end to end. Every outcome, errors included, is a response in
 /// the client's dialect.
-pub(crate) async fn exchange(
+pub async fn chat(
     state: &SharedState,
     caller: Caller,
     mut req: ChatRequest,
@@ -529,12 +247,6 @@ fn answer(req: &ChatRequest, target: &Target, bytes: Bytes, json_tool: bool) -> 
     Ok((Bytes::from(out), reply.usage))
 }
 
-pub(crate) fn error_response(e: Error, target: &Target, dialect: Dialect) -> Response {
-    let mut resp = e.render(dialect);
-    provenance(&mut resp, target);
-    resp
-}
-
 /// One attempt at a chat request: send, relay (or translate), settle. Writes the attempt's
 /// ledger row and updates health; returns the error (already recorded) for the caller to
 /// decide on a fallback.
@@ -642,8 +354,49 @@ async fn attempt_chat(
     Ok(out)
 }
 
-fn route_reason(resp: &mut Response, reason: Option<&str>) {
-    if let Some(v) = reason.and_then(|r| HeaderValue::from_str(r).ok()) {
-        resp.headers_mut().insert(X_BOURSE_ROUTE_REASON.clone(), v);
+/// Serve one embeddings request: the model it names, one attempt (embeddings are not
+/// routed), metered, with the same provenance and money headers as chat.
+pub async fn embeddings(state: &SharedState, caller: Caller, mut req: EmbeddingsRequest) -> Response {
+    let target = match state.providers.resolve(&req.model) {
+        Ok(t) => t,
+        Err(e) => return e.render(Dialect::OpenAi),
+    };
+    let price = match state.meter.price(&target.provider.id, target.provider.vendor, &target.upstream_model) {
+        Ok(p) => p,
+        Err(e) => return e.render(Dialect::OpenAi),
+    };
+    let upstream_body = wire::upstream_embeddings_body(&mut req, &target.upstream_model);
+    let mut attempt = Attempt::start(state, caller, &target, false, 1, None, Chosen::Explicit(price));
+    let resp = match target.provider.post_json(Endpoint::Embeddings, upstream_body).await {
+        Ok(r) => r,
+        Err(e) => return error_response(attempt.fail(e).await, &target, Dialect::OpenAi),
+    };
+    attempt.ttfb = Some(attempt.started.elapsed());
+    let (status, bytes) = match read_upstream_body(&target, resp).await {
+        Ok(x) => x,
+        Err(e) => return error_response(attempt.fail(e).await, &target, Dialect::OpenAi),
+    };
+    let usage = match wire::response_usage(&bytes) {
+        Ok(u) => u,
+        Err(wire::NotJson) => return error_response(attempt.fail(not_json(&target)).await, &target, Dialect::OpenAi),
+    };
+    let (usage, estimate) = match usage {
+        Some(u) => (u, None),
+        None => {
+            let input = std::sync::Arc::new(req.body.remove("input").unwrap_or_default());
+            let counted = input.clone();
+            let heuristic = || estimate::heuristic(input.to_string().as_bytes());
+            let (tokens, how) =
+                state.estimator.count(bytes.len(), move || estimate::embedding_input_tokens(&counted), heuristic).await;
+            (Usage { input_uncached: tokens, ..Usage::default() }, Some(how))
+        }
+    };
+    let (settled, record) = attempt.settle(usage, estimate, status.as_u16(), None);
+    if let Some(r) = record {
+        r.send().await;
     }
+    let mut out = json_response(status, bytes);
+    provenance(&mut out, &target);
+    money_headers(&mut out, &settled);
+    out
 }

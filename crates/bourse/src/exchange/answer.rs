@@ -1,0 +1,92 @@
+//! What an answer says about itself: which provider and model served it
+//! (`x-bourse-provider`, `x-bourse-model`), what it cost and saved (`x-bourse-cost-usd`,
+//! `x-bourse-reference-cost-usd`, `x-bourse-saved-usd`; for a stream, the same figures in an
+//! SSE comment after `[DONE]`), and why the router chose it (`x-bourse-route-reason`).
+
+use super::attempt::Settled;
+use crate::canonical::Dialect;
+use crate::error::{Error, ErrorKind, Result};
+use crate::provider::Upstream;
+use crate::route::Target;
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
+
+pub static X_BOURSE_PROVIDER: HeaderName = HeaderName::from_static("x-bourse-provider");
+pub static X_BOURSE_MODEL: HeaderName = HeaderName::from_static("x-bourse-model");
+pub static X_BOURSE_COST: HeaderName = HeaderName::from_static("x-bourse-cost-usd");
+pub static X_BOURSE_REFERENCE_COST: HeaderName = HeaderName::from_static("x-bourse-reference-cost-usd");
+pub static X_BOURSE_SAVED: HeaderName = HeaderName::from_static("x-bourse-saved-usd");
+pub static X_BOURSE_ROUTE_REASON: HeaderName = HeaderName::from_static("x-bourse-route-reason");
+
+pub(super) fn provenance(resp: &mut Response, target: &Target) {
+    let h = resp.headers_mut();
+    if let Some(v) = &target.provider.id_header {
+        h.insert(X_BOURSE_PROVIDER.clone(), v.clone());
+    }
+    if let Ok(v) = HeaderValue::from_str(&target.upstream_model) {
+        h.insert(X_BOURSE_MODEL.clone(), v);
+    }
+}
+
+pub(super) fn json_response(status: StatusCode, body: Bytes) -> Response {
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    // Room for every header an answer gets (provenance, money, route, request id), so
+    // adding them never regrows the map.
+    let mut headers = HeaderMap::with_capacity(12);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    *resp.headers_mut() = headers;
+    resp
+}
+
+pub(super) async fn read_upstream_body(target: &Target, resp: Upstream) -> Result<(StatusCode, Bytes)> {
+    let status = resp.status();
+    let bytes = target.provider.read_body(resp).await?;
+    // DeepSeek holds queued non-streaming requests open with blank lines: they are not
+    // part of the JSON, so trim them rather than relay a body that starts with newlines.
+    let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
+    Ok((status, bytes.slice(start..)))
+}
+
+pub(super) fn not_json(target: &Target) -> Error {
+    Error::new(
+        ErrorKind::UpstreamProtocol,
+        format!("provider {} returned a body that is not valid JSON", target.provider.id),
+    )
+}
+
+pub(super) fn money_headers(resp: &mut Response, s: &Settled) {
+    let h = resp.headers_mut();
+    let mut buf = [0; 24];
+    for (name, value) in
+        [(&X_BOURSE_COST, s.cost), (&X_BOURSE_REFERENCE_COST, s.reference), (&X_BOURSE_SAVED, s.reference - s.cost)]
+    {
+        // From the digits on the stack: the header value is their one copy.
+        if let Ok(v) = HeaderValue::from_bytes(value.usd_ascii(&mut buf)) {
+            h.insert(name.clone(), v);
+        }
+    }
+}
+
+/// The SSE comment sent after `[DONE]`: streaming headers leave before the cost is known.
+pub(super) fn money_comment(s: &Settled) -> Bytes {
+    Bytes::from(format!(
+        ": x-bourse-cost-usd={} x-bourse-reference-cost-usd={} x-bourse-saved-usd={}\n\n",
+        s.cost.usd(),
+        s.reference.usd(),
+        (s.reference - s.cost).usd()
+    ))
+}
+
+pub(super) fn error_response(e: Error, target: &Target, dialect: Dialect) -> Response {
+    let mut resp = e.render(dialect);
+    provenance(&mut resp, target);
+    resp
+}
+
+pub(super) fn route_reason(resp: &mut Response, reason: Option<&str>) {
+    if let Some(v) = reason.and_then(|r| HeaderValue::from_str(r).ok()) {
+        resp.headers_mut().insert(X_BOURSE_ROUTE_REASON.clone(), v);
+    }
+}

@@ -1,0 +1,169 @@
+//! One upstream attempt, from start to settlement: when it started and how its target was
+//! chosen; on success the price of its usage, the router told (observed output, health) and
+//! its ledger row queued; on failure the same row with no usage, and the circuit told.
+
+use crate::canonical::Usage;
+use crate::error::{Error, ErrorKind};
+use crate::ledger::{Estimate, LedgerEntry};
+use crate::meter::{Cost, Price};
+use crate::route::Target;
+use crate::state::{Caller, SharedState};
+use std::time::{Duration, Instant};
+
+/// How an attempt's target was chosen, which decides how it is priced and whom it reports to.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Chosen {
+    /// Named by the client: priced by the catalog price found when the target was checked.
+    Explicit(Price),
+    /// A router entry (an index into its entries): priced by the entry's catalog model, and
+    /// the entry's health and observed output are told the outcome.
+    Routed(usize),
+}
+
+/// One upstream attempt, from start to settlement.
+pub(super) struct Attempt {
+    state: SharedState,
+    caller: Caller,
+    pub(super) target: Target,
+    number: u32,
+    route_reason: Option<String>,
+    chosen: Chosen,
+    ts_ms: i64,
+    pub(super) started: Instant,
+    pub(super) ttfb: Option<Duration>,
+    stream: bool,
+}
+
+/// The money headers of a settled, non-streaming response.
+pub(super) struct Settled {
+    pub(super) cost: Cost,
+    pub(super) reference: Cost,
+}
+
+impl Attempt {
+    pub(super) fn start(
+        state: &SharedState,
+        caller: Caller,
+        target: &Target,
+        stream: bool,
+        number: u32,
+        route_reason: Option<String>,
+        chosen: Chosen,
+    ) -> Attempt {
+        let ts_ms = crate::timespec::now_ms();
+        Attempt {
+            state: state.clone(),
+            caller,
+            target: target.clone(),
+            number,
+            route_reason,
+            chosen,
+            ts_ms,
+            started: Instant::now(),
+            ttfb: None,
+            stream,
+        }
+    }
+
+    /// The upstream answered: close its circuit and fold in its time to first byte.
+    pub(super) fn healthy(&self) {
+        if let Chosen::Routed(i) = self.chosen {
+            let router = &self.state.router;
+            router.health.record_success(&router.entries[i].key, self.ttfb.unwrap_or_default(), Instant::now());
+        }
+    }
+
+    /// Price the usage and build the ledger row. Returns the cost and the reference cost.
+    pub(super) fn settle(
+        self,
+        usage: Usage,
+        estimate: Option<Estimate>,
+        status: u16,
+        error: Option<&str>,
+    ) -> (Settled, Option<Record>) {
+        if let (Chosen::Routed(i), None) = (self.chosen, error) {
+            self.state.router.entries[i].observe_output(usage.output_total());
+        }
+        let meter = &self.state.meter;
+        let model = match self.chosen {
+            Chosen::Explicit(price) => meter.model(price),
+            // The entry holds the catalog model the meter would find for its target.
+            Chosen::Routed(i) => &self.state.router.entries[i].model,
+        };
+        let (cost, reference) = meter.settle(model, &usage);
+        let entry = self.state.ledger.is_some().then(|| LedgerEntry {
+            // `String::from`, not `to_string`: on an `Arc<str>` that goes through `Display`.
+            request_id: String::from(&*self.caller.request_id),
+            attempt: self.number,
+            ts_ms: self.ts_ms,
+            key_id: self.caller.key_id.as_deref().map(str::to_string),
+            provider: self.target.provider.id.clone(),
+            model: self.target.upstream_model.clone(),
+            route_reason: self.route_reason,
+            usage,
+            cost_nanos: cost.0,
+            reference_cost_nanos: reference.0,
+            catalog_version: meter.catalog.version.clone(),
+            ttfb_ms: self.ttfb.map(|d| d.as_millis() as u32),
+            latency_ms: self.started.elapsed().as_millis() as u32,
+            status,
+            error_kind: error.map(str::to_string),
+            estimate,
+            stream: self.stream,
+        });
+        // The row travels with the state it came from (not a clone of the writer: its
+        // reference counts are shared by every worker, so touching them costs).
+        (Settled { cost, reference }, entry.map(|entry| Record { state: self.state, entry }))
+    }
+
+    /// A failed attempt: a ledger row with no usage, health told, the error handed back.
+    pub(super) async fn fail(self, e: Error) -> Error {
+        if let (Chosen::Routed(i), crate::error::Origin::Upstream) = (self.chosen, e.origin()) {
+            let router = &self.state.router;
+            let key = &router.entries[i].key;
+            // Out of balance will not fix itself within a cooldown: open the circuit now.
+            let hits = match &e.kind {
+                ErrorKind::UpstreamStatus(s) if s.exhausted => router.failure_threshold,
+                _ => 1,
+            };
+            for _ in 0..hits {
+                router.health.record_failure(key, Instant::now());
+            }
+        }
+        let (_, record) = self.settle(Usage::default(), None, e.status().as_u16(), Some(e.label()));
+        if let Some(r) = record {
+            r.send().await;
+        }
+        e
+    }
+}
+
+/// A ledger row on its way to the writer.
+pub(super) struct Record {
+    state: SharedState,
+    entry: LedgerEntry,
+}
+
+impl Record {
+    /// Queue the row (the writer's full-queue policy applies; it never waits on the database).
+    pub(super) async fn send(self) {
+        if let Some(writer) = &self.state.ledger {
+            writer.record(self.entry).await;
+        }
+    }
+
+    /// From synchronous code (the end of a stream, possibly inside a drop): queue the row
+    /// at once if there is room (always, unless the store has fallen behind), else hand it
+    /// to a task so the same full-queue policy applies.
+    pub(super) fn send_detached(self) {
+        let Some(writer) = &self.state.ledger else { return };
+        let Err(entry) = writer.offer(self.entry) else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let state = self.state;
+                rt.spawn(async move { Record { state, entry }.send().await });
+            }
+            Err(_) => writer.try_record(entry),
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! The state every request sees: the providers, the router, the meter, the estimator, the
+//! ledger's writer and the gateway keys, built once from the validated config; and the
+//! [`Caller`] the edge establishes for each request. Handlers and the exchange read it; the
+//! server builds it and hands it to every connection.
+
+use crate::config::{Config, EdgeLimits, Secret};
+use crate::ledger::{Ledger, Writer};
+use crate::meter::estimate::Estimator;
+use crate::meter::Meter;
+use crate::provider::Provider;
+use crate::route::{Providers, Router};
+use std::sync::Arc;
+
+/// Shared, read-only state of a running gateway.
+#[derive(Debug)]
+pub struct AppState {
+    pub providers: Providers,
+    pub api_keys: Vec<Secret>,
+    /// Stable, non-secret ids of the gateway keys (same order), for ledger rows.
+    pub key_ids: Vec<Arc<str>>,
+    pub meter: Meter,
+    /// The tokenizer's pool, for usage the upstream never reported.
+    pub estimator: Estimator,
+    pub router: Router,
+    /// Where ledger rows go; None when the ledger is off.
+    pub ledger: Option<Writer>,
+    /// A read handle for usage reports.
+    pub reports: Option<Ledger>,
+    pub max_body_bytes: usize,
+    /// What a client connection may hold, and for how long.
+    pub limits: EdgeLimits,
+    /// Unix seconds at start, for the `created` field of model objects.
+    pub started: u64,
+}
+
+pub type SharedState = Arc<AppState>;
+
+impl AppState {
+    /// Build runtime state (HTTP clients included) from a validated config.
+    pub fn from_config(cfg: &Config) -> Result<AppState, String> {
+        let mut list = Vec::new();
+        for p in &cfg.providers {
+            list.push(Arc::new(Provider::new(p)?));
+        }
+        let providers = Providers::new(list);
+        let router = Router::new(&providers, &cfg.catalog, &cfg.routing);
+        Ok(AppState {
+            router,
+            providers,
+            api_keys: cfg.server.api_keys.clone(),
+            key_ids: cfg.server.api_keys.iter().map(|k| Arc::from(key_id(k.expose()))).collect(),
+            meter: Meter::new(cfg.catalog.clone(), cfg.reference.clone()),
+            estimator: Estimator::new(),
+            ledger: None,
+            reports: None,
+            max_body_bytes: usize::try_from(cfg.server.max_body_bytes).unwrap_or(usize::MAX),
+            limits: cfg.server.limits,
+            started: crate::timespec::now_secs(),
+        })
+    }
+}
+
+/// A key's id: a short hash, so ledger rows say which key without storing it.
+pub fn key_id(key: &str) -> String {
+    let h = crate::fnv::fnv1a(key.as_bytes(), crate::fnv::OFFSET);
+    format!("key_{:08x}", h as u32)
+}
+
+/// Who is asking, as the edge established it: the request id and the gateway key's id.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub request_id: Arc<str>,
+    pub key_id: Option<Arc<str>>,
+}
