@@ -10,7 +10,6 @@
 //! unknown providers and duplicate ids are errors that name the entry.
 
 pub mod litellm;
-pub mod render;
 
 use crate::fnv::{fnv1a, Fnv1a, OFFSET as FNV_OFFSET};
 use crate::preset;

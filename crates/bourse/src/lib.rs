@@ -8,6 +8,7 @@
 pub mod api;
 pub mod canonical;
 pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod dialect;
 mod digits;
@@ -20,7 +21,6 @@ pub mod meter;
 pub mod preset;
 pub mod provider;
 pub mod relay;
-pub mod report;
 pub mod route;
 pub mod server;
 pub mod sse;

@@ -1,11 +1,12 @@
 //! The `bourse` command line. Parsing only; the work lives in the library.
 
-use bourse::catalog::render::{self, Filter, SortKey};
 use bourse::catalog::{self, Kind};
+use bourse::cli::catalog::{Filter, SortKey};
+use bourse::cli::{self, Format};
 use bourse::config::Config;
 use bourse::ledger::{Ledger, ReportQuery};
 use bourse::server::{self, ServeOptions};
-use bourse::{report, timespec};
+use bourse::timespec;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -210,11 +211,11 @@ fn catalog_list(a: &CatalogList) -> Result<(), String> {
         Sort::Ratio => SortKey::Ratio,
     };
     let format = match a.format {
-        Fmt::Table => render::Format::Table,
-        Fmt::Json => render::Format::Json,
-        Fmt::Csv => render::Format::Csv,
+        Fmt::Table => Format::Table,
+        Fmt::Json => Format::Json,
+        Fmt::Csv => Format::Csv,
     };
-    print!("{}", render::render(&cfg.catalog, &cfg.reference, &filter, sort, a.desc, format)?);
+    print!("{}", cli::catalog::render(&cfg.catalog, &cfg.reference, &filter, sort, a.desc, format)?);
     Ok(())
 }
 
@@ -266,7 +267,7 @@ fn run_quote(
     };
     let routed = router.plan(chosen, &overrides, &req, std::time::Instant::now()).map_err(|e| e.message)?;
     match format {
-        QuoteFmt::Table => print!("{}", router.quote_table(&routed)),
+        QuoteFmt::Table => print!("{}", cli::quote::table(router, &routed)),
         QuoteFmt::Json => println!("{}", serde_json::to_string_pretty(&router.quote_json(&routed)).unwrap_or_default()),
     }
     Ok(())
@@ -307,11 +308,11 @@ fn run_report(c: &ConfigArg, since: &str, until: Option<&str>, by: By, format: F
         rows
     })?;
     let format = match format {
-        Fmt::Table => report::Format::Table,
-        Fmt::Json => report::Format::Json,
-        Fmt::Csv => report::Format::Csv,
+        Fmt::Table => Format::Table,
+        Fmt::Json => Format::Json,
+        Fmt::Csv => Format::Csv,
     };
-    print!("{}", report::render(&rows, format));
+    print!("{}", cli::report::render(&rows, format));
     Ok(())
 }
 

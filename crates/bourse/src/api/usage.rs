@@ -43,6 +43,6 @@ pub async fn usage(state: SharedState, uri: &axum::http::Uri) -> Result<Response
         .report(&ReportQuery { since_ms: since, until_ms: until, by })
         .await
         .map_err(|e| Error::new(ErrorKind::Internal, format!("ledger report failed: {e}")))?;
-    let data: Vec<_> = rows.iter().map(crate::report::row_json).collect();
+    let data: Vec<_> = rows.iter().map(crate::cli::report::row_json).collect();
     Ok(axum::Json(json!({"object": "list", "since_ms": since, "until_ms": until, "data": data})).into_response())
 }

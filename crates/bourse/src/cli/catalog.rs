@@ -1,4 +1,4 @@
-//! Rendering for `bourse catalog`: the catalog as an aligned table, JSON or CSV, filtered,
+//! `bourse catalog`: the catalog as an aligned table, JSON or CSV, filtered,
 //! sorted, and priced relative to a reference model so the gap between premium and
 //! low-cost models is visible at a glance.
 //!
@@ -7,18 +7,11 @@
 //! 0.0027999999). The blended price is (3·input + output)/4, as [`Model::blended`] defines
 //! it; here it is computed on the integers so sorting and display agree exactly.
 
-use super::{Catalog, Kind, Model, Rate};
+use super::{csv_field, Format};
+use crate::catalog::{Catalog, Kind, Model, Rate};
 use serde::Serialize;
 use std::cmp::Ordering;
 use std::fmt::Write as _;
-
-/// Output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    Table,
-    Json,
-    Csv,
-}
 
 /// What to order rows by. Ties always fall back to the id, so output is deterministic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -286,15 +279,6 @@ const CSV_HEADER: [&str; 13] = [
     "vs_ref",
 ];
 
-/// RFC 4180 quoting: only when needed, doubling embedded quotes.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 fn csv(rows: &[Row]) -> String {
     let mut out = CSV_HEADER.join(",");
     out.push('\n');
@@ -426,7 +410,7 @@ fn footer(catalog: &Catalog, reference: &Model, rows: &[Row]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Rates;
+    use crate::catalog::Rates;
     use super::*;
     use std::collections::BTreeMap;
 

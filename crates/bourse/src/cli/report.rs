@@ -1,17 +1,11 @@
 //! `bourse report`: ledger aggregates as a table, JSON or CSV. Money is summed as integer
 //! nano-USD by the database and only formatted here.
 
+use super::{csv_field, Format};
 use crate::ledger::ReportRow;
 use crate::meter::Cost;
 use serde_json::json;
 use std::fmt::Write as _;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    Table,
-    Json,
-    Csv,
-}
 
 /// Savings as a percentage of the reference cost, to one decimal (integer arithmetic).
 fn saved_pct(r: &ReportRow) -> String {
@@ -75,14 +69,6 @@ fn cells(r: &ReportRow) -> Vec<String> {
         r.errors.to_string(),
         r.estimated.to_string(),
     ]
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
 }
 
 /// One report row as JSON: the integer fields plus exact decimal USD strings (shared by
