@@ -10,7 +10,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-/// Who failed. Drives logging, retry decisions and (later) health tracking.
+/// Who failed. Drives logging, retry decisions and the circuit breakers (only upstream
+/// failures count against a provider).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
     Client,

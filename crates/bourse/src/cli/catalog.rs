@@ -410,8 +410,8 @@ fn footer(catalog: &Catalog, reference: &Model, rows: &[Row]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use crate::catalog::Rates;
     use super::*;
+    use crate::catalog::Rates;
     use std::collections::BTreeMap;
 
     const TEXT: &str = r#"[meta]

@@ -389,9 +389,8 @@ fn scanned_usage(body: &[u8]) -> Option<Option<Usage>> {
 /// A `usage` object read by hand when it is the plain kind every vendor sends (counts as
 /// unsigned integers, details objects, names without escapes, none twice); `None` leaves it
 /// to serde_json, which then decides exactly as it would have. The scanner already checked
-/// this text, so [`scan::Raw::fields`] only finds where its members end: serde_json on the
-/// member cost ~3.9k instructions, two-fifths of reading the usage (an earlier hand-written
-/// reader that checked the text again saved nothing).
+/// this text, so [`scan::Raw::fields`] only finds where its members end (serde_json on the
+/// member costs ~3.9k instructions, two-fifths of reading the usage).
 fn plain_usage(u: scan::Raw<'_>) -> Option<WireUsage> {
     let mut w = WireUsage::default();
     let (mut seen, mut plain) = (0u8, true);

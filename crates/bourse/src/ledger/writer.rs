@@ -20,13 +20,8 @@
 //!   `r * write_time` rows that arrive while the previous batch commits. With the defaults
 //!   that is at most 200 ms of traffic (1 024 rows above 5 120 rows/s) plus one write.
 //!
-//! Measured with `tests/ledger.rs` (`*::sigkill_loses_at_most_the_unflushed_tail`, which
-//! SIGKILLs a child recording at a fixed rate through a default writer), sweeping the kill
-//! moment over one batch cycle, 2-core machine, both stores alike:
-//! at 2 000 rows/s 7–237 rows lost (then with batches of 256, filling every 128 ms, so
-//! under 128 ms of traffic); at 500 rows/s 1–102 rows lost (batches flush every 200 ms,
-//! ~100 rows). The default batch is now 1 024 (fewer, larger SQLite transactions), so at
-//! 2 000 rows/s the flush interval bounds the loss: ~200 ms, ~400 rows.
+//! `tests/ledger.rs` (`*::sigkill_loses_at_most_the_unflushed_tail`) SIGKILLs a child
+//! recording at a fixed rate through a default writer (measurements in docs/decisions.md).
 //! Committed batches survive SIGKILL: PostgreSQL commits are durable, and SQLite's WAL
 //! with `synchronous=NORMAL` is durable across a process crash (it only risks the last
 //! commits on power loss or an OS crash).
@@ -433,8 +428,8 @@ impl Drain {
     }
 
     /// Writes one batch with retries; false if it was given up on. Hands back the batch's
-    /// allocation, emptied, for the next one (a fresh 1 024-row buffer per batch plus a
-    /// copy of it into an `Arc` cost ~300 instructions per row under `bench/icount.sh`).
+    /// allocation, emptied, for the next one (a fresh 1 024-row buffer per batch costs ~300
+    /// instructions per row under `bench/icount.sh`).
     async fn write(&self, mut batch: Vec<LedgerEntry>, degraded: bool) -> (Vec<LedgerEntry>, bool) {
         let n = batch.len() as u64;
         let retries = if degraded { 0 } else { self.cfg.retries };

@@ -1,14 +1,11 @@
 //! The upstream HTTP client: HTTP/1.1 over pooled keep-alive connections, each driven by
 //! the task of the request that uses it.
 //!
-//! Why not hyper's pooled client: it runs every connection in a task of its own and hands
-//! requests, responses and body chunks between that task and the caller's through
-//! channels, so one upstream exchange wakes tasks several times over and pays for a pool
-//! keyed by hashing the URI on every request: ~16k of the gateway's 78k instructions per
-//! request under `bench/icount.sh`, body read included, against ~4k now (README,
-//! "Benchmark"). Here the request's own task writes the request, reads the answer and, once
-//! the body is done, puts the connection back for the next request. A provider talks to one
-//! origin, so its pool is a plain stack.
+//! The request's own task writes the request, reads the answer and, once the body is done,
+//! puts the connection back for the next request: no connection task, no channels between
+//! tasks, no pool key hashed per request (hyper's pooled client does all three, and cost
+//! about four times the instructions per exchange; docs/decisions.md). A provider talks to
+//! one origin, so its pool is a plain stack.
 //!
 //! What it speaks: HTTP/1.1 (every vendor API accepts it; OpenAI's and Anthropic's own SDKs
 //! default to it), plain or over rustls with the bundled web-PKI roots (ALPN `http/1.1`),

@@ -304,9 +304,9 @@ fn tokens_for(text_bytes: u64, messages: u64) -> u64 {
 }
 
 /// [`estimate_prompt_tokens`] and whether `reasoning_effort` is set (not null), read from a
-/// request's JSON text instead of its parsed map: routing a pass-through request otherwise
-/// parsed its whole body into a map for these two facts alone (~5k instructions, more than
-/// the rest of the plan). The same members, counted the same way; `None` where the text has
+/// request's JSON text instead of its parsed map, which a pass-through request never needs
+/// otherwise (building it costs ~5k instructions, more than the rest of the plan). The same
+/// members, counted the same way; `None` where the text has
 /// something the map would read differently (a member name with escapes, a name twice in
 /// one object below the top level: serde_json keeps the last), and the caller uses the map.
 ///

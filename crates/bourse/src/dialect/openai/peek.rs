@@ -11,8 +11,8 @@
 //! `pass_through_keeps_the_clients_bytes_but_the_model` in `openai.rs` and the property test
 //! in `tests/translation_props.rs`). Anything unusual — an error to report, a duplicate or
 //! escaped member name — returns `None`, and the map walk decides, with its exact messages.
-//! The bytes are read by [`crate::dialect::scan`] (it was serde_json's `RawValue`; the
-//! scanner costs ~40% fewer instructions). One difference, by design: a number too large for
+//! The bytes are read by [`crate::dialect::scan`] (~40% fewer instructions than serde_json's
+//! `RawValue`). One difference, by design: a number too large for
 //! a double (`1e400`) in a field Bourse does not check is passed on as written (the map walk
 //! refuses the whole body), like every other field Bourse does not know.
 
