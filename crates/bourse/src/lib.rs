@@ -11,7 +11,6 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod dialect;
-mod digits;
 pub mod error;
 pub mod exchange;
 mod fnv;

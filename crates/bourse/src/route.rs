@@ -318,7 +318,7 @@ impl Router {
         s.push_str(" chose ");
         show(&mut s, chosen);
         s.push_str("; ");
-        crate::digits::push_decimal(&mut s, c.len() as u64);
+        s.push_str(itoa::Buffer::new().format(c.len()));
         s.push_str(" feasible");
         if let Some(i) = (0..c.len()).find(|i| *i != chosen) {
             s.push_str("; runner-up ");
@@ -326,7 +326,7 @@ impl Router {
         }
         if attempt > 1 {
             s.push_str("; attempt ");
-            crate::digits::push_decimal(&mut s, u64::from(attempt));
+            s.push_str(itoa::Buffer::new().format(attempt));
             s.push_str(" (fallback)");
         }
         s

@@ -229,7 +229,7 @@ impl Client {
             push_header(&mut head, name.as_str().as_bytes(), value.as_bytes());
         }
         head.extend_from_slice(b"content-length: ");
-        head.extend_from_slice(crate::digits::decimal(body.len() as u64, &mut [0; 20]));
+        head.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
         head.extend_from_slice(b"\r\n\r\n");
 
         if let Some(mut conn) = self.checkout() {
