@@ -1,5 +1,5 @@
 //! Time bounds as people write them for reports: `7d`, `24h`, `30m`, `2w` (ago), a UTC
-//! date `2026-11-01`, or unix milliseconds.
+//! date `2026-11-01` (midnight; a day its month has), or unix milliseconds.
 
 /// Parse a bound into unix milliseconds, relative to `now_ms`.
 pub fn parse(s: &str, now_ms: i64) -> Result<i64, String> {
@@ -7,12 +7,11 @@ pub fn parse(s: &str, now_ms: i64) -> Result<i64, String> {
     let bad = || format!("\"{s}\" is not a time: use 7d, 24h, 30m, 2w, a date like 2026-11-01, or unix milliseconds");
     if let Some((y, rest)) = t.split_once('-') {
         let (m, d) = rest.split_once('-').ok_or_else(bad)?;
-        let (y, m, d): (i64, i64, i64) =
-            (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?, d.parse().map_err(|_| bad())?);
-        if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-            return Err(bad());
-        }
-        return Ok(days_from_civil(y, m, d) * 86_400_000);
+        let month = m.parse::<u8>().ok().and_then(|m| time::Month::try_from(m).ok()).ok_or_else(bad)?;
+        let (y, d): (i32, u8) = (y.parse().map_err(|_| bad())?, d.parse().map_err(|_| bad())?);
+        // Refuses days the month does not have (2026-02-31, 2025-02-29).
+        let date = time::Date::from_calendar_date(y, month, d).map_err(|_| bad())?;
+        return Ok(date.midnight().assume_utc().unix_timestamp() * 1000);
     }
     let unit_at = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let n: i64 = t[..unit_at].parse().map_err(|_| bad())?;
@@ -25,17 +24,6 @@ pub fn parse(s: &str, now_ms: i64) -> Result<i64, String> {
         _ => return Err(bad()),
     };
     Ok(now_ms - n.saturating_mul(ms))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// Unix milliseconds now (the one clock for ledger rows, ids and timestamps).
@@ -60,5 +48,20 @@ mod tests {
         assert_eq!(parse("12345", 0).unwrap(), 12345);
         assert!(parse("yesterday", 0).is_err());
         assert!(parse("2026-13-01", 0).is_err());
+        assert!(parse("2026-00-10", 0).is_err());
+        assert!(parse("2026-01-00", 0).is_err());
+    }
+
+    #[test]
+    fn dates_are_checked_against_the_calendar() {
+        assert_eq!(parse("2024-02-29", 0).unwrap(), 19_782 * 86_400_000);
+        assert_eq!(parse(" 2026-1-5 ", 0).unwrap(), 20_458 * 86_400_000);
+        for s in ["2026-02-31", "2025-02-29", "2026-04-31", "1900-02-29"] {
+            let e = parse(s, 0).unwrap_err();
+            assert_eq!(
+                e,
+                format!("\"{s}\" is not a time: use 7d, 24h, 30m, 2w, a date like 2026-11-01, or unix milliseconds")
+            );
+        }
     }
 }
