@@ -14,7 +14,9 @@
 //! `mi_malloc`/`mi_zalloc`/`mi_realloc` already give that alignment (mimalloc's size
 //! classes are multiples of 8, of 16 above 16 bytes, and a page's first block is 16-aligned),
 //! and everything else keeps the aligned calls. The tests below check the alignment of what
-//! comes back for every size and alignment the rule covers.
+//! comes back for every size and alignment the rule covers. `libmimalloc-sys` is pinned to
+//! an exact version in Cargo.toml because the rule relies on mimalloc's size classes, and
+//! debug builds (tests included) assert the alignment of every block a plain call returns.
 
 use libmimalloc_sys as ffi;
 use std::alloc::{GlobalAlloc, Layout};
@@ -33,6 +35,18 @@ fn plain(size: usize, align: usize) -> bool {
     align <= PLAIN_ALIGN && size.is_multiple_of(align)
 }
 
+/// `p`, from a plain call for a block that needs `align`, after checking in debug builds that
+/// it has that alignment. A release build compiles this to nothing. `extern "C"` so that a
+/// failed check aborts the process: a panic must not unwind out of a global allocator.
+#[inline(always)]
+extern "C" fn checked_plain(p: *mut c_void, align: usize) -> *mut c_void {
+    debug_assert!(
+        p.addr().is_multiple_of(align),
+        "mimalloc returned {p:p} from a plain call for alignment {align}: its size classes no longer give the alignment heap.rs relies on"
+    );
+    p
+}
+
 type Plain = unsafe extern "C" fn(usize) -> *mut c_void;
 type Aligned = unsafe extern "C" fn(usize, usize) -> *mut c_void;
 
@@ -43,7 +57,7 @@ type Aligned = unsafe extern "C" fn(usize, usize) -> *mut c_void;
 #[inline(always)]
 unsafe fn new_block(layout: Layout, plain_call: Plain, aligned_call: Aligned) -> *mut u8 {
     if plain(layout.size(), layout.align()) {
-        plain_call(layout.size()).cast()
+        checked_plain(plain_call(layout.size()), layout.align()).cast()
     } else {
         aligned_call(layout.size(), layout.align()).cast()
     }
@@ -71,7 +85,7 @@ unsafe impl GlobalAlloc for MiMalloc {
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if plain(new_size, layout.align()) {
-            ffi::mi_realloc(ptr.cast::<c_void>(), new_size).cast()
+            checked_plain(ffi::mi_realloc(ptr.cast::<c_void>(), new_size), layout.align()).cast()
         } else {
             ffi::mi_realloc_aligned(ptr.cast::<c_void>(), new_size, layout.align()).cast()
         }
