@@ -1,14 +1,11 @@
 //! The global allocator: mimalloc, called the way its size classes want.
 //!
-//! glibc malloc showed up as ~12% of the gateway's CPU under load (lock contention when
-//! memory allocated on one worker is freed on another); mimalloc's thread-local heaps avoid
-//! it. The `mimalloc` crate's `GlobalAlloc` sends *every* request through
-//! `mi_malloc_aligned`, and mimalloc v3 only takes its plain path there when the rounded
-//! block size is a power of two: any other block above 1 KiB (a request body, a hyper read
-//! buffer, a response) is over-allocated by its alignment through two slow functions. Under
-//! callgrind that was ~9 of the ~28 allocations per proxied request; going around it saved
-//! ~1.1k instructions per request (`bench/icount.sh`; purpleprotocol/mimalloc_rust#170 has
-//! the same finding).
+//! mimalloc's thread-local heaps avoid the lock contention glibc malloc has when memory
+//! allocated on one worker is freed on another. It is called directly rather than through the
+//! `mimalloc` crate, whose `GlobalAlloc` sends every request through `mi_malloc_aligned`: in
+//! mimalloc v3 that over-allocates any block above 1 KiB whose size class is not a power of
+//! two (a request body, a hyper read buffer, a response), through two slow functions
+//! (docs/decisions.md has the measurement).
 //!
 //! So: when the alignment is at most 16 and the size a multiple of it, plain
 //! `mi_malloc`/`mi_zalloc`/`mi_realloc` already give that alignment (mimalloc's size

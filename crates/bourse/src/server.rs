@@ -71,7 +71,7 @@ async fn dispatch(state: SharedState, req: Request, caller: Caller, dialect: Dia
         Route::Models => api::openai::list_models(&state),
         Route::Model => {
             // Model ids contain slashes (`provider/model`) and may be percent-encoded.
-            let id = percent_decode(&path["/v1/models/".len()..]);
+            let id = percent_encoding::percent_decode_str(&path["/v1/models/".len()..]).decode_utf8_lossy();
             api::openai::get_model(&state, &id).into_response()
         }
         Route::Usage => Box::pin(api::usage::usage(state, req.uri())).await.into_response(),
@@ -93,27 +93,6 @@ enum Route {
     Model,
     Usage,
     Quote,
-}
-
-/// `%XX` escapes decoded (as axum's path extractor did); invalid escapes stay as written.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
-            (b'%', Some(h), Some(l)) => {
-                out.push(h << 4 | l);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 fn healthz() -> Response {
