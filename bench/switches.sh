@@ -4,7 +4,7 @@
 # was preempted), with its CPU per request — from /proc/PID/task/*/status and stat before and
 # after a measured wrk run. On a 2-core machine shared by wrk, upstream-sim and the proxy, a
 # proxy that wants more than its share of the cores is preempted at the others' wake-ups; this
-# shows how much (see README, "Benchmark").
+# shows how much (see bench/README.md).
 #
 #   bash bench/switches.sh                 # bareproxy, then bourse (ledger on)
 #   SWITCHES_EXTRA=$'[storage]\nledger = false' bash bench/switches.sh
