@@ -1,9 +1,13 @@
-//! Bourse: an inference exchange. One OpenAI-compatible endpoint in front of every LLM
-//! provider.
+//! Bourse: an inference exchange. One OpenAI- and Anthropic-compatible endpoint in front of
+//! every LLM provider.
 //!
-//! The request path runs edge → dialect in → resolve/route → attempt → response; see
-//! `server` for the layer order and `api` for the handlers. `main.rs` only parses the
-//! command line and calls [`server::run`].
+//! A request runs [`server`] (the edge: limits, request id, gateway key, route table) →
+//! [`api`] (a thin handler: read the body, parse it with [`dialect`] into a
+//! [`canonical`] request) → [`exchange`] (plan with [`route`], attempt through [`provider`],
+//! relay or translate the answer, price it with [`meter`], record it in [`ledger`]) → the
+//! response in the client's dialect. Data flows one way: no module imports one that comes
+//! before it on this path (`tests/layering.rs` fails on any import circle). `main.rs` only
+//! parses the command line and calls into the library; [`cli`] renders for a terminal.
 
 pub mod api;
 pub mod canonical;
