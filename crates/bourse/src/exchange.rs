@@ -20,7 +20,7 @@ pub use answer::{
 };
 
 use crate::canonical::{ChatRequest, Dialect, EmbeddingsRequest, Usage};
-use crate::dialect::openai::{self as wire, translate};
+use crate::dialect::openai as wire;
 use crate::dialect::{anthropic, gemini, Decode, Encode};
 use crate::error::{Error, ErrorKind, Result};
 use crate::meter::estimate::{self, Answer, Counting};
@@ -185,12 +185,12 @@ fn upstream_body(req: &mut ChatRequest, target: &Target) -> Result<(Vec<u8>, boo
         _ => {}
     }
     let conv = match req.dialect {
-        Dialect::OpenAi => translate::conversation(req.body())?,
+        Dialect::OpenAi => wire::conversation(req.body())?,
         Dialect::Anthropic => anthropic::conversation(req.body())?,
         Dialect::Gemini => return Err(Error::new(ErrorKind::Internal, "Gemini is not a client dialect")),
     };
     let body = match upstream {
-        Dialect::OpenAi => translate::render_request(&conv, model, req.stream),
+        Dialect::OpenAi => wire::render_request(&conv, model, req.stream),
         Dialect::Anthropic => anthropic::render_request(&conv, model, req.stream),
         Dialect::Gemini => gemini::render_request(&conv),
     };
@@ -204,7 +204,7 @@ fn stream_mode(req: &ChatRequest, upstream: Dialect, json_tool: bool) -> Mode {
             if req.dialect == Dialect::OpenAi {
                 return Mode::OpenAi { include_usage: req.include_usage };
             }
-            Box::new(translate::Decoder::new())
+            Box::new(wire::Decoder::new())
         }
         Dialect::Anthropic => Box::new(anthropic::Decoder::new(json_tool)),
         Dialect::Gemini => Box::new(gemini::Decoder::new()),
@@ -214,7 +214,7 @@ fn stream_mode(req: &ChatRequest, upstream: Dialect, json_tool: bool) -> Mode {
     }
     let encoder: Box<dyn Encode> = match req.dialect {
         Dialect::Anthropic => Box::new(anthropic::Encoder::new()),
-        _ => Box::new(translate::Encoder::new(req.include_usage)),
+        _ => Box::new(wire::Encoder::new(req.include_usage)),
     };
     Mode::Translate { decoder, encoder }
 }
@@ -235,14 +235,14 @@ fn answer(req: &ChatRequest, target: &Target, bytes: Bytes, json_tool: bool) -> 
         return Ok((bytes, usage));
     }
     let reply = match upstream {
-        Dialect::OpenAi => translate::parse_reply(&bytes),
+        Dialect::OpenAi => wire::parse_reply(&bytes),
         Dialect::Anthropic => anthropic::parse_reply(&bytes, json_tool),
         Dialect::Gemini => gemini::parse_reply(&bytes),
     }
     .map_err(|e| Error { message: format!("provider {}: {}", target.provider.id, e.message), ..e })?;
     let out = match req.dialect {
         Dialect::Anthropic => anthropic::render_reply(&reply),
-        _ => translate::render_reply(&reply),
+        _ => wire::render_reply(&reply),
     };
     Ok((Bytes::from(out), reply.usage))
 }

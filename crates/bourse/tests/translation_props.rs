@@ -5,7 +5,7 @@
 //! client events. Anything translated must still be valid JSON.
 
 use bourse::canonical::Delta;
-use bourse::dialect::openai::{parse_chat_request, response_usage, translate, upstream_chat_body, NotJson, WireUsage};
+use bourse::dialect::openai::{self, parse_chat_request, response_usage, upstream_chat_body, NotJson, WireUsage};
 use bourse::dialect::{anthropic, gemini, Decode, Encode};
 use bourse::route::plan::{estimate_prompt_tokens, prompt_facts_raw};
 use bourse::sse::Event;
@@ -391,8 +391,8 @@ fn assert_json(bytes: &[u8], what: &str) {
 }
 
 fn render_everywhere(conv: &bourse::canonical::Conversation) {
-    assert_json(&translate::render_request(conv, "m", false), "openai request");
-    assert_json(&translate::render_request(conv, "m", true), "openai stream request");
+    assert_json(&openai::render_request(conv, "m", false), "openai request");
+    assert_json(&openai::render_request(conv, "m", true), "openai stream request");
     assert_json(&anthropic::render_request(conv, "m", true), "anthropic request");
     assert_json(&gemini::render_request(conv), "gemini request");
     let _ = anthropic::count_tokens(conv, bourse::meter::estimate::tokens);
@@ -401,7 +401,7 @@ fn render_everywhere(conv: &bourse::canonical::Conversation) {
 fn encode_everywhere(deltas: &[Delta]) {
     let mut out = BytesMut::new();
     let mut encoders: Vec<Box<dyn Encode>> =
-        vec![Box::new(anthropic::Encoder::new()), Box::new(translate::Encoder::new(true))];
+        vec![Box::new(anthropic::Encoder::new()), Box::new(openai::Encoder::new(true))];
     for e in &mut encoders {
         for d in deltas {
             e.delta(d, &mut out);
@@ -474,7 +474,7 @@ proptest! {
     fn openai_requests_translate_without_panicking(req in prop_oneof![openai_request(), arb_request()]) {
         let body = serde_json::to_vec(&req).unwrap();
         if let Ok(parsed) = parse_chat_request(&body.clone().into()) {
-            if let Ok(conv) = translate::conversation(parsed.body()) {
+            if let Ok(conv) = openai::conversation(parsed.body()) {
                 render_everywhere(&conv);
             }
         }
@@ -543,13 +543,13 @@ proptest! {
         let body = serde_json::to_vec(&reply).unwrap();
         let _ = anthropic::response_usage(&body);
         let parsed = [
-            translate::parse_reply(&body),
+            openai::parse_reply(&body),
             anthropic::parse_reply(&body, false),
             anthropic::parse_reply(&body, true),
             gemini::parse_reply(&body),
         ];
         for r in parsed.into_iter().flatten() {
-            assert_json(&translate::render_reply(&r), "openai reply");
+            assert_json(&openai::render_reply(&r), "openai reply");
             assert_json(&anthropic::render_reply(&r), "anthropic reply");
         }
     }
@@ -562,7 +562,7 @@ proptest! {
         ], 0..16)
     ) {
         let mut decoders: Vec<Box<dyn Decode>> = vec![
-            Box::new(translate::Decoder::new()),
+            Box::new(openai::Decoder::new()),
             Box::new(anthropic::Decoder::new(false)),
             Box::new(anthropic::Decoder::new(true)),
             Box::new(gemini::Decoder::new()),
@@ -590,7 +590,7 @@ fn generated_requests_reach_the_translators() {
     let (mut openai, mut anthropic_ok, n) = (0, 0, 500);
     for _ in 0..n {
         let body = serde_json::to_vec(&openai_request().new_tree(&mut runner).unwrap().current()).unwrap();
-        if parse_chat_request(&body.clone().into()).is_ok_and(|r| translate::conversation(r.body()).is_ok()) {
+        if parse_chat_request(&body.clone().into()).is_ok_and(|r| openai::conversation(r.body()).is_ok()) {
             openai += 1;
         }
         let body = serde_json::to_vec(&anthropic_request().new_tree(&mut runner).unwrap().current()).unwrap();

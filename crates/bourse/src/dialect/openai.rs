@@ -1,12 +1,47 @@
-//! The OpenAI dialect: request validation, upstream bodies, usage and error bodies.
+//! The OpenAI dialect: request validation, upstream bodies, usage and error bodies, and
+//! translation to and from canonical.
 //!
 //! Validation checks the type of every field Bourse or the SDK contract depends on, so a
 //! client mistake becomes a 400 naming the parameter instead of an opaque upstream error
 //! (or a panic). Fields Bourse does not know are passed on untouched.
+//!
+//! Translation, OpenAI Chat Completions ↔ canonical (requests in `request.rs`, complete
+//! replies in `reply.rs`, streams in `stream.rs`), is used only when the two sides speak
+//! different dialects (same-dialect OpenAI traffic is passed through elsewhere): an OpenAI
+//! client reaching an Anthropic or Gemini upstream ([`conversation`], [`render_reply`],
+//! [`Encoder`]), or an Anthropic client reaching an OpenAI-dialect vendor such as DeepSeek
+//! ([`render_request`], [`parse_reply`], [`Decoder`]).
+//!
+//! Decisions worth knowing (each is also noted where it is made):
+//! - `system`/`developer` messages go to `Conversation::system` wherever they appear, in
+//!   order, even after the first user turn (the other dialects have one system slot).
+//! - `tool` messages become tool-result parts of a user turn; consecutive ones share one
+//!   turn, and a user message right after them joins that turn after the results.
+//! - Tool-call `arguments` strings are parsed; an empty string is `{}`, and invalid JSON is
+//!   kept as a JSON string value, which is rendered back verbatim.
+//! - Request fields with no translation are dropped: `seed`, `logprobs`, `top_logprobs`,
+//!   `logit_bias`, `presence_penalty`, `frequency_penalty`, `store`, `metadata`,
+//!   `service_tier`, `modalities`, `audio`, `prediction`, tool `strict`. `n > 1` is refused.
+//! - Refusals (`refusal` content parts, `message.refusal`, `delta.refusal`) are text.
+//! - Only choice 0 of a stream or reply is read (n > 1 is never requested here).
+//! - A stop reason of `stop` on an answer that called tools is reported as tool use (some
+//!   OpenAI-compatible servers say `stop` there; the other dialects need `tool_use`).
+//! - Towards OpenAI clients, thinking is `reasoning_content` (the DeepSeek convention);
+//!   thinking signatures and redacted thinking have no place and are dropped; cache-write
+//!   tokens are counted in `prompt_tokens` (OpenAI has no field for them).
+//! - Towards OpenAI-dialect upstreams the output limit is `max_tokens` (widely known, unlike
+//!   `max_completion_tokens`); `top_k` and tool-result `is_error` are dropped, as are images
+//!   inside tool results (a `tool` message holds text only).
 
 mod peek;
+mod reply;
+mod request;
+mod stream;
 pub mod think;
-pub mod translate;
+
+pub use reply::{parse_reply, render_reply};
+pub use request::{conversation, render_request};
+pub use stream::{Decoder, Encoder};
 
 use crate::canonical::{ChatRequest, Dialect, EmbeddingsRequest, Needs, RawBody, StreamOptions, Usage};
 use crate::dialect::{scan, Shape};
