@@ -296,11 +296,17 @@ async fn attempt_chat(
                 return Ending::Now(Some(money_comment(&settled)));
             }
             // The usage never came: count the tokens (on the tokenizer's pool), then settle.
-            // A stream that ended normally gets its cost comment once that is done.
+            // A stream that ended normally gets its cost comment once that is done. When the
+            // upstream counted the input at the start, only the output is estimated.
+            let partial = summary.partial;
+            let request = if partial.is_some() { None } else { Some(request) };
             let counting = Counting { request, answer: Answer::Streamed(summary.transcript) };
             let completed = summary.end == StreamEnd::Completed;
             Ending::Later(Box::pin(async move {
-                let (usage, how) = estimator.usage(counting).await;
+                let (mut usage, how) = estimator.usage(counting).await;
+                if let Some(p) = partial {
+                    usage = Usage { output: usage.output.max(p.output), ..p };
+                }
                 let (settled, record) = attempt.settle(usage, Some(how), status, error);
                 if let Some(r) = record {
                     r.send().await;
@@ -338,7 +344,7 @@ async fn attempt_chat(
         None => {
             // The request is answered: its body moves to the tokenizer's pool (and is
             // parsed there if it never was).
-            let counting = Counting { request: req.take_body(), answer: Answer::Body(bytes.clone()) };
+            let counting = Counting { request: Some(req.take_body()), answer: Answer::Body(bytes.clone()) };
             let (usage, how) = state.estimator.usage(counting).await;
             (usage, Some(how))
         }

@@ -50,6 +50,9 @@ pub struct StreamSummary {
     pub end: StreamEnd,
     /// Usage as the upstream reported it; None if its usage chunk never arrived.
     pub usage: Option<Usage>,
+    /// Usage reported when the stream started and not final (Anthropic's `message_start`:
+    /// the input exact, the output not yet counted), when the final usage never came.
+    pub partial: Option<Usage>,
     /// Content events forwarded to the client.
     pub events: u64,
     /// The answer's text (and tool arguments) as relayed, kept within its budget only
@@ -94,6 +97,7 @@ pub struct StreamRelay {
     /// MiniMax-style `<think>` in streamed content, moved to `reasoning_content`.
     think: Option<ThinkSplitter>,
     usage: Option<Usage>,
+    partial: Option<Usage>,
     events: u64,
     transcript: Option<Transcript>,
     done: bool,
@@ -120,6 +124,7 @@ impl StreamRelay {
             deltas: Vec::new(),
             think: think.then(ThinkSplitter::default),
             usage: None,
+            partial: None,
             events: 0,
             transcript: Some(transcript),
             done: false,
@@ -133,7 +138,8 @@ impl StreamRelay {
         self.done = true;
         let Some(hook) = self.on_end.take() else { return Ending::Now(None) };
         let transcript = self.transcript.take().expect("a stream ends once");
-        hook(StreamSummary { end, usage: self.usage, events: self.events, transcript })
+        let partial = if self.usage.is_none() { self.partial } else { None };
+        hook(StreamSummary { end, usage: self.usage, partial, events: self.events, transcript })
     }
 
     /// End the stream: `out` (what is left to send), then whatever the end hook adds now;
@@ -159,7 +165,9 @@ impl StreamRelay {
     fn observe(&mut self) {
         for i in 0..self.deltas.len() {
             match &self.deltas[i] {
-                Delta::Start { usage: Some(u), .. } | Delta::Usage(u) => {
+                // The start's usage counts the input, not yet the output: text is still kept.
+                Delta::Start { usage: Some(u), .. } => self.partial = Some(*u),
+                Delta::Usage(u) => {
                     let u = *u;
                     self.saw_usage(u);
                 }

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{client, gateway_with_ledger, price, LedgerGateway, Sim, SimConfig};
+use common::{client, gateway_with_ledger, price, sse_data, Failure, LedgerGateway, Sim, SimConfig};
 use serde_json::{json, Value};
 
 const PROMPT_TOKENS: u32 = 40;
@@ -708,4 +708,50 @@ async fn anthropic_client_routes_and_falls_back_across_dialects() {
     assert_eq!((rows[1].provider.as_str(), rows[1].status), ("backup", 200));
     assert_eq!(rows[1].usage.input_uncached, 20);
     assert_eq!(rows[1].usage.output, 5);
+}
+
+/// An Anthropic stream that breaks after `message_start` (which counts the input and one
+/// output token) is metered with the input as the upstream counted it and the output
+/// estimated from what was relayed, not with the start's provisional output.
+#[tokio::test]
+async fn an_anthropic_stream_cut_after_message_start_is_metered_from_what_was_relayed() {
+    let sim = Sim::start(SimConfig {
+        prompt_tokens: Some(PROMPT_TOKENS),
+        output_tokens: 200,
+        chunk_delay_ms: 2,
+        failure: Failure::DropMidStream { after_chunks: 120 },
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let toml = format!(
+        "[providers.an]\nkind = \"anthropic-compatible\"\nbase_url = \"http://{}\"\napi_key = \"env:SIM_KEY\"\nmodels = [\"sim-small\"]\n{}",
+        sim.addr(),
+        price("an/sim-small", 1.0, 2.0)
+    );
+    let dir = tempdir::Dir::new("cut-anthropic");
+    let url = format!("sqlite://{}", dir.0.join("ledger.db").display());
+    let gw = gateway_with_ledger(&toml, &url).await;
+    let body = json!({"model": "an/sim-small", "max_tokens": 512, "stream": true,
+        "messages": [{"role": "user", "content": "Say hello to the exchange."}]});
+    let resp = client()
+        .post(format!("{}/v1/messages", gw.gateway.url))
+        .header("content-type", "application/json")
+        .header("x-request-id", "rid-cut-anthropic")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let text = resp.text().await.unwrap();
+    let relayed: String = sse_data(&text)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v["delta"]["text"].as_str().map(str::to_string))
+        .collect();
+    assert!(!relayed.is_empty(), "{text}");
+    let row = gw.row("rid-cut-anthropic").await;
+    assert_eq!(row.error_kind.as_deref(), Some("upstream_stream_broken"), "{row:?}");
+    assert!(row.estimated(), "{row:?}");
+    assert_eq!(row.usage.input_total(), u64::from(PROMPT_TOKENS), "the input as message_start counted it: {row:?}");
+    assert_eq!(row.usage.output, bourse::meter::estimate::tokens(&relayed), "the output relayed: {row:?}");
 }

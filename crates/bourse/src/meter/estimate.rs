@@ -143,9 +143,10 @@ pub fn embedding_input_tokens(input: &Value) -> u64 {
     }
 }
 
-/// What an attempt's estimate counts: the request (for the prompt) and the answer.
+/// What an attempt's estimate counts: the request (for the prompt; None when the upstream
+/// already counted the input) and the answer.
 pub struct Counting {
-    pub request: RequestBody,
+    pub request: Option<RequestBody>,
     pub answer: Answer,
 }
 
@@ -164,13 +165,13 @@ impl Counting {
             Answer::Body(b) => b.len(),
             Answer::Streamed(t) => t.text.len(),
         };
-        self.request.byte_len() + answer
+        self.request.as_ref().map_or(0, RequestBody::byte_len) + answer
     }
 
     /// With the tokenizer. The answer's part of a long stream that was not kept is
     /// counted by the heuristic as it passed; then the estimate is marked heuristic.
     fn tokenize(&self) -> (Usage, Estimate) {
-        let prompt = prompt_tokens(self.request.map());
+        let prompt = self.request.as_ref().map_or(0, |r| prompt_tokens(r.map()));
         let (output, how) = match &self.answer {
             Answer::Body(b) => (tokens(&response_text(b)), Estimate::Tokenizer),
             Answer::Streamed(t) => {
@@ -184,12 +185,15 @@ impl Counting {
     /// With the heuristic: the prompt from the request's bytes as sent (its JSON included:
     /// an overcount), the answer from its text.
     fn heuristic(&self) -> Usage {
-        let prompt = match self.request.raw_bytes() {
-            Some(raw) => heuristic(raw),
-            None => {
-                let (text, messages) = prompt_text(self.request.map());
-                heuristic(text.as_bytes()) + messages * PER_MESSAGE_OVERHEAD + 3
-            }
+        let prompt = match &self.request {
+            None => 0,
+            Some(r) => match r.raw_bytes() {
+                Some(raw) => heuristic(raw),
+                None => {
+                    let (text, messages) = prompt_text(r.map());
+                    heuristic(text.as_bytes()) + messages * PER_MESSAGE_OVERHEAD + 3
+                }
+            },
         };
         let output = match &self.answer {
             Answer::Body(b) => heuristic(response_text(b).as_bytes()),
@@ -475,7 +479,7 @@ mod tests {
             )
         };
         let (u, how) =
-            est.usage(Counting { request: request(), answer: Answer::Body(Bytes::from_static(b"{}")) }).await;
+            est.usage(Counting { request: Some(request()), answer: Answer::Body(Bytes::from_static(b"{}")) }).await;
         assert_eq!((u.input_uncached, how), (tokens("hello world\n") + 7, Estimate::Tokenizer));
         // Fill the queue: a job that waits on a gate, then jobs behind it. The next estimate
         // is made at once, with the heuristic.
@@ -489,7 +493,7 @@ mod tests {
         assert!(held.iter().all(Option::is_some));
         assert_eq!(est.queued(), QUEUE_JOBS);
         let (u, how) =
-            est.usage(Counting { request: request(), answer: Answer::Body(Bytes::from_static(b"{}")) }).await;
+            est.usage(Counting { request: Some(request()), answer: Answer::Body(Bytes::from_static(b"{}")) }).await;
         assert_eq!(how, Estimate::Heuristic);
         assert!(u.input_uncached > 0);
         let (n, how) = est.count(5, || 99u64, || 7u64).await;
