@@ -34,6 +34,16 @@ fn write_config(text: &str) -> tempfile_path::TempPath {
     tempfile_path::TempPath::new(text)
 }
 
+/// A config with `head` (server and storage tables) and one priced provider, `alpha`, in
+/// front of `sim`.
+fn sim_config(head: &str, sim: &Sim) -> tempfile_path::TempPath {
+    write_config(&format!(
+        "{head}\n[providers.alpha]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\n{}",
+        sim.base_url(),
+        price("alpha/sim-small", 1.0, 2.0)
+    ))
+}
+
 /// A tiny temp-file helper (no extra crate): removed on drop.
 mod tempfile_path {
     pub struct TempPath(pub std::path::PathBuf);
@@ -119,11 +129,7 @@ async fn zero_config_enables_presets_from_key_variables() {
 #[tokio::test]
 async fn sigterm_finishes_in_flight_streams_then_exits() {
     let sim = Sim::start(SimConfig { output_tokens: 30, chunk_delay_ms: 20, ..SimConfig::default() }).await.unwrap();
-    let cfg = write_config(&format!(
-        "[server]\nshutdown_grace = \"20s\"\n[storage]\nledger = false\n[providers.alpha]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\n{}",
-        sim.base_url(),
-        price("alpha/sim-small", 1.0, 2.0)
-    ));
+    let cfg = sim_config("[server]\nshutdown_grace = \"20s\"\n[storage]\nledger = false", &sim);
     let (mut child, url) = serve(bourse().args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&cfg.0)).await;
     let mut body = chat_body("alpha/sim-small");
     body["stream"] = json!(true);
@@ -238,11 +244,7 @@ async fn sigterm_flushes_every_ledger_row() {
     let sim = Sim::start(SimConfig::default()).await.unwrap();
     let db = std::env::temp_dir().join(format!("bourse-flush-{}-{}.db", std::process::id(), fastrand::u64(..)));
     let url = format!("sqlite:{}", db.display());
-    let cfg = write_config(&format!(
-        "[storage]\nurl = \"{url}\"\n[providers.alpha]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\n{}",
-        sim.base_url(),
-        price("alpha/sim-small", 1.0, 2.0)
-    ));
+    let cfg = sim_config(&format!("[storage]\nurl = \"{url}\""), &sim);
     let (mut child, gw) = serve(bourse().args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&cfg.0)).await;
     let c = client();
     let sends = (0..N).map(|_| {
@@ -283,12 +285,7 @@ async fn catalog_and_report_commands() {
     let sim =
         Sim::start(SimConfig { prompt_tokens: Some(1000), output_tokens: 10, ..SimConfig::default() }).await.unwrap();
     let db = std::env::temp_dir().join(format!("bourse-report-{}-{}.db", std::process::id(), fastrand::u64(..)));
-    let cfg = write_config(&format!(
-        "[storage]\nurl = \"sqlite:{}\"\n[providers.alpha]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\n{}",
-        db.display(),
-        sim.base_url(),
-        price("alpha/sim-small", 1.0, 2.0)
-    ));
+    let cfg = sim_config(&format!("[storage]\nurl = \"sqlite:{}\"", db.display()), &sim);
     let (mut child, gw) = serve(bourse().args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&cfg.0)).await;
     for _ in 0..3 {
         let r = client()
@@ -377,12 +374,7 @@ async fn usage_less_streams_are_estimated_on_a_fixed_number_of_threads() {
     .await
     .unwrap();
     let db = std::env::temp_dir().join(format!("bourse-threads-{}-{}.db", std::process::id(), fastrand::u64(..)));
-    let cfg = write_config(&format!(
-        "[storage]\nurl = \"sqlite:{}\"\n[providers.alpha]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\n{}",
-        db.display(),
-        sim.base_url(),
-        price("alpha/sim-small", 1.0, 2.0)
-    ));
+    let cfg = sim_config(&format!("[storage]\nurl = \"sqlite:{}\"", db.display()), &sim);
     let (mut child, url) = serve(bourse().args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&cfg.0)).await;
     let pid = child.id().unwrap();
     let mut body = chat_body("alpha/sim-small");
@@ -443,11 +435,7 @@ async fn usage_less_streams_are_estimated_on_a_fixed_number_of_threads() {
 async fn a_client_that_stops_reading_does_not_grow_the_gateways_memory() {
     use tokio::io::AsyncWriteExt;
     let sim = Sim::start(SimConfig { output_tokens: 400_000, ..SimConfig::default() }).await.unwrap();
-    let cfg = write_config(&format!(
-        "[server]\nsend_timeout = \"60s\"\n[storage]\nledger = false\n[providers.alpha]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\n{}",
-        sim.base_url(),
-        price("alpha/sim-small", 1.0, 2.0)
-    ));
+    let cfg = sim_config("[server]\nsend_timeout = \"60s\"\n[storage]\nledger = false", &sim);
     let (mut child, url) = serve(bourse().args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&cfg.0)).await;
     let pid = child.id().unwrap();
     let mut body = chat_body("alpha/sim-small");
