@@ -71,6 +71,8 @@ pub struct Config {
     /// `provider/model` of the reference model for counterfactual cost.
     pub reference: String,
     pub storage: StorageConfig,
+    /// Where limit counters live (in process, or Redis shared by replicas).
+    pub shared: SharedConfig,
     /// Routes, policies and the router's settings.
     pub routing: Routing,
     /// Where the config came from, for logs and for files placed next to it.
@@ -96,6 +98,24 @@ pub enum OnFull {
     Drop,
 }
 
+/// `[shared]`: the counters budgets and rate limits are kept in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SharedConfig {
+    /// `redis://...`; None keeps counters in process (rebuilt from the ledger at start).
+    pub redis_url: Option<Secret>,
+    pub on_failure: OnSharedFailure,
+}
+
+/// What a request meets while the shared counters cannot be reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnSharedFailure {
+    /// Refuse with 503 in the client's dialect: no limit can be overrun (the default).
+    #[default]
+    Closed,
+    /// Serve on this process's own counters, log it and count it.
+    Open,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigSource {
     File(PathBuf),
@@ -107,6 +127,8 @@ pub enum ConfigSource {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub api_keys: Vec<Secret>,
+    /// Keys that may call `/admin/v1/*` (and only that).
+    pub admin_keys: Vec<Secret>,
     pub max_body_bytes: u64,
     pub shutdown_grace: Duration,
     pub limits: EdgeLimits,
@@ -257,6 +279,14 @@ impl Config {
         for (i, r) in raw.server.api_keys.iter().enumerate() {
             api_keys.push(secret::resolve(r, env).map_err(|m| err(format!("server.api_keys[{i}]"), m))?);
         }
+        let mut admin_keys = Vec::new();
+        for (i, r) in raw.server.admin_keys.iter().enumerate() {
+            let k = secret::resolve(r, env).map_err(|m| err(format!("server.admin_keys[{i}]"), m))?;
+            if api_keys.contains(&k) {
+                return Err(err(format!("server.admin_keys[{i}]"), "is also a client key in server.api_keys"));
+            }
+            admin_keys.push(k);
+        }
         let max_body_bytes = match raw.server.max_body_bytes {
             Some(0) => return Err(err("server.max_body_bytes", "must be greater than 0")),
             Some(n) => n,
@@ -296,14 +326,16 @@ impl Config {
             ));
         }
         let storage = storage_from_raw(&raw.storage)?;
+        let shared = shared_from_raw(&raw.shared, env)?;
         let ids: Vec<&str> = providers.iter().map(|p| p.id.as_str()).collect();
         let routing = routing_from_raw(&raw, &ids)?;
         Ok(Config {
-            server: ServerConfig { listen, api_keys, max_body_bytes, shutdown_grace, limits },
+            server: ServerConfig { listen, api_keys, admin_keys, max_body_bytes, shutdown_grace, limits },
             providers,
             catalog: Arc::new(catalog),
             reference,
             storage,
+            shared,
             routing,
             source: ConfigSource::Environment,
         })
@@ -446,6 +478,29 @@ fn storage_from_raw(raw: &raw::RawStorage) -> Result<StorageConfig, ConfigError>
         queue,
         on_full,
     })
+}
+
+fn shared_from_raw(raw: &raw::RawShared, env: EnvFn<'_>) -> Result<SharedConfig, ConfigError> {
+    let redis_url = match &raw.redis_url {
+        None => None,
+        Some(r) if r.starts_with("env:") || r.starts_with("file:") => {
+            Some(secret::resolve(r, env).map_err(|m| err("shared.redis_url", m))?)
+        }
+        Some(r) => Some(Secret::new(r.clone())),
+    };
+    if let Some(u) = &redis_url {
+        let u = u.expose();
+        if !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("redis+unix://")) {
+            // Never echo it: a URL with a typo may still carry a password.
+            return Err(err("shared.redis_url", "must start with redis://, rediss:// or redis+unix://"));
+        }
+    }
+    let on_failure = match raw.on_shared_failure.as_deref() {
+        None | Some("closed") => OnSharedFailure::Closed,
+        Some("open") => OnSharedFailure::Open,
+        Some(o) => return Err(err("shared.on_shared_failure", format!("\"{o}\" must be \"closed\" or \"open\""))),
+    };
+    Ok(SharedConfig { redis_url, on_failure })
 }
 
 fn provider_from_raw(id: &str, rp: &RawProvider, env: EnvFn<'_>) -> Result<ProviderConfig, ConfigError> {

@@ -25,6 +25,18 @@ pub struct RawConfig {
     pub policies: BTreeMap<String, RawPolicy>,
     #[serde(default)]
     pub router: RawRouter,
+    #[serde(default)]
+    pub shared: RawShared,
+}
+
+/// Where limit counters live when several replicas serve the same keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShared {
+    /// `redis://...` (or `env:NAME` / `file:PATH` holding it); unset: counters in process.
+    pub redis_url: Option<String>,
+    /// "closed" (refuse with 503 while Redis is unreachable) or "open" (serve on local counters).
+    pub on_shared_failure: Option<String>,
 }
 
 /// A quality floor: a tier name ("strong") or a number on the catalog's scale.
@@ -101,6 +113,9 @@ pub struct RawServer {
     pub listen: Option<String>,
     #[serde(default)]
     pub api_keys: Vec<String>,
+    /// Keys for `/admin/v1/*` (references, like `api_keys`); client keys are refused there.
+    #[serde(default)]
+    pub admin_keys: Vec<String>,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: Option<u64>,
     /// How long in-flight requests may run after SIGTERM, e.g. "30s".

@@ -21,6 +21,7 @@ use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, sql: include_str!("../../migrations/postgres/0001_ledger.sql") },
     Migration { version: 2, sql: include_str!("../../migrations/postgres/0002_estimator.sql") },
+    Migration { version: 3, sql: include_str!("../../migrations/postgres/0003_tenancy.sql") },
 ];
 
 /// Key for `pg_advisory_xact_lock`, so gateways starting together migrate one at a time

@@ -19,6 +19,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, sql: include_str!("../../migrations/sqlite/0001_ledger.sql") },
     Migration { version: 2, sql: include_str!("../../migrations/sqlite/0002_drop_ts_index.sql") },
     Migration { version: 3, sql: include_str!("../../migrations/sqlite/0003_estimator.sql") },
+    Migration { version: 4, sql: include_str!("../../migrations/sqlite/0004_tenancy.sql") },
 ];
 
 /// How long a statement waits for another process's lock (e.g. a `sqlite3` shell running
