@@ -14,7 +14,9 @@
 
 mod answer;
 mod attempt;
+mod limits;
 
+pub use limits::X_BOURSE_BUDGET_REMAINING;
 pub use answer::{
     X_BOURSE_COST, X_BOURSE_MODEL, X_BOURSE_PROVIDER, X_BOURSE_REFERENCE_COST, X_BOURSE_ROUTE_REASON, X_BOURSE_SAVED,
 };
@@ -34,6 +36,7 @@ use answer::{
     error_response, json_response, money_comment, money_headers, not_json, provenance, read_upstream_body, route_reason,
 };
 use attempt::{Attempt, Chosen};
+use limits::{Denied, Gate, Held};
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::Response;
@@ -96,10 +99,46 @@ pub async fn chat(
 ) -> Response {
     let client = req.dialect;
     let router = &state.router;
+    let mut gate = Gate::new(state, &caller);
+    // A virtual key's rules: what it may call, its default route, its and its tenant's
+    // policies, and the tenant's budget-aware downgrade.
+    let own;
+    let mut overrides = overrides;
+    let mut downgraded = None;
+    if let Some(k) = &caller.key {
+        let mut o = overrides.clone();
+        if let Err(e) = key_rules(state, k, &req, &mut o) {
+            return e.render(client);
+        }
+        if let Some(g) = &gate {
+            if let Some((floor, left, below)) = g.downgrade(&caller).await {
+                let route_floor = router.route_for(&req.model, &o).ok().flatten().map(|r| r.min_quality);
+                let current = o.min_quality.or(route_floor).unwrap_or(floor);
+                if floor < current {
+                    o.min_quality = Some(floor);
+                    downgraded = Some(format!(
+                        "; downgraded: tenant budget {left}% left (below {below}%), quality floor {current} -> {floor}"
+                    ));
+                }
+            }
+        }
+        own = o;
+        overrides = &own;
+    }
     let (tries, plan) = match tries_for(state, &req, overrides) {
         Ok(x) => x,
         Err(e) => return e.render(client),
     };
+    // What a reservation needs: the prompt's estimated size and the output it may reach.
+    let prompt_tokens = match (&gate, &plan) {
+        (None, _) => 0,
+        (Some(_), Some(p)) => p.prompt_tokens,
+        (Some(_), None) => crate::route::prompt_facts(&req).0,
+    };
+    let tokens = prompt_tokens + req.max_output_tokens.unwrap_or(limits::DEFAULT_TOKENS_RESERVED);
+    let allowed_models = caller.key.as_ref().map(|k| &k.key.models).filter(|m| !m.is_empty());
+    let mut refused: Option<crate::limit::Refusal> = None;
+    let mut headroom: Option<i64> = None;
     let routed = plan.is_some();
     let beta = headers.get(&ANTHROPIC_BETA);
     // Explicit models get one attempt: the client's SDK owns retries (and sees Retry-After).
@@ -123,21 +162,74 @@ pub async fn chat(
         if exhausted.contains(&target.provider.id) {
             continue;
         }
+        if let (Chosen::Routed(i), Some(globs)) = (chosen, allowed_models) {
+            if !globs.iter().any(|g| crate::tenancy::glob_match(g, &router.entries[i].key)) {
+                continue;
+            }
+        }
+        // The attempt's worst case, for its reservation.
+        let worst = match (&gate, chosen, &plan, rank) {
+            (None, ..) => 0,
+            (Some(_), Chosen::Routed(_), Some(p), Some(rank)) => {
+                crate::route::plan::cost_of(p.plan.candidates[rank].max_pico).0
+            }
+            (Some(_), Chosen::Explicit(price), ..) => crate::route::plan::cost_of(
+                crate::route::plan::worst_case_pico(state.meter.model(price), prompt_tokens, req.max_output_tokens),
+            )
+            .0,
+            (Some(_), Chosen::Routed(i), ..) => crate::route::plan::cost_of(crate::route::plan::worst_case_pico(
+                &router.entries[i].model,
+                prompt_tokens,
+                req.max_output_tokens,
+            ))
+            .0,
+        };
+        // A routed request whose budget cannot take this candidate tries the cheaper ones.
+        if headroom.is_some_and(|h| worst > h) {
+            continue;
+        }
         if let Chosen::Routed(i) = chosen {
             if let Availability::Open { .. } = router.health.acquire(&router.entries[i].key, Instant::now()) {
                 continue;
             }
         }
+        let held = match &mut gate {
+            None => None,
+            Some(g) => match g.reserve(worst, tokens).await {
+                Ok(h) => Some(h),
+                Err(Denied::Error(e)) => return e.render(client),
+                Err(Denied::Refused(r)) => match limits::headroom(&r) {
+                    Some(h) if routed => {
+                        headroom = Some(h);
+                        refused = Some(r);
+                        continue;
+                    }
+                    _ => return limits::refusal_response(&r, client),
+                },
+            },
+        };
         attempt_no += 1;
         if attempt_no > 1 {
             tokio::time::sleep(backoff(attempt_no - 1)).await;
         }
         let reason = match (&plan, rank) {
-            (Some(p), Some(rank)) => Some(router.reason(p, rank, attempt_no)),
+            (Some(p), Some(rank)) => {
+                let mut r = router.reason(p, rank, attempt_no);
+                if let Some(d) = &downgraded {
+                    r.push_str(d);
+                }
+                Some(r)
+            }
             _ => None,
         };
-        match attempt_chat(state, &caller, &mut req, &target, chosen, attempt_no, reason, beta).await {
-            Ok(resp) => return resp,
+        let pass = Pass { number: attempt_no, reason, held, gate: gate.as_mut() };
+        match attempt_chat(state, &caller, &mut req, &target, chosen, pass, beta).await {
+            Ok(mut resp) => {
+                if let Some(g) = &gate {
+                    g.headers(&mut resp, client);
+                }
+                return resp;
+            }
             Err(e) => {
                 if let ErrorKind::UpstreamStatus(s) = &e.kind {
                     if s.exhausted {
@@ -154,6 +246,9 @@ pub async fn chat(
             }
         }
     }
+    if let (Some(r), None) = (&refused, &last_err) {
+        return limits::refusal_response(r, client);
+    }
     match last_err {
         // Every candidate tried was overloaded: say so (Anthropic clients get 529), not
         // just the last one's words.
@@ -168,6 +263,58 @@ pub async fn chat(
         )
         .render(client),
     }
+}
+
+/// A virtual key's rules on a chat request: its default route, the routes and models it may
+/// use, and its own and its tenant's policies (added to the overrides, so the planner obeys
+/// both; an explicitly named model is checked against them here).
+fn key_rules(state: &SharedState, k: &crate::admin::Resolved, req: &ChatRequest, o: &mut Overrides) -> Result<()> {
+    let router = &state.router;
+    let key = &k.key;
+    if o.route.is_none() && (req.model.is_empty() || req.model == "default") {
+        o.route.clone_from(&key.default_route);
+    }
+    for p in [&k.tenant.policy, &key.policy].into_iter().flatten() {
+        if !o.narrow.contains(p) {
+            o.narrow.push(p.clone());
+        }
+    }
+    let forbidden = |what: String| Err(Error::new(ErrorKind::Forbidden, what));
+    if let Some(route) = router.route_for(&req.model, o)? {
+        if !key.routes.is_empty() && !key.routes.iter().any(|g| crate::tenancy::glob_match(g, &route.name)) {
+            return forbidden(format!(
+                "key '{}' may not use route '{}' (it may use: {})",
+                key.id,
+                route.name,
+                key.routes.join(", ")
+            ));
+        }
+        return Ok(());
+    }
+    let target = state.providers.resolve(&req.model)?;
+    let full = format!("{}/{}", target.provider.id, target.upstream_model);
+    if !key.models.is_empty()
+        && !key.models.iter().any(|g| crate::tenancy::glob_match(g, &req.model) || crate::tenancy::glob_match(g, &full))
+    {
+        return forbidden(format!("key '{}' may not use model '{}' (it may use: {})", key.id, req.model, key.models.join(", ")));
+    }
+    if !o.narrow.is_empty() {
+        let Some(entry) = router.entry(&full) else {
+            return forbidden(format!(
+                "model '{full}' is not in the catalog, so the data policy of key '{}' cannot be checked",
+                key.id
+            ));
+        };
+        for name in &o.narrow {
+            let policy = router.policies.get(name).ok_or_else(|| {
+                Error::new(ErrorKind::Internal, format!("the key's policy '{name}' is no longer configured"))
+            })?;
+            if let Some(x) = crate::route::plan::policy_exclusion(entry, policy) {
+                return forbidden(format!("model '{full}' is excluded by policy '{name}': {}", x.describe()));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Relayed to a same-dialect upstream: Anthropic's beta flags switch on features (and
@@ -247,20 +394,37 @@ fn answer(req: &ChatRequest, target: &Target, bytes: Bytes, json_tool: bool) -> 
     Ok((Bytes::from(out), reply.usage))
 }
 
+/// What one attempt carries in from the loop: its number, its route reason, its reservation
+/// and the request's gate (whose lease goes with the attempt that answers).
+struct Pass<'g> {
+    number: u32,
+    reason: Option<String>,
+    held: Option<Held>,
+    gate: Option<&'g mut Gate>,
+}
+
+impl Pass<'_> {
+    /// This attempt answers the request: its settle gives the request's lease back.
+    fn answers(&mut self, attempt: &mut Attempt) {
+        if let (Some(h), Some(g)) = (attempt.held.as_mut(), self.gate.as_mut()) {
+            h.lease = g.lease();
+        }
+    }
+}
+
 /// One attempt at a chat request: send, relay (or translate), settle. Writes the attempt's
 /// ledger row and updates health; returns the error (already recorded) for the caller to
 /// decide on a fallback.
-#[allow(clippy::too_many_arguments)]
 async fn attempt_chat(
     state: &SharedState,
     caller: &Caller,
     req: &mut ChatRequest,
     target: &Target,
     chosen: Chosen,
-    number: u32,
-    reason: Option<String>,
+    mut pass: Pass<'_>,
     anthropic_beta: Option<&HeaderValue>,
 ) -> std::result::Result<Response, Error> {
+    let (number, reason) = (pass.number, pass.reason.take());
     let client = req.dialect;
     let upstream = target.provider.dialect;
     // A request that cannot be translated is the client's mistake, the same everywhere:
@@ -268,6 +432,7 @@ async fn attempt_chat(
     let (upstream_body, json_tool) = upstream_body(req, target)?;
     let extra = anthropic_beta.filter(|_| client == upstream).map(|b| (ANTHROPIC_BETA.clone(), b.clone()));
     let mut attempt = Attempt::start(state, caller.clone(), target, req.stream, number, reason.clone(), chosen);
+    attempt.held = pass.held.take();
     let endpoint = Endpoint::Chat { model: &target.upstream_model, stream: req.stream };
     let resp = match target.provider.post_json_with(endpoint, upstream_body, extra).await {
         Ok(r) => r,
@@ -277,6 +442,7 @@ async fn attempt_chat(
     let is_sse = resp.header("content-type").is_some_and(|v| v.starts_with("text/event-stream"));
     if req.stream && is_sse {
         attempt.healthy();
+        pass.answers(&mut attempt);
         // This attempt answers the request (no fallback after a stream starts): keep the
         // body for a possible estimate, in an allocation of its own (see `detached`).
         let request = req.take_body().detached();
@@ -339,6 +505,7 @@ async fn attempt_chat(
         Err(e) => return Err(attempt.fail(e).await),
     };
     attempt.healthy();
+    pass.answers(&mut attempt);
     let (usage, estimate) = match usage {
         Some(u) => (u, None),
         None => {

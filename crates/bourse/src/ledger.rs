@@ -18,6 +18,8 @@ pub struct LedgerEntry {
     pub ts_ms: i64,
     /// Which gateway key the client used (an id, never the key), if keys are configured.
     pub key_id: Option<String>,
+    /// The tenant the key belongs to (virtual keys; None for config keys).
+    pub tenant_id: Option<String>,
     pub provider: String,
     pub model: String,
     /// Why this model was chosen (filled by the router).
@@ -82,7 +84,7 @@ macro_rules! entry_columns {
         "request_id, attempt, ts_ms, key_id, provider, model, route_reason, \
          input_uncached, input_cache_read, input_cache_write, output, output_reasoning, \
          cost_nanos, reference_cost_nanos, catalog_version, ttfb_ms, latency_ms, status, \
-         error_kind, estimated, stream, estimator"
+         error_kind, estimated, stream, estimator, tenant_id"
     };
 }
 

@@ -281,6 +281,20 @@ pub fn month_of(ms: i64) -> i64 {
     i64::from(date.year()) * 12 + i64::from(u8::from(date.month())) - 1
 }
 
+/// Unix ms at which the window holding `ms` starts (None for the total).
+pub fn window_start(window: Window, ms: i64) -> Option<i64> {
+    match window {
+        Window::Day => Some(day_of(ms) * 86_400_000),
+        Window::Month => {
+            let m = month_of(ms);
+            let month = time::Month::try_from(m.rem_euclid(12) as u8 + 1).ok()?;
+            let date = time::Date::from_calendar_date(m.div_euclid(12) as i32, month, 1).ok()?;
+            Some(date.midnight().assume_utc().unix_timestamp() * 1000)
+        }
+        Window::Total => None,
+    }
+}
+
 /// Unix ms at which the window holding `ms` ends (None for the total).
 pub fn window_end(window: Window, ms: i64) -> Option<i64> {
     match window {
@@ -400,5 +414,7 @@ mod tests {
         assert_eq!(month_of(dec), 2026 * 12 + 11);
         assert_eq!(window_end(Window::Month, dec), Some(1_798_761_600_000)); // 2027-01-01
         assert_eq!(window_end(Window::Total, dec), None);
+        assert_eq!(window_start(Window::Month, dec + 86_400_000 * 30 + 5), Some(dec));
+        assert_eq!(window_start(Window::Day, last), Some(last + 1 - 86_400_000));
     }
 }

@@ -175,6 +175,7 @@ enum By {
     Model,
     Provider,
     Key,
+    Tenant,
     Day,
     None,
 }
@@ -284,9 +285,11 @@ fn run_report(c: &ConfigArg, since: &str, until: Option<&str>, by: By, format: F
             By::Model => bourse::ledger::GroupBy::Model,
             By::Provider => bourse::ledger::GroupBy::Provider,
             By::Key => bourse::ledger::GroupBy::Key,
+            By::Tenant => bourse::ledger::GroupBy::Tenant,
             By::Day => bourse::ledger::GroupBy::Day,
             By::None => bourse::ledger::GroupBy::None,
         },
+        key: None,
     };
     let rows = runtime()?.block_on(async {
         let ledger = Ledger::open(&url).await.map_err(|e| format!("cannot open the ledger: {e}"))?;

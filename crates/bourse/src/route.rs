@@ -162,6 +162,9 @@ pub struct Overrides {
     pub min_quality: Option<u32>,
     pub policy: Option<String>,
     pub max_cost: Option<crate::meter::Cost>,
+    /// Policies every candidate must also obey (a virtual key's and its tenant's), on top of
+    /// the route's (or `policy`).
+    pub narrow: Vec<String>,
 }
 
 impl Overrides {
@@ -189,7 +192,13 @@ impl Overrides {
                 _ => Err(Error::invalid("x-bourse-max-cost-usd", format!("'{s}' is not an amount in USD"))),
             })
             .transpose()?;
-        Ok(Overrides { route: get("x-bourse-route")?, min_quality, policy: get("x-bourse-policy")?, max_cost })
+        Ok(Overrides {
+            route: get("x-bourse-route")?,
+            min_quality,
+            policy: get("x-bourse-policy")?,
+            max_cost,
+            narrow: Vec::new(),
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -234,11 +243,24 @@ impl Router {
         req: &crate::canonical::ChatRequest,
         now: std::time::Instant,
     ) -> Result<Routed> {
-        let policy_name = o.policy.clone().unwrap_or_else(|| route.policy.clone());
-        let policy = self
+        let mut policy_name = o.policy.clone().unwrap_or_else(|| route.policy.clone());
+        let mut policy = self
             .policies
             .get(&policy_name)
             .ok_or_else(|| Error::invalid("x-bourse-policy", format!("unknown policy '{policy_name}'")))?;
+        let narrowed;
+        if !o.narrow.is_empty() {
+            let mut p = policy.clone();
+            for name in &o.narrow {
+                let extra = self.policies.get(name).ok_or_else(|| {
+                    Error::new(ErrorKind::Internal, format!("the key's policy '{name}' is no longer configured"))
+                })?;
+                p = p.narrowed(extra);
+            }
+            policy_name = p.name.clone();
+            narrowed = p;
+            policy = &narrowed;
+        }
         let (prompt_tokens, reasoning) = prompt_facts(req);
         let min_quality = o.min_quality.unwrap_or(route.min_quality);
         let max_cost = match (o.max_cost, route.max_cost) {
@@ -335,7 +357,8 @@ impl Router {
 
 /// The planner's prompt estimate and whether `reasoning_effort` is set: from the client's
 /// bytes when the request kept them, else from its map (see [`plan::prompt_facts_raw`]).
-fn prompt_facts(req: &crate::canonical::ChatRequest) -> (u64, bool) {
+/// A chat request's estimated prompt tokens and whether it asks for reasoning.
+pub fn prompt_facts(req: &crate::canonical::ChatRequest) -> (u64, bool) {
     if let Some(facts) = req.raw_body().and_then(|raw| plan::prompt_facts_raw(&raw.bytes)) {
         return facts;
     }

@@ -18,6 +18,8 @@ use crate::canonical::Dialect;
 use crate::config::{Config, EdgeLimits};
 use crate::error::{Error, ErrorKind, ErrorLabel};
 use crate::ledger::{Ledger, Writer};
+use crate::admin::Resolved;
+use crate::limit::{Counters, LocalCounters, RedisCounters};
 use crate::state::{AppState, Caller, SharedState};
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
@@ -74,7 +76,7 @@ async fn dispatch(state: SharedState, req: Request, caller: Caller, dialect: Dia
             let id = percent_encoding::percent_decode_str(&path["/v1/models/".len()..]).decode_utf8_lossy();
             api::openai::get_model(&state, &id).into_response()
         }
-        Route::Usage => Box::pin(api::usage::usage(state, req.uri())).await.into_response(),
+        Route::Usage => Box::pin(api::usage::usage(state, &caller, req.uri())).await.into_response(),
         Route::Quote => Box::pin(api::quote::quote(state, req)).await.into_response(),
         Route::Healthz => healthz(),
         Route::Readyz => readyz(&state),
@@ -155,9 +157,9 @@ async fn handle(state: SharedState, req: Request) -> Response {
     let path = req.uri().path();
     let dialect = client_dialect(path);
     let gated = path == "/v1" || path.starts_with("/v1/");
-    let key = if gated { authorize(&state, req.headers(), dialect) } else { Ok(None) };
+    let key = if gated { authorize(&state, req.headers(), dialect) } else { Ok((None, None)) };
     let mut resp = match key {
-        Ok(key_id) => dispatch(state, req, Caller { request_id: id.clone(), key_id }, dialect).await,
+        Ok((key_id, key)) => dispatch(state, req, Caller { request_id: id.clone(), key_id, key }, dialect).await,
         Err(refusal) => refusal.render(dialect),
     };
     if let Ok(v) = HeaderValue::from_str(&id) {
@@ -184,13 +186,19 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
+/// What the edge knows of the key presented: its id, and the virtual key (with its tenant).
+type Authorized = (Option<Arc<str>>, Option<Arc<Resolved>>);
+
 /// Gateway keys, when configured, as `Authorization: Bearer` (OpenAI SDKs) or `x-api-key`
-/// (Anthropic SDKs): the id of the key presented, or the refusal (worded for the client's
-/// dialect). Every key is compared (no early exit) so timing does not reveal which one
-/// nearly matched.
-fn authorize(state: &AppState, headers: &HeaderMap, dialect: Dialect) -> Result<Option<Arc<str>>, Error> {
-    if state.api_keys.is_empty() {
-        return Ok(None);
+/// (Anthropic SDKs): config keys (`server.api_keys`) and virtual keys (`sk-bourse-...`, looked
+/// up by their SHA-256 in the directory), or the refusal (worded for the client's dialect).
+/// Every config key is compared (no early exit) so timing does not reveal which one nearly
+/// matched; a virtual key is found by its hash, which reveals nothing of the secret.
+/// A gateway with neither kind of key is open (it listens on loopback, or was told to).
+fn authorize(state: &AppState, headers: &HeaderMap, dialect: Dialect) -> Result<Authorized, Error> {
+    let virtual_keys = state.directory.as_ref().filter(|d| !d.is_empty());
+    if state.api_keys.is_empty() && virtual_keys.is_none() {
+        return Ok((None, None));
     }
     let presented = headers
         .get(header::AUTHORIZATION)
@@ -205,6 +213,11 @@ fn authorize(state: &AppState, headers: &HeaderMap, dialect: Dialect) -> Result<
         };
         return Err(Error::new(ErrorKind::Unauthorized, format!("missing gateway key: send {how}")));
     };
+    if presented.starts_with(crate::tenancy::SECRET_PREFIX) {
+        if let Some(found) = virtual_keys.and_then(|d| d.lookup(presented, crate::timespec::now_ms())) {
+            return Ok((Some(Arc::from(found.key.id.as_str())), Some(found)));
+        }
+    }
     let mut matched = None;
     for (i, k) in state.api_keys.iter().enumerate() {
         if ct_eq(presented.as_bytes(), k.expose().as_bytes()) {
@@ -212,7 +225,7 @@ fn authorize(state: &AppState, headers: &HeaderMap, dialect: Dialect) -> Result<
         }
     }
     match matched {
-        Some(i) => Ok(Some(state.key_ids[i].clone())),
+        Some(i) => Ok((Some(state.key_ids[i].clone()), None)),
         None => Err(Error::new(ErrorKind::Unauthorized, "invalid gateway key")),
     }
 }
@@ -252,6 +265,7 @@ pub async fn run(cfg: Config, opts: ServeOptions) -> Result<(), String> {
         writer_handle = Some(handle);
         tracing::info!(ledger = %redact_url(url), "ledger open");
     }
+    state.counters = counters(&cfg, state.reports.as_ref()).await?;
     let state = Arc::new(state);
     if state.providers.is_empty() {
         tracing::warn!("no providers configured: set a provider key (e.g. OPENAI_API_KEY) or write a config file");
@@ -281,6 +295,49 @@ pub async fn run(cfg: Config, opts: ServeOptions) -> Result<(), String> {
         tracing::info!(?stats, "ledger flushed");
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// The counters budgets and rate limits are decided on: Redis when `[shared] redis_url` is
+/// set, else this process's own, rebuilt from the ledger (the day's, the month's and all-time
+/// spend of every key and tenant), so a restart forgets no spend.
+pub async fn counters(cfg: &Config, ledger: Option<&Ledger>) -> Result<Counters, String> {
+    if let Some(url) = &cfg.shared.redis_url {
+        let redis = RedisCounters::connect(url.expose()).await.map_err(|e| format!("shared.redis_url: {e}"))?;
+        return Ok(Counters::Shared {
+            redis,
+            fallback: LocalCounters::new(),
+            on_failure: cfg.shared.on_failure,
+            failures: Default::default(),
+        });
+    }
+    let local = LocalCounters::new();
+    if let Some(ledger) = ledger {
+        seed(&local, ledger).await.map_err(|e| format!("cannot rebuild spend counters from the ledger: {e}"))?;
+    }
+    Ok(Counters::Local(local))
+}
+
+/// Each key's and tenant's spend today, this month and in total, from the ledger.
+async fn seed(local: &LocalCounters, ledger: &Ledger) -> Result<(), crate::ledger::LedgerError> {
+    use crate::ledger::{GroupBy, ReportQuery};
+    use crate::limit::{window_start, ScopeKind, Window};
+    use std::collections::HashMap;
+    let now = crate::timespec::now_ms();
+    for (kind, by) in [(ScopeKind::Key, GroupBy::Key), (ScopeKind::Tenant, GroupBy::Tenant)] {
+        let mut spend: HashMap<String, [i64; 3]> = HashMap::new();
+        for (i, window) in [Window::Day, Window::Month, Window::Total].into_iter().enumerate() {
+            let q = ReportQuery { since_ms: window_start(window, now), until_ms: None, by, key: None };
+            for row in ledger.report(&q).await? {
+                if row.group != "(none)" {
+                    spend.entry(row.group).or_default()[i] = row.cost_nanos;
+                }
+            }
+        }
+        for (id, [day, month, total]) in spend {
+            local.seed(kind, &id, now, day, month, total);
+        }
+    }
     Ok(())
 }
 

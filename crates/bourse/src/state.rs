@@ -3,8 +3,10 @@
 //! [`Caller`] the edge establishes for each request. Handlers and the exchange read it; the
 //! server builds it and hands it to every connection.
 
+use crate::admin::{Directory, Resolved};
 use crate::config::{Config, EdgeLimits, Secret};
 use crate::ledger::{Ledger, Writer};
+use crate::limit::{Counters, LocalCounters};
 use crate::meter::estimate::Estimator;
 use crate::meter::Meter;
 use crate::provider::Provider;
@@ -16,6 +18,12 @@ use std::sync::Arc;
 pub struct AppState {
     pub providers: Providers,
     pub api_keys: Vec<Secret>,
+    /// Keys for `/admin/v1/*`.
+    pub admin_keys: Vec<Secret>,
+    /// Tenants and virtual keys as every replica serves them (None without a ledger store).
+    pub directory: Option<Arc<Directory>>,
+    /// The counters budgets and rate limits are decided on.
+    pub counters: Counters,
     /// Stable, non-secret ids of the gateway keys (same order), for ledger rows.
     pub key_ids: Vec<Arc<str>>,
     pub meter: Meter,
@@ -48,6 +56,9 @@ impl AppState {
             router,
             providers,
             api_keys: cfg.server.api_keys.clone(),
+            admin_keys: cfg.server.admin_keys.clone(),
+            directory: None,
+            counters: Counters::Local(LocalCounters::new()),
             key_ids: cfg.server.api_keys.iter().map(|k| Arc::from(key_id(k.expose()))).collect(),
             meter: Meter::new(cfg.catalog.clone(), cfg.reference.clone()),
             estimator: Estimator::new(),
@@ -66,9 +77,18 @@ pub fn key_id(key: &str) -> String {
     format!("key_{:08x}", h as u32)
 }
 
-/// Who is asking, as the edge established it: the request id and the gateway key's id.
+/// Who is asking, as the edge established it: the request id, the gateway key's id and,
+/// for a virtual key, the key and its tenant as the directory held them.
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub request_id: Arc<str>,
     pub key_id: Option<Arc<str>>,
+    pub key: Option<Arc<Resolved>>,
+}
+
+impl Caller {
+    /// The tenant of a virtual key (config keys belong to no stored tenant).
+    pub fn tenant_id(&self) -> Option<&str> {
+        self.key.as_ref().map(|k| k.tenant.name.as_str())
+    }
 }

@@ -84,6 +84,7 @@ fn row(request_id: &str, attempt: u32, ts_ms: i64) -> LedgerEntry {
         attempt,
         ts_ms,
         key_id: None,
+        tenant_id: None,
         provider: "openai".into(),
         model: "gpt-4o-mini".into(),
         route_reason: None,
@@ -205,7 +206,7 @@ fn report_fixture() -> Vec<LedgerEntry> {
 }
 
 fn q(by: GroupBy) -> ReportQuery {
-    ReportQuery { since_ms: None, until_ms: None, by }
+    ReportQuery { since_ms: None, until_ms: None, by, key: None }
 }
 
 /// One grouping written out by hand, which also vouches for `expected_report` below.
@@ -279,7 +280,7 @@ async fn report_every_grouping_and_window(url: &str) {
     ];
     for by in [GroupBy::Model, GroupBy::Provider, GroupBy::Key, GroupBy::Day, GroupBy::None] {
         for (since_ms, until_ms) in windows {
-            let query = ReportQuery { since_ms, until_ms, by };
+            let query = ReportQuery { since_ms, until_ms, by, key: None };
             assert_eq!(ledger.report(&query).await.unwrap(), expected_report(&rows, &query), "{query:?}");
         }
     }
@@ -289,7 +290,7 @@ async fn report_every_grouping_and_window(url: &str) {
     assert_eq!(days, ["1970-01-01", "1970-01-02", "2023-11-14", "1969-12-31"]);
     let keys: Vec<String> = ledger.report(&q(GroupBy::Key)).await.unwrap().into_iter().map(|r| r.group).collect();
     assert_eq!(keys, ["(none)", "k1", "k2"]);
-    let first_day = ReportQuery { since_ms: Some(0), until_ms: Some(day), by: GroupBy::None };
+    let first_day = ReportQuery { since_ms: Some(0), until_ms: Some(day), by: GroupBy::None, key: None };
     let r = &ledger.report(&first_day).await.unwrap()[0];
     assert_eq!((r.requests, r.attempts, r.cost_nanos), (1, 2, 300));
 }

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::ledger::{GroupBy, ReportQuery};
-use crate::state::SharedState;
+use crate::state::{Caller, SharedState};
 use crate::timespec;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -21,13 +21,15 @@ pub fn group_by(s: Option<&str>) -> Result<GroupBy, String> {
         "model" => Ok(GroupBy::Model),
         "provider" => Ok(GroupBy::Provider),
         "key" => Ok(GroupBy::Key),
+        "tenant" => Ok(GroupBy::Tenant),
         "day" => Ok(GroupBy::Day),
         "none" | "total" => Ok(GroupBy::None),
-        other => Err(format!("'by' must be model, provider, key, day or none, got \"{other}\"")),
+        other => Err(format!("'by' must be model, provider, key, tenant, day or none, got \"{other}\"")),
     }
 }
 
-pub async fn usage(state: SharedState, uri: &axum::http::Uri) -> Result<Response> {
+/// A virtual key sees its own usage only (whatever it asks to group by); config keys see all.
+pub async fn usage(state: SharedState, caller: &Caller, uri: &axum::http::Uri) -> Result<Response> {
     let axum::extract::Query(p) = axum::extract::Query::<UsageParams>::try_from_uri(uri)
         .map_err(|e| Error::new(ErrorKind::InvalidRequest, format!("invalid query string: {}", e.body_text())))?;
     let Some(ledger) = &state.reports else {
@@ -39,8 +41,9 @@ pub async fn usage(state: SharedState, uri: &axum::http::Uri) -> Result<Response
     let until =
         p.until.as_deref().map(|s| timespec::parse(s, now)).transpose().map_err(|m| Error::invalid("until", m))?;
     let by = group_by(p.by.as_deref()).map_err(|m| Error::invalid("by", m))?;
+    let own = caller.key.as_ref().map(|k| k.key.id.clone());
     let rows = ledger
-        .report(&ReportQuery { since_ms: since, until_ms: until, by })
+        .report(&ReportQuery { since_ms: since, until_ms: until, by, key: own })
         .await
         .map_err(|e| Error::new(ErrorKind::Internal, format!("ledger report failed: {e}")))?;
     let data: Vec<_> = rows.iter().map(crate::cli::report::row_json).collect();

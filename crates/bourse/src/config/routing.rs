@@ -62,6 +62,45 @@ pub struct Policy {
     pub max_price_per_mtok: Option<f64>,
 }
 
+impl Policy {
+    /// Both policies at once: what either denies is denied, only what both allow is
+    /// allowed, the lower price cap holds. A tenant's and a key's policies are combined
+    /// this way, so a key can only narrow its tenant's.
+    pub fn narrowed(&self, other: &Policy) -> Policy {
+        let union = |a: &Vec<String>, b: &Vec<String>| {
+            let mut v = a.clone();
+            v.extend(b.iter().filter(|x| !a.contains(x)).cloned());
+            v
+        };
+        let allow_providers = match (self.allow_providers.is_empty(), other.allow_providers.is_empty()) {
+            (true, _) => other.allow_providers.clone(),
+            (_, true) => self.allow_providers.clone(),
+            // Both restrict: only the providers both allow (none in common: nothing routable).
+            _ => {
+                let both: Vec<String> =
+                    self.allow_providers.iter().filter(|p| other.allow_providers.contains(p)).cloned().collect();
+                if both.is_empty() {
+                    vec![String::new()]
+                } else {
+                    both
+                }
+            }
+        };
+        Policy {
+            name: format!("{}+{}", self.name, other.name),
+            deny_origin: union(&self.deny_origin, &other.deny_origin),
+            deny_hosting: union(&self.deny_hosting, &other.deny_hosting),
+            open_weights_only: self.open_weights_only || other.open_weights_only,
+            allow_providers,
+            deny_providers: union(&self.deny_providers, &other.deny_providers),
+            max_price_per_mtok: match (self.max_price_per_mtok, other.max_price_per_mtok) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+        }
+    }
+}
+
 /// Tuning for the circuit breakers ([`crate::route::health::Health`]).
 #[derive(Clone, Copy, Debug)]
 pub struct HealthConfig {

@@ -4,7 +4,9 @@
 
 use crate::canonical::Usage;
 use crate::error::{Error, ErrorKind};
+use super::limits::Held;
 use crate::ledger::{Estimate, LedgerEntry};
+use crate::limit::Spent;
 use crate::meter::{Cost, Price};
 use crate::route::Target;
 use crate::state::{Caller, SharedState};
@@ -32,6 +34,8 @@ pub(super) struct Attempt {
     pub(super) started: Instant,
     pub(super) ttfb: Option<Duration>,
     stream: bool,
+    /// The attempt's budget and rate reservation (virtual keys), settled with its cost.
+    pub(super) held: Option<Held>,
 }
 
 /// The money headers of a settled, non-streaming response.
@@ -62,6 +66,7 @@ impl Attempt {
             started: Instant::now(),
             ttfb: None,
             stream,
+            held: None,
         }
     }
 
@@ -91,12 +96,18 @@ impl Attempt {
             Chosen::Routed(i) => &self.state.router.entries[i].model,
         };
         let (cost, reference) = meter.settle(model, &usage);
+        if let Some(held) = self.held {
+            let u = &usage;
+            let tokens = u.input_uncached + u.input_cache_read + u.input_cache_write + u.output_total();
+            held.settle(Spent { cost: cost.0, tokens });
+        }
         let entry = self.state.ledger.is_some().then(|| LedgerEntry {
             // `String::from`, not `to_string`: on an `Arc<str>` that goes through `Display`.
             request_id: String::from(&*self.caller.request_id),
             attempt: self.number,
             ts_ms: self.ts_ms,
             key_id: self.caller.key_id.as_deref().map(str::to_string),
+            tenant_id: self.caller.tenant_id().map(str::to_string),
             provider: self.target.provider.id.clone(),
             model: self.target.upstream_model.clone(),
             route_reason: self.route_reason,

@@ -38,7 +38,7 @@ const INSERT: &str = concat!(
     ") SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], ",
     "$7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], ",
     "$14::bigint[], $15::text[], $16::bigint[], $17::bigint[], $18::integer[], $19::text[], $20::boolean[], ",
-    "$21::boolean[], $22::text[])"
+    "$21::boolean[], $22::text[], $23::text[])"
 );
 
 const SELECT_BY_REQUEST: &str =
@@ -124,6 +124,7 @@ impl PostgresLedger {
         let estimated: Vec<bool> = rows.iter().map(LedgerEntry::estimated).collect();
         let stream: Vec<bool> = rows.iter().map(|r| r.stream).collect();
         let estimator: Vec<Option<&str>> = rows.iter().map(|r| r.estimate.map(Estimate::as_str)).collect();
+        let tenant_id: Vec<Option<&str>> = rows.iter().map(|r| r.tenant_id.as_deref()).collect();
 
         let conn = self.conn().await?;
         conn.client
@@ -152,6 +153,7 @@ impl PostgresLedger {
                     &estimated,
                     &stream,
                     &estimator,
+                    &tenant_id,
                 ],
             )
             .await?;
@@ -166,10 +168,11 @@ impl PostgresLedger {
             day: "to_char(TIMESTAMP '1970-01-01' + ts_ms * INTERVAL '1 millisecond', 'YYYY-MM-DD')",
             sum_cast: "::bigint",
             since: "$1::bigint",
-            until: "$2::bigint"
+            until: "$2::bigint",
+            key: "$3::text"
         );
         let conn = self.conn().await?;
-        let rows = conn.client.query(sql, &[&q.since_ms, &q.until_ms]).await?;
+        let rows = conn.client.query(sql, &[&q.since_ms, &q.until_ms, &q.key]).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             let mut sums = [0i64; 11];
@@ -231,6 +234,7 @@ fn entry(row: &Row) -> Result<LedgerEntry, LedgerError> {
         attempt: from_db(row.try_get(1)?, "attempt")?,
         ts_ms: row.try_get(2)?,
         key_id: row.try_get(3)?,
+        tenant_id: row.try_get(22)?,
         provider: row.try_get(4)?,
         model: row.try_get(5)?,
         route_reason: row.try_get(6)?,

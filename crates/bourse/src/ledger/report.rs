@@ -17,6 +17,8 @@ pub enum GroupBy {
     Provider,
     /// The gateway key id, `(none)` when the request used none.
     Key,
+    /// The virtual key's tenant, `(none)` for config keys.
+    Tenant,
     /// UTC date, `YYYY-MM-DD`.
     Day,
     /// One row, `(all)`.
@@ -32,9 +34,10 @@ impl FromStr for GroupBy {
             "model" => Ok(GroupBy::Model),
             "provider" => Ok(GroupBy::Provider),
             "key" => Ok(GroupBy::Key),
+            "tenant" => Ok(GroupBy::Tenant),
             "day" => Ok(GroupBy::Day),
             "none" => Ok(GroupBy::None),
-            _ => Err(format!("unknown grouping {s:?}: expected model, provider, key, day or none")),
+            _ => Err(format!("unknown grouping {s:?}: expected model, provider, key, tenant, day or none")),
         }
     }
 }
@@ -45,6 +48,7 @@ impl fmt::Display for GroupBy {
             GroupBy::Model => "model",
             GroupBy::Provider => "provider",
             GroupBy::Key => "key",
+            GroupBy::Tenant => "tenant",
             GroupBy::Day => "day",
             GroupBy::None => "none",
         })
@@ -52,12 +56,15 @@ impl fmt::Display for GroupBy {
 }
 
 /// Which rows a report covers: `since_ms <= ts_ms < until_ms`, either bound optional.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportQuery {
     pub since_ms: Option<i64>,
     pub until_ms: Option<i64>,
     #[serde(default)]
     pub by: GroupBy,
+    /// Only this key's rows (a virtual key reading its own usage).
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 /// One group's totals. Token and nano-USD sums are exact integers.
@@ -121,16 +128,17 @@ pub(super) fn finish(mut rows: Vec<ReportRow>) -> Vec<ReportRow> {
 /// an integer (PostgreSQL widens SUM(bigint) to numeric), and the two bound placeholders.
 /// `COUNT(*) FILTER (WHERE ...)` and `GROUP BY 1` mean the same in SQLite and PostgreSQL.
 macro_rules! report_sql {
-    ($by:expr, day: $day:literal, sum_cast: $cast:literal, since: $since:literal, until: $until:literal) => {
+    ($by:expr, day: $day:literal, sum_cast: $cast:literal, since: $since:literal, until: $until:literal, key: $key:literal) => {
         match $by {
-            GroupBy::Model => report_sql!(@ "provider || '/' || model", $cast, $since, $until),
-            GroupBy::Provider => report_sql!(@ "provider", $cast, $since, $until),
-            GroupBy::Key => report_sql!(@ "COALESCE(key_id, '(none)')", $cast, $since, $until),
-            GroupBy::Day => report_sql!(@ $day, $cast, $since, $until),
-            GroupBy::None => report_sql!(@ "CAST('(all)' AS TEXT)", $cast, $since, $until),
+            GroupBy::Model => report_sql!(@ "provider || '/' || model", $cast, $since, $until, $key),
+            GroupBy::Provider => report_sql!(@ "provider", $cast, $since, $until, $key),
+            GroupBy::Key => report_sql!(@ "COALESCE(key_id, '(none)')", $cast, $since, $until, $key),
+            GroupBy::Tenant => report_sql!(@ "COALESCE(tenant_id, '(none)')", $cast, $since, $until, $key),
+            GroupBy::Day => report_sql!(@ $day, $cast, $since, $until, $key),
+            GroupBy::None => report_sql!(@ "CAST('(all)' AS TEXT)", $cast, $since, $until, $key),
         }
     };
-    (@ $group:literal, $cast:literal, $since:literal, $until:literal) => {
+    (@ $group:literal, $cast:literal, $since:literal, $until:literal, $key:literal) => {
         concat!(
             "SELECT ",
             $group,
@@ -156,6 +164,10 @@ macro_rules! report_sql {
             $until,
             " IS NULL OR ts_ms < ",
             $until,
+            ") AND (",
+            $key,
+            " IS NULL OR key_id = ",
+            $key,
             ") GROUP BY 1"
         )
     };

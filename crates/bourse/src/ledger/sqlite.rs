@@ -28,7 +28,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Columns per ledger row, and rows per multi-row insert (21 × 32 = 672 bound
 /// values, far below SQLite's 32,766 limit).
-const COLUMNS: usize = 22;
+const COLUMNS: usize = 23;
 const ROWS_PER_INSERT: usize = 32;
 
 /// A batch cut into multi-row inserts: chunks of `ROWS_PER_INSERT`, then the rest in
@@ -122,6 +122,7 @@ fn bind(stmt: &mut rusqlite::Statement<'_>, rows: &[LedgerEntry]) -> rusqlite::R
         stmt.raw_bind_parameter(at + 20, r.estimated())?;
         stmt.raw_bind_parameter(at + 21, r.stream)?;
         stmt.raw_bind_parameter(at + 22, r.estimate.map(Estimate::as_str))?;
+        stmt.raw_bind_parameter(at + 23, &r.tenant_id)?;
     }
     Ok(())
 }
@@ -180,11 +181,11 @@ impl SqliteLedger {
     }
 
     pub(super) async fn report(&self, q: &ReportQuery) -> Result<Vec<ReportRow>, LedgerError> {
-        let sql = report_sql!(q.by, day: "date(ts_ms / 1000.0, 'unixepoch')", sum_cast: "", since: "?1", until: "?2");
-        let (since, until) = (q.since_ms, q.until_ms);
+        let sql = report_sql!(q.by, day: "date(ts_ms / 1000.0, 'unixepoch')", sum_cast: "", since: "?1", until: "?2", key: "?3");
+        let (since, until, key) = (q.since_ms, q.until_ms, q.key.clone());
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(sql)?;
-            let mut rows = stmt.query(params![since, until])?;
+            let mut rows = stmt.query(params![since, until, key])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
                 let mut sums = [0i64; 11];
@@ -304,6 +305,7 @@ fn entry(row: &rusqlite::Row<'_>) -> Result<LedgerEntry, LedgerError> {
         attempt: from_db(row.get(1)?, "attempt")?,
         ts_ms: row.get(2)?,
         key_id: row.get(3)?,
+        tenant_id: row.get(22)?,
         provider: row.get(4)?,
         model: row.get(5)?,
         route_reason: row.get(6)?,
@@ -353,6 +355,7 @@ mod tests {
             attempt: 1,
             ts_ms: 1_700_000_000_000,
             key_id: None,
+            tenant_id: None,
             provider: "p".into(),
             model: "m".into(),
             route_reason: None,
@@ -412,7 +415,7 @@ mod tests {
         assert_eq!(names(&conn, indexes), ["ledger_request_id"], "the unused time index is gone");
         assert_eq!(
             names(&conn, "SELECT CAST(version AS TEXT) FROM schema_migrations ORDER BY version"),
-            ["1", "2", "3"]
+            ["1", "2", "3", "4"]
         );
     }
 

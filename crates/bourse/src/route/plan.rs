@@ -169,7 +169,38 @@ fn matches_any(list: &[String], v: &str) -> bool {
 
 /// Check one entry against the hard constraints (everything but cost and health).
 fn exclude(e: &Entry, ask: &Ask<'_>) -> Option<Exclusion> {
-    let p = ask.policy;
+    if let Some(x) = policy_exclusion(e, ask.policy) {
+        return Some(x);
+    }
+    let m = &e.model;
+    let caps = &m.capabilities;
+    for (needed, has, name) in [
+        (ask.needs.tools, caps.tools, "tools"),
+        (ask.needs.json_schema, caps.json_schema, "json_schema"),
+        (ask.needs.vision, caps.vision, "vision"),
+        (ask.reasoning, caps.reasoning, "reasoning"),
+        (ask.stream, caps.streaming, "streaming"),
+    ] {
+        if needed && !has {
+            return Some(Exclusion::MissingCapability { capability: name });
+        }
+    }
+    if let Some(context) = m.context {
+        let needed = ask.prompt_tokens + ask.max_tokens.unwrap_or(0);
+        if needed > context {
+            return Some(Exclusion::ContextTooSmall { needed, context });
+        }
+    }
+    if ask.min_quality > 0 && m.quality.is_none_or(|q| q < ask.min_quality) {
+        return Some(Exclusion::BelowQuality { quality: m.quality, floor: ask.min_quality });
+    }
+    None
+}
+
+/// What a data policy says of one entry: who may serve it, where its maker and its hosting
+/// are, whether its weights are open, its price. Also checked for explicitly named models
+/// when a virtual key carries a policy.
+pub fn policy_exclusion(e: &Entry, p: &Policy) -> Option<Exclusion> {
     let m = &e.model;
     if !p.allow_providers.is_empty() && !p.allow_providers.iter().any(|a| *a == e.provider.id) {
         return Some(Exclusion::ProviderNotAllowed);
@@ -197,27 +228,6 @@ fn exclude(e: &Entry, ask: &Ask<'_>) -> Option<Exclusion> {
     if p.open_weights_only && !m.open_weights {
         return Some(Exclusion::NotOpenWeights);
     }
-    let caps = &m.capabilities;
-    for (needed, has, name) in [
-        (ask.needs.tools, caps.tools, "tools"),
-        (ask.needs.json_schema, caps.json_schema, "json_schema"),
-        (ask.needs.vision, caps.vision, "vision"),
-        (ask.reasoning, caps.reasoning, "reasoning"),
-        (ask.stream, caps.streaming, "streaming"),
-    ] {
-        if needed && !has {
-            return Some(Exclusion::MissingCapability { capability: name });
-        }
-    }
-    if let Some(context) = m.context {
-        let needed = ask.prompt_tokens + ask.max_tokens.unwrap_or(0);
-        if needed > context {
-            return Some(Exclusion::ContextTooSmall { needed, context });
-        }
-    }
-    if ask.min_quality > 0 && m.quality.is_none_or(|q| q < ask.min_quality) {
-        return Some(Exclusion::BelowQuality { quality: m.quality, floor: ask.min_quality });
-    }
     if let Some(cap) = p.max_price_per_mtok {
         let b = blended_usd(&m.rates);
         if b > cap {
@@ -225,6 +235,22 @@ fn exclude(e: &Entry, ask: &Ask<'_>) -> Option<Exclusion> {
         }
     }
     None
+}
+
+/// The most output a request can get from `model`: its `max_tokens`, else the model's
+/// maximum output, else what its context leaves after the prompt.
+fn max_output(model: &Model, prompt_tokens: u64, max_tokens: Option<u64>) -> u64 {
+    max_tokens.or(model.max_output).or(model.context.map(|c| c.saturating_sub(prompt_tokens))).unwrap_or(4096)
+}
+
+/// A request's worst-case cost on `model` (integer pico-USD): the prompt at the input price
+/// plus the most output it can get at the output (or reasoning) price. What the router's
+/// cost ceiling and the budgets' reservations are checked against.
+pub fn worst_case_pico(model: &Model, prompt_tokens: u64, max_tokens: Option<u64>) -> u128 {
+    let r = model.rates_for(prompt_tokens);
+    let worst_output = u128::from(r.reasoning_output.unwrap_or(r.output).0.max(r.output.0));
+    u128::from(prompt_tokens) * u128::from(r.input.0)
+        + u128::from(max_output(model, prompt_tokens, max_tokens)) * worst_output
 }
 
 /// Plan a request over `entries`. `health(entry) -> (available, latency_us)`.
@@ -240,16 +266,11 @@ pub fn plan(entries: &[Entry], ask: &Ask<'_>, health: impl Fn(&Entry) -> (bool, 
         let input = u128::from(r.input.0);
         let cached = u128::from(r.cached_input.unwrap_or(r.input).0);
         let output = u128::from(r.output.0);
-        let worst_output = u128::from(r.reasoning_output.unwrap_or(r.output).0.max(r.output.0));
-        let max_out = ask
-            .max_tokens
-            .or(e.model.max_output)
-            .or(e.model.context.map(|c| c.saturating_sub(ask.prompt_tokens)))
-            .unwrap_or(4096);
+        let max_out = max_output(&e.model, ask.prompt_tokens, ask.max_tokens);
         let expected_out = e.observed_output().unwrap_or(ask.default_output).min(max_out);
         let min_pico = prompt * cached.min(input);
         let expected_pico = prompt * input + u128::from(expected_out) * output;
-        let max_pico = prompt * input + u128::from(max_out) * worst_output;
+        let max_pico = worst_case_pico(&e.model, ask.prompt_tokens, ask.max_tokens);
         if let Some(ceiling) = ask.max_cost {
             let worst = pico_to_cost(max_pico);
             if worst > ceiling {

@@ -1,0 +1,325 @@
+//! Budgets and rate limits on the exchange: a virtual key's request is admitted by its key
+//! and its tenant before every upstream attempt, and each attempt is settled at its metered
+//! cost.
+//!
+//! [`Gate`] is one request's admission: the first [`Gate::reserve`] counts the request (per
+//! minute) and takes its concurrency lease; each reserve puts the attempt's worst-case cost
+//! and its estimated tokens on hold. [`Held`] is one attempt's hold: settled with what the
+//! attempt metered (a failed attempt: nothing), or, if it is dropped unsettled (the client
+//! went away before the answer), released. The lease goes back with the settle of the
+//! attempt that answered, or when the gate is dropped (every attempt failed).
+//!
+//! Config keys (`server.api_keys`) and unauthenticated gateways have no gate: no counters,
+//! no extra work on their path.
+
+use crate::canonical::Dialect;
+use crate::error::{Error, ErrorKind};
+use crate::limit::{Ask, Counters, Hold, Lease, LimitError, Nanos, RateLeft, Refusal, Remaining};
+use crate::limit::{Scope, ScopeKind, Spent, Window};
+use crate::meter::Cost;
+use crate::state::{Caller, SharedState};
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::Response;
+use std::sync::Arc;
+
+pub static X_BOURSE_BUDGET_REMAINING: HeaderName = HeaderName::from_static("x-bourse-budget-remaining-usd");
+static X_SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
+
+/// Output tokens reserved in a tokens-per-minute window for a request that sets no
+/// `max_tokens`; the settle replaces the reservation by what was used.
+pub(super) const DEFAULT_TOKENS_RESERVED: u64 = 1024;
+
+/// One request's admission by its key and tenant.
+pub(super) struct Gate {
+    state: SharedState,
+    scopes: Vec<Scope>,
+    group: Arc<str>,
+    first: bool,
+    lease: Option<Lease>,
+    /// What the last admitted decision left, for the answer's headers.
+    remaining: Option<Remaining>,
+}
+
+/// Why a reserve did not admit.
+pub(super) enum Denied {
+    Refused(Refusal),
+    Error(Error),
+}
+
+impl Gate {
+    /// The gate of a virtual key's request; None for config keys and open gateways.
+    pub(super) fn new(state: &SharedState, caller: &Caller) -> Option<Gate> {
+        let k = caller.key.as_ref()?;
+        let scopes = vec![
+            Scope { kind: ScopeKind::Key, id: Arc::from(k.key.id.as_str()), limits: k.key.limits.clone() },
+            Scope { kind: ScopeKind::Tenant, id: Arc::from(k.tenant.name.as_str()), limits: k.tenant.limits.clone() },
+        ];
+        Some(Gate {
+            state: state.clone(),
+            scopes,
+            group: Arc::from(k.tenant.name.as_str()),
+            first: true,
+            lease: None,
+            remaining: None,
+        })
+    }
+
+    /// Reserve an attempt's worst-case `cost` and `tokens` on every scope, all or nothing.
+    pub(super) async fn reserve(&mut self, cost: Nanos, tokens: u64) -> Result<Held, Denied> {
+        let ask = Ask {
+            scopes: &self.scopes,
+            group: &self.group,
+            now_ms: crate::timespec::now_ms(),
+            request: self.first,
+            tokens,
+            cost,
+        };
+        match self.state.counters.reserve(&ask).await {
+            Ok((mut hold, remaining)) => {
+                if self.first {
+                    self.first = false;
+                    self.lease = hold.take_lease();
+                }
+                self.remaining = Some(remaining);
+                Ok(Held { state: self.state.clone(), hold: Some(hold), lease: None })
+            }
+            Err(LimitError::Refused(r)) => Err(Denied::Refused(r)),
+            Err(LimitError::Unavailable(m)) => Err(Denied::Error(Error::new(
+                ErrorKind::Unavailable,
+                format!("budgets and rate limits cannot be checked right now ({m}); try again shortly"),
+            ))),
+        }
+    }
+
+    /// The request's lease, for the attempt that answers it (released with its settle).
+    pub(super) fn lease(&mut self) -> Option<Lease> {
+        self.lease.take()
+    }
+
+    /// The tenant's downgrade, if it applies now: (the floor to use, the share of the
+    /// tightest tenant budget left, in percent).
+    pub(super) async fn downgrade(&self, caller: &Caller) -> Option<(u32, u32, u32)> {
+        let k = caller.key.as_ref()?;
+        let d = k.tenant.downgrade.as_ref()?;
+        let l = &k.tenant.limits;
+        let usage =
+            self.state.counters.usage(ScopeKind::Tenant, &k.tenant.name, &self.group, crate::timespec::now_ms()).await;
+        let usage = usage.ok()?;
+        let mut least: Option<u32> = None;
+        for (limit, used) in [(l.budget_day, usage.day), (l.budget_month, usage.month), (l.budget_total, usage.total)] {
+            let Some(limit) = limit.filter(|l| *l > 0) else { continue };
+            let left = (limit - used).max(0);
+            // Whole percent, rounded down, in integers.
+            let pct = u32::try_from((i128::from(left) * 100 / i128::from(limit)).clamp(0, 100)).unwrap_or(0);
+            least = Some(least.map_or(pct, |p| p.min(pct)));
+        }
+        let pct = least?;
+        (pct < d.below_percent).then_some((d.min_quality, pct, d.below_percent))
+    }
+
+    /// The limit headers of an admitted request, in the client's dialect.
+    pub(super) fn headers(&self, resp: &mut Response, client: Dialect) {
+        let Some(r) = &self.remaining else { return };
+        let h = resp.headers_mut();
+        if let Some(b) = &r.budget {
+            let mut buf = [0; 24];
+            if let Ok(v) = HeaderValue::from_bytes(Cost(b.left).usd_ascii(&mut buf)) {
+                h.insert(X_BOURSE_BUDGET_REMAINING.clone(), v);
+            }
+        }
+        let now = crate::timespec::now_ms();
+        for (rate, left) in [("requests", &r.requests), ("tokens", &r.tokens)] {
+            let Some(left) = left else { continue };
+            for (name, value) in rate_headers(client, rate, left, now) {
+                if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::from_str(&value)) {
+                    h.insert(n, v);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            release(&self.state.counters, lease);
+        }
+    }
+}
+
+/// OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (reset as a duration,
+/// `1m0s`), or Anthropic's `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}`
+/// (reset as an RFC 3339 time).
+fn rate_headers(client: Dialect, rate: &str, left: &RateLeft, now_ms: i64) -> [(String, String); 3] {
+    match client {
+        Dialect::Anthropic => [
+            (format!("anthropic-ratelimit-{rate}-limit"), left.limit.to_string()),
+            (format!("anthropic-ratelimit-{rate}-remaining"), left.left.to_string()),
+            (format!("anthropic-ratelimit-{rate}-reset"), rfc3339(left.resets_at_ms)),
+        ],
+        _ => [
+            (format!("x-ratelimit-limit-{rate}"), left.limit.to_string()),
+            (format!("x-ratelimit-remaining-{rate}"), left.left.to_string()),
+            (format!("x-ratelimit-reset-{rate}"), openai_duration(left.resets_at_ms - now_ms)),
+        ],
+    }
+}
+
+/// A duration the way OpenAI writes it in its reset headers: `20ms`, `6s`, `1m30s`.
+fn openai_duration(ms: i64) -> String {
+    let ms = ms.max(0);
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let s = (ms + 999) / 1000;
+    if s < 60 {
+        format!("{s}s")
+    } else {
+        format!("{}m{}s", s / 60, s % 60)
+    }
+}
+
+fn rfc3339(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let (d, c) = (t.date(), t.time());
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        d.year(),
+        u8::from(d.month()),
+        d.day(),
+        c.hour(),
+        c.minute(),
+        c.second()
+    )
+}
+
+/// One attempt's hold, settled once: with what it metered, or with nothing if dropped.
+pub(super) struct Held {
+    state: SharedState,
+    hold: Option<Hold>,
+    /// The request's lease, when this attempt answers the request.
+    pub(super) lease: Option<Lease>,
+}
+
+impl Held {
+    /// Settle at what the attempt metered (and give back the lease it carries).
+    pub(super) fn settle(mut self, spent: Spent) {
+        if let Some(hold) = self.hold.take() {
+            settle(&self.state.counters, hold, spent, self.lease.take());
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(hold) = self.hold.take() {
+            settle(&self.state.counters, hold, Spent::default(), self.lease.take());
+        } else if let Some(lease) = self.lease.take() {
+            release(&self.state.counters, lease);
+        }
+    }
+}
+
+/// Settle without waiting: in place for in-process counters; on a task for Redis (the answer
+/// does not wait for the round trip). A settle that fails (Redis unreachable) is logged; the
+/// hold then expires on its own.
+fn settle(counters: &Counters, hold: Hold, spent: Spent, lease: Option<Lease>) {
+    match counters {
+        Counters::Local(l) => l.settle(hold, spent, lease),
+        Counters::Shared { .. } => {
+            let counters = counters.clone();
+            spawn(async move {
+                if let Err(e) = counters.settle(hold, spent, lease).await {
+                    tracing::warn!("settle failed: {e}; the reservation expires on its own");
+                }
+            });
+        }
+    }
+}
+
+fn release(counters: &Counters, lease: Lease) {
+    match counters {
+        Counters::Local(l) => l.release(lease),
+        Counters::Shared { .. } => {
+            let counters = counters.clone();
+            spawn(async move {
+                if let Err(e) = counters.release(lease).await {
+                    tracing::warn!("lease release failed: {e}; the lease expires on its own");
+                }
+            });
+        }
+    }
+}
+
+fn spawn(f: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(f);
+    }
+}
+
+/// A refusal as the client's 429: `budget_exceeded` (with `x-should-retry: false`, so the
+/// SDKs do not retry what cannot succeed before the reset) or `rate_limit_exceeded` with
+/// `Retry-After` in whole seconds.
+pub(super) fn refusal_response(r: &Refusal, client: Dialect) -> Response {
+    let now = crate::timespec::now_ms();
+    match r {
+        Refusal::Budget { scope, id, window, limit, used, resets_at_ms } => {
+            let period = match window {
+                Window::Day => "daily",
+                Window::Month => "monthly",
+                Window::Total => "total",
+            };
+            let when = match resets_at_ms {
+                Some(t) => format!("; it resets at {}", rfc3339(*t)),
+                None => String::new(),
+            };
+            let msg = format!(
+                "budget exceeded: the {period} budget of {} '{id}' is ${} and ${} of it is spent or reserved; \
+                 this request does not fit{when}",
+                scope.as_str(),
+                Cost(*limit).usd(),
+                Cost(*used).usd(),
+            );
+            let mut e = Error::new(ErrorKind::BudgetExceeded, msg);
+            e.retry_after = resets_at_ms.map(|t| ((t - now).max(1000) / 1000).to_string());
+            let mut resp = e.render(client);
+            resp.headers_mut().insert(X_SHOULD_RETRY.clone(), HeaderValue::from_static("false"));
+            resp
+        }
+        Refusal::Rate { scope, id, rate, limit, retry_after_ms } => {
+            let msg = format!(
+                "rate limit reached: {} '{id}' allows {limit} {}; retry after {} ms",
+                scope.as_str(),
+                rate.as_str(),
+                retry_after_ms
+            );
+            let mut e = Error::new(ErrorKind::RateLimited, msg);
+            e.retry_after = Some((((*retry_after_ms).max(1) + 999) / 1000).to_string());
+            e.render(client)
+        }
+    }
+}
+
+/// The tightest budget's headroom a refusal reports (limit − used), for skipping candidates
+/// that cannot fit either.
+pub(super) fn headroom(r: &Refusal) -> Option<Nanos> {
+    match r {
+        Refusal::Budget { limit, used, .. } => Some((limit - used).max(0)),
+        Refusal::Rate { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_durations_read_like_openai() {
+        assert_eq!(openai_duration(20), "20ms");
+        assert_eq!(openai_duration(6_000), "6s");
+        assert_eq!(openai_duration(5_001), "6s");
+        assert_eq!(openai_duration(90_000), "1m30s");
+        assert_eq!(openai_duration(-5), "0ms");
+        assert_eq!(rfc3339(1_798_761_600_000), "2027-01-01T00:00:00Z");
+    }
+}
