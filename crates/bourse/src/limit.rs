@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 pub mod local;
 pub mod redis;
+mod remaining;
 
 pub use local::LocalCounters;
 pub use redis::RedisCounters;
