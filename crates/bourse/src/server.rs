@@ -17,7 +17,7 @@ use crate::api;
 use crate::canonical::Dialect;
 use crate::config::{Config, EdgeLimits};
 use crate::error::{Error, ErrorKind, ErrorLabel};
-use crate::ledger::{Ledger, Writer};
+use crate::ledger::{Ledger, Writer, WriterHandle};
 use crate::admin::Resolved;
 use crate::limit::{Counters, LocalCounters, RedisCounters};
 use crate::state::{AppState, Caller, SharedState};
@@ -252,20 +252,10 @@ pub fn check_exposure(listen: SocketAddr, has_keys: bool, insecure_no_auth: bool
 pub async fn run(cfg: Config, opts: ServeOptions) -> Result<(), String> {
     let listen = opts.listen.unwrap_or(cfg.server.listen);
     check_exposure(listen, !cfg.server.api_keys.is_empty(), opts.insecure_no_auth)?;
-    let mut state = AppState::from_config(&cfg)?;
+    let (mut state, writer_handle) = prepare(&cfg).await?;
     let fds = conn::raise_fd_limit();
     let max_connections = conn::max_connections(cfg.server.limits.max_connections, fds)?;
     state.limits.max_connections = Some(max_connections);
-    let mut writer_handle = None;
-    if let Some(url) = &cfg.storage.url {
-        let ledger = Ledger::open(url).await.map_err(|e| format!("storage.url: cannot open the ledger: {e}"))?;
-        let (writer, handle) = Writer::start(ledger, writer_config(&cfg.storage));
-        state.ledger = Some(writer);
-        state.reports = Some(Ledger::open(url).await.map_err(|e| format!("storage.url: cannot open the ledger: {e}"))?);
-        writer_handle = Some(handle);
-        tracing::info!(ledger = %redact_url(url), "ledger open");
-    }
-    state.counters = counters(&cfg, state.reports.as_ref()).await?;
     let state = Arc::new(state);
     if state.providers.is_empty() {
         tracing::warn!("no providers configured: set a provider key (e.g. OPENAI_API_KEY) or write a config file");
@@ -296,6 +286,25 @@ pub async fn run(cfg: Config, opts: ServeOptions) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Everything a serving gateway needs besides its listener: the state from the config, the
+/// ledger (its writer and a read handle), the directory of tenants and virtual keys (kept
+/// fresh from the store), and the limit counters.
+pub async fn prepare(cfg: &Config) -> Result<(AppState, Option<WriterHandle>), String> {
+    let mut state = AppState::from_config(cfg)?;
+    let mut writer_handle = None;
+    if let Some(url) = &cfg.storage.url {
+        let ledger = Ledger::open(url).await.map_err(|e| format!("storage.url: cannot open the ledger: {e}"))?;
+        let (writer, handle) = Writer::start(ledger, writer_config(&cfg.storage));
+        state.ledger = Some(writer);
+        let reports = Ledger::open(url).await.map_err(|e| format!("storage.url: cannot open the ledger: {e}"))?;
+        state.reports = Some(reports);
+        writer_handle = Some(handle);
+        tracing::info!(ledger = %redact_url(url), "ledger open");
+    }
+    state.counters = counters(cfg, state.reports.as_ref()).await?;
+    Ok((state, writer_handle))
 }
 
 /// The counters budgets and rate limits are decided on: Redis when `[shared] redis_url` is
