@@ -90,6 +90,7 @@ macro_rules! entry_columns {
 mod report;
 mod postgres;
 mod sqlite;
+mod tenancy;
 mod writer;
 
 pub use postgres::PostgresLedger;
@@ -174,6 +175,10 @@ pub enum LedgerError {
     Corrupt(String),
     /// The blocking task running SQLite work panicked or was cancelled.
     Task(String),
+    /// A tenancy change names a tenant or key that already exists (or a secret already in use).
+    Conflict(String),
+    /// A tenancy change names a tenant or key that does not exist.
+    NotFound(String),
 }
 
 impl fmt::Display for LedgerError {
@@ -185,6 +190,7 @@ impl fmt::Display for LedgerError {
             LedgerError::Postgres(e) => write!(f, "ledger (postgres): {e}"),
             LedgerError::Corrupt(msg) => write!(f, "ledger: corrupt row: {msg}"),
             LedgerError::Task(msg) => write!(f, "ledger: sqlite task failed: {msg}"),
+            LedgerError::Conflict(msg) | LedgerError::NotFound(msg) => f.write_str(msg),
         }
     }
 }
@@ -195,7 +201,11 @@ impl std::error::Error for LedgerError {
             LedgerError::Io(e) => Some(e),
             LedgerError::Sqlite(e) => Some(e),
             LedgerError::Postgres(e) => Some(e),
-            LedgerError::Url(_) | LedgerError::Corrupt(_) | LedgerError::Task(_) => None,
+            LedgerError::Url(_)
+            | LedgerError::Corrupt(_)
+            | LedgerError::Task(_)
+            | LedgerError::Conflict(_)
+            | LedgerError::NotFound(_) => None,
         }
     }
 }
