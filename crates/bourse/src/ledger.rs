@@ -6,6 +6,9 @@
 //! No prompt or completion text is ever stored.
 
 use crate::canonical::Usage;
+/// Where the usage of an estimated row came from (defined beside the estimator, which
+/// produces it; re-exported here because rows store it).
+pub use crate::meter::estimate::Estimate;
 use serde::Serialize;
 
 /// One upstream attempt.
@@ -42,36 +45,6 @@ impl LedgerEntry {
     /// The usage is the gateway's estimate, not the upstream's report.
     pub fn estimated(&self) -> bool {
         self.estimate.is_some()
-    }
-}
-
-/// How an estimated row's tokens were counted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Estimate {
-    /// With the o200k BPE tokenizer: exact for OpenAI's models, close for most others.
-    Tokenizer,
-    /// With the byte-count rule, when the tokenizer's pool was saturated (or the text too
-    /// large to keep): cheaper and rougher.
-    Heuristic,
-}
-
-impl Estimate {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Estimate::Tokenizer => "tokenizer",
-            Estimate::Heuristic => "heuristic",
-        }
-    }
-
-    /// The stored columns back: `estimated` and `estimator` (rows written before the
-    /// `estimator` column existed were all counted with the tokenizer).
-    pub fn from_columns(estimated: bool, estimator: Option<&str>) -> Option<Estimate> {
-        match (estimated, estimator) {
-            (_, Some("heuristic")) => Some(Estimate::Heuristic),
-            (true, _) | (_, Some(_)) => Some(Estimate::Tokenizer),
-            (false, None) => None,
-        }
     }
 }
 
