@@ -9,6 +9,7 @@
 //! before it on this path (`tests/layering.rs` fails on any import circle). `main.rs` only
 //! parses the command line and calls into the library; [`cli`] renders for a terminal.
 
+pub mod admin;
 pub mod api;
 pub mod canonical;
 pub mod catalog;
