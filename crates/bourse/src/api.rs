@@ -1,5 +1,6 @@
 //! HTTP handlers, one module per client-facing surface.
 
+pub mod admin;
 pub mod anthropic;
 pub mod openai;
 pub mod quote;
