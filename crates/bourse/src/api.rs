@@ -1,5 +1,6 @@
 //! HTTP handlers, one module per client-facing surface.
 
+pub mod admin;
 pub mod anthropic;
 pub mod openai;
 pub mod quote;
@@ -18,7 +19,6 @@ use std::time::Duration;
 /// refused with a 413 before it is buffered, and one that stops arriving for
 /// `server.idle_timeout` with a 408 (a client trickling its body cannot hold a connection).
 pub async fn read_json_body(headers: &HeaderMap, body: Body, state: &AppState) -> Result<Bytes> {
-    let limit = state.max_body_bytes;
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = ct.split(';').next().unwrap_or("").trim();
     if !mime.eq_ignore_ascii_case("application/json") {
@@ -28,6 +28,12 @@ pub async fn read_json_body(headers: &HeaderMap, body: Body, state: &AppState) -
             format!("the request body must be JSON with 'content-type: application/json' (got {shown})"),
         ));
     }
+    read_body(headers, body, state).await
+}
+
+/// Read a body of any type within `server.max_body_bytes` (413 beyond it, 408 when it stalls).
+pub async fn read_body(headers: &HeaderMap, body: Body, state: &AppState) -> Result<Bytes> {
+    let limit = state.max_body_bytes;
     let too_large = || {
         Error::new(ErrorKind::PayloadTooLarge, format!("the request body is larger than the limit of {limit} bytes"))
     };

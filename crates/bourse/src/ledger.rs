@@ -6,6 +6,9 @@
 //! No prompt or completion text is ever stored.
 
 use crate::canonical::Usage;
+/// Where the usage of an estimated row came from (defined beside the estimator, which
+/// produces it; re-exported here because rows store it).
+pub use crate::meter::estimate::Estimate;
 use serde::Serialize;
 
 /// One upstream attempt.
@@ -47,36 +50,6 @@ impl LedgerEntry {
     }
 }
 
-/// How an estimated row's tokens were counted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Estimate {
-    /// With the o200k BPE tokenizer: exact for OpenAI's models, close for most others.
-    Tokenizer,
-    /// With the byte-count rule, when the tokenizer's pool was saturated (or the text too
-    /// large to keep): cheaper and rougher.
-    Heuristic,
-}
-
-impl Estimate {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Estimate::Tokenizer => "tokenizer",
-            Estimate::Heuristic => "heuristic",
-        }
-    }
-
-    /// The stored columns back: `estimated` and `estimator` (rows written before the
-    /// `estimator` column existed were all counted with the tokenizer).
-    pub fn from_columns(estimated: bool, estimator: Option<&str>) -> Option<Estimate> {
-        match (estimated, estimator) {
-            (_, Some("heuristic")) => Some(Estimate::Heuristic),
-            (true, _) | (_, Some(_)) => Some(Estimate::Tokenizer),
-            (false, None) => None,
-        }
-    }
-}
-
 /// The stored columns in [`LedgerEntry`] field order (usage spread over five columns),
 /// shared by both backends so their inserts and selects cannot drift apart.
 macro_rules! entry_columns {
@@ -92,6 +65,7 @@ macro_rules! entry_columns {
 mod report;
 mod postgres;
 mod sqlite;
+mod tenancy;
 mod writer;
 
 pub use postgres::PostgresLedger;
@@ -176,6 +150,10 @@ pub enum LedgerError {
     Corrupt(String),
     /// The blocking task running SQLite work panicked or was cancelled.
     Task(String),
+    /// A tenancy change names a tenant or key that already exists (or a secret already in use).
+    Conflict(String),
+    /// A tenancy change names a tenant or key that does not exist.
+    NotFound(String),
 }
 
 impl fmt::Display for LedgerError {
@@ -187,6 +165,7 @@ impl fmt::Display for LedgerError {
             LedgerError::Postgres(e) => write!(f, "ledger (postgres): {e}"),
             LedgerError::Corrupt(msg) => write!(f, "ledger: corrupt row: {msg}"),
             LedgerError::Task(msg) => write!(f, "ledger: sqlite task failed: {msg}"),
+            LedgerError::Conflict(msg) | LedgerError::NotFound(msg) => f.write_str(msg),
         }
     }
 }
@@ -197,7 +176,11 @@ impl std::error::Error for LedgerError {
             LedgerError::Io(e) => Some(e),
             LedgerError::Sqlite(e) => Some(e),
             LedgerError::Postgres(e) => Some(e),
-            LedgerError::Url(_) | LedgerError::Corrupt(_) | LedgerError::Task(_) => None,
+            LedgerError::Url(_)
+            | LedgerError::Corrupt(_)
+            | LedgerError::Task(_)
+            | LedgerError::Conflict(_)
+            | LedgerError::NotFound(_) => None,
         }
     }
 }

@@ -18,9 +18,9 @@ use crate::canonical::Dialect;
 use crate::config::{Config, EdgeLimits};
 use crate::error::{Error, ErrorKind, ErrorLabel};
 use crate::ledger::{Ledger, Writer, WriterHandle};
-use crate::admin::Resolved;
+use crate::admin::{Admin, Directory, Resolved};
 use crate::limit::{Counters, LocalCounters, RedisCounters};
-use crate::state::{AppState, Caller, SharedState};
+use crate::state::{key_id, AppState, Caller, SharedState};
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -155,6 +155,13 @@ async fn handle(state: SharedState, req: Request) -> Response {
     let logged = tracing::enabled!(tracing::Level::DEBUG)
         .then(|| (Instant::now(), req.method().clone(), req.uri().path().to_string()));
     let path = req.uri().path();
+    if path.starts_with("/admin/") {
+        let mut resp = Box::pin(admin_api(&state, req)).await;
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
+        }
+        return resp;
+    }
     let dialect = client_dialect(path);
     let gated = path == "/v1" || path.starts_with("/v1/");
     let key = if gated { authorize(&state, req.headers(), dialect) } else { Ok((None, None)) };
@@ -230,6 +237,42 @@ fn authorize(state: &AppState, headers: &HeaderMap, dialect: Dialect) -> Result<
     }
 }
 
+/// `/admin/v1/*`: only for `server.admin_keys` (a client key, virtual or not, is refused:
+/// no key can raise its own limits). The audit rows name the admin key by its id.
+async fn admin_api(state: &AppState, req: Request) -> Response {
+    let refuse = |kind, msg: &str| Error::new(kind, msg.to_string()).render(Dialect::OpenAi);
+    let Some(admin) = &state.admin else {
+        return refuse(ErrorKind::NotFound, "the admin API needs the ledger's store ([storage] ledger = false here)");
+    };
+    if state.admin_keys.is_empty() {
+        return refuse(ErrorKind::Forbidden, "the admin API is off: set server.admin_keys");
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .or_else(|| req.headers().get(&X_API_KEY).and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+        .unwrap_or("");
+    let mut matched = None;
+    for k in &state.admin_keys {
+        if ct_eq(presented.as_bytes(), k.expose().as_bytes()) {
+            matched = Some(k);
+        }
+    }
+    let Some(k) = matched else {
+        return refuse(ErrorKind::Unauthorized, "the admin API needs one of server.admin_keys");
+    };
+    let actor = format!("admin:{}", key_id(k.expose()));
+    let (parts, body) = req.into_parts();
+    let body = match crate::api::read_body(&parts.headers, body, state).await {
+        Ok(b) => b,
+        Err(e) => return e.render(Dialect::OpenAi),
+    };
+    crate::api::admin::handle(admin, &actor, &parts.method, parts.uri.path(), parts.uri.query(), body).await
+}
+
 /// Options from the command line that override the config.
 #[derive(Debug, Default, Clone)]
 pub struct ServeOptions {
@@ -299,6 +342,14 @@ pub async fn prepare(cfg: &Config) -> Result<(AppState, Option<WriterHandle>), S
         let (writer, handle) = Writer::start(ledger, writer_config(&cfg.storage));
         state.ledger = Some(writer);
         let reports = Ledger::open(url).await.map_err(|e| format!("storage.url: cannot open the ledger: {e}"))?;
+        let directory = Arc::new(
+            Directory::load(reports.clone()).await.map_err(|e| format!("cannot load tenants and keys: {e}"))?,
+        );
+        // Every replica polls the store, so a key revoked anywhere is refused everywhere
+        // within a poll (250 ms).
+        directory.clone().spawn_refresh(crate::admin::REFRESH_EVERY);
+        state.directory = Some(directory);
+        state.admin = Some(Admin::new(reports.clone(), cfg.routing.clone()));
         state.reports = Some(reports);
         writer_handle = Some(handle);
         tracing::info!(ledger = %redact_url(url), "ledger open");

@@ -3,7 +3,7 @@
 //! [`Caller`] the edge establishes for each request. Handlers and the exchange read it; the
 //! server builds it and hands it to every connection.
 
-use crate::admin::{Directory, Resolved};
+use crate::admin::{Admin, Directory, Resolved};
 use crate::config::{Config, EdgeLimits, Secret};
 use crate::ledger::{Ledger, Writer};
 use crate::limit::{Counters, LocalCounters};
@@ -22,6 +22,8 @@ pub struct AppState {
     pub admin_keys: Vec<Secret>,
     /// Tenants and virtual keys as every replica serves them (None without a ledger store).
     pub directory: Option<Arc<Directory>>,
+    /// Tenant and key administration (`/admin/v1/*`), over the same store.
+    pub admin: Option<Admin>,
     /// The counters budgets and rate limits are decided on.
     pub counters: Counters,
     /// Stable, non-secret ids of the gateway keys (same order), for ledger rows.
@@ -58,6 +60,7 @@ impl AppState {
             api_keys: cfg.server.api_keys.clone(),
             admin_keys: cfg.server.admin_keys.clone(),
             directory: None,
+            admin: None,
             counters: Counters::Local(LocalCounters::new()),
             key_ids: cfg.server.api_keys.iter().map(|k| Arc::from(key_id(k.expose()))).collect(),
             meter: Meter::new(cfg.catalog.clone(), cfg.reference.clone()),

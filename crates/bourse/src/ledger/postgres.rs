@@ -82,6 +82,24 @@ impl PostgresLedger {
         Ok(PostgresLedger { inner: Arc::new(Inner { config, conn: tokio::sync::Mutex::new(Some(conn)) }) })
     }
 
+    /// A connection of its own, for a transaction that must not interleave with the batch
+    /// writer's statements on the shared one (tenancy's changes: rare, so not pooled).
+    pub(super) async fn dedicated(&self) -> Result<Client, LedgerError> {
+        connect(&self.inner.config).await
+    }
+
+    /// The shared client, for single reads.
+    pub(super) async fn client(&self) -> Result<impl std::ops::Deref<Target = Client>, LedgerError> {
+        struct Shared(Arc<Conn>);
+        impl std::ops::Deref for Shared {
+            type Target = Client;
+            fn deref(&self) -> &Client {
+                &self.0.client
+            }
+        }
+        Ok(Shared(self.conn().await?))
+    }
+
     /// The current connection, reconnecting if the last one closed.
     async fn conn(&self) -> Result<Arc<Conn>, LedgerError> {
         let mut slot = self.inner.conn.lock().await;

@@ -217,13 +217,24 @@ impl SqliteLedger {
         .await
     }
 
-    async fn read<T, F>(&self, f: F) -> Result<T, LedgerError>
+    pub(super) async fn read<T, F>(&self, f: F) -> Result<T, LedgerError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, LedgerError> + Send + 'static,
     {
         let inner = self.inner.clone();
         blocking(move || f(&lock(&inner.reader))).await
+    }
+
+    /// Runs `f` with the writer connection on the blocking pool (tenancy's changes, which
+    /// open their own IMMEDIATE transaction on it).
+    pub(super) async fn write_with<T, F>(&self, f: F) -> Result<T, LedgerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, LedgerError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        blocking(move || f(&mut lock(&inner.writer))).await
     }
 }
 

@@ -18,12 +18,42 @@
 //! for a possible estimate ([`KEEP_PER_STREAM`] each, [`KEEP_TOTAL`] in all).
 
 use crate::canonical::{RequestBody, Usage};
-use crate::ledger::Estimate;
 use bytes::Bytes;
+use serde::Serialize;
 use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+/// How an estimated row's tokens were counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Estimate {
+    /// With the o200k BPE tokenizer: exact for OpenAI's models, close for most others.
+    Tokenizer,
+    /// With the byte-count rule, when the tokenizer's pool was saturated (or the text too
+    /// large to keep): cheaper and rougher.
+    Heuristic,
+}
+
+impl Estimate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Estimate::Tokenizer => "tokenizer",
+            Estimate::Heuristic => "heuristic",
+        }
+    }
+
+    /// The stored columns back: `estimated` and `estimator` (rows written before the
+    /// `estimator` column existed were all counted with the tokenizer).
+    pub fn from_columns(estimated: bool, estimator: Option<&str>) -> Option<Estimate> {
+        match (estimated, estimator) {
+            (_, Some("heuristic")) => Some(Estimate::Heuristic),
+            (true, _) | (_, Some(_)) => Some(Estimate::Tokenizer),
+            (false, None) => None,
+        }
+    }
+}
 
 /// Threads that run the tokenizer.
 pub const POOL_THREADS: usize = 1;
