@@ -423,7 +423,7 @@ mod tests {
         assert_eq!(names(&conn, indexes), ["ledger_request_id"], "the unused time index is gone");
         assert_eq!(
             names(&conn, "SELECT CAST(version AS TEXT) FROM schema_migrations ORDER BY version"),
-            ["1", "2", "3"]
+            ["1", "2", "3", "4"]
         );
     }
 
