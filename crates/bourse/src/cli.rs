@@ -1,7 +1,8 @@
 //! Everything Bourse renders for a terminal: the catalog (`bourse catalog`), ledger reports
-//! (`bourse report`) and quotes (`bourse quote`), as aligned tables, JSON or CSV. The data
+//! (`bourse report`), quotes (`bourse quote`) and tenants and keys (`bourse tenants`, `bourse keys`), as aligned tables, JSON or CSV. The data
 //! comes from the catalog, the ledger's queries and the router; only formatting lives here.
 
+pub mod admin;
 pub mod catalog;
 pub mod quote;
 pub mod report;

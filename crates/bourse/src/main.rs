@@ -33,6 +33,15 @@ struct ConfigArg {
     config: Option<PathBuf>,
 }
 
+/// [`ConfigArg`] for commands with subcommands: accepted after the subcommand too
+/// (`bourse keys list --config x.toml`).
+#[derive(Args, Clone)]
+struct GlobalConfigArg {
+    /// Config file (TOML); as for `serve`: its storage.url is the store changed.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.
@@ -90,6 +99,138 @@ enum Command {
         by: By,
         #[arg(long, value_enum, default_value_t = Fmt::Table)]
         format: Fmt,
+    },
+    /// Tenants (teams, customers): create, list, change, delete. Changes go to the store
+    /// (storage.url) and are audited.
+    Tenants {
+        #[command(flatten)]
+        config: GlobalConfigArg,
+        #[command(subcommand)]
+        action: TenantsAction,
+    },
+    /// Virtual keys: create, list, revoke, rotate. A new secret is printed once, alone on
+    /// the last line.
+    Keys {
+        #[command(flatten)]
+        config: GlobalConfigArg,
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+/// Limits shared by tenants and keys; `none` removes one (for `set`).
+#[derive(Args, Clone, Default)]
+struct LimitArgs {
+    /// Daily budget in USD, e.g. 5 or 0.45.
+    #[arg(long, allow_hyphen_values = true)]
+    budget_day: Option<String>,
+    /// Monthly budget in USD.
+    #[arg(long, allow_hyphen_values = true)]
+    budget_month: Option<String>,
+    /// Lifetime budget in USD.
+    #[arg(long, allow_hyphen_values = true)]
+    budget_total: Option<String>,
+    /// Requests per minute.
+    #[arg(long)]
+    rpm: Option<String>,
+    /// Tokens per minute.
+    #[arg(long)]
+    tpm: Option<String>,
+    /// Requests in flight at once.
+    #[arg(long)]
+    concurrency: Option<String>,
+}
+
+impl LimitArgs {
+    fn flags(&self) -> cli::admin::LimitFlags {
+        cli::admin::LimitFlags {
+            budget_day: self.budget_day.clone(),
+            budget_month: self.budget_month.clone(),
+            budget_total: self.budget_total.clone(),
+            rpm: self.rpm.clone(),
+            tpm: self.tpm.clone(),
+            concurrency: self.concurrency.clone(),
+        }
+    }
+}
+
+#[derive(Args, Clone, Default)]
+struct TenantArgs {
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// A [policies.X] name every request of the tenant obeys (`none` to clear).
+    #[arg(long)]
+    policy: Option<String>,
+    /// Downgrade when the tightest budget has less than this left, e.g. 20% (`none` to clear).
+    #[arg(long)]
+    downgrade_below: Option<String>,
+    /// The quality floor when downgraded: frontier, strong, adequate, basic or a number.
+    #[arg(long)]
+    downgrade_quality: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TenantsAction {
+    Create {
+        name: String,
+        #[command(flatten)]
+        args: TenantArgs,
+    },
+    List {
+        #[arg(long, value_enum, default_value_t = QuoteFmt::Table)]
+        format: QuoteFmt,
+    },
+    Set {
+        name: String,
+        #[command(flatten)]
+        args: TenantArgs,
+    },
+    /// Refused while the tenant has keys that are not revoked.
+    Delete { name: String },
+}
+
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum KeysAction {
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// Routes the key may use (globs allowed), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        routes: Vec<String>,
+        /// Models the key may name (provider/model or bare globs), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        #[arg(long)]
+        policy: Option<String>,
+        /// The route a request naming no model goes to.
+        #[arg(long)]
+        default_route: Option<String>,
+        /// Validity from now: 30d, 12h, 90m.
+        #[arg(long)]
+        expires: Option<String>,
+        #[arg(long, value_enum, default_value_t = QuoteFmt::Table)]
+        format: QuoteFmt,
+    },
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, value_enum, default_value_t = QuoteFmt::Table)]
+        format: QuoteFmt,
+    },
+    Revoke {
+        id: String,
+    },
+    /// A new secret for the same key; the old one stops working.
+    Rotate {
+        id: String,
+        #[arg(long, value_enum, default_value_t = QuoteFmt::Table)]
+        format: QuoteFmt,
     },
 }
 
@@ -319,6 +460,107 @@ fn run_report(c: &ConfigArg, since: &str, until: Option<&str>, by: By, format: F
     Ok(())
 }
 
+/// Runs one tenancy command against the configured store.
+fn with_admin<F, Fut>(c: &GlobalConfigArg, f: F) -> Result<(), String>
+where
+    F: FnOnce(bourse::admin::Admin) -> Fut,
+    Fut: std::future::Future<Output = Result<String, String>>,
+{
+    let cfg = load(&ConfigArg { config: c.config.clone() })?;
+    let url = cfg
+        .storage
+        .url
+        .clone()
+        .ok_or("the store is off in this config ([storage] ledger = false): tenants and keys live in it")?;
+    let out = runtime()?.block_on(async {
+        let ledger = Ledger::open(&url).await.map_err(|e| format!("cannot open the store: {e}"))?;
+        f(bourse::admin::Admin::new(ledger, cfg.routing.clone())).await
+    })?;
+    print!("{out}");
+    Ok(())
+}
+
+fn tenant_patch(a: &TenantArgs) -> Result<bourse::admin::TenantPatch, String> {
+    Ok(bourse::admin::TenantPatch {
+        limits: a.limits.flags().patch()?,
+        policy: a.policy.as_deref().map(|p| (p != "none").then(|| p.to_string())),
+        downgrade: cli::admin::downgrade_flags(a.downgrade_below.as_deref(), a.downgrade_quality.as_deref())?,
+        metadata: None,
+    })
+}
+
+fn run_tenants(c: &GlobalConfigArg, action: &TenantsAction) -> Result<(), String> {
+    use cli::admin::{actor, error};
+    with_admin(c, |admin| async move {
+        match action {
+            TenantsAction::Create { name, args } => {
+                let p = tenant_patch(args)?;
+                let input = bourse::admin::TenantInput {
+                    name: name.clone(),
+                    limits: p.limits.to_limits(),
+                    policy: p.policy.flatten(),
+                    downgrade: p.downgrade.flatten(),
+                    metadata: Default::default(),
+                };
+                let t = admin.create_tenant(&actor(), input).await.map_err(|e| error(&e))?;
+                Ok(format!("created tenant {}\n", t.name))
+            }
+            TenantsAction::List { format } => {
+                let list = admin.list_tenants().await.map_err(|e| error(&e))?;
+                Ok(cli::admin::tenants(&list, matches!(format, QuoteFmt::Json)))
+            }
+            TenantsAction::Set { name, args } => {
+                let t = admin.set_tenant(&actor(), name, tenant_patch(args)?).await.map_err(|e| error(&e))?;
+                Ok(format!("updated tenant {}\n", t.name))
+            }
+            TenantsAction::Delete { name } => {
+                admin.delete_tenant(&actor(), name).await.map_err(|e| error(&e))?;
+                Ok(format!("deleted tenant {name}\n"))
+            }
+        }
+    })
+}
+
+fn run_keys(c: &GlobalConfigArg, action: &KeysAction) -> Result<(), String> {
+    use cli::admin::{actor, error};
+    with_admin(c, |admin| async move {
+        let now = timespec::now_ms();
+        match action {
+            KeysAction::Create { tenant, name, limits, routes, models, policy, default_route, expires, format } => {
+                let expires_ms = match expires {
+                    Some(e) => Some(now + bourse::tenancy::parse_period_ms(e).map_err(|m| format!("--expires: {m}"))?),
+                    None => None,
+                };
+                let input = bourse::admin::KeyInput {
+                    tenant: tenant.clone(),
+                    name: name.clone(),
+                    limits: limits.flags().patch()?.to_limits(),
+                    routes: routes.clone(),
+                    models: models.clone(),
+                    policy: policy.clone(),
+                    default_route: default_route.clone(),
+                    metadata: Default::default(),
+                    expires_ms,
+                };
+                let (key, secret) = admin.create_key(&actor(), input).await.map_err(|e| error(&e))?;
+                Ok(cli::admin::new_secret("created", &key, &secret, now, matches!(format, QuoteFmt::Json)))
+            }
+            KeysAction::List { tenant, format } => {
+                let list = admin.list_keys(tenant.as_deref()).await.map_err(|e| error(&e))?;
+                Ok(cli::admin::keys(&list, now, matches!(format, QuoteFmt::Json)))
+            }
+            KeysAction::Revoke { id } => {
+                let key = admin.revoke_key(&actor(), id).await.map_err(|e| error(&e))?;
+                Ok(format!("revoked key {} (tenant {})\n", key.id, key.tenant))
+            }
+            KeysAction::Rotate { id, format } => {
+                let (key, secret) = admin.rotate_key(&actor(), id).await.map_err(|e| error(&e))?;
+                Ok(cli::admin::new_secret("rotated", &key, &secret, now, matches!(format, QuoteFmt::Json)))
+            }
+        }
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     bourse::telemetry::init();
@@ -342,6 +584,8 @@ fn main() -> ExitCode {
         Command::Report { config, since, until, by, format } => {
             run_report(config, since, until.as_deref(), *by, *format)
         }
+        Command::Tenants { config, action } => run_tenants(config, action),
+        Command::Keys { config, action } => run_keys(config, action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
