@@ -16,10 +16,10 @@ mod answer;
 mod attempt;
 mod limits;
 
-pub use limits::X_BOURSE_BUDGET_REMAINING;
 pub use answer::{
     X_BOURSE_COST, X_BOURSE_MODEL, X_BOURSE_PROVIDER, X_BOURSE_REFERENCE_COST, X_BOURSE_ROUTE_REASON, X_BOURSE_SAVED,
 };
+pub use limits::X_BOURSE_BUDGET_REMAINING;
 
 use crate::canonical::{ChatRequest, Dialect, EmbeddingsRequest, Usage};
 use crate::dialect::openai as wire;
@@ -36,10 +36,10 @@ use answer::{
     error_response, json_response, money_comment, money_headers, not_json, provenance, read_upstream_body, route_reason,
 };
 use attempt::{Attempt, Chosen};
-use limits::{Denied, Gate, Held};
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::Response;
+use limits::{Denied, Gate, Held};
 use std::time::{Duration, Instant};
 
 /// One place to try, in the order to try them.
@@ -173,16 +173,22 @@ pub async fn chat(
             (Some(_), Chosen::Routed(_), Some(p), Some(rank)) => {
                 crate::route::plan::cost_of(p.plan.candidates[rank].max_pico).0
             }
-            (Some(_), Chosen::Explicit(price), ..) => crate::route::plan::cost_of(
-                crate::route::plan::worst_case_pico(state.meter.model(price), prompt_tokens, req.max_output_tokens),
-            )
-            .0,
-            (Some(_), Chosen::Routed(i), ..) => crate::route::plan::cost_of(crate::route::plan::worst_case_pico(
-                &router.entries[i].model,
-                prompt_tokens,
-                req.max_output_tokens,
-            ))
-            .0,
+            (Some(_), Chosen::Explicit(price), ..) => {
+                crate::route::plan::cost_of(crate::route::plan::worst_case_pico(
+                    state.meter.model(price),
+                    prompt_tokens,
+                    req.max_output_tokens,
+                ))
+                .0
+            }
+            (Some(_), Chosen::Routed(i), ..) => {
+                crate::route::plan::cost_of(crate::route::plan::worst_case_pico(
+                    &router.entries[i].model,
+                    prompt_tokens,
+                    req.max_output_tokens,
+                ))
+                .0
+            }
         };
         // A routed request whose budget cannot take this candidate tries the cheaper ones.
         if headroom.is_some_and(|h| worst > h) {
@@ -197,7 +203,7 @@ pub async fn chat(
             None => None,
             Some(g) => match g.reserve(worst, tokens).await {
                 Ok(h) => Some(h),
-                Err(Denied::Error(e)) => return e.render(client),
+                Err(Denied::Error(e)) => return limits::unavailable(e, client),
                 Err(Denied::Refused(r)) => match limits::headroom(&r) {
                     Some(h) if routed => {
                         headroom = Some(h);
@@ -296,7 +302,12 @@ fn key_rules(state: &SharedState, k: &crate::admin::Resolved, req: &ChatRequest,
     if !key.models.is_empty()
         && !key.models.iter().any(|g| crate::tenancy::glob_match(g, &req.model) || crate::tenancy::glob_match(g, &full))
     {
-        return forbidden(format!("key '{}' may not use model '{}' (it may use: {})", key.id, req.model, key.models.join(", ")));
+        return forbidden(format!(
+            "key '{}' may not use model '{}' (it may use: {})",
+            key.id,
+            req.model,
+            key.models.join(", ")
+        ));
     }
     if !o.narrow.is_empty() {
         let Some(entry) = router.entry(&full) else {

@@ -13,12 +13,12 @@ mod conn;
 
 pub use conn::raise_fd_limit;
 
+use crate::admin::{Admin, Directory, Resolved};
 use crate::api;
 use crate::canonical::Dialect;
 use crate::config::{Config, EdgeLimits};
 use crate::error::{Error, ErrorKind, ErrorLabel};
 use crate::ledger::{Ledger, Writer, WriterHandle};
-use crate::admin::{Admin, Directory, Resolved};
 use crate::limit::{Counters, LocalCounters, RedisCounters};
 use crate::state::{key_id, AppState, Caller, SharedState};
 use axum::extract::Request;
@@ -270,7 +270,16 @@ async fn admin_api(state: &AppState, req: Request) -> Response {
         Ok(b) => b,
         Err(e) => return e.render(Dialect::OpenAi),
     };
-    crate::api::admin::handle(admin, &actor, &parts.method, parts.uri.path(), parts.uri.query(), body).await
+    let resp = crate::api::admin::handle(admin, &actor, &parts.method, parts.uri.path(), parts.uri.query(), body).await;
+    // This replica serves its own change at once; the others within their next poll.
+    if parts.method != axum::http::Method::GET {
+        if let Some(d) = &state.directory {
+            if let Err(e) = d.refresh().await {
+                tracing::warn!(error = %e, "directory: reload after an admin change failed");
+            }
+        }
+    }
+    resp
 }
 
 /// Options from the command line that override the config.
@@ -342,9 +351,8 @@ pub async fn prepare(cfg: &Config) -> Result<(AppState, Option<WriterHandle>), S
         let (writer, handle) = Writer::start(ledger, writer_config(&cfg.storage));
         state.ledger = Some(writer);
         let reports = Ledger::open(url).await.map_err(|e| format!("storage.url: cannot open the ledger: {e}"))?;
-        let directory = Arc::new(
-            Directory::load(reports.clone()).await.map_err(|e| format!("cannot load tenants and keys: {e}"))?,
-        );
+        let directory =
+            Arc::new(Directory::load(reports.clone()).await.map_err(|e| format!("cannot load tenants and keys: {e}"))?);
         // Every replica polls the store, so a key revoked anywhere is refused everywhere
         // within a poll (250 ms).
         directory.clone().spawn_refresh(crate::admin::REFRESH_EVERY);

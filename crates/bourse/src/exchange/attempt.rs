@@ -2,9 +2,9 @@
 //! chosen; on success the price of its usage, the router told (observed output, health) and
 //! its ledger row queued; on failure the same row with no usage, and the circuit told.
 
+use super::limits::Held;
 use crate::canonical::Usage;
 use crate::error::{Error, ErrorKind};
-use super::limits::Held;
 use crate::ledger::{Estimate, LedgerEntry};
 use crate::limit::Spent;
 use crate::meter::{Cost, Price};

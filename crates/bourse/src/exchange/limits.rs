@@ -300,6 +300,14 @@ pub(super) fn refusal_response(r: &Refusal, client: Dialect) -> Response {
     }
 }
 
+/// The shared counters are unreachable ("closed"): 503 in either dialect (Anthropic's own
+/// mapping would make it a 529, which its SDKs take for an overloaded model and retry).
+pub(super) fn unavailable(e: Error, client: Dialect) -> Response {
+    let mut resp = e.render(client);
+    *resp.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    resp
+}
+
 /// The tightest budget's headroom a refusal reports (limit − used), for skipping candidates
 /// that cannot fit either.
 pub(super) fn headroom(r: &Refusal) -> Option<Nanos> {
