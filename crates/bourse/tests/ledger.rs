@@ -118,6 +118,7 @@ async fn roundtrip_every_field(url: &str) {
         attempt: 2,
         ts_ms: 1_700_000_000_123,
         key_id: Some("key-7f3a".into()),
+        tenant_id: Some("acme".into()),
         provider: "anthropic".into(),
         model: "claude-sonnet-4".into(),
         route_reason: Some("fallback: openai 503".into()),
@@ -144,6 +145,7 @@ async fn roundtrip_every_field(url: &str) {
         attempt: u32::MAX,
         ts_ms: i64::MIN,
         key_id: None,
+        tenant_id: None,
         provider: "o'quote\"; DROP TABLE ledger; --".into(),
         model: "ünïcødé/模型".into(),
         route_reason: None,
@@ -181,6 +183,8 @@ fn report_fixture() -> Vec<LedgerEntry> {
     let mk = |req: &str, attempt, ts_ms, key: Option<&str>, provider: &str, model: &str, base, cost, reference| {
         LedgerEntry {
             key_id: key.map(Into::into),
+            // k1 and k2 are virtual keys of two tenants; the rest config keys (no tenant).
+            tenant_id: key.map(|k| if k == "k1" { "acme".into() } else { "zeta".into() }),
             provider: provider.into(),
             model: model.into(),
             usage: usage(base),
@@ -278,10 +282,12 @@ async fn report_every_grouping_and_window(url: &str) {
         (Some(-1), Some(0)),
         (Some(2 * day), Some(day)), // empty
     ];
-    for by in [GroupBy::Model, GroupBy::Provider, GroupBy::Key, GroupBy::Day, GroupBy::None] {
+    for by in [GroupBy::Model, GroupBy::Provider, GroupBy::Key, GroupBy::Tenant, GroupBy::Day, GroupBy::None] {
         for (since_ms, until_ms) in windows {
-            let query = ReportQuery { since_ms, until_ms, by, key: None };
-            assert_eq!(ledger.report(&query).await.unwrap(), expected_report(&rows, &query), "{query:?}");
+            for key in [None, Some("k1".to_string()), Some("nobody".to_string())] {
+                let query = ReportQuery { since_ms, until_ms, by, key };
+                assert_eq!(ledger.report(&query).await.unwrap(), expected_report(&rows, &query), "{query:?}");
+            }
         }
     }
     // Spot checks that the reference agrees with the intent.
@@ -297,7 +303,7 @@ async fn report_every_grouping_and_window(url: &str) {
 
 async fn report_empty(url: &str) {
     let ledger = Ledger::open(url).await.unwrap();
-    for by in [GroupBy::Model, GroupBy::Provider, GroupBy::Key, GroupBy::Day, GroupBy::None] {
+    for by in [GroupBy::Model, GroupBy::Provider, GroupBy::Key, GroupBy::Tenant, GroupBy::Day, GroupBy::None] {
         assert_eq!(ledger.report(&q(by)).await.unwrap(), vec![]);
     }
 }
@@ -309,10 +315,14 @@ fn expected_report(rows: &[LedgerEntry], query: &ReportQuery) -> Vec<ReportRow> 
         if query.since_ms.is_some_and(|s| r.ts_ms < s) || query.until_ms.is_some_and(|u| r.ts_ms >= u) {
             continue;
         }
+        if query.key.as_ref().is_some_and(|k| r.key_id.as_ref() != Some(k)) {
+            continue;
+        }
         let key = match query.by {
             GroupBy::Model => format!("{}/{}", r.provider, r.model),
             GroupBy::Provider => r.provider.clone(),
             GroupBy::Key => r.key_id.clone().unwrap_or_else(|| "(none)".into()),
+            GroupBy::Tenant => r.tenant_id.clone().unwrap_or_else(|| "(none)".into()),
             GroupBy::Day => utc_day(r.ts_ms),
             GroupBy::None => "(all)".into(),
         };
