@@ -549,8 +549,27 @@ pub async fn embeddings(state: &SharedState, caller: Caller, mut req: Embeddings
         Ok(p) => p,
         Err(e) => return e.render(Dialect::OpenAi),
     };
+    // A virtual key's limits: the input's estimated tokens at the input price (embeddings
+    // have no output) are reserved, and settled at the metered cost.
+    let mut gate = Gate::new(state, &caller);
+    let mut held = None;
+    if let Some(g) = &mut gate {
+        let tokens = req.body.get("input").map_or(0, |v| estimate::heuristic(v.to_string().as_bytes()));
+        let worst =
+            crate::route::plan::cost_of(crate::route::plan::worst_case_pico(state.meter.model(price), tokens, Some(0)))
+                .0;
+        match g.reserve(worst, tokens).await {
+            Ok(mut h) => {
+                h.lease = g.lease();
+                held = Some(h);
+            }
+            Err(Denied::Error(e)) => return limits::unavailable(e, Dialect::OpenAi),
+            Err(Denied::Refused(r)) => return limits::refusal_response(&r, Dialect::OpenAi),
+        }
+    }
     let upstream_body = wire::upstream_embeddings_body(&mut req, &target.upstream_model);
     let mut attempt = Attempt::start(state, caller, &target, false, 1, None, Chosen::Explicit(price));
+    attempt.held = held;
     let resp = match target.provider.post_json(Endpoint::Embeddings, upstream_body).await {
         Ok(r) => r,
         Err(e) => return error_response(attempt.fail(e).await, &target, Dialect::OpenAi),
@@ -582,5 +601,8 @@ pub async fn embeddings(state: &SharedState, caller: Caller, mut req: Embeddings
     let mut out = json_response(status, bytes);
     provenance(&mut out, &target);
     money_headers(&mut out, &settled);
+    if let Some(g) = &gate {
+        g.headers(&mut out, Dialect::OpenAi);
+    }
     out
 }

@@ -564,3 +564,184 @@ async fn redis_stopped_mid_run_closed_refuses_open_serves() {
         redis.restart();
     }
 }
+
+/// Nothing stays reserved: 10,000 mixed requests on two replicas sharing PostgreSQL and
+/// Redis — answers, routed requests whose first candidate fails (fallbacks), first-byte
+/// timeouts, streams read to the end and streams the client abandons after the first
+/// chunk — leave every hold and lease released, and the counters equal to the ledger.
+#[tokio::test]
+async fn ten_thousand_mixed_requests_leave_nothing_reserved() {
+    let ok = Sim::start(SimConfig { prompt_tokens: Some(1), output_tokens: 50, ..SimConfig::default() }).await.unwrap();
+    let flaky = Sim::start(SimConfig {
+        failure: Failure::Status { status: 503, retry_after: None, error_type: None, code: None, message: None },
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let stall = Sim::start(SimConfig { failure: Failure::Stall, ..SimConfig::default() }).await.unwrap();
+    let slow =
+        Sim::start(SimConfig { prompt_tokens: Some(1), output_tokens: 50, chunk_delay_ms: 5, ..SimConfig::default() })
+            .await
+            .unwrap();
+    let db = Database::create("mixed").await;
+    let redis = RedisServer::start();
+    let provider = |id: &str, sim: &Sim, extra: &str, input: f64, output: f64| {
+        format!(
+            "[providers.{id}]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\napi_key = \"env:SIM_KEY\"\nmodels = [\"sim-small\"]\n{extra}\n{}",
+            sim.base_url(),
+            price(&format!("{id}/sim-small"), input, output)
+        )
+    };
+    let toml = format!(
+        "[server]\napi_keys = [\"env:GATEWAY_KEY\"]\nadmin_keys = [\"env:GATEWAY_KEY_2\"]\n[storage]\nurl = \"{}\"\n\
+         [shared]\nredis_url = \"{}\"\n[router]\nfailure_threshold = 1000000\n[routes.mix]\nmin_quality = 0\n{}{}{}{}",
+        db.url,
+        redis.url,
+        provider("ok", &ok, "", 100.0, 200.0),
+        provider("flaky", &flaky, "", 1.0, 2.0),
+        provider("stall", &stall, "first_byte_timeout = \"200ms\"", 100.0, 200.0),
+        provider("slow", &slow, "", 100.0, 200.0),
+    );
+    let a = start(&toml).await;
+    let b = start(&toml).await;
+    let (key, secret) = tenant_and_key(
+        &a.url,
+        json!({"name": "mixed", "budget_day_usd": "1000", "rpm": 1000000, "concurrency": 200}),
+        json!({"tenant": "mixed", "budget_total_usd": "1000", "tpm": 100000000, "concurrency": 100}),
+    )
+    .await;
+    b.state.directory.as_ref().unwrap().refresh().await.unwrap();
+    let sem = Arc::new(tokio::sync::Semaphore::new(48));
+    let mut tasks = Vec::new();
+    for i in 0..10_000u32 {
+        let url = if i % 2 == 0 { a.url.clone() } else { b.url.clone() };
+        let secret = secret.clone();
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let (model, stream, abandon) = match i % 10 {
+                0 => ("stall/sim-small", false, false),
+                1 => ("slow/sim-small", true, true),
+                2..=4 => ("mix", i % 3 == 0, false),
+                _ => ("ok/sim-small", i % 7 == 0, false),
+            };
+            let body = json!({"model": model, "stream": stream, "max_tokens": 50,
+                              "messages": [{"role": "user", "content": "hi"}]});
+            let mut r = chat(&url, &secret, &body).await;
+            let status = r.status().as_u16();
+            if abandon {
+                // Read the first chunk, then go away mid-stream.
+                let _ = r.chunk().await;
+                drop(r);
+            } else {
+                let _ = r.bytes().await;
+            }
+            (model, status)
+        }));
+    }
+    let mut by: std::collections::BTreeMap<(&str, u16), u32> = std::collections::BTreeMap::new();
+    for t in tasks {
+        *by.entry(t.await.unwrap()).or_default() += 1;
+    }
+    // Every kind happened as intended: timeouts are 504s, everything else was answered.
+    assert_eq!(by.get(&("stall/sim-small", 504)), Some(&1000), "{by:?}");
+    assert_eq!(by.get(&("slow/sim-small", 200)), Some(&1000), "{by:?}");
+    assert_eq!(by.get(&("mix", 200)), Some(&3000), "{by:?}");
+    assert_eq!(by.get(&("ok/sim-small", 200)), Some(&5000), "{by:?}");
+    let counters = RedisCounters::connect(&redis.url).await.unwrap();
+    let ledger = bourse::ledger::Ledger::open(&db.url).await.unwrap();
+    let q = bourse::ledger::ReportQuery {
+        since_ms: None,
+        until_ms: None,
+        by: bourse::ledger::GroupBy::Key,
+        key: Some(key.clone()),
+    };
+    // Abandoned streams settle when the gateway notices the client has gone; give the
+    // writers and the settles a moment, then everything must agree exactly.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut k, mut t, mut rows) = (Default::default(), Default::default(), Vec::new());
+    while Instant::now() < deadline {
+        let now = bourse::timespec::now_ms();
+        k = counters.usage(ScopeKind::Key, &key, "mixed", now).await.unwrap();
+        t = counters.usage(ScopeKind::Tenant, "mixed", "mixed", now).await.unwrap();
+        rows = ledger.report(&q).await.unwrap();
+        let total = rows.first().map_or(0, |r| r.cost_nanos);
+        if k.reserved == 0 && k.in_flight == 0 && t.in_flight == 0 && k.total == total && t.day == total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let row = rows.first().expect("ledger rows");
+    assert_eq!((k.reserved, k.in_flight, t.reserved, t.in_flight), (0, 0, 0, 0), "{k:?} {t:?}");
+    assert_eq!(k.total, row.cost_nanos, "key counter = ledger");
+    assert_eq!((t.day, t.total), (row.cost_nanos, row.cost_nanos), "tenant counters = ledger");
+    // 10,000 requests; the 3,000 routed ones each made a failed first attempt.
+    assert_eq!(row.requests, 10_000);
+    assert_eq!(row.attempts, 13_000);
+    assert!(row.cost_nanos >= 8_000 * ANSWER, "{}", row.cost_nanos);
+    drop((a, b, ledger));
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn tokens_per_minute_and_concurrency_hold_and_usage_shows_only_the_keys_own() {
+    let sim = sim().await;
+    let gw = start(&config(&sim, &temp_db("tpm"), "")).await;
+    // Each request reserves its estimated prompt plus max_tokens (50) and uses 51 tokens:
+    // a 500-token minute admits 9 (9 × ~55 reserved fits, a tenth does not).
+    let (id, secret) = tenant_and_key(&gw.url, json!({"name": "tok"}), json!({"tenant": "tok", "tpm": 500})).await;
+    let mut served = 0u64;
+    for _ in 0..20 {
+        match chat(&gw.url, &secret, &ask(50)).await.status().as_u16() {
+            200 => served += 1,
+            429 => break,
+            s => panic!("{s}"),
+        }
+    }
+    // What was used stays within the limit (each request's reservation covered its use).
+    assert!(served * 51 <= 500 && served >= 8, "served {served}");
+    // After the settles, the window holds the actual 51 per request: room for one more
+    // reservation only if 500 − 51·served ≥ the next reservation.
+    let r = chat(&gw.url, &secret, &ask(1)).await;
+    assert_eq!(r.status(), 200, "a small request fits in what the settles gave back");
+    assert!(r.headers()["x-ratelimit-remaining-tokens"].to_str().unwrap().parse::<u64>().unwrap() < 500 - served * 51);
+    // Another key's and a config key's requests are not in this key's usage.
+    let (_, other) = tenant_and_key(&gw.url, json!({"name": "other"}), json!({"tenant": "other"})).await;
+    assert_eq!(chat(&gw.url, &other, &ask(50)).await.status(), 200);
+    assert_eq!(chat(&gw.url, "gw-secret", &ask(50)).await.status(), 200);
+    ledger_cost(&gw.state, &id, served as i64 + 1).await;
+    let usage = |key: &str| {
+        let url = format!("{}/v1/bourse/usage?by=key&since=2000-01-01", gw.url);
+        let key = key.to_string();
+        async move { json_of(client().get(url).bearer_auth(key).send().await.unwrap()).await }
+    };
+    let mine = usage(&secret).await;
+    let groups: Vec<&str> = mine["data"].as_array().unwrap().iter().map(|r| r["group"].as_str().unwrap()).collect();
+    assert_eq!(groups, [id.as_str()], "{mine}");
+    assert_eq!(mine["data"][0]["requests"], served + 1);
+    let all = usage("gw-secret").await;
+    assert!(all["data"].as_array().unwrap().len() >= 3, "{all}");
+
+    // Concurrency: two slow streams at once on a key allowing one.
+    sim.set_config(SimConfig { prompt_tokens: Some(1), output_tokens: 20, chunk_delay_ms: 20, ..SimConfig::default() });
+    let (_, one) = tenant_and_key(&gw.url, json!({"name": "solo"}), json!({"tenant": "solo", "concurrency": 1})).await;
+    let stream = json!({"model": "alpha/sim-small", "stream": true, "max_tokens": 20,
+                        "messages": [{"role": "user", "content": "hi"}]});
+    let first = chat(&gw.url, &one, &stream).await;
+    assert_eq!(first.status(), 200);
+    let second = chat(&gw.url, &one, &stream).await;
+    assert_eq!(second.status(), 429);
+    let body = json_of(second).await;
+    assert!(body["error"]["message"].as_str().unwrap().contains("concurrent requests"), "{body}");
+    // The first stream ends: its lease is back and the next request is admitted.
+    let _ = first.bytes().await.unwrap();
+    let mut admitted = false;
+    for _ in 0..50 {
+        if chat(&gw.url, &one, &ask(5)).await.status() == 200 {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(admitted, "the lease was not given back when the stream ended");
+}
