@@ -4,7 +4,7 @@ use bourse::catalog::{self, Kind};
 use bourse::cli::catalog::{Filter, SortKey};
 use bourse::cli::{self, Format};
 use bourse::config::Config;
-use bourse::ledger::{Ledger, ReportQuery};
+use bourse::ledger::{GroupBy, Ledger, ReportQuery};
 use bourse::server::{self, ServeOptions};
 use bourse::timespec;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -423,16 +423,16 @@ fn run_report(c: &ConfigArg, since: &str, until: Option<&str>, by: By, format: F
         since_ms: Some(timespec::parse(since, now).map_err(|e| format!("--since: {e}"))?),
         until_ms: until.map(|u| timespec::parse(u, now)).transpose().map_err(|e| format!("--until: {e}"))?,
         by: match by {
-            By::Model => bourse::ledger::GroupBy::Model,
-            By::Provider => bourse::ledger::GroupBy::Provider,
-            By::Key => bourse::ledger::GroupBy::Key,
-            By::Tenant => bourse::ledger::GroupBy::Tenant,
-            By::Day => bourse::ledger::GroupBy::Day,
-            By::None => bourse::ledger::GroupBy::None,
+            By::Model => GroupBy::Model,
+            By::Provider => GroupBy::Provider,
+            By::Key => GroupBy::Key,
+            By::Tenant => GroupBy::Tenant,
+            By::Day => GroupBy::Day,
+            By::None => GroupBy::None,
         },
         key: None,
     };
-    let rows = runtime()?.block_on(async {
+    let (rows, budgets) = runtime()?.block_on(async {
         let ledger = Ledger::open(&url).await.map_err(|e| format!("cannot open the ledger: {e}"))?;
         // A large ledger takes a moment to aggregate: show that it is working.
         let spinner = std::io::stderr().is_terminal().then(|| {
@@ -445,18 +445,37 @@ fn run_report(c: &ConfigArg, since: &str, until: Option<&str>, by: By, format: F
             })
         });
         let rows = ledger.report(&q).await.map_err(|e| format!("report failed: {e}"));
+        // By tenant or key: each one's budgets, their use now and their runway.
+        let budgets = match q.by {
+            GroupBy::Tenant | GroupBy::Key => {
+                Some(bourse::admin::budget_use(&ledger, q.by, now).await.map_err(|e| format!("report failed: {e}"))?)
+            }
+            _ => None,
+        };
         if let Some(s) = spinner {
             s.abort();
             eprint!("\r\x1b[2K");
         }
-        rows
+        Ok::<_, String>((rows?, budgets))
     })?;
     let format = match format {
         Fmt::Table => Format::Table,
         Fmt::Json => Format::Json,
         Fmt::Csv => Format::Csv,
     };
-    print!("{}", cli::report::render(&rows, format));
+    let table = cli::report::render(&rows, format);
+    match (format, budgets) {
+        (Format::Json, Some(b)) => {
+            let mut report: serde_json::Value = serde_json::from_str(&table).map_err(|e| e.to_string())?;
+            let mut extra: serde_json::Value =
+                serde_json::from_str(&cli::report::budgets(&b, format)).map_err(|e| e.to_string())?;
+            report["budgets"] = extra["budgets"].take();
+            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        }
+        // CSV stays one table (the rows); the budgets are in the table and JSON forms.
+        (Format::Table, Some(b)) => print!("{table}{}", cli::report::budgets(&b, format)),
+        _ => print!("{table}"),
+    }
     Ok(())
 }
 

@@ -102,6 +102,15 @@ async fn chat(base: &str, secret: &str, body: &Value) -> reqwest::Response {
     with_json(client().post(format!("{base}/v1/chat/completions")).bearer_auth(secret), body).send().await.unwrap()
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` (what the gateway writes) as Unix ms.
+fn unix_ms(s: &str) -> i64 {
+    let n = |r: std::ops::Range<usize>| s[r].parse::<i64>().unwrap();
+    let month = time::Month::try_from(n(5..7) as u8).unwrap();
+    let date = time::Date::from_calendar_date(n(0..4) as i32, month, n(8..10) as u8).unwrap();
+    let midnight = date.midnight().assume_utc().unix_timestamp() * 1000;
+    midnight + (n(11..13) * 3600 + n(14..16) * 60 + n(17..19)) * 1000
+}
+
 fn temp_db(tag: &str) -> String {
     let p = std::env::temp_dir().join(format!("bourse-tenants-{tag}-{}-{}.db", std::process::id(), fastrand::u64(..)));
     format!("sqlite:{}", p.display())
@@ -472,6 +481,19 @@ async fn two_replicas_share_budgets_rate_limits_and_revocations() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let row = report["data"].as_array().unwrap().iter().find(|r| r["group"] == key.as_str()).expect("key row");
     assert_eq!(row["cost_nanos"], spent, "report = ledger");
+    // The key's budget: used, left, and its runway at the week's rate (all of it spent
+    // today, so left × 7 days ÷ spent from now).
+    let budgets = report["budgets"].as_array().expect("budgets in the report");
+    let budget = budgets.iter().find(|b| b["group"] == key.as_str()).expect("the key's budget");
+    assert_eq!(budget["window"], "total");
+    assert_eq!(budget["limit_usd"], "1.000000000");
+    assert_eq!(budget["used_usd"], bourse::meter::Cost(spent).usd());
+    assert_eq!(budget["left_usd"], bourse::meter::Cost(1_000_000_000 - spent).usd());
+    assert_eq!(budget["spent_7d_usd"], bourse::meter::Cost(spent).usd());
+    let left_ms = (1_000_000_000 - spent) as i128 * 7 * 86_400_000 / spent as i128;
+    let runs_out = unix_ms(budget["runs_out_at"].as_str().expect("a runway"));
+    let expect = now as i128 + left_ms;
+    assert!((runs_out as i128 - expect).abs() < 60_000, "{budget}");
 
     // Requests per minute: exactly 100 of 300 across both replicas.
     let (_, rpm_secret) = {

@@ -160,3 +160,78 @@ mod tests {
         assert_eq!(j["total"]["cost_usd"], "0.000800001");
     }
 }
+
+/// The budgets of `--by tenant|key`: use in each window and the runway at the last seven
+/// days' rate. JSON: a `budgets` array (USD as exact strings, times as RFC 3339).
+pub fn budgets(list: &[crate::admin::BudgetUse], format: Format) -> String {
+    use crate::admin::rfc3339;
+    let runway = |b: &crate::admin::BudgetUse| match (b.runs_out_ms, b.spent_7d_nanos, b.resets_at_ms) {
+        (Some(t), ..) => format!("runs out {}", rfc3339(t)),
+        (None, 0, _) => "no spend in 7 days".to_string(),
+        (None, _, Some(r)) => format!("lasts until the reset, {}", rfc3339(r)),
+        (None, _, None) => "-".to_string(),
+    };
+    match format {
+        Format::Json => {
+            let data: Vec<_> = list
+                .iter()
+                .map(|b| {
+                    json!({"group": b.group, "window": b.window, "limit_usd": Cost(b.limit_nanos).usd(),
+                           "used_usd": Cost(b.used_nanos).usd(), "left_usd": Cost(b.left_nanos).usd(),
+                           "spent_7d_usd": Cost(b.spent_7d_nanos).usd(),
+                           "runs_out_at": b.runs_out_ms.map(rfc3339), "resets_at": b.resets_at_ms.map(rfc3339),
+                           "runway": runway(b)})
+                })
+                .collect();
+            serde_json::to_string_pretty(&json!({ "budgets": data })).unwrap_or_default()
+        }
+        Format::Csv | Format::Table => {
+            let header = ["group", "budget", "limit_usd", "used_usd", "left_usd", "spent_7d_usd", "runway"];
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|b| {
+                    vec![
+                        b.group.clone(),
+                        b.window.to_string(),
+                        Cost(b.limit_nanos).usd(),
+                        Cost(b.used_nanos).usd(),
+                        Cost(b.left_nanos).usd(),
+                        Cost(b.spent_7d_nanos).usd(),
+                        runway(b),
+                    ]
+                })
+                .collect();
+            if format == Format::Csv {
+                let mut out = header.join(",");
+                out.push('\n');
+                for r in &rows {
+                    out.push_str(&r.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","));
+                    out.push('\n');
+                }
+                return out;
+            }
+            if rows.is_empty() {
+                return "\n(no budgets set)\n".to_string();
+            }
+            let mut table = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
+            table.extend(rows);
+            let widths: Vec<usize> =
+                (0..header.len()).map(|i| table.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+            let mut out = String::from("\nbudgets\n");
+            for row in &table {
+                for (i, c) in row.iter().enumerate() {
+                    match i {
+                        0 | 1 | 6 => {
+                            let _ = write!(out, "{}{c:<w$}", if i == 0 { "" } else { "  " }, w = widths[i]);
+                        }
+                        _ => {
+                            let _ = write!(out, "  {c:>w$}", w = widths[i]);
+                        }
+                    }
+                }
+                out.push('\n');
+            }
+            out
+        }
+    }
+}
