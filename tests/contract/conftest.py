@@ -5,6 +5,8 @@ One upstream-sim and one bourse gateway in front of it, both the real binaries f
 end. Tests get a strictly validating `openai.OpenAI` client pointed at the gateway, a
 strictly validating `anthropic.Anthropic` client (see `anthropic_client`), and a
 `sim_config` helper that reconfigures the sim live and resets it to defaults afterwards.
+The gateway also has an admin key, so tests can make tenants and virtual keys with limits
+(`admin`, `virtual_key`).
 
 The one sim speaks every dialect on the same port, so the gateway reaches it three ways:
 `sim` (OpenAI dialect), `simanth` and `simanth2` (Anthropic dialect; two ids so the
@@ -13,6 +15,7 @@ The one sim speaks every dialect on the same port, so the gateway reaches it thr
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -29,6 +32,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 GATEWAY_KEY = "gw-contract-test-key"
+ADMIN_KEY = "adm-contract-test-key"
 MODEL = "sim/sim-small"
 # The same simulated model behind an Anthropic-dialect provider (same-dialect pass-through
 # for Anthropic clients), and a route whose only candidates are two such providers.
@@ -202,6 +206,8 @@ def gateway(sim: Sim, logdir: Path) -> Iterator[Gateway]:
     config.write_text(
         "[server]\n"
         'api_keys = ["env:BOURSE_TEST_GATEWAY_KEY"]\n'
+        "# The admin API (/admin/v1): tenants and virtual keys for the budget and rate-limit tests.\n"
+        'admin_keys = ["env:BOURSE_TEST_ADMIN_KEY"]\n'
         "\n"
         "[providers.sim]\n"
         'kind = "openai-compatible"\n'
@@ -254,7 +260,7 @@ def gateway(sim: Sim, logdir: Path) -> Iterator[Gateway]:
     child = _Child(
         "bourse",
         [str(binary), "serve", "--config", str(config), "--listen", "127.0.0.1:0"],
-        _child_env(BOURSE_TEST_GATEWAY_KEY=GATEWAY_KEY),
+        _child_env(BOURSE_TEST_GATEWAY_KEY=GATEWAY_KEY, BOURSE_TEST_ADMIN_KEY=ADMIN_KEY),
         logdir,
     )
     try:
@@ -262,6 +268,75 @@ def gateway(sim: Sim, logdir: Path) -> Iterator[Gateway]:
         yield Gateway(addr=match.group(1), key=GATEWAY_KEY, child=child)
     finally:
         child.stop()
+
+
+class Admin:
+    """The gateway's admin API (`/admin/v1`), with the admin key from the config."""
+
+    def __init__(self, gateway: Gateway, http: httpx.Client):
+        self.url = f"http://{gateway.addr}/admin/v1"
+        self.http = http
+        self.headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        self._serial = itertools.count(1)
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None, expect: int = 200) -> dict[str, Any]:
+        resp = self.http.request(method, f"{self.url}{path}", json=body, headers=self.headers)
+        assert resp.status_code == expect, f"{method} {path} {body}: {resp.status_code} {resp.text}"
+        return resp.json()
+
+    def create_tenant(self, **limits: Any) -> str:
+        """A new tenant with a name no other test uses (so no two tests share counters);
+        `limits` are the admin API's fields (`budget_day_usd="0.05"`, `rpm=2`, ...)."""
+        name = f"contract-{os.getpid()}-{next(self._serial)}"
+        created = self.call("POST", "/tenants", {"name": name, **limits}, expect=201)
+        assert created["name"] == name
+        return name
+
+    def patch_tenant(self, name: str, **changes: Any) -> dict[str, Any]:
+        return self.call("PATCH", f"/tenants/{name}", changes)
+
+    def create_key(self, tenant: str, **limits: Any) -> str:
+        """A new virtual key of `tenant` (its own limits in `limits`); returns the secret."""
+        created = self.call("POST", "/keys", {"tenant": tenant, "name": "contract", **limits}, expect=201)
+        assert created["id"].startswith("key_") and created["tenant"] == tenant, created
+        assert created["key"].startswith("sk-bourse-"), created
+        return created["key"]
+
+
+@pytest.fixture(scope="session")
+def admin(gateway: Gateway) -> Iterator[Admin]:
+    with _plain_http() as http:
+        yield Admin(gateway, http)
+
+
+@pytest.fixture
+def virtual_key(admin: Admin) -> Callable[..., str]:
+    """`virtual_key(tenant={...limits}, **key_limits)`: the secret of a new virtual key in a
+    new tenant of its own, so one test's budgets and rate counters never touch another's.
+    A change is served at once by the gateway that made it: the key works immediately."""
+
+    def make(tenant: dict[str, Any] | None = None, **key_limits: Any) -> str:
+        return admin.create_key(admin.create_tenant(**(tenant or {})), **key_limits)
+
+    return make
+
+
+class RequestLog:
+    """httpx event hooks that record every request an SDK client sends (retries included):
+    `http_client=openai.DefaultHttpxClient(trust_env=False, event_hooks=log.hooks)`."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    @property
+    def hooks(self) -> dict[str, list[Callable[[httpx.Request], None]]]:
+        return {"request": [lambda request: self.sent.append(f"{request.method} {request.url.path}")]}
+
+
+def seconds_to_utc_midnight() -> float:
+    """What a daily budget's refusal should put in `Retry-After`: the day resets at 00:00 UTC."""
+    now = time.time()
+    return 86400 - now % 86400
 
 
 def strict_options(client: openai.OpenAI, **options: Any) -> openai.OpenAI:
@@ -335,12 +410,16 @@ def make_anthropic(gateway: Gateway, **options: Any):
     Build a new client per variation rather than `with_options`: like the OpenAI SDK's,
     `Anthropic.copy()` does not carry `_strict_response_validation` over.
 
+    Pass `http_client=anthropic.DefaultHttpxClient(trust_env=False, ...)` to watch the
+    requests the SDK sends (e.g. `event_hooks`); keep `trust_env=False`.
+
     Note: anthropic 2.14.0 sends `api_key=` as `Authorization: Bearer <key>`, not
     `x-api-key`; pass `x_api_key=True` to send the key only as `x-api-key`.
     """
     import anthropic
 
     x_api_key = options.pop("x_api_key", False)
+    http_client = options.pop("http_client", None) or anthropic.DefaultHttpxClient(trust_env=False)
     headers = dict(options.pop("default_headers", None) or {})
     if "auth_token" not in options:
         options.setdefault("api_key", gateway.key)
@@ -354,7 +433,7 @@ def make_anthropic(gateway: Gateway, **options: Any):
             env.delenv(var, raising=False)
         client = anthropic.Anthropic(
             base_url=gateway.root_url,
-            http_client=anthropic.DefaultHttpxClient(trust_env=False),
+            http_client=http_client,
             default_headers=headers or None,
             _strict_response_validation=True,
             **options,

@@ -17,7 +17,11 @@ missing or mistyped field in anything the gateway sends raises
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+import re
+import time
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, Callable, Iterator
 
 import anthropic
 import httpx
@@ -25,7 +29,14 @@ import pytest
 from anthropic.types import Message, MessageTokensCount, RawMessageStreamEvent, TextBlock, ToolUseBlock
 from pydantic import BaseModel
 
-from conftest import ANTHROPIC_MODEL, ANTHROPIC_ROUTE, MODEL, make_anthropic
+from conftest import (
+    ANTHROPIC_MODEL,
+    ANTHROPIC_ROUTE,
+    MODEL,
+    RequestLog,
+    make_anthropic,
+    seconds_to_utc_midnight,
+)
 
 PASSTHROUGH = ANTHROPIC_MODEL  # Anthropic upstream: same dialect, relayed
 TRANSLATED = MODEL  # OpenAI upstream: Anthropic <-> OpenAI translation
@@ -794,3 +805,223 @@ def test_route_falls_back_to_second_anthropic_candidate(
     assert message.id == f"msg_sim_{n}"
     assert message.stop_reason == "end_turn"
     assert _upstream(sim)["path"] == "/v1/messages"
+
+
+# 7. budgets and rate limits (virtual keys) ----------------------------------------------
+#
+# Each test makes its own tenant and virtual key (conftest `virtual_key`), so no two tests
+# share counters. The sim models cost $1/M input and $2/M output tokens; a budget is checked
+# against the request's worst case (prompt estimate at the input price plus max_tokens at
+# the output price), so a budget of one nano-dollar refuses every request.
+
+TINY_BUDGET = "0.000000001"
+
+
+@pytest.fixture
+def limited(gateway, virtual_key) -> Iterator[Callable[..., anthropic.Anthropic]]:
+    """`limited(tenant={...}, rpm=2, ...)`: a strict Anthropic client whose key is a new
+    virtual key with those limits, sent as `x-api-key` like Claude-built tools do (pass
+    `x_api_key=False` for a bearer token); `max_retries` and `http_client` go to the client."""
+    clients: list[anthropic.Anthropic] = []
+
+    def make(tenant: dict[str, Any] | None = None, x_api_key: bool = True, **limits: Any) -> anthropic.Anthropic:
+        options = {k: limits.pop(k) for k in ("max_retries", "http_client") if k in limits}
+        key = virtual_key(tenant=tenant, **limits)
+        client = make_anthropic(gateway, api_key=key, x_api_key=x_api_key, **options)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def _usd(headers: Any, name: str) -> Decimal:
+    value = headers.get(name)
+    assert value is not None and re.fullmatch(r"\d+\.\d+", value), (name, value)
+    return Decimal(value)
+
+
+def _reset_in(headers: Any, rate: str) -> float:
+    """Seconds from now to `anthropic-ratelimit-{rate}-reset` (an RFC 3339 time)."""
+    value = headers.get(f"anthropic-ratelimit-{rate}-reset")
+    assert value and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", value), value
+    return datetime.fromisoformat(value).astimezone(timezone.utc).timestamp() - time.time()
+
+
+def _assert_budget_refusal(e: anthropic.APIStatusError, window: str = "daily") -> None:
+    """429 `budget_exceeded` in Anthropic's error shape (not one of Anthropic's own types:
+    the SDK goes by the status, so it is a `RateLimitError` whose `type` says why)."""
+    assert isinstance(e, anthropic.RateLimitError), type(e)
+    error = _assert_error(e, 429, "budget_exceeded")
+    assert error["message"].startswith("budget exceeded") and f"{window} budget" in error["message"], error
+    headers = e.response.headers
+    assert headers.get("x-should-retry") == "false", "the SDK would retry a budget that cannot come back"
+    if window == "daily":
+        retry_after = int(headers["retry-after"])
+        assert abs(retry_after - seconds_to_utc_midnight()) <= 2, retry_after
+    elif window == "total":
+        assert "retry-after" not in headers, "a total budget never resets"
+
+
+def _assert_rate_refusal(e: anthropic.APIStatusError, what: str) -> None:
+    assert isinstance(e, anthropic.RateLimitError), type(e)
+    error = _assert_error(e, 429, "rate_limit_error")
+    assert error["message"].startswith("rate limit reached") and what in error["message"], error
+    headers = e.response.headers
+    assert headers.get("x-should-retry") != "false"
+    assert 1 <= int(headers["retry-after"]) <= 60, headers.get("retry-after")
+
+
+@pytest.mark.parametrize(
+    "target", [PASSTHROUGH, TRANSLATED, ANTHROPIC_ROUTE], ids=["anthropic-upstream", "openai-upstream", "route"]
+)
+def test_budget_refusal_is_rate_limit_error(limited, sim, target: str) -> None:
+    """A tenant's spent daily budget: `anthropic.RateLimitError`, `error.type`
+    `budget_exceeded`, Retry-After until midnight UTC, `x-should-retry: false`; nothing
+    reaches the upstream."""
+    client = limited(tenant={"budget_day_usd": TINY_BUDGET})
+    before = _requests(sim)
+    with pytest.raises(anthropic.RateLimitError) as info:
+        client.messages.create(model=target, max_tokens=MAX_TOKENS, messages=MESSAGES)
+    _assert_budget_refusal(info.value)
+    assert info.value.body["error"]["type"] == "budget_exceeded"
+    assert "of tenant" in info.value.body["error"]["message"]
+    assert _requests(sim) == before
+
+
+def test_budget_spent_then_refused(limited, sim) -> None:
+    """A key's total budget, spent by real requests: `x-bourse-budget-remaining-usd` is the
+    budget less what was spent before and this request's worst case, and the first request
+    whose worst case no longer fits is refused (no Retry-After: it never resets)."""
+    budget = Decimal("0.0001")
+    client = limited(budget_total_usd=str(budget), x_api_key=False)
+    first = client.messages.with_raw_response.create(model=PASSTHROUGH, max_tokens=20, messages=MESSAGES)
+    remaining = _usd(first.headers, "x-bourse-budget-remaining-usd")
+    cost = _usd(first.headers, "x-bourse-cost-usd")
+    worst = budget - remaining
+    assert Decimal(0) < cost <= worst < budget, (cost, worst, budget)
+    spent = cost
+    answered = 1
+    while spent + worst <= budget:
+        raw = client.messages.with_raw_response.create(model=PASSTHROUGH, max_tokens=20, messages=MESSAGES)
+        assert _usd(raw.headers, "x-bourse-budget-remaining-usd") == budget - spent - worst
+        spent += _usd(raw.headers, "x-bourse-cost-usd")
+        answered += 1
+        assert answered < 10, "the budget never ran out"
+    before = _requests(sim)
+    with pytest.raises(anthropic.RateLimitError) as info:
+        client.messages.create(model=PASSTHROUGH, max_tokens=20, messages=MESSAGES)
+    _assert_budget_refusal(info.value, window="total")
+    assert _requests(sim) == before
+
+
+def test_requests_per_minute_refusal(limited, sim) -> None:
+    """rpm = 2: two answers count the limit down in `anthropic-ratelimit-requests-*`, the
+    third is `anthropic.RateLimitError` with `rate_limit_error` and a Retry-After within
+    the minute, and never reaches the upstream."""
+    client = limited(rpm=2)
+    remaining = []
+    for _ in range(2):
+        raw = client.messages.with_raw_response.create(model=PASSTHROUGH, max_tokens=MAX_TOKENS, messages=MESSAGES)
+        assert _text(raw.parse()).strip()
+        assert raw.headers.get("anthropic-ratelimit-requests-limit") == "2"
+        remaining.append(int(raw.headers["anthropic-ratelimit-requests-remaining"]))
+        assert -1 <= _reset_in(raw.headers, "requests") <= 61
+        # Only what is limited is reported: no tokens per minute, no budget.
+        assert "anthropic-ratelimit-tokens-limit" not in raw.headers
+        assert "x-bourse-budget-remaining-usd" not in raw.headers
+    assert remaining == [1, 0]
+    before = _requests(sim)
+    with pytest.raises(anthropic.RateLimitError) as info:
+        client.messages.create(model=PASSTHROUGH, max_tokens=MAX_TOKENS, messages=MESSAGES)
+    _assert_rate_refusal(info.value, "2 requests per minute")
+    assert _requests(sim) == before
+
+
+def test_limit_headers_on_success(limited, gateway, model: str) -> None:
+    """A virtual key with limits gets Anthropic's `anthropic-ratelimit-*` headers (the
+    tightest of its own and its tenant's limits; never OpenAI's `x-ratelimit-*` names) and
+    the budget left, on plain and streamed answers; the gateway key gets none."""
+    client = limited(rpm=3, tenant={"rpm": 5, "tpm": 100000, "budget_day_usd": "1"})
+    seen = []
+    for stream in (False, False, True):
+        raw = client.messages.with_raw_response.create(
+            model=model, max_tokens=MAX_TOKENS, messages=MESSAGES, stream=stream
+        )
+        if stream:
+            assert [e.type for e in raw.parse()][-1] == "message_stop"
+        else:
+            assert _text(raw.parse()).strip()
+        h = raw.headers
+        assert h.get("anthropic-ratelimit-requests-limit") == "3", "the key's rpm is tighter than the tenant's"
+        assert h.get("anthropic-ratelimit-tokens-limit") == "100000"
+        for rate in ("requests", "tokens"):
+            assert -1 <= _reset_in(h, rate) <= 61
+        assert not [k for k in h if k.startswith("x-ratelimit-")]
+        seen.append(
+            (
+                int(h["anthropic-ratelimit-requests-remaining"]),
+                int(h["anthropic-ratelimit-tokens-remaining"]),
+                _usd(h, "x-bourse-budget-remaining-usd"),
+            )
+        )
+    assert [r for r, _, _ in seen] == [2, 1, 0]
+    tokens = [t for _, t, _ in seen]
+    assert 100000 > tokens[0] > tokens[1] > tokens[2], tokens
+    budgets = [b for _, _, b in seen]
+    assert Decimal(1) > budgets[0] > budgets[1] > budgets[2] > Decimal("0.99"), budgets
+
+    plain = make_anthropic(gateway)
+    try:
+        raw = plain.messages.with_raw_response.create(model=model, max_tokens=MAX_TOKENS, messages=MESSAGES)
+    finally:
+        plain.close()
+    assert not [k for k in raw.headers if "ratelimit" in k or k.startswith("x-bourse-budget")]
+
+
+@pytest.mark.parametrize("refusal", ["budget", "rpm"])
+def test_refused_stream_raises_before_any_event(limited, sim, refusal: str) -> None:
+    """A refused streaming request is a JSON 429, not an event stream:
+    `create(stream=True)` and the `messages.stream()` helper raise
+    `anthropic.RateLimitError` before any event."""
+    if refusal == "budget":
+        client = limited(budget_day_usd=TINY_BUDGET)
+    else:
+        client = limited(rpm=1)
+        client.messages.create(model=PASSTHROUGH, max_tokens=MAX_TOKENS, messages=MESSAGES)
+    before = _requests(sim)
+    events: list[Any] = []
+    with pytest.raises(anthropic.RateLimitError) as info:
+        events.extend(client.messages.create(model=PASSTHROUGH, max_tokens=MAX_TOKENS, messages=MESSAGES, stream=True))
+    assert events == []
+    if refusal == "budget":
+        _assert_budget_refusal(info.value)
+    else:
+        _assert_rate_refusal(info.value, "1 requests per minute")
+    with pytest.raises(anthropic.RateLimitError) as info:
+        with client.messages.stream(model=TRANSLATED, max_tokens=MAX_TOKENS, messages=MESSAGES) as stream:
+            events.extend(stream)
+    assert events == []
+    assert info.value.type == ("budget_exceeded" if refusal == "budget" else "rate_limit_error")
+    assert _requests(sim) == before
+
+
+def test_budget_refusal_not_retried_by_default(limited) -> None:
+    """With the SDK's default retries, a budget refusal is raised at once: one request sent
+    (the SDK obeys `x-should-retry: false` over the 429 it would otherwise retry)."""
+    log = RequestLog()
+    client = limited(
+        budget_day_usd=TINY_BUDGET,
+        max_retries=anthropic.DEFAULT_MAX_RETRIES,
+        http_client=anthropic.DefaultHttpxClient(trust_env=False, event_hooks=log.hooks),
+    )
+    assert client.max_retries >= 2
+    started = time.monotonic()
+    with pytest.raises(anthropic.RateLimitError) as info:
+        client.messages.with_raw_response.create(model=PASSTHROUGH, max_tokens=MAX_TOKENS, messages=MESSAGES)
+    elapsed = time.monotonic() - started
+    assert info.value.response.headers.get("x-should-retry") == "false"
+    assert info.value.type == "budget_exceeded"
+    assert log.sent == ["POST /v1/messages"], log.sent
+    assert elapsed < 2.0, elapsed

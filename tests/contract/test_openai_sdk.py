@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import time
+from decimal import Decimal
 from typing import Any
 
 import openai
@@ -19,7 +22,14 @@ from pydantic import BaseModel
 from openai.types import CreateEmbeddingResponse, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from conftest import MODEL, lenient_options, strict_options
+from conftest import (
+    ANTHROPIC_ROUTE,
+    MODEL,
+    RequestLog,
+    lenient_options,
+    seconds_to_utc_midnight,
+    strict_options,
+)
 
 MESSAGES = [{"role": "user", "content": "Say hello to the exchange."}]
 # upstream-sim's default answer length, in tokens (one streamed content chunk each).
@@ -510,3 +520,278 @@ def test_sdk_retry_recovers_through_gateway(client: openai.OpenAI, sim_config) -
     retrying = strict_options(client, max_retries=1)
     resp = retrying.chat.completions.create(model=MODEL, messages=MESSAGES)
     assert resp.choices[0].message.content
+
+
+# 8. budgets and rate limits (virtual keys) ----------------------------------------------
+#
+# Each test makes its own tenant and virtual key (conftest `virtual_key`), so no two tests
+# share counters. sim/sim-small costs $1/M input and $2/M output tokens (conftest); a budget
+# is checked against the request's worst case (prompt estimate at the input price plus
+# max_tokens at the output price), so a budget of one nano-dollar refuses every request.
+
+TINY_BUDGET = "0.000000001"
+OPENAI_RESET = re.compile(r"^(?:(\d+)ms|(\d+)s|(\d+)m(\d+)s)$")
+
+
+def _as_client(client: openai.OpenAI, key: str, **options: Any) -> openai.OpenAI:
+    """The strict test client with a virtual key instead of the gateway key."""
+    return strict_options(client, api_key=key, **options)
+
+
+def _reset_seconds(value: str | None) -> float:
+    """OpenAI's `x-ratelimit-reset-*` duration (`20ms`, `6s`, `1m0s`) in seconds."""
+    match = OPENAI_RESET.match(value or "")
+    assert match, f"not an OpenAI reset duration: {value!r}"
+    ms, s, m, ms_s = match.groups()
+    if ms is not None:
+        return int(ms) / 1000
+    if s is not None:
+        return int(s)
+    return int(m) * 60 + int(ms_s)
+
+
+def _usd(headers: Any, name: str) -> Decimal:
+    value = headers.get(name)
+    assert value is not None and re.fullmatch(r"\d+\.\d+", value), (name, value)
+    return Decimal(value)
+
+
+def _assert_budget_refusal(e: openai.RateLimitError, window: str = "daily") -> None:
+    assert e.status_code == 429
+    assert e.code == "budget_exceeded"
+    assert e.type == "budget_exceeded"
+    assert e.param is None
+    message = _assert_error_body(e)["message"]
+    assert message.startswith("budget exceeded"), message
+    assert f"{window} budget" in message, message
+    headers = e.response.headers
+    # A budget does not come back before its window resets: the SDKs must not retry.
+    assert headers.get("x-should-retry") == "false"
+    if window == "daily":
+        retry_after = int(headers["retry-after"])
+        assert abs(retry_after - seconds_to_utc_midnight()) <= 2, retry_after
+    elif window == "total":
+        assert "retry-after" not in headers, "a total budget never resets"
+
+
+def _assert_rate_refusal(e: openai.RateLimitError, what: str) -> int:
+    assert e.status_code == 429
+    assert e.code == "rate_limit_exceeded"
+    assert e.type == "rate_limit_exceeded"
+    message = _assert_error_body(e)["message"]
+    assert message.startswith("rate limit reached") and what in message, message
+    headers = e.response.headers
+    # Unlike a budget, a rate limit frees up: the SDK may retry after Retry-After.
+    assert headers.get("x-should-retry") != "false"
+    retry_after = int(headers["retry-after"])
+    assert 1 <= retry_after <= 60, retry_after
+    return retry_after
+
+
+@pytest.mark.parametrize("model", [MODEL, ANTHROPIC_ROUTE], ids=["explicit-model", "route"])
+def test_budget_refusal_is_rate_limit_error(client: openai.OpenAI, sim, virtual_key, model: str) -> None:
+    """A tenant's spent daily budget: `openai.RateLimitError` with `budget_exceeded`,
+    Retry-After until midnight UTC, `x-should-retry: false`; nothing reaches the upstream
+    (for a route: after every candidate was found too expensive)."""
+    vk = _as_client(client, virtual_key(tenant={"budget_day_usd": TINY_BUDGET}))
+    before = sim.stats()["requests"]
+    with pytest.raises(openai.RateLimitError) as info:
+        vk.chat.completions.create(model=model, messages=MESSAGES, max_tokens=20)
+    _assert_budget_refusal(info.value)
+    assert "of tenant" in info.value.body["message"]
+    assert sim.stats()["requests"] == before
+
+
+def test_budget_spent_then_refused(client: openai.OpenAI, sim, virtual_key) -> None:
+    """A key's total budget is spent by real requests: each answer's
+    `x-bourse-budget-remaining-usd` is the budget less what was spent before and this
+    request's worst case, and the first request whose worst case no longer fits is refused
+    (no Retry-After: a total budget never resets)."""
+    budget = Decimal("0.0001")
+    vk = _as_client(client, virtual_key(budget_total_usd=str(budget)))
+    first = vk.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES, max_tokens=20)
+    remaining = _usd(first.headers, "x-bourse-budget-remaining-usd")
+    cost = _usd(first.headers, "x-bourse-cost-usd")
+    worst = budget - remaining
+    assert Decimal(0) < cost <= worst < budget, (cost, worst, budget)
+    # The same request again and again: each costs `cost` and reserves `worst`.
+    spent = cost
+    answered = 1
+    while spent + worst <= budget:
+        raw = vk.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES, max_tokens=20)
+        assert _usd(raw.headers, "x-bourse-budget-remaining-usd") == budget - spent - worst
+        assert _usd(raw.headers, "x-bourse-cost-usd") == cost
+        spent += cost
+        answered += 1
+        assert answered < 10, "the budget never ran out"
+    before = sim.stats()["requests"]
+    with pytest.raises(openai.RateLimitError) as info:
+        vk.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=20)
+    _assert_budget_refusal(info.value, window="total")
+    assert sim.stats()["requests"] == before
+    # A cheaper request (a smaller worst case: 19 fewer output tokens at $2/M) that fits
+    # what is left still goes through.
+    assert spent + worst - 19 * Decimal("0.000002") <= budget
+    cheap = vk.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
+    assert cheap.usage is not None and cheap.usage.completion_tokens >= 1
+
+
+def test_requests_per_minute_refusal(client: openai.OpenAI, sim, virtual_key) -> None:
+    """rpm = 2: two answers count the limit down in `x-ratelimit-*-requests`, the third is
+    `openai.RateLimitError` with `rate_limit_exceeded` and a Retry-After within the minute,
+    and never reaches the upstream."""
+    vk = _as_client(client, virtual_key(rpm=2))
+    remaining = []
+    for _ in range(2):
+        raw = vk.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES)
+        assert raw.parse().choices[0].message.content
+        assert raw.headers.get("x-ratelimit-limit-requests") == "2"
+        remaining.append(int(raw.headers["x-ratelimit-remaining-requests"]))
+        assert 0 < _reset_seconds(raw.headers.get("x-ratelimit-reset-requests")) <= 60
+        # Only what is limited is reported: no tokens per minute, no budget.
+        assert "x-ratelimit-limit-tokens" not in raw.headers
+        assert "x-bourse-budget-remaining-usd" not in raw.headers
+    assert remaining == [1, 0]
+    before = sim.stats()["requests"]
+    with pytest.raises(openai.RateLimitError) as info:
+        vk.chat.completions.create(model=MODEL, messages=MESSAGES)
+    _assert_rate_refusal(info.value, "2 requests per minute")
+    assert sim.stats()["requests"] == before
+
+
+def test_tokens_per_minute_refusal(client: openai.OpenAI, sim, virtual_key) -> None:
+    """tpm: a request whose tokens (prompt estimate plus max_tokens) no longer fit what is
+    left of the minute is refused as `rate_limit_exceeded`; one that fits goes through."""
+    vk = _as_client(client, virtual_key(tpm=1000))
+    raw = vk.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES, max_tokens=20)
+    assert raw.headers.get("x-ratelimit-limit-tokens") == "1000"
+    # What the answer reports is left after its reservation (prompt estimate + max_tokens).
+    left = int(raw.headers["x-ratelimit-remaining-tokens"])
+    prompt_estimate = 1000 - 20 - left
+    assert 0 < prompt_estimate < 100, left
+    # Alone this request would fit the limit exactly; after the first one it cannot.
+    before = sim.stats()["requests"]
+    with pytest.raises(openai.RateLimitError) as info:
+        vk.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1000 - prompt_estimate)
+    _assert_rate_refusal(info.value, "1000 tokens per minute")
+    assert sim.stats()["requests"] == before
+    assert vk.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=20).choices
+
+
+def test_concurrency_refusal(client: openai.OpenAI, sim_config, virtual_key) -> None:
+    """concurrency = 1: while a stream is open a second request is `rate_limit_exceeded`
+    (Retry-After 1); once the stream has ended the key is free again."""
+    vk = _as_client(client, virtual_key(concurrency=1))
+    sim_config(chunk_delay_ms=20)
+    stream = vk.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
+    with stream:
+        chunks = iter(stream)
+        assert next(chunks).choices  # the request is in flight, holding its lease
+        with pytest.raises(openai.RateLimitError) as info:
+            vk.chat.completions.create(model=MODEL, messages=MESSAGES)
+        assert _assert_rate_refusal(info.value, "1 concurrent requests") == 1
+        rest = list(chunks)
+    assert rest and rest[-1].choices[0].finish_reason == "stop"
+    assert vk.chat.completions.create(model=MODEL, messages=MESSAGES).choices
+
+
+def test_limit_headers_on_success(client: openai.OpenAI, virtual_key) -> None:
+    """A virtual key with limits gets OpenAI's `x-ratelimit-*` headers (the tightest of its
+    own and its tenant's limits) and the budget left, on plain and streamed answers; the
+    gateway key, which has no limits, gets none."""
+    vk = _as_client(
+        client, virtual_key(rpm=3, tenant={"rpm": 5, "tpm": 100000, "budget_day_usd": "1"})
+    )
+    seen = []
+    for stream in (False, False, True):
+        raw = vk.chat.completions.with_raw_response.create(
+            model=MODEL, messages=MESSAGES, max_tokens=20, stream=stream
+        )
+        if stream:
+            assert [c for c in raw.parse() if c.choices]
+        else:
+            assert raw.parse().choices[0].message.content
+        h = raw.headers
+        assert h.get("x-ratelimit-limit-requests") == "3", "the key's rpm is tighter than the tenant's"
+        assert h.get("x-ratelimit-limit-tokens") == "100000"
+        for rate in ("requests", "tokens"):
+            assert 0 < _reset_seconds(h.get(f"x-ratelimit-reset-{rate}")) <= 60
+        seen.append(
+            (
+                int(h["x-ratelimit-remaining-requests"]),
+                int(h["x-ratelimit-remaining-tokens"]),
+                _usd(h, "x-bourse-budget-remaining-usd"),
+            )
+        )
+    assert [r for r, _, _ in seen] == [2, 1, 0]
+    tokens = [t for _, t, _ in seen]
+    assert 100000 > tokens[0] > tokens[1] > tokens[2], tokens
+    budgets = [b for _, _, b in seen]
+    assert Decimal(1) > budgets[0] > budgets[1] > budgets[2] > Decimal("0.99"), budgets
+
+    plain = client.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES)
+    assert not [k for k in plain.headers if k.startswith("x-ratelimit-") or k.startswith("x-bourse-budget")]
+
+
+def test_limit_change_served_at_once(client: openai.OpenAI, admin) -> None:
+    """The admin API's changes apply to the very next request: a budget set on the tenant
+    refuses it, clearing it (null) lets requests through again."""
+    tenant = admin.create_tenant()
+    vk = _as_client(client, admin.create_key(tenant))
+    assert vk.chat.completions.create(model=MODEL, messages=MESSAGES).choices
+    admin.patch_tenant(tenant, budget_day_usd=TINY_BUDGET)
+    with pytest.raises(openai.RateLimitError) as info:
+        vk.chat.completions.create(model=MODEL, messages=MESSAGES)
+    _assert_budget_refusal(info.value)
+    admin.patch_tenant(tenant, budget_day_usd=None)
+    raw = vk.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES)
+    assert raw.parse().choices
+    assert "x-bourse-budget-remaining-usd" not in raw.headers
+
+
+@pytest.mark.parametrize("refusal", ["budget", "rpm"])
+def test_refused_stream_raises_before_any_chunk(client: openai.OpenAI, sim, virtual_key, refusal: str) -> None:
+    """A refused streaming request is a JSON 429, not a stream: `create(stream=True)` and
+    the `stream()` helper raise `openai.RateLimitError` before yielding anything."""
+    if refusal == "budget":
+        vk = _as_client(client, virtual_key(budget_day_usd=TINY_BUDGET))
+    else:
+        vk = _as_client(client, virtual_key(rpm=1))
+        assert vk.chat.completions.create(model=MODEL, messages=MESSAGES).choices
+    before = sim.stats()["requests"]
+    got: list[Any] = []
+    with pytest.raises(openai.RateLimitError) as info:
+        got.extend(vk.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True))
+    assert got == []
+    assert info.value.response.headers.get("content-type", "").startswith("application/json")
+    if refusal == "budget":
+        _assert_budget_refusal(info.value)
+    else:
+        _assert_rate_refusal(info.value, "1 requests per minute")
+    with pytest.raises(openai.RateLimitError) as info:
+        with vk.chat.completions.stream(model=MODEL, messages=MESSAGES) as stream:
+            got.extend(stream)
+    assert got == []
+    assert info.value.code == ("budget_exceeded" if refusal == "budget" else "rate_limit_exceeded")
+    assert sim.stats()["requests"] == before
+
+
+def test_budget_refusal_not_retried_by_default(client: openai.OpenAI, virtual_key) -> None:
+    """With the SDK's default retries, a budget refusal is raised at once: one request sent
+    (the SDK obeys `x-should-retry: false` over the 429 it would otherwise retry)."""
+    log = RequestLog()
+    vk = _as_client(
+        client,
+        virtual_key(budget_day_usd=TINY_BUDGET),
+        max_retries=openai.DEFAULT_MAX_RETRIES,
+        http_client=openai.DefaultHttpxClient(trust_env=False, event_hooks=log.hooks),
+    )
+    assert vk.max_retries >= 2
+    started = time.monotonic()
+    with pytest.raises(openai.RateLimitError) as info:
+        vk.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES)
+    elapsed = time.monotonic() - started
+    assert info.value.response.headers.get("x-should-retry") == "false"
+    assert info.value.code == "budget_exceeded"
+    assert log.sent == ["POST /v1/chat/completions"], log.sent
+    assert elapsed < 2.0, elapsed
