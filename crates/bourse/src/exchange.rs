@@ -138,6 +138,8 @@ pub async fn chat(
     let tokens = prompt_tokens + req.max_output_tokens.unwrap_or(limits::DEFAULT_TOKENS_RESERVED);
     let allowed_models = caller.key.as_ref().map(|k| &k.key.models).filter(|m| !m.is_empty());
     let mut refused: Option<crate::limit::Refusal> = None;
+    // Candidates the key's `models` rule left out.
+    let mut not_allowed = 0usize;
     let mut headroom: Option<i64> = None;
     let routed = plan.is_some();
     let beta = headers.get(&ANTHROPIC_BETA);
@@ -163,7 +165,9 @@ pub async fn chat(
             continue;
         }
         if let (Chosen::Routed(i), Some(globs)) = (chosen, allowed_models) {
-            if !globs.iter().any(|g| crate::tenancy::glob_match(g, &router.entries[i].key)) {
+            let e = &router.entries[i];
+            if !crate::admin::model_allowed(globs, &e.provider.id, &e.model.model) {
+                not_allowed += 1;
                 continue;
             }
         }
@@ -210,7 +214,7 @@ pub async fn chat(
                         refused = Some(r);
                         continue;
                     }
-                    _ => return limits::refusal_response(&r, client),
+                    _ => return limits::refusal_response(&r, client, tokens),
                 },
             },
         };
@@ -253,7 +257,17 @@ pub async fn chat(
         }
     }
     if let (Some(r), None) = (&refused, &last_err) {
-        return limits::refusal_response(r, client);
+        return limits::refusal_response(r, client, tokens);
+    }
+    if let (Some(k), None, 0) = (&caller.key, &last_err, attempt_no) {
+        if not_allowed > 0 {
+            let msg = format!(
+                "key '{}' may use none of the {not_allowed} feasible models of this route (it may use: {})",
+                k.key.id,
+                k.key.models.join(", ")
+            );
+            return Error::new(ErrorKind::Forbidden, msg).render(client);
+        }
     }
     match last_err {
         // Every candidate tried was overloaded: say so (Anthropic clients get 529), not
@@ -299,9 +313,7 @@ fn key_rules(state: &SharedState, k: &crate::admin::Resolved, req: &ChatRequest,
     }
     let target = state.providers.resolve(&req.model)?;
     let full = format!("{}/{}", target.provider.id, target.upstream_model);
-    if !key.models.is_empty()
-        && !key.models.iter().any(|g| crate::tenancy::glob_match(g, &req.model) || crate::tenancy::glob_match(g, &full))
-    {
+    if !crate::admin::model_allowed(&key.models, &target.provider.id, &target.upstream_model) {
         return forbidden(format!(
             "key '{}' may not use model '{}' (it may use: {})",
             key.id,
@@ -564,7 +576,7 @@ pub async fn embeddings(state: &SharedState, caller: Caller, mut req: Embeddings
                 held = Some(h);
             }
             Err(Denied::Error(e)) => return limits::unavailable(e, Dialect::OpenAi),
-            Err(Denied::Refused(r)) => return limits::refusal_response(&r, Dialect::OpenAi),
+            Err(Denied::Refused(r)) => return limits::refusal_response(&r, Dialect::OpenAi, tokens),
         }
     }
     let upstream_body = wire::upstream_embeddings_body(&mut req, &target.upstream_model);

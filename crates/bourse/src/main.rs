@@ -118,7 +118,8 @@ enum Command {
     },
 }
 
-/// Limits shared by tenants and keys; `none` removes one (for `set`).
+// Limits shared by tenants and keys; `none` removes one (for `set`). A plain comment: a doc
+// comment here would become the help text of every subcommand that flattens these.
 #[derive(Args, Clone, Default)]
 struct LimitArgs {
     /// Daily budget in USD, e.g. 5 or 0.45.
@@ -171,15 +172,18 @@ struct TenantArgs {
 
 #[derive(Subcommand)]
 enum TenantsAction {
+    /// Create a tenant with its limits, policy and downgrade.
     Create {
         name: String,
         #[command(flatten)]
         args: TenantArgs,
     },
+    /// List tenants and their limits.
     List {
         #[arg(long, value_enum, default_value_t = QuoteFmt::Table)]
         format: QuoteFmt,
     },
+    /// Change a tenant's limits, policy or downgrade (`none` removes a setting).
     Set {
         name: String,
         #[command(flatten)]
@@ -193,6 +197,7 @@ enum TenantsAction {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum KeysAction {
+    /// Create a key; its secret is printed once, alone on the last line.
     Create {
         #[arg(long)]
         tenant: String,
@@ -217,15 +222,15 @@ enum KeysAction {
         #[arg(long, value_enum, default_value_t = QuoteFmt::Table)]
         format: QuoteFmt,
     },
+    /// List keys (never their secrets).
     List {
         #[arg(long)]
         tenant: Option<String>,
         #[arg(long, value_enum, default_value_t = QuoteFmt::Table)]
         format: QuoteFmt,
     },
-    Revoke {
-        id: String,
-    },
+    /// Revoke a key: every replica refuses it within a second.
+    Revoke { id: String },
     /// A new secret for the same key; the old one stops working.
     Rotate {
         id: String,

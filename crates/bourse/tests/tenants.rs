@@ -261,7 +261,7 @@ async fn a_restart_without_redis_keeps_the_days_spend() {
 async fn a_tenant_near_its_budget_is_routed_to_a_cheaper_model_under_the_lower_floor() {
     let sim = sim().await;
     let extra = format!(
-        "[routes.smart]\nmin_quality = \"strong\"\n\
+        "[routes.smart]\nmin_quality = \"strong\"\n[routes.cheap]\nmin_quality = 0\n\
          [providers.lo]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\napi_key = \"env:SIM_KEY\"\nmodels = [\"sim-small\"]\n\
          [models.\"lo/sim-small\"]\ninput = 1.0\noutput = 2.0\nquality = 1310.0\n\
          [models.\"alpha/sim-small\"]\ninput = 100.0\noutput = 200.0\nquality = 1400.0\n",
@@ -299,6 +299,22 @@ async fn a_tenant_near_its_budget_is_routed_to_a_cheaper_model_under_the_lower_f
         "{}",
         reasons[3]
     );
+    // A key whose `models` leave out alpha is routed among the rest only: `auto` (no floor
+    // here... the default floor) picks lo, and `smart`, which only alpha meets, is refused.
+    let (_, lo_only) =
+        tenant_and_key(&gw.url, json!({"name": "other"}), json!({"tenant": "other", "models": ["lo/*"]})).await;
+    let r = chat(
+        &gw.url,
+        &lo_only,
+        &json!({"model": "cheap", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-bourse-provider"], "lo");
+    let r = chat(&gw.url, &lo_only, &routed).await;
+    assert_eq!(r.status(), 403);
+    let body = json_of(r).await;
+    assert!(body["error"]["message"].as_str().unwrap().contains("may use none of the 1 feasible models"), "{body}");
 }
 
 #[tokio::test]
@@ -712,6 +728,13 @@ async fn tokens_per_minute_and_concurrency_hold_and_usage_shows_only_the_keys_ow
     // Each request reserves its estimated prompt plus max_tokens (50) and uses 51 tokens:
     // a 500-token minute admits 9 (9 × ~55 reserved fits, a tenth does not).
     let (id, secret) = tenant_and_key(&gw.url, json!({"name": "tok"}), json!({"tenant": "tok", "tpm": 500})).await;
+    // A request whose own reservation is over the limit can never fit: not worth a retry.
+    let r = chat(&gw.url, &secret, &ask(1000)).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["x-should-retry"], "false");
+    assert!(r.headers().get("retry-after").is_none());
+    let body = json_of(r).await;
+    assert!(body["error"]["message"].as_str().unwrap().starts_with("request too large"), "{body}");
     let mut served = 0u64;
     for _ in 0..20 {
         match chat(&gw.url, &secret, &ask(50)).await.status().as_u16() {

@@ -15,7 +15,7 @@
 use crate::canonical::Dialect;
 use crate::error::{Error, ErrorKind};
 use crate::limit::{Ask, Counters, Hold, Lease, LimitError, Nanos, RateLeft, Refusal, Remaining};
-use crate::limit::{Scope, ScopeKind, Spent, Window};
+use crate::limit::{Rate, Scope, ScopeKind, Spent, Window};
 use crate::meter::Cost;
 use crate::state::{Caller, SharedState};
 use axum::http::{HeaderName, HeaderValue};
@@ -259,8 +259,9 @@ fn spawn(f: impl std::future::Future<Output = ()> + Send + 'static) {
 
 /// A refusal as the client's 429: `budget_exceeded` (with `x-should-retry: false`, so the
 /// SDKs do not retry what cannot succeed before the reset) or `rate_limit_exceeded` with
-/// `Retry-After` in whole seconds.
-pub(super) fn refusal_response(r: &Refusal, client: Dialect) -> Response {
+/// `Retry-After` in whole seconds — or, when the request's own token reservation (`asked`)
+/// is larger than a tokens-per-minute limit, with `x-should-retry: false`: it can never fit.
+pub(super) fn refusal_response(r: &Refusal, client: Dialect, asked: u64) -> Response {
     let now = crate::timespec::now_ms();
     match r {
         Refusal::Budget { scope, id, window, limit, used, resets_at_ms } => {
@@ -286,9 +287,19 @@ pub(super) fn refusal_response(r: &Refusal, client: Dialect) -> Response {
             resp.headers_mut().insert(X_SHOULD_RETRY.clone(), HeaderValue::from_static("false"));
             resp
         }
+        Refusal::Rate { scope, id, rate: Rate::Tokens, limit, .. } if asked > *limit => {
+            let msg = format!(
+                "request too large: it reserves {asked} tokens (its estimated prompt plus max_tokens, 1024 when \
+                 unset) and the tokens-per-minute limit of {} '{id}' is {limit}; lower max_tokens",
+                scope.as_str(),
+            );
+            let mut resp = Error::new(ErrorKind::RateLimited, msg).render(client);
+            resp.headers_mut().insert(X_SHOULD_RETRY.clone(), HeaderValue::from_static("false"));
+            resp
+        }
         Refusal::Rate { scope, id, rate, limit, retry_after_ms } => {
             let msg = format!(
-                "rate limit reached: {} '{id}' allows {limit} {}; retry after {} ms",
+                "rate limit reached: {} '{id}' has a limit of {limit} {}; retry after {} ms",
                 scope.as_str(),
                 rate.as_str(),
                 retry_after_ms
