@@ -4,7 +4,8 @@
 usage: report.py META_JSON RESULTS_JSONL
 
 Every path in the results gets a column; every path whose name starts with "bourse"
-is compared with bareproxy and checked against the targets.
+is compared with bareproxy and checked against the targets; the limited paths
+(bourse-limits, bourse-redis) are also compared with the unlimited bourse.
 """
 import json
 import os
@@ -17,6 +18,12 @@ MAX_CPU_RATIO = 2.0  # CPU per request, over bareproxy's (at 64 connections)
 MAX_RSS_MB = 50.0  # peak RSS (VmHWM), MiB
 MAX_ADDED_TTFB_MS = 0.2  # streaming median time to first byte, over bareproxy's
 FLOOR = "bareproxy"
+# Limited paths (every request under a virtual key with a budget and rate limits) vs the
+# same run's unlimited `bourse`, req/s at 64 connections: name -> (where the counters live, target).
+LIMITED = {
+    "bourse-limits": ("in process", 0.90),
+    "bourse-redis": ("in Redis", 0.75),
+}
 
 
 def wrk_metrics(r, tck):
@@ -24,7 +31,9 @@ def wrk_metrics(r, tck):
     w = r["wrk"]
     cpu_s = r["cpu_ticks"] / tck
     sim_s = r["sim_cpu_ticks"] / tck
-    ours = cpu_s + (sim_s if r["path"] != "direct" else 0) + r["wrk_cpu_s"]
+    # A process serving this path only (bourse-redis's redis-server).
+    helper_s = r.get("helper_cpu_ticks", 0) / tck
+    ours = cpu_s + helper_s + (sim_s if r["path"] != "direct" else 0) + r["wrk_cpu_s"]
     return {
         "rps": w["requests"] / (w["duration_us"] / 1e6),
         "p50": w["p50_us"] / 1000,
@@ -34,8 +43,10 @@ def wrk_metrics(r, tck):
         "cpu_ms_per_req": cpu_s * 1000 / w["requests"] if w["requests"] else float("nan"),
         "cores": cpu_s / r["wall_s"],
         "sim_cores": sim_s / r["wall_s"],
+        "helper_cores": helper_s / r["wall_s"],
+        "helper_ms_per_req": helper_s * 1000 / w["requests"] if w["requests"] else float("nan"),
         "wrk_cores": r["wrk_cpu_s"] / r["wall_s"],
-        # Machine-wide busy CPU minus the server under test, the sim and wrk: builds,
+        # Machine-wide busy CPU minus the server under test (and its redis-server), the sim and wrk: builds,
         # tests, anything else sharing the machine during this cell.
         "other_cores": max(0.0, r["machine_busy_ticks"] / tck - ours) / r["wall_s"],
     }
@@ -86,6 +97,16 @@ def main():
     for name, text in meta["bourse_configs"].items():
         lines = [l.strip() for l in text.splitlines() if l.strip()]
         w(f"- `{name}` config: `{' '.join(lines)}`")
+    limited = [p for p in paths if p in LIMITED]
+    if limited:
+        w(f"- {', '.join(f'`{p}`' for p in limited)}: before the run the script creates, through the admin API, "
+          f"the tenant `{meta.get('limits_tenant', '?')}` and the virtual key `{meta.get('limits_key', '?')}`; "
+          "every request of these paths carries that key (`Authorization: Bearer`), so it is authenticated, "
+          "reserved against the key's and the tenant's counters before the upstream call and settled after it"
+          + (f"; `bourse-redis`'s counters are in a redis-server {meta.get('redis_version') or ''} of its own on "
+             "127.0.0.1 (no persistence), whose CPU counts as that path's (not as \"other CPU\")"
+             if "bourse-redis" in limited else "")
+          + ". The other paths send no key (their gateways have none).")
     w(f"- Setup: everything on 127.0.0.1; upstream-sim with 1 worker thread (12 output tokens, no delays); "
       f"wrk {meta['wrk_version']}, 1 thread at 1 connection and 2 otherwise, "
       f"{meta['warmup_seconds']} s warm-up then {meta['seconds']} s measured per cell, "
@@ -154,6 +175,13 @@ def main():
             m = wrk.get((p, c))
             cells.append(f"{m['cpu_ms_per_req']:.4f} | {m['cores']:.2f}" if m else "— | —")
         w(f"| {p} | " + " | ".join(cells) + f" | {rss.get(p, float('nan')):.1f} |")
+        if any(m.get("helper_cores") for (q, _), m in wrk.items() if q == p):
+            cells = []
+            for c in conns:
+                m = wrk.get((p, c))
+                cells.append(f"{m['helper_ms_per_req']:.4f} | {m['helper_cores']:.2f}" if m else "— | —")
+            w(f"| {p}: its redis-server | " + " | ".join(cells)
+              + f" | {rss.get('redis-server', float('nan')):.1f} |")
 
     # ---------------------------------------------------------------- ttfb
     w("")
@@ -238,6 +266,41 @@ def main():
             w(f"| routed (`model: auto`, `bourse-auto`) vs explicit model (`bourse`) | "
               f"{auto['rps']:,.0f} vs {base['rps']:,.0f} | {100 * frac:.1f}% | no measurable loss (≥ 95%) | "
               f"{verdict(frac >= 0.95)} |")
+
+    # ------------------------------------------------- budgets and rate limits
+    if base and any((p, 64) in wrk for p in LIMITED):
+        w("")
+        w("## Budget and rate-limit cost (vs `bourse`, no key)")
+        w("")
+        w("Each limited path's req/s over the unlimited `bourse`'s, the median of the per-round ratios; "
+          "the target applies at 64 connections.")
+        w("")
+        w("| path | counters | "
+          + " | ".join(f"at {c} conn{'s' if c != 1 else ''}" for c in conns if c != 64)
+          + (" | " if any(c != 64 for c in conns) else "")
+          + "req/s at 64 conns | ratio at 64 | target | |")
+        w("|---|---|" + "---:|" * sum(1 for c in conns if c != 64) + "---|---:|---|---|")
+        for p, (where, target) in LIMITED.items():
+            m = wrk.get((p, 64))
+            if not m:
+                continue
+            small = []
+            for c in conns:
+                if c == 64:
+                    continue
+                f = paired(p, "bourse", c)
+                small.append(f"{100 * f:.1f}%" if f is not None else "—")
+            frac = paired(p, "bourse", 64)
+            w(f"| {p} | {where} | " + "".join(f"{x} | " for x in small)
+              + f"{m['rps']:,.0f} vs {base['rps']:,.0f} | {100 * frac:.1f}% | ≥ {100 * target:.0f}% | "
+              f"{verdict(frac >= target)} |")
+        for p in LIMITED:
+            rs = rounds.get((p, 64))
+            bs = rounds.get(("bourse", 64))
+            if rs and bs:
+                w("")
+                w(f"{p}/bourse per round at 64 connections: "
+                  + ", ".join(f"{100 * x['rps'] / y['rps']:.1f}%" for x, y in zip(rs, bs) if y["rps"]) + ".")
 
     # ------------------------------------------------------------- planner (criterion)
     cdir = meta.get("criterion_dir") or ""

@@ -23,10 +23,19 @@
 #                            load seen is reported either way (this machine may be shared)
 #   BENCH_RETRIES=2          re-measure a cell up to this many times if other processes took more
 #                            than BENCH_MAX_OTHER_CORES (default 0.4) during it
+#   BENCH_LIMITS=1           0 skips the limited paths: `bourse-limits` (budget and rate-limit
+#                            counters in process) and `bourse-redis` (the same counters in a
+#                            redis-server of its own, /usr/bin/redis-server), each serving every
+#                            request under a virtual key created through the admin API
+#   BENCH_LIMITS_TENANT='{"name":"bench","budget_day_usd":"1000000"}'   the tenant created
+#   BENCH_LIMITS_KEY='{"tenant":"bench","rpm":100000000,"budget_day_usd":"1000000","tpm":100000000000}'
+#                            the virtual key created (limits high enough never to refuse)
 #
 # To compare gateway variants in one run, start another bourse with `start_bourse NAME "TOML"`
 # in the "start the paths" section below (NAME must start with "bourse"); every path started
 # is measured, and report.py compares each bourse* path with bareproxy and checks its targets.
+# A path whose requests need a gateway key has it in AUTH[NAME]; a process whose CPU belongs
+# to a path (bourse-redis's redis-server) has its PID in HELPER[NAME].
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -48,6 +57,11 @@ BENCH_QUIET_WAIT="${BENCH_QUIET_WAIT:-60}"
 BENCH_QUIET_CORES="${BENCH_QUIET_CORES:-0.25}"
 BENCH_MAX_OTHER_CORES="${BENCH_MAX_OTHER_CORES:-0.4}"
 BENCH_RETRIES="${BENCH_RETRIES:-2}"
+BENCH_LIMITS="${BENCH_LIMITS:-1}"
+[ -n "${BENCH_LIMITS_TENANT:-}" ] || BENCH_LIMITS_TENANT='{"name":"bench","budget_day_usd":"1000000"}'
+[ -n "${BENCH_LIMITS_KEY:-}" ] ||
+  BENCH_LIMITS_KEY='{"tenant":"bench","rpm":100000000,"budget_day_usd":"1000000","tpm":100000000000}'
+REDIS_SERVER=/usr/bin/redis-server
 CLK_TCK=$(getconf CLK_TCK)
 BAREPROXY_DIR="$ROOT/../shared/bench/bareproxy"
 TARGET_DIR="$ROOT/target"
@@ -118,7 +132,7 @@ done
 
 # Every path: base URL, model name as that path expects it, and the PID whose CPU/RSS we measure.
 declare -a PATHS=()
-declare -A URL=() MODEL=() PID=()
+declare -A URL=() MODEL=() PID=() AUTH=() HELPER=()
 declare -a BOURSE_CONFIGS=()
 
 start_bourse() { # start_bourse NAME EXTRA_TOML
@@ -130,6 +144,27 @@ start_bourse() { # start_bourse NAME EXTRA_TOML
   wait_ready "$name" "$SPAWNED_PID" "$port" "bourse listening on"
   PATHS+=("$name"); URL[$name]="http://127.0.0.1:$port"; MODEL[$name]="sim/sim-small"; PID[$name]=$SPAWNED_PID
 }
+
+# create_key NAME: a tenant and a virtual key (BENCH_LIMITS_TENANT, BENCH_LIMITS_KEY) on the
+# gateway NAME through its admin API; its secret goes into AUTH[NAME].
+admin_post() { # admin_post NAME PATH JSON -> prints the body; dies unless 201
+  local out
+  out=$(curl -sS --max-time 10 -H "authorization: Bearer $BOURSE_ADMIN_KEY" -H 'content-type: application/json' \
+    -d "$3" -w '\n%{http_code}' "${URL[$1]}$2") || die "$1: POST $2 failed"
+  [ "${out##*$'\n'}" = 201 ] || die "$1: POST $2 $3 answered: $out"
+  printf '%s' "${out%$'\n'*}"
+}
+create_key() {
+  local p=$1 out
+  admin_post "$p" /admin/v1/tenants "$BENCH_LIMITS_TENANT" >/dev/null
+  out=$(admin_post "$p" /admin/v1/keys "$BENCH_LIMITS_KEY")
+  AUTH[$p]=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])' <<<"$out") ||
+    die "$p: no key in $out"
+}
+
+# Bearer header arguments for curl when the path needs a key.
+auth_args() { [ -z "${AUTH[$1]:-}" ] || printf '%s\n' -H "authorization: Bearer ${AUTH[$1]}"; }
+helper_ticks() { if [ -n "${HELPER[$1]:-}" ]; then cpu_ticks "${HELPER[$1]}"; else echo 0; fi; }
 
 # wait_quiet WHAT: sets BG to the background load finally seen (waits up to BENCH_QUIET_WAIT s).
 wait_quiet() {
@@ -163,11 +198,12 @@ vm_hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
 # One request of each kind through a path before loading it: a path that answers 404 fast
 # would otherwise post a splendid req/s.
 preflight() {
-  local p=$1 out
-  out=$(curl -sS --max-time 5 -H 'content-type: application/json' -d "$(chat_body "${MODEL[$p]}" false)" \
+  local p=$1 out auth
+  mapfile -t auth < <(auth_args "$p")
+  out=$(curl -sS --max-time 5 "${auth[@]}" -H 'content-type: application/json' -d "$(chat_body "${MODEL[$p]}" false)" \
     -w '\n%{http_code}' "${URL[$p]}/v1/chat/completions") || die "$p: request failed"
   [ "${out##*$'\n'}" = 200 ] && grep -q '"choices"' <<<"$out" || die "$p: bad non-streaming response: $out"
-  out=$(curl -sS -N --max-time 5 -H 'content-type: application/json' -d "$(chat_body "${MODEL[$p]}" true)" \
+  out=$(curl -sS -N --max-time 5 "${auth[@]}" -H 'content-type: application/json' -d "$(chat_body "${MODEL[$p]}" true)" \
     "${URL[$p]}/v1/chat/completions") || die "$p: streaming request failed"
   grep -q '^data: \[DONE\]' <<<"$out" || die "$p: bad streaming response: ${out:0:500}"
 }
@@ -179,6 +215,7 @@ wrk.method = "POST"
 wrk.path = "/v1/chat/completions"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '$(chat_body "${MODEL[$1]}" false)'
+$([ -z "${AUTH[$1]:-}" ] || printf 'wrk.headers["Authorization"] = "Bearer %s"' "${AUTH[$1]}")
 
 function done(summary, latency, requests)
   local e = summary.errors
@@ -199,25 +236,25 @@ RAW="$WORK/results.jsonl"
 # A cell during which other processes took more than BENCH_MAX_OTHER_CORES is measured again
 # (up to BENCH_RETRIES times); the last attempt is kept either way.
 run_wrk() {
-  local p=$1 c=$2 threads=2 lua out res t0 t1 s0 s1 m0 m1 w0 w1 wrk_s wall other attempt=0
+  local p=$1 c=$2 threads=2 lua out res t0 t1 s0 s1 h0 h1 m0 m1 w0 w1 wrk_s wall other attempt=0
   [ "$c" -ge 2 ] || threads=1
   lua=$(write_lua "$p")
   while :; do
     timeout $((BENCH_WARMUP_SECONDS + 30)) wrk -t"$threads" -c"$c" -d"${BENCH_WARMUP_SECONDS}s" --timeout 5s \
       -s "$lua" "${URL[$p]}" >/dev/null
     wait_quiet "$p at $c connections"
-    t0=$(cpu_ticks "${PID[$p]}"); s0=$(cpu_ticks "$SIM_PID"); m0=$(machine_ticks); w0=$(date +%s.%N)
+    t0=$(cpu_ticks "${PID[$p]}"); s0=$(cpu_ticks "$SIM_PID"); h0=$(helper_ticks "$p"); m0=$(machine_ticks); w0=$(date +%s.%N)
     # `times` after wrk: the CPU time of this subshell's children, i.e. of wrk.
     out=$(timeout $((BENCH_SECONDS + 30)) wrk -t"$threads" -c"$c" -d"${BENCH_SECONDS}s" --timeout 5s --latency \
       -s "$lua" "${URL[$p]}"; times)
-    w1=$(date +%s.%N); m1=$(machine_ticks); t1=$(cpu_ticks "${PID[$p]}"); s1=$(cpu_ticks "$SIM_PID")
+    w1=$(date +%s.%N); m1=$(machine_ticks); t1=$(cpu_ticks "${PID[$p]}"); s1=$(cpu_ticks "$SIM_PID"); h1=$(helper_ticks "$p")
     printf '%s\n' "$out" >"$WORK/wrk-$p-$c.txt"
     res=$(sed -n 's/^BENCH_RESULT //p' <<<"$out")
     [ -n "$res" ] || { printf '%s\n' "$out" >&2; die "wrk printed no result for $p at $c connections"; }
     wrk_s=$(tail -n1 <<<"$out" | awk '{ n = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); n += a[1] * 60 + a[2] } print n }')
     wall=$(awk -v a="$w0" -v b="$w1" 'BEGIN { print b - a }')
     # Same formula as report.py's other_cores.
-    other=$(awk -v busy=$((${m1% *} - ${m0% *})) -v proc=$((t1 - t0)) -v sim=$((s1 - s0)) -v direct="$([ "$p" = direct ] && echo 1 || echo 0)" \
+    other=$(awk -v busy=$((${m1% *} - ${m0% *})) -v proc=$((t1 - t0 + h1 - h0)) -v sim=$((s1 - s0)) -v direct="$([ "$p" = direct ] && echo 1 || echo 0)" \
       -v w="$wrk_s" -v tck="$CLK_TCK" -v wall="$wall" \
       'BEGIN { o = busy / tck - proc / tck - (direct ? 0 : sim / tck) - w; printf "%.2f", (o > 0 ? o : 0) / wall }')
     attempt=$((attempt + 1))
@@ -227,8 +264,8 @@ run_wrk() {
     fi
     break
   done
-  printf '{"kind":"wrk","path":"%s","conns":%d,"threads":%d,"wrk":%s,"cpu_ticks":%d,"sim_cpu_ticks":%d,"wrk_cpu_s":%s,"machine_busy_ticks":%d,"wall_s":%s,"bg_cores":%s,"attempts":%d}\n' \
-    "$p" "$c" "$threads" "$res" $((t1 - t0)) $((s1 - s0)) "$wrk_s" $((${m1% *} - ${m0% *})) "$wall" "$BG" "$attempt" >>"$RAW"
+  printf '{"kind":"wrk","path":"%s","conns":%d,"threads":%d,"wrk":%s,"cpu_ticks":%d,"sim_cpu_ticks":%d,"helper_cpu_ticks":%d,"wrk_cpu_s":%s,"machine_busy_ticks":%d,"wall_s":%s,"bg_cores":%s,"attempts":%d}\n' \
+    "$p" "$c" "$threads" "$res" $((t1 - t0)) $((s1 - s0)) $((h1 - h0)) "$wrk_s" $((${m1% *} - ${m0% *})) "$wall" "$BG" "$attempt" >>"$RAW"
   python3 - "$RAW" <<'EOF' >&2
 import json, os, sys
 sys.dont_write_bytecode = True
@@ -236,8 +273,9 @@ sys.path.insert(0, os.environ["BENCH_DIR"])
 from report import wrk_metrics
 r = json.loads(open(sys.argv[1]).read().splitlines()[-1])
 m = wrk_metrics(r, os.sysconf("SC_CLK_TCK"))
+helper = f"redis {m['helper_cores']:.2f}, " if r.get("helper_cpu_ticks") else ""
 print(f"[bench] {r['path']:>10} c={r['conns']:<3} {m['rps']:>9.0f} req/s  p50 {m['p50']:.3f} ms  p99 {m['p99']:.3f} ms  "
-      f"errors {m['errors']}  cores: process {m['cores']:.2f}, sim {m['sim_cores']:.2f}, wrk {m['wrk_cores']:.2f}, "
+      f"errors {m['errors']}  cores: process {m['cores']:.2f}, sim {m['sim_cores']:.2f}, wrk {m['wrk_cores']:.2f}, {helper}"
       f"others {m['other_cores']:.2f} (before: {r['bg_cores']})")
 EOF
 }
@@ -265,6 +303,37 @@ if [ -z "${BENCH_NO_VARIANTS:-}" ]; then
   start_bourse bourse-auto "$BENCH_EXTRA_BOURSE_CONFIG"
   MODEL[bourse-auto]="auto"
 fi
+# The same gateway with every request under a virtual key that carries a budget and rate
+# limits (issue: ≥ 90% of `bourse` with the counters in process, ≥ 75% with them in Redis).
+# The admin API that creates the key needs the ledger's store and a [server] table of ours.
+REDIS_PORT=""
+if [ "$BENCH_LIMITS" != 0 ]; then
+  case "$BENCH_EXTRA_BOURSE_CONFIG" in
+    *"[server]"* | *"[shared]"* | *"ledger = false"*)
+      log "BENCH_EXTRA_BOURSE_CONFIG has [server], [shared] or ledger = false: skipping the limited paths" ;;
+    *)
+      BOURSE_ADMIN_KEY="bench-admin-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+      export BOURSE_ADMIN_KEY
+      admin=$'[server]\nadmin_keys = ["env:BOURSE_ADMIN_KEY"]\n'
+      start_bourse bourse-limits "$admin$BENCH_EXTRA_BOURSE_CONFIG"
+      create_key bourse-limits
+      if [ ! -x "$REDIS_SERVER" ]; then
+        bash "$ROOT/scripts/redis" >&2 || log "no $REDIS_SERVER: skipping bourse-redis"
+      fi
+      if [ -x "$REDIS_SERVER" ]; then
+        REDIS_PORT=$(free_port)
+        mkdir -p "$WORK/redis"
+        spawn redis "$REDIS_SERVER" --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+          --dir "$WORK/redis" --daemonize no
+        REDIS_PID=$SPAWNED_PID
+        wait_ready redis "$REDIS_PID" "$REDIS_PORT" "Ready to accept connections"
+        start_bourse bourse-redis "$admin"$'[shared]\nredis_url = "redis://127.0.0.1:'"$REDIS_PORT"$'/"\n'"$BENCH_EXTRA_BOURSE_CONFIG"
+        create_key bourse-redis
+        HELPER[bourse-redis]=$REDIS_PID
+      fi
+      ;;
+  esac
+fi
 
 for p in "${PATHS[@]}"; do preflight "$p"; done
 log "paths: $(for p in "${PATHS[@]}"; do printf '%s=%s ' "$p" "${URL[$p]}"; done)"
@@ -282,7 +351,7 @@ done
 
 for p in "${PATHS[@]}"; do
   wait_quiet "$p streaming TTFB"
-  res=$(timeout 300 python3 "$BENCH_DIR/ttfb.py" "${URL[$p]#http://}" "${MODEL[$p]}" "$BENCH_TTFB_N")
+  res=$(TTFB_KEY="${AUTH[$p]:-}" timeout 300 python3 "$BENCH_DIR/ttfb.py" "${URL[$p]#http://}" "${MODEL[$p]}" "$BENCH_TTFB_N")
   log "$(printf '%10s' "$p") streaming TTFB $res"
   printf '{"kind":"ttfb","path":"%s","ttfb":%s,"bg_cores":%s}\n' "$p" "$res" "$BG" >>"$RAW"
 done
@@ -292,6 +361,8 @@ for p in "${PATHS[@]}"; do
   printf '{"kind":"rss","path":"%s","vm_hwm_kb":%d}\n' "$p" "$(vm_hwm_kb "${PID[$p]}")" >>"$RAW"
 done
 printf '{"kind":"rss","path":"upstream-sim","vm_hwm_kb":%d}\n' "$(vm_hwm_kb "$SIM_PID")" >>"$RAW"
+[ -z "${HELPER[bourse-redis]:-}" ] ||
+  printf '{"kind":"rss","path":"redis-server","vm_hwm_kb":%d}\n' "$(vm_hwm_kb "${HELPER[bourse-redis]}")" >>"$RAW"
 for p in "${PATHS[@]}"; do # warnings the gateways logged under load (e.g. dropped ledger rows)
   case $p in bourse*)
     n=$(grep -cE ' (WARN|ERROR) ' "$WORK/$p.log" || true)
@@ -325,7 +396,10 @@ json.dump({
     "loadavg_start": "$LOADAVG_START",
     "commit": "$commit",
     "label": $(python3 -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$BENCH_LABEL"),
-    "bourse_configs": {p[:-5]: open("$WORK/" + p).read().replace("$SIM_PORT", "SIM_PORT") for p in "${BOURSE_CONFIGS[*]}".split()},
+    "bourse_configs": {p[:-5]: open("$WORK/" + p).read().replace("$SIM_PORT", "SIM_PORT").replace("127.0.0.1:${REDIS_PORT:-NONE}/", "127.0.0.1:REDIS_PORT/") for p in "${BOURSE_CONFIGS[*]}".split()},
+    "limits_tenant": $(python3 -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$BENCH_LIMITS_TENANT"),
+    "limits_key": $(python3 -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$BENCH_LIMITS_KEY"),
+    "redis_version": "$([ -z "$REDIS_PORT" ] || "$REDIS_SERVER" --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')",
     "seconds": $BENCH_SECONDS,
     "warmup_seconds": $BENCH_WARMUP_SECONDS,
     "rounds": $BENCH_ROUNDS,

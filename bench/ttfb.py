@@ -9,15 +9,20 @@ connection stays reusable. Prints one JSON object:
 {"n": N, "median_ms": ..., "p99_ms": ..., "min_ms": ..., "mean_ms": ...}
 
 usage: ttfb.py HOST:PORT MODEL [N] [WARMUP]
+
+A gateway key in the environment variable TTFB_KEY is sent as `Authorization: Bearer`.
 """
 import json
 import math
+import os
 import socket
 import statistics
 import sys
 import time
 
 PATH = "/v1/chat/completions"
+KEY = os.environ.get("TTFB_KEY", "")
+AUTH = f"Authorization: Bearer {KEY}\r\n" if KEY else ""
 
 
 class Conn:
@@ -40,6 +45,7 @@ class Conn:
             f"Host: {self.host}:{self.port}\r\n"
             "Content-Type: application/json\r\n"
             "Accept: text/event-stream\r\n"
+            f"{AUTH}"
             f"Content-Length: {len(body)}\r\n"
             "\r\n"
         ).encode()
