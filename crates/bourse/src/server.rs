@@ -368,20 +368,21 @@ pub async fn prepare(cfg: &Config) -> Result<(AppState, Option<WriterHandle>), S
 
 /// The counters budgets and rate limits are decided on: Redis when `[shared] redis_url` is
 /// set, else this process's own, rebuilt from the ledger (the day's, the month's and all-time
-/// spend of every key and tenant), so a restart forgets no spend.
+/// spend of every key and tenant), so a restart forgets no spend. With Redis, the in-process
+/// counters that `on_shared_failure = "open"` falls back on start from the ledger too.
 pub async fn counters(cfg: &Config, ledger: Option<&Ledger>) -> Result<Counters, String> {
+    let local = LocalCounters::new();
+    if let Some(ledger) = ledger {
+        seed(&local, ledger).await.map_err(|e| format!("cannot rebuild spend counters from the ledger: {e}"))?;
+    }
     if let Some(url) = &cfg.shared.redis_url {
         let redis = RedisCounters::connect(url.expose()).await.map_err(|e| format!("shared.redis_url: {e}"))?;
         return Ok(Counters::Shared {
             redis,
-            fallback: LocalCounters::new(),
+            fallback: local,
             on_failure: cfg.shared.on_failure,
             failures: Default::default(),
         });
-    }
-    let local = LocalCounters::new();
-    if let Some(ledger) = ledger {
-        seed(&local, ledger).await.map_err(|e| format!("cannot rebuild spend counters from the ledger: {e}"))?;
     }
     Ok(Counters::Local(local))
 }
