@@ -580,6 +580,85 @@ pub fn model_allowed(patterns: &[String], provider: &str, model: &str) -> bool {
         })
 }
 
+/// One budget of a tenant or key, as `bourse report --by tenant|key` shows it: what is used
+/// in the window now, and when it runs out at the last seven days' rate of spend.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BudgetUse {
+    /// The tenant's name or the key's id.
+    pub group: String,
+    pub window: &'static str,
+    pub limit_nanos: Nanos,
+    /// Settled spend in the window (from the ledger).
+    pub used_nanos: Nanos,
+    pub left_nanos: Nanos,
+    /// Spend over the last seven days.
+    pub spent_7d_nanos: Nanos,
+    /// Unix ms when the budget runs out at that rate; None with no spend in seven days, or
+    /// when the window starts again first (`resets_at_ms`).
+    pub runs_out_ms: Option<i64>,
+    pub resets_at_ms: Option<i64>,
+}
+
+/// Every budget of every tenant (`GroupBy::Tenant`) or key (`GroupBy::Key`) with its use
+/// now and its runway. Integer arithmetic throughout: runway = left × 7 days ÷ 7-day spend.
+pub async fn budget_use(
+    ledger: &Ledger,
+    by: crate::ledger::GroupBy,
+    now_ms: i64,
+) -> Result<Vec<BudgetUse>, LedgerError> {
+    use crate::ledger::{GroupBy, ReportQuery};
+    use crate::limit::{window_end, window_start, Window};
+    const WEEK_MS: i64 = 7 * 86_400_000;
+    let scopes: Vec<(String, Limits)> = match by {
+        GroupBy::Tenant => ledger.tenants().await?.into_iter().map(|t| (t.name, t.limits)).collect(),
+        GroupBy::Key => ledger.keys(None).await?.into_iter().map(|k| (k.id, k.limits)).collect(),
+        _ => return Ok(Vec::new()),
+    };
+    let spend = |since: Option<i64>| {
+        let q = ReportQuery { since_ms: since, until_ms: None, by, key: None };
+        async move {
+            let rows = ledger.report(&q).await?;
+            Ok::<HashMap<String, i64>, LedgerError>(rows.into_iter().map(|r| (r.group, r.cost_nanos)).collect())
+        }
+    };
+    let week = spend(Some(now_ms - WEEK_MS)).await?;
+    let mut out = Vec::new();
+    for window in [Window::Day, Window::Month, Window::Total] {
+        let used = spend(window_start(window, now_ms)).await?;
+        for (group, limits) in &scopes {
+            let limit = match window {
+                Window::Day => limits.budget_day,
+                Window::Month => limits.budget_month,
+                Window::Total => limits.budget_total,
+            };
+            let Some(limit) = limit else { continue };
+            let used = used.get(group).copied().unwrap_or(0);
+            let left = (limit - used).max(0);
+            let spent_7d = week.get(group).copied().unwrap_or(0);
+            let resets_at_ms = window_end(window, now_ms);
+            let runs_out_ms = (spent_7d > 0)
+                .then(|| {
+                    now_ms
+                        + i64::try_from(i128::from(left) * i128::from(WEEK_MS) / i128::from(spent_7d))
+                            .unwrap_or(i64::MAX)
+                })
+                .filter(|t| resets_at_ms.is_none_or(|r| *t < r));
+            out.push(BudgetUse {
+                group: group.clone(),
+                window: window.as_str(),
+                limit_nanos: limit,
+                used_nanos: used,
+                left_nanos: left,
+                spent_7d_nanos: spent_7d,
+                runs_out_ms,
+                resets_at_ms,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.group.cmp(&b.group));
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -740,83 +819,4 @@ mod tests {
         assert!(model_allowed(&["openai/*".into()], "openai", "gpt-4o"));
         assert!(!model_allowed(&["gpt-*".into()], "x", "claude"));
     }
-}
-
-/// One budget of a tenant or key, as `bourse report --by tenant|key` shows it: what is used
-/// in the window now, and when it runs out at the last seven days' rate of spend.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct BudgetUse {
-    /// The tenant's name or the key's id.
-    pub group: String,
-    pub window: &'static str,
-    pub limit_nanos: Nanos,
-    /// Settled spend in the window (from the ledger).
-    pub used_nanos: Nanos,
-    pub left_nanos: Nanos,
-    /// Spend over the last seven days.
-    pub spent_7d_nanos: Nanos,
-    /// Unix ms when the budget runs out at that rate; None with no spend in seven days, or
-    /// when the window starts again first (`resets_at_ms`).
-    pub runs_out_ms: Option<i64>,
-    pub resets_at_ms: Option<i64>,
-}
-
-/// Every budget of every tenant (`GroupBy::Tenant`) or key (`GroupBy::Key`) with its use
-/// now and its runway. Integer arithmetic throughout: runway = left × 7 days ÷ 7-day spend.
-pub async fn budget_use(
-    ledger: &Ledger,
-    by: crate::ledger::GroupBy,
-    now_ms: i64,
-) -> Result<Vec<BudgetUse>, LedgerError> {
-    use crate::ledger::{GroupBy, ReportQuery};
-    use crate::limit::{window_end, window_start, Window};
-    const WEEK_MS: i64 = 7 * 86_400_000;
-    let scopes: Vec<(String, Limits)> = match by {
-        GroupBy::Tenant => ledger.tenants().await?.into_iter().map(|t| (t.name, t.limits)).collect(),
-        GroupBy::Key => ledger.keys(None).await?.into_iter().map(|k| (k.id, k.limits)).collect(),
-        _ => return Ok(Vec::new()),
-    };
-    let spend = |since: Option<i64>| {
-        let q = ReportQuery { since_ms: since, until_ms: None, by, key: None };
-        async move {
-            let rows = ledger.report(&q).await?;
-            Ok::<HashMap<String, i64>, LedgerError>(rows.into_iter().map(|r| (r.group, r.cost_nanos)).collect())
-        }
-    };
-    let week = spend(Some(now_ms - WEEK_MS)).await?;
-    let mut out = Vec::new();
-    for window in [Window::Day, Window::Month, Window::Total] {
-        let used = spend(window_start(window, now_ms)).await?;
-        for (group, limits) in &scopes {
-            let limit = match window {
-                Window::Day => limits.budget_day,
-                Window::Month => limits.budget_month,
-                Window::Total => limits.budget_total,
-            };
-            let Some(limit) = limit else { continue };
-            let used = used.get(group).copied().unwrap_or(0);
-            let left = (limit - used).max(0);
-            let spent_7d = week.get(group).copied().unwrap_or(0);
-            let resets_at_ms = window_end(window, now_ms);
-            let runs_out_ms = (spent_7d > 0)
-                .then(|| {
-                    now_ms
-                        + i64::try_from(i128::from(left) * i128::from(WEEK_MS) / i128::from(spent_7d))
-                            .unwrap_or(i64::MAX)
-                })
-                .filter(|t| resets_at_ms.is_none_or(|r| *t < r));
-            out.push(BudgetUse {
-                group: group.clone(),
-                window: window.as_str(),
-                limit_nanos: limit,
-                used_nanos: used,
-                left_nanos: left,
-                spent_7d_nanos: spent_7d,
-                runs_out_ms,
-                resets_at_ms,
-            });
-        }
-    }
-    out.sort_by(|a, b| a.group.cmp(&b.group));
-    Ok(out)
 }

@@ -131,36 +131,6 @@ pub fn render(rows: &[ReportRow], format: Format) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(g: &str, cost: i64, reference: i64) -> ReportRow {
-        ReportRow {
-            group: g.into(),
-            requests: 2,
-            attempts: 3,
-            cost_nanos: cost,
-            reference_cost_nanos: reference,
-            saved_nanos: reference - cost,
-            ..ReportRow::default()
-        }
-    }
-
-    #[test]
-    fn table_totals_and_percentages_are_exact() {
-        let rows = [row("a/x", 800_000, 8_000_000), row("b/y", 1, 3)];
-        let t = render(&rows, Format::Table);
-        assert!(t.contains("0.000800000") && t.contains("90.0%") && t.contains("66.6%"), "{t}");
-        assert!(t.lines().last().unwrap().starts_with("TOTAL"), "{t}");
-        assert!(t.contains("0.008000003"), "{t}");
-        let csv = render(&[row("a,b", 1, 2)], Format::Csv);
-        assert!(csv.lines().nth(1).unwrap().starts_with("\"a,b\",2,3"), "{csv}");
-        let j: serde_json::Value = serde_json::from_str(&render(&rows, Format::Json)).unwrap();
-        assert_eq!(j["total"]["cost_usd"], "0.000800001");
-    }
-}
-
 /// The budgets of `--by tenant|key`: use in each window and the runway at the last seven
 /// days' rate. JSON: a `budgets` array (USD as exact strings, times as RFC 3339).
 pub fn budgets(list: &[crate::admin::BudgetUse], format: Format) -> String {
@@ -233,5 +203,35 @@ pub fn budgets(list: &[crate::admin::BudgetUse], format: Format) -> String {
             }
             out
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(g: &str, cost: i64, reference: i64) -> ReportRow {
+        ReportRow {
+            group: g.into(),
+            requests: 2,
+            attempts: 3,
+            cost_nanos: cost,
+            reference_cost_nanos: reference,
+            saved_nanos: reference - cost,
+            ..ReportRow::default()
+        }
+    }
+
+    #[test]
+    fn table_totals_and_percentages_are_exact() {
+        let rows = [row("a/x", 800_000, 8_000_000), row("b/y", 1, 3)];
+        let t = render(&rows, Format::Table);
+        assert!(t.contains("0.000800000") && t.contains("90.0%") && t.contains("66.6%"), "{t}");
+        assert!(t.lines().last().unwrap().starts_with("TOTAL"), "{t}");
+        assert!(t.contains("0.008000003"), "{t}");
+        let csv = render(&[row("a,b", 1, 2)], Format::Csv);
+        assert!(csv.lines().nth(1).unwrap().starts_with("\"a,b\",2,3"), "{csv}");
+        let j: serde_json::Value = serde_json::from_str(&render(&rows, Format::Json)).unwrap();
+        assert_eq!(j["total"]["cost_usd"], "0.000800001");
     }
 }
