@@ -76,6 +76,9 @@ struct ScopeState {
     requests: VecDeque<i64>,
     /// (timestamp, hold id, tokens) of reservations in the last minute, oldest first.
     tokens: VecDeque<(i64, u64, u64)>,
+    /// The sum of `tokens`' counts, kept as entries come, settle and go: a decision reads it
+    /// instead of walking a window that holds every request of the last minute.
+    tokens_sum: u64,
     /// (lease id, expiry).
     leases: Vec<(u64, i64)>,
 }
@@ -126,14 +129,19 @@ impl ScopeState {
         while self.requests.front().is_some_and(|ts| *ts <= cutoff) {
             self.requests.pop_front();
         }
-        while self.tokens.front().is_some_and(|(ts, _, _)| *ts <= cutoff) {
+        while let Some(&(ts, _, t)) = self.tokens.front() {
+            if ts > cutoff {
+                break;
+            }
+            self.tokens_sum -= t;
             self.tokens.pop_front();
         }
         self.leases.retain(|(_, expiry)| *expiry > now_ms);
     }
 
     fn tokens_used(&self) -> u64 {
-        self.tokens.iter().map(|(_, _, t)| *t).fold(0, u64::saturating_add)
+        debug_assert_eq!(self.tokens_sum, self.tokens.iter().map(|e| e.2).sum::<u64>());
+        self.tokens_sum
     }
 
     /// Whether this scope refuses `ask` (nothing is changed).
@@ -288,6 +296,7 @@ impl LocalCounters {
             }
             if scope.limits.tpm.is_some() {
                 insert_sorted(&mut s.tokens, (now, id, ask.tokens), |e| e.0);
+                s.tokens_sum += ask.tokens;
             }
             afters.push(After {
                 day: read_windowed(&s.days, day),
@@ -330,8 +339,12 @@ impl LocalCounters {
         state.unreserve(&applied, delta);
         for scope in &applied.scopes {
             if let Some(s) = state.scopes.get_mut(scope) {
-                if let Some(entry) = s.tokens.iter_mut().find(|e| e.1 == hold.id) {
+                // The entry sits at the hold's timestamp (the window is sorted by time).
+                let from = s.tokens.partition_point(|e| e.0 < hold.at_ms);
+                let found = s.tokens.range_mut(from..).take_while(|e| e.0 == hold.at_ms).find(|e| e.1 == hold.id);
+                if let Some(entry) = found {
                     debug_assert_eq!(entry.2, hold.tokens, "a hold is settled once");
+                    s.tokens_sum = s.tokens_sum - entry.2 + spent.tokens;
                     entry.2 = spent.tokens;
                 }
             }

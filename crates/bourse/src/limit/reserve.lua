@@ -47,12 +47,10 @@ if #expired > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 end
 
+-- The tokens HASH holds each reservation's tokens under its hold id and their running total
+-- under 'sum' (hold ids are digits), so a decision reads one field rather than the minute.
 local function tokens_used(tpm_hash)
-  local sum = 0
-  for _, v in ipairs(redis.call('HVALS', tpm_hash)) do
-    sum = sum + tonumber(v)
-  end
-  return sum
+  return tonumber(redis.call('HGET', tpm_hash, 'sum') or '0')
 end
 
 -- Check every scope; nothing is counted unless all admit.
@@ -60,12 +58,17 @@ for i = 1, n do
   local k = 2 + (i - 1) * 8
   local a = 9 + (i - 1) * 6
   redis.call('ZREMRANGEBYSCORE', KEYS[k + 5], '-inf', cutoff)
-  local gone = redis.call('ZRANGEBYSCORE', KEYS[k + 6], '-inf', cutoff)
-  for _, id in ipairs(gone) do
-    redis.call('HDEL', KEYS[k + 7], id)
-  end
-  if #gone > 0 then
-    redis.call('ZREMRANGEBYSCORE', KEYS[k + 6], '-inf', cutoff)
+  -- In chunks: Lua's unpack takes a few thousand values at most.
+  while true do
+    local gone = redis.call('ZRANGEBYSCORE', KEYS[k + 6], '-inf', cutoff, 'LIMIT', 0, 1000)
+    if #gone == 0 then break end
+    local left = 0
+    for _, v in ipairs(redis.call('HMGET', KEYS[k + 7], unpack(gone))) do
+      left = left + (tonumber(v) or 0)
+    end
+    redis.call('HDEL', KEYS[k + 7], unpack(gone))
+    redis.call('HINCRBY', KEYS[k + 7], 'sum', -left)
+    redis.call('ZREM', KEYS[k + 6], unpack(gone))
   end
   redis.call('ZREMRANGEBYSCORE', KEYS[k + 8], '-inf', now)
   for w = 1, 3 do
@@ -140,6 +143,7 @@ for i = 1, n do
   if tonumber(ARGV[a + 5]) >= 0 then
     redis.call('ZADD', KEYS[k + 6], now, hold)
     redis.call('HSET', KEYS[k + 7], hold, ARGV[4])
+    redis.call('HINCRBY', KEYS[k + 7], 'sum', ARGV[4])
     redis.call('PEXPIRE', KEYS[k + 6], 120000)
     redis.call('PEXPIRE', KEYS[k + 7], 120000)
   end

@@ -32,7 +32,9 @@ for i = 1, n do
     add_clamped(KEYS[k + 4], -held)
   end
   if redis.call('ZSCORE', KEYS[k + 5], hold) then
+    local old = tonumber(redis.call('HGET', KEYS[k + 6], hold) or '0')
     redis.call('HSET', KEYS[k + 6], hold, ARGV[3])
+    redis.call('HINCRBY', KEYS[k + 6], 'sum', tonumber(ARGV[3]) - old)
   end
   if ARGV[4] ~= '' then
     redis.call('ZREM', KEYS[k + 7], ARGV[4])
