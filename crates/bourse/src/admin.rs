@@ -454,6 +454,23 @@ pub const REFRESH_EVERY: Duration = Duration::from_millis(250);
 pub struct Resolved {
     pub key: Key,
     pub tenant: Arc<Tenant>,
+    /// The limit scopes every request of this key is admitted by (key, then tenant), built
+    /// once per directory load rather than per request.
+    pub scopes: Vec<crate::limit::Scope>,
+    /// The tenant's name: the counters' hash tag.
+    pub group: Arc<str>,
+}
+
+impl Resolved {
+    pub fn new(key: Key, tenant: Arc<Tenant>) -> Resolved {
+        use crate::limit::{Scope, ScopeKind};
+        let group: Arc<str> = Arc::from(tenant.name.as_str());
+        let scopes = vec![
+            Scope { kind: ScopeKind::Key, id: Arc::from(key.id.as_str()), limits: key.limits.clone() },
+            Scope { kind: ScopeKind::Tenant, id: group.clone(), limits: tenant.limits.clone() },
+        ];
+        Resolved { key, tenant, scopes, group }
+    }
 }
 
 /// One consistent load of the store.
@@ -473,7 +490,7 @@ impl Snapshot {
             .filter(|k| k.revoked_ms.is_none())
             .filter_map(|k| {
                 let tenant = Arc::clone(by_name.get(k.tenant.as_str())?);
-                Some((k.secret_sha256.clone(), Arc::new(Resolved { key: k.clone(), tenant })))
+                Some((k.secret_sha256.clone(), Arc::new(Resolved::new(k.clone(), tenant))))
             })
             .collect();
         Snapshot { version, tenants, keys, by_hash }

@@ -12,10 +12,11 @@
 //! Config keys (`server.api_keys`) and unauthenticated gateways have no gate: no counters,
 //! no extra work on their path.
 
+use crate::admin::Resolved;
 use crate::canonical::Dialect;
 use crate::error::{Error, ErrorKind};
-use crate::limit::{Ask, Counters, Hold, Lease, LimitError, Nanos, RateLeft, Refusal, Remaining};
-use crate::limit::{Rate, Scope, ScopeKind, Spent, Window};
+use crate::limit::{Ask, Counters, Hold, Lease, LimitError, Nanos, Refusal, Remaining};
+use crate::limit::{Rate, ScopeKind, Spent, Window};
 use crate::meter::Cost;
 use crate::state::{Caller, SharedState};
 use axum::http::{HeaderName, HeaderValue};
@@ -32,8 +33,7 @@ pub(super) const DEFAULT_TOKENS_RESERVED: u64 = 1024;
 /// One request's admission by its key and tenant.
 pub(super) struct Gate {
     state: SharedState,
-    scopes: Vec<Scope>,
-    group: Arc<str>,
+    key: Arc<Resolved>,
     first: bool,
     lease: Option<Lease>,
     /// What the last admitted decision left, for the answer's headers.
@@ -49,26 +49,15 @@ pub(super) enum Denied {
 impl Gate {
     /// The gate of a virtual key's request; None for config keys and open gateways.
     pub(super) fn new(state: &SharedState, caller: &Caller) -> Option<Gate> {
-        let k = caller.key.as_ref()?;
-        let scopes = vec![
-            Scope { kind: ScopeKind::Key, id: Arc::from(k.key.id.as_str()), limits: k.key.limits.clone() },
-            Scope { kind: ScopeKind::Tenant, id: Arc::from(k.tenant.name.as_str()), limits: k.tenant.limits.clone() },
-        ];
-        Some(Gate {
-            state: state.clone(),
-            scopes,
-            group: Arc::from(k.tenant.name.as_str()),
-            first: true,
-            lease: None,
-            remaining: None,
-        })
+        let key = caller.key.clone()?;
+        Some(Gate { state: state.clone(), key, first: true, lease: None, remaining: None })
     }
 
     /// Reserve an attempt's worst-case `cost` and `tokens` on every scope, all or nothing.
     pub(super) async fn reserve(&mut self, cost: Nanos, tokens: u64) -> Result<Held, Denied> {
         let ask = Ask {
-            scopes: &self.scopes,
-            group: &self.group,
+            scopes: &self.key.scopes,
+            group: &self.key.group,
             now_ms: crate::timespec::now_ms(),
             request: self.first,
             tokens,
@@ -102,8 +91,11 @@ impl Gate {
         let k = caller.key.as_ref()?;
         let d = k.tenant.downgrade.as_ref()?;
         let l = &k.tenant.limits;
-        let usage =
-            self.state.counters.usage(ScopeKind::Tenant, &k.tenant.name, &self.group, crate::timespec::now_ms()).await;
+        let usage = self
+            .state
+            .counters
+            .usage(ScopeKind::Tenant, &k.tenant.name, &self.key.group, crate::timespec::now_ms())
+            .await;
         let usage = usage.ok()?;
         let mut least: Option<u32> = None;
         for (limit, used) in [(l.budget_day, usage.day), (l.budget_month, usage.month), (l.budget_total, usage.total)] {
@@ -128,12 +120,24 @@ impl Gate {
             }
         }
         let now = crate::timespec::now_ms();
-        for (rate, left) in [("requests", &r.requests), ("tokens", &r.tokens)] {
+        for (names, left) in [(&REQUESTS, &r.requests), (&TOKENS, &r.tokens)] {
             let Some(left) = left else { continue };
-            for (name, value) in rate_headers(client, rate, left, now) {
-                if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::from_str(&value)) {
-                    h.insert(n, v);
+            let names = match client {
+                Dialect::Anthropic => &names[1],
+                _ => &names[0],
+            };
+            let mut n = itoa::Buffer::new();
+            for (name, value) in [(&names[0], left.limit), (&names[1], left.left)] {
+                if let Ok(v) = HeaderValue::from_str(n.format(value)) {
+                    h.insert(name.clone(), v);
                 }
+            }
+            let reset = match client {
+                Dialect::Anthropic => rfc3339(left.resets_at_ms),
+                _ => openai_duration(left.resets_at_ms - now),
+            };
+            if let Ok(v) = HeaderValue::from_str(&reset) {
+                h.insert(names[2].clone(), v);
             }
         }
     }
@@ -147,23 +151,35 @@ impl Drop for Gate {
     }
 }
 
-/// OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (reset as a duration,
-/// `1m0s`), or Anthropic's `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}`
-/// (reset as an RFC 3339 time).
-fn rate_headers(client: Dialect, rate: &str, left: &RateLeft, now_ms: i64) -> [(String, String); 3] {
-    match client {
-        Dialect::Anthropic => [
-            (format!("anthropic-ratelimit-{rate}-limit"), left.limit.to_string()),
-            (format!("anthropic-ratelimit-{rate}-remaining"), left.left.to_string()),
-            (format!("anthropic-ratelimit-{rate}-reset"), rfc3339(left.resets_at_ms)),
-        ],
-        _ => [
-            (format!("x-ratelimit-limit-{rate}"), left.limit.to_string()),
-            (format!("x-ratelimit-remaining-{rate}"), left.left.to_string()),
-            (format!("x-ratelimit-reset-{rate}"), openai_duration(left.resets_at_ms - now_ms)),
-        ],
-    }
-}
+/// The limit, remaining and reset headers of one rate: OpenAI's
+/// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (reset as a duration, `1m0s`) and
+/// Anthropic's `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}` (reset as an
+/// RFC 3339 time).
+type RateHeaders = [[HeaderName; 3]; 2];
+static REQUESTS: RateHeaders = [
+    [
+        HeaderName::from_static("x-ratelimit-limit-requests"),
+        HeaderName::from_static("x-ratelimit-remaining-requests"),
+        HeaderName::from_static("x-ratelimit-reset-requests"),
+    ],
+    [
+        HeaderName::from_static("anthropic-ratelimit-requests-limit"),
+        HeaderName::from_static("anthropic-ratelimit-requests-remaining"),
+        HeaderName::from_static("anthropic-ratelimit-requests-reset"),
+    ],
+];
+static TOKENS: RateHeaders = [
+    [
+        HeaderName::from_static("x-ratelimit-limit-tokens"),
+        HeaderName::from_static("x-ratelimit-remaining-tokens"),
+        HeaderName::from_static("x-ratelimit-reset-tokens"),
+    ],
+    [
+        HeaderName::from_static("anthropic-ratelimit-tokens-limit"),
+        HeaderName::from_static("anthropic-ratelimit-tokens-remaining"),
+        HeaderName::from_static("anthropic-ratelimit-tokens-reset"),
+    ],
+];
 
 /// A duration the way OpenAI writes it in its reset headers: `20ms`, `6s`, `1m30s`.
 fn openai_duration(ms: i64) -> String {
