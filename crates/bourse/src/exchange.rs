@@ -133,7 +133,13 @@ pub async fn chat(
     let prompt_tokens = match (&gate, &plan) {
         (None, _) => 0,
         (Some(_), Some(p)) => p.prompt_tokens,
-        (Some(_), None) => crate::route::prompt_facts(&req).0,
+        // A named model: a quarter of the body's bytes, what the planner's estimate comes to
+        // for text, and no lower (the body holds the prompt and a little JSON), without
+        // scanning the body again.
+        (Some(_), None) => match req.raw_body() {
+            Some(raw) => raw.bytes.len() as u64 / 4 + 1,
+            None => crate::route::prompt_facts(&req).0,
+        },
     };
     let tokens = prompt_tokens + req.max_output_tokens.unwrap_or(limits::DEFAULT_TOKENS_RESERVED);
     let allowed_models = caller.key.as_ref().map(|k| &k.key.models).filter(|m| !m.is_empty());
@@ -309,6 +315,9 @@ fn key_rules(state: &SharedState, k: &crate::admin::Resolved, req: &ChatRequest,
                 key.routes.join(", ")
             ));
         }
+        return Ok(());
+    }
+    if key.models.is_empty() && o.narrow.is_empty() {
         return Ok(());
     }
     let target = state.providers.resolve(&req.model)?;

@@ -448,9 +448,10 @@ async fn two_replicas_share_budgets_rate_limits_and_revocations() {
         }
     }
     assert_eq!(served + refused, 201);
-    // $0.0101 each, $1.00 in all: at most 99 fit. Reservations (each a little over the
-    // answer) turn some away while others are in flight, never let one more through.
-    assert!((90..=99).contains(&served), "served {served}");
+    // $0.0101 each, $1.00 in all: at most 99 fit. Reservations (each the answer plus the
+    // prompt estimated at a quarter of the body's bytes: ~$0.0126) turn some away while others
+    // are in flight (at least 79 fit), never let one more through.
+    assert!((79..=99).contains(&served), "served {served}");
     let ledger = bourse::ledger::Ledger::open(&db.url).await.unwrap();
     let q = bourse::ledger::ReportQuery {
         since_ms: None,
