@@ -33,7 +33,7 @@ pub(super) fn json_response(status: StatusCode, body: Bytes) -> Response {
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
     // Room for every header an answer gets (provenance, money, route, request id), so
-    // adding them never regrows the map.
+    // adding them never regrows the map (a virtual key's limit headers reserve their own).
     let mut headers = HeaderMap::with_capacity(12);
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     *resp.headers_mut() = headers;

@@ -113,6 +113,8 @@ impl Gate {
     pub(super) fn headers(&self, resp: &mut Response, client: Dialect) {
         let Some(r) = &self.remaining else { return };
         let h = resp.headers_mut();
+        // Budget, and limit, remaining and reset for requests and tokens: one growth at most.
+        h.reserve(7);
         if let Some(b) = &r.budget {
             let mut buf = [0; 24];
             if let Ok(v) = HeaderValue::from_bytes(Cost(b.left).usd_ascii(&mut buf)) {
@@ -181,18 +183,25 @@ static TOKENS: RateHeaders = [
     ],
 ];
 
-/// A duration the way OpenAI writes it in its reset headers: `20ms`, `6s`, `1m30s`.
+/// A duration the way OpenAI writes it in its reset headers: `20ms`, `6s`, `1m30s` (written
+/// piece by piece: it goes on every limited answer).
 fn openai_duration(ms: i64) -> String {
     let ms = ms.max(0);
+    let mut out = String::with_capacity(8);
+    let mut n = itoa::Buffer::new();
     if ms < 1000 {
-        return format!("{ms}ms");
+        out.push_str(n.format(ms));
+        out.push_str("ms");
+        return out;
     }
     let s = (ms + 999) / 1000;
-    if s < 60 {
-        format!("{s}s")
-    } else {
-        format!("{}m{}s", s / 60, s % 60)
+    if s >= 60 {
+        out.push_str(n.format(s / 60));
+        out.push('m');
     }
+    out.push_str(n.format(s % 60));
+    out.push('s');
+    out
 }
 
 fn rfc3339(ms: i64) -> String {
