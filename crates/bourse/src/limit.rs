@@ -6,7 +6,7 @@
 //! adds the attempt's worst-case cost to each scope's day, month and total spend and its
 //! estimated tokens to each scope's tokens-per-minute window, atomically across all scopes
 //! (all or nothing); the first attempt of a request also counts one request per minute and
-//! takes a concurrency lease. After the attempt, [`Counters::settle`] replaces the reserved
+//! takes a concurrency lease (on the scopes that set a concurrency limit). After the attempt, [`Counters::settle`] replaces the reserved
 //! cost and tokens by what was metered (releasing the rest), and the last settle of a
 //! request gives its lease back. So at any moment a scope's spend counter is what has been
 //! settled plus what is still reserved, and when nothing is reserved it equals the ledger.
@@ -249,7 +249,8 @@ pub struct Usage {
     pub total: Nanos,
     /// Cost still reserved by unsettled holds (included in the three above).
     pub reserved: Nanos,
-    /// Leases held now.
+    /// Leases held now. A lease is taken only on the scopes that set a concurrency limit, so
+    /// this is 0 for a scope without one.
     pub in_flight: u64,
 }
 

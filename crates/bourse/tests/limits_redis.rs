@@ -249,9 +249,12 @@ async fn an_unsettled_hold_expires_and_releases_its_reservation() {
     let refused = c.reserve(&ask(T0 + 9_999, 3 * CENT)).await;
     assert!(matches!(refused, Err(LimitError::Refused(Refusal::Budget { used, .. })) if used == 8 * CENT));
     let u: Usage = c.usage(ScopeKind::Tenant, "t", "t", T0 + 9_999).await.unwrap();
+    // The tenant sets no concurrency limit: the lease is the key's only.
+    assert_eq!((u.day, u.reserved, u.in_flight), (8 * CENT, 8 * CENT, 0));
+    let u: Usage = c.usage(ScopeKind::Key, "k", "t", T0 + 9_999).await.unwrap();
     assert_eq!((u.day, u.reserved, u.in_flight), (8 * CENT, 8 * CENT, 1));
     // Read at the expiry, the hold and its lease no longer count, before any sweep.
-    let u = c.usage(ScopeKind::Tenant, "t", "t", T0 + 10_000).await.unwrap();
+    let u = c.usage(ScopeKind::Key, "k", "t", T0 + 10_000).await.unwrap();
     assert_eq!((u.day, u.reserved, u.in_flight), (0, 0, 0));
     // The next decision sweeps them; the concurrency slot is free again.
     let (mut h, left) = c.reserve(&ask(T0 + 10_000, 3 * CENT)).await.unwrap();

@@ -6,7 +6,8 @@
 //! - per scope, keyed by (kind, id) so a key and a tenant with the same id stay apart: spend
 //!   counters for the last few UTC days and months and in total, the cost still reserved by
 //!   its outstanding holds, the requests- and tokens-per-minute windows (sorted by time,
-//!   kept only where the scope sets that limit) and its live leases;
+//!   kept only where the scope sets that limit) and its live leases (taken only where it
+//!   sets a concurrency limit);
 //! - every outstanding hold (cost, scopes, day, month) and an index of their expiries.
 //!
 //! Invariants: a spend counter is settled spend plus the cost of outstanding holds made in
@@ -288,10 +289,10 @@ impl LocalCounters {
             add_windowed(&mut s.months, month, cost, MONTHS_KEPT);
             s.total = s.total.saturating_add(cost);
             s.reserved = s.reserved.saturating_add(cost);
-            if ask.request {
-                if scope.limits.rpm.is_some() {
-                    insert_sorted(&mut s.requests, now, |ts| *ts);
-                }
+            if ask.request && scope.limits.rpm.is_some() {
+                insert_sorted(&mut s.requests, now, |ts| *ts);
+            }
+            if ask.request && scope.limits.concurrency.is_some() {
                 s.leases.push((id, expires_ms));
             }
             if scope.limits.tpm.is_some() {
@@ -313,7 +314,18 @@ impl LocalCounters {
         state.expiries.insert((expires_ms, id));
         let left = remaining(ask.scopes.iter().zip(afters).map(|(s, a)| (s.kind, &s.limits, a)), now);
         let group: Arc<str> = Arc::from(ask.group);
-        let lease = ask.request.then(|| Lease { id, scopes: scopes.clone(), group: group.clone(), local: true });
+        // The lease is taken only where a concurrency limit is set.
+        let lease = ask.request.then(|| Lease {
+            id,
+            scopes: ask
+                .scopes
+                .iter()
+                .filter(|s| s.limits.concurrency.is_some())
+                .map(|s| (s.kind, s.id.clone()))
+                .collect(),
+            group: group.clone(),
+            local: true,
+        });
         let hold = Hold { id, scopes, group, at_ms: now, cost, tokens: ask.tokens, local: true, lease };
         Ok((hold, left))
     }
@@ -433,7 +445,8 @@ mod tests {
         assert_eq!(c.usage(ScopeKind::Key, "k", T0 + 1).reserved, 2 * USD);
         c.settle(h, Spent { cost: USD / 2, tokens: 0 }, None);
         let u = c.usage(ScopeKind::Tenant, "t", T0 + 2);
-        assert_eq!((u.day, u.month, u.total, u.reserved, u.in_flight), (USD / 2, USD / 2, USD / 2, 0, 1));
+        // No concurrency limit anywhere: no lease is held.
+        assert_eq!((u.day, u.month, u.total, u.reserved, u.in_flight), (USD / 2, USD / 2, USD / 2, 0, 0));
         // A key and a tenant sharing an id are different scopes.
         assert_eq!(c.usage(ScopeKind::Tenant, "k", T0 + 2), Usage::default());
     }
@@ -550,7 +563,9 @@ mod tests {
         ];
         let (mut a, _) = admitted(c.reserve(&ask(&scopes, T0, true, 0, 0)));
         let (mut b, _) = admitted(c.reserve(&ask(&scopes, T0, true, 0, 0)));
-        assert_eq!(c.usage(ScopeKind::Key, "k", T0).in_flight, 2);
+        assert_eq!(c.usage(ScopeKind::Tenant, "t", T0).in_flight, 2);
+        // The key sets no concurrency limit: it holds no lease.
+        assert_eq!(c.usage(ScopeKind::Key, "k", T0).in_flight, 0);
         let r = refused(c.reserve(&ask(&scopes, T0, true, 0, 0)));
         assert!(matches!(r, Refusal::Rate { rate: Rate::Concurrency, retry_after_ms: 1000, limit: 2, .. }));
         // A retry (not a request's first attempt) takes no lease.

@@ -7,20 +7,27 @@
 //! identical (the integration tests run the same sequences on both).
 //!
 //! Keys, all carrying the group (tenant id) as hash tag `{group}` so one script may touch
-//! them all on Redis Cluster too (`S` is `bourse:{group}:k:<key id>` or `...:t:<tenant id>`):
-//! - `S:d:<day>`, `S:m:<month>`, `S:total`: spend in nano-USD (settled + reserved); day
-//!   counters expire after 3 days, month counters after 40, totals never;
-//! - `S:res`: the cost of the scope's outstanding holds;
-//! - `S:rpm` (ZSET, request timestamps), `S:tpm` (ZSET, hold id by timestamp) with
-//!   `S:tpmt` (HASH, hold id to tokens): the minute windows;
-//! - `S:lease` (ZSET, lease id by expiry);
-//! - `bourse:{group}:holds` (ZSET, hold id by expiry) and `bourse:{group}:h:<hold id>`
-//!   (HASH: `c` the reserved cost, then the counter keys it was added to), which the sweep
-//!   reads to take an expired hold's cost back off exactly the counters it was added to.
-//!   The sweep touches keys not passed in KEYS, but always under the same hash tag (slot).
+//! them all on Redis Cluster too (`S` is `bourse:{group}:k:<key id>:` or `...:t:<tenant id>:`):
+//! - `S` (HASH): the scope's counters, read with one HMGET and written with one HSET per
+//!   decision: `d<day>`, `m<month>` and `t`, spend in nano-USD (settled + reserved); `r`,
+//!   the cost of the scope's outstanding holds; `tk`, the tokens in its tokens-per-minute
+//!   window; `rn`/`tn`, the newest request/tokens timestamp; `rx`/`tx`, when the TTL of the
+//!   minute windows was last renewed. Only today, the two days before, this month and the
+//!   one before are kept: the first decision of a day deletes older fields. No TTL (the
+//!   total lives there);
+//! - `Srpm` (ZSET, hold id by timestamp), only where the scope sets requests per minute;
+//! - `Stpm` (ZSET, `<hold id>:<tokens>` by timestamp), only where it sets tokens per minute:
+//!   the tokens are in the member, so what leaves the window is taken off `tk` without
+//!   another read;
+//! - `Slease` (ZSET, lease id by expiry), only where it sets a concurrency limit;
+//! - `bourse:{group}:holds` (ZSET by expiry) of the outstanding holds, each member the hold's
+//!   record `<id> <cost> <day> <month>` then ` <length>:<scope key suffix>` per scope (the
+//!   settle rebuilds it from the [`Hold`] to remove it), which the sweep reads to take an
+//!   expired hold's cost back off exactly the counters it was added to. The sweep touches
+//!   scope keys not passed in KEYS, but always under the same hash tag (slot).
 //!
-//! Integers only: Redis counts with INCRBY (64-bit); the scripts compare in Lua numbers,
-//! exact up to 2^53 nano-USD (about $9M). Limits and costs are clamped to [`MAX_EXACT`]
+//! Integers only: the scripts count and compare in Lua numbers, exact up to 2^53 nano-USD
+//! (about $9M). Limits and costs are clamped to [`MAX_EXACT`]
 //! before they reach a script, so no comparison ever loses precision.
 //!
 //! Hold and lease ids are random u64s, so replicas never collide. A server that cannot be
@@ -30,7 +37,7 @@
 use super::remaining::{remaining, After};
 use super::{
     day_of, month_of, window_end, Ask, Hold, Lease, LimitError, Limits, Nanos, Rate, Refusal, Remaining, Scope,
-    ScopeKind, Spent, Usage, Window, HOLD_TTL_MS,
+    ScopeKind, Spent, Usage, Window, HOLD_TTL_MS, MINUTE_MS,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
@@ -41,9 +48,6 @@ use std::time::Duration;
 pub const MAX_EXACT: i64 = (1 << 53) - 1;
 /// The longest one call may take before it is `Unavailable`.
 pub const TIMEOUT: Duration = Duration::from_secs(1);
-
-const DAY_TTL_MS: i64 = 3 * 86_400_000;
-const MONTH_TTL_MS: i64 = 40 * 86_400_000;
 
 static RESERVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("reserve.lua")));
 static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("settle.lua")));
@@ -66,12 +70,42 @@ fn group_prefix(group: &str) -> String {
     format!("bourse:{{{group}}}:")
 }
 
-fn scope_prefix(group: &str, kind: ScopeKind, id: &str) -> String {
+/// A scope's key under its group's prefix (`k:<id>:` or `t:<id>:`): what hold records name.
+fn scope_suffix(kind: ScopeKind, id: &str) -> String {
     let k = match kind {
         ScopeKind::Key => "k",
         ScopeKind::Tenant => "t",
     };
-    format!("bourse:{{{group}}}:{k}:{id}:")
+    format!("{k}:{id}:")
+}
+
+/// Scopes (by index) whose tokens window a hold has an entry in, kept in the low bits of the
+/// hold id so the settle knows where to look without a read (past them, it looks everywhere).
+const TPM_BITS: usize = 8;
+
+fn hold_id(scopes: &[Scope]) -> u64 {
+    let mut flags = 0;
+    for (i, s) in scopes.iter().enumerate().take(TPM_BITS) {
+        if s.limits.tpm.is_some() {
+            flags |= 1 << i;
+        }
+    }
+    (fastrand::u64(..) & !((1 << TPM_BITS) - 1)) | flags
+}
+
+/// A hold's member in its group's holds ZSET (see the module doc).
+fn hold_record<'a>(id: u64, cost: Nanos, at_ms: i64, scopes: impl Iterator<Item = (ScopeKind, &'a str)>) -> String {
+    use std::fmt::Write;
+    let mut record = format!("{id} {cost} {} {}", day_of(at_ms), month_of(at_ms));
+    for (kind, id) in scopes {
+        let suffix = scope_suffix(kind, id);
+        let _ = write!(record, " {}:{suffix}", suffix.len());
+    }
+    record
+}
+
+fn has_tokens_entry(id: u64, i: usize) -> bool {
+    i >= TPM_BITS || id & (1 << i) != 0
 }
 
 fn unavailable(e: impl std::fmt::Display) -> LimitError {
@@ -124,31 +158,26 @@ impl RedisCounters {
         let now = ask.now_ms;
         let cost = exact(ask.cost);
         let tokens = ask.tokens.min(MAX_EXACT as u64);
-        let id = fastrand::u64(..);
+        let id = hold_id(ask.scopes);
         let (day, month) = (day_of(now), month_of(now));
         let group = group_prefix(ask.group);
+        let record = hold_record(id, cost, now, ask.scopes.iter().map(|s| (s.kind, &*s.id)));
         let mut inv = RESERVE.prepare_invoke();
-        inv.key(format!("{group}holds")).key(format!("{group}h:{id}"));
+        inv.key(format!("{group}holds"));
         for s in ask.scopes {
-            let p = scope_prefix(ask.group, s.kind, &s.id);
-            inv.key(format!("{p}d:{day}"))
-                .key(format!("{p}m:{month}"))
-                .key(format!("{p}total"))
-                .key(format!("{p}res"))
-                .key(format!("{p}rpm"))
-                .key(format!("{p}tpm"))
-                .key(format!("{p}tpmt"))
-                .key(format!("{p}lease"));
+            inv.key(format!("{group}{}", scope_suffix(s.kind, &s.id)));
         }
         inv.arg(now)
             .arg(id)
             .arg(cost)
             .arg(tokens)
             .arg(u8::from(ask.request))
-            .arg(self.hold_ttl_ms)
-            .arg(DAY_TTL_MS)
-            .arg(MONTH_TTL_MS)
-            .arg(ask.scopes.len());
+            .arg(now.saturating_add(self.hold_ttl_ms))
+            .arg(day)
+            .arg(month)
+            .arg(record)
+            .arg(format!("{id}:{tokens}"))
+            .arg(now - MINUTE_MS);
         for s in ask.scopes {
             let l = &s.limits;
             inv.arg(limit_arg(l.budget_day))
@@ -178,38 +207,54 @@ impl RedisCounters {
         let left = remaining(ask.scopes.iter().zip(afters).map(|(s, a)| (s.kind, &s.limits, a)), now);
         let scopes: Vec<(ScopeKind, Arc<str>)> = ask.scopes.iter().map(|s| (s.kind, s.id.clone())).collect();
         let group: Arc<str> = Arc::from(ask.group);
-        let lease = ask.request.then(|| Lease { id, scopes: scopes.clone(), group: group.clone(), local: false });
+        // The lease is taken only where a concurrency limit is set.
+        let lease = ask.request.then(|| Lease {
+            id,
+            scopes: ask
+                .scopes
+                .iter()
+                .filter(|s| s.limits.concurrency.is_some())
+                .map(|s| (s.kind, s.id.clone()))
+                .collect(),
+            group: group.clone(),
+            local: false,
+        });
         Ok((Hold { id, scopes, group, at_ms: now, cost, tokens: ask.tokens, local: false, lease }, left))
     }
 
     pub async fn settle(&self, hold: Hold, spent: Spent, release: Option<Lease>) -> Result<(), LimitError> {
         let group = group_prefix(&hold.group);
-        let (day, month) = (day_of(hold.at_ms), month_of(hold.at_ms));
         let mut inv = SETTLE.prepare_invoke();
-        inv.key(format!("{group}holds")).key(format!("{group}h:{}", hold.id));
+        inv.key(format!("{group}holds"));
         for (kind, id) in &hold.scopes {
-            let p = scope_prefix(&hold.group, *kind, id);
-            inv.key(format!("{p}d:{day}"))
-                .key(format!("{p}m:{month}"))
-                .key(format!("{p}total"))
-                .key(format!("{p}res"))
-                .key(format!("{p}tpm"))
-                .key(format!("{p}tpmt"))
-                .key(format!("{p}lease"));
+            inv.key(format!("{group}{}", scope_suffix(*kind, id)));
         }
-        // A lease of other scopes than the hold's (not how the gateway uses them) is
-        // released on its own.
+        // A lease of another group (not how the gateway uses them) is released on its own;
+        // one with no scope (no concurrency limit) has nothing to release.
         let (same, other) = match release {
-            Some(l) if l.scopes == hold.scopes && l.group == hold.group => (Some(l), None),
+            Some(l) if l.group == hold.group => (Some(l), None),
             other => (None, other),
         };
-        inv.arg(hold.id)
+        let same = same.filter(|l| !l.scopes.is_empty());
+        if let Some(l) = &same {
+            for (kind, id) in &l.scopes {
+                inv.key(format!("{group}{}lease", scope_suffix(*kind, id)));
+            }
+        }
+        let flags: String =
+            (0..hold.scopes.len()).map(|i| if has_tokens_entry(hold.id, i) { '1' } else { '0' }).collect();
+        inv.arg(hold_record(hold.id, hold.cost, hold.at_ms, hold.scopes.iter().map(|(k, id)| (*k, &**id))))
+            .arg(hold.id)
             .arg(exact(spent.cost))
             .arg(spent.tokens.min(MAX_EXACT as u64))
+            .arg(hold.cost)
+            .arg(hold.tokens.min(MAX_EXACT as u64))
+            .arg(hold.at_ms)
+            .arg(day_of(hold.at_ms))
+            .arg(month_of(hold.at_ms))
+            .arg(hold.scopes.len())
             .arg(same.as_ref().map_or(String::new(), |l| l.id.to_string()))
-            .arg(DAY_TTL_MS)
-            .arg(MONTH_TTL_MS)
-            .arg(hold.scopes.len());
+            .arg(flags);
         let _: i64 = self.run(inv).await?;
         if let Some(l) = other {
             self.release(l).await?;
@@ -218,9 +263,13 @@ impl RedisCounters {
     }
 
     pub async fn release(&self, lease: Lease) -> Result<(), LimitError> {
+        if lease.scopes.is_empty() {
+            return Ok(());
+        }
+        let group = group_prefix(&lease.group);
         let mut inv = RELEASE.prepare_invoke();
         for (kind, id) in &lease.scopes {
-            inv.key(format!("{}lease", scope_prefix(&lease.group, *kind, id)));
+            inv.key(format!("{group}{}lease", scope_suffix(*kind, id)));
         }
         inv.arg(lease.id);
         let _: i64 = self.run(inv).await?;
@@ -229,16 +278,15 @@ impl RedisCounters {
 
     pub async fn usage(&self, kind: ScopeKind, id: &str, group: &str, now_ms: i64) -> Result<Usage, LimitError> {
         let g = group_prefix(group);
-        let p = scope_prefix(group, kind, id);
+        let suffix = scope_suffix(kind, id);
         let mut inv = USAGE.prepare_invoke();
         inv.key(format!("{g}holds"))
-            .key(format!("{p}d:{}", day_of(now_ms)))
-            .key(format!("{p}m:{}", month_of(now_ms)))
-            .key(format!("{p}total"))
-            .key(format!("{p}res"))
-            .key(format!("{p}lease"))
+            .key(format!("{g}{suffix}"))
+            .key(format!("{g}{suffix}lease"))
             .arg(now_ms)
-            .arg(format!("{g}h:"));
+            .arg(day_of(now_ms))
+            .arg(month_of(now_ms))
+            .arg(suffix);
         let v: Vec<i64> = self.run(inv).await?;
         let [day, month, total, reserved, in_flight] = v[..] else {
             return Err(unavailable(format!("unexpected usage reply of {} values", v.len())));
