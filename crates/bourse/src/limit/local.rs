@@ -47,10 +47,16 @@ impl Default for LocalCounters {
 
 type ScopeId = (ScopeKind, Arc<str>);
 
+/// FNV-1a rather than SipHash: scope ids are key ids and tenant names set by administrators
+/// and hold ids are a counter, so no client chooses what lands in these maps.
+type Fnv = std::hash::BuildHasherDefault<crate::fnv::Fnv1a>;
+
 #[derive(Debug, Default)]
 struct State {
-    scopes: HashMap<ScopeId, ScopeState>,
-    holds: HashMap<u64, HoldRecord>,
+    /// Per scope kind (`ScopeKind::Key`, `ScopeKind::Tenant`), by id: looked up by `&str`
+    /// without building an owned key.
+    scopes: [HashMap<Arc<str>, ScopeState, Fnv>; 2],
+    holds: HashMap<u64, HoldRecord, Fnv>,
     /// (expiry, hold id) of every outstanding hold.
     expiries: BTreeSet<(i64, u64)>,
 }
@@ -198,7 +204,31 @@ impl ScopeState {
     }
 }
 
+fn kind_index(kind: ScopeKind) -> usize {
+    match kind {
+        ScopeKind::Key => 0,
+        ScopeKind::Tenant => 1,
+    }
+}
+
 impl State {
+    fn scope(&self, kind: ScopeKind, id: &str) -> Option<&ScopeState> {
+        self.scopes[kind_index(kind)].get(id)
+    }
+
+    fn scope_mut(&mut self, kind: ScopeKind, id: &str) -> Option<&mut ScopeState> {
+        self.scopes[kind_index(kind)].get_mut(id)
+    }
+
+    /// The scope's state, created empty on first use.
+    fn scope_entry(&mut self, kind: ScopeKind, id: &Arc<str>) -> &mut ScopeState {
+        let map = &mut self.scopes[kind_index(kind)];
+        if !map.contains_key(&**id) {
+            map.insert(id.clone(), ScopeState::default());
+        }
+        map.get_mut(&**id).expect("inserted above")
+    }
+
     /// Removes the reservations of holds expired at `now_ms`.
     fn sweep(&mut self, now_ms: i64) {
         while let Some(&(expiry, id)) = self.expiries.first() {
@@ -216,7 +246,7 @@ impl State {
     /// cost from their reserved sums.
     fn unreserve(&mut self, hold: &HoldRecord, delta: Nanos) {
         for scope in &hold.scopes {
-            let s = self.scopes.entry(scope.clone()).or_default();
+            let s = self.scope_entry(scope.0, &scope.1);
             add_windowed(&mut s.days, hold.day, delta, DAYS_KEPT);
             add_windowed(&mut s.months, hold.month, delta, MONTHS_KEPT);
             add_clamped(&mut s.total, delta);
@@ -226,7 +256,7 @@ impl State {
 
     fn release(&mut self, lease: &Lease) {
         for scope in &lease.scopes {
-            if let Some(s) = self.scopes.get_mut(scope) {
+            if let Some(s) = self.scope_mut(scope.0, &scope.1) {
                 s.leases.retain(|(id, _)| *id != lease.id);
             }
         }
@@ -260,7 +290,7 @@ impl LocalCounters {
     /// start-up, from the ledger, before any reserve on that scope).
     pub fn seed(&self, kind: ScopeKind, id: &str, now_ms: i64, day: i64, month: i64, total: i64) {
         let mut state = self.lock();
-        let s = state.scopes.entry((kind, Arc::from(id))).or_default();
+        let s = state.scope_entry(kind, &Arc::from(id));
         set_windowed(&mut s.days, day_of(now_ms), day.max(0), DAYS_KEPT);
         set_windowed(&mut s.months, month_of(now_ms), month.max(0), MONTHS_KEPT);
         s.total = total.max(0);
@@ -273,7 +303,7 @@ impl LocalCounters {
         let state = &mut *state;
         state.sweep(now);
         for scope in ask.scopes {
-            let s = state.scopes.entry((scope.kind, scope.id.clone())).or_default();
+            let s = state.scope_entry(scope.kind, &scope.id);
             s.prune(now);
             if let Some(refusal) = s.refusal(scope.kind, &scope.id, &scope.limits, ask) {
                 return Err(LimitError::Refused(refusal));
@@ -284,7 +314,7 @@ impl LocalCounters {
         let expires_ms = now.saturating_add(self.hold_ttl_ms);
         let mut afters = Vec::with_capacity(ask.scopes.len());
         for scope in ask.scopes {
-            let s = state.scopes.get_mut(&(scope.kind, scope.id.clone())).expect("created above");
+            let s = state.scope_mut(scope.kind, &scope.id).expect("created above");
             add_windowed(&mut s.days, day, cost, DAYS_KEPT);
             add_windowed(&mut s.months, month, cost, MONTHS_KEPT);
             s.total = s.total.saturating_add(cost);
@@ -350,7 +380,7 @@ impl LocalCounters {
         };
         state.unreserve(&applied, delta);
         for scope in &applied.scopes {
-            if let Some(s) = state.scopes.get_mut(scope) {
+            if let Some(s) = state.scope_mut(scope.0, &scope.1) {
                 // The entry sits at the hold's timestamp (the window is sorted by time).
                 let from = s.tokens.partition_point(|e| e.0 < hold.at_ms);
                 let found = s.tokens.range_mut(from..).take_while(|e| e.0 == hold.at_ms).find(|e| e.1 == hold.id);
@@ -373,7 +403,7 @@ impl LocalCounters {
     pub fn usage(&self, kind: ScopeKind, id: &str, now_ms: i64) -> Usage {
         let mut state = self.lock();
         state.sweep(now_ms);
-        let Some(s) = state.scopes.get(&(kind, Arc::from(id))) else { return Usage::default() };
+        let Some(s) = state.scope(kind, id) else { return Usage::default() };
         Usage {
             day: read_windowed(&s.days, day_of(now_ms)),
             month: read_windowed(&s.months, month_of(now_ms)),
