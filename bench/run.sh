@@ -125,6 +125,11 @@ fi
 for b in bourse upstream-sim $([ "$HAVE_BAREPROXY" = 0 ] || echo bareproxy); do
   [ -x "$BIN/$b" ] || die "$BIN/$b is missing"
 done
+# The commit the binaries were built from, read now: others may commit while this runs.
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ -z "$(git status --porcelain 2>/dev/null)" ] || commit="$commit (working tree has uncommitted changes)"
+[ "$BENCH_SKIP_BUILD" != 1 ] ||
+  commit="$commit (BENCH_SKIP_BUILD: bourse binary built $(date -u -r "$BIN/bourse" '+%H:%M UTC'))"
 
 # ---------------------------------------------------------------- helpers
 # shellcheck source=bench/common.sh
@@ -385,8 +390,6 @@ if [ "${BENCH_PLANNER:-1}" != 0 ]; then
   fi
 fi
 
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-[ -z "$(git status --porcelain 2>/dev/null)" ] || commit="$commit (working tree has uncommitted changes)"
 python3 - "$WORK/meta.json" <<EOF
 import json, sys
 json.dump({
