@@ -503,10 +503,17 @@ impl Snapshot {
     }
 }
 
+fn keys_empty(snapshot: &RwLock<Arc<Snapshot>>) -> bool {
+    snapshot.read().unwrap_or_else(PoisonError::into_inner).keys.is_empty()
+}
+
 /// The live view of tenants and keys a replica authenticates from (see the module doc).
 pub struct Directory {
     ledger: Ledger,
     snapshot: RwLock<Arc<Snapshot>>,
+    /// Whether the snapshot holds any key: read on every authenticated request, including
+    /// those with a config key, so it is one atomic load rather than a lock.
+    has_keys: std::sync::atomic::AtomicBool,
     /// One reload at a time (a slow store must not stack them up).
     reloading: tokio::sync::Mutex<()>,
 }
@@ -522,7 +529,8 @@ impl Directory {
     pub async fn load(ledger: Ledger) -> Result<Directory, LedgerError> {
         let (version, tenants, keys) = ledger.directory().await?;
         let snapshot = RwLock::new(Arc::new(Snapshot::build(version, tenants, keys)));
-        Ok(Directory { ledger, snapshot, reloading: tokio::sync::Mutex::new(()) })
+        let has_keys = std::sync::atomic::AtomicBool::new(!keys_empty(&snapshot));
+        Ok(Directory { ledger, snapshot, has_keys, reloading: tokio::sync::Mutex::new(()) })
     }
 
     fn current(&self) -> Arc<Snapshot> {
@@ -553,7 +561,7 @@ impl Directory {
 
     /// No virtual key exists (revoked ones count: a gateway that had keys stays closed).
     pub fn is_empty(&self) -> bool {
-        self.snapshot.read().unwrap_or_else(PoisonError::into_inner).keys.is_empty()
+        !self.has_keys.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The store's version this snapshot was loaded at.
@@ -570,6 +578,7 @@ impl Directory {
         }
         let (version, tenants, keys) = self.ledger.directory().await?;
         let next = Arc::new(Snapshot::build(version, tenants, keys));
+        self.has_keys.store(!next.keys.is_empty(), std::sync::atomic::Ordering::Relaxed);
         *self.snapshot.write().unwrap_or_else(PoisonError::into_inner) = next;
         Ok(true)
     }
