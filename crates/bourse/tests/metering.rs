@@ -203,3 +203,29 @@ async fn metering_on_postgres() {
     suite(&db.url).await;
     db.drop().await;
 }
+
+/// A non-streaming request whose client goes away before the answer: the upstream call is
+/// cancelled with it, and the attempt still gets its ledger row (status 499, no usage: what
+/// the upstream did by then is unknown) rather than none.
+#[tokio::test]
+async fn a_client_gone_before_the_answer_leaves_a_499_row() {
+    let path = std::env::temp_dir().join(format!("bourse-gone-{}-{}.db", std::process::id(), fastrand::u64(..)));
+    let url = format!("sqlite:{}", path.display());
+    let sim = Sim::start(SimConfig { ttft_ms: 3_000, ..known_usage(UsageStyle::OpenAi) }).await.unwrap();
+    let gw = gateway_with_ledger(&config(&sim, &url), &url).await;
+    let mut body = chat_body("alpha/sim-small");
+    body["_rid"] = json!("rid-gone");
+    let quick = reqwest::Client::builder().no_proxy().timeout(std::time::Duration::from_millis(300)).build().unwrap();
+    let sent = quick
+        .post(format!("{}/v1/chat/completions", gw.gateway.url))
+        .header("content-type", "application/json")
+        .header("x-request-id", "rid-gone")
+        .body(body.to_string())
+        .send()
+        .await;
+    assert!(sent.is_err_and(|e| e.is_timeout()), "the client gave up before the answer");
+    let row = gw.row("rid-gone").await;
+    assert_eq!((row.status, row.error_kind.as_deref(), row.cost_nanos), (499, Some("client_disconnected"), 0));
+    assert_eq!(row.usage, bourse::canonical::Usage::default());
+    let _ = std::fs::remove_file(&path);
+}

@@ -24,7 +24,9 @@ pub(super) enum Chosen {
 
 /// One upstream attempt, from start to settlement.
 pub(super) struct Attempt {
-    state: SharedState,
+    /// Taken by the settle: an attempt dropped with it still here was never settled (its
+    /// client went away before the answer), and its drop records that.
+    state: Option<SharedState>,
     caller: Caller,
     pub(super) target: Target,
     number: u32,
@@ -56,7 +58,7 @@ impl Attempt {
     ) -> Attempt {
         let ts_ms = crate::timespec::now_ms();
         Attempt {
-            state: state.clone(),
+            state: Some(state.clone()),
             caller,
             target: target.clone(),
             number,
@@ -71,37 +73,63 @@ impl Attempt {
     }
 
     /// The upstream answered: close its circuit and fold in its time to first byte.
+    fn state(&self) -> &SharedState {
+        self.state.as_ref().expect("an attempt is used only until it is settled")
+    }
+
     pub(super) fn healthy(&self) {
         if let Chosen::Routed(i) = self.chosen {
-            let router = &self.state.router;
+            let router = &self.state().router;
             router.health.record_success(&router.entries[i].key, self.ttfb.unwrap_or_default(), Instant::now());
         }
     }
 
     /// Price the usage and build the ledger row. Returns the cost and the reference cost.
     pub(super) fn settle(
-        self,
+        mut self,
         usage: Usage,
         estimate: Option<Estimate>,
         status: u16,
         error: Option<&str>,
     ) -> (Settled, Option<Record>) {
+        let state = self.state.take().expect("an attempt is settled once");
         if let (Chosen::Routed(i), None) = (self.chosen, error) {
-            self.state.router.entries[i].observe_output(usage.output_total());
+            state.router.entries[i].observe_output(usage.output_total());
         }
-        let meter = &self.state.meter;
+        let meter = &state.meter;
         let model = match self.chosen {
             Chosen::Explicit(price) => meter.model(price),
             // The entry holds the catalog model the meter would find for its target.
-            Chosen::Routed(i) => &self.state.router.entries[i].model,
+            Chosen::Routed(i) => &state.router.entries[i].model,
         };
         let (cost, reference) = meter.settle(model, &usage);
-        if let Some(held) = self.held {
+        if let Some(held) = self.held.take() {
             let u = &usage;
             let tokens = u.input_uncached + u.input_cache_read + u.input_cache_write + u.output_total();
             held.settle(Spent { cost: cost.0, tokens });
         }
-        let entry = self.state.ledger.is_some().then(|| LedgerEntry {
+        let entry = state
+            .ledger
+            .is_some()
+            .then(|| self.row(usage, cost.0, reference.0, &meter.catalog.version, status, error, estimate));
+        // The row travels with the state it came from (not a clone of the writer: its
+        // reference counts are shared by every worker, so touching them costs).
+        (Settled { cost, reference }, entry.map(|entry| Record { state, entry }))
+    }
+
+    /// The attempt's ledger row.
+    #[allow(clippy::too_many_arguments)]
+    fn row(
+        &mut self,
+        usage: Usage,
+        cost: i64,
+        reference: i64,
+        catalog_version: &str,
+        status: u16,
+        error: Option<&str>,
+        estimate: Option<Estimate>,
+    ) -> LedgerEntry {
+        LedgerEntry {
             // `String::from`, not `to_string`: on an `Arc<str>` that goes through `Display`.
             request_id: String::from(&*self.caller.request_id),
             attempt: self.number,
@@ -110,27 +138,24 @@ impl Attempt {
             tenant_id: self.caller.tenant_id().map(str::to_string),
             provider: self.target.provider.id.clone(),
             model: self.target.upstream_model.clone(),
-            route_reason: self.route_reason,
+            route_reason: self.route_reason.take(),
             usage,
-            cost_nanos: cost.0,
-            reference_cost_nanos: reference.0,
-            catalog_version: meter.catalog.version.clone(),
+            cost_nanos: cost,
+            reference_cost_nanos: reference,
+            catalog_version: catalog_version.to_string(),
             ttfb_ms: self.ttfb.map(|d| d.as_millis() as u32),
             latency_ms: self.started.elapsed().as_millis() as u32,
             status,
             error_kind: error.map(str::to_string),
             estimate,
             stream: self.stream,
-        });
-        // The row travels with the state it came from (not a clone of the writer: its
-        // reference counts are shared by every worker, so touching them costs).
-        (Settled { cost, reference }, entry.map(|entry| Record { state: self.state, entry }))
+        }
     }
 
     /// A failed attempt: a ledger row with no usage, health told, the error handed back.
     pub(super) async fn fail(self, e: Error) -> Error {
         if let (Chosen::Routed(i), crate::error::Origin::Upstream) = (self.chosen, e.origin()) {
-            let router = &self.state.router;
+            let router = &self.state().router;
             let key = &router.entries[i].key;
             // Out of balance will not fix itself within a cooldown: open the circuit now.
             let hits = match &e.kind {
@@ -146,6 +171,22 @@ impl Attempt {
             r.send().await;
         }
         e
+    }
+}
+
+/// An attempt dropped unsettled: its request's future was dropped (the client closed the
+/// connection before the answer), which also cancelled the upstream call. Its row says so
+/// (status 499, no usage: what the upstream had done by then is unknown); its hold, if any,
+/// is released at nothing by its own drop.
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        let Some(state) = self.state.take() else { return };
+        if state.ledger.is_none() {
+            return;
+        }
+        let version = state.meter.catalog.version.clone();
+        let entry = self.row(Usage::default(), 0, 0, &version, 499, Some("client_disconnected"), None);
+        Record { state, entry }.send_detached();
     }
 }
 
