@@ -234,6 +234,24 @@ pub struct Lease {
     pub(crate) local: bool,
 }
 
+impl Lease {
+    /// The lease a request's first decision takes: on the scopes with a concurrency limit
+    /// (None for a later attempt's decision, which takes none).
+    pub(crate) fn for_ask(id: u64, ask: &Ask<'_>, group: &Arc<str>, local: bool) -> Option<Lease> {
+        ask.request.then(|| Lease {
+            id,
+            scopes: ask
+                .scopes
+                .iter()
+                .filter(|s| s.limits.concurrency.is_some())
+                .map(|s| (s.kind, s.id.clone()))
+                .collect(),
+            group: group.clone(),
+            local,
+        })
+    }
+}
+
 /// What an attempt actually used, metered.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Spent {

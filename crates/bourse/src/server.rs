@@ -193,6 +193,17 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
+/// The key a request presents: `Authorization: Bearer` (OpenAI SDKs) or `x-api-key`
+/// (Anthropic SDKs).
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .or_else(|| headers.get(&X_API_KEY).and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+}
+
 /// What the edge knows of the key presented: its id, and the virtual key (with its tenant).
 type Authorized = (Option<Arc<str>>, Option<Arc<Resolved>>);
 
@@ -207,13 +218,7 @@ fn authorize(state: &AppState, headers: &HeaderMap, dialect: Dialect) -> Result<
     if state.api_keys.is_empty() && virtual_keys.is_none() {
         return Ok((None, None));
     }
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .or_else(|| headers.get(&X_API_KEY).and_then(|v| v.to_str().ok()))
-        .map(str::trim);
-    let Some(presented) = presented else {
+    let Some(presented) = presented_key(headers) else {
         let how = match dialect {
             Dialect::Anthropic => "'x-api-key: <key>' or 'Authorization: Bearer <key>'",
             _ => "'Authorization: Bearer <key>'",
@@ -247,14 +252,7 @@ async fn admin_api(state: &AppState, req: Request) -> Response {
     if state.admin_keys.is_empty() {
         return refuse(ErrorKind::Forbidden, "the admin API is off: set server.admin_keys");
     }
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .or_else(|| req.headers().get(&X_API_KEY).and_then(|v| v.to_str().ok()))
-        .map(str::trim)
-        .unwrap_or("");
+    let presented = presented_key(req.headers()).unwrap_or("");
     let mut matched = None;
     for k in &state.admin_keys {
         if ct_eq(presented.as_bytes(), k.expose().as_bytes()) {

@@ -111,6 +111,15 @@ fn unix_ms(s: &str) -> i64 {
     midnight + (n(11..13) * 3600 + n(14..16) * 60 + n(17..19)) * 1000
 }
 
+/// An Anthropic Messages request with the key as `x-api-key`, as the Anthropic SDKs send it.
+async fn messages(base: &str, secret: &str, body: &Value) -> reqwest::Response {
+    let r = client()
+        .post(format!("{base}/v1/messages"))
+        .header("x-api-key", secret)
+        .header("anthropic-version", "2023-06-01");
+    with_json(r, body).send().await.unwrap()
+}
+
 fn temp_db(tag: &str) -> String {
     let p = std::env::temp_dir().join(format!("bourse-tenants-{tag}-{}-{}.db", std::process::id(), fastrand::u64(..)));
     format!("sqlite:{}", p.display())
@@ -192,15 +201,7 @@ async fn rate_limits_answer_429_with_retry_after_and_headers_in_each_dialect() {
     assert_eq!(r.headers()["x-ratelimit-limit-tokens"], "100000");
     let anthropic =
         json!({"model": "alpha/sim-small", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]});
-    let r = client()
-        .post(format!("{}/v1/messages", gw.url))
-        .header("x-api-key", &secret)
-        .header("anthropic-version", "2023-06-01")
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(&anthropic).unwrap())
-        .send()
-        .await
-        .unwrap();
+    let r = messages(&gw.url, &secret, &anthropic).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["anthropic-ratelimit-requests-limit"], "3");
     assert_eq!(r.headers()["anthropic-ratelimit-requests-remaining"], "1");
@@ -212,15 +213,7 @@ async fn rate_limits_answer_429_with_retry_after_and_headers_in_each_dialect() {
     assert!((1..=60).contains(&retry), "{retry}");
     let body: Value = json_of(r).await;
     assert_eq!(assert_openai_error(&body)["code"], "rate_limit_exceeded");
-    let r = client()
-        .post(format!("{}/v1/messages", gw.url))
-        .header("x-api-key", &secret)
-        .header("anthropic-version", "2023-06-01")
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(&anthropic).unwrap())
-        .send()
-        .await
-        .unwrap();
+    let r = messages(&gw.url, &secret, &anthropic).await;
     assert_eq!(r.status(), 429);
     let body: Value = json_of(r).await;
     assert_eq!(body["type"], "error");
@@ -582,15 +575,9 @@ async fn redis_stopped_mid_run_closed_refuses_open_serves() {
         if expect == 503 {
             let body: Value = json_of(r).await;
             assert_eq!(assert_openai_error(&body)["code"], "unavailable");
-            let r = client()
-                .post(format!("{}/v1/messages", gw.url))
-                .header("x-api-key", &secret)
-                .header("anthropic-version", "2023-06-01")
-                .header("content-type", "application/json")
-                .body(serde_json::to_vec(&json!({"model": "alpha/sim-small", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]})).unwrap())
-                .send()
-                .await
-                .unwrap();
+            let anthropic = json!({"model": "alpha/sim-small", "max_tokens": 50,
+                                   "messages": [{"role": "user", "content": "hi"}]});
+            let r = messages(&gw.url, &secret, &anthropic).await;
             assert_eq!(r.status().as_u16(), 503);
             let body: Value = json_of(r).await;
             assert_eq!(body["type"], "error", "{body}");

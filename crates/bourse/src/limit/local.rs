@@ -382,18 +382,7 @@ impl LocalCounters {
         state.expiries.insert((expires_ms, id));
         let left = remaining(ask.scopes.iter().zip(afters).map(|(s, a)| (s.kind, &s.limits, a)), now);
         let group: Arc<str> = Arc::from(ask.group);
-        // The lease is taken only where a concurrency limit is set.
-        let lease = ask.request.then(|| Lease {
-            id,
-            scopes: ask
-                .scopes
-                .iter()
-                .filter(|s| s.limits.concurrency.is_some())
-                .map(|s| (s.kind, s.id.clone()))
-                .collect(),
-            group: group.clone(),
-            local: true,
-        });
+        let lease = Lease::for_ask(id, ask, &group, true);
         let hold = Hold { id, scopes, group, at_ms: now, cost, tokens: ask.tokens, local: true, lease };
         Ok((hold, left))
     }

@@ -207,18 +207,7 @@ impl RedisCounters {
         let left = remaining(ask.scopes.iter().zip(afters).map(|(s, a)| (s.kind, &s.limits, a)), now);
         let scopes: Vec<(ScopeKind, Arc<str>)> = ask.scopes.iter().map(|s| (s.kind, s.id.clone())).collect();
         let group: Arc<str> = Arc::from(ask.group);
-        // The lease is taken only where a concurrency limit is set.
-        let lease = ask.request.then(|| Lease {
-            id,
-            scopes: ask
-                .scopes
-                .iter()
-                .filter(|s| s.limits.concurrency.is_some())
-                .map(|s| (s.kind, s.id.clone()))
-                .collect(),
-            group: group.clone(),
-            local: false,
-        });
+        let lease = Lease::for_ask(id, ask, &group, false);
         Ok((Hold { id, scopes, group, at_ms: now, cost, tokens: ask.tokens, local: false, lease }, left))
     }
 
