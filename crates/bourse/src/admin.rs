@@ -18,7 +18,7 @@ use crate::config::{parse_quality, Routing};
 use crate::ledger::{Ledger, LedgerError};
 use crate::limit::{Limits, Nanos};
 use crate::tenancy::{self, format_usd, glob_match, AuditEntry, Downgrade, Key, Tenant, BUILTIN_TENANT, SECRET_PREFIX};
-use crate::timespec::now_ms;
+use crate::timespec::{now_ms, rfc3339};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::fmt;
@@ -357,28 +357,6 @@ pub fn quality_json(q: u32) -> Value {
         Some((name, _)) => json!(name),
         None => json!(q),
     }
-}
-
-/// Unix milliseconds as an RFC 3339 UTC time (`2026-01-02T03:04:05Z`, milliseconds shown
-/// when not zero).
-pub fn rfc3339(ms: i64) -> String {
-    let Ok(t) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
-        return ms.to_string();
-    };
-    let mut s = format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    );
-    if t.millisecond() != 0 {
-        s.push_str(&format!(".{:03}", t.millisecond()));
-    }
-    s.push('Z');
-    s
 }
 
 fn limits_json(l: &Limits, o: &mut Map<String, Value>) {

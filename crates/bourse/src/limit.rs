@@ -18,7 +18,7 @@
 //! and the day's ledger rows agree.
 //!
 //! Nothing stays reserved for ever: a hold or lease that is never settled (its replica died)
-//! expires after [`HOLD_TTL`] and is released by the next decision on its scopes.
+//! expires after [`HOLD_TTL_MS`] and is released by the next decision on its scopes.
 //!
 //! Money is integer nano-USD throughout; no counter is ever a float.
 
@@ -40,7 +40,6 @@ pub type Nanos = i64;
 /// How long an unsettled hold or lease may live before it is released without a settle:
 /// longer than any request may run (the longest upstream total timeout).
 pub const HOLD_TTL_MS: i64 = 60 * 60 * 1000;
-pub const HOLD_TTL: std::time::Duration = std::time::Duration::from_millis(HOLD_TTL_MS as u64);
 
 /// The length of the requests- and tokens-per-minute window.
 pub const MINUTE_MS: i64 = 60_000;

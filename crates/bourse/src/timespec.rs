@@ -36,6 +36,28 @@ pub fn now_secs() -> u64 {
     (now_ms() / 1000) as u64
 }
 
+/// Unix milliseconds as an RFC 3339 UTC time (`2026-01-02T03:04:05Z`, milliseconds shown
+/// when not zero).
+pub fn rfc3339(ms: i64) -> String {
+    let Ok(t) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
+        return ms.to_string();
+    };
+    let mut s = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
+    if t.millisecond() != 0 {
+        s.push_str(&format!(".{:03}", t.millisecond()));
+    }
+    s.push('Z');
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -160,7 +160,7 @@ pub fn keys(list: &[Key], now_ms: i64, json_out: bool) -> String {
             opt_usd(l.budget_total),
             opt_n(l.rpm),
             if k.routes.is_empty() { "*".into() } else { k.routes.join(",") },
-            k.expires_ms.map_or("-".into(), admin::rfc3339),
+            k.expires_ms.map_or("-".into(), crate::timespec::rfc3339),
         ]);
     }
     table(rows)
@@ -179,7 +179,7 @@ pub fn new_secret(what: &str, key: &Key, secret: &str, now_ms: i64, json_out: bo
     let mut out = String::new();
     let _ = writeln!(out, "{what} key {} for tenant {}", key.id, key.tenant);
     if let Some(e) = key.expires_ms {
-        let _ = writeln!(out, "expires {}", admin::rfc3339(e));
+        let _ = writeln!(out, "expires {}", crate::timespec::rfc3339(e));
     }
     let _ = writeln!(out, "the secret below is shown once; only its SHA-256 is stored:");
     let _ = writeln!(out, "{secret}");

@@ -134,7 +134,7 @@ pub fn render(rows: &[ReportRow], format: Format) -> String {
 /// The budgets of `--by tenant|key`: use in each window and the runway at the last seven
 /// days' rate. JSON: a `budgets` array (USD as exact strings, times as RFC 3339).
 pub fn budgets(list: &[crate::admin::BudgetUse], format: Format) -> String {
-    use crate::admin::rfc3339;
+    use crate::timespec::rfc3339;
     let runway = |b: &crate::admin::BudgetUse| match (b.runs_out_ms, b.spent_7d_nanos, b.resets_at_ms) {
         (Some(t), ..) => format!("runs out {}", rfc3339(t)),
         (None, 0, _) => "no spend in 7 days".to_string(),

@@ -19,6 +19,7 @@ use crate::limit::{Ask, Counters, Hold, Lease, LimitError, Nanos, Refusal, Remai
 use crate::limit::{Rate, ScopeKind, Spent, Window};
 use crate::meter::Cost;
 use crate::state::{Caller, SharedState};
+use crate::timespec::rfc3339;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
 use std::sync::Arc;
@@ -202,20 +203,6 @@ fn openai_duration(ms: i64) -> String {
     out.push_str(n.format(s % 60));
     out.push('s');
     out
-}
-
-fn rfc3339(ms: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let (d, c) = (t.date(), t.time());
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        d.year(),
-        u8::from(d.month()),
-        d.day(),
-        c.hour(),
-        c.minute(),
-        c.second()
-    )
 }
 
 /// One attempt's hold, settled once: with what it metered, or with nothing if dropped.
