@@ -111,7 +111,7 @@ pub async fn chat(
             return e.render(client);
         }
         if let Some(g) = &gate {
-            if let Some((floor, left, below)) = g.downgrade(&caller).await {
+            if let Some((floor, left, below)) = g.downgrade().await {
                 let route_floor = router.route_for(&req.model, &o).ok().flatten().map(|r| r.min_quality);
                 let current = o.min_quality.or(route_floor).unwrap_or(floor);
                 if floor < current {

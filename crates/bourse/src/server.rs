@@ -360,7 +360,10 @@ pub async fn prepare(cfg: &Config) -> Result<(AppState, Option<WriterHandle>), S
         writer_handle = Some(handle);
         tracing::info!(ledger = %redact_url(url), "ledger open");
     }
-    state.counters = counters(cfg, state.reports.as_ref()).await?;
+    // Only tenants' keys spend against counters: with none stored there is nothing to rebuild,
+    // and the start-up skips scanning the ledger.
+    let tenants = state.directory.as_ref().is_some_and(|d| !d.tenants_snapshot().is_empty());
+    state.counters = counters(cfg, state.reports.as_ref().filter(|_| tenants)).await?;
     Ok((state, writer_handle))
 }
 
@@ -368,6 +371,7 @@ pub async fn prepare(cfg: &Config) -> Result<(AppState, Option<WriterHandle>), S
 /// set, else this process's own, rebuilt from the ledger (the day's, the month's and all-time
 /// spend of every key and tenant), so a restart forgets no spend. With Redis, the in-process
 /// counters that `on_shared_failure = "open"` falls back on start from the ledger too.
+/// `ledger`: where to rebuild from (None: start empty).
 pub async fn counters(cfg: &Config, ledger: Option<&Ledger>) -> Result<Counters, String> {
     let local = LocalCounters::new();
     if let Some(ledger) = ledger {

@@ -88,8 +88,8 @@ impl Gate {
 
     /// The tenant's downgrade, if it applies now: (the floor to use, the share of the
     /// tightest tenant budget left, in percent).
-    pub(super) async fn downgrade(&self, caller: &Caller) -> Option<(u32, u32, u32)> {
-        let k = caller.key.as_ref()?;
+    pub(super) async fn downgrade(&self) -> Option<(u32, u32, u32)> {
+        let k = &self.key;
         let d = k.tenant.downgrade.as_ref()?;
         let l = &k.tenant.limits;
         let usage = self
