@@ -81,8 +81,8 @@ struct ScopeState {
     reserved: Nanos,
     /// Admitted requests of the last minute, per millisecond: (timestamp, count), oldest
     /// first. Timestamps are whole milliseconds, so one entry per millisecond loses nothing
-    /// and bounds a busy key's window at 60,000 entries (one per request cost 86 MB at
-    /// 28,000 requests/s).
+    /// and bounds a busy key's window at 60,000 entries (one per request would be 1.7 million
+    /// at 28,000 requests/s; `docs/decisions.md`).
     requests: VecDeque<(i64, u64)>,
     /// The sum of `requests`' counts.
     requests_count: u64,
