@@ -540,6 +540,42 @@ async fn two_replicas_share_budgets_rate_limits_and_revocations() {
     assert_eq!(by_status.get(&200), Some(&100), "{by_status:?}");
     assert_eq!(by_status.get(&429), Some(&200), "{by_status:?}");
 
+    // Tokens per minute across both replicas: each request reserves its estimated prompt plus
+    // max_tokens (50) and uses 51 tokens, so what is used stays under the limit (the README's
+    // estimate error is what a prompt uses beyond its estimate; here none).
+    let (s, body) = admin(
+        &a.url,
+        reqwest::Method::POST,
+        "/admin/v1/keys",
+        Some(json!({"tenant": "shared", "tpm": 600, "name": "tpm"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    let tpm_secret = body["key"].as_str().unwrap().to_string();
+    within_a_second("replica b sees the tpm key", || async {
+        chat(&b.url, &tpm_secret, &json!({"model": "nope"})).await.status() != 401
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let url = if i % 2 == 0 { a.url.clone() } else { b.url.clone() };
+        let secret = tpm_secret.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = chat(&url, &secret, &ask(50)).await;
+            (r.status().as_u16(), json_of(r).await)
+        }));
+    }
+    let mut served = 0u64;
+    for t in tasks {
+        match t.await.unwrap() {
+            (200, _) => served += 1,
+            (429, body) => assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}"),
+            (s, body) => panic!("{s} {body}"),
+        }
+    }
+    assert!(served * 51 <= 600, "{served} requests used {} tokens of a 600-token minute", served * 51);
+    assert!(served >= 5, "only {served} served: reservations far above use");
+
     // A key revoked on one replica is refused by the other within 1 s.
     let (s, _) = admin(&a.url, reqwest::Method::POST, &format!("/admin/v1/keys/{key}/revoke"), None).await;
     assert_eq!(s, 200);
