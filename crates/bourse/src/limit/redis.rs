@@ -81,7 +81,8 @@ pub struct RedisCounters {
 struct Op {
     group: Arc<str>,
     kind: OpKind,
-    reply: oneshot::Sender<Result<Vec<i64>, LimitError>>,
+    /// None for a settle nobody waits for: a failure is logged.
+    reply: Option<oneshot::Sender<Result<Vec<i64>, LimitError>>>,
 }
 
 enum OpKind {
@@ -199,7 +200,8 @@ impl RedisCounters {
     /// Queues `kind` for the batch task and waits for its values.
     async fn submit(&self, group: &str, kind: OpKind) -> Result<Vec<i64>, LimitError> {
         let (reply, answer) = oneshot::channel();
-        self.ops.send(Op { group: Arc::from(group), kind, reply }).map_err(|_| unavailable("the batch task ended"))?;
+        let op = Op { group: Arc::from(group), kind, reply: Some(reply) };
+        self.ops.send(op).map_err(|_| unavailable("the batch task ended"))?;
         answer.await.map_err(|_| unavailable("the batch task ended"))?
     }
 
@@ -260,39 +262,29 @@ impl RedisCounters {
     }
 
     pub async fn settle(&self, hold: Hold, spent: Spent, release: Option<Lease>) -> Result<(), LimitError> {
-        let group = group_prefix(&hold.group);
-        // A lease of another group (not how the gateway uses them) is released on its own;
-        // one with no scope (no concurrency limit) has nothing to release.
-        let (same, other) = match release {
-            Some(l) if l.group == hold.group => (Some(l), None),
-            other => (None, other),
-        };
-        let same = same.filter(|l| !l.scopes.is_empty());
-        let lease_keys = same.as_ref().map_or_else(Vec::new, |l| {
-            l.scopes.iter().map(|(kind, id)| format!("{group}{}", scope_suffix(*kind, id))).collect()
-        });
-        let keys = hold
-            .scopes
-            .iter()
-            .enumerate()
-            .map(|(i, (kind, id))| (format!("{group}{}", scope_suffix(*kind, id)), has_tokens_entry(hold.id, i)))
-            .collect();
-        let record = hold_record(hold.id, hold.cost, hold.at_ms, hold.scopes.iter().map(|(k, id)| (*k, &**id)));
-        let head = [
-            exact(spent.cost),
-            spent.tokens.min(MAX_EXACT as u64) as i64,
-            hold.cost,
-            hold.tokens.min(MAX_EXACT as u64) as i64,
-            hold.at_ms,
-            day_of(hold.at_ms),
-            month_of(hold.at_ms),
-        ];
-        let lease = same.map(|l| l.id);
-        self.submit(&hold.group, OpKind::Settle { record, head, lease, keys, lease_keys }).await?;
+        let group = hold.group.clone();
+        let (kind, other) = settle_op(hold, spent, release);
+        self.submit(&group, kind).await?;
         if let Some(l) = other {
             self.release(l).await?;
         }
         Ok(())
+    }
+
+    /// [`RedisCounters::settle`] without waiting: the settle joins the next call, and a
+    /// failure is logged (the hold then expires on its own).
+    pub fn settle_detached(&self, hold: Hold, spent: Spent, release: Option<Lease>) {
+        let group = hold.group.clone();
+        let (kind, other) = settle_op(hold, spent, release);
+        let _ = self.ops.send(Op { group, kind, reply: None });
+        if let Some(l) = other {
+            let counters = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = counters.release(l).await {
+                    tracing::warn!("lease release failed: {e}; the lease expires on its own");
+                }
+            });
+        }
     }
 
     pub async fn release(&self, lease: Lease) -> Result<(), LimitError> {
@@ -326,6 +318,39 @@ impl RedisCounters {
         };
         Ok(Usage { day, month, total, reserved, in_flight: in_flight as u64 })
     }
+}
+
+/// A settle as batch.lua takes it, and a lease of another group to release on its own (not
+/// how the gateway uses them; one with no scope, no concurrency limit, has nothing to
+/// release).
+fn settle_op(hold: Hold, spent: Spent, release: Option<Lease>) -> (OpKind, Option<Lease>) {
+    let group = group_prefix(&hold.group);
+    let (same, other) = match release {
+        Some(l) if l.group == hold.group => (Some(l), None),
+        other => (None, other),
+    };
+    let same = same.filter(|l| !l.scopes.is_empty());
+    let lease_keys = same.as_ref().map_or_else(Vec::new, |l| {
+        l.scopes.iter().map(|(kind, id)| format!("{group}{}", scope_suffix(*kind, id))).collect()
+    });
+    let keys = hold
+        .scopes
+        .iter()
+        .enumerate()
+        .map(|(i, (kind, id))| (format!("{group}{}", scope_suffix(*kind, id)), has_tokens_entry(hold.id, i)))
+        .collect();
+    let record = hold_record(hold.id, hold.cost, hold.at_ms, hold.scopes.iter().map(|(k, id)| (*k, &**id)));
+    let head = [
+        exact(spent.cost),
+        spent.tokens.min(MAX_EXACT as u64) as i64,
+        hold.cost,
+        hold.tokens.min(MAX_EXACT as u64) as i64,
+        hold.at_ms,
+        day_of(hold.at_ms),
+        month_of(hold.at_ms),
+    ];
+    let lease = same.map(|l| l.id);
+    (OpKind::Settle { record, head, lease, keys, lease_keys }, other)
 }
 
 /// The batch task: sends what is waiting, one call per group, and hands out the replies;
@@ -499,7 +524,7 @@ async fn send_batch(mut conn: ConnectionManager, ops: Vec<Op>) {
         Ok(v) => v.into_iter(),
         Err(e) => {
             for op in ops {
-                let _ = op.reply.send(Err(LimitError::Unavailable(e.clone())));
+                answer(op.reply, Err(LimitError::Unavailable(e.clone())));
             }
             return;
         }
@@ -523,7 +548,17 @@ async fn send_batch(mut conn: ConnectionManager, ops: Vec<Op>) {
                 Some(admitted(counters, head, named, &entries))
             }
         };
-        let _ = op.reply.send(reply.ok_or_else(|| unavailable("batch reply shorter than its ops")));
+        answer(op.reply, reply.ok_or_else(|| unavailable("batch reply shorter than its ops")));
+    }
+}
+
+fn answer(to: Option<oneshot::Sender<Result<Vec<i64>, LimitError>>>, reply: Result<Vec<i64>, LimitError>) {
+    match (to, reply) {
+        (Some(to), reply) => {
+            let _ = to.send(reply);
+        }
+        (None, Err(e)) => tracing::warn!("settle failed: {e}; the reservation expires on its own"),
+        (None, Ok(_)) => {}
     }
 }
 
