@@ -64,12 +64,16 @@ macro_rules! entry_columns {
 #[macro_use]
 mod report;
 mod postgres;
+mod series;
 mod sqlite;
 mod tenancy;
 mod writer;
 
 pub use postgres::PostgresLedger;
 pub use report::{GroupBy, ReportQuery, ReportRow};
+pub use series::{
+    ErrorGroup, Histogram, LatencyPoint, Quantile, RouteGroup, SeriesBy, SeriesPoint, SeriesQuery, LATENCY_BOUNDS_MS,
+};
 pub use sqlite::SqliteLedger;
 pub use writer::{FullPolicy, PendingWriter, Writer, WriterConfig, WriterHandle, WriterStats};
 
