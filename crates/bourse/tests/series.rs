@@ -115,7 +115,7 @@ fn rows(seed: u64) -> Vec<LedgerEntry> {
                 cost_nanos: cost,
                 reference_cost_nanos: cost + rng.i64(0..10_000_000),
                 catalog_version: "test".into(),
-                ttfb_ms: rng.bool().then(|| latency / 2),
+                ttfb_ms: rng.bool().then_some(latency / 2),
                 latency_ms: latency,
                 status: if error.is_some() { [502, 504, 429, 499][rng.usize(..4)] } else { 200 },
                 error_kind: error.map(str::to_string),
