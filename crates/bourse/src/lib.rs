@@ -15,6 +15,7 @@ pub mod canonical;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod dialect;
 pub mod error;
 pub mod exchange;

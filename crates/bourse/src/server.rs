@@ -5,7 +5,8 @@
 //! 2. [`handle`] — request id (client's `x-request-id` if sane, else new), the gateway key
 //!    (only under `/v1`, compared in constant time), then the response's id headers and the
 //!    access log at debug with status and latency.
-//! 3. `dispatch` — the route table.
+//! 3. `dispatch` — the route table (`/admin/v1` and `/dashboard` go to their own handlers
+//!    before it: they take admin keys, not gateway keys).
 //! 4. handlers in [`crate::api`] — body limit and content type, dialect in, resolve,
 //!    attempt, response.
 
@@ -155,8 +156,13 @@ async fn handle(state: SharedState, req: Request) -> Response {
     let logged = tracing::enabled!(tracing::Level::DEBUG)
         .then(|| (Instant::now(), req.method().clone(), req.uri().path().to_string()));
     let path = req.uri().path();
-    if path.starts_with("/admin/") {
-        let mut resp = Box::pin(admin_api(&state, req)).await;
+    let dashboard = path == "/dashboard" || path.starts_with("/dashboard/");
+    if dashboard || path.starts_with("/admin/") {
+        let mut resp = if dashboard {
+            Box::pin(crate::dashboard::handle(&state.dashboard, state.dashboard_view(), req)).await
+        } else {
+            Box::pin(admin_api(&state, req)).await
+        };
         if let Ok(v) = HeaderValue::from_str(&id) {
             resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
         }

@@ -27,6 +27,20 @@ pub struct RawConfig {
     pub router: RawRouter,
     #[serde(default)]
     pub shared: RawShared,
+    #[serde(default)]
+    pub dashboard: RawDashboard,
+}
+
+/// `/dashboard`'s settings (it is on whenever `server.admin_keys` is set).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDashboard {
+    /// Always mark the session cookie `Secure` (behind a TLS-terminating proxy).
+    pub secure_cookie: Option<bool>,
+    /// How long a login lasts, e.g. "12h".
+    pub session_ttl: Option<String>,
+    /// How often a page reloads itself, e.g. "30s".
+    pub refresh: Option<String>,
 }
 
 /// Where limit counters live when several replicas serve the same keys.
