@@ -696,16 +696,27 @@ fn market(view: &View<'_>, name: Option<&str>) -> Result<String, PageError> {
     let strong = m.floors.iter().find(|f| f.tier == "strong");
     if let Some((f, tenths)) = strong.and_then(|f| Some((f, m.ratio_tenths(f)?))) {
         let (without, with) = (&m.placed[f.without.unwrap_or(0)], &m.placed[f.with.unwrap_or(0)]);
+        let detail = if f.with == f.without {
+            format!(
+                "the cheapest strong model, {} at ${}/1M (blended), is allowed.",
+                esc(&with.model.id),
+                with.price_text()
+            )
+        } else {
+            format!(
+                "{} at ${}/1M instead of {} at ${}/1M (blended).",
+                esc(&with.model.id),
+                with.price_text(),
+                esc(&without.model.id),
+                without.price_text()
+            )
+        };
         let _ = write!(
             out,
-            "<p class=\"headline\" data-ratio-tenths=\"{tenths}\"><strong>{} costs {}.{}×</strong> at the strong floor: {} at ${}/1M instead of {} at ${}/1M (blended).</p>",
+            "<p class=\"headline\" data-ratio-tenths=\"{tenths}\"><strong>{} costs {}.{}×</strong> at the strong floor: {detail}</p>",
             esc(&policy.name),
             tenths / 10,
             tenths % 10,
-            esc(&with.model.id),
-            with.price_text(),
-            esc(&without.model.id),
-            without.price_text()
         );
     }
     let all = m.frontier(false);
