@@ -521,6 +521,16 @@ fn dashboard_from_raw(raw: &raw::RawDashboard) -> Result<DashboardConfig, Config
     Ok(d)
 }
 
+/// A ledger named on a command line, as a storage URL: a `sqlite:` or `postgres://` URL as
+/// given, anything else as the path of a SQLite file.
+pub fn storage_url(path_or_url: &str) -> String {
+    if ["sqlite:", "postgres://", "postgresql://"].iter().any(|p| path_or_url.starts_with(p)) {
+        path_or_url.to_string()
+    } else {
+        format!("sqlite:{path_or_url}")
+    }
+}
+
 fn shared_from_raw(raw: &raw::RawShared, env: EnvFn<'_>) -> Result<SharedConfig, ConfigError> {
     let redis_url = match &raw.redis_url {
         None => None,
@@ -780,6 +790,13 @@ mod tests {
         assert_eq!(path_of("[dashboard]\nsession_ttl = \"later\"\n"), "dashboard.session_ttl");
         assert_eq!(path_of("[dashboard]\nrefresh = \"100ms\"\n"), "dashboard.refresh");
         assert_eq!(path_of("[dashboard]\ntheme = \"dark\"\n"), "dashboard.theme");
+    }
+
+    #[test]
+    fn ledgers_named_on_a_command_line() {
+        assert_eq!(storage_url("/tmp/x.db"), "sqlite:/tmp/x.db");
+        assert_eq!(storage_url("sqlite:a.db"), "sqlite:a.db");
+        assert_eq!(storage_url("postgres://u@h/db"), "postgres://u@h/db");
     }
 
     #[test]

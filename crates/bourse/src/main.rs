@@ -88,6 +88,10 @@ enum Command {
     Report {
         #[command(flatten)]
         config: ConfigArg,
+        /// Read this ledger instead of the config's storage.url: a SQLite file's path, or a
+        /// sqlite: or postgres:// URL.
+        #[arg(long, conflicts_with = "config")]
+        ledger: Option<String>,
         /// Start of the period: 7d, 24h, 2w, a date (2026-11-01) or unix ms.
         #[arg(long, default_value = "7d")]
         since: String,
@@ -420,9 +424,18 @@ fn run_quote(
     Ok(())
 }
 
-fn run_report(c: &ConfigArg, since: &str, until: Option<&str>, by: By, format: Fmt) -> Result<(), String> {
-    let cfg = load(c)?;
-    let url = cfg.storage.url.clone().ok_or("the ledger is off in this config ([storage] ledger = false)")?;
+fn run_report(
+    c: &ConfigArg,
+    ledger: Option<&str>,
+    since: &str,
+    until: Option<&str>,
+    by: By,
+    format: Fmt,
+) -> Result<(), String> {
+    let url = match ledger {
+        Some(l) => bourse::config::storage_url(l),
+        None => load(c)?.storage.url.ok_or("the ledger is off in this config ([storage] ledger = false)")?,
+    };
     let now = timespec::now_ms();
     let q = ReportQuery {
         since_ms: Some(timespec::parse(since, now).map_err(|e| format!("--since: {e}"))?),
@@ -605,8 +618,8 @@ fn main() -> ExitCode {
         Command::Quote { config, route, max_tokens, format, input } => {
             run_quote(config, route.as_deref(), *max_tokens, *format, input)
         }
-        Command::Report { config, since, until, by, format } => {
-            run_report(config, since, until.as_deref(), *by, *format)
+        Command::Report { config, ledger, since, until, by, format } => {
+            run_report(config, ledger.as_deref(), since, until.as_deref(), *by, *format)
         }
         Command::Tenants { config, action } => run_tenants(config, action),
         Command::Keys { config, action } => run_keys(config, action),
