@@ -107,18 +107,18 @@ const SIMS: &[SimSpec] = &[
 ];
 
 /// A simulator running for one [`SimSpec`].
-struct Running {
+struct Simulated {
     spec: &'static SimSpec,
     sim: Sim,
 }
 
-impl Running {
+impl Simulated {
     fn base_url(&self) -> String {
         format!("http://{}{}", self.sim.addr(), self.spec.base_path)
     }
 }
 
-async fn start_sims() -> Result<Vec<Running>, String> {
+async fn start_sims() -> Result<Vec<Simulated>, String> {
     let mut out = Vec::with_capacity(SIMS.len());
     for spec in SIMS {
         let failure = match spec.rate_limited_first {
@@ -141,14 +141,14 @@ async fn start_sims() -> Result<Vec<Running>, String> {
             ..SimConfig::default()
         };
         let sim = Sim::start(config).await.map_err(|e| format!("cannot start the simulated {}: {e}", spec.id))?;
-        out.push(Running { spec, sim });
+        out.push(Simulated { spec, sim });
     }
     Ok(out)
 }
 
 /// The demo's config as TOML: the simulated providers, routes with quality floors and a
 /// "no CN hosting" policy, the admin key (by reference) and the ledger.
-fn config_toml(sims: &[Running], ledger_url: &str) -> String {
+fn config_toml(sims: &[Simulated], ledger_url: &str) -> String {
     let mut t = format!(
         "[server]\nlisten = \"{DEFAULT_LISTEN}\"\nadmin_keys = [\"env:{ADMIN_KEY_VAR}\"]\n\n\
          [storage]\nurl = \"{ledger_url}\"\n\n\
