@@ -1,7 +1,8 @@
 //! `bourse demo` through the real binary: a short workload runs end to end, the report it
 //! prints equals its ledger's rows to the nano-dollar, every block says "simulated", the
 //! "no CN hosting" route kept off CN hosts, nothing listens beyond 127.0.0.1 (and no request
-//! goes to a proxy the environment names), and the gateway serves until SIGINT.
+//! goes to a proxy the environment names), and the gateway serves, dashboard included, until
+//! SIGINT.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -235,7 +236,7 @@ fn listening(pid: u32) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn the_demo_serves_on_loopback_with_its_admin_key_until_interrupted() {
+async fn the_demo_serves_on_loopback_with_its_admin_key_and_dashboard_until_interrupted() {
     let dir = TempDir::new("serve");
     let mut child = bourse()
         .args(["demo", "--requests", "30", "--listen", "127.0.0.1:0", "--ledger"])
@@ -281,7 +282,7 @@ async fn the_demo_serves_on_loopback_with_its_admin_key_until_interrupted() {
     }
 
     // It serves: health, the admin API with the printed key (and not without), a request.
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     assert_eq!(http.get(format!("{gateway}/healthz")).send().await.unwrap().status(), 200);
     let admin = format!("{gateway}/admin/v1/tenants");
     assert_eq!(http.get(&admin).bearer_auth(&key).send().await.unwrap().status(), 200);
@@ -296,6 +297,26 @@ async fn the_demo_serves_on_loopback_with_its_admin_key_until_interrupted() {
     assert_eq!(resp.status(), 200);
     let provider = resp.headers()["x-bourse-provider"].to_str().unwrap().to_string();
     assert!(provider.ends_with("-sim") && provider != "deepseek-sim" && provider != "zhipu-sim", "{provider}");
+
+    // The dashboard opens with the printed key and shows the workload's data.
+    let login = http
+        .post(format!("{gateway}/dashboard/login"))
+        .header("origin", gateway.as_str())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("key={key}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let page =
+        http.get(format!("{gateway}/dashboard/models?window=1h")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("deepinfra-sim/openai/gpt-oss-120b") && html.contains("deepseek-sim/deepseek-chat"),
+        "{html}"
+    );
 
     // Ctrl-C stops it cleanly.
     let mut stderr = child.stderr.take().unwrap();
