@@ -321,3 +321,46 @@ async fn concurrent_decisions_share_calls_and_each_reports_its_own_place() {
         .unwrap_or_else(|| panic!("no script calls in {stats}"));
     assert!(calls < asks, "{calls} script calls for {asks} decisions");
 }
+
+/// A busy minute leaves one window bucket per millisecond; the first decision after it
+/// prunes them all in one call (more values than Lua can spread into one command at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_minute_of_buckets_is_pruned_in_one_call() {
+    let server = RedisServer::start();
+    let c = RedisCounters::connect(&server.url).await.unwrap();
+    let scopes =
+        Arc::new(vec![key("k", Limits { rpm: Some(1_000_000), tpm: Some(1_000_000_000), ..Limits::default() })]);
+    let busy: i64 = 12_000;
+    for wave in 0..busy / 500 {
+        let tasks: Vec<_> = (0..500)
+            .map(|i| {
+                let (c, scopes) = (c.clone(), scopes.clone());
+                tokio::spawn(async move {
+                    let now_ms = T0 + wave * 500 + i;
+                    let ask = Ask { scopes: &scopes, group: "t", now_ms, request: true, tokens: 3, cost: 0 };
+                    let (mut hold, _) = c.reserve(&ask).await.unwrap_or_else(|e| panic!("{e}"));
+                    let lease = hold.take_lease();
+                    c.settle(hold, Spent { cost: 0, tokens: 3 }, lease).await.unwrap();
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+    let buckets = || {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &server.port.to_string(), "hlen", "bourse:{t}:k:k:rw"])
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).trim().parse::<i64>().unwrap()
+    };
+    assert_eq!(buckets(), busy);
+    // A minute after the last of them, every bucket is pruned by the next decision.
+    let later = T0 + busy + 60_000;
+    let ask = Ask { scopes: &scopes, group: "t", now_ms: later, request: true, tokens: 5, cost: 0 };
+    let (_, left) = c.reserve(&ask).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(left.requests.unwrap().left, 1_000_000 - 1);
+    assert_eq!(left.tokens.unwrap().left, 1_000_000_000 - 5);
+    assert_eq!(buckets(), 1, "only the new decision's bucket is left");
+}

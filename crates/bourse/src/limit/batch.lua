@@ -69,6 +69,29 @@ local function int(x)
   return fmt('%d', x)
 end
 
+-- `cmd key list[i..j]`. Lua's unpack spreads at most ~8,000 values (LUAI_MAXCSTACK) and a
+-- window pruned after a busy minute lists one bucket per millisecond (up to 60,000), so the
+-- list goes in pieces of PIECE (even: field-value and score-member pairs stay whole); array
+-- replies are joined, integer replies summed. Only for commands whose pieces add up to the
+-- whole (HMGET, HDEL, HSET, ZADD, ZREM, SADD, SMISMEMBER).
+local PIECE = 4000
+local function spread(cmd, key, list, i, j)
+  i, j = i or 1, j or #list
+  local out = nil
+  while i <= j do
+    local k = math.min(j, i + PIECE - 1)
+    local r = call(cmd, key, unpack(list, i, k))
+    if type(r) == 'table' then
+      out = out or {}
+      for x = 1, k - i + 1 do out[#out + 1] = r[x] end
+    else
+      out = (out or 0) + r
+    end
+    i = k + 1
+  end
+  return out
+end
+
 local function clamp0(x)
   if x < 0 then return 0 end
   return x
@@ -118,8 +141,8 @@ local function window(s)
   if maxcut and maxcut > pc and math.max(h.rn or -1, h.tn or -1) > pc then
     local ms = call('ZRANGEBYSCORE', s.key .. 'wi', '-inf', maxcut)
     if #ms > 0 then
-      local r = call('HMGET', s.key .. 'rw', unpack(ms))
-      local t = call('HMGET', s.key .. 'tw', unpack(ms))
+      local r = spread('HMGET', s.key .. 'rw', ms)
+      local t = spread('HMGET', s.key .. 'tw', ms)
       for j, m in ipairs(ms) do
         local at = tonumber(m)
         w.b[at] = {r0 = tonumber(r[j] or '0'), t0 = tonumber(t[j] or '0'), dr = 0, dt = 0}
@@ -200,9 +223,9 @@ local function flush_window(s, now)
     w.reset = false
   end
   if #w.gone > 0 then
-    call('HDEL', rw, unpack(w.gone))
-    call('HDEL', tw, unpack(w.gone))
-    call('ZREM', wi, unpack(w.gone))
+    spread('HDEL', rw, w.gone)
+    spread('HDEL', tw, w.gone)
+    spread('ZREM', wi, w.gone)
     w.gone = {}
   end
   local index = {}
@@ -223,7 +246,7 @@ local function flush_window(s, now)
   end
   w.touched, w.nt = {}, 0
   if #index > 0 then
-    call('ZADD', wi, unpack(index))
+    spread('ZADD', wi, index)
     local wx = s.h.wx or -1
     if now and (now >= wx + MINUTE or now < wx) then
       call('PEXPIRE', rw, WINDOW_TTL)
@@ -242,8 +265,8 @@ local function walk(s, cutoff, now, enough)
   while true do
     local ms = call('ZRANGEBYSCORE', s.key .. 'wi', '(' .. int(cutoff), '+inf', 'LIMIT', offset, 256)
     if #ms == 0 then return nil end
-    local r = call('HMGET', s.key .. 'rw', unpack(ms))
-    local t = call('HMGET', s.key .. 'tw', unpack(ms))
+    local r = spread('HMGET', s.key .. 'rw', ms)
+    local t = spread('HMGET', s.key .. 'tw', ms)
     for j, m in ipairs(ms) do
       if enough(tonumber(r[j] or '0'), tonumber(t[j] or '0')) then return tonumber(m) end
     end
@@ -270,7 +293,7 @@ local adds, nadds = {}, 0
 local earliest = nil
 local function flush_holds()
   if nadds > 0 then
-    call('ZADD', holds_key, unpack(adds, 1, nadds))
+    spread('ZADD', holds_key, adds, 1, nadds)
     adds, nadds = {}, 0
   end
 end
@@ -297,8 +320,8 @@ local function sweep(now)
         end
       end)
     end
-    call('ZREM', holds_key, unpack(records))
-    call('SADD', swept_key, unpack(records))
+    spread('ZREM', holds_key, records)
+    spread('SADD', swept_key, records)
     call('PEXPIRE', swept_key, SWEPT_TTL)
     if #records < SWEEP_CHUNK then break end
   end
@@ -330,9 +353,10 @@ for i = 1, n do
 end
 local nsettled = tonumber(ARGV[3])
 if nsettled > 0 then
-  local records = {unpack(ARGV, 4, 3 + nsettled)}
-  if call('ZREM', holds_key, unpack(records)) < nsettled then
-    local swept = call('SMISMEMBER', swept_key, unpack(records))
+  local records = {}
+  for j = 1, nsettled do records[j] = ARGV[3 + j] end
+  if spread('ZREM', holds_key, records) < nsettled then
+    local swept = spread('SMISMEMBER', swept_key, records)
     for j, rec in ipairs(records) do
       if swept[j] == 1 then
         record_scopes(rec, function(s, c, d, m)
@@ -467,7 +491,7 @@ if together == 1 then
     if maxnow - MINUTE > (h.pc or -1) then prune(s, maxnow) end
     s.now = maxnow
   end
-  if #ARGV > 3 + nsettled then call('ZADD', holds_key, unpack(ARGV, 4 + nsettled)) end
+  if #ARGV > 3 + nsettled then spread('ZADD', holds_key, ARGV, 4 + nsettled) end
   for _, s in ipairs(order) do
     flush_window(s, s.now)
     local fields, nf = {}, 0
@@ -476,8 +500,8 @@ if together == 1 then
       fields[nf + 2] = v
       nf = nf + 2
     end
-    if nf > 0 then call('HSET', s.key, unpack(fields, 1, nf)) end
-    if s.del then call('HDEL', s.key, unpack(s.del)) end
+    if nf > 0 then spread('HSET', s.key, fields, 1, nf) end
+    if s.del then spread('HDEL', s.key, s.del) end
   end
   return out
 end
@@ -641,8 +665,8 @@ for _, s in ipairs(order) do
     fields[nf + 2] = v
     nf = nf + 2
   end
-  if nf > 0 then call('HSET', s.key, unpack(fields, 1, nf)) end
-  if s.del then call('HDEL', s.key, unpack(s.del)) end
+  if nf > 0 then spread('HSET', s.key, fields, 1, nf) end
+  if s.del then spread('HDEL', s.key, s.del) end
 end
 flush_holds()
 return out
