@@ -369,6 +369,8 @@ enum By {
     Key,
     Tenant,
     Day,
+    Route,
+    Error,
     None,
 }
 
@@ -488,6 +490,8 @@ fn run_report(
             By::Key => GroupBy::Key,
             By::Tenant => GroupBy::Tenant,
             By::Day => GroupBy::Day,
+            By::Route => GroupBy::Route,
+            By::Error => GroupBy::Error,
             By::None => GroupBy::None,
         },
         key: None,

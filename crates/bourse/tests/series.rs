@@ -11,7 +11,7 @@ use bourse::ledger::{
     ErrorGroup, Histogram, LatencyPoint, Ledger, LedgerEntry, RouteGroup, SeriesBy, SeriesPoint, SeriesQuery,
     LATENCY_BOUNDS_MS,
 };
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
 macro_rules! both_stores {
@@ -142,15 +142,18 @@ fn group_of(r: &LedgerEntry, by: SeriesBy) -> String {
     }
 }
 
+/// A request counts in the bucket and group of its first attempt.
 fn expected_series(all: &[LedgerEntry], q: &SeriesQuery) -> Vec<SeriesPoint> {
-    let mut groups: BTreeMap<(i64, String), (SeriesPoint, BTreeSet<String>)> = BTreeMap::new();
+    let mut groups: BTreeMap<(i64, String), SeriesPoint> = BTreeMap::new();
     for r in all.iter().filter(|r| r.ts_ms >= q.since_ms && r.ts_ms < q.until_ms) {
         let start = r.ts_ms - r.ts_ms % q.bucket_ms;
         let group = group_of(r, q.by);
-        let (p, ids) = groups
-            .entry((start, group.clone()))
-            .or_insert_with(|| (SeriesPoint { start_ms: start, group, ..SeriesPoint::default() }, BTreeSet::new()));
-        ids.insert(r.request_id.clone());
+        let p = groups.entry((start, group.clone())).or_insert_with(|| SeriesPoint {
+            start_ms: start,
+            group,
+            ..SeriesPoint::default()
+        });
+        p.requests += i64::from(r.attempt == 1);
         p.attempts += 1;
         p.cost_nanos += r.cost_nanos;
         p.reference_cost_nanos += r.reference_cost_nanos;
@@ -160,8 +163,7 @@ fn expected_series(all: &[LedgerEntry], q: &SeriesQuery) -> Vec<SeriesPoint> {
     }
     groups
         .into_values()
-        .map(|(mut p, ids)| {
-            p.requests = ids.len() as i64;
+        .map(|mut p| {
             p.saved_nanos = p.reference_cost_nanos - p.cost_nanos;
             p
         })

@@ -1,23 +1,28 @@
 //! Time series and routing summaries over the ledger, for the dashboard: spend, savings,
 //! requests and failures per time bucket, latency histograms per bucket, and what the router
-//! decided (routes, feasible counts, why attempts fell back).
+//! decided (routes, feasible counts, why attempts fell back). Reports ([`Ledger::report`])
+//! are answered by the same code.
 //!
-//! Every query here reads the raw rows of `[since_ms, until_ms)` and returns exact integer
-//! sums; bucket starts are multiples of the bucket width since the Unix epoch (UTC), so a
-//! caller that aligns its window to the width gets whole buckets. Both stores run the same
-//! SQL text (`series_sql!` and friends): only placeholders, the string-search function and
-//! the SUM cast differ, as in the reports.
+//! Everything here reads the aggregate tables ([`super::aggregate`]), not the raw rows: day
+//! rows for buckets of whole days, hour rows for buckets of whole hours, minute rows for the
+//! rest, and the raw rows only for the parts of a minute at a window's two edges. Every sum
+//! is exact for any window; bucket starts are multiples of the bucket width since the Unix
+//! epoch (UTC), and widths are whole minutes.
 //!
 //! Latency percentiles come from fixed histograms ([`LATENCY_BOUNDS_MS`]): a percentile is
 //! reported as the bound of the bucket it falls in ("under 300 ms"), which is exact about
 //! what it claims and adds up across buckets and stores by plain integer addition.
 //!
-//! Routing facts are read back from the route reason each routed attempt stores
+//! Routing facts are read from the route reason each routed attempt stores
 //! (`route=NAME chose MODEL (expected $X); N feasible; ...`, written by
 //! `route::Router::reason`); rows without one were requests that named their model.
 
-use super::{Ledger, LedgerError};
-use rusqlite::params;
+use super::aggregate::{dims_of, floor_to, Family, Grain, Segment, TimingSums, UsageSums, MINUTE_MS};
+pub use super::aggregate::{Histogram, Quantile, LATENCY_BOUNDS_MS};
+use super::report::{GroupBy, ReportQuery, ReportRow};
+use super::sql::Shape;
+use super::{Ledger, LedgerEntry, LedgerError};
+use std::collections::HashMap;
 
 /// How series points are grouped within each bucket.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,14 +39,38 @@ pub enum SeriesBy {
     Key,
 }
 
+impl SeriesBy {
+    fn group(self) -> GroupBy {
+        match self {
+            SeriesBy::Total => GroupBy::None,
+            SeriesBy::Provider => GroupBy::Provider,
+            SeriesBy::Model => GroupBy::Model,
+            SeriesBy::Tenant => GroupBy::Tenant,
+            SeriesBy::Key => GroupBy::Key,
+        }
+    }
+}
+
 /// Rows in `since_ms <= ts_ms < until_ms`, cut into buckets of `bucket_ms`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SeriesQuery {
     pub since_ms: i64,
     pub until_ms: i64,
-    /// Bucket width in milliseconds (below 1 is taken as 1).
+    /// Bucket width in milliseconds: a whole number of minutes (anything else is refused).
     pub bucket_ms: i64,
     pub by: SeriesBy,
+}
+
+impl SeriesQuery {
+    fn check(&self) -> Result<(), LedgerError> {
+        if self.bucket_ms <= 0 || self.bucket_ms % MINUTE_MS != 0 {
+            return Err(LedgerError::Invalid(format!(
+                "a series bucket must be a whole number of minutes, not {} ms",
+                self.bucket_ms
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// One group's totals in one bucket. Buckets without rows are absent.
@@ -50,7 +79,9 @@ pub struct SeriesPoint {
     /// The bucket's start: a multiple of the width, Unix milliseconds.
     pub start_ms: i64,
     pub group: String,
-    /// Distinct request ids with an attempt in this bucket and group.
+    /// Requests whose first attempt is in this bucket and group (with unique request ids,
+    /// the distinct request ids of those first attempts; a request that fell back counts
+    /// where it started).
     pub requests: i64,
     /// Rows (upstream attempts, fallbacks included).
     pub attempts: i64,
@@ -67,89 +98,8 @@ pub struct SeriesPoint {
     pub failed: i64,
 }
 
-/// Upper bounds (exclusive, milliseconds) of the latency histogram's buckets; one more
-/// bucket holds everything at or above the last bound. Steps of about 1.5× keep a
-/// percentile within one step of the true value.
-pub const LATENCY_BOUNDS_MS: [i64; 30] = [
-    1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700, 1_000, 1_500, 2_000, 3_000, 5_000, 7_000,
-    10_000, 15_000, 20_000, 30_000, 60_000, 120_000, 300_000,
-];
-
-/// Counts of values per [`LATENCY_BOUNDS_MS`] bucket (the last slot: at or above the last
-/// bound).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Histogram {
-    pub counts: [i64; LATENCY_BOUNDS_MS.len() + 1],
-}
-
-/// Where a percentile falls: under a bound, or beyond the last one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Quantile {
-    UnderMs(i64),
-    AtLeastMs(i64),
-}
-
-impl Quantile {
-    /// The bound in milliseconds, for plotting.
-    pub fn ms(self) -> i64 {
-        match self {
-            Quantile::UnderMs(v) | Quantile::AtLeastMs(v) => v,
-        }
-    }
-}
-
-impl Histogram {
-    pub fn total(&self) -> i64 {
-        self.counts.iter().sum()
-    }
-
-    pub fn add(&mut self, other: &Histogram) {
-        for (a, b) in self.counts.iter_mut().zip(other.counts) {
-            *a += b;
-        }
-    }
-
-    /// The bucket holding the value of rank ⌈n × permille / 1000⌉ (1-based), None when
-    /// empty. `quantile(500)` is the median, `quantile(950)` the p95.
-    pub fn quantile(&self, permille: u32) -> Option<Quantile> {
-        let n = self.total();
-        if n == 0 {
-            return None;
-        }
-        let rank = ((i128::from(n) * i128::from(permille) + 999) / 1000).max(1);
-        let mut seen = 0i128;
-        for (i, c) in self.counts.iter().enumerate() {
-            seen += i128::from(*c);
-            if seen >= rank {
-                return Some(match LATENCY_BOUNDS_MS.get(i) {
-                    Some(b) => Quantile::UnderMs(*b),
-                    None => Quantile::AtLeastMs(LATENCY_BOUNDS_MS[LATENCY_BOUNDS_MS.len() - 1]),
-                });
-            }
-        }
-        None
-    }
-
-    /// The slot a value goes in (what the SQL's `CASE` computes).
-    pub fn slot(ms: i64) -> usize {
-        LATENCY_BOUNDS_MS.iter().position(|b| ms < *b).unwrap_or(LATENCY_BOUNDS_MS.len())
-    }
-
-    /// Slot from the bound the SQL returns (`-1`: beyond the last).
-    fn slot_of_bound(bound: i64) -> Result<usize, LedgerError> {
-        if bound == -1 {
-            return Ok(LATENCY_BOUNDS_MS.len());
-        }
-        LATENCY_BOUNDS_MS
-            .iter()
-            .position(|b| *b == bound)
-            .ok_or_else(|| LedgerError::Corrupt(format!("latency bucket bound {bound} is not a known bound")))
-    }
-}
-
 /// Time to first byte and total latency of the successful attempts (status below 400) in one
-/// bucket. Attempts without a first byte (non-streaming answers report none) count only in
-/// `latency`.
+/// bucket. Attempts without a first byte count only in `latency`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LatencyPoint {
     pub start_ms: i64,
@@ -163,7 +113,7 @@ pub struct RouteGroup {
     /// The route's name; None for requests that named their model.
     pub route: Option<String>,
     /// How many models were feasible when the request was planned (None when not routed, or
-    /// the reason cannot be read).
+    /// the reason does not say).
     pub feasible: Option<u32>,
     /// `provider/model`.
     pub model: String,
@@ -186,336 +136,72 @@ pub struct ErrorGroup {
     pub fell_back: i64,
 }
 
-/// The series query for one grouping, from literals (no text formatted into SQL at run
-/// time). `later` is true when the request has an attempt after this row's: the
-/// `(request_id, attempt)` index answers it.
-macro_rules! series_sql {
-    ($by:expr, sum_cast: $cast:literal, since: $since:literal, until: $until:literal, width: $width:literal) => {
-        match $by {
-            SeriesBy::Total => series_sql!(@ "CAST('(all)' AS TEXT)", $cast, $since, $until, $width),
-            SeriesBy::Provider => series_sql!(@ "provider", $cast, $since, $until, $width),
-            SeriesBy::Model => series_sql!(@ "provider || '/' || model", $cast, $since, $until, $width),
-            SeriesBy::Tenant => series_sql!(@ "COALESCE(tenant_id, '(none)')", $cast, $since, $until, $width),
-            SeriesBy::Key => series_sql!(@ "COALESCE(key_id, '(none)')", $cast, $since, $until, $width),
-        }
-    };
-    (@ $group:literal, $cast:literal, $since:literal, $until:literal, $width:literal) => {
-        concat!(
-            "SELECT ts_ms - ts_ms % ", $width, " AS bucket, ", $group, " AS grp, COUNT(DISTINCT request_id), COUNT(*), ",
-            "SUM(cost_nanos)", $cast, ", SUM(reference_cost_nanos)", $cast, ", COUNT(error_kind), ",
-            "COUNT(*) FILTER (WHERE attempt > 1), ",
-            "COUNT(*) FILTER (WHERE error_kind IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ledger AS later ",
-            "WHERE later.request_id = ledger.request_id AND later.attempt = ledger.attempt + 1)) ",
-            "FROM ledger WHERE ts_ms >= ", $since, " AND ts_ms < ", $until, " GROUP BY 1, 2"
-        )
-    };
-}
-
-/// `CASE` giving the bound of [`LATENCY_BOUNDS_MS`] a column's value falls under (`-1`
-/// beyond the last). The bounds are written out here and checked against the constant by
-/// the tests.
-macro_rules! bound_case {
-    ($col:literal) => {
-        concat!(
-            "CASE WHEN ",
-            $col,
-            " < 1 THEN 1 WHEN ",
-            $col,
-            " < 2 THEN 2 WHEN ",
-            $col,
-            " < 3 THEN 3 WHEN ",
-            $col,
-            " < 5 THEN 5 WHEN ",
-            $col,
-            " < 7 THEN 7 WHEN ",
-            $col,
-            " < 10 THEN 10 WHEN ",
-            $col,
-            " < 15 THEN 15 WHEN ",
-            $col,
-            " < 20 THEN 20 WHEN ",
-            $col,
-            " < 30 THEN 30 WHEN ",
-            $col,
-            " < 50 THEN 50 WHEN ",
-            $col,
-            " < 70 THEN 70 WHEN ",
-            $col,
-            " < 100 THEN 100 WHEN ",
-            $col,
-            " < 150 THEN 150 WHEN ",
-            $col,
-            " < 200 THEN 200 WHEN ",
-            $col,
-            " < 300 THEN 300 WHEN ",
-            $col,
-            " < 500 THEN 500 WHEN ",
-            $col,
-            " < 700 THEN 700 WHEN ",
-            $col,
-            " < 1000 THEN 1000 WHEN ",
-            $col,
-            " < 1500 THEN 1500 WHEN ",
-            $col,
-            " < 2000 THEN 2000 WHEN ",
-            $col,
-            " < 3000 THEN 3000 WHEN ",
-            $col,
-            " < 5000 THEN 5000 WHEN ",
-            $col,
-            " < 7000 THEN 7000 WHEN ",
-            $col,
-            " < 10000 THEN 10000 WHEN ",
-            $col,
-            " < 15000 THEN 15000 WHEN ",
-            $col,
-            " < 20000 THEN 20000 WHEN ",
-            $col,
-            " < 30000 THEN 30000 WHEN ",
-            $col,
-            " < 60000 THEN 60000 WHEN ",
-            $col,
-            " < 120000 THEN 120000 WHEN ",
-            $col,
-            " < 300000 THEN 300000 ELSE -1 END"
-        )
-    };
-}
-
-/// Histogram rows of one latency column: (bucket, bound, count); only successful attempts
-/// count.
-macro_rules! latency_sql {
-    ($col:literal, since: $since:literal, until: $until:literal, width: $width:literal) => {
-        concat!(
-            "SELECT ts_ms - ts_ms % ",
-            $width,
-            " AS bucket, ",
-            bound_case!($col),
-            " AS bound, COUNT(*) FROM ledger ",
-            "WHERE ts_ms >= ",
-            $since,
-            " AND ts_ms < ",
-            $until,
-            " AND status < 400 AND ",
-            $col,
-            " IS NOT NULL ",
-            "GROUP BY 1, 2"
-        )
-    };
-}
-
-/// The route's name and the feasible count, cut out of `route_reason` with the store's
-/// string search (`instr` in SQLite, `strpos` in PostgreSQL): text up to " chose " after
-/// `route=`, and the text between the first "); " and " feasible".
-macro_rules! routes_sql {
-    (find: $find:literal, sum_cast: $cast:literal, since: $since:literal, until: $until:literal) => {
-        concat!(
-            "SELECT CASE WHEN route_reason LIKE 'route=%' AND ",
-            $find,
-            "(route_reason, ' chose ') > 7 ",
-            "THEN substr(route_reason, 7, ",
-            $find,
-            "(route_reason, ' chose ') - 7) END AS route, ",
-            "CASE WHEN ",
-            $find,
-            "(route_reason, '); ') > 0 AND ",
-            $find,
-            "(route_reason, ' feasible') > ",
-            $find,
-            "(route_reason, '); ') THEN substr(route_reason, ",
-            $find,
-            "(route_reason, '); ') + 3, ",
-            $find,
-            "(route_reason, ' feasible') - ",
-            $find,
-            "(route_reason, '); ') - 3) END AS feasible, ",
-            "provider || '/' || model, COUNT(*) FILTER (WHERE attempt = 1), COUNT(*) FILTER (WHERE attempt > 1), ",
-            "COUNT(error_kind), SUM(cost_nanos)",
-            $cast,
-            " FROM ledger WHERE ts_ms >= ",
-            $since,
-            " AND ts_ms < ",
-            $until,
-            " GROUP BY 1, 2, 3"
-        )
-    };
-}
-
-macro_rules! errors_sql {
-    (since: $since:literal, until: $until:literal) => {
-        concat!(
-            "SELECT error_kind, provider || '/' || model, COUNT(*), COUNT(*) FILTER (WHERE EXISTS (SELECT 1 ",
-            "FROM ledger AS later WHERE later.request_id = ledger.request_id AND later.attempt = ledger.attempt + 1)) ",
-            "FROM ledger WHERE ts_ms >= ",
-            $since,
-            " AND ts_ms < ",
-            $until,
-            " AND error_kind IS NOT NULL GROUP BY 1, 2"
-        )
-    };
-}
-
-const SQLITE_TTFB: &str = latency_sql!("ttfb_ms", since: "?1", until: "?2", width: "?3");
-const SQLITE_LATENCY: &str = latency_sql!("latency_ms", since: "?1", until: "?2", width: "?3");
-const PG_TTFB: &str = latency_sql!("ttfb_ms", since: "$1::bigint", until: "$2::bigint", width: "$3::bigint");
-const PG_LATENCY: &str = latency_sql!("latency_ms", since: "$1::bigint", until: "$2::bigint", width: "$3::bigint");
-const SQLITE_ROUTES: &str = routes_sql!(find: "instr", sum_cast: "", since: "?1", until: "?2");
-const PG_ROUTES: &str = routes_sql!(find: "strpos", sum_cast: "::bigint", since: "$1::bigint", until: "$2::bigint");
-const SQLITE_ERRORS: &str = errors_sql!(since: "?1", until: "?2");
-const PG_ERRORS: &str = errors_sql!(since: "$1::bigint", until: "$2::bigint");
-
-fn point(start_ms: i64, group: String, s: [i64; 7]) -> SeriesPoint {
-    let [requests, attempts, cost_nanos, reference_cost_nanos, errors, fallbacks, failed] = s;
-    SeriesPoint {
-        start_ms,
-        group,
-        requests,
-        attempts,
-        cost_nanos,
-        reference_cost_nanos,
-        saved_nanos: reference_cost_nanos.saturating_sub(cost_nanos),
-        errors,
-        fallbacks,
-        failed,
-    }
-}
-
-/// Sorted by bucket, then group.
-fn sorted(mut points: Vec<SeriesPoint>) -> Vec<SeriesPoint> {
-    points.sort_by(|a, b| a.start_ms.cmp(&b.start_ms).then_with(|| a.group.cmp(&b.group)));
-    points
-}
-
-/// Folds `(bucket, which, bound, count)` rows into points sorted by bucket.
-fn latency_points(rows: Vec<(i64, bool, i64, i64)>) -> Result<Vec<LatencyPoint>, LedgerError> {
-    let mut by_bucket: std::collections::BTreeMap<i64, LatencyPoint> = Default::default();
-    for (bucket, is_ttfb, bound, count) in rows {
-        let p = by_bucket.entry(bucket).or_insert_with(|| LatencyPoint { start_ms: bucket, ..Default::default() });
-        let h = if is_ttfb { &mut p.ttfb } else { &mut p.latency };
-        h.counts[Histogram::slot_of_bound(bound)?] += count;
-    }
-    Ok(by_bucket.into_values().collect())
-}
-
-fn route_group(route: Option<String>, feasible: Option<String>, model: String, s: [i64; 4]) -> RouteGroup {
-    let [first_attempts, fallback_attempts, errors, cost_nanos] = s;
-    RouteGroup {
-        route,
-        feasible: feasible.and_then(|f| f.trim().parse().ok()),
-        model,
-        first_attempts,
-        fallback_attempts,
-        errors,
-        cost_nanos,
-    }
-}
-
 impl Ledger {
     /// Spend, savings, requests, errors, fallbacks and failures per bucket and group, sorted
     /// by bucket then group.
     pub async fn series(&self, q: &SeriesQuery) -> Result<Vec<SeriesPoint>, LedgerError> {
-        let SeriesQuery { since_ms, until_ms, bucket_ms, by } = *q;
-        let bucket_ms = bucket_ms.max(1);
-        let points = match self {
-            Ledger::Sqlite(s) => {
-                let sql = series_sql!(by, sum_cast: "", since: "?1", until: "?2", width: "?3");
-                s.read(move |conn| {
-                    let mut stmt = conn.prepare_cached(sql)?;
-                    let mut rows = stmt.query(params![since_ms, until_ms, bucket_ms])?;
-                    let mut out = Vec::new();
-                    while let Some(row) = rows.next()? {
-                        let mut sums = [0i64; 7];
-                        for (i, v) in sums.iter_mut().enumerate() {
-                            *v = row.get(i + 2)?;
-                        }
-                        out.push(point(row.get(0)?, row.get(1)?, sums));
-                    }
-                    Ok(out)
-                })
-                .await?
-            }
-            Ledger::Postgres(p) => {
-                let sql = series_sql!(by, sum_cast: "::bigint", since: "$1::bigint", until: "$2::bigint", width: "$3::bigint");
-                let client = p.client().await?;
-                let rows = client.query(sql, &[&since_ms, &until_ms, &bucket_ms]).await?;
-                let mut out = Vec::with_capacity(rows.len());
-                for row in &rows {
-                    let mut sums = [0i64; 7];
-                    for (i, v) in sums.iter_mut().enumerate() {
-                        *v = row.try_get(i + 2)?;
-                    }
-                    out.push(point(row.try_get(0)?, row.try_get(1)?, sums));
-                }
-                out
-            }
-        };
-        Ok(sorted(points))
+        q.check()?;
+        let plan = Plan::new(Some(q.since_ms), Some(q.until_ms), Some(q.bucket_ms), Shape::By(q.by.group()), None);
+        let mut points: Vec<SeriesPoint> = self
+            .sums(&plan)
+            .await?
+            .into_iter()
+            .map(|((start_ms, mut labels), (s, _))| SeriesPoint {
+                start_ms,
+                group: labels.pop().unwrap_or_default(),
+                requests: s.requests,
+                attempts: s.attempts,
+                cost_nanos: s.cost_nanos,
+                reference_cost_nanos: s.reference_cost_nanos,
+                saved_nanos: s.reference_cost_nanos.saturating_sub(s.cost_nanos),
+                errors: s.errors,
+                fallbacks: s.fallbacks,
+                failed: s.failed,
+            })
+            .collect();
+        points.sort_by(|a, b| a.start_ms.cmp(&b.start_ms).then_with(|| a.group.cmp(&b.group)));
+        Ok(points)
     }
 
     /// TTFB and latency histograms of successful attempts per bucket (`q.by` is ignored: one
-    /// histogram pair per bucket), sorted by bucket.
+    /// histogram pair per bucket), sorted by bucket. Buckets with no successful attempt are
+    /// absent.
     pub async fn latency_series(&self, q: &SeriesQuery) -> Result<Vec<LatencyPoint>, LedgerError> {
-        let SeriesQuery { since_ms, until_ms, bucket_ms, .. } = *q;
-        let bucket_ms = bucket_ms.max(1);
-        let rows = match self {
-            Ledger::Sqlite(s) => {
-                s.read(move |conn| {
-                    let mut out = Vec::new();
-                    for (sql, is_ttfb) in [(SQLITE_TTFB, true), (SQLITE_LATENCY, false)] {
-                        let mut stmt = conn.prepare_cached(sql)?;
-                        let mut rows = stmt.query(params![since_ms, until_ms, bucket_ms])?;
-                        while let Some(row) = rows.next()? {
-                            out.push((row.get(0)?, is_ttfb, row.get(1)?, row.get(2)?));
-                        }
-                    }
-                    Ok(out)
-                })
-                .await?
-            }
-            Ledger::Postgres(p) => {
-                let client = p.client().await?;
-                let mut out = Vec::new();
-                for (sql, is_ttfb) in [(PG_TTFB, true), (PG_LATENCY, false)] {
-                    for row in client.query(sql, &[&since_ms, &until_ms, &bucket_ms]).await? {
-                        // The CASE yields integer literals: int4 in PostgreSQL.
-                        let bound: i32 = row.try_get(1)?;
-                        out.push((row.try_get(0)?, is_ttfb, i64::from(bound), row.try_get(2)?));
-                    }
-                }
-                out
-            }
-        };
-        latency_points(rows)
+        q.check()?;
+        let mut plan = Plan::new(Some(q.since_ms), Some(q.until_ms), Some(q.bucket_ms), Shape::By(GroupBy::None), None);
+        plan.timed = true;
+        let mut points: Vec<LatencyPoint> = self
+            .sums(&plan)
+            .await?
+            .into_iter()
+            .filter(|(_, (_, t))| t.latency.total() > 0)
+            .map(|((start_ms, _), (_, t))| LatencyPoint { start_ms, ttfb: t.ttfb, latency: t.latency })
+            .collect();
+        points.sort_by_key(|p| p.start_ms);
+        Ok(points)
     }
 
     /// Attempts in `[since_ms, until_ms)` by route, feasible count and model, most first
     /// attempts first (then route, feasible count, model).
     pub async fn route_groups(&self, since_ms: i64, until_ms: i64) -> Result<Vec<RouteGroup>, LedgerError> {
-        let mut groups = match self {
-            Ledger::Sqlite(s) => {
-                s.read(move |conn| {
-                    let mut stmt = conn.prepare_cached(SQLITE_ROUTES)?;
-                    let mut rows = stmt.query(params![since_ms, until_ms])?;
-                    let mut out = Vec::new();
-                    while let Some(row) = rows.next()? {
-                        let sums = [row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?];
-                        out.push(route_group(row.get(0)?, row.get(1)?, row.get(2)?, sums));
-                    }
-                    Ok(out)
-                })
-                .await?
-            }
-            Ledger::Postgres(p) => {
-                let client = p.client().await?;
-                let rows = client.query(PG_ROUTES, &[&since_ms, &until_ms]).await?;
-                let mut out = Vec::with_capacity(rows.len());
-                for row in &rows {
-                    let sums = [row.try_get(3)?, row.try_get(4)?, row.try_get(5)?, row.try_get(6)?];
-                    out.push(route_group(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, sums));
+        let plan = Plan::new(Some(since_ms), Some(until_ms), None, Shape::Routes, None);
+        let mut groups: Vec<RouteGroup> = self
+            .sums(&plan)
+            .await?
+            .into_iter()
+            .map(|((_, labels), (s, _))| {
+                let [route, feasible, model]: [String; 3] = labels.try_into().unwrap_or_default();
+                RouteGroup {
+                    route: (!route.is_empty()).then_some(route),
+                    feasible: feasible.parse().ok(),
+                    model,
+                    first_attempts: s.requests,
+                    fallback_attempts: s.fallbacks,
+                    errors: s.errors,
+                    cost_nanos: s.cost_nanos,
                 }
-                out
-            }
-        };
+            })
+            .collect();
         groups.sort_by(|a, b| {
             b.first_attempts
                 .cmp(&a.first_attempts)
@@ -528,39 +214,16 @@ impl Ledger {
 
     /// Failed attempts in `[since_ms, until_ms)` by error kind and model, most first.
     pub async fn error_groups(&self, since_ms: i64, until_ms: i64) -> Result<Vec<ErrorGroup>, LedgerError> {
-        let mut groups = match self {
-            Ledger::Sqlite(s) => {
-                s.read(move |conn| {
-                    let mut stmt = conn.prepare_cached(SQLITE_ERRORS)?;
-                    let mut rows = stmt.query(params![since_ms, until_ms])?;
-                    let mut out = Vec::new();
-                    while let Some(row) = rows.next()? {
-                        out.push(ErrorGroup {
-                            error_kind: row.get(0)?,
-                            model: row.get(1)?,
-                            attempts: row.get(2)?,
-                            fell_back: row.get(3)?,
-                        });
-                    }
-                    Ok(out)
-                })
-                .await?
-            }
-            Ledger::Postgres(p) => {
-                let client = p.client().await?;
-                let rows = client.query(PG_ERRORS, &[&since_ms, &until_ms]).await?;
-                let mut out = Vec::with_capacity(rows.len());
-                for row in &rows {
-                    out.push(ErrorGroup {
-                        error_kind: row.try_get(0)?,
-                        model: row.try_get(1)?,
-                        attempts: row.try_get(2)?,
-                        fell_back: row.try_get(3)?,
-                    });
-                }
-                out
-            }
-        };
+        let plan = Plan::new(Some(since_ms), Some(until_ms), None, Shape::Errors, None);
+        let mut groups: Vec<ErrorGroup> = self
+            .sums(&plan)
+            .await?
+            .into_iter()
+            .map(|((_, labels), (s, _))| {
+                let [error_kind, model]: [String; 2] = labels.try_into().unwrap_or_default();
+                ErrorGroup { error_kind, model, attempts: s.errors, fell_back: s.errors.saturating_sub(s.failed) }
+            })
+            .collect();
         groups.sort_by(|a, b| {
             b.attempts
                 .cmp(&a.attempts)
@@ -569,45 +232,182 @@ impl Ledger {
         });
         Ok(groups)
     }
+
+    /// Sums rows in `[since_ms, until_ms)` (either bound optional), most expensive group
+    /// first.
+    pub async fn report(&self, q: &ReportQuery) -> Result<Vec<ReportRow>, LedgerError> {
+        let plan = Plan::new(q.since_ms, q.until_ms, None, Shape::By(q.by), q.key.clone());
+        let rows = self
+            .sums(&plan)
+            .await?
+            .into_iter()
+            .map(|((_, mut labels), (s, _))| ReportRow::from_sums(labels.pop().unwrap_or_default(), &s))
+            .collect();
+        Ok(super::report::finish(rows))
+    }
+
+    /// Runs a plan on the store and folds its answers into (bucket, labels) sums.
+    async fn sums(&self, plan: &Plan) -> Result<Sums, LedgerError> {
+        let answer = match self {
+            Ledger::Sqlite(s) => s.answer(plan.clone()).await?,
+            Ledger::Postgres(p) => p.answer(plan).await?,
+        };
+        let mut sums = Sums::new();
+        for (bucket, labels, u, t) in answer.sums {
+            let e = sums.entry((bucket, labels)).or_default();
+            e.0.merge(&u);
+            if let Some(t) = t {
+                e.1.merge(&t);
+            }
+        }
+        // The raw rows at the edges, summed as a batch is.
+        for (r, has_next) in &answer.raw {
+            let minute = Grain::Minute.floor(r.ts_ms);
+            let Some(labels) = labels_of(plan.shape, minute, &dims_of(r)) else { continue };
+            let bucket = plan.step_ms.map_or(0, |s| floor_to(minute, s));
+            let e = sums.entry((bucket, labels)).or_default();
+            e.0.merge(&UsageSums::of(r, r.error_kind.is_some() && !has_next));
+            if plan.timed {
+                e.1.add_row(r);
+            }
+        }
+        Ok(sums)
+    }
+}
+
+/// What a store is asked: the pieces of the window, which family of tables answers them, how
+/// to label and bucket the groups, which rows.
+#[derive(Clone, Debug)]
+pub(super) struct Plan {
+    pub segments: Vec<Segment>,
+    pub family: Family,
+    pub shape: Shape,
+    /// Read the timing histograms too (models tables only).
+    pub timed: bool,
+    /// Series buckets (None: one bucket, 0).
+    pub step_ms: Option<i64>,
+    /// Only this key's rows.
+    pub key: Option<String>,
+}
+
+impl Plan {
+    fn new(since: Option<i64>, until: Option<i64>, step_ms: Option<i64>, shape: Shape, key: Option<String>) -> Plan {
+        let family = family(shape, key.is_some());
+        // A series may read a grain only if its buckets hold whole buckets of that grain.
+        let grains: Vec<Grain> = Grain::ALL.into_iter().filter(|g| step_ms.is_none_or(|s| s % g.ms() == 0)).collect();
+        let segments = super::aggregate::segments(since, until, &grains);
+        Plan { segments, family, shape, timed: false, step_ms, key }
+    }
+}
+
+/// The family of tables that answers a question, for everyone or for one key: the narrowest
+/// that keeps both the labels and the filter.
+fn family(shape: Shape, key: bool) -> Family {
+    match shape {
+        Shape::Routes | Shape::Errors => Family::Routes,
+        Shape::By(GroupBy::Key | GroupBy::Tenant) => Family::Keys,
+        Shape::By(GroupBy::Day | GroupBy::None) if key => Family::Keys,
+        Shape::By(_) if key => Family::Usage,
+        Shape::By(GroupBy::Route | GroupBy::Error) => Family::Routes,
+        Shape::By(_) => Family::Models,
+    }
+}
+
+/// What a store answers: sums per (series bucket, labels) from the aggregate tables (bucket 0
+/// without a step; timing when the plan asks), and the raw rows of the window's edges, each
+/// with whether its request has a next attempt.
+#[derive(Debug, Default)]
+pub(super) struct Answer {
+    pub sums: Vec<(i64, Vec<String>, UsageSums, Option<TimingSums>)>,
+    pub raw: Vec<(LedgerEntry, bool)>,
+}
+
+type Sums = HashMap<(i64, Vec<String>), (UsageSums, TimingSums)>;
+
+/// The labels of a row of the minute starting at `minute` with these dimensions
+/// ([`super::aggregate::DIMS`] order): what the SQL of [`Shape`]'s label expressions gives
+/// aggregate rows. None when the shape leaves the row out (errors: rows without one).
+pub(super) fn labels_of(shape: Shape, minute: i64, dims: &[&str; 7]) -> Option<Vec<String>> {
+    let or_none = |s: &str| if s.is_empty() { "(none)".to_string() } else { s.to_string() };
+    let [provider, model, key_id, tenant_id, route, feasible, error_kind] = *dims;
+    let by = match shape {
+        Shape::By(by) => by,
+        Shape::Routes => return Some(vec![route.into(), feasible.into(), format!("{provider}/{model}")]),
+        Shape::Errors if error_kind.is_empty() => return None,
+        Shape::Errors => return Some(vec![error_kind.into(), format!("{provider}/{model}")]),
+    };
+    Some(vec![match by {
+        GroupBy::Model => format!("{provider}/{model}"),
+        GroupBy::Provider => provider.to_string(),
+        GroupBy::Key => or_none(key_id),
+        GroupBy::Tenant => or_none(tenant_id),
+        GroupBy::Route => or_none(route),
+        GroupBy::Error => or_none(error_kind),
+        GroupBy::Day => crate::timespec::rfc3339(minute).chars().take(10).collect(),
+        GroupBy::None => "(all)".to_string(),
+    }])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn quantiles_fall_in_the_bucket_of_their_rank() {
-        let mut h = Histogram::default();
-        assert_eq!(h.quantile(500), None);
-        // 10 values under 100 ms, 10 under 300 ms: the median is the 10th, under 100.
-        h.counts[Histogram::slot(99)] += 10;
-        h.counts[Histogram::slot(250)] += 10;
-        assert_eq!(h.quantile(500), Some(Quantile::UnderMs(100)));
-        assert_eq!(h.quantile(501), Some(Quantile::UnderMs(300)));
-        assert_eq!(h.quantile(950), Some(Quantile::UnderMs(300)));
-        h.counts[Histogram::slot(400_000)] += 100;
-        assert_eq!(h.quantile(950), Some(Quantile::AtLeastMs(300_000)));
-        assert_eq!(Histogram::slot(0), 0);
-        assert_eq!(Histogram::slot(1), 1);
-        assert_eq!(Histogram::slot(299_999), LATENCY_BOUNDS_MS.len() - 1);
-        assert_eq!(Histogram::slot(300_000), LATENCY_BOUNDS_MS.len());
+    fn grains(step: Option<i64>) -> Vec<Grain> {
+        let p = Plan::new(Some(0), Some(30 * 86_400_000), step, Shape::By(GroupBy::None), None);
+        let mut g: Vec<Grain> = p
+            .segments
+            .iter()
+            .filter_map(|s| if let Segment::Buckets { grain, .. } = s { Some(*grain) } else { None })
+            .collect();
+        g.dedup();
+        g
     }
 
-    /// The bounds the SQL `CASE` is written with are the constant's, value for value.
     #[test]
-    fn the_sql_case_follows_the_bounds() {
-        let conn = rusqlite::Connection::open_in_memory().unwrap();
-        let sql = concat!("SELECT ", bound_case!("?1"));
-        for ms in (0..=400_000i64).step_by(1).filter(|v| *v < 1_000 || v % 250 == 0) {
-            let bound: i64 = conn.query_row(sql, [ms], |r| r.get(0)).unwrap();
-            let want = LATENCY_BOUNDS_MS.get(Histogram::slot(ms)).copied().unwrap_or(-1);
-            assert_eq!(bound, want, "{ms} ms");
-        }
-        for b in LATENCY_BOUNDS_MS {
-            for ms in [b - 1, b] {
-                let bound: i64 = conn.query_row(sql, [ms], |r| r.get(0)).unwrap();
-                assert_eq!(Histogram::slot_of_bound(bound).unwrap(), Histogram::slot(ms), "{ms} ms");
-            }
-        }
+    fn grains_hold_whole_buckets_of_the_step() {
+        assert_eq!(grains(None), [Grain::Day]);
+        assert_eq!(grains(Some(86_400_000)), [Grain::Day]);
+        assert_eq!(grains(Some(3 * 3_600_000)), [Grain::Hour]);
+        assert_eq!(grains(Some(30 * 60_000)), [Grain::Minute]);
+    }
+
+    #[test]
+    fn each_question_reads_the_narrowest_family() {
+        assert_eq!(family(Shape::By(GroupBy::Model), false), Family::Models);
+        assert_eq!(family(Shape::By(GroupBy::Day), false), Family::Models);
+        assert_eq!(family(Shape::By(GroupBy::Route), false), Family::Routes);
+        assert_eq!(family(Shape::Errors, false), Family::Routes);
+        assert_eq!(family(Shape::By(GroupBy::Key), false), Family::Keys);
+        assert_eq!(family(Shape::By(GroupBy::None), true), Family::Keys);
+        assert_eq!(family(Shape::By(GroupBy::Model), true), Family::Usage);
+        assert_eq!(family(Shape::By(GroupBy::Error), true), Family::Usage);
+    }
+
+    #[test]
+    fn labels_follow_the_shape() {
+        let dims = ["p", "m", "", "t", "auto", "4", "x"];
+        let one = |by| labels_of(Shape::By(by), -60_000, &dims).unwrap().pop().unwrap();
+        assert_eq!(one(GroupBy::Day), "1969-12-31");
+        assert_eq!(one(GroupBy::Key), "(none)");
+        assert_eq!(one(GroupBy::Tenant), "t");
+        assert_eq!(one(GroupBy::Model), "p/m");
+        assert_eq!(one(GroupBy::Error), "x");
+        assert_eq!(one(GroupBy::Route), "auto");
+        assert_eq!(labels_of(Shape::Routes, 0, &dims).unwrap(), ["auto", "4", "p/m"]);
+        assert_eq!(labels_of(Shape::Errors, 0, &dims).unwrap(), ["x", "p/m"]);
+        assert_eq!(labels_of(Shape::Errors, 0, &["p", "m", "", "", "", "", ""]), None);
+    }
+
+    #[tokio::test]
+    async fn buckets_are_whole_minutes() {
+        let dir = std::env::temp_dir().join(format!("bourse-series-{}-{}", std::process::id(), fastrand::u64(..)));
+        let ledger = Ledger::open(&format!("sqlite:{}", dir.join("l.db").display())).await.unwrap();
+        let q = SeriesQuery { since_ms: 0, until_ms: 60_000, bucket_ms: 1_000, by: SeriesBy::Total };
+        let e = ledger.series(&q).await.unwrap_err();
+        assert!(matches!(e, LedgerError::Invalid(_)) && e.to_string().contains("whole number of minutes"), "{e}");
+        assert!(ledger.latency_series(&SeriesQuery { bucket_ms: 0, ..q }).await.is_err());
+        assert!(ledger.series(&SeriesQuery { bucket_ms: 60_000, ..q }).await.unwrap().is_empty());
+        drop(ledger);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
