@@ -46,6 +46,7 @@ both_stores!(
     report_empty,
     migrations_are_idempotent,
     concurrent_opens_migrate_once,
+    replicas_starting_together_share_one_key_id_secret,
     writer_flushes_everything_on_shutdown,
     writer_ends_when_every_clone_is_dropped,
     drop_policy_counts_drops,
@@ -396,6 +397,16 @@ async fn concurrent_opens_migrate_once(url: &str) {
         l.append([row("r", i as u32 + 1, 1)]).await.unwrap();
     }
     assert_eq!(ledgers[0].count().await.unwrap(), 4);
+}
+
+/// Gateways starting at once on a fresh store each offer a secret for config keys' ids; one
+/// wins and all of them, and every later start, key ids with it.
+async fn replicas_starting_together_share_one_key_id_secret(url: &str) {
+    let id = |s: bourse::tenancy::KeyIdSecret| bourse::tenancy::config_key_id(&s, "gw-secret");
+    let opens = (0..4).map(|_| async { id(Ledger::open(url).await.unwrap().key_id_secret().await.unwrap()) });
+    let ids = futures_util::future::join_all(opens).await;
+    assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+    assert_eq!(id(Ledger::open(url).await.unwrap().key_id_secret().await.unwrap()), ids[0]);
 }
 
 fn numbered(i: usize) -> LedgerEntry {

@@ -135,6 +135,8 @@ pub async fn gateway_with_ledger(toml_text: &str, url: &str) -> LedgerGateway {
     );
     state.ledger = Some(writer);
     state.reports = Some(Ledger::open(url).await.unwrap());
+    // Config keys' ids keyed as `bourse serve` keys them: by the store's secret.
+    state.use_key_id_secret(&state.reports.as_ref().unwrap().key_id_secret().await.unwrap());
     let ledger = Ledger::open(url).await.unwrap();
     let state = Arc::new(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
