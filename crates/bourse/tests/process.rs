@@ -321,6 +321,25 @@ async fn catalog_and_report_commands() {
     }
 }
 
+/// `bourse report` refuses a bound that looks like a date but is not one in the calendar,
+/// naming the flag and the day the month lacks, before it opens any ledger.
+#[tokio::test]
+async fn report_refuses_dates_the_calendar_does_not_have() {
+    let db = std::env::temp_dir().join(format!("bourse-report-dates-{}-{}.db", std::process::id(), fastrand::u64(..)));
+    let cases = [
+        ("--since", "2026-02-31", "--since: \"2026-02-31\" is not a date: February 2026 has days 1 to 28"),
+        ("--until", "2025-02-29", "--until: \"2025-02-29\" is not a date: February 2025 has days 1 to 28"),
+        ("--since", "2026-04-31", "--since: \"2026-04-31\" is not a date: April 2026 has days 1 to 30"),
+    ];
+    for (flag, date, message) in cases {
+        let out = bourse().args(["report", "--ledger"]).arg(&db).args([flag, date]).output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {date} was accepted");
+        assert!(stderr.contains(message), "{flag} {date}: {stderr}");
+    }
+    assert!(!db.exists(), "a refused report opens no ledger");
+}
+
 #[tokio::test]
 async fn no_proxy_bypasses_the_proxy() {
     // HTTP_PROXY points at a port where nothing listens; NO_PROXY exempts the upstream's host,
