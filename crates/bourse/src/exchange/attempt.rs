@@ -9,7 +9,7 @@ use crate::ledger::{Estimate, LedgerEntry};
 use crate::limit::Spent;
 use crate::meter::{Cost, Price};
 use crate::route::Target;
-use crate::state::{Caller, SharedState};
+use crate::state::{Caller, SharedState, Shutdown};
 use std::time::{Duration, Instant};
 
 /// How an attempt's target was chosen, which decides how it is priced and whom it reports to.
@@ -70,6 +70,17 @@ impl Attempt {
             stream,
             held: None,
         }
+    }
+
+    /// The status and error kind of this attempt if its request is dropped now ([`gone`]).
+    pub(super) fn gone(&self) -> (u16, &'static str) {
+        gone(&self.state().shutdown)
+    }
+
+    /// Held by work that settles this attempt after its request is gone, so a graceful
+    /// stop waits for it before the ledger's last flush.
+    pub(super) fn settling(&self) -> tokio_util::task::task_tracker::TaskTrackerToken {
+        self.state().shutdown.settling.token()
     }
 
     /// The upstream answered: close its circuit and fold in its time to first byte.
@@ -175,9 +186,9 @@ impl Attempt {
 }
 
 /// An attempt dropped unsettled: its request's future was dropped (the client closed the
-/// connection before the answer), which also cancelled the upstream call. Its row says so
-/// (status 499, no usage: what the upstream had done by then is unknown); its hold, if any,
-/// is released at nothing by its own drop.
+/// connection before the answer, or the shutdown deadline passed), which also cancelled the
+/// upstream call. Its row says so ([`gone`], no usage: what the upstream had done by then is
+/// unknown); its hold, if any, is released at nothing by its own drop.
 impl Drop for Attempt {
     fn drop(&mut self) {
         let Some(state) = self.state.take() else { return };
@@ -185,8 +196,19 @@ impl Drop for Attempt {
             return;
         }
         let version = state.meter.catalog.version.clone();
-        let entry = self.row(Usage::default(), 0, 0, &version, 499, Some("client_disconnected"), None);
+        let (status, error) = gone(&state.shutdown);
+        let entry = self.row(Usage::default(), 0, 0, &version, status, Some(error), None);
         Record { state, entry }.send_detached();
+    }
+}
+
+/// The status and error kind of an attempt whose request was dropped before it ended: 499
+/// `client_disconnected` (nginx's code for a client that closed first), or 503
+/// `shutdown_deadline` when the gateway ended it because `server.shutdown_grace` ran out.
+fn gone(shutdown: &Shutdown) -> (u16, &'static str) {
+    match shutdown.overdue() {
+        true => (503, "shutdown_deadline"),
+        false => (499, "client_disconnected"),
     }
 }
 
@@ -213,7 +235,8 @@ impl Record {
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 let state = self.state;
-                rt.spawn(async move { Record { state, entry }.send().await });
+                let settling = state.shutdown.settling.clone();
+                settling.spawn_on(async move { Record { state, entry }.send().await }, &rt);
             }
             Err(_) => writer.try_record(entry),
         }
