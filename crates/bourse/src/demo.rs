@@ -321,10 +321,12 @@ pub async fn run(opts: Options) -> Result<(), String> {
         result = Err(format!("{} of {} requests failed (see the report)", outcome.failed, opts.requests));
     }
     if result.is_ok() && opts.serve {
+        // Installed before the banner says how to stop: Ctrl-C from then on stops gracefully.
+        let signalled = server::shutdown_signal();
         print!("{}", cli::demo::serving(running.addr, &admin_key, &ledger_shown, default_ledger.as_deref()));
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
-        server::shutdown_signal().await;
+        signalled.await;
     }
     running.stop().await;
     drop(sims);

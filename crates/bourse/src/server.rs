@@ -305,8 +305,11 @@ pub fn check_exposure(listen: SocketAddr, has_keys: bool, insecure_no_auth: bool
 
 /// Run the gateway until SIGINT/SIGTERM, then stop as [`Running::stop`] does.
 pub async fn run(cfg: Config, opts: ServeOptions) -> Result<(), String> {
+    // Before the listener opens, so that a signal sent once clients can connect always
+    // stops the gateway gracefully (never by the default action, which kills it).
+    let signalled = shutdown_signal();
     let running = start(&cfg, opts).await?;
-    shutdown_signal().await;
+    signalled.await;
     running.stop().await;
     Ok(())
 }
@@ -572,25 +575,32 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM that arrives after this call: on Unix the
+/// handlers are installed here, not when the future is first polled. Must be called within
+/// the runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (interrupt, terminate) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()));
+        async move {
+            let received = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = received(interrupt) => {}
+                () = received(terminate) => {}
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
