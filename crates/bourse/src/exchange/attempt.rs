@@ -163,8 +163,10 @@ impl Attempt {
         }
     }
 
-    /// A failed attempt: a ledger row with no usage, health told, the error handed back.
+    /// A failed attempt: a ledger row with no usage, health told, the error handed back
+    /// without the provider's key in it, whatever the upstream quoted.
     pub(super) async fn fail(self, e: Error) -> Error {
+        let e = self.target.provider.redact(e);
         if let (Chosen::Routed(i), crate::error::Origin::Upstream) = (self.chosen, e.origin()) {
             let router = &self.state().router;
             let key = &router.entries[i].key;
