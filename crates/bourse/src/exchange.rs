@@ -403,14 +403,23 @@ fn stream_mode(req: &ChatRequest, upstream: Dialect, json_tool: bool) -> Mode {
 fn answer(req: &ChatRequest, target: &Target, bytes: Bytes, json_tool: bool) -> Result<(Bytes, Option<Usage>)> {
     let upstream = target.provider.dialect;
     let same = req.dialect == upstream;
+    // The upstream's error (`{"error":…}`) under a 2xx is its error, not an answer: relayed
+    // as one, it would reach the client as a success, unmetered and never fallen back from.
+    let reported = |e: Error| Error { message: format!("provider {}: {}", target.provider.id, e.message), ..e };
     if same && upstream == Dialect::OpenAi {
         // One parse both validates the body and finds the usage.
         let usage = wire::response_usage(&bytes).map_err(|_| not_json(target))?;
+        if let Some(e) = usage.is_none().then(|| wire::reported_error(&bytes)).flatten() {
+            return Err(reported(e));
+        }
         let bytes = if target.provider.quirks.think_tags_in_content { wire::split_think_tags(bytes) } else { bytes };
         return Ok((bytes, usage));
     }
     if same && upstream == Dialect::Anthropic {
         let usage = anthropic::response_usage(&bytes).map_err(|_| not_json(target))?;
+        if let Some(e) = usage.is_none().then(|| anthropic::reported_error(&bytes)).flatten() {
+            return Err(reported(e));
+        }
         return Ok((bytes, usage));
     }
     let reply = match upstream {
@@ -418,7 +427,7 @@ fn answer(req: &ChatRequest, target: &Target, bytes: Bytes, json_tool: bool) -> 
         Dialect::Anthropic => anthropic::parse_reply(&bytes, json_tool),
         Dialect::Gemini => gemini::parse_reply(&bytes),
     }
-    .map_err(|e| Error { message: format!("provider {}: {}", target.provider.id, e.message), ..e })?;
+    .map_err(reported)?;
     let out = match req.dialect {
         Dialect::Anthropic => anthropic::render_reply(&reply),
         _ => wire::render_reply(&reply),
@@ -604,6 +613,10 @@ pub async fn embeddings(state: &SharedState, caller: Caller, mut req: Embeddings
         Ok(u) => u,
         Err(wire::NotJson) => return error_response(attempt.fail(not_json(&target)).await, &target, Dialect::OpenAi),
     };
+    if let Some(e) = usage.is_none().then(|| wire::reported_error(&bytes)).flatten() {
+        let e = Error { message: format!("provider {}: {}", target.provider.id, e.message), ..e };
+        return error_response(attempt.fail(e).await, &target, Dialect::OpenAi);
+    }
     let (usage, estimate) = match usage {
         Some(u) => (u, None),
         None => {

@@ -607,11 +607,6 @@ fn known_defect(cell: &Cell) -> Option<&'static str> {
     use Fault::*;
     let pass_through = |client, upstream| cell.client == client && cell.upstream == upstream;
     match (cell.fault, cell.stream) {
-        (ErrorIn200, false)
-            if cell.upstream == Upstream::Anthropic || pass_through(Client::OpenAi, Upstream::OpenAi) =>
-        {
-            Some("a 200 whose body is an error object is relayed as an answer, or misread")
-        }
         (ErrorIn200 | MalformedJson | StallBeforeFirstToken, true) => {
             Some("a stream is committed to when the upstream's headers arrive, before any token")
         }

@@ -156,8 +156,9 @@ impl Decoder {
     }
 }
 
-/// An in-stream `error` event as an upstream status error.
-fn stream_error(v: &Value) -> Error {
+/// An Anthropic error object (an in-stream `error` event, or a 2xx body that is one) as an
+/// upstream status error.
+pub(super) fn reported(v: &Value) -> Error {
     let e = v.get("error").unwrap_or(&Value::Null);
     let kind = e.get("type").and_then(Value::as_str);
     let code = e.pointer("/details/error_code").and_then(Value::as_str);
@@ -215,7 +216,7 @@ impl Decode for Decoder {
                     out.push(Delta::Usage(self.usage));
                 }
             }
-            "error" => return Err(stream_error(&v)),
+            "error" => return Err(reported(&v)),
             // content_block_stop, message_stop, ping, and event types added later.
             _ => {}
         }
