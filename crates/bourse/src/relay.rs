@@ -10,7 +10,11 @@
 //!   encoder writes them as the client's events.
 //!
 //! Keep-alive comments are passed on, and a broken upstream becomes an error event in the
-//! client's dialect (what its SDK raises on). When the stream ends — completed, broken,
+//! client's dialect (what its SDK raises on). So does a body that ends cleanly before the
+//! answer's end as its dialect marks it (`[DONE]` or a finish reason, a stop reason): passed
+//! on with a normal ending, a cut-off answer would look complete. In pass-through, where
+//! events are not parsed, the one event a cut-off body may end inside (dispatched at its
+//! end without its blank line) is checked to be whole JSON before it is forwarded. When the stream ends — completed, broken,
 //! or dropped because the client went away — the `on_end` hook runs exactly once with
 //! what was seen, so metering never misses a stream. What the hook sends last (the cost
 //! comment) may have to wait for a token estimate: the relay then awaits it before it ends,
@@ -18,7 +22,7 @@
 
 use crate::canonical::{Delta, Dialect, Usage};
 use crate::dialect::openai::think::ThinkSplitter;
-use crate::dialect::openai::{chunk_has_usage, delta_text, usage_chunk, with_empty_choices};
+use crate::dialect::openai::{chunk_has_finish_reason, chunk_has_usage, delta_text, usage_chunk, with_empty_choices};
 use crate::dialect::{Decode, Encode};
 use crate::error::{Error, ErrorKind};
 use crate::meter::estimate::Transcript;
@@ -100,6 +104,9 @@ pub struct StreamRelay {
     partial: Option<Usage>,
     events: u64,
     transcript: Option<Transcript>,
+    /// OpenAI pass-through: `[DONE]` or a finish reason has been relayed (other modes ask
+    /// their decoder).
+    complete: bool,
     done: bool,
     on_end: Option<OnEnd>,
     /// The end hook's last bytes, being made.
@@ -127,6 +134,7 @@ impl StreamRelay {
             partial: None,
             events: 0,
             transcript: Some(transcript),
+            complete: false,
             done: false,
             on_end,
             last: None,
@@ -232,10 +240,21 @@ impl StreamRelay {
         None
     }
 
-    /// The upstream body ended cleanly: flush the decoder and end the client's stream.
-    fn close(&mut self, out: &mut BytesMut) {
+    /// The upstream body ended cleanly: flush the decoder and end the client's stream, or,
+    /// if the answer had not reached its end, say why it is broken.
+    fn close(&mut self, out: &mut BytesMut) -> Result<(), Error> {
+        let complete = match &self.mode {
+            Mode::OpenAi { .. } => self.complete,
+            Mode::Observe { decoder, .. } | Mode::Translate { decoder, .. } => decoder.complete(),
+        };
+        if !complete {
+            return Err(Error::protocol(format!(
+                "provider {} ended its stream before the answer was finished",
+                self.provider.id
+            )));
+        }
         match &mut self.mode {
-            Mode::OpenAi { .. } => return,
+            Mode::OpenAi { .. } => return Ok(()),
             Mode::Observe { decoder, .. } => decoder.finish(&mut self.deltas),
             Mode::Translate { decoder, encoder } => {
                 decoder.finish(&mut self.deltas);
@@ -247,6 +266,21 @@ impl StreamRelay {
         }
         self.observe();
         self.deltas.clear();
+        Ok(())
+    }
+
+    /// Pass-through: of the events dispatched at the body's end, drop one that is not whole
+    /// JSON (the body was cut inside it). Returns whether one was dropped.
+    fn drop_cut_event(&mut self) -> bool {
+        if !matches!(self.mode, Mode::OpenAi { .. }) {
+            return false;
+        }
+        let before = self.items.len();
+        self.items.retain(|item| match item {
+            Item::Event(ev) => ev.data == "[DONE]" || serde_json::from_str::<serde::de::IgnoredAny>(&ev.data).is_ok(),
+            Item::Comment(_) => true,
+        });
+        self.items.len() < before
     }
 
     /// An error event in the client's dialect, for a stream that broke.
@@ -284,6 +318,9 @@ impl StreamRelay {
                                 }
                             }
                         }
+                    }
+                    if !self.complete && (ev.data == "[DONE]" || chunk_has_finish_reason(&ev.data)) {
+                        self.complete = true;
                     }
                     if ev.data != "[DONE]" {
                         if let Some(rewritten) = self.think.as_mut().and_then(|t| t.rewrite(&ev.data)) {
@@ -352,13 +389,25 @@ impl Stream for StreamRelay {
                 }
                 Poll::Ready(None) => {
                     this.parser.finish(&mut this.items);
+                    let cut = this.drop_cut_event();
                     let mut out = BytesMut::new();
                     let end = match this.forward(&mut out) {
                         Some(e) => StreamEnd::UpstreamFailed(e.message),
-                        None => {
-                            this.close(&mut out);
-                            StreamEnd::Completed
-                        }
+                        None => match this.close(&mut out) {
+                            Ok(()) if !cut => StreamEnd::Completed,
+                            Ok(()) => {
+                                let e = Error::protocol(format!(
+                                    "provider {} ended its stream inside an event",
+                                    this.provider.id
+                                ));
+                                this.error_event(&e, &mut out);
+                                StreamEnd::UpstreamFailed(e.message)
+                            }
+                            Err(e) => {
+                                this.error_event(&e, &mut out);
+                                StreamEnd::UpstreamFailed(e.message)
+                            }
+                        },
                     };
                     let out = this.end_with(end, out);
                     if out.is_empty() {

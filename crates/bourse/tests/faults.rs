@@ -605,14 +605,9 @@ async fn run(cell: Cell, dir: &std::path::Path, n: usize) -> Result<(), String> 
 /// that passes fails the test, so the list cannot outlive the defect.
 fn known_defect(cell: &Cell) -> Option<&'static str> {
     use Fault::*;
-    let pass_through = |client, upstream| cell.client == client && cell.upstream == upstream;
     match (cell.fault, cell.stream) {
         (ErrorIn200 | MalformedJson | StallBeforeFirstToken, true) => {
             Some("a stream is committed to when the upstream's headers arrive, before any token")
-        }
-        (EndsEarly, true) => Some("a stream that ends cleanly mid-answer is passed off as complete"),
-        (TruncatedSse, true) if pass_through(Client::OpenAi, Upstream::OpenAi) => {
-            Some("a stream that ends cleanly mid-answer is passed off as complete")
         }
         _ => None,
     }

@@ -608,6 +608,22 @@ pub fn chunk_has_usage(data: &str) -> bool {
     false
 }
 
+/// Cheap test for whether a stream chunk carries a finish reason (a string
+/// `finish_reason`), which says the answer is whole.
+pub fn chunk_has_finish_reason(data: &str) -> bool {
+    const NAME: &str = "\"finish_reason\"";
+    let mut rest = data;
+    while let Some(at) = rest.find(NAME) {
+        rest = &rest[at + NAME.len()..];
+        if let Some(v) = rest.trim_start().strip_prefix(':') {
+            if v.trim_start().starts_with('"') {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 #[derive(Deserialize)]
 struct UsageChunk {
     #[serde(default)]
@@ -812,6 +828,10 @@ mod tests {
     fn usage_chunk_detection() {
         assert!(!chunk_has_usage(r#"{"choices":[{"delta":{"content":"\"usage\": {"}}],"usage":null}"#));
         assert!(chunk_has_usage(r#"{"choices":[],"usage": {"prompt_tokens":1}}"#));
+        assert!(chunk_has_finish_reason(r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#));
+        assert!(chunk_has_finish_reason(r#"{"choices":[{"delta":{}, "finish_reason" : "length"}]}"#));
+        assert!(!chunk_has_finish_reason(r#"{"choices":[{"delta":{"content":"x"},"finish_reason":null}]}"#));
+        assert!(!chunk_has_finish_reason(r#"{"choices":[{"delta":{"content":"\"finish_reason\":\"stop"}}]}"#));
         let seen = usage_chunk(r#"{"choices":null,"usage":{"prompt_tokens":3,"completion_tokens":2}}"#).unwrap();
         assert!(seen.usage_only && seen.choices_missing);
         assert_eq!(seen.usage.output, 2);

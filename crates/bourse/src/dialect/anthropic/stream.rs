@@ -39,6 +39,8 @@ pub struct Decoder {
     blocks: HashMap<u64, Block>,
     tool_calls: u32,
     json_tool_used: bool,
+    /// A stop reason (`message_delta`) or `message_stop` has come: the answer is whole.
+    ended: bool,
     /// Usage so far: input counts from `message_start`, updated by each `message_delta`
     /// (whose usage is cumulative and may carry only `output_tokens`).
     usage: Usage,
@@ -205,6 +207,7 @@ impl Decode for Decoder {
             "message_delta" => {
                 let d = v.get("delta").unwrap_or(&Value::Null);
                 if let Some(reason) = d.get("stop_reason").and_then(Value::as_str) {
+                    self.ended = true;
                     let mut stop = stop_from(Some(reason), d.get("stop_sequence").and_then(Value::as_str));
                     if stop == StopReason::ToolUse && self.json_tool_used && self.tool_calls == 0 {
                         stop = StopReason::EndTurn;
@@ -217,7 +220,8 @@ impl Decode for Decoder {
                 }
             }
             "error" => return Err(reported(&v)),
-            // content_block_stop, message_stop, ping, and event types added later.
+            "message_stop" => self.ended = true,
+            // content_block_stop, ping, and event types added later.
             _ => {}
         }
         Ok(())
@@ -225,6 +229,10 @@ impl Decode for Decoder {
 
     /// Anthropic reports stop and usage together in `message_delta`: nothing is held back.
     fn finish(&mut self, _out: &mut Vec<Delta>) {}
+
+    fn complete(&self) -> bool {
+        self.ended
+    }
 }
 
 // ------------------------------------------------------------------ encoding
