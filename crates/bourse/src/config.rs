@@ -196,6 +196,8 @@ impl Default for EdgeLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     pub connect: Duration,
+    /// Until the response headers; for a stream, until its first token (counted from the
+    /// request too), since nothing reaches the client before it.
     pub first_byte: Duration,
     pub total: Duration,
 }

@@ -482,10 +482,26 @@ async fn attempt_chat(
     attempt.ttfb = Some(attempt.started.elapsed());
     let is_sse = resp.header("content-type").is_some_and(|v| v.starts_with("text/event-stream"));
     if req.stream && is_sse {
+        let mode = stream_mode(req, upstream, json_tool);
+        // Text for an estimate is kept only while the provider has not shown that its
+        // streams carry usage; after that, a stream cut short is estimated from a tally.
+        let transcript = match target.provider.streams_report_usage() {
+            true => state.estimator.tally(),
+            false => state.estimator.transcript(),
+        };
+        let mut relay = StreamRelay::new(resp, target.provider.clone(), mode, transcript);
+        // Nothing reaches the client before the first token: a stream that fails sooner is
+        // this attempt's failure, and another candidate (or a clean error status) answers.
+        let first_token_by = tokio::time::Instant::from_std(attempt.started) + target.provider.timeouts.first_byte;
+        match tokio::time::timeout_at(first_token_by, relay.first_token()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(attempt.fail(e).await),
+            Err(_) => return Err(attempt.fail(target.provider.first_token_timeout()).await),
+        }
         attempt.healthy();
         pass.answers(&mut attempt);
-        // This attempt answers the request (no fallback after a stream starts): keep the
-        // body for a possible estimate, in an allocation of its own (see `detached`).
+        // This attempt answers the request (no fallback once a token is the client's): keep
+        // the body for a possible estimate, in an allocation of its own (see `detached`).
         let request = req.take_body().detached();
         let estimator = state.estimator.clone();
         let on_end: OnEnd = Box::new(move |summary: StreamSummary| {
@@ -521,14 +537,7 @@ async fn attempt_chat(
                 completed.then(|| money_comment(&settled))
             }))
         });
-        let mode = stream_mode(req, upstream, json_tool);
-        // Text for an estimate is kept only while the provider has not shown that its
-        // streams carry usage; after that, a stream cut short is estimated from a tally.
-        let transcript = match target.provider.streams_report_usage() {
-            true => state.estimator.tally(),
-            false => state.estimator.transcript(),
-        };
-        let relay = StreamRelay::new(resp, target.provider.clone(), mode, transcript, Some(on_end));
+        relay.set_on_end(on_end);
         let mut out = Response::new(Body::from_stream(relay));
         let h = out.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

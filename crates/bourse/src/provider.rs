@@ -4,9 +4,10 @@
 //! and quirks ([`preset`]); the dialect decides the endpoint paths and auth headers, and
 //! [`crate::dialect`] the bodies. Each provider owns a pool of keep-alive connections to its
 //! origin ([`http`]: HTTP/1.1, rustls with bundled web-PKI roots, `HTTPS_PROXY`/`HTTP_PROXY`/
-//! `NO_PROXY` honoured), a connect timeout, a first-byte timeout (until response headers) and
-//! a total timeout (until the last body byte, see [`Upstream`]). Failures are classified
-//! here, once, into the gateway's error taxonomy.
+//! `NO_PROXY` honoured), a connect timeout, a first-byte timeout (until response headers; a
+//! stream's first token is held to it too, see [`crate::relay`]) and a total timeout (until
+//! the last body byte, see [`Upstream`]). Failures are classified here, once, into the
+//! gateway's error taxonomy.
 
 pub mod http;
 
@@ -217,6 +218,15 @@ impl Provider {
         Error::new(
             ErrorKind::UpstreamTimeout,
             format!("provider {} did not finish within {:?}", self.id, self.timeouts.total),
+        )
+    }
+
+    /// A stream's first token did not come within the first-byte timeout (counted from the
+    /// request, headers included).
+    pub fn first_token_timeout(&self) -> Error {
+        Error::new(
+            ErrorKind::UpstreamTimeout,
+            format!("provider {} sent no token within {:?}", self.id, self.timeouts.first_byte),
         )
     }
 

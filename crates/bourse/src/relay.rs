@@ -9,6 +9,12 @@
 //! - Different dialects: a decoder turns upstream events into canonical deltas and an
 //!   encoder writes them as the client's events.
 //!
+//! Nothing reaches the client before the answer's first token ([`StreamRelay::first_token`]):
+//! until then the events are held, and a failure — the body breaking, stalling or ending, an
+//! error or malformed event — is the attempt's, which the exchange can still answer with
+//! another candidate or a clean error status. From the first token on, the stream is the
+//! client's, and relayed as it comes.
+//!
 //! Keep-alive comments are passed on, and a broken upstream becomes an error event in the
 //! client's dialect (what its SDK raises on). So does a body that ends cleanly before the
 //! answer's end as its dialect marks it (`[DONE]` or a finish reason, a stop reason): passed
@@ -22,7 +28,9 @@
 
 use crate::canonical::{Delta, Dialect, Usage};
 use crate::dialect::openai::think::ThinkSplitter;
-use crate::dialect::openai::{chunk_has_finish_reason, chunk_has_usage, delta_text, usage_chunk, with_empty_choices};
+use crate::dialect::openai::{
+    chunk_has_finish_reason, chunk_has_usage, delta_text, reported_error, usage_chunk, with_empty_choices,
+};
 use crate::dialect::{Decode, Encode};
 use crate::error::{Error, ErrorKind};
 use crate::meter::estimate::Transcript;
@@ -76,6 +84,22 @@ pub enum Mode {
     Translate { decoder: Box<dyn Decode>, encoder: Box<dyn Encode> },
 }
 
+/// What the upstream gave next.
+enum Next {
+    /// Bytes for the client.
+    Out(BytesMut),
+    /// The upstream's stream is over: the bytes still to send, and how it ended.
+    Over(BytesMut, Over),
+}
+
+/// How the upstream's stream ended.
+enum Over {
+    Completed,
+    /// Broken: the error, and whether the bytes already say so to the client (the
+    /// upstream's own error event, passed through or translated).
+    Broke(Error, bool),
+}
+
 /// Called once when the stream ends; what it returns (e.g. a cost comment) is sent to the
 /// client last, if the client is still there.
 pub type OnEnd = Box<dyn FnOnce(StreamSummary) -> Ending + Send>;
@@ -107,6 +131,13 @@ pub struct StreamRelay {
     /// OpenAI pass-through: `[DONE]` or a finish reason has been relayed (other modes ask
     /// their decoder).
     complete: bool,
+    /// The answer's first token has been seen: from here on the stream is the client's.
+    first_token: bool,
+    /// What was read before the first token, sent before anything else.
+    held: Option<BytesMut>,
+    /// The stream completed before [`StreamRelay::first_token`] returned: ended (with the
+    /// hook) after `held` is sent.
+    ended_early: bool,
     done: bool,
     on_end: Option<OnEnd>,
     /// The end hook's last bytes, being made.
@@ -114,13 +145,7 @@ pub struct StreamRelay {
 }
 
 impl StreamRelay {
-    pub fn new(
-        upstream: Upstream,
-        provider: Arc<Provider>,
-        mode: Mode,
-        transcript: Transcript,
-        on_end: Option<OnEnd>,
-    ) -> Self {
+    pub fn new(upstream: Upstream, provider: Arc<Provider>, mode: Mode, transcript: Transcript) -> Self {
         let think = matches!(mode, Mode::OpenAi { .. }) && provider.quirks.think_tags_in_content;
         StreamRelay {
             body: upstream.response.body,
@@ -135,10 +160,44 @@ impl StreamRelay {
             events: 0,
             transcript: Some(transcript),
             complete: false,
+            first_token: false,
+            held: None,
+            ended_early: false,
             done: false,
-            on_end,
+            on_end: None,
             last: None,
             provider,
+        }
+    }
+
+    /// The hook run when the stream ends, set once the stream is the client's.
+    pub fn set_on_end(&mut self, on_end: OnEnd) {
+        self.on_end = Some(on_end);
+    }
+
+    /// Reads the upstream until the answer's first token (text, thinking, a tool call, a stop
+    /// or usage), holding what it read for the client. Until then nothing has reached the
+    /// client, so a stream that breaks, ends or reports an error first is this attempt's
+    /// failure (returned); the caller bounds the wait with its time-to-first-token limit.
+    pub async fn first_token(&mut self) -> Result<(), Error> {
+        let mut held = BytesMut::new();
+        loop {
+            match std::future::poll_fn(|cx| self.poll_upstream(cx)).await {
+                Next::Out(out) => held.extend_from_slice(&out),
+                Next::Over(out, Over::Completed) => {
+                    held.extend_from_slice(&out);
+                    self.ended_early = true;
+                    self.first_token = true;
+                }
+                Next::Over(_, Over::Broke(e, _)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+            }
+            if self.first_token {
+                self.held = Some(held);
+                return Ok(());
+            }
         }
     }
 
@@ -171,6 +230,9 @@ impl StreamRelay {
 
     /// Note usage and keep text for a possible estimate, from decoded deltas.
     fn observe(&mut self) {
+        if !self.first_token {
+            self.first_token = self.deltas.iter().any(|d| !matches!(d, Delta::Start { .. }));
+        }
         for i in 0..self.deltas.len() {
             match &self.deltas[i] {
                 // The start's usage counts the input, not yet the output: text is still kept.
@@ -193,8 +255,7 @@ impl StreamRelay {
     /// Returns the error that ended the stream, if an upstream event was one.
     fn forward(&mut self, out: &mut BytesMut) -> Option<Error> {
         if matches!(self.mode, Mode::OpenAi { .. }) {
-            self.forward_openai(out);
-            return None;
+            return self.forward_openai(out);
         }
         let items = std::mem::take(&mut self.items);
         for item in items {
@@ -297,12 +358,31 @@ impl StreamRelay {
     }
 
     /// OpenAI to OpenAI: pass events through, reading (and maybe dropping) the usage chunk.
-    fn forward_openai(&mut self, out: &mut BytesMut) {
+    /// Returns the error that ended the stream: an error chunk (passed through, the client's
+    /// SDK raises on it), or, before the first token, a chunk that is not JSON.
+    fn forward_openai(&mut self, out: &mut BytesMut) -> Option<Error> {
         let include_usage = matches!(self.mode, Mode::OpenAi { include_usage: true });
         for item in self.items.drain(..) {
             match item {
                 Item::Comment(_) => sse::write_item(&item, out),
                 Item::Event(mut ev) => {
+                    // Events are not parsed on the way through, except the few before the
+                    // first token, whose failure can still be answered otherwise.
+                    if !self.first_token && ev.data != "[DONE]" {
+                        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&ev.data) {
+                            return Some(Error::protocol(format!(
+                                "provider {} sent a stream chunk that is not JSON ({e}): {:.200}",
+                                self.provider.id, ev.data
+                            )));
+                        }
+                    }
+                    if ev.data.trim_start().starts_with("{\"error\"") {
+                        if let Some(e) = reported_error(ev.data.as_bytes()) {
+                            sse::write_item(&Item::Event(ev), out);
+                            let message = format!("provider {}: {}", self.provider.id, e.message);
+                            return Some(Error { message, ..e });
+                        }
+                    }
                     if chunk_has_usage(&ev.data) {
                         if let Some(seen) = usage_chunk(&ev.data) {
                             self.usage = Some(seen.usage);
@@ -322,6 +402,11 @@ impl StreamRelay {
                     if !self.complete && (ev.data == "[DONE]" || chunk_has_finish_reason(&ev.data)) {
                         self.complete = true;
                     }
+                    if !self.first_token {
+                        let mut text = false;
+                        delta_text(&ev.data, |t| text |= !t.is_empty());
+                        self.first_token = text || self.complete || self.usage.is_some();
+                    }
                     if ev.data != "[DONE]" {
                         if let Some(rewritten) = self.think.as_mut().and_then(|t| t.rewrite(&ev.data)) {
                             ev.data = rewritten;
@@ -336,6 +421,67 @@ impl StreamRelay {
                 }
             }
         }
+        None
+    }
+
+    /// The upstream's next bytes for the client, or the end of its stream. Errors are not
+    /// yet written for the client (unless the upstream's own event says so): before the
+    /// first token they are the attempt's, after it the stream's.
+    fn poll_upstream(&mut self, cx: &mut Context<'_>) -> Poll<Next> {
+        loop {
+            // The deadline is checked only when the body has nothing to give, so a stream
+            // that is flowing is never cut between two ready chunks.
+            let polled = match self.body.poll_chunk(cx) {
+                Poll::Pending if self.deadline.as_mut().poll(cx).is_ready() => {
+                    Poll::Ready(Some(Err(self.provider.total_timeout())))
+                }
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(Ok(data))) => Poll::Ready(Some(Ok(data))),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(self.provider.body_error(&e)))),
+                Poll::Ready(None) => Poll::Ready(None),
+            };
+            match polled {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    self.parser.feed(&chunk, &mut self.items);
+                    if self.items.is_empty() {
+                        continue;
+                    }
+                    let mut out = BytesMut::new();
+                    if let Some(e) = self.forward(&mut out) {
+                        // An upstream error event: the client has it; the stream is over.
+                        return Poll::Ready(Next::Over(out, Over::Broke(e, true)));
+                    }
+                    if !out.is_empty() {
+                        return Poll::Ready(Next::Out(out));
+                    }
+                }
+                Poll::Ready(Some(Err(err))) => {
+                    let err = Error { message: format!("the upstream stream broke: {}", err.message), ..err };
+                    return Poll::Ready(Next::Over(BytesMut::new(), Over::Broke(err, false)));
+                }
+                Poll::Ready(None) => {
+                    self.parser.finish(&mut self.items);
+                    let cut = self.drop_cut_event();
+                    let mut out = BytesMut::new();
+                    let over = match self.forward(&mut out) {
+                        Some(e) => Over::Broke(e, true),
+                        None => match self.close(&mut out) {
+                            Ok(()) if !cut => Over::Completed,
+                            Ok(()) => Over::Broke(
+                                Error::protocol(format!(
+                                    "provider {} ended its stream inside an event",
+                                    self.provider.id
+                                )),
+                                false,
+                            ),
+                            Err(e) => Over::Broke(e, false),
+                        },
+                    };
+                    return Poll::Ready(Next::Over(out, over));
+                }
+            }
+        }
     }
 }
 
@@ -344,80 +490,40 @@ impl Stream for StreamRelay {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if let Some(last) = &mut this.last {
-            let bytes = std::task::ready!(last.as_mut().poll(cx));
-            this.last = None;
-            return Poll::Ready(bytes.map(Ok));
-        }
-        if this.done {
-            return Poll::Ready(None);
-        }
-        loop {
-            // The deadline is checked only when the body has nothing to give, so a stream
-            // that is flowing is never cut between two ready chunks.
-            let polled = match this.body.poll_chunk(cx) {
-                Poll::Pending if this.deadline.as_mut().poll(cx).is_ready() => {
-                    Poll::Ready(Some(Err(this.provider.total_timeout())))
+        let ended = match this.held.take() {
+            // The whole stream came before its first token was looked for.
+            Some(held) if this.ended_early => Some(this.end_with(StreamEnd::Completed, held)),
+            Some(held) if !held.is_empty() => return Poll::Ready(Some(Ok(held.freeze()))),
+            _ => None,
+        };
+        let out = match ended {
+            Some(out) => out,
+            None => {
+                if let Some(last) = &mut this.last {
+                    let bytes = std::task::ready!(last.as_mut().poll(cx));
+                    this.last = None;
+                    return Poll::Ready(bytes.map(Ok));
                 }
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Some(Ok(data))) => Poll::Ready(Some(Ok(data))),
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(this.provider.body_error(&e)))),
-                Poll::Ready(None) => Poll::Ready(None),
-            };
-            match polled {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(chunk))) => {
-                    this.parser.feed(&chunk, &mut this.items);
-                    if this.items.is_empty() {
-                        continue;
-                    }
-                    let mut out = BytesMut::new();
-                    if let Some(e) = this.forward(&mut out) {
-                        // An upstream error event: the client has it; the stream is over.
-                        return Poll::Ready(Some(Ok(this.end_with(StreamEnd::UpstreamFailed(e.message), out))));
-                    }
-                    if !out.is_empty() {
-                        return Poll::Ready(Some(Ok(out.freeze())));
-                    }
+                if this.done {
+                    return Poll::Ready(None);
                 }
-                Poll::Ready(Some(Err(err))) => {
-                    let msg = format!("the upstream stream broke: {}", err.message);
-                    let err = Error { message: msg.clone(), ..err };
-                    let mut out = BytesMut::new();
-                    this.error_event(&err, &mut out);
-                    return Poll::Ready(Some(Ok(this.end_with(StreamEnd::UpstreamFailed(msg), out))));
-                }
-                Poll::Ready(None) => {
-                    this.parser.finish(&mut this.items);
-                    let cut = this.drop_cut_event();
-                    let mut out = BytesMut::new();
-                    let end = match this.forward(&mut out) {
-                        Some(e) => StreamEnd::UpstreamFailed(e.message),
-                        None => match this.close(&mut out) {
-                            Ok(()) if !cut => StreamEnd::Completed,
-                            Ok(()) => {
-                                let e = Error::protocol(format!(
-                                    "provider {} ended its stream inside an event",
-                                    this.provider.id
-                                ));
-                                this.error_event(&e, &mut out);
-                                StreamEnd::UpstreamFailed(e.message)
-                            }
-                            Err(e) => {
-                                this.error_event(&e, &mut out);
-                                StreamEnd::UpstreamFailed(e.message)
-                            }
-                        },
-                    };
-                    let out = this.end_with(end, out);
-                    if out.is_empty() {
-                        // Nothing more now: the hook's last bytes, if it is making them.
-                        return self.poll_next(cx);
+                match std::task::ready!(this.poll_upstream(cx)) {
+                    Next::Out(out) => return Poll::Ready(Some(Ok(out.freeze()))),
+                    Next::Over(out, Over::Completed) => this.end_with(StreamEnd::Completed, out),
+                    Next::Over(mut out, Over::Broke(e, written)) => {
+                        if !written {
+                            this.error_event(&e, &mut out);
+                        }
+                        this.end_with(StreamEnd::UpstreamFailed(e.message), out)
                     }
-                    return Poll::Ready(Some(Ok(out)));
                 }
             }
+        };
+        if out.is_empty() {
+            // Nothing more now: the hook's last bytes, if it is making them.
+            return self.poll_next(cx);
         }
+        Poll::Ready(Some(Ok(out)))
     }
 }
 

@@ -601,18 +601,6 @@ async fn run(cell: Cell, dir: &std::path::Path, n: usize) -> Result<(), String> 
     Ok(())
 }
 
-/// Cells the gateway fails today, by defect: each fix removes its own, and a listed cell
-/// that passes fails the test, so the list cannot outlive the defect.
-fn known_defect(cell: &Cell) -> Option<&'static str> {
-    use Fault::*;
-    match (cell.fault, cell.stream) {
-        (ErrorIn200 | MalformedJson | StallBeforeFirstToken, true) => {
-            Some("a stream is committed to when the upstream's headers arrive, before any token")
-        }
-        _ => None,
-    }
-}
-
 /// A failure's description cut to a readable length (answers can be long).
 fn clip(s: &str) -> String {
     const MAX: usize = 400;
@@ -637,23 +625,9 @@ async fn every_upstream_fault_is_served_or_cleanly_refused() {
     .collect()
     .await;
     let _ = std::fs::remove_dir_all(&dir);
-    let mut failures = Vec::new();
-    let mut known = 0;
-    for (cell, result) in results {
-        match (known_defect(&cell), result) {
-            (None, Ok(())) => {}
-            (None, Err(e)) => failures.push(format!("{}: {}", cell.name(), clip(&e))),
-            (Some(_), Err(_)) => known += 1,
-            (Some(defect), Ok(())) => {
-                failures.push(format!("{}: passes; remove it from known_defect ({defect})", cell.name()))
-            }
-        }
-    }
+    let mut failures: Vec<String> =
+        results.into_iter().filter_map(|(cell, r)| r.err().map(|e| format!("{}: {}", cell.name(), clip(&e)))).collect();
     failures.sort();
-    eprintln!(
-        "{total} cells in {:.1}s: {} failing, {known} failing by a known defect",
-        started.elapsed().as_secs_f64(),
-        failures.len()
-    );
+    eprintln!("{total} cells in {:.1}s, {} failing", started.elapsed().as_secs_f64(), failures.len());
     assert!(failures.is_empty(), "{} of {total} cells fail:\n{}", failures.len(), failures.join("\n"));
 }
