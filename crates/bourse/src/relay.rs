@@ -115,8 +115,14 @@ pub enum Ending {
 
 pub struct StreamRelay {
     body: crate::provider::http::Body,
-    /// The provider's total timeout, for the whole stream.
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// When the provider's total timeout, for the whole stream, runs out.
+    deadline: tokio::time::Instant,
+    /// When the upstream last sent something; after the first token, a silence of the
+    /// provider's read timeout breaks the stream.
+    last_read: tokio::time::Instant,
+    /// Wakes the relay at the earlier of the two limits. Re-armed only when it fires, so a
+    /// flowing stream pays one clock read per chunk and no timer update.
+    timer: Pin<Box<tokio::time::Sleep>>,
     provider: Arc<Provider>,
     parser: Parser,
     items: Vec<Item>,
@@ -149,7 +155,10 @@ impl StreamRelay {
         let think = matches!(mode, Mode::OpenAi { .. }) && provider.quirks.think_tags_in_content;
         StreamRelay {
             body: upstream.response.body,
-            deadline: Box::pin(tokio::time::sleep_until(upstream.deadline)),
+            deadline: upstream.deadline,
+            last_read: tokio::time::Instant::now(),
+            // Until the first token, the exchange's own limit applies (and the total one).
+            timer: Box::pin(tokio::time::sleep_until(upstream.deadline)),
             parser: Parser::new(),
             items: Vec::new(),
             mode,
@@ -196,6 +205,9 @@ impl StreamRelay {
             }
             if self.first_token {
                 self.held = Some(held);
+                // From here on, silences are limited too.
+                let quiet_until = self.last_read + self.provider.timeouts.read;
+                self.timer.as_mut().reset(quiet_until.min(self.deadline));
                 return Ok(());
             }
         }
@@ -424,19 +436,44 @@ impl StreamRelay {
         None
     }
 
+    /// Called while the body has nothing to give: the error if the total timeout has run
+    /// out, or (after the first token) the read timeout; else the timer is re-armed for the
+    /// earlier of the two.
+    fn poll_limits(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
+        loop {
+            std::task::ready!(self.timer.as_mut().poll(cx));
+            let now = tokio::time::Instant::now();
+            if now >= self.deadline {
+                return Poll::Ready(self.provider.total_timeout());
+            }
+            let mut next = self.deadline;
+            if self.first_token {
+                let quiet_until = self.last_read + self.provider.timeouts.read;
+                if now >= quiet_until {
+                    return Poll::Ready(self.provider.read_timeout());
+                }
+                next = next.min(quiet_until);
+            }
+            self.timer.as_mut().reset(next);
+        }
+    }
+
     /// The upstream's next bytes for the client, or the end of its stream. Errors are not
     /// yet written for the client (unless the upstream's own event says so): before the
     /// first token they are the attempt's, after it the stream's.
     fn poll_upstream(&mut self, cx: &mut Context<'_>) -> Poll<Next> {
         loop {
-            // The deadline is checked only when the body has nothing to give, so a stream
+            // The limits are checked only when the body has nothing to give, so a stream
             // that is flowing is never cut between two ready chunks.
             let polled = match self.body.poll_chunk(cx) {
-                Poll::Pending if self.deadline.as_mut().poll(cx).is_ready() => {
-                    Poll::Ready(Some(Err(self.provider.total_timeout())))
+                Poll::Pending => match self.poll_limits(cx) {
+                    Poll::Ready(e) => Poll::Ready(Some(Err(e))),
+                    Poll::Pending => Poll::Pending,
+                },
+                Poll::Ready(Some(Ok(data))) => {
+                    self.last_read = tokio::time::Instant::now();
+                    Poll::Ready(Some(Ok(data)))
                 }
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Some(Ok(data))) => Poll::Ready(Some(Ok(data))),
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(self.provider.body_error(&e)))),
                 Poll::Ready(None) => Poll::Ready(None),
             };

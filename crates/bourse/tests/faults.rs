@@ -239,8 +239,11 @@ fn matrix() -> Vec<Cell> {
     cells
 }
 
-/// Short timeouts, so stalls resolve in well under a second or two.
-const FAULTY_TIMEOUTS: &str = "connect_timeout = \"1s\"\nfirst_byte_timeout = \"500ms\"\ntotal_timeout = \"2s\"";
+/// Short timeouts for the first token and for silences mid-answer, so stalls resolve in
+/// well under a second; the total stays long, as it must for long answers, so no stall is
+/// cut by it.
+const FAULTY_TIMEOUTS: &str =
+    "connect_timeout = \"1s\"\nfirst_byte_timeout = \"500ms\"\nread_timeout = \"300ms\"\ntotal_timeout = \"30s\"";
 
 /// A cell's gateway and upstreams, dropped (and its ledger removed) when the cell ends.
 struct Rig {
