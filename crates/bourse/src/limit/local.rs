@@ -3,7 +3,7 @@
 //! Rebuilt at start-up from the ledger ([`LocalCounters::seed`]).
 //!
 //! State, all behind one `std::sync::Mutex` held only for the arithmetic of one call:
-//! - per scope, keyed by (kind, id) so a key and a tenant with the same id stay apart: spend
+//! - per scope, found by (kind, id) so a key and a tenant with the same id stay apart: spend
 //!   counters for the last few UTC days and months and in total, the cost still reserved by
 //!   its outstanding holds, the requests- and tokens-per-minute windows (sorted by time,
 //!   kept only where the scope sets that limit) and its live leases (taken only where it
@@ -17,7 +17,7 @@
 //! A refused decision changes nothing but that sweep and the pruning of expired window
 //! entries.
 
-use super::remaining::{over_budget, remaining, After};
+use super::remaining::{over_budget, After, Tightest};
 use super::{
     day_of, month_of, window_end, Ask, Hold, Lease, LimitError, Nanos, Rate, Refusal, Remaining, ScopeKind, Spent,
     Usage, Window, HOLD_TTL_MS, MINUTE_MS,
@@ -53,9 +53,12 @@ type Fnv = std::hash::BuildHasherDefault<crate::fnv::Fnv1a>;
 
 #[derive(Debug, Default)]
 struct State {
-    /// Per scope kind (`ScopeKind::Key`, `ScopeKind::Tenant`), by id: looked up by `&str`
-    /// without building an owned key.
-    scopes: [HashMap<Arc<str>, ScopeState, Fnv>; 2],
+    /// Every scope's counters, in the order they were first used (a scope is never removed).
+    slots: Vec<ScopeState>,
+    /// Per scope kind (`ScopeKind::Key`, `ScopeKind::Tenant`), by id: the scope's index in
+    /// `slots`. A call looks each of its scopes up once and then works on the index; ids are
+    /// looked up by `&str` without building an owned key.
+    index: [HashMap<Arc<str>, usize, Fnv>; 2],
     holds: HashMap<u64, HoldRecord, Fnv>,
     /// (expiry, hold id) of every outstanding hold.
     expiries: BTreeSet<(i64, u64)>,
@@ -170,17 +173,33 @@ impl ScopeState {
         self.leases.retain(|(_, expiry)| *expiry > now_ms);
     }
 
+    /// Applies `delta` to the spend of `day`, `month` and in total, and takes a hold's `cost`
+    /// off the reserved sum.
+    fn unreserve(&mut self, day: i64, month: i64, delta: Nanos, cost: Nanos) {
+        add_windowed(&mut self.days, day, delta, DAYS_KEPT);
+        add_windowed(&mut self.months, month, delta, MONTHS_KEPT);
+        add_clamped(&mut self.total, delta);
+        add_clamped(&mut self.reserved, -cost);
+    }
+
     fn tokens_used(&self) -> u64 {
         debug_assert_eq!(self.tokens_sum, self.tokens.iter().map(|e| e.1).sum::<u64>());
         self.tokens_sum
     }
 
-    /// Whether this scope refuses `ask` (nothing is changed).
-    fn refusal(&self, kind: ScopeKind, id: &Arc<str>, limits: &super::Limits, ask: &Ask<'_>) -> Option<Refusal> {
+    /// Whether this scope refuses `ask`, made on `day` and in `month` (nothing is changed).
+    fn refusal(
+        &self,
+        kind: ScopeKind,
+        id: &Arc<str>,
+        limits: &super::Limits,
+        ask: &Ask<'_>,
+        (day, month): (i64, i64),
+    ) -> Option<Refusal> {
         let now = ask.now_ms;
         for (window, limit, used) in [
-            (Window::Day, limits.budget_day, read_windowed(&self.days, day_of(now))),
-            (Window::Month, limits.budget_month, read_windowed(&self.months, month_of(now))),
+            (Window::Day, limits.budget_day, read_windowed(&self.days, day)),
+            (Window::Month, limits.budget_month, read_windowed(&self.months, month)),
             (Window::Total, limits.budget_total, self.total),
         ] {
             if let Some(limit) = limit {
@@ -244,20 +263,28 @@ fn kind_index(kind: ScopeKind) -> usize {
 
 impl State {
     fn scope(&self, kind: ScopeKind, id: &str) -> Option<&ScopeState> {
-        self.scopes[kind_index(kind)].get(id)
+        self.index[kind_index(kind)].get(id).map(|&i| &self.slots[i])
     }
 
     fn scope_mut(&mut self, kind: ScopeKind, id: &str) -> Option<&mut ScopeState> {
-        self.scopes[kind_index(kind)].get_mut(id)
+        self.index[kind_index(kind)].get(id).map(|&i| &mut self.slots[i])
+    }
+
+    /// The scope's index in `slots`, its state created empty on first use.
+    fn slot(&mut self, kind: ScopeKind, id: &Arc<str>) -> usize {
+        let map = &mut self.index[kind_index(kind)];
+        if let Some(&i) = map.get(&**id) {
+            return i;
+        }
+        self.slots.push(ScopeState::default());
+        map.insert(id.clone(), self.slots.len() - 1);
+        self.slots.len() - 1
     }
 
     /// The scope's state, created empty on first use.
     fn scope_entry(&mut self, kind: ScopeKind, id: &Arc<str>) -> &mut ScopeState {
-        let map = &mut self.scopes[kind_index(kind)];
-        if !map.contains_key(&**id) {
-            map.insert(id.clone(), ScopeState::default());
-        }
-        map.get_mut(&**id).expect("inserted above")
+        let i = self.slot(kind, id);
+        &mut self.slots[i]
     }
 
     /// Removes the reservations of holds expired at `now_ms`.
@@ -277,11 +304,7 @@ impl State {
     /// cost from their reserved sums.
     fn unreserve(&mut self, hold: &HoldRecord, delta: Nanos) {
         for scope in &hold.scopes {
-            let s = self.scope_entry(scope.0, &scope.1);
-            add_windowed(&mut s.days, hold.day, delta, DAYS_KEPT);
-            add_windowed(&mut s.months, hold.month, delta, MONTHS_KEPT);
-            add_clamped(&mut s.total, delta);
-            add_clamped(&mut s.reserved, -hold.cost);
+            self.scope_entry(scope.0, &scope.1).unreserve(hold.day, hold.month, delta, hold.cost);
         }
     }
 
@@ -290,6 +313,40 @@ impl State {
             if let Some(s) = self.scope_mut(scope.0, &scope.1) {
                 s.leases.retain(|(id, _)| *id != lease.id);
             }
+        }
+    }
+}
+
+/// The slots of one call's scopes, each looked up once: on the stack for up to four (a
+/// request has two: its key and its tenant).
+#[derive(Default)]
+struct Slots {
+    inline: [usize; 4],
+    len: usize,
+    more: Vec<usize>,
+}
+
+impl Slots {
+    fn push(&mut self, slot: usize) {
+        match self.inline.get_mut(self.len) {
+            Some(free) if self.more.is_empty() => {
+                *free = slot;
+                self.len += 1;
+            }
+            _ => {
+                if self.more.is_empty() {
+                    self.more.extend_from_slice(&self.inline);
+                }
+                self.more.push(slot);
+            }
+        }
+    }
+
+    fn as_slice(&self) -> &[usize] {
+        if self.more.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.more
         }
     }
 }
@@ -330,15 +387,19 @@ impl LocalCounters {
     pub fn reserve(&self, ask: &Ask<'_>) -> Result<(Hold, Remaining), LimitError> {
         let now = ask.now_ms;
         let cost = ask.cost.max(0);
+        let (day, month) = (day_of(now), month_of(now));
+        let mut slots = Slots::default();
         let mut state = self.lock();
         let state = &mut *state;
         state.sweep(now);
         for scope in ask.scopes {
-            let s = state.scope_entry(scope.kind, &scope.id);
+            let i = state.slot(scope.kind, &scope.id);
+            let s = &mut state.slots[i];
             s.prune(now);
-            if let Some(refusal) = s.refusal(scope.kind, &scope.id, &scope.limits, ask) {
+            if let Some(refusal) = s.refusal(scope.kind, &scope.id, &scope.limits, ask, (day, month)) {
                 return Err(LimitError::Refused(refusal));
             }
+            slots.push(i);
         }
         let mut flags = 0;
         for (i, scope) in ask.scopes.iter().enumerate().take(TPM_BITS as usize) {
@@ -347,11 +408,10 @@ impl LocalCounters {
             }
         }
         let id = (next_id() << TPM_BITS) | flags;
-        let (day, month) = (day_of(now), month_of(now));
         let expires_ms = now.saturating_add(self.hold_ttl_ms);
-        let mut afters = Vec::with_capacity(ask.scopes.len());
-        for scope in ask.scopes {
-            let s = state.scope_mut(scope.kind, &scope.id).expect("created above");
+        let mut left = Tightest::default();
+        for (scope, &i) in ask.scopes.iter().zip(slots.as_slice()) {
+            let s = &mut state.slots[i];
             add_windowed(&mut s.days, day, cost, DAYS_KEPT);
             add_windowed(&mut s.months, month, cost, MONTHS_KEPT);
             s.total = s.total.saturating_add(cost);
@@ -367,7 +427,7 @@ impl LocalCounters {
                 bump(&mut s.tokens, now, ask.tokens);
                 s.tokens_sum += ask.tokens;
             }
-            afters.push(After {
+            let after = After {
                 day: read_windowed(&s.days, day),
                 month: read_windowed(&s.months, month),
                 total: s.total,
@@ -375,12 +435,13 @@ impl LocalCounters {
                 requests_newest: s.requests.back().map(|e| e.0),
                 tokens: s.tokens_used(),
                 tokens_newest: s.tokens.back().map(|e| e.0),
-            });
+            };
+            left.add(scope.kind, &scope.limits, after, now);
         }
         let scopes: Vec<ScopeId> = ask.scopes.iter().map(|s| (s.kind, s.id.clone())).collect();
         state.holds.insert(id, HoldRecord { scopes: scopes.clone(), day, month, cost, expires_ms });
         state.expiries.insert((expires_ms, id));
-        let left = remaining(ask.scopes.iter().zip(afters).map(|(s, a)| (s.kind, &s.limits, a)), now);
+        let left = left.finish();
         let group: Arc<str> = Arc::from(ask.group);
         let lease = Lease::for_ask(id, ask, &group, true);
         let hold = Hold { id, scopes, group, at_ms: now, cost, tokens: ask.tokens, local: true, lease };
@@ -389,37 +450,29 @@ impl LocalCounters {
 
     pub fn settle(&self, hold: Hold, spent: Spent, release: Option<Lease>) {
         let mut state = self.lock();
-        let record = state.holds.remove(&hold.id);
-        let delta = match &record {
+        let state = &mut *state;
+        let (delta, reserved, day, month) = match state.holds.remove(&hold.id) {
             Some(r) => {
                 state.expiries.remove(&(r.expires_ms, hold.id));
-                spent.cost - r.cost
+                (spent.cost - r.cost, r.cost, r.day, r.month)
             }
             // Swept: its reservation is gone already.
-            None => spent.cost,
+            None => (spent.cost, 0, day_of(hold.at_ms), month_of(hold.at_ms)),
         };
-        let applied = HoldRecord {
-            scopes: hold.scopes,
-            day: day_of(hold.at_ms),
-            month: month_of(hold.at_ms),
-            cost: record.as_ref().map_or(0, |r| r.cost),
-            expires_ms: 0,
-        };
-        state.unreserve(&applied, delta);
-        for (i, scope) in applied.scopes.iter().enumerate() {
+        for (i, scope) in hold.scopes.iter().enumerate() {
+            let s = state.scope_entry(scope.0, &scope.1);
+            s.unreserve(day, month, delta, reserved);
             // Only scopes that took a tokens entry (recorded in the hold id's low bits).
             if i < TPM_BITS as usize && hold.id & (1 << i) == 0 {
                 continue;
             }
-            if let Some(s) = state.scope_mut(scope.0, &scope.1) {
-                // Its tokens are in the bucket of its millisecond, if still in the minute.
-                let at = s.tokens.partition_point(|e| e.0 < hold.at_ms);
-                if let Some(bucket) = s.tokens.get_mut(at).filter(|e| e.0 == hold.at_ms) {
-                    debug_assert!(bucket.1 >= hold.tokens, "the bucket holds this hold's reservation");
-                    let kept = bucket.1.saturating_sub(hold.tokens);
-                    bucket.1 = kept + spent.tokens;
-                    s.tokens_sum = s.tokens_sum - hold.tokens.min(s.tokens_sum) + spent.tokens;
-                }
+            // Its tokens are in the bucket of its millisecond, if still in the minute.
+            let at = s.tokens.partition_point(|e| e.0 < hold.at_ms);
+            if let Some(bucket) = s.tokens.get_mut(at).filter(|e| e.0 == hold.at_ms) {
+                debug_assert!(bucket.1 >= hold.tokens, "the bucket holds this hold's reservation");
+                let kept = bucket.1.saturating_sub(hold.tokens);
+                bucket.1 = kept + spent.tokens;
+                s.tokens_sum = s.tokens_sum - hold.tokens.min(s.tokens_sum) + spent.tokens;
             }
         }
         if let Some(lease) = release {
