@@ -124,14 +124,15 @@ impl Rate {
     }
 }
 
-/// One admission decision.
+/// One admission decision. Its scopes and group are shared (a key's, built once per directory
+/// load): the hold an admitted decision makes keeps them by reference count, not by copy.
 #[derive(Clone, Debug)]
 pub struct Ask<'a> {
     /// Every scope that must admit the request (key first, then tenant). May be empty.
-    pub scopes: &'a [Scope],
+    pub scopes: &'a Arc<[Scope]>,
     /// The tenant id: all of a decision's counters share it as their Redis hash tag, so one
     /// script can touch them all, on Redis Cluster too.
-    pub group: &'a str,
+    pub group: &'a Arc<str>,
     /// Unix milliseconds now (the replica's clock): decides the day, month and minute.
     pub now_ms: i64,
     /// The first attempt of a request: count one request per minute and take a lease.
@@ -200,7 +201,8 @@ pub struct RateLeft {
 #[must_use = "a hold must be settled, or its reservation stays until it expires"]
 pub struct Hold {
     pub(crate) id: u64,
-    pub(crate) scopes: Vec<(ScopeKind, Arc<str>)>,
+    /// The decision's scopes (their limits as they were then are not used by the settle).
+    pub(crate) scopes: Arc<[Scope]>,
     pub(crate) group: Arc<str>,
     /// The instant the reservation was made: its day and month windows.
     pub(crate) at_ms: i64,
@@ -236,7 +238,7 @@ pub struct Lease {
 impl Lease {
     /// The lease a request's first decision takes: on the scopes with a concurrency limit
     /// (None for a later attempt's decision, which takes none).
-    pub(crate) fn for_ask(id: u64, ask: &Ask<'_>, group: &Arc<str>, local: bool) -> Option<Lease> {
+    pub(crate) fn for_ask(id: u64, ask: &Ask<'_>, local: bool) -> Option<Lease> {
         ask.request.then(|| Lease {
             id,
             scopes: ask
@@ -245,7 +247,7 @@ impl Lease {
                 .filter(|s| s.limits.concurrency.is_some())
                 .map(|s| (s.kind, s.id.clone()))
                 .collect(),
-            group: group.clone(),
+            group: ask.group.clone(),
             local,
         })
     }

@@ -19,8 +19,8 @@
 
 use super::remaining::{over_budget, After, Tightest};
 use super::{
-    day_of, month_of, window_end, Ask, Hold, Lease, LimitError, Nanos, Rate, Refusal, Remaining, ScopeKind, Spent,
-    Usage, Window, HOLD_TTL_MS, MINUTE_MS,
+    day_of, month_of, window_end, Ask, Hold, Lease, LimitError, Nanos, Rate, Refusal, Remaining, Scope, ScopeKind,
+    Spent, Usage, Window, HOLD_TTL_MS, MINUTE_MS,
 };
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,8 +45,6 @@ impl Default for LocalCounters {
     }
 }
 
-type ScopeId = (ScopeKind, Arc<str>);
-
 /// FNV-1a rather than SipHash: scope ids are key ids and tenant names set by administrators
 /// and hold ids are a counter, so no client chooses what lands in these maps.
 type Fnv = std::hash::BuildHasherDefault<crate::fnv::Fnv1a>;
@@ -66,7 +64,7 @@ struct State {
 
 #[derive(Debug)]
 struct HoldRecord {
-    scopes: Vec<ScopeId>,
+    scopes: Arc<[Scope]>,
     day: i64,
     month: i64,
     cost: Nanos,
@@ -303,8 +301,8 @@ impl State {
     /// Applies `delta` to the day, month and total of every scope of `hold`, and removes its
     /// cost from their reserved sums.
     fn unreserve(&mut self, hold: &HoldRecord, delta: Nanos) {
-        for scope in &hold.scopes {
-            self.scope_entry(scope.0, &scope.1).unreserve(hold.day, hold.month, delta, hold.cost);
+        for scope in hold.scopes.iter() {
+            self.scope_entry(scope.kind, &scope.id).unreserve(hold.day, hold.month, delta, hold.cost);
         }
     }
 
@@ -392,7 +390,7 @@ impl LocalCounters {
         let mut state = self.lock();
         let state = &mut *state;
         state.sweep(now);
-        for scope in ask.scopes {
+        for scope in ask.scopes.iter() {
             let i = state.slot(scope.kind, &scope.id);
             let s = &mut state.slots[i];
             s.prune(now);
@@ -438,12 +436,11 @@ impl LocalCounters {
             };
             left.add(scope.kind, &scope.limits, after, now);
         }
-        let scopes: Vec<ScopeId> = ask.scopes.iter().map(|s| (s.kind, s.id.clone())).collect();
-        state.holds.insert(id, HoldRecord { scopes: scopes.clone(), day, month, cost, expires_ms });
+        state.holds.insert(id, HoldRecord { scopes: ask.scopes.clone(), day, month, cost, expires_ms });
         state.expiries.insert((expires_ms, id));
         let left = left.finish();
-        let group: Arc<str> = Arc::from(ask.group);
-        let lease = Lease::for_ask(id, ask, &group, true);
+        let lease = Lease::for_ask(id, ask, true);
+        let (scopes, group) = (ask.scopes.clone(), ask.group.clone());
         let hold = Hold { id, scopes, group, at_ms: now, cost, tokens: ask.tokens, local: true, lease };
         Ok((hold, left))
     }
@@ -460,7 +457,7 @@ impl LocalCounters {
             None => (spent.cost, 0, day_of(hold.at_ms), month_of(hold.at_ms)),
         };
         for (i, scope) in hold.scopes.iter().enumerate() {
-            let s = state.scope_entry(scope.0, &scope.1);
+            let s = state.scope_entry(scope.kind, &scope.id);
             s.unreserve(day, month, delta, reserved);
             // Only scopes that took a tokens entry (recorded in the hold id's low bits).
             if i < TPM_BITS as usize && hold.id & (1 << i) == 0 {
@@ -516,8 +513,10 @@ mod tests {
         Scope { kind, id: Arc::from(id), limits }
     }
 
-    fn ask<'a>(scopes: &'a [Scope], now_ms: i64, request: bool, tokens: u64, cost: Nanos) -> Ask<'a> {
-        Ask { scopes, group: "g", now_ms, request, tokens, cost }
+    static GROUP: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("g"));
+
+    fn ask<'a>(scopes: &'a Arc<[Scope]>, now_ms: i64, request: bool, tokens: u64, cost: Nanos) -> Ask<'a> {
+        Ask { scopes, group: &GROUP, now_ms, request, tokens, cost }
     }
 
     fn refused(r: Result<(Hold, Remaining), LimitError>) -> Refusal {
@@ -535,10 +534,10 @@ mod tests {
     #[test]
     fn budgets_are_all_or_nothing_across_scopes() {
         let c = LocalCounters::new();
-        let scopes = [
+        let scopes: Arc<[Scope]> = Arc::new([
             scope(ScopeKind::Key, "k", Limits { budget_day: Some(10 * USD), ..Limits::default() }),
             scope(ScopeKind::Tenant, "t", Limits { budget_total: Some(3 * USD), ..Limits::default() }),
-        ];
+        ]);
         let (h, left) = admitted(c.reserve(&ask(&scopes, T0, true, 0, 2 * USD)));
         let b = left.budget.unwrap();
         assert_eq!((b.scope, b.window, b.left, b.resets_at_ms), (ScopeKind::Tenant, Window::Total, USD, None));
@@ -568,7 +567,8 @@ mod tests {
     #[test]
     fn a_zero_cost_ask_is_refused_once_nothing_is_left() {
         let c = LocalCounters::new();
-        let scopes = [scope(ScopeKind::Key, "k", Limits { budget_day: Some(USD), ..Limits::default() })];
+        let scopes: Arc<[Scope]> =
+            Arc::new([scope(ScopeKind::Key, "k", Limits { budget_day: Some(USD), ..Limits::default() })]);
         let (h, _) = admitted(c.reserve(&ask(&scopes, T0, false, 0, USD)));
         let r = refused(c.reserve(&ask(&scopes, T0, false, 0, 0)));
         assert!(
@@ -583,7 +583,8 @@ mod tests {
     #[test]
     fn a_hold_settles_into_the_day_it_was_made() {
         let c = LocalCounters::new();
-        let scopes = [scope(ScopeKind::Key, "k", Limits { budget_day: Some(5 * USD), ..Limits::default() })];
+        let scopes: Arc<[Scope]> =
+            Arc::new([scope(ScopeKind::Key, "k", Limits { budget_day: Some(5 * USD), ..Limits::default() })]);
         let before_midnight = T0 - 1; // 2026-02-28T23:59:59.999Z
         let (h, _) = admitted(c.reserve(&ask(&scopes, before_midnight, false, 0, 4 * USD)));
         // After midnight the new day (and month) starts empty; the hold is yesterday's.
@@ -600,7 +601,7 @@ mod tests {
     #[test]
     fn requests_per_minute_is_an_exact_sliding_window() {
         let c = LocalCounters::new();
-        let scopes = [scope(ScopeKind::Key, "k", Limits { rpm: Some(3), ..Limits::default() })];
+        let scopes: Arc<[Scope]> = Arc::new([scope(ScopeKind::Key, "k", Limits { rpm: Some(3), ..Limits::default() })]);
         let mut admitted_at = Vec::new();
         // One ask every 7 s for 5 minutes.
         for i in 0..43 {
@@ -640,7 +641,8 @@ mod tests {
     #[test]
     fn tokens_per_minute_reserve_then_settle() {
         let c = LocalCounters::new();
-        let scopes = [scope(ScopeKind::Key, "k", Limits { tpm: Some(1000), ..Limits::default() })];
+        let scopes: Arc<[Scope]> =
+            Arc::new([scope(ScopeKind::Key, "k", Limits { tpm: Some(1000), ..Limits::default() })]);
         let (h1, left) = admitted(c.reserve(&ask(&scopes, T0, true, 600, 0)));
         assert_eq!(left.tokens.unwrap().left, 400);
         let r = refused(c.reserve(&ask(&scopes, T0 + 10_000, true, 500, 0)));
@@ -671,10 +673,10 @@ mod tests {
     #[test]
     fn concurrency_leases_are_released_or_expire() {
         let c = LocalCounters::new().with_hold_ttl(10_000);
-        let scopes = [
+        let scopes: Arc<[Scope]> = Arc::new([
             scope(ScopeKind::Key, "k", Limits::default()),
             scope(ScopeKind::Tenant, "t", Limits { concurrency: Some(2), ..Limits::default() }),
-        ];
+        ]);
         let (mut a, _) = admitted(c.reserve(&ask(&scopes, T0, true, 0, 0)));
         let (mut b, _) = admitted(c.reserve(&ask(&scopes, T0, true, 0, 0)));
         assert_eq!(c.usage(ScopeKind::Tenant, "t", T0).in_flight, 2);
@@ -710,7 +712,8 @@ mod tests {
     #[test]
     fn an_unsettled_hold_expires_and_a_late_settle_adds_only_its_spend() {
         let c = LocalCounters::new().with_hold_ttl(5_000);
-        let scopes = [scope(ScopeKind::Key, "k", Limits { budget_total: Some(10 * USD), ..Limits::default() })];
+        let scopes: Arc<[Scope]> =
+            Arc::new([scope(ScopeKind::Key, "k", Limits { budget_total: Some(10 * USD), ..Limits::default() })]);
         let (h, _) = admitted(c.reserve(&ask(&scopes, T0, false, 0, 8 * USD)));
         assert!(c.reserve(&ask(&scopes, T0 + 4_999, false, 0, 3 * USD)).is_err());
         assert_eq!(c.usage(ScopeKind::Key, "k", T0 + 4_999).reserved, 8 * USD);
@@ -736,11 +739,11 @@ mod tests {
         let tomorrow = T0 + 86_400_000;
         let u = c.usage(ScopeKind::Key, "k", tomorrow);
         assert_eq!((u.day, u.month, u.total), (0, 7 * USD, 30 * USD));
-        let scopes = [scope(
+        let scopes: Arc<[Scope]> = Arc::new([scope(
             ScopeKind::Key,
             "k",
             Limits { budget_day: Some(5 * USD), budget_month: Some(8 * USD), ..Limits::default() },
-        )];
+        )]);
         let r = refused(c.reserve(&ask(&scopes, T0 + 1000, false, 0, 2 * USD)));
         assert!(matches!(r, Refusal::Budget { window: Window::Month, used, .. } if used == 7 * USD));
         let (h, left) = admitted(c.reserve(&ask(&scopes, T0 + 1000, false, 0, USD)));
@@ -815,6 +818,7 @@ mod props {
                 Scope { kind: ScopeKind::Key, id: Arc::from("x"), limits: limits[0].clone() },
                 Scope { kind: ScopeKind::Tenant, id: Arc::from("x"), limits: limits[1].clone() },
             ];
+            let group: Arc<str> = Arc::from("x");
             let mut m = Model::default();
             let mut leases: Vec<(Lease, [bool; 2])> = Vec::new();
             let mut now = T0;
@@ -822,11 +826,11 @@ mod props {
                 match op {
                     Op::Reserve { which, cost, request } => {
                         let used = [which & 1 != 0, which & 2 != 0];
-                        let scopes: Vec<Scope> = (0..2).filter(|i| used[*i]).map(|i| all[i].clone()).collect();
+                        let scopes: Arc<[Scope]> = (0..2).filter(|i| used[*i]).map(|i| all[i].clone()).collect();
                         let in_flight = leases.iter().filter(|(_, w)| w[0]).count();
                         let fits = (0..2).all(|i| !used[i] || !over_budget(m.total(i), cost, limits[i].budget_total.unwrap()))
                             && !(request && used[0] && in_flight >= 3);
-                        let ask = Ask { scopes: &scopes, group: "x", now_ms: now, request, tokens: 0, cost };
+                        let ask = Ask { scopes: &scopes, group: &group, now_ms: now, request, tokens: 0, cost };
                         match c.reserve(&ask) {
                             Ok((mut hold, _)) => {
                                 prop_assert!(fits, "admitted past a limit");

@@ -198,9 +198,9 @@ impl RedisCounters {
     }
 
     /// Queues `kind` for the batch task and waits for its values.
-    async fn submit(&self, group: &str, kind: OpKind) -> Result<Vec<i64>, LimitError> {
+    async fn submit(&self, group: &Arc<str>, kind: OpKind) -> Result<Vec<i64>, LimitError> {
         let (reply, answer) = oneshot::channel();
-        let op = Op { group: Arc::from(group), kind, reply: Some(reply) };
+        let op = Op { group: group.clone(), kind, reply: Some(reply) };
         self.ops.send(op).map_err(|_| unavailable("the batch task ended"))?;
         answer.await.map_err(|_| unavailable("the batch task ended"))?
     }
@@ -255,9 +255,8 @@ impl RedisCounters {
             tokens_newest: newest(c[6]),
         });
         let left = remaining(ask.scopes.iter().zip(afters).map(|(s, a)| (s.kind, &s.limits, a)), now);
-        let scopes: Vec<(ScopeKind, Arc<str>)> = ask.scopes.iter().map(|s| (s.kind, s.id.clone())).collect();
-        let group: Arc<str> = Arc::from(ask.group);
-        let lease = Lease::for_ask(id, ask, &group, false);
+        let lease = Lease::for_ask(id, ask, false);
+        let (scopes, group) = (ask.scopes.clone(), ask.group.clone());
         Ok((Hold { id, scopes, group, at_ms: now, cost, tokens: ask.tokens, local: false, lease }, left))
     }
 
@@ -337,9 +336,9 @@ fn settle_op(hold: Hold, spent: Spent, release: Option<Lease>) -> (OpKind, Optio
         .scopes
         .iter()
         .enumerate()
-        .map(|(i, (kind, id))| (format!("{group}{}", scope_suffix(*kind, id)), has_tokens_entry(hold.id, i)))
+        .map(|(i, s)| (format!("{group}{}", scope_suffix(s.kind, &s.id)), has_tokens_entry(hold.id, i)))
         .collect();
-    let record = hold_record(hold.id, hold.cost, hold.at_ms, hold.scopes.iter().map(|(k, id)| (*k, &**id)));
+    let record = hold_record(hold.id, hold.cost, hold.at_ms, hold.scopes.iter().map(|s| (s.kind, &*s.id)));
     let head = [
         exact(spent.cost),
         spent.tokens.min(MAX_EXACT as u64) as i64,
