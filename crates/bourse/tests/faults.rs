@@ -33,14 +33,14 @@ enum Fault {
     Status529,
     Refused,
     StallBeforeFirstByte,
-    /// Beyond the twelve of the brief: the headers (and a stream's opening events), then
+    /// Beyond the twelve faults of issue 18: the headers (and a stream's opening events), then
     /// nothing, as a provider that accepted the request and never starts the answer.
     StallBeforeFirstToken,
     StallMidStream,
     ResetMidStream,
     MalformedJson,
     TruncatedSse,
-    /// Beyond the twelve of the brief: a stream that ends cleanly between two events,
+    /// Beyond the twelve faults of issue 18: a stream that ends cleanly between two events,
     /// mid-answer, which is easy to pass off as complete.
     EndsEarly,
     WrongContentType,
