@@ -32,6 +32,7 @@ use crate::relay::{Ending, Mode, OnEnd, StreamEnd, StreamRelay, StreamSummary};
 use crate::route::health::Availability;
 use crate::route::{Overrides, Routed, Target};
 use crate::state::{Caller, SharedState};
+use crate::telemetry::Watch;
 use answer::{
     error_response, json_response, money_comment, money_headers, not_json, provenance, read_upstream_body, route_reason,
 };
@@ -93,13 +94,33 @@ fn tries_for(state: &SharedState, req: &ChatRequest, overrides: &Overrides) -> R
 pub async fn chat(
     state: &SharedState,
     caller: Caller,
-    mut req: ChatRequest,
+    req: ChatRequest,
     overrides: &Overrides,
     headers: &HeaderMap,
 ) -> Response {
+    let t = &state.telemetry;
+    let mut watch = t.begin(caller.arrived, "chat", &req.model, Some(headers));
+    let resp = serve_chat(state, &caller, req, overrides, headers, &mut watch).await;
+    t.answered(watch, &caller, resp.status().as_u16(), error_label(&resp));
+    resp
+}
+
+/// The error label a rendered error carries.
+fn error_label(resp: &Response) -> Option<&'static str> {
+    resp.extensions().get::<crate::error::ErrorLabel>().map(|l| l.0)
+}
+
+async fn serve_chat(
+    state: &SharedState,
+    caller: &Caller,
+    mut req: ChatRequest,
+    overrides: &Overrides,
+    headers: &HeaderMap,
+    watch: &mut Watch,
+) -> Response {
     let client = req.dialect;
     let router = &state.router;
-    let mut gate = Gate::new(state, &caller);
+    let mut gate = Gate::new(state, caller);
     // A virtual key's rules: what it may call, its default route, its and its tenant's
     // policies, and the tenant's budget-aware downgrade.
     let own;
@@ -129,6 +150,9 @@ pub async fn chat(
         Ok(x) => x,
         Err(e) => return e.render(client),
     };
+    if let Some(p) = &plan {
+        state.telemetry.routed(watch, &p.route);
+    }
     // What a reservation needs: the prompt's estimated size and the output it may reach.
     let prompt_tokens = match (&gate, &plan) {
         (None, _) => 0,
@@ -238,8 +262,8 @@ pub async fn chat(
             }
             _ => None,
         };
-        let pass = Pass { number: attempt_no, reason, held, gate: gate.as_mut() };
-        match attempt_chat(state, &caller, &mut req, &target, chosen, pass, beta).await {
+        let pass = Pass { number: attempt_no, reason, held, gate: gate.as_mut(), watch: &mut *watch };
+        match attempt_chat(state, caller, &mut req, &target, chosen, pass, beta).await {
             Ok(mut resp) => {
                 if let Some(g) = &gate {
                     g.headers(&mut resp, client);
@@ -433,14 +457,22 @@ struct Pass<'g> {
     reason: Option<String>,
     held: Option<Held>,
     gate: Option<&'g mut Gate>,
+    watch: &'g mut Watch,
 }
 
 impl Pass<'_> {
-    /// This attempt answers the request: its settle gives the request's lease back.
+    /// This attempt answers the request: its settle gives the request's lease back and
+    /// writes the request's last word.
     fn answers(&mut self, attempt: &mut Attempt) {
         if let (Some(h), Some(g)) = (attempt.held.as_mut(), self.gate.as_mut()) {
             h.lease = g.lease();
         }
+        attempt.ending = Some(self.watch.hand_over());
+    }
+
+    /// The attempt waited on its upstream until now.
+    fn waited(&mut self, attempt: &Attempt) {
+        self.watch.upstream += attempt.started.elapsed();
     }
 }
 
@@ -463,14 +495,19 @@ async fn attempt_chat(
     // no attempt, no ledger row.
     let (upstream_body, json_tool) = upstream_body(req, target)?;
     let extra = anthropic_beta.filter(|_| client == upstream).map(|b| (ANTHROPIC_BETA.clone(), b.clone()));
-    let mut attempt = Attempt::start(state, caller.clone(), target, req.stream, number, reason.clone(), chosen);
+    let mut attempt =
+        Attempt::start(state, caller.clone(), target, req.stream, number, reason.clone(), chosen, pass.watch);
     attempt.held = pass.held.take();
     let endpoint = Endpoint::Chat { model: &target.upstream_model, stream: req.stream };
     let resp = match target.provider.post_json_with(endpoint, upstream_body, extra).await {
         Ok(r) => r,
-        Err(e) => return Err(attempt.fail(e).await),
+        Err(e) => {
+            pass.waited(&attempt);
+            return Err(attempt.fail(e).await);
+        }
     };
     attempt.ttfb = Some(attempt.started.elapsed());
+    pass.waited(&attempt);
     let is_sse = resp.header("content-type").is_some_and(|v| v.starts_with("text/event-stream"));
     if req.stream && is_sse {
         attempt.healthy();
@@ -480,6 +517,7 @@ async fn attempt_chat(
         let request = req.take_body().detached();
         let estimator = state.estimator.clone();
         let on_end: OnEnd = Box::new(move |summary: StreamSummary| {
+            attempt.first_token = summary.first_event.map(|t| t.saturating_duration_since(attempt.started));
             let (status, error) = match &summary.end {
                 StreamEnd::Completed => (200, None),
                 StreamEnd::UpstreamFailed(_) => (502, Some("upstream_stream_broken")),
@@ -528,7 +566,11 @@ async fn attempt_chat(
         route_reason(&mut out, reason.as_deref());
         return Ok(out);
     }
-    let (status, bytes) = match read_upstream_body(target, resp).await {
+    let started = attempt.started;
+    let read = read_upstream_body(target, resp).await;
+    // The body's arrival is the upstream's time too.
+    pass.watch.upstream += started.elapsed().saturating_sub(attempt.ttfb.unwrap_or_default());
+    let (status, bytes) = match read {
         Ok(x) => x,
         Err(e) => return Err(attempt.fail(e).await),
     };
@@ -538,6 +580,9 @@ async fn attempt_chat(
     };
     attempt.healthy();
     pass.answers(&mut attempt);
+    if state.telemetry.tracer.is_some() {
+        attempt.facts = Some(answer::facts(&bytes, client, state.telemetry.capture_content));
+    }
     let (usage, estimate) = match usage {
         Some(u) => (u, None),
         None => {
@@ -561,7 +606,20 @@ async fn attempt_chat(
 
 /// Serve one embeddings request: the model it names, one attempt (embeddings are not
 /// routed), metered, with the same provenance and money headers as chat.
-pub async fn embeddings(state: &SharedState, caller: Caller, mut req: EmbeddingsRequest) -> Response {
+pub async fn embeddings(state: &SharedState, caller: Caller, req: EmbeddingsRequest) -> Response {
+    let t = &state.telemetry;
+    let mut watch = t.begin(caller.arrived, "embeddings", &req.model, None);
+    let resp = serve_embeddings(state, &caller, req, &mut watch).await;
+    t.answered(watch, &caller, resp.status().as_u16(), error_label(&resp));
+    resp
+}
+
+async fn serve_embeddings(
+    state: &SharedState,
+    caller: &Caller,
+    mut req: EmbeddingsRequest,
+    watch: &mut Watch,
+) -> Response {
     let target = match state.providers.resolve(&req.model) {
         Ok(t) => t,
         Err(e) => return e.render(Dialect::OpenAi),
@@ -572,7 +630,7 @@ pub async fn embeddings(state: &SharedState, caller: Caller, mut req: Embeddings
     };
     // A virtual key's limits: the input's estimated tokens at the input price (embeddings
     // have no output) are reserved, and settled at the metered cost.
-    let mut gate = Gate::new(state, &caller);
+    let mut gate = Gate::new(state, caller);
     let mut held = None;
     if let Some(g) = &mut gate {
         let tokens = req.body.get("input").map_or(0, |v| estimate::heuristic(v.to_string().as_bytes()));
@@ -589,14 +647,17 @@ pub async fn embeddings(state: &SharedState, caller: Caller, mut req: Embeddings
         }
     }
     let upstream_body = wire::upstream_embeddings_body(&mut req, &target.upstream_model);
-    let mut attempt = Attempt::start(state, caller, &target, false, 1, None, Chosen::Explicit(price));
+    let mut attempt = Attempt::start(state, caller.clone(), &target, false, 1, None, Chosen::Explicit(price), watch);
     attempt.held = held;
-    let resp = match target.provider.post_json(Endpoint::Embeddings, upstream_body).await {
-        Ok(r) => r,
-        Err(e) => return error_response(attempt.fail(e).await, &target, Dialect::OpenAi),
-    };
+    let resp = target.provider.post_json(Endpoint::Embeddings, upstream_body).await;
     attempt.ttfb = Some(attempt.started.elapsed());
-    let (status, bytes) = match read_upstream_body(&target, resp).await {
+    let read = match resp {
+        Ok(r) => read_upstream_body(&target, r).await,
+        Err(e) => Err(e),
+    };
+    watch.upstream += attempt.started.elapsed();
+    attempt.ending = Some(watch.hand_over());
+    let (status, bytes) = match read {
         Ok(x) => x,
         Err(e) => return error_response(attempt.fail(e).await, &target, Dialect::OpenAi),
     };

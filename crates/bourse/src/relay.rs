@@ -55,6 +55,8 @@ pub struct StreamSummary {
     pub partial: Option<Usage>,
     /// Content events forwarded to the client.
     pub events: u64,
+    /// When the first of them was (time to first token).
+    pub first_event: Option<std::time::Instant>,
     /// The answer's text (and tool arguments) as relayed, kept within its budget only
     /// while the usage has not arrived, for an estimate should it never come.
     pub transcript: Transcript,
@@ -99,6 +101,7 @@ pub struct StreamRelay {
     usage: Option<Usage>,
     partial: Option<Usage>,
     events: u64,
+    first_event: Option<std::time::Instant>,
     transcript: Option<Transcript>,
     done: bool,
     on_end: Option<OnEnd>,
@@ -126,6 +129,7 @@ impl StreamRelay {
             usage: None,
             partial: None,
             events: 0,
+            first_event: None,
             transcript: Some(transcript),
             done: false,
             on_end,
@@ -139,7 +143,8 @@ impl StreamRelay {
         let Some(hook) = self.on_end.take() else { return Ending::Now(None) };
         let transcript = self.transcript.take().expect("a stream ends once");
         let partial = if self.usage.is_none() { self.partial } else { None };
-        hook(StreamSummary { end, usage: self.usage, partial, events: self.events, transcript })
+        let first_event = self.first_event;
+        hook(StreamSummary { end, usage: self.usage, partial, events: self.events, first_event, transcript })
     }
 
     /// End the stream: `out` (what is left to send), then whatever the end hook adds now;
@@ -151,6 +156,14 @@ impl StreamRelay {
             Ending::Later(last) => self.last = Some(last),
         }
         out.freeze()
+    }
+
+    /// One more content event; the first one's time is kept.
+    fn count_event(&mut self) {
+        if self.events == 0 {
+            self.first_event = Some(std::time::Instant::now());
+        }
+        self.events += 1;
     }
 
     /// The usage arrived: the kept text is no longer needed.
@@ -194,7 +207,7 @@ impl StreamRelay {
                 sse::write_item(&item, out);
                 continue;
             };
-            self.events += 1;
+            self.count_event();
             let result = match &mut self.mode {
                 Mode::Observe { decoder, .. } => {
                     let r = decoder.event(&ev, &mut self.deltas);
@@ -288,6 +301,9 @@ impl StreamRelay {
                     if ev.data != "[DONE]" {
                         if let Some(rewritten) = self.think.as_mut().and_then(|t| t.rewrite(&ev.data)) {
                             ev.data = rewritten;
+                        }
+                        if self.events == 0 {
+                            self.first_event = Some(std::time::Instant::now());
                         }
                         self.events += 1;
                         // Only needed if usage never arrives; once it has, stop keeping text.

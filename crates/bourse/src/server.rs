@@ -42,6 +42,7 @@ async fn dispatch(state: SharedState, req: Request, caller: Caller, dialect: Dia
     let (allowed, route) = match path {
         "/healthz" => (Method::GET, Route::Healthz),
         "/readyz" => (Method::GET, Route::Readyz),
+        "/metrics" if state.telemetry.metrics.is_some() => (Method::GET, Route::Metrics),
         "/v1/chat/completions" => (Method::POST, Route::ChatCompletions),
         "/v1/messages" => (Method::POST, Route::Messages),
         "/v1/messages/count_tokens" => (Method::POST, Route::CountTokens),
@@ -80,6 +81,7 @@ async fn dispatch(state: SharedState, req: Request, caller: Caller, dialect: Dia
         Route::Quote => Box::pin(api::quote::quote(state, req)).await.into_response(),
         Route::Healthz => healthz(),
         Route::Readyz => readyz(&state),
+        Route::Metrics => Box::pin(api::metrics::metrics(&state)).await,
     }
 }
 
@@ -95,6 +97,7 @@ enum Route {
     Model,
     Usage,
     Quote,
+    Metrics,
 }
 
 fn healthz() -> Response {
@@ -144,6 +147,7 @@ fn hex_into(out: &mut [u8], v: u64) {
 /// gateway key for `/v1` paths, the route, then the id on the response and the access log
 /// (at debug). Refusals are rendered in the dialect of the path.
 async fn handle(state: SharedState, req: Request) -> Response {
+    let arrived = Instant::now();
     let id: Arc<str> = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -152,8 +156,8 @@ async fn handle(state: SharedState, req: Request) -> Response {
         .map(Arc::from)
         .unwrap_or_else(new_request_id);
     // The access line is at debug: copy what it needs only when it will be written.
-    let logged = tracing::enabled!(tracing::Level::DEBUG)
-        .then(|| (Instant::now(), req.method().clone(), req.uri().path().to_string()));
+    let logged =
+        tracing::enabled!(tracing::Level::DEBUG).then(|| (arrived, req.method().clone(), req.uri().path().to_string()));
     let path = req.uri().path();
     if path.starts_with("/admin/") {
         let mut resp = Box::pin(admin_api(&state, req)).await;
@@ -166,7 +170,9 @@ async fn handle(state: SharedState, req: Request) -> Response {
     let gated = path == "/v1" || path.starts_with("/v1/");
     let key = if gated { authorize(&state, req.headers(), dialect) } else { Ok((None, None)) };
     let mut resp = match key {
-        Ok((key_id, key)) => dispatch(state, req, Caller { request_id: id.clone(), key_id, key }, dialect).await,
+        Ok((key_id, key)) => {
+            dispatch(state, req, Caller { request_id: id.clone(), key_id, key, arrived }, dialect).await
+        }
         Err(refusal) => refusal.render(dialect),
     };
     if let Ok(v) = HeaderValue::from_str(&id) {
@@ -316,6 +322,7 @@ pub async fn run(cfg: Config, opts: ServeOptions) -> Result<(), String> {
     tracing::info!(providers = ?ids, max_connections, "bourse listening on http://{local}");
     let grace = cfg.server.shutdown_grace;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let state_for_shutdown = state.clone();
     let server = serve(listener, state, async move {
         let _ = stop_rx.await;
     });
@@ -334,6 +341,9 @@ pub async fn run(cfg: Config, opts: ServeOptions) -> Result<(), String> {
         let stats = handle.shutdown().await;
         tracing::info!(?stats, "ledger flushed");
     }
+    if let Some(tracer) = &state_for_shutdown.telemetry.tracer {
+        tracer.shutdown().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -343,6 +353,10 @@ pub async fn run(cfg: Config, opts: ServeOptions) -> Result<(), String> {
 /// fresh from the store), and the limit counters.
 pub async fn prepare(cfg: &Config) -> Result<(AppState, Option<WriterHandle>), String> {
     let mut state = AppState::from_config(cfg)?;
+    if let Some(endpoint) = &cfg.telemetry.otlp_endpoint {
+        state.telemetry.tracer = Some(crate::telemetry::trace::Tracer::start(endpoint)?);
+        tracing::info!(endpoint = %endpoint, "traces: exporting spans over OTLP/HTTP");
+    }
     let mut writer_handle = None;
     if let Some(url) = &cfg.storage.url {
         let ledger = Ledger::open(url).await.map_err(|e| format!("storage.url: cannot open the ledger: {e}"))?;

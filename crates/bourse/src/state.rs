@@ -11,7 +11,9 @@ use crate::meter::estimate::Estimator;
 use crate::meter::Meter;
 use crate::provider::Provider;
 use crate::route::{Providers, Router};
+use crate::telemetry::Telemetry;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Shared, read-only state of a running gateway.
 #[derive(Debug)]
@@ -41,6 +43,8 @@ pub struct AppState {
     pub limits: EdgeLimits,
     /// Unix seconds at start, for the `created` field of model objects.
     pub started: u64,
+    /// Metrics, traces and the access log.
+    pub telemetry: Telemetry,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -54,7 +58,9 @@ impl AppState {
         }
         let providers = Providers::new(list);
         let router = Router::new(&providers, &cfg.catalog, &cfg.routing);
+        let telemetry = Telemetry::new(&cfg.telemetry, &router, &providers, &cfg.catalog);
         Ok(AppState {
+            telemetry,
             router,
             providers,
             api_keys: cfg.server.api_keys.clone(),
@@ -87,6 +93,8 @@ pub struct Caller {
     pub request_id: Arc<str>,
     pub key_id: Option<Arc<str>>,
     pub key: Option<Arc<Resolved>>,
+    /// When the edge received the request.
+    pub arrived: Instant,
 }
 
 impl Caller {

@@ -1,6 +1,8 @@
 //! One upstream attempt, from start to settlement: when it started and how its target was
 //! chosen; on success the price of its usage, the router told (observed output, health) and
-//! its ledger row queued; on failure the same row with no usage, and the circuit told.
+//! its ledger row queued; on failure the same row with no usage, and the circuit told. Its
+//! metrics and span are told too, and the attempt that answers a request writes the
+//! request's last word (access line, end of its span) when it settles.
 
 use super::limits::Held;
 use crate::canonical::Usage;
@@ -10,6 +12,8 @@ use crate::limit::Spent;
 use crate::meter::{Cost, Price};
 use crate::route::Target;
 use crate::state::{Caller, SharedState};
+use crate::telemetry::metrics::{Answered, RouteId, SeriesId};
+use crate::telemetry::{trace, Ending, Finish, Watch};
 use std::time::{Duration, Instant};
 
 /// How an attempt's target was chosen, which decides how it is priced and whom it reports to.
@@ -38,6 +42,25 @@ pub(super) struct Attempt {
     stream: bool,
     /// The attempt's budget and rate reservation (virtual keys), settled with its cost.
     pub(super) held: Option<Held>,
+    route: RouteId,
+    /// Its (provider, model) in the metrics (None: metrics off).
+    series: Option<SeriesId>,
+    span: Option<opentelemetry_sdk::trace::Span>,
+    /// Set on the attempt that answers: its settle ends the request.
+    pub(super) ending: Option<Ending>,
+    /// Streams: when the first content event came.
+    pub(super) first_token: Option<Duration>,
+    /// What the answer says of itself (traces only).
+    pub(super) facts: Option<Facts>,
+}
+
+/// An answer's id, model and finish reasons, for its span.
+#[derive(Debug, Default)]
+pub(super) struct Facts {
+    pub(super) id: Option<String>,
+    pub(super) model: Option<String>,
+    pub(super) finish_reasons: Vec<String>,
+    pub(super) output: Option<String>,
 }
 
 /// The money headers of a settled, non-streaming response.
@@ -47,6 +70,7 @@ pub(super) struct Settled {
 }
 
 impl Attempt {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn start(
         state: &SharedState,
         caller: Caller,
@@ -55,9 +79,41 @@ impl Attempt {
         number: u32,
         route_reason: Option<String>,
         chosen: Chosen,
+        watch: &mut Watch,
     ) -> Attempt {
         let ts_ms = crate::timespec::now_ms();
+        let t = &state.telemetry;
+        let series = t.metrics.as_ref().map(|m| match chosen {
+            Chosen::Routed(i) => m.routed(i),
+            Chosen::Explicit(price) => m.explicit(&target.provider, price.position()),
+        });
+        watch.attempts = number;
+        if let (Some(m), Some(s)) = (&t.metrics, series) {
+            watch.series = Some(s);
+            if number > 1 {
+                m.fallback(watch.route, s);
+            }
+        }
+        let mut span = None;
+        if let (Some(tracer), Some(parent)) = (&t.tracer, &watch.span) {
+            let operation = match chosen {
+                Chosen::Explicit(p) if state.meter.model(p).kind == crate::catalog::Kind::Embedding => "embeddings",
+                _ => "chat",
+            };
+            let start =
+                trace::AttemptStart { operation, provider: &target.provider.id, model: &target.upstream_model, number };
+            span = Some(tracer.attempt(parent, &start));
+        }
+        if t.access_log || t.tracer.is_some() {
+            watch.last = Some((target.provider.id.clone(), target.upstream_model.clone()));
+        }
         Attempt {
+            route: watch.route,
+            series,
+            span,
+            ending: None,
+            first_token: None,
+            facts: None,
             state: Some(state.clone()),
             caller,
             target: target.clone(),
@@ -103,6 +159,7 @@ impl Attempt {
             Chosen::Routed(i) => &state.router.entries[i].model,
         };
         let (cost, reference) = meter.settle(model, &usage);
+        self.tell(&state, &usage, cost.0, reference.0, status, error);
         if let Some(held) = self.held.take() {
             let u = &usage;
             let tokens = u.input_uncached + u.input_cache_read + u.input_cache_write + u.output_total();
@@ -115,6 +172,75 @@ impl Attempt {
         // The row travels with the state it came from (not a clone of the writer: its
         // reference counts are shared by every worker, so touching them costs).
         (Settled { cost, reference }, entry.map(|entry| Record { state, entry }))
+    }
+
+    /// The metrics, the attempt's span and, for the attempt that answered, its request's
+    /// last word.
+    fn tell(
+        &mut self,
+        state: &SharedState,
+        usage: &Usage,
+        cost: i64,
+        reference: i64,
+        status: u16,
+        error: Option<&str>,
+    ) {
+        let t = &state.telemetry;
+        let output = usage.output_total();
+        let input = usage.input_uncached + usage.input_cache_read + usage.input_cache_write;
+        if let (Some(m), Some(series)) = (&t.metrics, self.series) {
+            match error {
+                None => {
+                    let a = Answered {
+                        input_tokens: input,
+                        output_tokens: output,
+                        cost_nanos: cost,
+                        reference_nanos: reference,
+                        duration: self.started.elapsed(),
+                        first_token: self.first_token,
+                    };
+                    m.answered(self.route, series, &a)
+                }
+                Some(kind) => {
+                    m.failed(series, kind);
+                    if cost != 0 {
+                        m.spent(self.route, series, cost, reference);
+                    }
+                }
+            }
+        }
+        let used = error.is_none() || cost != 0;
+        let facts = self.facts.take().unwrap_or_default();
+        let outcome = || trace::Outcome {
+            provider: Some(&self.target.provider.id),
+            response_model: facts.model.as_deref(),
+            response_id: facts.id.as_deref(),
+            finish_reasons: facts.finish_reasons.clone(),
+            input_tokens: used.then_some(input),
+            output_tokens: used.then_some(output),
+            cost_nanos: Some(cost),
+            status,
+            error,
+            route_reason: self.route_reason.as_deref(),
+            output_messages: facts.output.clone(),
+            ..trace::Outcome::default()
+        };
+        if let Some(span) = self.span.take() {
+            trace::end_attempt(span, outcome());
+        }
+        if let Some(end) = self.ending.take() {
+            let f = Finish {
+                provider: Some(&self.target.provider.id),
+                model: Some(&self.target.upstream_model),
+                status,
+                error,
+                input_tokens: used.then_some(input),
+                output_tokens: used.then_some(output),
+                cost_nanos: Some(cost),
+                ttfb: self.ttfb,
+            };
+            t.finish(end, &self.caller, f, outcome());
+        }
     }
 
     /// The attempt's ledger row.
@@ -181,6 +307,7 @@ impl Attempt {
 impl Drop for Attempt {
     fn drop(&mut self) {
         let Some(state) = self.state.take() else { return };
+        self.tell(&state, &Usage::default(), 0, 0, 499, Some("client_disconnected"));
         if state.ledger.is_none() {
             return;
         }
