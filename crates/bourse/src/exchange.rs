@@ -100,6 +100,13 @@ pub async fn chat(
 ) -> Response {
     let t = &state.telemetry;
     let mut watch = t.begin(caller.arrived, "chat", &req.model, Some(headers));
+    if let (Some(span), true) = (&watch.span, t.capture_content) {
+        // The conversation as the client sent it (system prompt included).
+        let body = req.body();
+        let messages: serde_json::Map<String, serde_json::Value> =
+            ["system", "messages"].iter().filter_map(|k| Some((k.to_string(), body.get(*k)?.clone()))).collect();
+        span.set("gen_ai.input.messages", serde_json::Value::Object(messages).to_string());
+    }
     let resp = serve_chat(state, &caller, req, overrides, headers, &mut watch).await;
     t.answered(watch, &caller, resp.status().as_u16(), error_label(&resp));
     resp

@@ -192,3 +192,273 @@ async fn metrics_can_be_switched_off() {
     assert_eq!(chat(&url, "cheap/sim-small", "off-1").await.0, 200);
     assert_eq!(client().get(format!("{url}/metrics")).send().await.unwrap().status(), 404);
 }
+
+/// An OTLP/HTTP receiver: every span posted to `/v1/traces` (protobuf), kept in order.
+async fn receiver() -> (String, Arc<Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let spans = Arc::new(Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let kept = spans.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let kept = kept.clone();
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let kept = kept.clone();
+                async move {
+                    use http_body_util::BodyExt;
+                    assert_eq!(req.uri().path(), "/v1/traces");
+                    assert_eq!(req.headers()["content-type"], "application/x-protobuf");
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let export = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf export");
+                    for rs in export.resource_spans {
+                        for ss in rs.scope_spans {
+                            kept.lock().unwrap().extend(ss.spans);
+                        }
+                    }
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                        axum::body::Bytes::new(),
+                    )))
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(tcp);
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(io, service));
+        }
+    });
+    (url, spans)
+}
+
+/// A span's attributes as JSON values (strings, numbers, arrays of strings).
+fn attrs(span: &opentelemetry_proto::tonic::trace::v1::Span) -> BTreeMap<String, Value> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
+    fn json_of(v: &Option<V>) -> Value {
+        match v {
+            Some(V::StringValue(s)) => json!(s),
+            Some(V::IntValue(i)) => json!(i),
+            Some(V::DoubleValue(d)) => json!(d),
+            Some(V::BoolValue(b)) => json!(b),
+            Some(V::ArrayValue(a)) => Value::Array(a.values.iter().map(|x| json_of(&x.value)).collect()),
+            other => json!(format!("{other:?}")),
+        }
+    }
+    span.attributes
+        .iter()
+        .map(|kv| (kv.key.clone(), json_of(&kv.value.as_ref().and_then(|v| v.value.clone()))))
+        .collect()
+}
+
+#[tokio::test]
+async fn otlp_receiver_gets_request_and_attempt_spans_with_genai_attributes() {
+    let (collector, spans) = receiver().await;
+    let (cheap, mid) =
+        (Sim::start(SimConfig::default()).await.unwrap(), Sim::start(SimConfig::default()).await.unwrap());
+    let extra = format!("[telemetry]\notlp_endpoint = \"{collector}\"\n");
+    let (state, url, _task) = start(&config(&cheap, &mid, &extra)).await;
+    let tracer = state.telemetry.tracer.as_ref().unwrap();
+
+    // A named model: one request span, one attempt span under it.
+    let (status, body, h) = chat(&url, "cheap/sim-small", "trace-1").await;
+    assert_eq!(status, 200);
+    tracer.flush().await;
+    let got = spans.lock().unwrap().clone();
+    assert_eq!(got.len(), 2, "{got:#?}");
+    let (attempt, request) = (&got[0], &got[1]);
+    assert_eq!(request.name, "chat cheap/sim-small");
+    assert_eq!(attempt.name, "chat sim-small");
+    assert_eq!(attempt.parent_span_id, request.span_id);
+    assert_eq!(attempt.trace_id, request.trace_id);
+    assert!(request.parent_span_id.is_empty());
+    let a = attrs(attempt);
+    assert_eq!(a["gen_ai.operation.name"], "chat");
+    assert_eq!(a["gen_ai.provider.name"], "cheap");
+    assert_eq!(a["gen_ai.request.model"], "sim-small");
+    assert_eq!(a["gen_ai.response.model"], body["model"]);
+    assert_eq!(a["gen_ai.response.id"], body["id"]);
+    assert_eq!(a["gen_ai.response.finish_reasons"], json!(["stop"]));
+    assert_eq!(a["gen_ai.usage.input_tokens"], body["usage"]["prompt_tokens"]);
+    assert_eq!(a["gen_ai.usage.output_tokens"], body["usage"]["completion_tokens"]);
+    assert_eq!(a["bourse.attempt"], 1);
+    assert!((a["bourse.cost_usd"].as_f64().unwrap() - usd(&h, "x-bourse-cost-usd")).abs() < 1e-15);
+    assert!(!a.contains_key("gen_ai.system") && !a.contains_key("error.type"), "{a:?}");
+    // No prompt or completion text unless capture_content is on.
+    assert!(!a.contains_key("gen_ai.input.messages") && !a.contains_key("gen_ai.output.messages"));
+    let r = attrs(request);
+    assert_eq!(r["gen_ai.request.model"], "cheap/sim-small");
+    assert_eq!(r["gen_ai.provider.name"], "cheap");
+    assert_eq!(r["http.response.status_code"], 200);
+    assert_eq!(r["gen_ai.usage.output_tokens"], body["usage"]["completion_tokens"]);
+    let text = format!("{got:?}");
+    assert!(!text.contains("Say hello to the exchange"), "prompt text in a span");
+
+    // A fallback: two attempt spans under one request span.
+    spans.lock().unwrap().clear();
+    cheap.set_config(SimConfig {
+        failure: Failure::Status { status: 503, retry_after: None, error_type: None, code: None, message: None },
+        ..SimConfig::default()
+    });
+    let (status, _, h) = chat(&url, "auto", "trace-2").await;
+    assert_eq!((status, h["x-bourse-provider"].to_str().unwrap()), (200, "mid"));
+    tracer.flush().await;
+    let got = spans.lock().unwrap().clone();
+    assert_eq!(got.len(), 3, "{got:#?}");
+    let request = got.iter().find(|s| s.parent_span_id.is_empty()).unwrap();
+    assert_eq!(request.name, "chat auto");
+    let mut tries: Vec<_> = got.iter().filter(|s| s.parent_span_id == request.span_id).collect();
+    tries.sort_by_key(|s| s.start_time_unix_nano);
+    assert_eq!(tries.len(), 2);
+    let (first, second) = (attrs(tries[0]), attrs(tries[1]));
+    assert_eq!((&first["gen_ai.provider.name"], &first["bourse.attempt"]), (&json!("cheap"), &json!(1)));
+    assert_eq!(first["error.type"], "upstream_5xx");
+    assert_eq!(first["bourse.error.kind"], "upstream_5xx");
+    assert_eq!((&second["gen_ai.provider.name"], &second["bourse.attempt"]), (&json!("mid"), &json!(2)));
+    assert!(!second.contains_key("error.type"));
+    assert!(second["bourse.route.reason"].as_str().unwrap().contains("attempt 2 (fallback)"), "{second:?}");
+    let r = attrs(request);
+    assert_eq!(r["bourse.route"], "auto");
+    assert_eq!(r["gen_ai.provider.name"], "mid");
+    assert!(r["bourse.route.reason"].as_str().unwrap().contains("chose mid/sim-small"), "{r:?}");
+    tracer.shutdown().await;
+}
+
+#[tokio::test]
+async fn content_goes_on_spans_only_when_enabled_and_traceparent_is_continued() {
+    let (collector, spans) = receiver().await;
+    let (cheap, mid) =
+        (Sim::start(SimConfig::default()).await.unwrap(), Sim::start(SimConfig::default()).await.unwrap());
+    let extra = format!("[telemetry]\notlp_endpoint = \"{collector}\"\ncapture_content = true\n");
+    let (state, url, _task) = start(&config(&cheap, &mid, &extra)).await;
+    let resp = client()
+        .post(format!("{url}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        .body(chat_body("cheap/sim-small").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let tracer = state.telemetry.tracer.as_ref().unwrap();
+    tracer.flush().await;
+    let got = spans.lock().unwrap().clone();
+    let request = got.iter().find(|s| s.name == "chat cheap/sim-small").unwrap();
+    assert_eq!(hex(&request.trace_id), "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(hex(&request.parent_span_id), "b7ad6b7169203331");
+    let r = attrs(request);
+    assert!(r["gen_ai.input.messages"].as_str().unwrap().contains("Say hello to the exchange"), "{r:?}");
+    let attempt = got.iter().find(|s| s.name == "chat sim-small").unwrap();
+    assert!(attrs(attempt)["gen_ai.output.messages"].as_str().is_some_and(|s| !s.is_empty()));
+    tracer.shutdown().await;
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Start the real binary with `args`, logging JSON; returns it, its URL and its log lines.
+async fn serve_binary(
+    config: &std::path::Path,
+    args: &[&str],
+) -> (tokio::process::Child, String, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    use tokio::io::AsyncBufReadExt;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_bourse"));
+    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy", "BOURSE_CONFIG"] {
+        cmd.env_remove(var);
+    }
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(config).args(args);
+    cmd.env("BOURSE_TEST_KEY", "gw-access-secret").env("RUST_LOG", "bourse=info");
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+            if tx.send(v).is_err() {
+                return;
+            }
+        }
+    });
+    let url = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let v = rx.recv().await.expect("bourse exited before listening");
+            if let Some(at) = v["message"].as_str().and_then(|m| m.find("http://").map(|i| m[i..].to_string())) {
+                return at;
+            }
+        }
+    })
+    .await
+    .expect("bourse did not start");
+    (child, url, rx)
+}
+
+#[tokio::test]
+async fn the_binary_writes_one_json_access_line_per_request() {
+    let sim = Sim::start(SimConfig::default()).await.unwrap();
+    let config = std::env::temp_dir().join(format!("bourse-access-{}-{}.toml", std::process::id(), fastrand::u64(..)));
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\napi_keys = [\"env:BOURSE_TEST_KEY\"]\n[storage]\nledger = false\n[providers.alpha]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\nmodels = [\"sim-small\"]\n{}",
+            sim.base_url(),
+            price("alpha/sim-small", 1.0, 2.0)
+        ),
+    )
+    .unwrap();
+    let (mut child, url, mut logs) = serve_binary(&config, &["--log-format", "json", "--access-log"]).await;
+    let send = |model: &str, rid: &str, stream: bool| {
+        let mut body = chat_body(model);
+        body["stream"] = json!(stream);
+        client()
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth("gw-access-secret")
+            .header("x-request-id", rid)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let ok = send("alpha/sim-small", "acc-1", false).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let cost = ok.headers()["x-bourse-cost-usd"].to_str().unwrap().to_string();
+    let body: Value = serde_json::from_slice(&ok.bytes().await.unwrap()).unwrap();
+    assert_eq!(send("alpha/invented", "acc-2", false).await.unwrap().status(), 400);
+    let streamed = send("alpha/sim-small", "acc-3", true).await.unwrap().text().await.unwrap();
+    assert!(streamed.contains("[DONE]"));
+
+    let mut access = BTreeMap::new();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while access.len() < 3 {
+            let v = logs.recv().await.expect("bourse stopped logging");
+            all.push(v.to_string());
+            if v["message"] == "request" && v.get("request_id").is_some() {
+                assert_eq!(v["level"], "INFO", "{v}");
+                access.insert(v["request_id"].as_str().unwrap().to_string(), v);
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("fewer than 3 access lines: {all:#?}"));
+    let key_id = bourse::state::key_id("gw-access-secret");
+    let a = &access["acc-1"];
+    assert_eq!(a["key_id"], key_id.as_str());
+    assert_eq!((&a["provider"], &a["model"], &a["status"]), (&json!("alpha"), &json!("sim-small"), &json!(200)));
+    assert_eq!((&a["route"], &a["tenant"], &a["error"]), (&json!(""), &json!(""), &json!("")));
+    assert_eq!(a["input_tokens"], body["usage"]["prompt_tokens"]);
+    assert_eq!(a["output_tokens"], body["usage"]["completion_tokens"]);
+    assert_eq!(a["cost_usd"], cost.as_str());
+    assert_eq!(a["attempts"], 1);
+    let (ttfb, latency) = (a["ttfb_ms"].as_f64().unwrap(), a["latency_ms"].as_f64().unwrap());
+    assert!(ttfb > 0.0 && latency >= ttfb, "{a}");
+    let e = &access["acc-2"];
+    assert_eq!((&e["status"], &e["error"], &e["attempts"]), (&json!(400), &json!("model_not_allowed"), &json!(0)));
+    let s = &access["acc-3"];
+    assert_eq!((&s["status"], &s["provider"]), (&json!(200), &json!("alpha")));
+    assert!(s["output_tokens"].as_u64().unwrap() > 0, "{s}");
+    // Never the prompt, never the key.
+    for line in &all {
+        assert!(!line.contains("Say hello") && !line.contains("gw-access-secret"), "{line}");
+    }
+    child.kill().await.unwrap();
+    let _ = std::fs::remove_file(&config);
+}
