@@ -588,7 +588,7 @@ async fn attempt_chat(
     attempt.healthy();
     pass.answers(&mut attempt);
     if state.telemetry.tracer.is_some() {
-        attempt.facts = Some(answer::facts(&bytes, client, state.telemetry.capture_content));
+        attempt.facts = Some(Box::new(answer::facts(&bytes, client, state.telemetry.capture_content)));
     }
     let (usage, estimate) = match usage {
         Some(u) => (u, None),

@@ -45,13 +45,14 @@ pub(super) struct Attempt {
     route: RouteId,
     /// Its (provider, model) in the metrics (None: metrics off).
     series: Option<SeriesId>,
-    span: Option<opentelemetry_sdk::trace::Span>,
+    /// Boxed: an attempt lives in the request's future, which traces off should not grow.
+    span: Option<Box<opentelemetry_sdk::trace::Span>>,
     /// Set on the attempt that answers: its settle ends the request.
     pub(super) ending: Option<Ending>,
     /// Streams: when the first content event came.
     pub(super) first_token: Option<Duration>,
     /// What the answer says of itself (traces only).
-    pub(super) facts: Option<Facts>,
+    pub(super) facts: Option<Box<Facts>>,
 }
 
 /// An answer's id, model and finish reasons, for its span.
@@ -102,7 +103,7 @@ impl Attempt {
             };
             let start =
                 trace::AttemptStart { operation, provider: &target.provider.id, model: &target.upstream_model, number };
-            span = Some(tracer.attempt(parent, &start));
+            span = Some(Box::new(tracer.attempt(parent, &start)));
         }
         if t.access_log || t.tracer.is_some() {
             watch.last = Some((target.provider.id.clone(), target.upstream_model.clone()));
@@ -210,7 +211,7 @@ impl Attempt {
             }
         }
         let used = error.is_none() || cost != 0;
-        let facts = self.facts.take().unwrap_or_default();
+        let facts = self.facts.take().map(|f| *f).unwrap_or_default();
         let outcome = || trace::Outcome {
             provider: Some(&self.target.provider.id),
             response_model: facts.model.as_deref(),
@@ -226,7 +227,7 @@ impl Attempt {
             ..trace::Outcome::default()
         };
         if let Some(span) = self.span.take() {
-            trace::end_attempt(span, outcome());
+            trace::end_attempt(*span, outcome());
         }
         if let Some(end) = self.ending.take() {
             let f = Finish {
