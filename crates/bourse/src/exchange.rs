@@ -108,7 +108,7 @@ pub async fn chat(
         span.set("gen_ai.input.messages", serde_json::Value::Object(messages).to_string());
     }
     let resp = serve_chat(state, &caller, req, overrides, headers, &mut watch).await;
-    t.answered(watch, &caller, resp.status().as_u16(), error_label(&resp));
+    t.answered(watch, caller.who(), resp.status().as_u16(), error_label(&resp));
     resp
 }
 
@@ -617,7 +617,7 @@ pub async fn embeddings(state: &SharedState, caller: Caller, req: EmbeddingsRequ
     let t = &state.telemetry;
     let mut watch = t.begin(caller.arrived, "embeddings", &req.model, None);
     let resp = serve_embeddings(state, &caller, req, &mut watch).await;
-    t.answered(watch, &caller, resp.status().as_u16(), error_label(&resp));
+    t.answered(watch, caller.who(), resp.status().as_u16(), error_label(&resp));
     resp
 }
 

@@ -98,6 +98,11 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Who is asking, as telemetry names them.
+    pub fn who(&self) -> crate::telemetry::Who<'_> {
+        crate::telemetry::Who { request_id: &self.request_id, key_id: self.key_id.as_deref(), tenant: self.tenant_id() }
+    }
+
     /// The tenant of a virtual key (config keys belong to no stored tenant).
     pub fn tenant_id(&self) -> Option<&str> {
         self.key.as_ref().map(|k| k.tenant.name.as_str())

@@ -20,7 +20,6 @@ pub mod metrics;
 pub mod trace;
 
 use crate::config::{LogFormat, TelemetryConfig};
-use crate::state::Caller;
 use metrics::{Metrics, RouteId, SeriesId};
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -112,7 +111,7 @@ impl Telemetry {
 
     /// The answer's head is leaving: count the request, and if no attempt answered it, write
     /// its last word here.
-    pub fn answered(&self, w: Watch, caller: &Caller, status: u16, error: Option<&'static str>) {
+    pub fn answered(&self, w: Watch, who: Who<'_>, status: u16, error: Option<&'static str>) {
         if let (Some(m), Some(series)) = (&self.metrics, w.series) {
             m.request(w.route, series, status, w.arrived.elapsed().saturating_sub(w.upstream));
         }
@@ -126,22 +125,22 @@ impl Telemetry {
         let end = Ending { arrived: w.arrived, route: w.route_name, span: w.span, attempts: w.attempts };
         self.finish(
             end,
-            caller,
+            who,
             Finish { provider, model, status, error, ..Finish::default() },
             trace::Outcome::default(),
         );
     }
 
     /// A request's last word: its access line and the end of its span.
-    pub fn finish<'a>(&self, end: Ending, caller: &Caller, f: Finish<'a>, mut outcome: trace::Outcome<'a>) {
+    pub fn finish<'a>(&self, end: Ending, who: Who<'_>, f: Finish<'a>, mut outcome: trace::Outcome<'a>) {
         if self.access_log {
             let mut cost = [0u8; 24];
             let cost = f.cost_nanos.map(|c| crate::meter::Cost(c).usd_ascii(&mut cost).to_vec());
             let cost = cost.as_deref().and_then(|c| std::str::from_utf8(c).ok()).unwrap_or("");
             tracing::info!(
-                request_id = &*caller.request_id,
-                key_id = caller.key_id.as_deref().unwrap_or(""),
-                tenant = caller.tenant_id().unwrap_or(""),
+                request_id = who.request_id,
+                key_id = who.key_id.unwrap_or(""),
+                tenant = who.tenant.unwrap_or(""),
                 route = end.route.as_deref().unwrap_or(""),
                 provider = f.provider.unwrap_or(""),
                 model = f.model.unwrap_or(""),
@@ -166,6 +165,14 @@ impl Telemetry {
             span.end(outcome);
         }
     }
+}
+
+/// Who asked, as the access line names them (from the edge's `Caller`).
+#[derive(Clone, Copy, Debug)]
+pub struct Who<'a> {
+    pub request_id: &'a str,
+    pub key_id: Option<&'a str>,
+    pub tenant: Option<&'a str>,
 }
 
 /// One request as the exchange goes through it.

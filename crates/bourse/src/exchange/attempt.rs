@@ -240,7 +240,7 @@ impl Attempt {
                 cost_nanos: Some(cost),
                 ttfb: self.ttfb,
             };
-            t.finish(end, &self.caller, f, outcome());
+            t.finish(end, self.caller.who(), f, outcome());
         }
     }
 
