@@ -2,18 +2,34 @@
 //! (protobuf) to `[telemetry] otlp_endpoint` by the OpenTelemetry SDK's batch processor on
 //! the tokio runtime. Off unless configured: then nothing here runs on the request path.
 //!
+//! Exports go out through the gateway's own HTTP/1.1 client ([`crate::provider::http`]: TLS,
+//! and the proxy variables as for upstreams), not the exporter's hyper client: that one
+//! builds hyper with HTTP/2, which changes how the server's hyper code is compiled and costs
+//! every request instructions even with traces off (bench/RESULTS.md).
+//!
 //! Attributes follow the OpenTelemetry GenAI semantic conventions (`gen_ai.operation.name`,
 //! `gen_ai.provider.name` (the configured provider's id), `gen_ai.request.model`,
 //! `gen_ai.response.*`, `gen_ai.usage.*`, `error.type`) plus Bourse's own `bourse.*`. Prompt
 //! and completion text go on spans only with `[telemetry] capture_content = true`. A request
 //! that carries a W3C `traceparent` continues the caller's trace.
 
-use axum::http::HeaderMap;
+use crate::provider::http::Client;
+use axum::http::{header, HeaderMap, HeaderValue, Request, Response, Uri};
+use bytes::Bytes;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+/// How long one export may take, connecting included.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most of a collector's answer that is read (its body is only logged at debug).
+const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
 /// The exporter and the tracer the gateway's spans come from.
 #[derive(Debug)]
@@ -25,11 +41,14 @@ pub struct Tracer {
 impl Tracer {
     /// Start exporting to `endpoint` (the full traces URL). Needs a tokio runtime.
     pub fn start(endpoint: &str) -> Result<Tracer, String> {
-        use opentelemetry_otlp::WithExportConfig;
+        use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+        let uri: Uri = endpoint.parse().map_err(|e| format!("telemetry.otlp_endpoint: {e}"))?;
+        let transport = Transport { endpoint: uri, client: Mutex::new(None) };
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
+            .with_http_client(transport)
             .with_endpoint(endpoint)
-            .with_timeout(std::time::Duration::from_secs(10))
+            .with_timeout(EXPORT_TIMEOUT)
             .build()
             .map_err(|e| format!("telemetry.otlp_endpoint: {e}"))?;
         let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
@@ -195,5 +214,67 @@ impl Extractor for Headers<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// The exporter's HTTP client: each export is a POST on a pooled connection of the gateway's
+/// own client, within [`EXPORT_TIMEOUT`].
+#[derive(Debug)]
+struct Transport {
+    endpoint: Uri,
+    /// A client for the headers the exporter sends (content type, and any from
+    /// `OTEL_EXPORTER_OTLP_HEADERS`): the same on every export, so made once, on the first.
+    client: Mutex<Option<(HeaderMap, Client)>>,
+}
+
+impl Transport {
+    fn client(&self, headers: &HeaderMap) -> Result<Client, String> {
+        let mut kept = self.client.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((h, client)) = &*kept {
+            if h == headers {
+                return Ok(client.clone());
+            }
+        }
+        let client = Client::new(&self.endpoint, headers, EXPORT_TIMEOUT)?;
+        *kept = Some((headers.clone(), client.clone()));
+        Ok(client)
+    }
+
+    async fn send(&self, request: Request<Bytes>) -> Result<Response<Bytes>, opentelemetry_http::HttpError> {
+        let (mut parts, body) = request.into_parts();
+        // The client writes these itself.
+        parts.headers.remove(header::HOST);
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let client = self.client(&parts.headers)?;
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let exchange = async {
+            let answer = client.post(path, None, &body).await?;
+            let retry_after = answer.header("retry-after").and_then(|v| HeaderValue::from_str(v).ok());
+            let status = answer.status;
+            Ok::<_, crate::provider::http::HttpError>((status, retry_after, answer.body.bytes(MAX_ANSWER_BYTES).await?))
+        };
+        let (status, retry_after, body) = tokio::time::timeout(EXPORT_TIMEOUT, exchange)
+            .await
+            .map_err(|_| format!("no answer from the collector within {EXPORT_TIMEOUT:?}"))??;
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        if let Some(v) = retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        Ok(resp)
+    }
+}
+
+impl opentelemetry_http::HttpClient for Transport {
+    // The trait is declared with `async_trait`: this is the signature that expands to.
+    fn send_bytes<'s, 'f>(
+        &'s self,
+        request: Request<Bytes>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<Bytes>, opentelemetry_http::HttpError>> + Send + 'f>>
+    where
+        's: 'f,
+        Self: 'f,
+    {
+        Box::pin(self.send(request))
     }
 }
