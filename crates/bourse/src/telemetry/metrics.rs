@@ -68,32 +68,41 @@ const TPOT_BOUNDS: [f64; 13] = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0
 const GATEWAY_BOUNDS: [f64; 14] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 
+/// The most bounds a histogram has (the time-to-first-token one).
+const MAX_BOUNDS: usize = 16;
+const _: () = assert!(
+    TOKEN_BOUNDS.len() <= MAX_BOUNDS
+        && DURATION_BOUNDS.len() <= MAX_BOUNDS
+        && TTFT_BOUNDS.len() <= MAX_BOUNDS
+        && TPOT_BOUNDS.len() <= MAX_BOUNDS
+        && GATEWAY_BOUNDS.len() <= MAX_BOUNDS
+);
+
 /// A histogram over integer observations (tokens or nanoseconds): counts per bucket (not
-/// cumulative; the encoder accumulates), their sum and count.
+/// cumulative; the encoder accumulates) and their sum; the count is the buckets' total.
+/// Fixed-size arrays: finding and counting a bucket takes no bounds check and no pointer
+/// chase, on every answer.
 #[derive(Debug)]
 struct Hist {
-    /// Upper bounds in the observations' unit.
-    bounds: Box<[u64]>,
+    /// Upper bounds in the observations' unit, then `u64::MAX` up to [`MAX_BOUNDS`]: a search
+    /// past the last bound stops at the +Inf bucket.
+    bounds: [u64; MAX_BOUNDS],
     /// Upper bounds as exported.
     exported: &'static [f64],
-    /// One per bound, then +Inf.
-    buckets: Box<[AtomicU64]>,
+    /// One per bound, then +Inf (the rest unused).
+    buckets: [AtomicU64; MAX_BOUNDS + 1],
     sum: AtomicU64,
-    count: AtomicU64,
     /// Exported unit per observed unit (1e-9 for nanoseconds as seconds).
     scale: f64,
 }
 
 impl Hist {
     fn new(exported: &'static [f64], scale: f64) -> Hist {
-        Hist {
-            bounds: exported.iter().map(|b| (b / scale).round() as u64).collect(),
-            exported,
-            buckets: (0..=exported.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-            scale,
+        let mut bounds = [u64::MAX; MAX_BOUNDS];
+        for (b, e) in bounds.iter_mut().zip(exported) {
+            *b = (e / scale).round() as u64;
         }
+        Hist { bounds, exported, buckets: Default::default(), sum: AtomicU64::new(0), scale }
     }
 
     fn seconds(exported: &'static [f64]) -> Hist {
@@ -101,23 +110,31 @@ impl Hist {
     }
 
     fn observe(&self, v: u64) {
-        let i = self.bounds.iter().position(|b| v <= *b).unwrap_or(self.bounds.len());
+        let i = self.bounds.iter().position(|b| v <= *b).unwrap_or(MAX_BOUNDS);
         self.buckets[i].fetch_add(1, Relaxed);
         self.sum.fetch_add(v, Relaxed);
-        self.count.fetch_add(1, Relaxed);
     }
 
     fn observe_duration(&self, d: Duration) {
-        self.observe(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        self.observe(d.as_secs().saturating_mul(1_000_000_000).saturating_add(u64::from(d.subsec_nanos())));
+    }
+
+    /// Observations so far.
+    fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
     }
 
     fn encode(&self, e: &mut MetricEncoder) -> Result<(), std::fmt::Error> {
-        let mut buckets = Vec::with_capacity(self.buckets.len());
-        for (i, b) in self.buckets.iter().enumerate() {
-            buckets.push((self.exported.get(i).copied().unwrap_or(f64::INFINITY), b.load(Relaxed)));
+        let mut buckets = Vec::with_capacity(self.exported.len() + 1);
+        let mut count = 0;
+        // The cells past +Inf are never used.
+        for (i, b) in self.buckets.iter().enumerate().take(self.exported.len() + 1) {
+            let n = b.load(Relaxed);
+            count += n;
+            buckets.push((self.exported.get(i).copied().unwrap_or(f64::INFINITY), n));
         }
         let sum = self.sum.load(Relaxed) as f64 * self.scale;
-        e.encode_histogram::<NoLabelSet>(sum, self.count.load(Relaxed), &buckets, None)
+        e.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 }
 
@@ -486,7 +503,7 @@ impl prometheus_client::collector::Collector for Exposition {
             for s in &m.series {
                 let Some(g) = s.genai.get() else { continue };
                 let h = pick(g);
-                if h.count.load(Relaxed) == 0 {
+                if h.count() == 0 {
                     continue;
                 }
                 h.encode(&mut f.encode_family(&genai_labels(s))?)?;
@@ -574,7 +591,7 @@ impl prometheus_client::collector::Collector for Exposition {
                 MetricType::Histogram,
             )?;
             for (r, h) in m.gateway.iter().enumerate() {
-                if h.count.load(Relaxed) > 0 {
+                if h.count() > 0 {
                     h.encode(&mut f.encode_family(&[("route", &*m.routes[r])])?)?;
                 }
             }
