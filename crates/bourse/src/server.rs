@@ -147,7 +147,7 @@ fn hex_into(out: &mut [u8], v: u64) {
 /// gateway key for `/v1` paths, the route, then the id on the response and the access log
 /// (at debug). Refusals are rendered in the dialect of the path.
 async fn handle(state: SharedState, req: Request) -> Response {
-    let arrived = Instant::now();
+    let arrived = state.telemetry.times_requests().then(Instant::now);
     let id: Arc<str> = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -156,8 +156,8 @@ async fn handle(state: SharedState, req: Request) -> Response {
         .map(Arc::from)
         .unwrap_or_else(new_request_id);
     // The access line is at debug: copy what it needs only when it will be written.
-    let logged =
-        tracing::enabled!(tracing::Level::DEBUG).then(|| (arrived, req.method().clone(), req.uri().path().to_string()));
+    let logged = tracing::enabled!(tracing::Level::DEBUG)
+        .then(|| (arrived.unwrap_or_else(Instant::now), req.method().clone(), req.uri().path().to_string()));
     let path = req.uri().path();
     if path.starts_with("/admin/") {
         let mut resp = Box::pin(admin_api(&state, req)).await;

@@ -93,8 +93,9 @@ pub struct Caller {
     pub request_id: Arc<str>,
     pub key_id: Option<Arc<str>>,
     pub key: Option<Arc<Resolved>>,
-    /// When the edge received the request.
-    pub arrived: Instant,
+    /// When the edge received the request, noted only while telemetry reads it
+    /// ([`crate::telemetry::Telemetry::times_requests`]).
+    pub arrived: Option<Instant>,
 }
 
 impl Caller {

@@ -15,6 +15,12 @@
 //! [`Telemetry::answered`] when the answer's head leaves. A request's last word (its access
 //! line and the end of its span) comes from the attempt that answered it, when it settles
 //! (a stream's end), or from `answered` for a request no attempt answered.
+//!
+//! Every request goes through those points, so each is an inline check that does nothing
+//! more while its part is off, with the work out of line: what only the access line and the
+//! spans need lives in a box ([`Ending`]) that exists only while one of them is on, and no
+//! clock is read for a part that is off. The request's future then carries a few words, not
+//! the names and spans (the cost per request is in bench/RESULTS.md).
 
 pub mod metrics;
 pub mod trace;
@@ -75,25 +81,51 @@ impl Telemetry {
         self.access_log || self.tracer.is_some()
     }
 
-    /// A request reached the exchange. `model` is what the client named.
+    /// Whether the edge notes when a request arrived: the gateway-latency histogram and the
+    /// access line's latency read it; with neither, no clock is read for it.
+    #[inline]
+    pub fn times_requests(&self) -> bool {
+        self.metrics.is_some() || self.access_log
+    }
+
+    /// A request reached the exchange. `model` is what the client named; `arrived` is the
+    /// edge's note of its arrival (see [`Telemetry::times_requests`]).
+    #[inline]
     pub fn begin(
         &self,
-        arrived: Instant,
+        arrived: Option<Instant>,
         operation: &'static str,
         model: &str,
         headers: Option<&axum::http::HeaderMap>,
     ) -> Watch {
+        let ending = self.wants_names().then(|| self.ending(arrived, operation, model, headers));
         Watch {
             arrived,
             route: RouteId::default(),
             series: self.metrics.as_ref().map(|m| m.none()),
-            route_name: None,
             upstream: Duration::ZERO,
             attempts: 0,
-            span: self.tracer.as_ref().map(|t| t.request(operation, model, headers)),
-            last: None,
+            ending,
             handed: false,
         }
+    }
+
+    /// What a request's access line and span will need, and its span started.
+    #[inline(never)]
+    fn ending(
+        &self,
+        arrived: Option<Instant>,
+        operation: &'static str,
+        model: &str,
+        headers: Option<&axum::http::HeaderMap>,
+    ) -> Box<Ending> {
+        Box::new(Ending {
+            arrived,
+            route: None,
+            span: self.tracer.as_ref().map(|t| t.request(operation, model, headers)),
+            last: None,
+            attempts: 0,
+        })
     }
 
     /// The request is routed on `route`.
@@ -101,28 +133,38 @@ impl Telemetry {
         if let Some(m) = &self.metrics {
             w.route = m.route(route);
         }
-        if self.wants_names() {
-            w.route_name = Some(route.to_string());
-        }
-        if let Some(span) = &w.span {
-            span.set("bourse.route", route.to_string());
+        if let Some(end) = &mut w.ending {
+            end.route = Some(route.to_string());
+            if let Some(span) = &end.span {
+                span.set("bourse.route", route.to_string());
+            }
         }
     }
 
-    /// The answer's head is leaving: count the request, and if no attempt answered it, write
-    /// its last word here.
-    pub fn answered(&self, w: Watch, who: Who<'_>, status: u16, error: Option<&'static str>) {
-        if let (Some(m), Some(series)) = (&self.metrics, w.series) {
-            m.request(w.route, series, status, w.arrived.elapsed().saturating_sub(w.upstream));
+    /// `resp`'s head is leaving: count the request, and if no attempt answered it, write its
+    /// last word here (`who` asked).
+    #[inline]
+    pub fn answered<'a>(&self, w: Watch, resp: &axum::response::Response, who: impl FnOnce() -> Who<'a>) {
+        if let (Some(m), Some(series), Some(arrived)) = (&self.metrics, w.series, w.arrived) {
+            m.request(w.route, series, resp.status().as_u16(), arrived, w.upstream);
         }
-        if w.handed {
-            return;
+        if let (false, Some(end)) = (w.handed, w.ending) {
+            self.unanswered(*end, w.attempts, who(), resp);
         }
-        let (provider, model) = match &w.last {
+    }
+
+    /// The last word of a request no attempt answered.
+    #[inline(never)]
+    fn unanswered(&self, mut end: Ending, attempts: u32, who: Who<'_>, resp: &axum::response::Response) {
+        let status = resp.status().as_u16();
+        // The label a rendered error carries.
+        let error = resp.extensions().get::<crate::error::ErrorLabel>().map(|l| l.0);
+        end.attempts = attempts;
+        let last = end.last.take();
+        let (provider, model) = match &last {
             Some((p, m)) => (Some(p.as_str()), Some(m.as_str())),
             None => (None, None),
         };
-        let end = Ending { arrived: w.arrived, route: w.route_name, span: w.span, attempts: w.attempts };
         self.finish(
             end,
             who,
@@ -149,7 +191,7 @@ impl Telemetry {
                 output_tokens = f.output_tokens,
                 cost_usd = cost,
                 ttfb_ms = f.ttfb.map(|d| d.as_secs_f64() * 1e3),
-                latency_ms = end.arrived.elapsed().as_secs_f64() * 1e3,
+                latency_ms = end.arrived.map(|a| a.elapsed().as_secs_f64() * 1e3),
                 attempts = end.attempts,
                 error = f.error.unwrap_or(""),
                 "request"
@@ -175,43 +217,78 @@ pub struct Who<'a> {
     pub tenant: Option<&'a str>,
 }
 
-/// One request as the exchange goes through it.
+/// One request as the exchange goes through it. It lives in the request's future: what only
+/// the access line and the span need is boxed in [`Ending`], and absent while both are off.
 #[derive(Debug)]
 pub struct Watch {
-    arrived: Instant,
+    arrived: Option<Instant>,
     pub route: RouteId,
     /// The pair that answered or was tried last (None: metrics off).
     pub series: Option<SeriesId>,
-    route_name: Option<String>,
-    /// Time spent waiting on upstreams: excluded from what the gateway adds.
+    /// Time spent waiting on upstreams (counted while metrics are on): excluded from what
+    /// the gateway adds.
     pub upstream: Duration,
     pub attempts: u32,
-    pub span: Option<trace::RequestSpan>,
-    /// Provider and model of the last attempt, kept for a failed request's access line.
-    pub last: Option<(String, String)>,
+    ending: Option<Box<Ending>>,
     handed: bool,
 }
 
 impl Watch {
-    /// The request's last word goes with the attempt that answers it.
-    pub fn hand_over(&mut self) -> Ending {
-        self.handed = true;
-        Ending {
-            arrived: self.arrived,
-            route: self.route_name.clone(),
-            span: self.span.take(),
-            attempts: self.attempts,
+    /// The request's span, while traces are on.
+    #[inline]
+    pub fn span(&self) -> Option<&trace::RequestSpan> {
+        self.ending.as_ref().and_then(|e| e.span.as_ref())
+    }
+
+    /// An attempt at `provider`'s `model` starts: kept for the access line of a request no
+    /// attempt answers.
+    #[inline]
+    pub fn tried(&mut self, provider: &str, model: &str) {
+        if let Some(end) = &mut self.ending {
+            end.tried(provider, model);
         }
+    }
+
+    /// The request's last word goes with the attempt that answers it: into `to`, when there
+    /// is one to write (an access line or a span to end).
+    #[inline]
+    pub fn hand_over(&mut self, to: &mut Option<Box<Ending>>) {
+        self.handed = true;
+        if self.ending.is_some() {
+            self.pass_ending(to);
+        }
+    }
+
+    #[inline(never)]
+    fn pass_ending(&mut self, to: &mut Option<Box<Ending>>) {
+        *to = self.ending.take().map(|end| end.handed(self.attempts));
     }
 }
 
-/// What the answering attempt needs to write its request's last word.
+/// What a request's access line and span need, from its arrival at the exchange to its last
+/// word (written by the attempt that answered it, or when its answer leaves if none did).
 #[derive(Debug)]
 pub struct Ending {
-    arrived: Instant,
+    arrived: Option<Instant>,
     route: Option<String>,
     span: Option<trace::RequestSpan>,
+    /// Provider and model of the last attempt, kept for a failed request's access line.
+    last: Option<(String, String)>,
     attempts: u32,
+}
+
+impl Ending {
+    #[inline(never)]
+    fn tried(&mut self, provider: &str, model: &str) {
+        self.last = Some((provider.to_string(), model.to_string()));
+    }
+
+    /// Handed to the attempt that answers, after `attempts` of them.
+    fn handed(mut self: Box<Self>, attempts: u32) -> Box<Self> {
+        self.attempts = attempts;
+        self.last = None;
+        self
+    }
 }
 
 /// How a request ended, for its access line and span.

@@ -12,7 +12,7 @@ use crate::limit::Spent;
 use crate::meter::{Cost, Price};
 use crate::route::Target;
 use crate::state::{Caller, SharedState};
-use crate::telemetry::metrics::{Answered, RouteId, SeriesId};
+use crate::telemetry::metrics::{Answered, Metrics, RouteId, SeriesId};
 use crate::telemetry::{trace, Ending, Finish, Watch};
 use std::time::{Duration, Instant};
 
@@ -45,14 +45,23 @@ pub(super) struct Attempt {
     route: RouteId,
     /// Its (provider, model) in the metrics (None: metrics off).
     series: Option<SeriesId>,
-    /// Boxed: an attempt lives in the request's future, which traces off should not grow.
-    span: Option<Box<opentelemetry_sdk::trace::Span>>,
+    /// Its span (traces on). Boxed, like `ending`: an attempt lives in the request's future,
+    /// which should not grow with what only traces or the access line use.
+    traced: Option<Box<Traced>>,
     /// Set on the attempt that answers: its settle ends the request.
-    pub(super) ending: Option<Ending>,
+    pub(super) ending: Option<Box<Ending>>,
     /// Streams: when the first content event came.
     pub(super) first_token: Option<Duration>,
-    /// What the answer says of itself (traces only).
-    pub(super) facts: Option<Box<Facts>>,
+    /// Sending to the answer's last byte (or the failure): the row's latency and the
+    /// metrics' operation duration. Noted by [`Attempt::waited`] for a non-streamed answer,
+    /// else on first use (a stream's end).
+    latency: Option<Duration>,
+}
+
+/// An attempt's span, and what its answer says of itself.
+struct Traced {
+    span: opentelemetry_sdk::trace::Span,
+    facts: Facts,
 }
 
 /// An answer's id, model and finish reasons, for its span.
@@ -95,26 +104,24 @@ impl Attempt {
                 m.fallback(watch.route, s);
             }
         }
-        let mut span = None;
-        if let (Some(tracer), Some(parent)) = (&t.tracer, &watch.span) {
+        let mut traced = None;
+        if let (Some(tracer), Some(parent)) = (&t.tracer, watch.span()) {
             let operation = match chosen {
                 Chosen::Explicit(p) if state.meter.model(p).kind == crate::catalog::Kind::Embedding => "embeddings",
                 _ => "chat",
             };
             let start =
                 trace::AttemptStart { operation, provider: &target.provider.id, model: &target.upstream_model, number };
-            span = Some(Box::new(tracer.attempt(parent, &start)));
+            traced = Some(Box::new(Traced { span: tracer.attempt(parent, &start), facts: Facts::default() }));
         }
-        if t.access_log || t.tracer.is_some() {
-            watch.last = Some((target.provider.id.clone(), target.upstream_model.clone()));
-        }
+        watch.tried(&target.provider.id, &target.upstream_model);
         Attempt {
             route: watch.route,
             series,
-            span,
+            traced,
             ending: None,
             first_token: None,
-            facts: None,
+            latency: None,
             state: Some(state.clone()),
             caller,
             target: target.clone(),
@@ -129,11 +136,57 @@ impl Attempt {
         }
     }
 
-    /// The upstream answered: close its circuit and fold in its time to first byte.
     fn state(&self) -> &SharedState {
         self.state.as_ref().expect("an attempt is used only until it is settled")
     }
 
+    /// The upstream is done with the request (its answer is complete, or it failed): the
+    /// attempt's latency, and while metrics are on, time the request waited on it. One clock
+    /// read, and none when neither the ledger nor the metrics want the time.
+    #[inline]
+    pub(super) fn waited(&mut self, watch: &mut Watch) {
+        if self.series.is_none() && self.state().ledger.is_none() {
+            return;
+        }
+        let d = self.started.elapsed();
+        self.latency = Some(d);
+        if self.series.is_some() {
+            watch.upstream += d;
+        }
+    }
+
+    /// A stream's head arrived: the request waited on the upstream until then (its time to
+    /// first byte); the rest of the stream is relayed, not waited on.
+    #[inline]
+    pub(super) fn waited_for_head(&self, watch: &mut Watch) {
+        if self.series.is_some() {
+            watch.upstream += self.ttfb.unwrap_or_default();
+        }
+    }
+
+    /// While traces are on: what a non-streamed answer (`body`, in `client`'s dialect) says
+    /// of itself, for the spans.
+    #[inline]
+    pub(super) fn read_facts(&mut self, body: &[u8], client: crate::canonical::Dialect) {
+        if self.traced.is_some() {
+            self.read_facts_now(body, client);
+        }
+    }
+
+    #[inline(never)]
+    fn read_facts_now(&mut self, body: &[u8], client: crate::canonical::Dialect) {
+        let Some(state) = &self.state else { return };
+        if let Some(t) = &mut self.traced {
+            t.facts = super::answer::facts(body, client, state.telemetry.capture_content);
+        }
+    }
+
+    fn latency(&mut self) -> Duration {
+        let started = self.started;
+        *self.latency.get_or_insert_with(|| started.elapsed())
+    }
+
+    /// The upstream answered: close its circuit and fold in its time to first byte.
     pub(super) fn healthy(&self) {
         if let Chosen::Routed(i) = self.chosen {
             let router = &self.state().router;
@@ -176,7 +229,8 @@ impl Attempt {
     }
 
     /// The metrics, the attempt's span and, for the attempt that answered, its request's
-    /// last word.
+    /// last word: each only while it is on.
+    #[inline]
     fn tell(
         &mut self,
         state: &SharedState,
@@ -186,32 +240,46 @@ impl Attempt {
         status: u16,
         error: Option<&str>,
     ) {
-        let t = &state.telemetry;
-        let output = usage.output_total();
-        let input = usage.input_uncached + usage.input_cache_read + usage.input_cache_write;
-        if let (Some(m), Some(series)) = (&t.metrics, self.series) {
-            match error {
-                None => {
-                    let a = Answered {
-                        input_tokens: input,
-                        output_tokens: output,
-                        cost_nanos: cost,
-                        reference_nanos: reference,
-                        duration: self.started.elapsed(),
-                        first_token: self.first_token,
-                    };
-                    m.answered(self.route, series, &a)
-                }
-                Some(kind) => {
-                    m.failed(series, kind);
-                    if cost != 0 {
-                        m.spent(self.route, series, cost, reference);
-                    }
+        if let (Some(m), Some(series)) = (&state.telemetry.metrics, self.series) {
+            self.count(m, series, usage, cost, reference, error);
+        }
+        if self.traced.is_some() || self.ending.is_some() {
+            self.last_words(state, usage, cost, status, error);
+        }
+    }
+
+    fn count(&mut self, m: &Metrics, series: SeriesId, usage: &Usage, cost: i64, reference: i64, error: Option<&str>) {
+        match error {
+            None => {
+                let a = Answered {
+                    input_tokens: usage.input_uncached + usage.input_cache_read + usage.input_cache_write,
+                    output_tokens: usage.output_total(),
+                    cost_nanos: cost,
+                    reference_nanos: reference,
+                    duration: self.latency(),
+                    first_token: self.first_token,
+                };
+                m.answered(self.route, series, &a)
+            }
+            Some(kind) => {
+                m.failed(series, kind);
+                if cost != 0 {
+                    m.spent(self.route, series, cost, reference);
                 }
             }
         }
+    }
+
+    /// The attempt's span ends, and if it answered, its request's access line and span.
+    #[inline(never)]
+    fn last_words(&mut self, state: &SharedState, usage: &Usage, cost: i64, status: u16, error: Option<&str>) {
+        let output = usage.output_total();
+        let input = usage.input_uncached + usage.input_cache_read + usage.input_cache_write;
         let used = error.is_none() || cost != 0;
-        let facts = self.facts.take().map(|f| *f).unwrap_or_default();
+        let (span, facts) = match self.traced.take() {
+            Some(t) => (Some(t.span), t.facts),
+            None => (None, Facts::default()),
+        };
         let outcome = || trace::Outcome {
             provider: Some(&self.target.provider.id),
             response_model: facts.model.as_deref(),
@@ -226,8 +294,8 @@ impl Attempt {
             output_messages: facts.output.clone(),
             ..trace::Outcome::default()
         };
-        if let Some(span) = self.span.take() {
-            trace::end_attempt(*span, outcome());
+        if let Some(span) = span {
+            trace::end_attempt(span, outcome());
         }
         if let Some(end) = self.ending.take() {
             let f = Finish {
@@ -240,7 +308,7 @@ impl Attempt {
                 cost_nanos: Some(cost),
                 ttfb: self.ttfb,
             };
-            t.finish(end, self.caller.who(), f, outcome());
+            state.telemetry.finish(*end, self.caller.who(), f, outcome());
         }
     }
 
@@ -271,7 +339,7 @@ impl Attempt {
             reference_cost_nanos: reference,
             catalog_version: catalog_version.to_string(),
             ttfb_ms: self.ttfb.map(|d| d.as_millis() as u32),
-            latency_ms: self.started.elapsed().as_millis() as u32,
+            latency_ms: self.latency().as_millis() as u32,
             status,
             error_kind: error.map(str::to_string),
             estimate,

@@ -25,7 +25,7 @@ use prometheus_client::registry::Unit;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A route, by position (0: the request named a model, not a route).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -350,12 +350,13 @@ impl Metrics {
         usize::from(route.0) * self.series.len() + series.0 as usize
     }
 
-    /// A request's answer left the gateway: its status, and the time the gateway added (its
-    /// time to the answer's head less what it spent waiting on upstreams).
-    pub fn request(&self, route: RouteId, series: SeriesId, status: u16, added: Duration) {
+    /// A request's answer is leaving the gateway: its status, and the time the gateway added
+    /// (from its arrival to now, less `upstream`, what it spent waiting on upstreams).
+    #[inline(never)]
+    pub fn request(&self, route: RouteId, series: SeriesId, status: u16, arrived: Instant, upstream: Duration) {
         let class = usize::from(status / 100).clamp(1, CLASSES) - 1;
         self.requests[self.cell(route, series) * CLASSES + class].fetch_add(1, Relaxed);
-        self.gateway[usize::from(route.0)].observe_duration(added);
+        self.gateway[usize::from(route.0)].observe_duration(arrived.elapsed().saturating_sub(upstream));
     }
 
     /// An attempt was priced (a stream cut short costs what it used).
