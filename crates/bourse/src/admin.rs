@@ -634,6 +634,10 @@ pub async fn budget_use(
         GroupBy::Key => ledger.keys(None).await?.into_iter().map(|k| (k.id, k.limits)).collect(),
         _ => return Ok(Vec::new()),
     };
+    // No budget anywhere: nothing to read from the ledger.
+    if scopes.iter().all(|(_, l)| l.budget_day.is_none() && l.budget_month.is_none() && l.budget_total.is_none()) {
+        return Ok(Vec::new());
+    }
     let spend = |since: Option<i64>| {
         let q = ReportQuery { since_ms: since, until_ms: None, by, key: None };
         async move {

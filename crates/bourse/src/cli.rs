@@ -1,9 +1,12 @@
 //! Everything Bourse renders for a terminal: the catalog (`bourse catalog`), ledger reports
-//! (`bourse report`), quotes (`bourse quote`) and tenants and keys (`bourse tenants`, `bourse keys`), as aligned tables, JSON or CSV. The data
-//! comes from the catalog, the ledger's queries and the router; only formatting lives here.
+//! (`bourse report`), quotes (`bourse quote`), tenants and keys (`bourse tenants`, `bourse
+//! keys`) and the demo's banner, progress bar and report (`bourse demo`), as aligned tables,
+//! JSON or CSV. The data comes from the catalog, the ledger's queries and the router; only
+//! formatting lives here.
 
 pub mod admin;
 pub mod catalog;
+pub mod demo;
 pub mod quote;
 pub mod report;
 

@@ -77,8 +77,33 @@ pub struct Config {
     pub routing: Routing,
     /// Metrics, traces and logs.
     pub telemetry: TelemetryConfig,
+    /// The dashboard's sessions and refresh.
+    pub dashboard: DashboardConfig,
     /// Where the config came from, for logs and for files placed next to it.
     pub source: ConfigSource,
+}
+
+/// `[dashboard]`: how `/dashboard` keeps its logins and how often its pages reload (it is on
+/// whenever `server.admin_keys` is set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DashboardConfig {
+    /// Mark the session cookie `Secure` even when the request did not say it came over
+    /// HTTPS (`x-forwarded-proto: https` from a TLS-terminating proxy sets it anyway).
+    pub secure_cookie: bool,
+    /// How long a login lasts.
+    pub session_ttl: Duration,
+    /// How often a page reloads itself.
+    pub refresh: Duration,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig {
+            secure_cookie: false,
+            session_ttl: Duration::from_secs(12 * 3600),
+            refresh: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -381,6 +406,7 @@ impl Config {
         let ids: Vec<&str> = providers.iter().map(|p| p.id.as_str()).collect();
         let routing = routing_from_raw(&raw, &ids)?;
         let telemetry = telemetry_from_raw(&raw.telemetry)?;
+        let dashboard = dashboard_from_raw(&raw.dashboard)?;
         Ok(Config {
             server: ServerConfig { listen, api_keys, admin_keys, max_body_bytes, shutdown_grace, limits },
             providers,
@@ -390,6 +416,7 @@ impl Config {
             shared,
             routing,
             telemetry,
+            dashboard,
             source: ConfigSource::Environment,
         })
     }
@@ -557,6 +584,30 @@ fn storage_from_raw(raw: &raw::RawStorage) -> Result<StorageConfig, ConfigError>
         queue,
         on_full,
     })
+}
+
+fn dashboard_from_raw(raw: &raw::RawDashboard) -> Result<DashboardConfig, ConfigError> {
+    let mut d = DashboardConfig { secure_cookie: raw.secure_cookie.unwrap_or(false), ..DashboardConfig::default() };
+    if let Some(t) = &raw.session_ttl {
+        d.session_ttl = parse_duration(t).map_err(|m| err("dashboard.session_ttl", m))?;
+    }
+    if let Some(r) = &raw.refresh {
+        d.refresh = parse_duration(r).map_err(|m| err("dashboard.refresh", m))?;
+        if d.refresh < Duration::from_secs(1) {
+            return Err(err("dashboard.refresh", "must be at least 1s"));
+        }
+    }
+    Ok(d)
+}
+
+/// A ledger named on a command line, as a storage URL: a `sqlite:` or `postgres://` URL as
+/// given, anything else as the path of a SQLite file.
+pub fn storage_url(path_or_url: &str) -> String {
+    if ["sqlite:", "postgres://", "postgresql://"].iter().any(|p| path_or_url.starts_with(p)) {
+        path_or_url.to_string()
+    } else {
+        format!("sqlite:{path_or_url}")
+    }
 }
 
 fn shared_from_raw(raw: &raw::RawShared, env: EnvFn<'_>) -> Result<SharedConfig, ConfigError> {
@@ -819,6 +870,31 @@ mod tests {
         assert_eq!(path_of("[telemetry]\notlp_endpoint = \"grpc://h:4317\"\n"), "telemetry.otlp_endpoint");
         assert_eq!(path_of("[telemetry]\nlog_format = \"yaml\"\n"), "telemetry.log_format");
         assert_eq!(path_of("[telemetry]\nmetrix = true\n"), "telemetry.metrix");
+    }
+
+    #[test]
+    fn dashboard_settings() {
+        let d = load("").unwrap().dashboard;
+        assert_eq!(d, DashboardConfig::default());
+        let d = load("[dashboard]\nsecure_cookie = true\nsession_ttl = \"1h\"\nrefresh = \"5s\"\n").unwrap().dashboard;
+        assert_eq!(
+            d,
+            DashboardConfig {
+                secure_cookie: true,
+                session_ttl: Duration::from_secs(3600),
+                refresh: Duration::from_secs(5)
+            }
+        );
+        assert_eq!(path_of("[dashboard]\nsession_ttl = \"later\"\n"), "dashboard.session_ttl");
+        assert_eq!(path_of("[dashboard]\nrefresh = \"100ms\"\n"), "dashboard.refresh");
+        assert_eq!(path_of("[dashboard]\ntheme = \"dark\"\n"), "dashboard.theme");
+    }
+
+    #[test]
+    fn ledgers_named_on_a_command_line() {
+        assert_eq!(storage_url("/tmp/x.db"), "sqlite:/tmp/x.db");
+        assert_eq!(storage_url("sqlite:a.db"), "sqlite:a.db");
+        assert_eq!(storage_url("postgres://u@h/db"), "postgres://u@h/db");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! [`LedgerEntry`] is built by the request path; [`Writer`] takes it without waiting
 //! (a bounded queue drained by a background batch writer) and [`Ledger`] stores batches
-//! in SQLite (the embedded default) or PostgreSQL. Reports read aggregates back.
+//! in SQLite (the embedded default) or PostgreSQL, with per-minute and per-hour aggregates
+//! beside the raw rows ([`aggregate`]) that reports ([`ReportQuery`]) and the dashboard's
+//! series ([`SeriesQuery`]) are answered from.
 //! No prompt or completion text is ever stored.
 
 use crate::canonical::Usage;
@@ -61,15 +63,20 @@ macro_rules! entry_columns {
     };
 }
 
-#[macro_use]
-mod report;
+mod aggregate;
 mod postgres;
+mod report;
+mod series;
+mod sql;
 mod sqlite;
 mod tenancy;
 mod writer;
 
 pub use postgres::PostgresLedger;
 pub use report::{GroupBy, ReportQuery, ReportRow};
+pub use series::{
+    ErrorGroup, Histogram, LatencyPoint, Quantile, RouteGroup, SeriesBy, SeriesPoint, SeriesQuery, LATENCY_BOUNDS_MS,
+};
 pub use sqlite::SqliteLedger;
 pub use writer::{FullPolicy, PendingWriter, Writer, WriterConfig, WriterHandle, WriterStats};
 
@@ -112,15 +119,6 @@ impl Ledger {
         }
     }
 
-    /// Aggregates rows in `[since_ms, until_ms)`, most expensive group first.
-    pub async fn report(&self, q: &ReportQuery) -> Result<Vec<ReportRow>, LedgerError> {
-        let rows = match self {
-            Ledger::Sqlite(s) => s.report(q).await?,
-            Ledger::Postgres(p) => p.report(q).await?,
-        };
-        Ok(report::finish(rows))
-    }
-
     /// How many rows are stored.
     pub async fn count(&self) -> Result<i64, LedgerError> {
         match self {
@@ -154,6 +152,9 @@ pub enum LedgerError {
     Conflict(String),
     /// A tenancy change names a tenant or key that does not exist.
     NotFound(String),
+    /// A query that cannot be answered as asked (an empty window, a step that is not whole
+    /// minutes...): the caller's mistake.
+    Invalid(String),
 }
 
 impl fmt::Display for LedgerError {
@@ -165,7 +166,7 @@ impl fmt::Display for LedgerError {
             LedgerError::Postgres(e) => write!(f, "ledger (postgres): {e}"),
             LedgerError::Corrupt(msg) => write!(f, "ledger: corrupt row: {msg}"),
             LedgerError::Task(msg) => write!(f, "ledger: sqlite task failed: {msg}"),
-            LedgerError::Conflict(msg) | LedgerError::NotFound(msg) => f.write_str(msg),
+            LedgerError::Conflict(msg) | LedgerError::NotFound(msg) | LedgerError::Invalid(msg) => f.write_str(msg),
         }
     }
 }
@@ -180,7 +181,8 @@ impl std::error::Error for LedgerError {
             | LedgerError::Corrupt(_)
             | LedgerError::Task(_)
             | LedgerError::Conflict(_)
-            | LedgerError::NotFound(_) => None,
+            | LedgerError::NotFound(_)
+            | LedgerError::Invalid(_) => None,
         }
     }
 }
@@ -234,6 +236,9 @@ fn parse_url(url: &str) -> Result<Target<'_>, LedgerError> {
 struct Migration {
     version: i64,
     sql: &'static str,
+    /// After the SQL, sum the rows already stored into the aggregate tables it created (in
+    /// the same transaction, by the code that sums every batch).
+    backfill: bool,
 }
 
 /// Token counts are u64 in Rust but signed 64-bit in both stores. Saturating (instead of

@@ -7,7 +7,8 @@
 //! relay or translate the answer, price it with [`meter`], record it in [`ledger`]) → the
 //! response in the client's dialect. Data flows one way: no module imports one that comes
 //! before it on this path (`tests/layering.rs` fails on any import circle). `main.rs` only
-//! parses the command line and calls into the library; [`cli`] renders for a terminal.
+//! parses the command line and calls into the library; [`cli`] renders for a terminal;
+//! [`demo`] runs the whole of it against simulated providers.
 
 pub mod admin;
 pub mod api;
@@ -15,6 +16,8 @@ pub mod canonical;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
+pub mod demo;
 pub mod dialect;
 pub mod error;
 pub mod exchange;

@@ -379,6 +379,27 @@ impl Counters {
         }
     }
 
+    /// [`Counters::settle`] without waiting for Redis (in place for the in-process counters):
+    /// the answer does not wait for the round trip, and a failure is logged.
+    pub fn settle_detached(&self, hold: Hold, spent: Spent, release: Option<Lease>) {
+        match self {
+            Counters::Shared { redis, .. } if !hold.local && release.as_ref().is_none_or(|l| !l.local) => {
+                redis.settle_detached(hold, spent, release)
+            }
+            Counters::Local(l) => l.settle(hold, spent, release),
+            shared => {
+                let counters = shared.clone();
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        if let Err(e) = counters.settle(hold, spent, release).await {
+                            tracing::warn!("settle failed: {e}; the reservation expires on its own");
+                        }
+                    });
+                }
+            }
+        }
+    }
+
     /// Give back a lease whose request ends without a settle (its last attempt failed and
     /// was already settled).
     pub async fn release(&self, lease: Lease) -> Result<(), LimitError> {

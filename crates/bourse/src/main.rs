@@ -94,6 +94,10 @@ enum Command {
     Report {
         #[command(flatten)]
         config: ConfigArg,
+        /// Read this ledger instead of the config's storage.url: a SQLite file's path, or a
+        /// sqlite: or postgres:// URL (e.g. the one `bourse demo` prints).
+        #[arg(long, conflicts_with = "config")]
+        ledger: Option<String>,
         /// Start of the period: 7d, 24h, 2w, a date (2026-11-01) or unix ms.
         #[arg(long, default_value = "7d")]
         since: String,
@@ -122,7 +126,49 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// See it work with no API key and no network: simulated providers, a workload through
+    /// `auto` and other routes, the report, then the gateway and its dashboard until Ctrl-C.
+    #[command(long_about = DEMO_ABOUT)]
+    Demo {
+        /// A config file layered over the demo's own, table by table (routes, policies,
+        /// [models] prices, [catalog], [storage], [server]; not [providers]).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The ledger: a SQLite file's path, or a sqlite: or postgres:// URL (default: a new
+        /// temp directory, kept after the demo).
+        #[arg(long)]
+        ledger: Option<String>,
+        /// Address to listen on (default 127.0.0.1:4545, or a free port if that is taken).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Requests in the workload.
+        #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        requests: u32,
+        /// Exit after the report instead of serving until Ctrl-C.
+        #[arg(long)]
+        no_serve: bool,
+    },
 }
+
+const DEMO_ABOUT: &str = "\
+See Bourse work with no API key and no network.
+
+Starts simulated providers (upstream-sim) on 127.0.0.1, one per vendor: US (openai-sim,
+anthropic-sim, gemini-sim), Chinese (deepseek-sim, zhipu-sim, moonshot-sim, dashscope-sim),
+European (mistral-sim) and open-weight hosts (deepinfra-sim, together-sim, groq-sim,
+fireworks-sim). Each is configured as the real vendor's preset, so the shipped catalog prices
+its models and the router knows their quality, maker and hosting. The config is built in
+memory: routes auto (strong floor), strong-not-cn (strong, no CN hosting), frontier and cheap
+(adequate floor); a generated admin key; a ledger in a new temp directory.
+
+Then it sends a fixed, seeded mix of requests (short tasks and long documents, streamed and
+not, OpenAI and Anthropic clients, mostly through auto; deepseek-sim answers its first two
+with 429s, so two fall back) with a progress bar on stderr, and prints the report from the
+ledger: spend, savings against the reference model, model and provider mix, and whether the
+costs stated to clients add up to the ledger's. The gateway then serves until Ctrl-C, with
+its dashboard at /dashboard (log in with the admin key printed) and the same /v1 endpoints
+as `bourse serve`; --no-serve exits after the report instead. Every output block says
+SIMULATED.";
 
 // Limits shared by tenants and keys; `none` removes one (for `set`). A plain comment: a doc
 // comment here would become the help text of every subcommand that flattens these.
@@ -335,6 +381,8 @@ enum By {
     Key,
     Tenant,
     Day,
+    Route,
+    Error,
     None,
 }
 
@@ -432,9 +480,18 @@ fn run_quote(
     Ok(())
 }
 
-fn run_report(c: &ConfigArg, since: &str, until: Option<&str>, by: By, format: Fmt) -> Result<(), String> {
-    let cfg = load(c)?;
-    let url = cfg.storage.url.clone().ok_or("the ledger is off in this config ([storage] ledger = false)")?;
+fn run_report(
+    c: &ConfigArg,
+    ledger: Option<&str>,
+    since: &str,
+    until: Option<&str>,
+    by: By,
+    format: Fmt,
+) -> Result<(), String> {
+    let url = match ledger {
+        Some(l) => bourse::config::storage_url(l),
+        None => load(c)?.storage.url.ok_or("the ledger is off in this config ([storage] ledger = false)")?,
+    };
     let now = timespec::now_ms();
     let q = ReportQuery {
         since_ms: Some(timespec::parse(since, now).map_err(|e| format!("--since: {e}"))?),
@@ -445,6 +502,8 @@ fn run_report(c: &ConfigArg, since: &str, until: Option<&str>, by: By, format: F
             By::Key => GroupBy::Key,
             By::Tenant => GroupBy::Tenant,
             By::Day => GroupBy::Day,
+            By::Route => GroupBy::Route,
+            By::Error => GroupBy::Error,
             By::None => GroupBy::None,
         },
         key: None,
@@ -629,11 +688,23 @@ fn main() -> ExitCode {
         Command::Quote { config, route, max_tokens, format, input } => {
             run_quote(config, route.as_deref(), *max_tokens, *format, input)
         }
-        Command::Report { config, since, until, by, format } => {
-            run_report(config, since, until.as_deref(), *by, *format)
+        Command::Report { config, ledger, since, until, by, format } => {
+            run_report(config, ledger.as_deref(), since, until.as_deref(), *by, *format)
         }
         Command::Tenants { config, action } => run_tenants(config, action),
         Command::Keys { config, action } => run_keys(config, action),
+        Command::Demo { config, ledger, listen, requests, no_serve } => {
+            // Before the runtime's threads exist: it may set NO_PROXY.
+            bourse::demo::keep_off_proxies();
+            let opts = bourse::demo::Options {
+                config: config.clone(),
+                ledger: ledger.clone(),
+                listen: *listen,
+                requests: *requests as usize,
+                serve: !no_serve,
+            };
+            runtime().and_then(|rt| rt.block_on(bourse::demo::run(opts)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

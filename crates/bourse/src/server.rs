@@ -5,7 +5,8 @@
 //! 2. [`handle`] — request id (client's `x-request-id` if sane, else new), the gateway key
 //!    (only under `/v1`, compared in constant time), then the response's id headers and the
 //!    access log at debug with status and latency.
-//! 3. `dispatch` — the route table.
+//! 3. `dispatch` — the route table (`/admin/v1` and `/dashboard` go to their own handlers
+//!    before it: they take admin keys, not gateway keys).
 //! 4. handlers in [`crate::api`] — body limit and content type, dialect in, resolve,
 //!    attempt, response.
 
@@ -159,8 +160,13 @@ async fn handle(state: SharedState, req: Request) -> Response {
     let logged = tracing::enabled!(tracing::Level::DEBUG)
         .then(|| (arrived.unwrap_or_else(Instant::now), req.method().clone(), req.uri().path().to_string()));
     let path = req.uri().path();
-    if path.starts_with("/admin/") {
-        let mut resp = Box::pin(admin_api(&state, req)).await;
+    let dashboard = path == "/dashboard" || path.starts_with("/dashboard/");
+    if dashboard || path.starts_with("/admin/") {
+        let mut resp = if dashboard {
+            Box::pin(crate::dashboard::handle(&state.dashboard, state.dashboard_view(), req)).await
+        } else {
+            Box::pin(admin_api(&state, req)).await
+        };
         if let Ok(v) = HeaderValue::from_str(&id) {
             resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
         }
@@ -306,9 +312,36 @@ pub fn check_exposure(listen: SocketAddr, has_keys: bool, insecure_no_auth: bool
 /// Run the gateway until SIGINT/SIGTERM, then drain in-flight requests for up to
 /// `server.shutdown_grace`.
 pub async fn run(cfg: Config, opts: ServeOptions) -> Result<(), String> {
+    let running = start(&cfg, opts).await?;
+    shutdown_signal().await;
+    running.stop().await;
+    Ok(())
+}
+
+/// A gateway [`start`]ed and serving on its own task until [`Running::stop`].
+pub struct Running {
+    /// The address it listens on (the port is known here when the config asked for port 0).
+    pub addr: SocketAddr,
+    pub state: SharedState,
+    grace: std::time::Duration,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+    writer: Option<WriterHandle>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+/// Everything `bourse serve` does before it waits for a signal: the exposure check, the
+/// state and ledger ([`prepare`]), the open-file limit, the listener; then it serves on a
+/// task of its own. `bourse demo` starts its gateway here too, so both serve alike.
+pub async fn start(cfg: &Config, opts: ServeOptions) -> Result<Running, String> {
     let listen = opts.listen.unwrap_or(cfg.server.listen);
     check_exposure(listen, !cfg.server.api_keys.is_empty(), opts.insecure_no_auth)?;
-    let (mut state, writer_handle) = prepare(&cfg).await?;
+    let (mut state, writer) = prepare(cfg).await?;
     let fds = conn::raise_fd_limit();
     let max_connections = conn::max_connections(cfg.server.limits.max_connections, fds)?;
     state.limits.max_connections = Some(max_connections);
@@ -317,35 +350,42 @@ pub async fn run(cfg: Config, opts: ServeOptions) -> Result<(), String> {
         tracing::warn!("no providers configured: set a provider key (e.g. OPENAI_API_KEY) or write a config file");
     }
     let listener = TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let ids: Vec<&str> = state.providers.iter().map(|p| p.id.as_str()).collect();
-    tracing::info!(providers = ?ids, max_connections, "bourse listening on http://{local}");
-    let grace = cfg.server.shutdown_grace;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let state_for_shutdown = state.clone();
-    let server = serve(listener, state, async move {
-        let _ = stop_rx.await;
-    });
-    let mut server = std::pin::pin!(server);
-    tokio::select! {
-        () = &mut server => return Ok(()),
-        () = shutdown_signal() => {}
+    tracing::info!(providers = ?ids, max_connections, "bourse listening on http://{addr}");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, state.clone(), async move {
+        let _ = stopped.await;
+    }));
+    Ok(Running { addr, state, grace: cfg.server.shutdown_grace, stop, server, writer })
+}
+
+impl Running {
+    /// Stop accepting, let in-flight requests finish for up to `server.shutdown_grace`,
+    /// then flush every row the ledger's writer still holds and every span not yet exported.
+    pub async fn stop(self) {
+        let grace = self.grace;
+        tracing::info!(
+            grace_secs = grace.as_secs_f64(),
+            "shutting down: no new connections, finishing in-flight requests"
+        );
+        let _ = self.stop.send(());
+        let mut server = self.server;
+        if tokio::time::timeout(grace, &mut server).await.is_err() {
+            tracing::warn!("shutdown deadline reached; abandoning requests still in flight");
+            server.abort();
+        }
+        if let Some(handle) = self.writer {
+            // Every request has settled (or been abandoned): flush what the writer still holds.
+            let stats = handle.shutdown().await;
+            tracing::info!(?stats, "ledger flushed");
+        }
+        // The requests' last spans are queued: send them before the process goes.
+        if let Some(tracer) = &self.state.telemetry.tracer {
+            tracer.shutdown().await;
+        }
+        tracing::info!("stopped");
     }
-    tracing::info!(grace_secs = grace.as_secs_f64(), "shutting down: no new connections, finishing in-flight requests");
-    let _ = stop_tx.send(());
-    if tokio::time::timeout(grace, server).await.is_err() {
-        tracing::warn!("shutdown deadline reached; abandoning requests still in flight");
-    }
-    if let Some(handle) = writer_handle {
-        // Every request has settled (or been abandoned): flush what the writer still holds.
-        let stats = handle.shutdown().await;
-        tracing::info!(?stats, "ledger flushed");
-    }
-    if let Some(tracer) = &state_for_shutdown.telemetry.tracer {
-        tracer.shutdown().await;
-    }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Everything a serving gateway needs besides its listener: the state from the config, the
@@ -525,7 +565,8 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-async fn shutdown_signal() {
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

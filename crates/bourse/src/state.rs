@@ -1,10 +1,11 @@
 //! The state every request sees: the providers, the router, the meter, the estimator, the
-//! ledger's writer and the gateway keys, built once from the validated config; and the
-//! [`Caller`] the edge establishes for each request. Handlers and the exchange read it; the
-//! server builds it and hands it to every connection.
+//! ledger's writer, the gateway keys and the dashboard's sessions, built once from the
+//! validated config; and the [`Caller`] the edge establishes for each request. Handlers and
+//! the exchange read it; the server builds it and hands it to every connection.
 
 use crate::admin::{Admin, Directory, Resolved};
 use crate::config::{Config, EdgeLimits, Secret};
+use crate::dashboard::{Dashboard, View};
 use crate::ledger::{Ledger, Writer};
 use crate::limit::{Counters, LocalCounters};
 use crate::meter::estimate::Estimator;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub started: u64,
     /// Metrics, traces and the access log.
     pub telemetry: Telemetry,
+    /// `/dashboard`'s sessions and settings.
+    pub dashboard: Dashboard,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -76,15 +79,23 @@ impl AppState {
             max_body_bytes: usize::try_from(cfg.server.max_body_bytes).unwrap_or(usize::MAX),
             limits: cfg.server.limits,
             started: crate::timespec::now_secs(),
+            dashboard: Dashboard::new(cfg.dashboard),
         })
+    }
+
+    /// What `/dashboard` may read.
+    pub fn dashboard_view(&self) -> View<'_> {
+        View {
+            ledger: self.reports.as_ref(),
+            catalog: &self.meter.catalog,
+            reference: self.meter.reference().map_or("", |m| m.id.as_str()),
+            router: &self.router,
+            admin_keys: &self.admin_keys,
+        }
     }
 }
 
-/// A key's id: a short hash, so ledger rows say which key without storing it.
-pub fn key_id(key: &str) -> String {
-    let h = crate::fnv::fnv1a(key.as_bytes(), crate::fnv::OFFSET);
-    format!("key_{:08x}", h as u32)
-}
+pub use crate::tenancy::config_key_id as key_id;
 
 /// Who is asking, as the edge established it: the request id, the gateway key's id and,
 /// for a virtual key, the key and its tenant as the directory held them.

@@ -91,6 +91,13 @@ pub struct AuditEntry {
     pub detail: serde_json::Value,
 }
 
+/// A config key's id (`server.api_keys`, `server.admin_keys`): a short hash, so ledger rows
+/// and logs say which key without storing it.
+pub fn config_key_id(key: &str) -> String {
+    let h = crate::fnv::fnv1a(key.as_bytes(), crate::fnv::OFFSET);
+    format!("key_{:08x}", h as u32)
+}
+
 /// The randomness behind secrets and key ids failed (the OS CSPRNG was unavailable).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RandomUnavailable;

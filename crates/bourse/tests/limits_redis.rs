@@ -266,3 +266,101 @@ async fn an_unsettled_hold_expires_and_releases_its_reservation() {
     let u = c.usage(ScopeKind::Key, "k", "t", T0 + 11_000).await.unwrap();
     assert_eq!((u.day, u.month, u.total, u.reserved, u.in_flight), (3 * CENT, 3 * CENT, 3 * CENT, 0, 0));
 }
+
+/// Decisions waiting together ride in one script call (batch.lua): each is still decided
+/// and reported as if alone, in some order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_decisions_share_calls_and_each_reports_its_own_place() {
+    let server = RedisServer::start();
+    let c = RedisCounters::connect(&server.url).await.unwrap();
+    let scopes = Arc::new(vec![
+        key("k", Limits { rpm: Some(1_000), tpm: Some(1_000_000), ..Limits::default() }),
+        tenant("t", Limits { budget_day: Some(1_000 * CENT), ..Limits::default() }),
+    ]);
+    let asks = 200;
+    let tasks: Vec<_> = (0..asks)
+        .map(|i| {
+            let (c, scopes) = (c.clone(), scopes.clone());
+            tokio::spawn(async move {
+                let ask =
+                    Ask { scopes: &scopes, group: "t", now_ms: T0 + i % 3, request: true, tokens: 10, cost: CENT };
+                c.reserve(&ask).await.unwrap_or_else(|e| panic!("{e}"))
+            })
+        })
+        .collect();
+    let mut requests_left = Vec::new();
+    let mut tokens_left = Vec::new();
+    let mut budget_left = Vec::new();
+    for t in tasks {
+        let (_, left) = t.await.unwrap();
+        requests_left.push(left.requests.unwrap().left);
+        tokens_left.push(left.tokens.unwrap().left);
+        budget_left.push(left.budget.unwrap().left);
+    }
+    requests_left.sort_unstable();
+    tokens_left.sort_unstable();
+    budget_left.sort_unstable();
+    // The n-th decision (in the order the server took them) sees n requests, 10n tokens and
+    // n cents counted: every place from 1 to 200 exactly once.
+    assert_eq!(requests_left, (800..1_000).collect::<Vec<u64>>());
+    assert_eq!(tokens_left, (0..asks as u64).map(|n| 1_000_000 - 10 * (asks as u64 - n)).collect::<Vec<_>>());
+    assert_eq!(budget_left, (0..asks).map(|n| (800 + n) * CENT).collect::<Vec<_>>());
+    let u = c.usage(ScopeKind::Tenant, "t", "t", T0 + 3).await.unwrap();
+    assert_eq!((u.day, u.reserved), (asks * CENT, asks * CENT));
+    // And they shared calls: fewer script calls than decisions.
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &server.port.to_string(), "info", "commandstats"])
+        .output()
+        .expect("redis-cli runs");
+    let stats = String::from_utf8_lossy(&out.stdout);
+    let calls: i64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls=").or_else(|| l.strip_prefix("cmdstat_eval:calls=")))
+        .and_then(|l| l.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no script calls in {stats}"));
+    assert!(calls < asks, "{calls} script calls for {asks} decisions");
+}
+
+/// A busy minute leaves one window bucket per millisecond; the first decision after it
+/// prunes them all in one call (more values than Lua can spread into one command at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_minute_of_buckets_is_pruned_in_one_call() {
+    let server = RedisServer::start();
+    let c = RedisCounters::connect(&server.url).await.unwrap();
+    let scopes =
+        Arc::new(vec![key("k", Limits { rpm: Some(1_000_000), tpm: Some(1_000_000_000), ..Limits::default() })]);
+    let busy: i64 = 12_000;
+    for wave in 0..busy / 500 {
+        let tasks: Vec<_> = (0..500)
+            .map(|i| {
+                let (c, scopes) = (c.clone(), scopes.clone());
+                tokio::spawn(async move {
+                    let now_ms = T0 + wave * 500 + i;
+                    let ask = Ask { scopes: &scopes, group: "t", now_ms, request: true, tokens: 3, cost: 0 };
+                    let (mut hold, _) = c.reserve(&ask).await.unwrap_or_else(|e| panic!("{e}"));
+                    let lease = hold.take_lease();
+                    c.settle(hold, Spent { cost: 0, tokens: 3 }, lease).await.unwrap();
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+    let buckets = || {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &server.port.to_string(), "hlen", "bourse:{t}:k:k:rw"])
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).trim().parse::<i64>().unwrap()
+    };
+    assert_eq!(buckets(), busy);
+    // A minute after the last of them, every bucket is pruned by the next decision.
+    let later = T0 + busy + 60_000;
+    let ask = Ask { scopes: &scopes, group: "t", now_ms: later, request: true, tokens: 5, cost: 0 };
+    let (_, left) = c.reserve(&ask).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(left.requests.unwrap().left, 1_000_000 - 1);
+    assert_eq!(left.tokens.unwrap().left, 1_000_000_000 - 5);
+    assert_eq!(buckets(), 1, "only the new decision's bucket is left");
+}

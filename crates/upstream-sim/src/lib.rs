@@ -1,5 +1,5 @@
 //! `upstream-sim`: a fake LLM provider for integration tests and load
-//! benchmarks of the Bourse gateway.
+//! benchmarks of the Bourse gateway, and for `bourse demo`.
 //!
 //! A [`Sim`] is an HTTP server on a local port that answers like a real
 //! provider, with configurable latency, usage-reporting quirks and injected

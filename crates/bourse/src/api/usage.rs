@@ -23,8 +23,10 @@ pub fn group_by(s: Option<&str>) -> Result<GroupBy, String> {
         "key" => Ok(GroupBy::Key),
         "tenant" => Ok(GroupBy::Tenant),
         "day" => Ok(GroupBy::Day),
+        "route" => Ok(GroupBy::Route),
+        "error" => Ok(GroupBy::Error),
         "none" | "total" => Ok(GroupBy::None),
-        other => Err(format!("'by' must be model, provider, key, tenant, day or none, got \"{other}\"")),
+        other => Err(format!("'by' must be model, provider, key, tenant, day, route, error or none, got \"{other}\"")),
     }
 }
 

@@ -8,7 +8,7 @@ use serde_json::json;
 use std::fmt::Write as _;
 
 /// Savings as a percentage of the reference cost, to one decimal (integer arithmetic).
-fn saved_pct(r: &ReportRow) -> String {
+pub fn saved_pct(r: &ReportRow) -> String {
     if r.reference_cost_nanos <= 0 {
         return "-".into();
     }

@@ -29,6 +29,8 @@ pub struct RawConfig {
     pub shared: RawShared,
     #[serde(default)]
     pub telemetry: RawTelemetry,
+    #[serde(default)]
+    pub dashboard: RawDashboard,
 }
 
 /// `[telemetry]`: metrics, traces and logs.
@@ -48,6 +50,18 @@ pub struct RawTelemetry {
     pub log_format: Option<String>,
     /// One info line per request (default false).
     pub access_log: Option<bool>,
+}
+
+/// `/dashboard`'s settings (it is on whenever `server.admin_keys` is set).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDashboard {
+    /// Always mark the session cookie `Secure` (behind a TLS-terminating proxy).
+    pub secure_cookie: Option<bool>,
+    /// How long a login lasts, e.g. "12h".
+    pub session_ttl: Option<String>,
+    /// How often a page reloads itself, e.g. "30s".
+    pub refresh: Option<String>,
 }
 
 /// Where limit counters live when several replicas serve the same keys.

@@ -232,21 +232,11 @@ impl Drop for Held {
     }
 }
 
-/// Settle without waiting: in place for in-process counters; on a task for Redis (the answer
+/// Settle without waiting: in place for in-process counters; queued for Redis (the answer
 /// does not wait for the round trip). A settle that fails (Redis unreachable) is logged; the
 /// hold then expires on its own.
 fn settle(counters: &Counters, hold: Hold, spent: Spent, lease: Option<Lease>) {
-    match counters {
-        Counters::Local(l) => l.settle(hold, spent, lease),
-        Counters::Shared { .. } => {
-            let counters = counters.clone();
-            spawn(async move {
-                if let Err(e) = counters.settle(hold, spent, lease).await {
-                    tracing::warn!("settle failed: {e}; the reservation expires on its own");
-                }
-            });
-        }
-    }
+    counters.settle_detached(hold, spent, lease);
 }
 
 fn release(counters: &Counters, lease: Lease) {

@@ -1,9 +1,12 @@
-//! Usage reports: aggregates over a time window, grouped one way.
+//! Usage reports: sums over a time window, grouped one way.
 //!
-//! Both backends run the same aggregate query (see `report_sql!`); only the UTC-date
-//! expression, the SUM cast and the placeholder syntax differ. Savings and ordering are
-//! computed here so the two stores return identical rows (their text collations differ).
+//! A report is read from the aggregate tables (see [`super::aggregate`]): hour rows for the
+//! whole hours of the window, minute rows for the whole minutes at its ends and raw rows
+//! for the parts of a minute at its edges, so it is exact for any bounds. Savings and
+//! ordering are computed here so the two stores return identical rows (their text
+//! collations differ).
 
+use super::aggregate::UsageSums;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -21,6 +24,10 @@ pub enum GroupBy {
     Tenant,
     /// UTC date, `YYYY-MM-DD`.
     Day,
+    /// The route a request was routed by, `(none)` when the client named a model.
+    Route,
+    /// The attempt's error kind, `(none)` for attempts that succeeded.
+    Error,
     /// One row, `(all)`.
     #[default]
     None,
@@ -36,8 +43,12 @@ impl FromStr for GroupBy {
             "key" => Ok(GroupBy::Key),
             "tenant" => Ok(GroupBy::Tenant),
             "day" => Ok(GroupBy::Day),
+            "route" => Ok(GroupBy::Route),
+            "error" => Ok(GroupBy::Error),
             "none" => Ok(GroupBy::None),
-            _ => Err(format!("unknown grouping {s:?}: expected model, provider, key, tenant, day or none")),
+            _ => {
+                Err(format!("unknown grouping {s:?}: expected model, provider, key, tenant, day, route, error or none"))
+            }
         }
     }
 }
@@ -50,8 +61,36 @@ impl fmt::Display for GroupBy {
             GroupBy::Key => "key",
             GroupBy::Tenant => "tenant",
             GroupBy::Day => "day",
+            GroupBy::Route => "route",
+            GroupBy::Error => "error",
             GroupBy::None => "none",
         })
+    }
+}
+
+impl GroupBy {
+    pub const ALL: [GroupBy; 8] = [
+        GroupBy::Model,
+        GroupBy::Provider,
+        GroupBy::Key,
+        GroupBy::Tenant,
+        GroupBy::Day,
+        GroupBy::Route,
+        GroupBy::Error,
+        GroupBy::None,
+    ];
+
+    pub(super) fn index(self) -> usize {
+        match self {
+            GroupBy::Model => 0,
+            GroupBy::Provider => 1,
+            GroupBy::Key => 2,
+            GroupBy::Tenant => 3,
+            GroupBy::Day => 4,
+            GroupBy::Route => 5,
+            GroupBy::Error => 6,
+            GroupBy::None => 7,
+        }
     }
 }
 
@@ -71,7 +110,9 @@ pub struct ReportQuery {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ReportRow {
     pub group: String,
-    /// Distinct request ids.
+    /// Requests: first attempts (`attempt = 1`), so a request that fell back to another
+    /// model counts under the model it was first sent to. With unique request ids this is
+    /// the number of distinct request ids of the group's first attempts.
     pub requests: i64,
     /// Rows (upstream attempts, fallbacks included).
     pub attempts: i64,
@@ -91,24 +132,21 @@ pub struct ReportRow {
 }
 
 impl ReportRow {
-    /// Builds a row from the query's columns in `report_sql!` order (after the group).
-    pub(super) fn from_sums(group: String, s: [i64; 11]) -> ReportRow {
-        let [requests, attempts, input_uncached, input_cache_read, input_cache_write, output, output_reasoning, cost_nanos, reference_cost_nanos, errors, estimated] =
-            s;
+    pub(super) fn from_sums(group: String, s: &UsageSums) -> ReportRow {
         ReportRow {
             group,
-            requests,
-            attempts,
-            input_uncached,
-            input_cache_read,
-            input_cache_write,
-            output,
-            output_reasoning,
-            cost_nanos,
-            reference_cost_nanos,
+            requests: s.requests,
+            attempts: s.attempts,
+            input_uncached: s.input_uncached,
+            input_cache_read: s.input_cache_read,
+            input_cache_write: s.input_cache_write,
+            output: s.output,
+            output_reasoning: s.output_reasoning,
+            cost_nanos: s.cost_nanos,
+            reference_cost_nanos: s.reference_cost_nanos,
             saved_nanos: 0,
-            errors,
-            estimated,
+            errors: s.errors,
+            estimated: s.estimated,
         }
     }
 }
@@ -120,55 +158,4 @@ pub(super) fn finish(mut rows: Vec<ReportRow>) -> Vec<ReportRow> {
     }
     rows.sort_by(|a, b| b.cost_nanos.cmp(&a.cost_nanos).then_with(|| a.group.cmp(&b.group)));
     rows
-}
-
-/// The report query for one grouping, assembled from literals at compile time so no text
-/// is ever formatted into SQL at run time. Arguments: the grouping (an expression), the
-/// backend's UTC-date expression for [`GroupBy::Day`], the cast that brings a SUM back to
-/// an integer (PostgreSQL widens SUM(bigint) to numeric), and the two bound placeholders.
-/// `COUNT(*) FILTER (WHERE ...)` and `GROUP BY 1` mean the same in SQLite and PostgreSQL.
-macro_rules! report_sql {
-    ($by:expr, day: $day:literal, sum_cast: $cast:literal, since: $since:literal, until: $until:literal, key: $key:literal) => {
-        match $by {
-            GroupBy::Model => report_sql!(@ "provider || '/' || model", $cast, $since, $until, $key),
-            GroupBy::Provider => report_sql!(@ "provider", $cast, $since, $until, $key),
-            GroupBy::Key => report_sql!(@ "COALESCE(key_id, '(none)')", $cast, $since, $until, $key),
-            GroupBy::Tenant => report_sql!(@ "COALESCE(tenant_id, '(none)')", $cast, $since, $until, $key),
-            GroupBy::Day => report_sql!(@ $day, $cast, $since, $until, $key),
-            GroupBy::None => report_sql!(@ "CAST('(all)' AS TEXT)", $cast, $since, $until, $key),
-        }
-    };
-    (@ $group:literal, $cast:literal, $since:literal, $until:literal, $key:literal) => {
-        concat!(
-            "SELECT ",
-            $group,
-            " AS grp, COUNT(DISTINCT request_id), COUNT(*), SUM(input_uncached)",
-            $cast,
-            ", SUM(input_cache_read)",
-            $cast,
-            ", SUM(input_cache_write)",
-            $cast,
-            ", SUM(output)",
-            $cast,
-            ", SUM(output_reasoning)",
-            $cast,
-            ", SUM(cost_nanos)",
-            $cast,
-            ", SUM(reference_cost_nanos)",
-            $cast,
-            ", COUNT(error_kind), COUNT(*) FILTER (WHERE estimated) FROM ledger WHERE (",
-            $since,
-            " IS NULL OR ts_ms >= ",
-            $since,
-            ") AND (",
-            $until,
-            " IS NULL OR ts_ms < ",
-            $until,
-            ") AND (",
-            $key,
-            " IS NULL OR key_id = ",
-            $key,
-            ") GROUP BY 1"
-        )
-    };
 }

@@ -5,21 +5,25 @@
 //! report never holds up the batch writer (WAL lets readers and the writer run together).
 //! Each connection sits behind a mutex because a `Connection` is not `Sync`.
 
-use super::report::{GroupBy, ReportQuery, ReportRow};
+use super::aggregate::{read_sums, Aggregates, Fact, Segment, Successions, UsageSums, TIMING_VALUES};
+use super::series::{Answer, Plan};
+use super::sql::{self, Dialect};
 use super::{count_to_db, from_db, Estimate, LedgerEntry, LedgerError, Migration};
 use crate::canonical::Usage;
 use crate::timespec::now_ms;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 const MIGRATIONS: &[Migration] = &[
-    Migration { version: 1, sql: include_str!("../../migrations/sqlite/0001_ledger.sql") },
-    Migration { version: 2, sql: include_str!("../../migrations/sqlite/0002_drop_ts_index.sql") },
-    Migration { version: 3, sql: include_str!("../../migrations/sqlite/0003_estimator.sql") },
-    Migration { version: 4, sql: include_str!("../../migrations/sqlite/0004_tenancy.sql") },
+    Migration { version: 1, sql: include_str!("../../migrations/sqlite/0001_ledger.sql"), backfill: false },
+    Migration { version: 2, sql: include_str!("../../migrations/sqlite/0002_drop_ts_index.sql"), backfill: false },
+    Migration { version: 3, sql: include_str!("../../migrations/sqlite/0003_estimator.sql"), backfill: false },
+    Migration { version: 4, sql: include_str!("../../migrations/sqlite/0004_tenancy.sql"), backfill: false },
+    Migration { version: 5, sql: include_str!("../../migrations/sqlite/0005_aggregates.sql"), backfill: true },
 ];
 
 /// How long a statement waits for another process's lock (e.g. a `sqlite3` shell running
@@ -64,11 +68,30 @@ fn insert_sql(n: usize) -> &'static str {
     })
 }
 
-/// One batch in one IMMEDIATE transaction, as multi-row inserts.
+/// One batch and its aggregates in one IMMEDIATE transaction, the rows as multi-row inserts.
 fn insert(conn: &mut Connection, rows: &[LedgerEntry]) -> Result<(), LedgerError> {
     // IMMEDIATE takes the write lock up front, so a concurrent writer makes us wait
     // (busy_timeout) at BEGIN instead of failing half-way through the batch.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Which failed attempts are their request's last: looked up before the batch is in.
+    let succession = Successions::of(rows);
+    let mut stored = HashSet::new();
+    let mut earlier = Vec::new();
+    {
+        let mut exists = tx.prepare_cached(SELECT_EXISTS)?;
+        for &(id, n) in &succession.exists {
+            if exists.exists(params![id, n])? {
+                stored.insert((id.to_string(), n));
+            }
+        }
+        let mut failed = tx.prepare_cached(SELECT_FAILED_AT)?;
+        for &(id, n) in &succession.before {
+            let mut found = failed.query(params![id, n])?;
+            while let Some(row) = found.next()? {
+                earlier.push(entry(row)?);
+            }
+        }
+    }
     {
         // Many rows per statement: SQLite's per-statement work (bind reset, VDBE start-up)
         // is paid once per chunk instead of once per row. The full-size statement is held
@@ -90,8 +113,63 @@ fn insert(conn: &mut Connection, rows: &[LedgerEntry]) -> Result<(), LedgerError
             stmt.raw_execute()?;
         }
     }
+    // Rowids of an INTEGER PRIMARY KEY table are one more than the largest so far, and the
+    // write lock is ours: the batch holds the consecutive ids ending at the last one.
+    let first = tx.last_insert_rowid() - rows.len() as i64 + 1;
+    let (facts, corrections) = succession.resolve(|i| Some(first + i as i64), &stored, &earlier);
+    upsert(&tx, &Aggregates::of(facts, corrections))?;
     tx.commit()?;
     Ok(())
+}
+
+/// Adds a set of rows' aggregates to the aggregate tables: one upsert per group.
+fn upsert(conn: &Connection, agg: &Aggregates<'_>) -> Result<(), LedgerError> {
+    for t in &agg.tables {
+        let mut stmt = conn.prepare_cached(sql::sqlite_upsert(t.family, t.grain))?;
+        for g in &t.groups {
+            let mut n = 1;
+            stmt.raw_bind_parameter(n, g.bucket_ms)?;
+            for &i in t.family.dims() {
+                n += 1;
+                stmt.raw_bind_parameter(n, g.dims[i])?;
+            }
+            for v in g.values(t.family) {
+                n += 1;
+                stmt.raw_bind_parameter(n, v)?;
+            }
+            stmt.raw_execute()?;
+        }
+    }
+    let mut stmt = conn.prepare_cached(sql::SQLITE_MINUTE_IDS_UPSERT)?;
+    for (minute, lo, hi) in &agg.minute_ids {
+        stmt.execute(params![minute, lo, hi])?;
+    }
+    Ok(())
+}
+
+/// Rows read per step of the back-fill: bounded memory whatever the ledger's size.
+const BACKFILL_CHUNK: i64 = 100_000;
+
+/// Sums every row already in the ledger into the aggregate tables (the migration that
+/// creates them), a chunk of rows at a time, in id order.
+fn backfill(conn: &Connection, chunk_rows: i64) -> Result<(), LedgerError> {
+    let mut stmt = conn.prepare(SELECT_AFTER_ID)?;
+    let mut after = i64::MIN;
+    loop {
+        let mut rows = stmt.query(params![after, chunk_rows])?;
+        let mut chunk: Vec<(i64, bool, LedgerEntry)> = Vec::new();
+        while let Some(row) = rows.next()? {
+            chunk.push((row.get(23)?, row.get(24)?, entry(row)?));
+        }
+        let Some(&(last, ..)) = chunk.last() else { return Ok(()) };
+        let facts = chunk.iter().map(|(id, has_next, r)| Fact {
+            id: Some(*id),
+            row: r,
+            failed: r.error_kind.is_some() && !has_next,
+        });
+        upsert(conn, &Aggregates::of(facts, []))?;
+        after = last;
+    }
 }
 
 /// Binds `rows` to a multi-row insert, by position: a slice of `&dyn ToSql` per chunk cost
@@ -129,6 +207,38 @@ fn bind(stmt: &mut rusqlite::Statement<'_>, rows: &[LedgerEntry]) -> rusqlite::R
 
 const SELECT_BY_REQUEST: &str =
     concat!("SELECT ", entry_columns!(), " FROM ledger WHERE request_id = ?1 ORDER BY attempt, id");
+
+/// Whether a row has the next attempt of its request, for `ledger AS l` (the
+/// `(request_id, attempt)` index answers it).
+macro_rules! has_next {
+    () => {
+        "EXISTS (SELECT 1 FROM ledger AS n WHERE n.request_id = l.request_id AND n.attempt = l.attempt + 1)"
+    };
+}
+
+const SELECT_AFTER_ID: &str =
+    concat!("SELECT ", entry_columns!(), ", id, ", has_next!(), " FROM ledger AS l WHERE id > ?1 ORDER BY id LIMIT ?2");
+
+const SELECT_EXISTS: &str = "SELECT 1 FROM ledger WHERE request_id = ?1 AND attempt = ?2";
+
+const SELECT_FAILED_AT: &str = concat!(
+    "SELECT ",
+    entry_columns!(),
+    " FROM ledger WHERE request_id = ?1 AND attempt = ?2 AND error_kind IS NOT NULL"
+);
+
+/// The raw rows of part of one minute (`?1`), found through that minute's id range (the
+/// ledger has no time index), each with whether it has a next attempt. A minute with no rows
+/// has no range, and BETWEEN NULL matches nothing.
+const SELECT_RAW_EDGE: &str = concat!(
+    "SELECT ",
+    entry_columns!(),
+    ", ",
+    has_next!(),
+    " FROM ledger AS l WHERE id BETWEEN (SELECT min_id FROM ledger_minute_ids WHERE bucket_ms = ?1) ",
+    "AND (SELECT max_id FROM ledger_minute_ids WHERE bucket_ms = ?1) AND ts_ms >= ?2 AND ts_ms < ?3 ",
+    "AND (?4 IS NULL OR key_id = ?4)"
+);
 
 /// A ledger in one SQLite file. Clones share the connections.
 #[derive(Clone)]
@@ -180,19 +290,44 @@ impl SqliteLedger {
         task.await.unwrap_or_else(|e| (Vec::new(), Err(LedgerError::Task(e.to_string()))))
     }
 
-    pub(super) async fn report(&self, q: &ReportQuery) -> Result<Vec<ReportRow>, LedgerError> {
-        let sql = report_sql!(q.by, day: "date(ts_ms / 1000.0, 'unixepoch')", sum_cast: "", since: "?1", until: "?2", key: "?3");
-        let (since, until, key) = (q.since_ms, q.until_ms, q.key.clone());
+    /// Answers a plan's pieces in one read transaction (one snapshot of the file).
+    pub(super) async fn answer(&self, plan: Plan) -> Result<Answer, LedgerError> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(sql)?;
-            let mut rows = stmt.query(params![since, until, key])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                let mut sums = [0i64; 11];
-                for (i, s) in sums.iter_mut().enumerate() {
-                    *s = row.get(i + 1)?;
+            let tx = conn.unchecked_transaction()?;
+            let mut out = Answer::default();
+            let labels = plan.shape.labels();
+            let timed = plan.timed && plan.family.timed();
+            for seg in &plan.segments {
+                match *seg {
+                    Segment::Buckets { grain, from, to } => {
+                        let sql =
+                            sql::select(Dialect::Sqlite, plan.family, grain, plan.shape, plan.key.is_some(), timed);
+                        let mut stmt = tx.prepare_cached(sql)?;
+                        stmt.raw_bind_parameter(1, from)?;
+                        stmt.raw_bind_parameter(2, to)?;
+                        stmt.raw_bind_parameter(3, plan.step_ms)?;
+                        if let Some(key) = &plan.key {
+                            stmt.raw_bind_parameter(4, key)?;
+                        }
+                        let mut rows = stmt.raw_query();
+                        let mut v = vec![0i64; UsageSums::COLUMNS.len() + if timed { TIMING_VALUES } else { 0 }];
+                        while let Some(row) = rows.next()? {
+                            let l: Vec<String> = (1..=labels).map(|i| row.get(i)).collect::<Result<_, _>>()?;
+                            for (i, x) in v.iter_mut().enumerate() {
+                                *x = row.get(i + 1 + labels)?;
+                            }
+                            let (u, t) = read_sums(timed, &v);
+                            out.sums.push((row.get(0)?, l, u, t));
+                        }
+                    }
+                    Segment::Raw { minute, from, to } => {
+                        let mut stmt = tx.prepare_cached(SELECT_RAW_EDGE)?;
+                        let mut rows = stmt.query(params![minute, from, to, plan.key])?;
+                        while let Some(row) = rows.next()? {
+                            out.raw.push((entry(row)?, row.get(23)?));
+                        }
+                    }
                 }
-                out.push(ReportRow::from_sums(row.get(0)?, sums));
             }
             Ok(out)
         })
@@ -300,6 +435,9 @@ fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
             .is_some();
         if !applied {
             tx.execute_batch(m.sql)?;
+            if m.backfill {
+                backfill(&tx, BACKFILL_CHUNK)?;
+            }
             tx.execute(
                 "INSERT INTO schema_migrations (version, applied_ms) VALUES (?1, ?2)",
                 params![m.version, now_ms()],
@@ -426,8 +564,54 @@ mod tests {
         assert_eq!(names(&conn, indexes), ["ledger_request_id"], "the unused time index is gone");
         assert_eq!(
             names(&conn, "SELECT CAST(version AS TEXT) FROM schema_migrations ORDER BY version"),
-            ["1", "2", "3", "4"]
+            ["1", "2", "3", "4", "5"]
         );
+    }
+
+    /// Every aggregate table's rows, in key order.
+    fn aggregate_tables(conn: &Connection) -> Vec<Vec<String>> {
+        ["models_minute", "models_day", "routes_hour", "keys_hour", "usage_minute", "usage_day", "ledger_minute_ids"]
+            .iter()
+            .map(|t| {
+                // Every column as text, one line per row.
+                let cols: Vec<String> = {
+                    let stmt = conn.prepare(&format!("SELECT * FROM {t}")).unwrap();
+                    stmt.column_names().iter().map(|c| format!("CAST({c} AS TEXT)")).collect()
+                };
+                names(conn, &format!("SELECT {} FROM {t} ORDER BY 1", cols.join(" || ',' || ")))
+            })
+            .collect()
+    }
+
+    /// The back-fill, in chunks that do not divide the rows evenly, writes exactly what the
+    /// batches wrote.
+    #[tokio::test]
+    async fn a_chunked_backfill_equals_the_batches() {
+        let db = TempDb::new("backfill");
+        let ledger = SqliteLedger::open(db.0.to_str().unwrap()).await.unwrap();
+        let mut conn = lock(&ledger.inner.writer);
+        for b in 0..5i64 {
+            let rows: Vec<LedgerEntry> = (0..13i64)
+                .map(|i| LedgerEntry {
+                    ts_ms: 1_700_000_000_000 + (b * 13 + i) * 41_000,
+                    provider: ["p", "q"][(i % 2) as usize].into(),
+                    key_id: (i % 3 == 0).then(|| "k".to_string()),
+                    cost_nanos: b * 100 + i,
+                    ttfb_ms: Some((i * 40) as u32),
+                    latency_ms: (i * 90) as u32,
+                    ..entry(&format!("r{b}-{i}"))
+                })
+                .collect();
+            insert(&mut conn, &rows).unwrap();
+        }
+        let written = aggregate_tables(&conn);
+        assert!(written.iter().all(|t| !t.is_empty()));
+        for (f, g) in super::super::aggregate::tables() {
+            conn.execute_batch(&format!("DELETE FROM {}", f.table(g))).unwrap();
+        }
+        conn.execute_batch("DELETE FROM ledger_minute_ids").unwrap();
+        backfill(&conn, 7).unwrap();
+        assert_eq!(aggregate_tables(&conn), written);
     }
 
     /// Statements are `INSERT OR FAIL` (no statement journal): a row refused in the second
@@ -448,9 +632,13 @@ mod tests {
         assert!(insert(&mut conn, &rows).is_err());
         let count: i64 = conn.query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get(0)).unwrap();
         assert_eq!(count, 0);
+        let sums: i64 = conn.query_row("SELECT COUNT(*) FROM models_minute", [], |r| r.get(0)).unwrap();
+        assert_eq!(sums, 0, "nor any of its aggregates");
         rows.pop();
         insert(&mut conn, &rows).unwrap();
         let count: i64 = conn.query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get(0)).unwrap();
         assert_eq!(count, 39);
+        let sums: i64 = conn.query_row("SELECT SUM(attempts) FROM keys_day", [], |r| r.get(0)).unwrap();
+        assert_eq!(sums, 39);
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! The request path hands rows to a [`Writer`] (a bounded queue); one drain task takes
 //! them out in batches of up to `batch` rows, waiting at most `flush_interval` after a
-//! batch's first row for more, and appends each batch in one transaction. When the
-//! queue is full the [`FullPolicy`] decides between waiting briefly and dropping; every
+//! batch's first row for more, and appends each batch in one transaction, together with
+//! what the batch adds to the per-minute, -hour and -day aggregates (summed in memory
+//! first: one upsert per group, see [`super::aggregate`]). When the queue is full the
+//! [`FullPolicy`] decides between waiting briefly and dropping; every
 //! dropped row is counted ([`WriterStats::dropped`]) and logged (at most once a second).
 //!
 //! # What a hard kill loses

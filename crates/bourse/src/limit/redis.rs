@@ -1,30 +1,42 @@
 //! The shared counters: Redis (or Valkey), one server-side script per decision.
 //!
-//! Every call is one EVALSHA of a Lua script (`reserve.lua`, `settle.lua`, `release.lua`,
-//! `usage.lua` beside this file), so a decision over a key and its tenant is atomic across
-//! every replica: the script sweeps the group's expired holds and leases, checks every
-//! scope, and counts only if all admit. The semantics are those of [`super::local`], kept
-//! identical (the integration tests run the same sequences on both).
+//! Decisions and settles run in `batch.lua` (beside this file, with `release.lua` and
+//! `usage.lua`), so a decision over a key and its tenant is atomic across every replica: the
+//! script sweeps the group's expired holds and leases, checks every scope, and counts only
+//! if all admit. The semantics are those of [`super::local`], kept identical (the
+//! integration tests run the same sequences on both).
+//!
+//! One task per [`RedisCounters`] sends them: whatever decisions and settles of a group are
+//! waiting when it is free go in one EVALSHA, applied in arrival order, each with exactly
+//! the effect it would have alone. An idle gateway sends each at once (one round trip, as
+//! before); a busy one pays the script's fixed cost (the call, reading and writing each
+//! scope's HASH) once per batch instead of once per request, which is what Redis's one
+//! thread spends most of its time on. Groups never share a call, so every call's keys stay
+//! in one hash slot.
 //!
 //! Keys, all carrying the group (tenant id) as hash tag `{group}` so one script may touch
 //! them all on Redis Cluster too (`S` is `bourse:{group}:k:<key id>:` or `...:t:<tenant id>:`):
-//! - `S` (HASH): the scope's counters, read with one HMGET and written with one HSET per
-//!   decision: `d<day>`, `m<month>` and `t`, spend in nano-USD (settled + reserved); `r`,
-//!   the cost of the scope's outstanding holds; `tk`, the tokens in its tokens-per-minute
-//!   window; `rn`/`tn`, the newest request/tokens timestamp; `rx`/`tx`, when the TTL of the
-//!   minute windows was last renewed. Only today, the two days before, this month and the
-//!   one before are kept: the first decision of a day deletes older fields. No TTL (the
-//!   total lives there);
-//! - `Srpm` (ZSET, hold id by timestamp), only where the scope sets requests per minute;
-//! - `Stpm` (ZSET, `<hold id>:<tokens>` by timestamp), only where it sets tokens per minute:
-//!   the tokens are in the member, so what leaves the window is taken off `tk` without
-//!   another read;
+//! - `S` (HASH): the scope's counters, read with one HGETALL and written with one HSET per
+//!   call: `d<day>`, `m<month>` and `t`, spend in nano-USD (settled + reserved); `r`, the
+//!   cost of the scope's outstanding holds; `rq`/`tk`, the requests/tokens in its minute
+//!   windows; `rn`/`tn`, the newest request/tokens timestamp; `pc`, the latest cutoff the
+//!   windows were pruned to; `wx`, when their TTL was last renewed. Only today, the two days
+//!   before, this month and the one before are kept: the first decision of a day deletes
+//!   older fields. No TTL (the total lives there);
+//! - `Srw` and `Stw` (HASH, millisecond -> requests / tokens) and `Swi` (ZSET of those
+//!   milliseconds, by time): the minute windows, one bucket per millisecond like the local
+//!   counters' (a busy key holds at most 60,000, however many requests it serves), only
+//!   where the scope sets requests or tokens per minute. What leaves the window is taken off
+//!   `rq`/`tk` and deleted; a settle moves its bucket's tokens from reserved to spent;
 //! - `Slease` (ZSET, lease id by expiry), only where it sets a concurrency limit;
 //! - `bourse:{group}:holds` (ZSET by expiry) of the outstanding holds, each member the hold's
 //!   record `<id> <cost> <day> <month>` then ` <length>:<scope key suffix>` per scope (the
 //!   settle rebuilds it from the [`Hold`] to remove it), which the sweep reads to take an
 //!   expired hold's cost back off exactly the counters it was added to. The sweep touches
-//!   scope keys not passed in KEYS, but always under the same hash tag (slot).
+//!   scope keys not passed in KEYS, but always under the same hash tag (slot);
+//! - `bourse:{group}:swept` (SET, kept a day after the last sweep): the records the sweep
+//!   released, read only when a settle finds its hold gone (so it adds what was spent and
+//!   gives back nothing).
 //!
 //! Integers only: the scripts count and compare in Lua numbers, exact up to 2^53 nano-USD
 //! (about $9M). Limits and costs are clamped to [`MAX_EXACT`]
@@ -43,21 +55,50 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 
 /// The largest integer the scripts handle exactly (Lua numbers are doubles).
 pub const MAX_EXACT: i64 = (1 << 53) - 1;
 /// The longest one call may take before it is `Unavailable`.
 pub const TIMEOUT: Duration = Duration::from_secs(1);
 
-static RESERVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("reserve.lua")));
-static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("settle.lua")));
+static BATCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("batch.lua")));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("release.lua")));
 static USAGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("usage.lua")));
+
+/// The most ops one call carries.
+const MAX_BATCH: usize = 256;
 
 #[derive(Clone)]
 pub struct RedisCounters {
     conn: ConnectionManager,
+    ops: mpsc::UnboundedSender<Op>,
     hold_ttl_ms: i64,
+}
+
+/// One decision or settle waiting for the batch task, with where its reply goes: the
+/// values `batch.lua` returned for it.
+struct Op {
+    group: Arc<str>,
+    kind: OpKind,
+    /// None for a settle nobody waits for: a failure is logged.
+    reply: Option<oneshot::Sender<Result<Vec<i64>, LimitError>>>,
+}
+
+enum OpKind {
+    /// `head` is now, cost, tokens, request (0/1), the hold's expiry, day and month; the scopes' keys and
+    /// limits in order. The hold's id is its record's first word.
+    Reserve { head: [i64; 7], record: String, keys: Vec<String>, limits: Vec<[i64; 6]> },
+    /// `head` is the spent cost and tokens, the reserved cost and tokens, the hold's ts, day
+    /// and month.
+    Settle {
+        record: String,
+        head: [i64; 7],
+        lease: Option<u64>,
+        /// (scope key, whether the hold has a tokens entry there).
+        keys: Vec<(String, bool)>,
+        lease_keys: Vec<String>,
+    },
 }
 
 impl std::fmt::Debug for RedisCounters {
@@ -135,7 +176,9 @@ impl RedisCounters {
             .set_response_timeout(Some(TIMEOUT))
             .set_number_of_retries(0);
         let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())?;
-        Ok(RedisCounters { conn, hold_ttl_ms: HOLD_TTL_MS })
+        let (ops, queue) = mpsc::unbounded_channel();
+        tokio::spawn(send_batches(conn.clone(), queue));
+        Ok(RedisCounters { conn, ops, hold_ttl_ms: HOLD_TTL_MS })
     }
 
     /// The same counters with holds and leases expiring after `ms` instead of
@@ -154,40 +197,47 @@ impl RedisCounters {
         }
     }
 
+    /// Queues `kind` for the batch task and waits for its values.
+    async fn submit(&self, group: &str, kind: OpKind) -> Result<Vec<i64>, LimitError> {
+        let (reply, answer) = oneshot::channel();
+        let op = Op { group: Arc::from(group), kind, reply: Some(reply) };
+        self.ops.send(op).map_err(|_| unavailable("the batch task ended"))?;
+        answer.await.map_err(|_| unavailable("the batch task ended"))?
+    }
+
     pub async fn reserve(&self, ask: &Ask<'_>) -> Result<(Hold, Remaining), LimitError> {
         let now = ask.now_ms;
         let cost = exact(ask.cost);
         let tokens = ask.tokens.min(MAX_EXACT as u64);
         let id = hold_id(ask.scopes);
-        let (day, month) = (day_of(now), month_of(now));
         let group = group_prefix(ask.group);
         let record = hold_record(id, cost, now, ask.scopes.iter().map(|s| (s.kind, &*s.id)));
-        let mut inv = RESERVE.prepare_invoke();
-        inv.key(format!("{group}holds"));
-        for s in ask.scopes {
-            inv.key(format!("{group}{}", scope_suffix(s.kind, &s.id)));
-        }
-        inv.arg(now)
-            .arg(id)
-            .arg(cost)
-            .arg(tokens)
-            .arg(u8::from(ask.request))
-            .arg(now.saturating_add(self.hold_ttl_ms))
-            .arg(day)
-            .arg(month)
-            .arg(record)
-            .arg(format!("{id}:{tokens}"))
-            .arg(now - MINUTE_MS);
-        for s in ask.scopes {
-            let l = &s.limits;
-            inv.arg(limit_arg(l.budget_day))
-                .arg(limit_arg(l.budget_month))
-                .arg(limit_arg(l.budget_total))
-                .arg(rate_arg(l.rpm))
-                .arg(rate_arg(l.tpm))
-                .arg(rate_arg(l.concurrency));
-        }
-        let out: Vec<i64> = self.run(inv).await?;
+        let keys = ask.scopes.iter().map(|s| format!("{group}{}", scope_suffix(s.kind, &s.id))).collect();
+        let limits = ask
+            .scopes
+            .iter()
+            .map(|s| {
+                let l = &s.limits;
+                [
+                    limit_arg(l.budget_day),
+                    limit_arg(l.budget_month),
+                    limit_arg(l.budget_total),
+                    rate_arg(l.rpm),
+                    rate_arg(l.tpm),
+                    rate_arg(l.concurrency),
+                ]
+            })
+            .collect();
+        let head = [
+            now,
+            cost,
+            tokens as i64,
+            i64::from(ask.request),
+            now.saturating_add(self.hold_ttl_ms),
+            day_of(now),
+            month_of(now),
+        ];
+        let out = self.submit(ask.group, OpKind::Reserve { head, record, keys, limits }).await?;
         if out.first() == Some(&0) {
             return Err(LimitError::Refused(refusal(ask.scopes, &out, now)?));
         }
@@ -212,43 +262,29 @@ impl RedisCounters {
     }
 
     pub async fn settle(&self, hold: Hold, spent: Spent, release: Option<Lease>) -> Result<(), LimitError> {
-        let group = group_prefix(&hold.group);
-        let mut inv = SETTLE.prepare_invoke();
-        inv.key(format!("{group}holds"));
-        for (kind, id) in &hold.scopes {
-            inv.key(format!("{group}{}", scope_suffix(*kind, id)));
-        }
-        // A lease of another group (not how the gateway uses them) is released on its own;
-        // one with no scope (no concurrency limit) has nothing to release.
-        let (same, other) = match release {
-            Some(l) if l.group == hold.group => (Some(l), None),
-            other => (None, other),
-        };
-        let same = same.filter(|l| !l.scopes.is_empty());
-        if let Some(l) = &same {
-            for (kind, id) in &l.scopes {
-                inv.key(format!("{group}{}lease", scope_suffix(*kind, id)));
-            }
-        }
-        let flags: String =
-            (0..hold.scopes.len()).map(|i| if has_tokens_entry(hold.id, i) { '1' } else { '0' }).collect();
-        inv.arg(hold_record(hold.id, hold.cost, hold.at_ms, hold.scopes.iter().map(|(k, id)| (*k, &**id))))
-            .arg(hold.id)
-            .arg(exact(spent.cost))
-            .arg(spent.tokens.min(MAX_EXACT as u64))
-            .arg(hold.cost)
-            .arg(hold.tokens.min(MAX_EXACT as u64))
-            .arg(hold.at_ms)
-            .arg(day_of(hold.at_ms))
-            .arg(month_of(hold.at_ms))
-            .arg(hold.scopes.len())
-            .arg(same.as_ref().map_or(String::new(), |l| l.id.to_string()))
-            .arg(flags);
-        let _: i64 = self.run(inv).await?;
+        let group = hold.group.clone();
+        let (kind, other) = settle_op(hold, spent, release);
+        self.submit(&group, kind).await?;
         if let Some(l) = other {
             self.release(l).await?;
         }
         Ok(())
+    }
+
+    /// [`RedisCounters::settle`] without waiting: the settle joins the next call, and a
+    /// failure is logged (the hold then expires on its own).
+    pub fn settle_detached(&self, hold: Hold, spent: Spent, release: Option<Lease>) {
+        let group = hold.group.clone();
+        let (kind, other) = settle_op(hold, spent, release);
+        let _ = self.ops.send(Op { group, kind, reply: None });
+        if let Some(l) = other {
+            let counters = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = counters.release(l).await {
+                    tracing::warn!("lease release failed: {e}; the lease expires on its own");
+                }
+            });
+        }
     }
 
     pub async fn release(&self, lease: Lease) -> Result<(), LimitError> {
@@ -281,6 +317,384 @@ impl RedisCounters {
             return Err(unavailable(format!("unexpected usage reply of {} values", v.len())));
         };
         Ok(Usage { day, month, total, reserved, in_flight: in_flight as u64 })
+    }
+}
+
+/// A settle as batch.lua takes it, and a lease of another group to release on its own (not
+/// how the gateway uses them; one with no scope, no concurrency limit, has nothing to
+/// release).
+fn settle_op(hold: Hold, spent: Spent, release: Option<Lease>) -> (OpKind, Option<Lease>) {
+    let group = group_prefix(&hold.group);
+    let (same, other) = match release {
+        Some(l) if l.group == hold.group => (Some(l), None),
+        other => (None, other),
+    };
+    let same = same.filter(|l| !l.scopes.is_empty());
+    let lease_keys = same.as_ref().map_or_else(Vec::new, |l| {
+        l.scopes.iter().map(|(kind, id)| format!("{group}{}", scope_suffix(*kind, id))).collect()
+    });
+    let keys = hold
+        .scopes
+        .iter()
+        .enumerate()
+        .map(|(i, (kind, id))| (format!("{group}{}", scope_suffix(*kind, id)), has_tokens_entry(hold.id, i)))
+        .collect();
+    let record = hold_record(hold.id, hold.cost, hold.at_ms, hold.scopes.iter().map(|(k, id)| (*k, &**id)));
+    let head = [
+        exact(spent.cost),
+        spent.tokens.min(MAX_EXACT as u64) as i64,
+        hold.cost,
+        hold.tokens.min(MAX_EXACT as u64) as i64,
+        hold.at_ms,
+        day_of(hold.at_ms),
+        month_of(hold.at_ms),
+    ];
+    let lease = same.map(|l| l.id);
+    (OpKind::Settle { record, head, lease, keys, lease_keys }, other)
+}
+
+/// The batch task: sends what is waiting, one call per group, and hands out the replies;
+/// ends when every [`RedisCounters`] clone is gone.
+async fn send_batches(conn: ConnectionManager, mut queue: mpsc::UnboundedReceiver<Op>) {
+    let mut ops = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut ops, MAX_BATCH).await > 0 {
+        let mut groups: Vec<Vec<Op>> = Vec::new();
+        for op in ops.drain(..) {
+            match groups.iter_mut().find(|g| g[0].group == op.group) {
+                Some(g) => g.push(op),
+                None => groups.push(vec![op]),
+            }
+        }
+        futures_util::future::join_all(groups.into_iter().map(|g| send_batch(conn.clone(), g))).await;
+    }
+}
+
+/// One group's ops in one call of batch.lua: the settles summed per scope, then the
+/// decisions in arrival order.
+async fn send_batch(mut conn: ConnectionManager, ops: Vec<Op>) {
+    let mut inv = BATCH.prepare_invoke();
+    inv.key(format!("{}holds", group_prefix(&ops[0].group)));
+    // KEYS[1] is the holds ZSET; every scope key follows once.
+    let mut scope_keys: Vec<&str> = Vec::new();
+    fn key<'a>(scope_keys: &mut Vec<&'a str>, k: &'a str) -> usize {
+        match scope_keys.iter().position(|x| *x == k) {
+            Some(i) => i + 2,
+            None => {
+                scope_keys.push(k);
+                scope_keys.len() + 1
+            }
+        }
+    }
+    let mut entries: Vec<(usize, [i64; 6])> = Vec::new();
+    let mut sums: Vec<(usize, i64, i64, i64, i64)> = Vec::new();
+    let mut tokens: Vec<(usize, i64, i64, i64)> = Vec::new();
+    let mut leases: Vec<(usize, String)> = Vec::new();
+    let mut records: Vec<&str> = Vec::new();
+    let mut decisions = Vec::with_capacity(ops.len() * 128);
+    // Per decision: its head and its scopes' entries (indices into `entries`).
+    let mut taken: Vec<([i64; 7], Vec<usize>)> = Vec::new();
+    let mut maxcut = None;
+    fn i4(b: &mut Vec<u8>, v: usize) {
+        b.extend_from_slice(&(v as i32).to_le_bytes());
+    }
+    fn i8(b: &mut Vec<u8>, v: i64) {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    for op in &ops {
+        match &op.kind {
+            OpKind::Reserve { head, record, keys, limits } => {
+                let [now, cost, tokens, request, expiry, day, month] = *head;
+                maxcut = maxcut.max(Some(now - MINUTE_MS));
+                for v in [now, cost, tokens, expiry] {
+                    i8(&mut decisions, v);
+                }
+                decisions.push(request as u8);
+                i4(&mut decisions, day as usize);
+                i4(&mut decisions, month as usize);
+                i4(&mut decisions, record.len());
+                decisions.extend_from_slice(record.as_bytes());
+                i4(&mut decisions, keys.len());
+                let mut named = Vec::with_capacity(keys.len());
+                for (k, l) in keys.iter().zip(limits) {
+                    let idx = key(&mut scope_keys, k);
+                    let e = match entries.iter().position(|e| e.0 == idx && e.1 == *l) {
+                        Some(e) => e,
+                        None => {
+                            entries.push((idx, *l));
+                            entries.len() - 1
+                        }
+                    };
+                    i4(&mut decisions, e + 1);
+                    named.push(e);
+                }
+                taken.push((*head, named));
+            }
+            OpKind::Settle { record, head, lease, keys, lease_keys } => {
+                let [spent, spent_tokens, held, held_tokens, at, day, month] = *head;
+                records.push(record);
+                for (k, has_tokens) in keys {
+                    let idx = key(&mut scope_keys, k);
+                    match sums.iter_mut().find(|x| x.0 == idx && x.1 == day && x.2 == month) {
+                        Some(x) => {
+                            x.3 += spent;
+                            x.4 += held;
+                        }
+                        None => sums.push((idx, day, month, spent, held)),
+                    }
+                    if *has_tokens {
+                        match tokens.iter_mut().find(|x| x.0 == idx && x.1 == at) {
+                            Some(x) => {
+                                x.2 += held_tokens;
+                                x.3 += spent_tokens;
+                            }
+                            None => tokens.push((idx, at, held_tokens, spent_tokens)),
+                        }
+                    }
+                }
+                if let Some(id) = lease {
+                    for k in lease_keys {
+                        leases.push((key(&mut scope_keys, k), id.to_string()));
+                    }
+                }
+            }
+        }
+    }
+    for k in &scope_keys {
+        inv.key(*k);
+    }
+    // The blob as batch.lua reads it (little-endian; `struct` on the Lua side).
+    let mut blob = Vec::with_capacity(16 + entries.len() * 52 + sums.len() * 36 + tokens.len() * 28 + decisions.len());
+    i4(&mut blob, entries.len());
+    for (idx, l) in &entries {
+        i4(&mut blob, *idx);
+        l.iter().for_each(|v| i8(&mut blob, *v));
+    }
+    i4(&mut blob, sums.len());
+    for &(idx, day, month, spent, held) in &sums {
+        i4(&mut blob, idx);
+        [day, month, spent, held].into_iter().for_each(|v| i8(&mut blob, v));
+    }
+    i4(&mut blob, tokens.len());
+    for &(idx, at, held, spent) in &tokens {
+        i4(&mut blob, idx);
+        [at, held, spent].into_iter().for_each(|v| i8(&mut blob, v));
+    }
+    i4(&mut blob, leases.len());
+    for (idx, id) in &leases {
+        i4(&mut blob, *idx);
+        i4(&mut blob, id.len());
+        blob.extend_from_slice(id.as_bytes());
+    }
+    let together = together(&taken, &entries);
+    match &together {
+        None => blob.push(0),
+        Some(t) => {
+            blob.push(1);
+            [t.min_now, t.max_now].into_iter().for_each(|v| i8(&mut blob, v));
+            [t.day, t.month].into_iter().for_each(|v| i4(&mut blob, v as usize));
+            for e in &t.entries {
+                [e.cost, e.requests, e.tokens, e.most, e.newest_request, e.newest_tokens]
+                    .into_iter()
+                    .for_each(|v| i8(&mut blob, v));
+                i4(&mut blob, e.buckets.len());
+                for &(at, r, k) in &e.buckets {
+                    [at, r, k].into_iter().for_each(|v| i8(&mut blob, v));
+                }
+            }
+        }
+    }
+    blob.extend_from_slice(&decisions);
+    inv.arg(blob).arg(maxcut.map_or(String::new(), |c: i64| c.to_string())).arg(records.len());
+    for r in records {
+        inv.arg(r);
+    }
+    if together.is_some() {
+        for op in &ops {
+            if let OpKind::Reserve { head, record, .. } = &op.kind {
+                inv.arg(head[4]).arg(record.as_str());
+            }
+        }
+    }
+    // A little over the connection's own timeouts: a connect then a call.
+    let result: Result<Vec<i64>, String> = match tokio::time::timeout(TIMEOUT * 2, inv.invoke_async(&mut conn)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("timed out".to_string()),
+    };
+    let mut values = match result {
+        Ok(v) => v.into_iter(),
+        Err(e) => {
+            for op in ops {
+                answer(op.reply, Err(LimitError::Unavailable(e.clone())));
+            }
+            return;
+        }
+    };
+    // Taken together: each decision's counters rebuilt from the scopes' counters before them.
+    let mut before: Option<Vec<[i64; 7]>> = None;
+    if values.as_slice().first() == Some(&2) {
+        let v = &values.as_slice()[1..];
+        if v.len() == 7 * entries.len() {
+            before = Some(v.chunks(7).map(|c| c.try_into().expect("chunks of 7")).collect());
+        }
+    }
+    let mut d = 0;
+    for op in ops {
+        let reply = match (&op.kind, &mut before) {
+            (OpKind::Settle { .. }, _) => Some(Vec::new()),
+            (OpKind::Reserve { limits, .. }, None) => decision(&mut values, limits),
+            (OpKind::Reserve { .. }, Some(counters)) => {
+                let (head, named) = &taken[d];
+                d += 1;
+                Some(admitted(counters, head, named, &entries))
+            }
+        };
+        answer(op.reply, reply.ok_or_else(|| unavailable("batch reply shorter than its ops")));
+    }
+}
+
+fn answer(to: Option<oneshot::Sender<Result<Vec<i64>, LimitError>>>, reply: Result<Vec<i64>, LimitError>) {
+    match (to, reply) {
+        (Some(to), reply) => {
+            let _ = to.send(reply);
+        }
+        (None, Err(e)) => tracing::warn!("settle failed: {e}; the reservation expires on its own"),
+        (None, Ok(_)) => {}
+    }
+}
+
+/// What batch.lua needs to take a batch's decisions together (see there): None when they
+/// cannot be (different days, a concurrency limit, a scope under two sets of limits, more
+/// than a minute between them).
+fn together(taken: &[([i64; 7], Vec<usize>)], entries: &[(usize, [i64; 6])]) -> Option<Together> {
+    let (first, _) = taken.first()?;
+    let (day, month) = (first[5], first[6]);
+    if taken.iter().any(|(h, _)| h[5] != day || h[6] != month) {
+        return None;
+    }
+    if entries.iter().any(|e| e.1[5] >= 0) {
+        return None;
+    }
+    if entries.iter().enumerate().any(|(i, e)| entries[..i].iter().any(|x| x.0 == e.0)) {
+        return None;
+    }
+    let min_now = taken.iter().map(|(h, _)| h[0]).min()?;
+    let max_now = taken.iter().map(|(h, _)| h[0]).max()?;
+    if max_now - min_now >= MINUTE_MS {
+        return None;
+    }
+    let mut sums: Vec<Totals> =
+        entries.iter().map(|_| Totals { newest_request: -1, newest_tokens: -1, ..Totals::default() }).collect();
+    for (h, named) in taken {
+        let [now, cost, tokens, request, ..] = *h;
+        for &e in named {
+            let (limits, t) = (&entries[e].1, &mut sums[e]);
+            t.cost += cost;
+            let requests = i64::from(request == 1 && limits[3] >= 0);
+            let tokens = if limits[4] >= 0 { tokens } else { 0 };
+            if requests > 0 {
+                t.requests += 1;
+                t.newest_request = t.newest_request.max(now);
+            }
+            if limits[4] >= 0 {
+                t.tokens += tokens;
+                t.most = t.most.max(tokens);
+                t.newest_tokens = t.newest_tokens.max(now);
+            }
+            if requests > 0 || tokens > 0 {
+                match t.buckets.iter_mut().find(|b| b.0 == now) {
+                    Some(b) => {
+                        b.1 += requests;
+                        b.2 += tokens;
+                    }
+                    None => t.buckets.push((now, requests, tokens)),
+                }
+            }
+        }
+    }
+    Some(Together { min_now, max_now, day, month, entries: sums })
+}
+
+struct Together {
+    min_now: i64,
+    max_now: i64,
+    day: i64,
+    month: i64,
+    entries: Vec<Totals>,
+}
+
+/// One scope's share of the decisions taken together.
+#[derive(Default)]
+struct Totals {
+    cost: i64,
+    requests: i64,
+    tokens: i64,
+    /// The most tokens one decision asks.
+    most: i64,
+    newest_request: i64,
+    newest_tokens: i64,
+    /// (ms, requests, tokens) the windows gain.
+    buckets: Vec<(i64, i64, i64)>,
+}
+
+/// The reply one decision would have had alone, counted onto `counters` (per entry: day,
+/// month, total, requests, newest request, tokens, newest tokens).
+fn admitted(counters: &mut [[i64; 7]], head: &[i64; 7], named: &[usize], entries: &[(usize, [i64; 6])]) -> Vec<i64> {
+    let [now, cost, tokens, request, ..] = *head;
+    let mut out = Vec::with_capacity(1 + 7 * named.len());
+    out.push(1);
+    for &e in named {
+        let (limits, c) = (&entries[e].1, &mut counters[e]);
+        c[0] += cost;
+        c[1] += cost;
+        c[2] += cost;
+        out.extend([c[0], c[1], c[2]]);
+        if limits[3] >= 0 {
+            if request == 1 {
+                c[3] += 1;
+                if c[3] == 1 || now > c[4] {
+                    c[4] = now;
+                }
+            }
+            out.extend([c[3], if c[3] > 0 { c[4] } else { -1 }]);
+        } else {
+            out.extend([0, -1]);
+        }
+        if limits[4] >= 0 {
+            c[5] += tokens;
+            c[6] = c[6].max(now);
+            out.extend([c[5], c[6]]);
+        } else {
+            out.extend([0, -1]);
+        }
+    }
+    out
+}
+
+/// One decision's values from batch.lua's reply, as {0, scope, what, value} or {1, then 7
+/// per scope: day, month, total, requests, newest request, tokens, newest tokens} (0, or -1
+/// for a timestamp, where the scope sets no such limit: the reply leaves those out).
+fn decision(values: &mut impl Iterator<Item = i64>, limits: &[[i64; 6]]) -> Option<Vec<i64>> {
+    match values.next()? {
+        0 => Some(vec![0, values.next()?, values.next()?, values.next()?]),
+        1 => {
+            let mut out = Vec::with_capacity(1 + 7 * limits.len());
+            out.push(1);
+            for l in limits {
+                for limit in [l[0], l[1], l[2]] {
+                    out.push(if limit >= 0 { values.next()? } else { 0 });
+                }
+                for limit in [l[3], l[4]] {
+                    if limit >= 0 {
+                        out.push(values.next()?);
+                        out.push(values.next()?);
+                    } else {
+                        out.extend([0, -1]);
+                    }
+                }
+            }
+            Some(out)
+        }
+        _ => None,
     }
 }
 

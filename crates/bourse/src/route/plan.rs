@@ -201,11 +201,22 @@ fn exclude(e: &Entry, ask: &Ask<'_>) -> Option<Exclusion> {
 /// are, whether its weights are open, its price. Also checked for explicitly named models
 /// when a virtual key carries a policy.
 pub fn policy_exclusion(e: &Entry, p: &Policy) -> Option<Exclusion> {
-    let m = &e.model;
-    if !p.allow_providers.is_empty() && !p.allow_providers.iter().any(|a| *a == e.provider.id) {
+    model_policy_exclusion(&e.provider.id, e.provider.hosting, &e.model, p)
+}
+
+/// [`policy_exclusion`] for a catalog model served by `provider`, whose endpoint processes
+/// requests in `provider_hosting` when the catalog does not say where the model is hosted
+/// (the market view asks it of every catalog model, configured or not).
+pub fn model_policy_exclusion(
+    provider: &str,
+    provider_hosting: Option<&str>,
+    m: &Model,
+    p: &Policy,
+) -> Option<Exclusion> {
+    if !p.allow_providers.is_empty() && !p.allow_providers.iter().any(|a| *a == provider) {
         return Some(Exclusion::ProviderNotAllowed);
     }
-    if p.deny_providers.iter().any(|d| *d == e.provider.id) {
+    if p.deny_providers.iter().any(|d| *d == provider) {
         return Some(Exclusion::ProviderDenied);
     }
     if !p.deny_origin.is_empty() {
@@ -217,7 +228,7 @@ pub fn policy_exclusion(e: &Entry, p: &Policy) -> Option<Exclusion> {
     }
     if !p.deny_hosting.is_empty() {
         // The catalog says where this provider serves the model; the preset is the fallback.
-        match m.hosting.as_deref().or(e.provider.hosting) {
+        match m.hosting.as_deref().or(provider_hosting) {
             Some(h) if matches_any(&p.deny_hosting, h) => {
                 return Some(Exclusion::HostingDenied { hosting: h.to_string() })
             }
