@@ -71,6 +71,8 @@ pub struct View<'a> {
     pub reference: &'a str,
     pub router: &'a Router,
     pub admin_keys: &'a [Secret],
+    /// Their ids (same order), for the session's actor.
+    pub admin_key_ids: &'a [std::sync::Arc<str>],
 }
 
 /// Largest login form accepted (a key and a page name).
@@ -272,12 +274,12 @@ async fn login(dash: &Dashboard, view: View<'_>, req: Request, now: i64) -> Resp
     let presented = form.key.trim().as_bytes();
     let mut matched = None;
     // Every key is compared, so the time taken does not say which one nearly matched.
-    for k in view.admin_keys {
+    for (i, k) in view.admin_keys.iter().enumerate() {
         if session::ct_eq(presented, k.expose().as_bytes()) {
-            matched = Some(k);
+            matched = Some(i);
         }
     }
-    let Some(k) = matched else {
+    let Some(i) = matched else {
         tracing::warn!("dashboard: login refused (not an admin key)");
         return html(
             StatusCode::UNAUTHORIZED,
@@ -289,7 +291,7 @@ async fn login(dash: &Dashboard, view: View<'_>, req: Request, now: i64) -> Resp
             ),
         );
     };
-    let actor = format!("admin:{}", crate::tenancy::config_key_id(k.expose()));
+    let actor = format!("admin:{}", view.admin_key_ids[i]);
     let ttl = i64::try_from(dash.settings.session_ttl.as_millis()).unwrap_or(i64::MAX);
     let Ok(id) = dash.sessions.create(&actor, now, ttl) else {
         return message(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "The system's random number generator failed.");

@@ -1,5 +1,6 @@
 //! FNV-1a, 64-bit: the one small non-cryptographic hash the gateway uses — for the catalog's
-//! version stamp, for gateway key ids, and as the hasher of the catalog's index.
+//! version stamp and as the hasher of maps looked up on every request ([`Fnv1a`]). Not
+//! for anything derived from a secret (a key's id is an HMAC: `tenancy::config_key_id`).
 
 /// The FNV-1a offset basis: the hash of no bytes.
 pub(crate) const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;

@@ -21,7 +21,7 @@ use crate::config::{Config, EdgeLimits};
 use crate::error::{Error, ErrorKind, ErrorLabel};
 use crate::ledger::{Ledger, Writer, WriterHandle};
 use crate::limit::{Counters, LocalCounters, RedisCounters};
-use crate::state::{key_id, AppState, Caller, SharedState};
+use crate::state::{AppState, Caller, SharedState};
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -266,15 +266,15 @@ async fn admin_api(state: &AppState, req: Request) -> Response {
     }
     let presented = presented_key(req.headers()).unwrap_or("");
     let mut matched = None;
-    for k in &state.admin_keys {
+    for (i, k) in state.admin_keys.iter().enumerate() {
         if ct_eq(presented.as_bytes(), k.expose().as_bytes()) {
-            matched = Some(k);
+            matched = Some(i);
         }
     }
-    let Some(k) = matched else {
+    let Some(i) = matched else {
         return refuse(ErrorKind::Unauthorized, "the admin API needs one of server.admin_keys");
     };
-    let actor = format!("admin:{}", key_id(k.expose()));
+    let actor = format!("admin:{}", state.admin_key_ids[i]);
     let (parts, body) = req.into_parts();
     let body = match crate::api::read_body(&parts.headers, body, state).await {
         Ok(b) => b,
@@ -403,6 +403,9 @@ pub async fn prepare(cfg: &Config) -> Result<(AppState, Option<WriterHandle>), S
         let (writer, handle) = Writer::start(ledger, writer_config(&cfg.storage));
         state.ledger = Some(writer);
         let reports = Ledger::open(url).await.map_err(|e| format!("storage.url: cannot open the ledger: {e}"))?;
+        let secret =
+            reports.key_id_secret().await.map_err(|e| format!("cannot read the installation's secret: {e}"))?;
+        state.use_key_id_secret(&secret);
         let directory =
             Arc::new(Directory::load(reports.clone()).await.map_err(|e| format!("cannot load tenants and keys: {e}"))?);
         // Every replica polls the store, so a key revoked anywhere is refused everywhere

@@ -13,6 +13,7 @@ use crate::meter::Meter;
 use crate::provider::Provider;
 use crate::route::{Providers, Router};
 use crate::telemetry::Telemetry;
+use crate::tenancy::{config_key_id, KeyIdSecret};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,8 +30,10 @@ pub struct AppState {
     pub admin: Option<Admin>,
     /// The counters budgets and rate limits are decided on.
     pub counters: Counters,
-    /// Stable, non-secret ids of the gateway keys (same order), for ledger rows.
+    /// Ids of the gateway keys (same order), for ledger rows: see [`config_key_id`].
     pub key_ids: Vec<Arc<str>>,
+    /// Ids of the admin keys (same order), for audit rows and logs.
+    pub admin_key_ids: Vec<Arc<str>>,
     pub meter: Meter,
     /// The tokenizer's pool, for usage the upstream never reported.
     pub estimator: Estimator,
@@ -53,7 +56,9 @@ pub struct AppState {
 pub type SharedState = Arc<AppState>;
 
 impl AppState {
-    /// Build runtime state (HTTP clients included) from a validated config.
+    /// Build runtime state (HTTP clients included) from a validated config. Config keys' ids
+    /// are keyed with a secret of this process until [`AppState::use_key_id_secret`] gives
+    /// it the store's.
     pub fn from_config(cfg: &Config) -> Result<AppState, String> {
         let mut list = Vec::new();
         for p in &cfg.providers {
@@ -62,6 +67,7 @@ impl AppState {
         let providers = Providers::new(list);
         let router = Router::new(&providers, &cfg.catalog, &cfg.routing);
         let telemetry = Telemetry::new(&cfg.telemetry, &router, &providers, &cfg.catalog);
+        let secret = KeyIdSecret::ephemeral().map_err(|e| e.to_string())?;
         Ok(AppState {
             telemetry,
             router,
@@ -71,7 +77,8 @@ impl AppState {
             directory: None,
             admin: None,
             counters: Counters::Local(LocalCounters::new()),
-            key_ids: cfg.server.api_keys.iter().map(|k| Arc::from(key_id(k.expose()))).collect(),
+            key_ids: ids(&secret, &cfg.server.api_keys),
+            admin_key_ids: ids(&secret, &cfg.server.admin_keys),
             meter: Meter::new(cfg.catalog.clone(), cfg.reference.clone()),
             estimator: Estimator::new(),
             ledger: None,
@@ -83,6 +90,12 @@ impl AppState {
         })
     }
 
+    /// Names config keys by `secret` from now on (the store's, so ids outlive the process).
+    pub fn use_key_id_secret(&mut self, secret: &KeyIdSecret) {
+        self.key_ids = ids(secret, &self.api_keys);
+        self.admin_key_ids = ids(secret, &self.admin_keys);
+    }
+
     /// What `/dashboard` may read.
     pub fn dashboard_view(&self) -> View<'_> {
         View {
@@ -91,11 +104,14 @@ impl AppState {
             reference: self.meter.reference().map_or("", |m| m.id.as_str()),
             router: &self.router,
             admin_keys: &self.admin_keys,
+            admin_key_ids: &self.admin_key_ids,
         }
     }
 }
 
-pub use crate::tenancy::config_key_id as key_id;
+fn ids(secret: &KeyIdSecret, keys: &[Secret]) -> Vec<Arc<str>> {
+    keys.iter().map(|k| Arc::from(config_key_id(secret, k.expose()))).collect()
+}
 
 /// Who is asking, as the edge established it: the request id, the gateway key's id and,
 /// for a virtual key, the key and its tenant as the directory held them.

@@ -6,7 +6,7 @@
 //! `sk-bourse-` followed by 32 random base62 characters (~190 bits, from the operating
 //! system's CSPRNG); only its SHA-256 is stored, and the secret is shown once, when the key is
 //! created or rotated. Keys in `server.api_keys` are unlimited keys of the built-in tenant
-//! [`BUILTIN_TENANT`] and are never stored.
+//! [`BUILTIN_TENANT`] and are never stored; their ids are keyed hashes ([`config_key_id`]).
 //!
 //! This module is pure: the store is `ledger::tenancy`, the live directory every replica
 //! keeps is `admin::Directory`.
@@ -91,11 +91,57 @@ pub struct AuditEntry {
     pub detail: serde_json::Value,
 }
 
-/// A config key's id (`server.api_keys`, `server.admin_keys`): a short hash, so ledger rows
-/// and logs say which key without storing it.
-pub fn config_key_id(key: &str) -> String {
-    let h = crate::fnv::fnv1a(key.as_bytes(), crate::fnv::OFFSET);
-    format!("key_{:08x}", h as u32)
+/// A config key's id (`server.api_keys`, `server.admin_keys`), so ledger rows, reports, audit
+/// rows and logs say which key without holding it: `key_` + the first 8 bytes of
+/// HMAC-SHA-256 of the key under the installation's [`KeyIdSecret`], in hex (the shape of a
+/// virtual key's id). Keyed, so whoever reads reports or rows, but not the secret, cannot test
+/// guesses at a short key against its id; 64 bits, so two keys' ids do not collide.
+pub fn config_key_id(secret: &KeyIdSecret, key: &str) -> String {
+    let tag = ring::hmac::sign(&secret.0, key.as_bytes());
+    format!("key_{}", hex(&tag.as_ref()[..8]))
+}
+
+/// The secret config keys' ids are keyed with: 32 bytes from the OS CSPRNG, made once per
+/// installation and kept in its store (`installation.key_id_secret`, as 64 hex digits), so
+/// restarts and replicas sharing the store give a key the same id and reports by key keep
+/// one row per key. Whoever can read the store itself also has the secret: to them an id
+/// protects a key only as well as its own randomness does. `Debug` prints `***`.
+#[derive(Clone)]
+pub struct KeyIdSecret(ring::hmac::Key);
+
+impl KeyIdSecret {
+    /// A new secret as the store keeps it: 64 lower-case hex digits.
+    pub fn generate() -> Result<String, RandomUnavailable> {
+        let mut buf = [0u8; 32];
+        random_bytes(&mut buf)?;
+        Ok(hex(&buf))
+    }
+
+    /// The secret stored as `text`; None unless it is 64 hex digits.
+    pub fn from_stored(text: &str) -> Option<KeyIdSecret> {
+        let digits = text.as_bytes();
+        if digits.len() != 64 {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        for (b, pair) in bytes.iter_mut().zip(digits.chunks(2)) {
+            *b = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+        }
+        Some(KeyIdSecret(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes)))
+    }
+
+    /// A secret for this process alone, for a gateway without a store: its key ids reach
+    /// only its logs, so they need not outlive it.
+    pub fn ephemeral() -> Result<KeyIdSecret, RandomUnavailable> {
+        let text = KeyIdSecret::generate()?;
+        KeyIdSecret::from_stored(&text).ok_or(RandomUnavailable)
+    }
+}
+
+impl std::fmt::Debug for KeyIdSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyIdSecret(***)")
+    }
 }
 
 /// The randomness behind secrets and key ids failed (the OS CSPRNG was unavailable).
@@ -275,6 +321,22 @@ pub fn parse_percent(s: &str) -> Result<u32, String> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn config_key_ids_are_truncated_hmac_sha256_under_the_stored_secret() {
+        // Python's hmac module: hmac.new(bytes(range(32)), b"gw-secret", "sha256").hexdigest()[:16]
+        let secret =
+            KeyIdSecret::from_stored("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f").unwrap();
+        assert_eq!(config_key_id(&secret, "gw-secret"), "key_e5f5d7af1942a2f3");
+        let other = KeyIdSecret::ephemeral().unwrap();
+        assert_ne!(config_key_id(&other, "gw-secret"), "key_e5f5d7af1942a2f3");
+        let stored = KeyIdSecret::generate().unwrap();
+        assert!(stored.len() == 64 && stored.bytes().all(|c| c.is_ascii_hexdigit()), "{stored}");
+        for bad in ["", "00", &"0".repeat(63), &"g".repeat(64), &"é".repeat(32)] {
+            assert!(KeyIdSecret::from_stored(bad).is_none(), "{bad}");
+        }
+        assert_eq!(format!("{secret:?}"), "KeyIdSecret(***)");
+    }
 
     #[test]
     fn secrets_have_the_documented_shape() {

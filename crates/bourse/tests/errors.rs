@@ -296,3 +296,31 @@ async fn no_input_stops_the_gateway_serving() {
         client().post(&url).header("content-type", "application/json").body(chat_body("alpha/sim-small").to_string());
     assert_eq!(ok.send().await.unwrap().status(), 200);
 }
+
+/// A report bound that looks like a date but is not one in the calendar is a 400 on `since`
+/// or `until` that says which day the month lacks, not a report of some other period.
+#[tokio::test]
+async fn usage_refuses_dates_the_calendar_does_not_have() {
+    let sim = Sim::start(SimConfig::default()).await.unwrap();
+    let db = std::env::temp_dir().join(format!("bourse-usage-dates-{}-{}.db", std::process::id(), fastrand::u64(..)));
+    let gw = gateway_with_ledger(&provider_toml("alpha", &sim, ""), &format!("sqlite:{}", db.display())).await;
+    let cases = [
+        ("since=2026-02-31", "since", "\"2026-02-31\" is not a date: February 2026 has days 1 to 28"),
+        ("since=2026-01-01&until=2025-02-29", "until", "\"2025-02-29\" is not a date: February 2025 has days 1 to 28"),
+        ("until=2026-04-31", "until", "\"2026-04-31\" is not a date: April 2026 has days 1 to 30"),
+        ("since=2026-13-01", "since", "\"2026-13-01\" is not a date: months run from 1 to 12"),
+    ];
+    for (query, param, message) in cases {
+        let r = client().get(format!("{}/v1/bourse/usage?{query}", gw.gateway.url)).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{query}");
+        let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        let e = assert_openai_error(&body);
+        assert_eq!((e["param"].as_str(), e["message"].as_str()), (Some(param), Some(message)), "{query}");
+    }
+    let ok = client().get(format!("{}/v1/bourse/usage?since=2024-02-29", gw.gateway.url)).send().await.unwrap();
+    assert_eq!(ok.status(), 200, "a leap day is a date");
+    drop(gw);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+}

@@ -203,25 +203,88 @@ async fn embeddings_float_and_base64_pass_through() {
     assert_eq!(assert_openai_error(&json_of(bad).await)["param"], "input");
 }
 
+async fn get(url: &str) -> reqwest::Response {
+    client().get(url).send().await.unwrap()
+}
+
+/// Ids of a `/v1/models` list, after checking every entry has OpenAI's model shape.
+fn listed_ids(list: &Value) -> Vec<String> {
+    assert_eq!(list["object"], "list", "{list}");
+    let data = list["data"].as_array().unwrap_or_else(|| panic!("no data: {list}"));
+    for m in data {
+        assert_eq!(m["object"], "model", "{m}");
+        assert!(m["created"].as_u64().is_some_and(|c| c > 0), "{m}");
+        assert!(m["owned_by"].as_str().is_some_and(|o| !o.is_empty()), "{m}");
+    }
+    data.iter().map(|m| m["id"].as_str().unwrap().to_string()).collect()
+}
+
+/// The list holds what a client can name and be served (routes, then every priced model of
+/// every provider), and retrieving an id answers with that id, whichever way it resolves.
 #[tokio::test]
 async fn models_list_and_retrieve() {
     let sim = Sim::start(SimConfig::default()).await.unwrap();
-    let gw = gateway(&provider_toml("alpha", &sim, "")).await;
-    let list: Value = json_of(client().get(format!("{}/v1/models", gw.url)).send().await.unwrap()).await;
-    assert_eq!(list["object"], "list");
-    assert_eq!(list["data"][0]["id"], "alpha/sim-small");
-    assert_eq!(list["data"][0]["object"], "model");
-    let one = client().get(format!("{}/v1/models/alpha/sim-small", gw.url)).send().await.unwrap();
-    assert_eq!(one.status(), 200);
-    assert_eq!(json_of(one).await["owned_by"], "alpha");
+    let gw = gateway(&provider_toml("alpha", &sim, "[routes.cheap]\nmin_quality = \"basic\"\n")).await;
+    let list: Value = json_of(get(&format!("{}/v1/models", gw.url)).await).await;
+    let ids = listed_ids(&list);
+    assert_eq!(ids, ["auto", "cheap", "alpha/emb", "alpha/sim-small"], "{list}");
+    assert_eq!(list["data"][0]["owned_by"], "bourse");
+    assert_eq!(list["data"][2]["owned_by"], "alpha");
+    // Every listed id is retrievable as itself.
+    for id in &ids {
+        let one = get(&format!("{}/v1/models/{id}", gw.url)).await;
+        assert_eq!(one.status(), 200, "{id}");
+        assert_eq!(json_of(one).await["id"], id.as_str());
+    }
     // An SDK may percent-encode the slash of `provider/model`.
-    let encoded = client().get(format!("{}/v1/models/alpha%2Fsim-small", gw.url)).send().await.unwrap();
+    let encoded = get(&format!("{}/v1/models/alpha%2Fsim-small", gw.url)).await;
     assert_eq!(json_of(encoded).await["id"], "alpha/sim-small");
-    let by_bare = client().get(format!("{}/v1/models/sim-small", gw.url)).send().await.unwrap();
+    // A bare name is answered with the bare name: the id is what the client asked for.
+    let by_bare = get(&format!("{}/v1/models/sim-small", gw.url)).await;
     assert_eq!(by_bare.status(), 200);
-    let missing = client().get(format!("{}/v1/models/alpha/nope", gw.url)).send().await.unwrap();
-    assert_eq!(missing.status(), 404);
-    assert_openai_error(&json_of(missing).await);
+    let by_bare = json_of(by_bare).await;
+    assert_eq!((&by_bare["id"], &by_bare["owned_by"]), (&json!("sim-small"), &json!("alpha")), "{by_bare}");
+    // Neither an unpriced model of a known provider nor an unknown name can be served.
+    for missing in ["alpha/nope", "nope", "beta/sim-small"] {
+        let r = get(&format!("{}/v1/models/{missing}", gw.url)).await;
+        assert_eq!(r.status(), 404, "{missing}");
+        assert_eq!(assert_openai_error(&json_of(r).await)["code"], "model_not_found", "{missing}");
+    }
+}
+
+/// With no config file and one provider's key in the environment, every catalog model of
+/// that provider can be named and served, and so can `auto`: the list says so, so chat UIs
+/// and IDE plugins that pick a model from it have something to pick. Without any provider
+/// there is nothing to route to, `auto` included.
+#[tokio::test]
+async fn zero_config_lists_auto_and_every_catalog_model_of_the_enabled_provider() {
+    let env = |name: &str| (name == "DEEPSEEK_API_KEY").then(|| "sk-deepseek-test".to_string());
+    let cfg = bourse::config::Config::from_env(&env).unwrap();
+    let mut expected: Vec<String> =
+        cfg.catalog.models().iter().filter(|m| m.provider == "deepseek").map(|m| m.id.clone()).collect();
+    assert!(expected.len() >= 2, "the shipped catalog prices DeepSeek's models");
+    let gw = gateway_from_config(cfg).await;
+    let list: Value = json_of(get(&format!("{}/v1/models", gw.url)).await).await;
+    let ids = listed_ids(&list);
+    assert_eq!(ids.first().map(String::as_str), Some("auto"), "{list}");
+    let mut models = ids[1..].to_vec();
+    models.sort();
+    expected.sort();
+    assert_eq!(models, expected, "{list}");
+    assert!(list["data"].as_array().unwrap()[1..].iter().all(|m| m["owned_by"] == "deepseek"), "{list}");
+    for id in ["auto", expected[0].as_str(), expected[1].as_str()] {
+        let one = get(&format!("{}/v1/models/{id}", gw.url)).await;
+        assert_eq!(one.status(), 200, "{id}");
+        assert_eq!(json_of(one).await["id"], id);
+    }
+
+    let none = |_: &str| None;
+    let gw = gateway_from_config(bourse::config::Config::from_env(&none).unwrap()).await;
+    let list: Value = json_of(get(&format!("{}/v1/models", gw.url)).await).await;
+    assert!(listed_ids(&list).is_empty(), "{list}");
+    let auto = get(&format!("{}/v1/models/auto", gw.url)).await;
+    assert_eq!(auto.status(), 404);
+    assert_openai_error(&json_of(auto).await);
 }
 
 #[tokio::test]

@@ -259,6 +259,61 @@ async fn a_restart_without_redis_keeps_the_days_spend() {
     assert_eq!(chat(&gw.url, &secret, &ask(50)).await.status(), 429);
 }
 
+/// `(group, requests)` of a report by key through the usage API (as the config key sees
+/// it: every key), once it holds `requests` requests in all.
+async fn usage_by_key(base: &str, requests: u64) -> Vec<(String, u64)> {
+    let url = format!("{base}/v1/bourse/usage?by=key&since=2000-01-01");
+    for _ in 0..200 {
+        let body = json_of(client().get(&url).bearer_auth("gw-secret").send().await.unwrap()).await;
+        let rows: Vec<(String, u64)> = (body["data"].as_array().unwrap().iter())
+            .map(|r| (r["group"].as_str().unwrap().to_string(), r["requests"].as_u64().unwrap()))
+            .collect();
+        if rows.iter().map(|r| r.1).sum::<u64>() >= requests {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the ledger never held {requests} requests");
+}
+
+/// A config key's id in ledger rows, reports and audit rows is HMAC-SHA-256 of the key under
+/// a secret its store made once: the same after a restart (a report by key keeps one row
+/// per key), another in another installation, and 64 bits long. An unkeyed 32-bit hash of
+/// the key let anyone who reads reports test guesses at a short key offline.
+#[tokio::test]
+async fn config_key_ids_are_keyed_by_a_secret_the_store_keeps() {
+    let sim = sim().await;
+    let here = config(&sim, &temp_db("key-id-here"), "");
+    let id = {
+        let gw = start(&here).await;
+        assert_eq!(chat(&gw.url, "gw-secret", &ask(5)).await.status(), 200);
+        let rows = usage_by_key(&gw.url, 1).await;
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        rows[0].0.clone()
+    };
+    let hex = id.strip_prefix("key_").unwrap_or_else(|| panic!("{id}"));
+    assert!(hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+
+    // Restarted on the same store: the same id, so the report still groups the key as one.
+    let gw = start(&here).await;
+    assert_eq!(chat(&gw.url, "gw-secret", &ask(5)).await.status(), 200);
+    assert_eq!(usage_by_key(&gw.url, 2).await, [(id.clone(), 2)]);
+    // The admin key's id in the audit trail is made the same way.
+    let (status, body) = admin(&gw.url, reqwest::Method::POST, "/admin/v1/tenants", Some(json!({"name": "t"}))).await;
+    assert_eq!(status, 201, "{body}");
+    let (_, audit) = admin(&gw.url, reqwest::Method::GET, "/admin/v1/audit", None).await;
+    let actor = audit["data"][0]["actor"].as_str().unwrap_or_default();
+    let admin_hex = actor.strip_prefix("admin:key_").unwrap_or_else(|| panic!("{audit}"));
+    assert!(admin_hex.len() == 16 && admin_hex.bytes().all(|b| b.is_ascii_hexdigit()), "{actor}");
+
+    // Another installation: the same key gets another id.
+    let elsewhere = start(&config(&sim, &temp_db("key-id-elsewhere"), "")).await;
+    assert_eq!(chat(&elsewhere.url, "gw-secret", &ask(5)).await.status(), 200);
+    let rows = usage_by_key(&elsewhere.url, 1).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_ne!(rows[0].0, id, "the id must not be computable from the key alone");
+}
+
 #[tokio::test]
 async fn a_tenant_near_its_budget_is_routed_to_a_cheaper_model_under_the_lower_floor() {
     let sim = sim().await;

@@ -13,13 +13,17 @@
 //! would cut off clients as a side effect of what looks like housekeeping. Its revoked keys'
 //! rows go with it (the audit trail keeps the record of them).
 //!
+//! The store also keeps the installation's secret that config keys' ids are keyed with
+//! ([`Ledger::key_id_secret`]): it lives where the rows naming those ids live, so every
+//! replica and restart agrees on them.
+//!
 //! SQLite changes run on the writer connection in an IMMEDIATE transaction. PostgreSQL changes
 //! run on a connection of their own, so the transaction never interleaves with the batch
 //! writer's inserts on the shared one; reads use the shared connection.
 
 use super::{Ledger, LedgerError};
 use crate::limit::{Limits, Nanos};
-use crate::tenancy::{AuditEntry, Downgrade, Key, Tenant};
+use crate::tenancy::{AuditEntry, Downgrade, Key, KeyIdSecret, Tenant};
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -562,6 +566,33 @@ impl Ledger {
                 Ok(AuditEntry { ts_ms, actor, action, target, detail })
             })
             .collect()
+    }
+
+    /// The installation's [`KeyIdSecret`], made by the first gateway to ask (the first insert
+    /// wins, so replicas starting together agree) and read back by every other and every
+    /// restart.
+    pub async fn key_id_secret(&self) -> Result<KeyIdSecret, LedgerError> {
+        const READ: &str = "SELECT key_id_secret FROM installation WHERE id = 1";
+        let offered = KeyIdSecret::generate().map_err(|e| LedgerError::Io(std::io::Error::other(e)))?;
+        let stored: String = match self {
+            Ledger::Sqlite(s) => {
+                s.write_with(move |conn| {
+                    const OFFER: &str = "INSERT OR IGNORE INTO installation (id, key_id_secret) VALUES (1, ?1)";
+                    conn.execute(OFFER, params![offered])?;
+                    Ok(conn.query_row(READ, [], |r| r.get(0))?)
+                })
+                .await?
+            }
+            Ledger::Postgres(p) => {
+                const OFFER: &str =
+                    "INSERT INTO installation (id, key_id_secret) VALUES (1, $1) ON CONFLICT (id) DO NOTHING";
+                let client = p.client().await?;
+                client.execute(OFFER, &[&offered]).await?;
+                client.query_one(READ, &[]).await?.try_get(0)?
+            }
+        };
+        KeyIdSecret::from_stored(&stored)
+            .ok_or_else(|| LedgerError::Corrupt("installation.key_id_secret is not 64 hex digits".into()))
     }
 
     /// How many changes the directory has seen; moves on every change.

@@ -13,18 +13,22 @@
 //! Rows live only in process memory between `record` and the commit of their batch, so
 //! SIGKILL (or OOM, or a panic with `panic = "abort"`) loses exactly the rows accepted but
 //! not yet committed: those still in the queue plus the one batch the drain task holds
-//! (being filled, written or retried). Precisely:
+//! (being filled, written or retried). `record` returns only once its row is in the queue
+//! or counted as dropped, and nothing else holds rows. Precisely:
 //!
-//! - worst case, `queue + batch` rows (11 024 with the defaults), reached only when the
-//!   store has fallen behind (or is failing) and the queue is full;
+//! - at most `queue + batch` rows (11 024 with the defaults), reached when the store has
+//!   fallen behind (or is failing) and the queue is full;
 //! - while the store keeps up (the normal case) the queue is near empty, and at `r` rows/s
-//!   the loss is the batch being filled, `min(batch, r * flush_interval)` rows, plus the
-//!   `r * write_time` rows that arrive while the previous batch commits. With the defaults
-//!   that is at most 200 ms of traffic (1 024 rows above 5 120 rows/s) plus one write.
+//!   the loss is the batch being filled — the rows that queued while the previous batch was
+//!   written plus `flush_interval` of traffic, at most `batch` — plus the rows that arrive
+//!   while it is written: `min(batch, r * (flush_interval + write_time)) + r * write_time`.
+//!   With the defaults that is at most 200 ms of traffic (1 024 rows above 5 120 rows/s)
+//!   plus two writes.
 //!
-//! `tests/ledger.rs` (`*::sigkill_loses_at_most_the_unflushed_tail`) SIGKILLs a child
-//! recording at a fixed rate through a default writer (measurements in docs/decisions.md).
-//! Committed batches survive SIGKILL: PostgreSQL commits are durable, and SQLite's WAL
+//! `tests/ledger.rs` (`*::sigkill_loses_at_most_what_the_writer_holds`) SIGKILLs a child
+//! recording at a fixed rate through a small writer (queue 128, batch 64) after it has sent
+//! several times `queue + batch` rows, and holds the loss to that bound (measurements with
+//! the defaults in docs/decisions.md). Committed batches survive SIGKILL: PostgreSQL commits are durable, and SQLite's WAL
 //! with `synchronous=NORMAL` is durable across a process crash (it only risks the last
 //! commits on power loss or an OS crash).
 //!

@@ -34,7 +34,11 @@ impl Drop for Gateway {
 
 /// Start the gateway in-process from TOML text.
 pub async fn gateway(toml_text: &str) -> Gateway {
-    let cfg = Config::from_toml(toml_text, &test_env).expect("test config is valid");
+    gateway_from_config(Config::from_toml(toml_text, &test_env).expect("test config is valid")).await
+}
+
+/// Start the gateway in-process from a validated config (a zero-config start's, say).
+pub async fn gateway_from_config(cfg: Config) -> Gateway {
     let state = Arc::new(AppState::from_config(&cfg).expect("state"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -131,6 +135,8 @@ pub async fn gateway_with_ledger(toml_text: &str, url: &str) -> LedgerGateway {
     );
     state.ledger = Some(writer);
     state.reports = Some(Ledger::open(url).await.unwrap());
+    // Config keys' ids keyed as `bourse serve` keys them: by the store's secret.
+    state.use_key_id_secret(&state.reports.as_ref().unwrap().key_id_secret().await.unwrap());
     let ledger = Ledger::open(url).await.unwrap();
     let state = Arc::new(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
