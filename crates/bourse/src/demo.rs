@@ -321,6 +321,8 @@ pub async fn run(opts: Options) -> Result<(), String> {
         result = Err(format!("{} of {} requests failed (see the report)", outcome.failed, opts.requests));
     }
     if result.is_ok() && opts.serve {
+        // Installed before the banner says how to stop: Ctrl-C from then on stops gracefully.
+        let signalled = server::shutdown_signal();
         print!(
             "{}",
             cli::demo::serving(
@@ -333,7 +335,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
         );
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
-        server::shutdown_signal().await;
+        signalled.await;
     }
     running.stop().await;
     drop(sims);

@@ -512,7 +512,10 @@ async fn attempt_chat(
             let (status, error) = match &summary.end {
                 StreamEnd::Completed => (200, None),
                 StreamEnd::UpstreamFailed(_) => (502, Some("upstream_stream_broken")),
-                StreamEnd::ClientGone => (499, Some("client_disconnected")),
+                StreamEnd::ClientGone => {
+                    let (status, error) = attempt.gone();
+                    (status, Some(error))
+                }
             };
             attempt.target.provider.stream_ended(summary.usage.is_some(), summary.end == StreamEnd::Completed);
             if let Some(usage) = summary.usage {
@@ -529,7 +532,9 @@ async fn attempt_chat(
             let request = if partial.is_some() { None } else { Some(request) };
             let counting = Counting { request, answer: Answer::Streamed(summary.transcript) };
             let completed = summary.end == StreamEnd::Completed;
+            let settling = attempt.settling();
             Ending::Later(Box::pin(async move {
+                let _settling = settling;
                 let (mut usage, how) = estimator.usage(counting).await;
                 if let Some(p) = partial {
                     usage = Usage { output: usage.output.max(p.output), ..p };

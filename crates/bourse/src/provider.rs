@@ -11,7 +11,7 @@
 pub mod http;
 
 use crate::canonical::Dialect;
-use crate::config::{ProviderConfig, Timeouts};
+use crate::config::{ProviderConfig, Secret, Timeouts};
 use crate::dialect::gemini;
 use crate::error::{Error, ErrorKind};
 use crate::preset::{AuthStyle, Quirks};
@@ -40,6 +40,8 @@ pub struct Provider {
     /// without): its streams then keep no text for an estimate (see
     /// [`crate::meter::estimate::Estimator::tally`]).
     stream_usage: std::sync::atomic::AtomicBool,
+    /// The key sent in the auth header, kept to take it out of what the upstream says back.
+    key: Option<Secret>,
     /// The connections to the base URL's origin, with the headers every request carries.
     client: http::Client,
     /// The base URL's path (`/v1`, or empty), and the endpoints under it. Gemini's chat
@@ -135,6 +137,7 @@ impl Provider {
         let client = http::Client::new(&base, &headers, cfg.timeouts.connect)
             .map_err(|e| format!("providers.{}.base_url: {e}", cfg.id))?;
         Ok(Provider {
+            key: cfg.api_key.clone(),
             client,
             embeddings_path: format!("{base_path}/embeddings"),
             chat_path,
@@ -150,6 +153,19 @@ impl Provider {
             quirks: cfg.preset.quirks,
             stream_usage: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// `e` with this provider's key taken out of its message. Upstreams quote what they were
+    /// sent in their error messages ("Incorrect API key provided: sk-..."), and the message
+    /// goes on to the client: every error of an attempt passes here first (see
+    /// `exchange::attempt` and [`crate::relay`]).
+    pub fn redact(&self, mut e: Error) -> Error {
+        if let Some(key) = &self.key {
+            if let std::borrow::Cow::Owned(clean) = key.redact(&e.message) {
+                e.message = clean;
+            }
+        }
+        e
     }
 
     /// POST a JSON body to an endpoint. Returns once response headers arrive (within

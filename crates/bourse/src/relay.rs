@@ -222,7 +222,7 @@ impl StreamRelay {
                     r
                 }
                 Mode::Translate { decoder, encoder } => {
-                    let r = decoder.event(&ev, &mut self.deltas);
+                    let r = decoder.event(&ev, &mut self.deltas).map_err(|e| self.provider.redact(e));
                     for d in &self.deltas {
                         encoder.delta(d, out);
                     }
@@ -262,8 +262,11 @@ impl StreamRelay {
         self.deltas.clear();
     }
 
-    /// An error event in the client's dialect, for a stream that broke.
+    /// An error event in the client's dialect, for a stream that broke (without the
+    /// provider's key, should the upstream's words have quoted it).
     fn error_event(&mut self, err: &Error, out: &mut BytesMut) {
+        let redacted = self.provider.redact(err.clone());
+        let err = &redacted;
         match &mut self.mode {
             Mode::OpenAi { .. } | Mode::Observe { client: Dialect::OpenAi | Dialect::Gemini, .. } => {
                 out.extend_from_slice(&sse::frame(&err.openai_body().to_string()))

@@ -309,11 +309,13 @@ pub fn check_exposure(listen: SocketAddr, has_keys: bool, insecure_no_auth: bool
     ))
 }
 
-/// Run the gateway until SIGINT/SIGTERM, then drain in-flight requests for up to
-/// `server.shutdown_grace`.
+/// Run the gateway until SIGINT/SIGTERM, then stop as [`Running::stop`] does.
 pub async fn run(cfg: Config, opts: ServeOptions) -> Result<(), String> {
+    // Before the listener opens, so that a signal sent once clients can connect always
+    // stops the gateway gracefully (never by the default action, which kills it).
+    let signalled = shutdown_signal();
     let running = start(&cfg, opts).await?;
-    shutdown_signal().await;
+    signalled.await;
     running.stop().await;
     Ok(())
 }
@@ -323,7 +325,6 @@ pub struct Running {
     /// The address it listens on (the port is known here when the config asked for port 0).
     pub addr: SocketAddr,
     pub state: SharedState,
-    grace: std::time::Duration,
     stop: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<()>,
     writer: Option<WriterHandle>,
@@ -357,26 +358,30 @@ pub async fn start(cfg: &Config, opts: ServeOptions) -> Result<Running, String> 
     let server = tokio::spawn(serve(listener, state.clone(), async move {
         let _ = stopped.await;
     }));
-    Ok(Running { addr, state, grace: cfg.server.shutdown_grace, stop, server, writer })
+    Ok(Running { addr, state, stop, server, writer })
 }
 
 impl Running {
-    /// Stop accepting, let in-flight requests finish for up to `server.shutdown_grace`,
-    /// then flush every row the ledger's writer still holds and every span not yet exported.
+    /// Stop accepting, let in-flight requests finish for up to `server.shutdown_grace` and
+    /// end those still running then ([`serve`]), then flush every row the ledger's writer
+    /// still holds and every span not yet exported: the flush comes after the grace period,
+    /// not within it.
     pub async fn stop(self) {
-        let grace = self.grace;
         tracing::info!(
-            grace_secs = grace.as_secs_f64(),
+            grace_secs = self.state.shutdown.grace.as_secs_f64(),
             "shutting down: no new connections, finishing in-flight requests"
         );
         let _ = self.stop.send(());
-        let mut server = self.server;
-        if tokio::time::timeout(grace, &mut server).await.is_err() {
-            tracing::warn!("shutdown deadline reached; abandoning requests still in flight");
-            server.abort();
+        if let Err(e) = self.server.await {
+            tracing::error!(error = %e, "the server task failed");
         }
+        // Requests gone, some of their rows may still be on their way (a stream's estimate).
+        let settling = &self.state.shutdown.settling;
+        settling.close();
+        settling.wait().await;
         if let Some(handle) = self.writer {
-            // Every request has settled (or been abandoned): flush what the writer still holds.
+            // Every request has settled (or was ended at the deadline, which records its row too):
+            // flush what the writer still holds.
             let stats = handle.shutdown().await;
             tracing::info!(?stats, "ledger flushed");
         }
@@ -469,8 +474,14 @@ async fn seed(local: &LocalCounters, ledger: &Ledger) -> Result<(), crate::ledge
     Ok(())
 }
 
-/// Accept HTTP/1.1 connections until `stop` completes, then stop accepting, ask every open
-/// connection to close after its current request, and return once they all have.
+/// Accept HTTP/1.1 connections until `stop` completes, then stop accepting (the listener is
+/// closed: new connections are refused), ask every open connection to close after its
+/// current request, and return once they all have — or, once `state.shutdown.grace` has
+/// passed, end the requests still in flight and return when they are gone. A request ended
+/// so is dropped like one whose client went away: its unsettled attempt or open stream
+/// records its ledger row as it drops. The server waits until every connection's task is
+/// gone, so those rows reach the writer before its last flush (left to the runtime's exit,
+/// they would come after it). Dropping the future ends every connection at once.
 ///
 /// hyper's HTTP/1 server directly, one task per connection: no HTTP/2 detection and no
 /// router framework in the per-request path (both showed in profiles under load). Each
@@ -492,6 +503,7 @@ pub async fn serve(listener: TcpListener, state: SharedState, stop: impl std::fu
     let slots = limits.max_connections.unwrap_or(conn::DEFAULT_MAX_CONNECTIONS);
     let open = Arc::new(tokio::sync::Semaphore::new(slots));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
     let mut stop = std::pin::pin!(stop);
     loop {
         let tcp = tokio::select! {
@@ -535,14 +547,24 @@ pub async fn serve(listener: TcpListener, state: SharedState, stop: impl std::fu
             }
         });
         let conn = graceful.watch(http.serve_connection(io, service));
-        tokio::spawn(async move {
+        connections.spawn(async move {
             // A client that goes away mid-request is not an error of the gateway's.
             let _ = conn.await;
             drop(slot);
         });
+        // Forget the connections that have ended (the set keeps each one's result till then).
+        while connections.try_join_next().is_some() {}
     }
     drop(listener);
-    graceful.shutdown().await;
+    let grace = state.shutdown.grace;
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(
+            connections = connections.len(),
+            "shutdown deadline reached; ending the requests still in flight"
+        );
+        state.shutdown.set_overdue();
+        connections.shutdown().await;
+    }
 }
 
 fn writer_config(s: &crate::config::StorageConfig) -> crate::ledger::WriterConfig {
@@ -568,25 +590,32 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM that arrives after this call: on Unix the
+/// handlers are installed here, not when the future is first polled. Must be called within
+/// the runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (interrupt, terminate) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()));
+        async move {
+            let received = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = received(interrupt) => {}
+                () = received(terminate) => {}
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

@@ -14,8 +14,9 @@ use crate::provider::Provider;
 use crate::route::{Providers, Router};
 use crate::telemetry::Telemetry;
 use crate::tenancy::{config_key_id, KeyIdSecret};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Shared, read-only state of a running gateway.
 #[derive(Debug)]
@@ -51,6 +52,36 @@ pub struct AppState {
     pub telemetry: Telemetry,
     /// `/dashboard`'s sessions and settings.
     pub dashboard: Dashboard,
+    /// How long in-flight requests may run once the server is told to stop, and whether
+    /// that time has run out.
+    pub shutdown: Shutdown,
+}
+
+/// The end of a graceful stop: in-flight requests get `grace` to finish; past it the server
+/// ends the rest, and an attempt ended then is the gateway's doing, not its client's.
+#[derive(Debug, Default)]
+pub struct Shutdown {
+    pub grace: Duration,
+    overdue: AtomicBool,
+    /// Work that records a ledger row after its request is gone (a stream's token estimate,
+    /// a row waiting for room in the writer's queue): the stop waits for it before the
+    /// writer's last flush, or the row would come too late.
+    pub settling: tokio_util::task::TaskTracker,
+}
+
+impl Shutdown {
+    pub fn new(grace: Duration) -> Shutdown {
+        Shutdown { grace, overdue: AtomicBool::new(false), settling: Default::default() }
+    }
+
+    /// The grace period ran out: requests still in flight are being ended.
+    pub fn overdue(&self) -> bool {
+        self.overdue.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_overdue(&self) {
+        self.overdue.store(true, Ordering::Relaxed);
+    }
 }
 
 pub type SharedState = Arc<AppState>;
@@ -87,6 +118,7 @@ impl AppState {
             limits: cfg.server.limits,
             started: crate::timespec::now_secs(),
             dashboard: Dashboard::new(cfg.dashboard),
+            shutdown: Shutdown::new(cfg.server.shutdown_grace),
         })
     }
 

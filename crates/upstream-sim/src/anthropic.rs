@@ -260,7 +260,7 @@ async fn messages(ctx: &Ctx, body: &Bytes) -> Reply {
         Err(e) => return bad_request(ctx, &format!("Invalid messages request: {e}")),
     };
     let failure = ctx.take_failure();
-    let early = openai::early_failure_with(failure, |status, f| {
+    let early = openai::early_failure_with(ctx, failure, |status, f| {
         error_response(ctx, status, f.message, f.error_type.unwrap_or_else(|| default_error_type(status)))
     });
     if let Some(reply) = early {
@@ -330,7 +330,7 @@ fn stream(ctx: &Ctx, answer: &Answer<'_>, failure: &Failure) -> Reply {
     );
     script.push(PING);
     if *failure == Failure::MalformedJson {
-        script.push(MALFORMED_EVENT);
+        script.push(&ctx.malformed(MALFORMED_EVENT));
     }
 
     let drop_after = match failure {

@@ -52,6 +52,11 @@ pub struct SimConfig {
     /// to the connection, so a client on the same machine can measure each
     /// token's transit time through a proxy.
     pub stamp_chunks: bool,
+    /// Injected failures quote the credentials the request carried (its `authorization`,
+    /// `x-api-key` and `x-goog-api-key` headers): `status` in its error message, as some
+    /// providers do with a rejected key, and `malformed_json` in its broken payload (the body,
+    /// or the stream's broken event): for tests that a gateway never passes a key on.
+    pub echo_credentials: bool,
 }
 
 impl Default for SimConfig {
@@ -72,6 +77,7 @@ impl Default for SimConfig {
             failure: Failure::None,
             fail_first_n: None,
             stamp_chunks: false,
+            echo_credentials: false,
         }
     }
 }

@@ -202,7 +202,8 @@ async fn generate(ctx: &Ctx, model: &str, body: &Bytes, stream: bool) -> Reply {
         return bad_request(ctx, "* GenerateContentRequest.contents: contents is not specified");
     }
     let failure = ctx.take_failure();
-    let early = openai::early_failure_with(failure, |status, f| error_response(ctx, status, f.message, f.error_type));
+    let early =
+        openai::early_failure_with(ctx, failure, |status, f| error_response(ctx, status, f.message, f.error_type));
     if let Some(reply) = early {
         return reply;
     }
@@ -259,7 +260,7 @@ async fn generate(ctx: &Ctx, model: &str, body: &Bytes, stream: bool) -> Reply {
     let mut script = Script::default();
     openai::preamble(&mut script, config.ttft_ms, config.keepalive_comments, b": keep-alive\n\n");
     if *failure == Failure::MalformedJson {
-        script.push(MALFORMED_CHUNK);
+        script.push(&ctx.malformed(MALFORMED_CHUNK));
     }
     // A function call arrives whole in one chunk; text one piece per chunk,
     // the last piece together with the finish reason and usage.

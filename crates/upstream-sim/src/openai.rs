@@ -111,7 +111,7 @@ fn bad_request(ctx: &Ctx, message: &str) -> Reply {
 /// Turns the failures that do not depend on the payload into a
 /// reply; `None` means "produce the payload" (possibly damaged later).
 fn early_failure(ctx: &Ctx, failure: &Failure) -> Option<Reply> {
-    early_failure_with(failure, |status, failure| {
+    early_failure_with(ctx, failure, |status, failure| {
         error_response(
             ctx,
             status,
@@ -132,8 +132,10 @@ pub(crate) struct StatusFailure<'a> {
 }
 
 /// [`early_failure`] for any dialect: `render` builds the error response for
-/// an injected status; `Retry-After`, close and stall are handled here.
+/// an injected status (its message quoting the request's credentials when the
+/// config says `echo_credentials`); `Retry-After`, close and stall are handled here.
 pub(crate) fn early_failure_with(
+    ctx: &Ctx,
     failure: &Failure,
     render: impl FnOnce(StatusCode, StatusFailure<'_>) -> Response<SimBody>,
 ) -> Option<Reply> {
@@ -143,10 +145,12 @@ pub(crate) fn early_failure_with(
         Failure::Stall => Some(Reply::Stall),
         Failure::Status { status, retry_after, error_type, code, message } => {
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let message = message.as_deref().unwrap_or("simulated failure");
+            let echoed = ctx.credentials.as_ref().map(|c| format!("{message} (request credentials: {c})"));
             let mut response = render(
                 status,
                 StatusFailure {
-                    message: message.as_deref().unwrap_or("simulated failure"),
+                    message: echoed.as_deref().unwrap_or(message),
                     error_type: error_type.as_deref(),
                     code: code.as_deref(),
                 },
@@ -206,7 +210,7 @@ pub(crate) fn preamble(script: &mut Script, ttft_ms: u64, count: u32, line: &[u8
 pub(crate) async fn deliver(ctx: &Ctx, payload: Vec<u8>, failure: &Failure) -> Reply {
     let config = ctx.config();
     let payload = match failure {
-        Failure::MalformedJson => MALFORMED_BODY.to_vec(),
+        Failure::MalformedJson => ctx.malformed(MALFORMED_BODY).into_owned(),
         _ => payload,
     };
     let dropping = matches!(failure, Failure::DropMidStream { .. });
@@ -531,7 +535,7 @@ fn stream_chat(ctx: &Ctx, answer: &Answer<'_>, include_usage: bool, failure: &Fa
         );
     }
     if *failure == Failure::MalformedJson {
-        script.push(MALFORMED_CHUNK);
+        script.push(&ctx.malformed(MALFORMED_CHUNK));
     }
 
     let drop_after = match failure {

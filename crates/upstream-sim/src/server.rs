@@ -119,6 +119,8 @@ pub(crate) struct Ctx {
     pub(crate) active: Arc<Active>,
     /// 1-based request number, used to make ids unique.
     pub(crate) n: u64,
+    /// The request's credential headers as `name: value` pairs, when the config echoes them.
+    pub(crate) credentials: Option<String>,
 }
 
 impl Ctx {
@@ -145,6 +147,20 @@ impl Ctx {
                 }
             }
         }
+    }
+
+    /// A `malformed_json` payload (`broken`, ending in a blank line if it is an SSE event),
+    /// quoting the request's credentials before that end when the config echoes them.
+    pub(crate) fn malformed(&self, broken: &'static [u8]) -> std::borrow::Cow<'static, [u8]> {
+        let Some(c) = &self.credentials else { return broken.into() };
+        let (head, end) = match broken.strip_suffix(b"\n\n") {
+            Some(head) => (head, &b"\n\n"[..]),
+            None => (broken, &b""[..]),
+        };
+        let mut out = head.to_vec();
+        out.extend_from_slice(format!(" \"request credentials: {c}\"").as_bytes());
+        out.extend_from_slice(end);
+        out.into()
     }
 
     /// Stats handle for a streaming body, so it can count itself completed
@@ -230,7 +246,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     }
     let is_api = path == "/v1" || path.starts_with("/v1/") || path.starts_with("/v1beta/");
     let n = if is_api { shared.requests.fetch_add(1, Ordering::Relaxed) + 1 } else { 0 };
-    let ctx = Ctx { active: shared.active(), shared, n };
+    let mut ctx = Ctx { active: shared.active(), shared, n, credentials: None };
     if !is_api {
         return Ok(openai::unknown_route(&ctx, req.method(), path));
     }
@@ -250,6 +266,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         // The client went away while sending.
         Err(_) => return Err(DropConnection),
     };
+    if ctx.config().echo_credentials {
+        ctx.credentials = Some(credentials(&parts.headers));
+    }
     let method = parts.method.clone();
     let uri = parts.uri.clone();
     ctx.shared.record(RawRequest { method: parts.method, uri: parts.uri, headers: parts.headers, body: body.clone() });
@@ -268,6 +287,19 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             std::future::pending::<()>().await;
             Err(DropConnection)
         }
+    }
+}
+
+/// The credential headers of a request, `name: value; ...` (`none` without any).
+fn credentials(headers: &HeaderMap) -> String {
+    let found: Vec<String> = ["authorization", "x-api-key", "x-goog-api-key"]
+        .into_iter()
+        .filter_map(|name| Some(format!("{name}: {}", String::from_utf8_lossy(headers.get(name)?.as_bytes()))))
+        .collect();
+    if found.is_empty() {
+        "none".to_owned()
+    } else {
+        found.join("; ")
     }
 }
 

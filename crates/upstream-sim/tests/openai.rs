@@ -527,6 +527,49 @@ async fn status_failure() {
     assert_eq!(response.status(), 200);
 }
 
+/// `echo_credentials`: an injected error quotes the credential headers it received, in every
+/// dialect, and so does a malformed payload; the same error without it quotes nothing.
+#[tokio::test]
+async fn status_failures_can_echo_the_credentials() {
+    let failure = Failure::Status { status: 401, retry_after: None, error_type: None, code: None, message: None };
+    let sim = sim(SimConfig { failure: failure.clone(), echo_credentials: true, ..SimConfig::default() }).await;
+    let send = |path: &str, header: &'static str, value: &'static str, body: Value| {
+        let url = format!("http://{}{path}", sim.addr());
+        async move {
+            let r = client().post(url).header(header, value).json(&body).send().await.unwrap();
+            assert_eq!(r.status(), 401);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let openai = send("/v1/chat/completions", "authorization", "Bearer sk-one", chat_body(false)).await;
+    assert_eq!(openai["error"]["message"], "simulated failure (request credentials: authorization: Bearer sk-one)");
+    let anthropic = json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+    let anthropic = send("/v1/messages", "x-api-key", "sk-two", anthropic).await;
+    assert_eq!(anthropic["error"]["message"], "simulated failure (request credentials: x-api-key: sk-two)");
+    let gemini = json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]});
+    let gemini = send("/v1beta/models/m:generateContent", "x-goog-api-key", "sk-three", gemini).await;
+    assert_eq!(gemini["error"]["message"], "simulated failure (request credentials: x-goog-api-key: sk-three)");
+    sim.set_config(SimConfig { failure, ..SimConfig::default() });
+    let quiet = send("/v1/chat/completions", "authorization", "Bearer sk-one", chat_body(false)).await;
+    assert_eq!(quiet["error"]["message"], "simulated failure");
+
+    // A malformed payload quotes them too: the body, or the stream's broken event.
+    sim.set_config(SimConfig { failure: Failure::MalformedJson, echo_credentials: true, ..SimConfig::default() });
+    let url = format!("{}/chat/completions", sim.base_url());
+    for stream in [false, true] {
+        let r = client().post(&url).header("authorization", "Bearer sk-four").json(&chat_body(stream)).send().await;
+        let text = r.unwrap().text().await.unwrap();
+        assert!(text.contains("\"request credentials: authorization: Bearer sk-four\""), "{text}");
+        if stream {
+            let broken = text.split("\n\n").find(|e| e.contains("sk-four")).unwrap();
+            assert!(broken.starts_with("data: {\"id\": \"chatcmpl-sim-broken\""), "{broken}");
+            assert!(serde_json::from_str::<Value>(&broken["data: ".len()..]).is_err(), "{broken}");
+        } else {
+            assert!(serde_json::from_str::<Value>(&text).is_err(), "{text}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn close_failure_gives_no_response() {
     let sim = sim(SimConfig { failure: Failure::Close, ..SimConfig::default() }).await;

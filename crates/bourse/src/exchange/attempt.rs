@@ -11,7 +11,7 @@ use crate::ledger::{Estimate, LedgerEntry};
 use crate::limit::Spent;
 use crate::meter::{Cost, Price};
 use crate::route::Target;
-use crate::state::{Caller, SharedState};
+use crate::state::{Caller, SharedState, Shutdown};
 use crate::telemetry::metrics::{Answered, Metrics, RouteId, SeriesId};
 use crate::telemetry::{trace, Ending, Finish, Watch};
 use std::time::{Duration, Instant};
@@ -134,6 +134,17 @@ impl Attempt {
             stream,
             held: None,
         }
+    }
+
+    /// The status and error kind of this attempt if its request is dropped now ([`gone`]).
+    pub(super) fn gone(&self) -> (u16, &'static str) {
+        gone(&self.state().shutdown)
+    }
+
+    /// Held by work that settles this attempt after its request is gone, so a graceful
+    /// stop waits for it before the ledger's last flush.
+    pub(super) fn settling(&self) -> tokio_util::task::task_tracker::TaskTrackerToken {
+        self.state().shutdown.settling.token()
     }
 
     fn state(&self) -> &SharedState {
@@ -347,8 +358,10 @@ impl Attempt {
         }
     }
 
-    /// A failed attempt: a ledger row with no usage, health told, the error handed back.
+    /// A failed attempt: a ledger row with no usage, health told, the error handed back
+    /// without the provider's key in it, whatever the upstream quoted.
     pub(super) async fn fail(self, e: Error) -> Error {
+        let e = self.target.provider.redact(e);
         if let (Chosen::Routed(i), crate::error::Origin::Upstream) = (self.chosen, e.origin()) {
             let router = &self.state().router;
             let key = &router.entries[i].key;
@@ -370,19 +383,30 @@ impl Attempt {
 }
 
 /// An attempt dropped unsettled: its request's future was dropped (the client closed the
-/// connection before the answer), which also cancelled the upstream call. Its row says so
-/// (status 499, no usage: what the upstream had done by then is unknown); its hold, if any,
-/// is released at nothing by its own drop.
+/// connection before the answer, or the shutdown deadline passed), which also cancelled the
+/// upstream call. Its row says so ([`gone`], no usage: what the upstream had done by then is
+/// unknown); its hold, if any, is released at nothing by its own drop.
 impl Drop for Attempt {
     fn drop(&mut self) {
         let Some(state) = self.state.take() else { return };
-        self.tell(&state, &Usage::default(), 0, 0, 499, Some("client_disconnected"));
+        let (status, error) = gone(&state.shutdown);
+        self.tell(&state, &Usage::default(), 0, 0, status, Some(error));
         if state.ledger.is_none() {
             return;
         }
         let version = state.meter.catalog.version.clone();
-        let entry = self.row(Usage::default(), 0, 0, &version, 499, Some("client_disconnected"), None);
+        let entry = self.row(Usage::default(), 0, 0, &version, status, Some(error), None);
         Record { state, entry }.send_detached();
+    }
+}
+
+/// The status and error kind of an attempt whose request was dropped before it ended: 499
+/// `client_disconnected` (nginx's code for a client that closed first), or 503
+/// `shutdown_deadline` when the gateway ended it because `server.shutdown_grace` ran out.
+fn gone(shutdown: &Shutdown) -> (u16, &'static str) {
+    match shutdown.overdue() {
+        true => (503, "shutdown_deadline"),
+        false => (499, "client_disconnected"),
     }
 }
 
@@ -409,7 +433,8 @@ impl Record {
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 let state = self.state;
-                rt.spawn(async move { Record { state, entry }.send().await });
+                let settling = state.shutdown.settling.clone();
+                settling.spawn_on(async move { Record { state, entry }.send().await }, &rt);
             }
             Err(_) => writer.try_record(entry),
         }

@@ -41,7 +41,7 @@ const CLASS_NAMES: [&str; CLASSES] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// The error kinds an upstream attempt ends with (labels of [`crate::error::Error::label`],
 /// and the stream's own); anything else is `other`.
-const ERROR_KINDS: [&str; 10] = [
+const ERROR_KINDS: [&str; 11] = [
     "upstream_unreachable",
     "upstream_timeout",
     "upstream_rate_limited",
@@ -51,6 +51,7 @@ const ERROR_KINDS: [&str; 10] = [
     "upstream_protocol",
     "upstream_stream_broken",
     "client_disconnected",
+    "shutdown_deadline",
     "other",
 ];
 

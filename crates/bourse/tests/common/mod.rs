@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod bin;
+
 use bourse::config::Config;
 use bourse::state::AppState;
 use std::net::SocketAddr;
