@@ -434,7 +434,7 @@ pub struct Resolved {
     pub tenant: Arc<Tenant>,
     /// The limit scopes every request of this key is admitted by (key, then tenant), built
     /// once per directory load rather than per request.
-    pub scopes: Vec<crate::limit::Scope>,
+    pub scopes: Arc<[crate::limit::Scope]>,
     /// The tenant's name: the counters' hash tag.
     pub group: Arc<str>,
 }
@@ -443,10 +443,10 @@ impl Resolved {
     pub fn new(key: Key, tenant: Arc<Tenant>) -> Resolved {
         use crate::limit::{Scope, ScopeKind};
         let group: Arc<str> = Arc::from(tenant.name.as_str());
-        let scopes = vec![
+        let scopes = Arc::from([
             Scope { kind: ScopeKind::Key, id: Arc::from(key.id.as_str()), limits: key.limits.clone() },
             Scope { kind: ScopeKind::Tenant, id: group.clone(), limits: tenant.limits.clone() },
-        ];
+        ]);
         Resolved { key, tenant, scopes, group }
     }
 }

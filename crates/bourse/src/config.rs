@@ -29,6 +29,9 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 // Non-streaming reasoning calls send headers only when the answer is complete, so the
 // first byte can legitimately take minutes.
 const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(300);
+// Once an answer flows, its pieces come seconds apart at most (Anthropic pings a quiet stream,
+// DeepSeek sends keep-alive lines); two minutes of nothing is a stalled upstream.
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(120);
 const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(900);
 /// Savings are measured against a premium model most teams know the price of.
 pub const DEFAULT_REFERENCE: &str = "openai/gpt-4o";
@@ -247,7 +250,12 @@ impl Default for EdgeLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     pub connect: Duration,
+    /// Until the response headers; for a stream, until its first token (counted from the
+    /// request too), since nothing reaches the client before it.
     pub first_byte: Duration,
+    /// The longest silence of an answer that has started (a stream after its first token, a
+    /// body after its first byte): a stall mid-answer is cut here, not at `total`.
+    pub read: Duration,
     pub total: Duration,
 }
 
@@ -256,6 +264,7 @@ impl Default for Timeouts {
         Timeouts {
             connect: DEFAULT_CONNECT_TIMEOUT,
             first_byte: DEFAULT_FIRST_BYTE_TIMEOUT,
+            read: DEFAULT_READ_TIMEOUT,
             total: DEFAULT_TOTAL_TIMEOUT,
         }
     }
@@ -332,6 +341,7 @@ impl Config {
                             models: None,
                             connect_timeout: None,
                             first_byte_timeout: None,
+                            read_timeout: None,
                             total_timeout: None,
                         },
                     );
@@ -682,6 +692,7 @@ fn provider_from_raw(id: &str, rp: &RawProvider, env: EnvFn<'_>) -> Result<Provi
     for (key, value, slot) in [
         ("connect_timeout", &rp.connect_timeout, &mut timeouts.connect),
         ("first_byte_timeout", &rp.first_byte_timeout, &mut timeouts.first_byte),
+        ("read_timeout", &rp.read_timeout, &mut timeouts.read),
         ("total_timeout", &rp.total_timeout, &mut timeouts.total),
     ] {
         if let Some(v) = value {
@@ -690,6 +701,9 @@ fn provider_from_raw(id: &str, rp: &RawProvider, env: EnvFn<'_>) -> Result<Provi
     }
     if timeouts.first_byte > timeouts.total {
         return Err(err(at("first_byte_timeout"), "cannot be longer than total_timeout"));
+    }
+    if timeouts.read > timeouts.total {
+        return Err(err(at("read_timeout"), "cannot be longer than total_timeout"));
     }
     Ok(ProviderConfig { id: id.to_string(), preset, base_url, api_key, models, timeouts })
 }
@@ -760,6 +774,7 @@ mod tests {
             api_key = "env:DEEPSEEK_API_KEY"
             models = ["deepseek-chat"]
             first_byte_timeout = "20s"
+            read_timeout = "45s"
             "#,
         )
         .unwrap();
@@ -767,6 +782,7 @@ mod tests {
         assert_eq!(p.base_url, "https://api.deepseek.com");
         assert_eq!(p.api_key.as_ref().unwrap().expose(), "sk-ds");
         assert_eq!(p.timeouts.first_byte, Duration::from_secs(20));
+        assert_eq!(p.timeouts.read, Duration::from_secs(45));
         assert_eq!(cfg.server.api_keys[0].expose(), "gw-key");
         assert_eq!(cfg.server.max_body_bytes, 32 * 1024 * 1024);
         assert_eq!(cfg.server.limits, crate::config::EdgeLimits::default());
@@ -812,6 +828,10 @@ mod tests {
         assert_eq!(
             path_of("[providers.x]\nkind = \"vllm\"\nbase_url = \"http://h:1/v1\"\ntotal_timeout = \"5 parsecs\"\n"),
             "providers.x.total_timeout"
+        );
+        assert_eq!(
+            path_of("[providers.x]\nkind = \"vllm\"\nbase_url = \"http://h:1/v1\"\nread_timeout = \"1000s\"\n"),
+            "providers.x.read_timeout"
         );
         assert_eq!(
             path_of("[providers.x]\nkind = \"vllm\"\nbase_url = \"http://h:1/v1\"\nmodels = [\"a\", \"a\"]\n"),

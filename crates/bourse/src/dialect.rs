@@ -36,6 +36,10 @@ pub trait Decode: Send {
     /// The upstream body ended cleanly: emit whatever is still pending (e.g. a stop
     /// reason held back until usage arrived).
     fn finish(&mut self, out: &mut Vec<Delta>);
+    /// Whether the events so far reached the answer's end as the dialect marks it (a finish
+    /// or stop reason, `[DONE]`). A body that ends cleanly before that was cut short: its
+    /// answer must not be passed off as complete.
+    fn complete(&self) -> bool;
 }
 
 /// Canonical deltas → the client's stream events. Stateful: one per stream.

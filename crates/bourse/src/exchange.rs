@@ -422,14 +422,23 @@ fn stream_mode(req: &ChatRequest, upstream: Dialect, json_tool: bool) -> Mode {
 fn answer(req: &ChatRequest, target: &Target, bytes: Bytes, json_tool: bool) -> Result<(Bytes, Option<Usage>)> {
     let upstream = target.provider.dialect;
     let same = req.dialect == upstream;
+    // The upstream's error (`{"error":…}`) under a 2xx is its error, not an answer: relayed
+    // as one, it would reach the client as a success, unmetered and never fallen back from.
+    let reported = |e: Error| Error { message: format!("provider {}: {}", target.provider.id, e.message), ..e };
     if same && upstream == Dialect::OpenAi {
         // One parse both validates the body and finds the usage.
         let usage = wire::response_usage(&bytes).map_err(|_| not_json(target))?;
+        if let Some(e) = usage.is_none().then(|| wire::reported_error(&bytes)).flatten() {
+            return Err(reported(e));
+        }
         let bytes = if target.provider.quirks.think_tags_in_content { wire::split_think_tags(bytes) } else { bytes };
         return Ok((bytes, usage));
     }
     if same && upstream == Dialect::Anthropic {
         let usage = anthropic::response_usage(&bytes).map_err(|_| not_json(target))?;
+        if let Some(e) = usage.is_none().then(|| anthropic::reported_error(&bytes)).flatten() {
+            return Err(reported(e));
+        }
         return Ok((bytes, usage));
     }
     let reply = match upstream {
@@ -437,7 +446,7 @@ fn answer(req: &ChatRequest, target: &Target, bytes: Bytes, json_tool: bool) -> 
         Dialect::Anthropic => anthropic::parse_reply(&bytes, json_tool),
         Dialect::Gemini => gemini::parse_reply(&bytes),
     }
-    .map_err(|e| Error { message: format!("provider {}: {}", target.provider.id, e.message), ..e })?;
+    .map_err(reported)?;
     let out = match req.dialect {
         Dialect::Anthropic => anthropic::render_reply(&reply),
         _ => wire::render_reply(&reply),
@@ -500,15 +509,33 @@ async fn attempt_chat(
     attempt.ttfb = Some(attempt.started.elapsed());
     let is_sse = resp.header("content-type").is_some_and(|v| v.starts_with("text/event-stream"));
     if req.stream && is_sse {
-        attempt.waited_for_head(pass.watch);
+        let mode = stream_mode(req, upstream, json_tool);
+        // Text for an estimate is kept only while the provider has not shown that its
+        // streams carry usage; after that, a stream cut short is estimated from a tally.
+        let transcript = match target.provider.streams_report_usage() {
+            true => state.estimator.tally(),
+            false => state.estimator.transcript(),
+        };
+        let mut relay = StreamRelay::new(resp, target.provider.clone(), mode, transcript);
+        // Nothing reaches the client before the first token: a stream that fails sooner is
+        // this attempt's failure, and another candidate (or a clean error status) answers.
+        let first_token_by = tokio::time::Instant::from_std(attempt.started) + target.provider.timeouts.first_byte;
+        let first = match tokio::time::timeout_at(first_token_by, relay.first_token()).await {
+            Ok(first) => first,
+            Err(_) => Err(target.provider.first_token_timeout()),
+        };
+        if let Err(e) = first {
+            attempt.waited(pass.watch);
+            return Err(attempt.fail(e).await);
+        }
+        attempt.first_token_came(pass.watch);
         attempt.healthy();
         pass.answers(&mut attempt);
-        // This attempt answers the request (no fallback after a stream starts): keep the
-        // body for a possible estimate, in an allocation of its own (see `detached`).
+        // This attempt answers the request (no fallback once a token is the client's): keep
+        // the body for a possible estimate, in an allocation of its own (see `detached`).
         let request = req.take_body().detached();
         let estimator = state.estimator.clone();
         let on_end: OnEnd = Box::new(move |summary: StreamSummary| {
-            attempt.first_token = summary.first_event.map(|t| t.saturating_duration_since(attempt.started));
             let (status, error) = match &summary.end {
                 StreamEnd::Completed => (200, None),
                 StreamEnd::UpstreamFailed(_) => (502, Some("upstream_stream_broken")),
@@ -546,14 +573,7 @@ async fn attempt_chat(
                 completed.then(|| money_comment(&settled))
             }))
         });
-        let mode = stream_mode(req, upstream, json_tool);
-        // Text for an estimate is kept only while the provider has not shown that its
-        // streams carry usage; after that, a stream cut short is estimated from a tally.
-        let transcript = match target.provider.streams_report_usage() {
-            true => state.estimator.tally(),
-            false => state.estimator.transcript(),
-        };
-        let relay = StreamRelay::new(resp, target.provider.clone(), mode, transcript, Some(on_end));
+        relay.set_on_end(on_end);
         let mut out = Response::new(Body::from_stream(relay));
         let h = out.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -660,6 +680,10 @@ pub async fn embeddings(state: &SharedState, caller: &Caller, mut req: Embedding
                 break 'answer error_response(attempt.fail(not_json(&target)).await, &target, Dialect::OpenAi)
             }
         };
+        if let Some(e) = usage.is_none().then(|| wire::reported_error(&bytes)).flatten() {
+            let e = Error { message: format!("provider {}: {}", target.provider.id, e.message), ..e };
+            break 'answer error_response(attempt.fail(e).await, &target, Dialect::OpenAi);
+        }
         let (usage, estimate) = match usage {
             Some(u) => (u, None),
             None => {

@@ -4,9 +4,11 @@
 //! and quirks ([`preset`]); the dialect decides the endpoint paths and auth headers, and
 //! [`crate::dialect`] the bodies. Each provider owns a pool of keep-alive connections to its
 //! origin ([`http`]: HTTP/1.1, rustls with bundled web-PKI roots, `HTTPS_PROXY`/`HTTP_PROXY`/
-//! `NO_PROXY` honoured), a connect timeout, a first-byte timeout (until response headers) and
-//! a total timeout (until the last body byte, see [`Upstream`]). Failures are classified
-//! here, once, into the gateway's error taxonomy.
+//! `NO_PROXY` honoured), a connect timeout, a first-byte timeout (until response headers; a
+//! stream's first token is held to it too, see [`crate::relay`]), a read timeout (the
+//! longest silence of an answer that has started) and a total timeout (until the last body
+//! byte, see [`Upstream`]). Failures are classified here, once, into the
+//! gateway's error taxonomy.
 
 pub mod http;
 
@@ -219,9 +221,11 @@ impl Provider {
         Err(self.status_error(upstream).await)
     }
 
-    /// Read a whole (non-streamed) body, within the total timeout.
+    /// Read a whole (non-streamed) body, within the total timeout, and, once it has started,
+    /// with no silence longer than the read timeout.
     pub async fn read_body(&self, upstream: Upstream) -> Result<Bytes, Error> {
-        match tokio::time::timeout_at(upstream.deadline, upstream.response.body.bytes(usize::MAX)).await {
+        let body = upstream.response.body.bytes_within(usize::MAX, Some(self.timeouts.read));
+        match tokio::time::timeout_at(upstream.deadline, body).await {
             Ok(Ok(bytes)) => Ok(bytes),
             Ok(Err(e)) => Err(self.body_error(&e)),
             Err(_) => Err(self.total_timeout()),
@@ -236,6 +240,23 @@ impl Provider {
         )
     }
 
+    /// An answer that had started sent nothing for the read timeout.
+    pub fn read_timeout(&self) -> Error {
+        Error::new(
+            ErrorKind::UpstreamTimeout,
+            format!("provider {} sent nothing for {:?} in the middle of its answer", self.id, self.timeouts.read),
+        )
+    }
+
+    /// A stream's first token did not come within the first-byte timeout (counted from the
+    /// request, headers included).
+    pub fn first_token_timeout(&self) -> Error {
+        Error::new(
+            ErrorKind::UpstreamTimeout,
+            format!("provider {} sent no token within {:?}", self.id, self.timeouts.first_byte),
+        )
+    }
+
     /// A request that got no response: connect, TLS or a connection closed before headers.
     fn request_error(&self, e: &http::HttpError) -> Error {
         if e.is_connect() {
@@ -245,8 +266,11 @@ impl Provider {
         }
     }
 
-    /// The body broke off (connection reset, malformed framing).
+    /// The body broke off (connection reset, malformed framing) or stalled.
     pub fn body_error(&self, e: &http::HttpError) -> Error {
+        if e.is_stalled() {
+            return self.read_timeout();
+        }
         Error::new(ErrorKind::UpstreamUnreachable, format!("provider {} connection failed: {e}", self.id))
     }
 

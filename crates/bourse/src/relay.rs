@@ -9,8 +9,18 @@
 //! - Different dialects: a decoder turns upstream events into canonical deltas and an
 //!   encoder writes them as the client's events.
 //!
+//! Nothing reaches the client before the answer's first token ([`StreamRelay::first_token`]):
+//! until then the events are held, and a failure — the body breaking, stalling or ending, an
+//! error or malformed event — is the attempt's, which the exchange can still answer with
+//! another candidate or a clean error status. From the first token on, the stream is the
+//! client's, and relayed as it comes.
+//!
 //! Keep-alive comments are passed on, and a broken upstream becomes an error event in the
-//! client's dialect (what its SDK raises on). When the stream ends — completed, broken,
+//! client's dialect (what its SDK raises on). So does a body that ends cleanly before the
+//! answer's end as its dialect marks it (`[DONE]` or a finish reason, a stop reason): passed
+//! on with a normal ending, a cut-off answer would look complete. In pass-through, where
+//! events are not parsed, the one event a cut-off body may end inside (dispatched at its
+//! end without its blank line) is checked to be whole JSON before it is forwarded. When the stream ends — completed, broken,
 //! or dropped because the client went away — the `on_end` hook runs exactly once with
 //! what was seen, so metering never misses a stream. What the hook sends last (the cost
 //! comment) may have to wait for a token estimate: the relay then awaits it before it ends,
@@ -18,7 +28,9 @@
 
 use crate::canonical::{Delta, Dialect, Usage};
 use crate::dialect::openai::think::ThinkSplitter;
-use crate::dialect::openai::{chunk_has_usage, delta_text, usage_chunk, with_empty_choices};
+use crate::dialect::openai::{
+    chunk_has_finish_reason, chunk_has_usage, delta_text, reported_error, usage_chunk, with_empty_choices,
+};
 use crate::dialect::{Decode, Encode};
 use crate::error::{Error, ErrorKind};
 use crate::meter::estimate::Transcript;
@@ -55,8 +67,6 @@ pub struct StreamSummary {
     pub partial: Option<Usage>,
     /// Content events forwarded to the client.
     pub events: u64,
-    /// When the first of them was (time to first token).
-    pub first_event: Option<std::time::Instant>,
     /// The answer's text (and tool arguments) as relayed, kept within its budget only
     /// while the usage has not arrived, for an estimate should it never come.
     pub transcript: Transcript,
@@ -74,6 +84,22 @@ pub enum Mode {
     Translate { decoder: Box<dyn Decode>, encoder: Box<dyn Encode> },
 }
 
+/// What the upstream gave next.
+enum Next {
+    /// Bytes for the client.
+    Out(BytesMut),
+    /// The upstream's stream is over: the bytes still to send, and how it ended.
+    Over(BytesMut, Over),
+}
+
+/// How the upstream's stream ended.
+enum Over {
+    Completed,
+    /// Broken: the error, and whether the bytes already say so to the client (the
+    /// upstream's own error event, passed through or translated).
+    Broke(Error, bool),
+}
+
 /// Called once when the stream ends; what it returns (e.g. a cost comment) is sent to the
 /// client last, if the client is still there.
 pub type OnEnd = Box<dyn FnOnce(StreamSummary) -> Ending + Send>;
@@ -89,8 +115,14 @@ pub enum Ending {
 
 pub struct StreamRelay {
     body: crate::provider::http::Body,
-    /// The provider's total timeout, for the whole stream.
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// When the provider's total timeout, for the whole stream, runs out.
+    deadline: tokio::time::Instant,
+    /// When the upstream last sent something; after the first token, a silence of the
+    /// provider's read timeout breaks the stream.
+    last_read: tokio::time::Instant,
+    /// Wakes the relay at the earlier of the two limits. Re-armed only when it fires, so a
+    /// flowing stream pays one clock read per chunk and no timer update.
+    timer: Pin<Box<tokio::time::Sleep>>,
     provider: Arc<Provider>,
     parser: Parser,
     items: Vec<Item>,
@@ -101,8 +133,17 @@ pub struct StreamRelay {
     usage: Option<Usage>,
     partial: Option<Usage>,
     events: u64,
-    first_event: Option<std::time::Instant>,
     transcript: Option<Transcript>,
+    /// OpenAI pass-through: `[DONE]` or a finish reason has been relayed (other modes ask
+    /// their decoder).
+    complete: bool,
+    /// The answer's first token has been seen: from here on the stream is the client's.
+    first_token: bool,
+    /// What was read before the first token, sent before anything else.
+    held: Option<BytesMut>,
+    /// The stream completed before [`StreamRelay::first_token`] returned: ended (with the
+    /// hook) after `held` is sent.
+    ended_early: bool,
     done: bool,
     on_end: Option<OnEnd>,
     /// The end hook's last bytes, being made.
@@ -110,17 +151,14 @@ pub struct StreamRelay {
 }
 
 impl StreamRelay {
-    pub fn new(
-        upstream: Upstream,
-        provider: Arc<Provider>,
-        mode: Mode,
-        transcript: Transcript,
-        on_end: Option<OnEnd>,
-    ) -> Self {
+    pub fn new(upstream: Upstream, provider: Arc<Provider>, mode: Mode, transcript: Transcript) -> Self {
         let think = matches!(mode, Mode::OpenAi { .. }) && provider.quirks.think_tags_in_content;
         StreamRelay {
             body: upstream.response.body,
-            deadline: Box::pin(tokio::time::sleep_until(upstream.deadline)),
+            deadline: upstream.deadline,
+            last_read: tokio::time::Instant::now(),
+            // Until the first token, the exchange's own limit applies (and the total one).
+            timer: Box::pin(tokio::time::sleep_until(upstream.deadline)),
             parser: Parser::new(),
             items: Vec::new(),
             mode,
@@ -129,12 +167,49 @@ impl StreamRelay {
             usage: None,
             partial: None,
             events: 0,
-            first_event: None,
             transcript: Some(transcript),
+            complete: false,
+            first_token: false,
+            held: None,
+            ended_early: false,
             done: false,
-            on_end,
+            on_end: None,
             last: None,
             provider,
+        }
+    }
+
+    /// The hook run when the stream ends, set once the stream is the client's.
+    pub fn set_on_end(&mut self, on_end: OnEnd) {
+        self.on_end = Some(on_end);
+    }
+
+    /// Reads the upstream until the answer's first token (text, thinking, a tool call, a stop
+    /// or usage), holding what it read for the client. Until then nothing has reached the
+    /// client, so a stream that breaks, ends or reports an error first is this attempt's
+    /// failure (returned); the caller bounds the wait with its time-to-first-token limit.
+    pub async fn first_token(&mut self) -> Result<(), Error> {
+        let mut held = BytesMut::new();
+        loop {
+            match std::future::poll_fn(|cx| self.poll_upstream(cx)).await {
+                Next::Out(out) => held.extend_from_slice(&out),
+                Next::Over(out, Over::Completed) => {
+                    held.extend_from_slice(&out);
+                    self.ended_early = true;
+                    self.first_token = true;
+                }
+                Next::Over(_, Over::Broke(e, _)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+            }
+            if self.first_token {
+                self.held = Some(held);
+                // From here on, silences are limited too.
+                let quiet_until = self.last_read + self.provider.timeouts.read;
+                self.timer.as_mut().reset(quiet_until.min(self.deadline));
+                return Ok(());
+            }
         }
     }
 
@@ -143,8 +218,7 @@ impl StreamRelay {
         let Some(hook) = self.on_end.take() else { return Ending::Now(None) };
         let transcript = self.transcript.take().expect("a stream ends once");
         let partial = if self.usage.is_none() { self.partial } else { None };
-        let first_event = self.first_event;
-        hook(StreamSummary { end, usage: self.usage, partial, events: self.events, first_event, transcript })
+        hook(StreamSummary { end, usage: self.usage, partial, events: self.events, transcript })
     }
 
     /// End the stream: `out` (what is left to send), then whatever the end hook adds now;
@@ -158,14 +232,6 @@ impl StreamRelay {
         out.freeze()
     }
 
-    /// One more content event; the first one's time is kept.
-    fn count_event(&mut self) {
-        if self.events == 0 {
-            self.first_event = Some(std::time::Instant::now());
-        }
-        self.events += 1;
-    }
-
     /// The usage arrived: the kept text is no longer needed.
     fn saw_usage(&mut self, usage: Usage) {
         self.usage = Some(usage);
@@ -176,6 +242,9 @@ impl StreamRelay {
 
     /// Note usage and keep text for a possible estimate, from decoded deltas.
     fn observe(&mut self) {
+        if !self.first_token {
+            self.first_token = self.deltas.iter().any(|d| !matches!(d, Delta::Start { .. }));
+        }
         for i in 0..self.deltas.len() {
             match &self.deltas[i] {
                 // The start's usage counts the input, not yet the output: text is still kept.
@@ -198,8 +267,7 @@ impl StreamRelay {
     /// Returns the error that ended the stream, if an upstream event was one.
     fn forward(&mut self, out: &mut BytesMut) -> Option<Error> {
         if matches!(self.mode, Mode::OpenAi { .. }) {
-            self.forward_openai(out);
-            return None;
+            return self.forward_openai(out);
         }
         let items = std::mem::take(&mut self.items);
         for item in items {
@@ -207,7 +275,7 @@ impl StreamRelay {
                 sse::write_item(&item, out);
                 continue;
             };
-            self.count_event();
+            self.events += 1;
             let result = match &mut self.mode {
                 Mode::Observe { decoder, .. } => {
                     let r = decoder.event(&ev, &mut self.deltas);
@@ -245,10 +313,21 @@ impl StreamRelay {
         None
     }
 
-    /// The upstream body ended cleanly: flush the decoder and end the client's stream.
-    fn close(&mut self, out: &mut BytesMut) {
+    /// The upstream body ended cleanly: flush the decoder and end the client's stream, or,
+    /// if the answer had not reached its end, say why it is broken.
+    fn close(&mut self, out: &mut BytesMut) -> Result<(), Error> {
+        let complete = match &self.mode {
+            Mode::OpenAi { .. } => self.complete,
+            Mode::Observe { decoder, .. } | Mode::Translate { decoder, .. } => decoder.complete(),
+        };
+        if !complete {
+            return Err(Error::protocol(format!(
+                "provider {} ended its stream before the answer was finished",
+                self.provider.id
+            )));
+        }
         match &mut self.mode {
-            Mode::OpenAi { .. } => return,
+            Mode::OpenAi { .. } => return Ok(()),
             Mode::Observe { decoder, .. } => decoder.finish(&mut self.deltas),
             Mode::Translate { decoder, encoder } => {
                 decoder.finish(&mut self.deltas);
@@ -260,6 +339,21 @@ impl StreamRelay {
         }
         self.observe();
         self.deltas.clear();
+        Ok(())
+    }
+
+    /// Pass-through: of the events dispatched at the body's end, drop one that is not whole
+    /// JSON (the body was cut inside it). Returns whether one was dropped.
+    fn drop_cut_event(&mut self) -> bool {
+        if !matches!(self.mode, Mode::OpenAi { .. }) {
+            return false;
+        }
+        let before = self.items.len();
+        self.items.retain(|item| match item {
+            Item::Event(ev) => ev.data == "[DONE]" || serde_json::from_str::<serde::de::IgnoredAny>(&ev.data).is_ok(),
+            Item::Comment(_) => true,
+        });
+        self.items.len() < before
     }
 
     /// An error event in the client's dialect, for a stream that broke (without the
@@ -279,12 +373,31 @@ impl StreamRelay {
     }
 
     /// OpenAI to OpenAI: pass events through, reading (and maybe dropping) the usage chunk.
-    fn forward_openai(&mut self, out: &mut BytesMut) {
+    /// Returns the error that ended the stream: an error chunk (passed through, the client's
+    /// SDK raises on it), or, before the first token, a chunk that is not JSON.
+    fn forward_openai(&mut self, out: &mut BytesMut) -> Option<Error> {
         let include_usage = matches!(self.mode, Mode::OpenAi { include_usage: true });
         for item in self.items.drain(..) {
             match item {
                 Item::Comment(_) => sse::write_item(&item, out),
                 Item::Event(mut ev) => {
+                    // Events are not parsed on the way through, except the few before the
+                    // first token, whose failure can still be answered otherwise.
+                    if !self.first_token && ev.data != "[DONE]" {
+                        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&ev.data) {
+                            return Some(Error::protocol(format!(
+                                "provider {} sent a stream chunk that is not JSON ({e}): {:.200}",
+                                self.provider.id, ev.data
+                            )));
+                        }
+                    }
+                    if ev.data.trim_start().starts_with("{\"error\"") {
+                        if let Some(e) = reported_error(ev.data.as_bytes()) {
+                            sse::write_item(&Item::Event(ev), out);
+                            let message = format!("provider {}: {}", self.provider.id, e.message);
+                            return Some(Error { message, ..e });
+                        }
+                    }
                     if chunk_has_usage(&ev.data) {
                         if let Some(seen) = usage_chunk(&ev.data) {
                             self.usage = Some(seen.usage);
@@ -301,12 +414,17 @@ impl StreamRelay {
                             }
                         }
                     }
+                    if !self.complete && (ev.data == "[DONE]" || chunk_has_finish_reason(&ev.data)) {
+                        self.complete = true;
+                    }
+                    if !self.first_token {
+                        let mut text = false;
+                        delta_text(&ev.data, |t| text |= !t.is_empty());
+                        self.first_token = text || self.complete || self.usage.is_some();
+                    }
                     if ev.data != "[DONE]" {
                         if let Some(rewritten) = self.think.as_mut().and_then(|t| t.rewrite(&ev.data)) {
                             ev.data = rewritten;
-                        }
-                        if self.events == 0 {
-                            self.first_event = Some(std::time::Instant::now());
                         }
                         self.events += 1;
                         // Only needed if usage never arrives; once it has, stop keeping text.
@@ -318,6 +436,92 @@ impl StreamRelay {
                 }
             }
         }
+        None
+    }
+
+    /// Called while the body has nothing to give: the error if the total timeout has run
+    /// out, or (after the first token) the read timeout; else the timer is re-armed for the
+    /// earlier of the two.
+    fn poll_limits(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
+        loop {
+            std::task::ready!(self.timer.as_mut().poll(cx));
+            let now = tokio::time::Instant::now();
+            if now >= self.deadline {
+                return Poll::Ready(self.provider.total_timeout());
+            }
+            let mut next = self.deadline;
+            if self.first_token {
+                let quiet_until = self.last_read + self.provider.timeouts.read;
+                if now >= quiet_until {
+                    return Poll::Ready(self.provider.read_timeout());
+                }
+                next = next.min(quiet_until);
+            }
+            self.timer.as_mut().reset(next);
+        }
+    }
+
+    /// The upstream's next bytes for the client, or the end of its stream. Errors are not
+    /// yet written for the client (unless the upstream's own event says so): before the
+    /// first token they are the attempt's, after it the stream's.
+    fn poll_upstream(&mut self, cx: &mut Context<'_>) -> Poll<Next> {
+        loop {
+            // The limits are checked only when the body has nothing to give, so a stream
+            // that is flowing is never cut between two ready chunks.
+            let polled = match self.body.poll_chunk(cx) {
+                Poll::Pending => match self.poll_limits(cx) {
+                    Poll::Ready(e) => Poll::Ready(Some(Err(e))),
+                    Poll::Pending => Poll::Pending,
+                },
+                Poll::Ready(Some(Ok(data))) => {
+                    self.last_read = tokio::time::Instant::now();
+                    Poll::Ready(Some(Ok(data)))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(self.provider.body_error(&e)))),
+                Poll::Ready(None) => Poll::Ready(None),
+            };
+            match polled {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    self.parser.feed(&chunk, &mut self.items);
+                    if self.items.is_empty() {
+                        continue;
+                    }
+                    let mut out = BytesMut::new();
+                    if let Some(e) = self.forward(&mut out) {
+                        // An upstream error event: the client has it; the stream is over.
+                        return Poll::Ready(Next::Over(out, Over::Broke(e, true)));
+                    }
+                    if !out.is_empty() {
+                        return Poll::Ready(Next::Out(out));
+                    }
+                }
+                Poll::Ready(Some(Err(err))) => {
+                    let err = Error { message: format!("the upstream stream broke: {}", err.message), ..err };
+                    return Poll::Ready(Next::Over(BytesMut::new(), Over::Broke(err, false)));
+                }
+                Poll::Ready(None) => {
+                    self.parser.finish(&mut self.items);
+                    let cut = self.drop_cut_event();
+                    let mut out = BytesMut::new();
+                    let over = match self.forward(&mut out) {
+                        Some(e) => Over::Broke(e, true),
+                        None => match self.close(&mut out) {
+                            Ok(()) if !cut => Over::Completed,
+                            Ok(()) => Over::Broke(
+                                Error::protocol(format!(
+                                    "provider {} ended its stream inside an event",
+                                    self.provider.id
+                                )),
+                                false,
+                            ),
+                            Err(e) => Over::Broke(e, false),
+                        },
+                    };
+                    return Poll::Ready(Next::Over(out, over));
+                }
+            }
+        }
     }
 }
 
@@ -326,68 +530,40 @@ impl Stream for StreamRelay {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if let Some(last) = &mut this.last {
-            let bytes = std::task::ready!(last.as_mut().poll(cx));
-            this.last = None;
-            return Poll::Ready(bytes.map(Ok));
-        }
-        if this.done {
-            return Poll::Ready(None);
-        }
-        loop {
-            // The deadline is checked only when the body has nothing to give, so a stream
-            // that is flowing is never cut between two ready chunks.
-            let polled = match this.body.poll_chunk(cx) {
-                Poll::Pending if this.deadline.as_mut().poll(cx).is_ready() => {
-                    Poll::Ready(Some(Err(this.provider.total_timeout())))
+        let ended = match this.held.take() {
+            // The whole stream came before its first token was looked for.
+            Some(held) if this.ended_early => Some(this.end_with(StreamEnd::Completed, held)),
+            Some(held) if !held.is_empty() => return Poll::Ready(Some(Ok(held.freeze()))),
+            _ => None,
+        };
+        let out = match ended {
+            Some(out) => out,
+            None => {
+                if let Some(last) = &mut this.last {
+                    let bytes = std::task::ready!(last.as_mut().poll(cx));
+                    this.last = None;
+                    return Poll::Ready(bytes.map(Ok));
                 }
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Some(Ok(data))) => Poll::Ready(Some(Ok(data))),
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(this.provider.body_error(&e)))),
-                Poll::Ready(None) => Poll::Ready(None),
-            };
-            match polled {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(chunk))) => {
-                    this.parser.feed(&chunk, &mut this.items);
-                    if this.items.is_empty() {
-                        continue;
-                    }
-                    let mut out = BytesMut::new();
-                    if let Some(e) = this.forward(&mut out) {
-                        // An upstream error event: the client has it; the stream is over.
-                        return Poll::Ready(Some(Ok(this.end_with(StreamEnd::UpstreamFailed(e.message), out))));
-                    }
-                    if !out.is_empty() {
-                        return Poll::Ready(Some(Ok(out.freeze())));
-                    }
+                if this.done {
+                    return Poll::Ready(None);
                 }
-                Poll::Ready(Some(Err(err))) => {
-                    let msg = format!("the upstream stream broke: {}", err.message);
-                    let err = Error { message: msg.clone(), ..err };
-                    let mut out = BytesMut::new();
-                    this.error_event(&err, &mut out);
-                    return Poll::Ready(Some(Ok(this.end_with(StreamEnd::UpstreamFailed(msg), out))));
-                }
-                Poll::Ready(None) => {
-                    this.parser.finish(&mut this.items);
-                    let mut out = BytesMut::new();
-                    let end = match this.forward(&mut out) {
-                        Some(e) => StreamEnd::UpstreamFailed(e.message),
-                        None => {
-                            this.close(&mut out);
-                            StreamEnd::Completed
+                match std::task::ready!(this.poll_upstream(cx)) {
+                    Next::Out(out) => return Poll::Ready(Some(Ok(out.freeze()))),
+                    Next::Over(out, Over::Completed) => this.end_with(StreamEnd::Completed, out),
+                    Next::Over(mut out, Over::Broke(e, written)) => {
+                        if !written {
+                            this.error_event(&e, &mut out);
                         }
-                    };
-                    let out = this.end_with(end, out);
-                    if out.is_empty() {
-                        // Nothing more now: the hook's last bytes, if it is making them.
-                        return self.poll_next(cx);
+                        this.end_with(StreamEnd::UpstreamFailed(e.message), out)
                     }
-                    return Poll::Ready(Some(Ok(out)));
                 }
             }
+        };
+        if out.is_empty() {
+            // Nothing more now: the hook's last bytes, if it is making them.
+            return self.poll_next(cx);
         }
+        Poll::Ready(Some(Ok(out)))
     }
 }
 

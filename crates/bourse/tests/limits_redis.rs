@@ -46,12 +46,12 @@ async fn the_same_sequences_decide_the_same_on_both_backends() {
     let t = Limits { budget_month: Some(30 * CENT), tpm: Some(5_000), concurrency: Some(3), ..Limits::default() };
     let k3 = Limits { rpm: Some(1), ..Limits::default() };
     let k4 = Limits { budget_total: Some(20 * CENT), concurrency: Some(1), ..Limits::default() };
-    let groups: [(&str, Vec<Scope>); 5] = [
-        ("acme", vec![key("k1", k1.clone()), tenant("acme", t.clone())]),
-        ("acme", vec![key("k2", k2), tenant("acme", t.clone())]),
-        ("acme", vec![key("k3", k3), tenant("acme", t)]),
-        ("k1", vec![tenant("k1", k1)]),
-        ("solo", vec![key("k4", k4)]),
+    let groups: [(Arc<str>, Arc<[Scope]>); 5] = [
+        ("acme".into(), Arc::from([key("k1", k1.clone()), tenant("acme", t.clone())])),
+        ("acme".into(), Arc::from([key("k2", k2), tenant("acme", t.clone())])),
+        ("acme".into(), Arc::from([key("k3", k3), tenant("acme", t)])),
+        ("k1".into(), Arc::from([tenant("k1", k1)])),
+        ("solo".into(), Arc::from([key("k4", k4)])),
     ];
     let mut rng = fastrand::Rng::with_seed(7);
     let mut now = T0;
@@ -109,7 +109,7 @@ async fn the_same_sequences_decide_the_same_on_both_backends() {
             _ => now += if rng.u8(0..6) == 0 { rng.i64(0..1_500_000) } else { rng.i64(0..6_000) },
         }
         for (group, scopes) in &groups {
-            for s in scopes {
+            for s in scopes.iter() {
                 let lu = local.usage(s.kind, &s.id, now);
                 let ru = redis.usage(s.kind, &s.id, group, now).await.unwrap();
                 assert_eq!(lu, ru, "step {step}: usage of {:?} {}", s.kind, s.id);
@@ -126,7 +126,7 @@ async fn two_replicas_never_reserve_past_a_budget() {
     let server = RedisServer::start();
     let a = RedisCounters::connect(&server.url).await.unwrap();
     let b = RedisCounters::connect(&server.url).await.unwrap();
-    let scopes = Arc::new(vec![
+    let scopes = Arc::<[Scope]>::from(vec![
         key("k", Limits::default()),
         tenant("t", Limits { budget_total: Some(100 * CENT), ..Limits::default() }),
     ]);
@@ -136,7 +136,7 @@ async fn two_replicas_never_reserve_past_a_budget() {
             let c = if i % 2 == 0 { a.clone() } else { b.clone() };
             let scopes = scopes.clone();
             tokio::spawn(async move {
-                let ask = Ask { scopes: &scopes, group: "t", now_ms: T0, request: false, tokens: 0, cost };
+                let ask = Ask { scopes: &scopes, group: &Arc::from("t"), now_ms: T0, request: false, tokens: 0, cost };
                 match c.reserve(&ask).await {
                     Ok((hold, _)) => Some(hold),
                     Err(LimitError::Refused(_)) => None,
@@ -165,13 +165,14 @@ async fn two_replicas_admit_exactly_the_requests_per_minute() {
     let server = RedisServer::start();
     let a = RedisCounters::connect(&server.url).await.unwrap();
     let b = RedisCounters::connect(&server.url).await.unwrap();
-    let scopes = Arc::new(vec![key("k", Limits { rpm: Some(100), ..Limits::default() })]);
+    let scopes = Arc::<[Scope]>::from(vec![key("k", Limits { rpm: Some(100), ..Limits::default() })]);
     let tasks: Vec<_> = (0..300)
         .map(|i| {
             let c = if i % 2 == 0 { a.clone() } else { b.clone() };
             let scopes = scopes.clone();
             tokio::spawn(async move {
-                let ask = Ask { scopes: &scopes, group: "t", now_ms: T0 + i, request: true, tokens: 0, cost: 0 };
+                let ask =
+                    Ask { scopes: &scopes, group: &Arc::from("t"), now_ms: T0 + i, request: true, tokens: 0, cost: 0 };
                 match c.reserve(&ask).await {
                     Ok((mut hold, _)) => {
                         let lease = hold.take_lease();
@@ -201,8 +202,8 @@ async fn a_stopped_server_is_unavailable_at_once_and_a_restarted_one_serves_agai
     assert!(RedisCounters::connect("not a url").await.is_err());
     let mut server = RedisServer::start();
     let c = RedisCounters::connect(&server.url).await.unwrap();
-    let scopes = [key("k", Limits { budget_total: Some(CENT), ..Limits::default() })];
-    let ask = Ask { scopes: &scopes, group: "g", now_ms: T0, request: false, tokens: 0, cost: 1 };
+    let scopes = Arc::from([key("k", Limits { budget_total: Some(CENT), ..Limits::default() })]);
+    let ask = Ask { scopes: &scopes, group: &Arc::from("g"), now_ms: T0, request: false, tokens: 0, cost: 1 };
     let (h, _) = c.reserve(&ask).await.unwrap();
     c.settle(h, Spent { cost: 1, tokens: 0 }, None).await.unwrap();
     server.stop();
@@ -239,11 +240,12 @@ async fn a_stopped_server_is_unavailable_at_once_and_a_restarted_one_serves_agai
 async fn an_unsettled_hold_expires_and_releases_its_reservation() {
     let server = RedisServer::start();
     let c = RedisCounters::connect(&server.url).await.unwrap().with_hold_ttl(10_000);
-    let scopes = [
+    let scopes = Arc::from([
         key("k", Limits { budget_day: Some(10 * CENT), concurrency: Some(1), ..Limits::default() }),
         tenant("t", Limits::default()),
-    ];
-    let ask = |now_ms, cost| Ask { scopes: &scopes, group: "t", now_ms, request: true, tokens: 0, cost };
+    ]);
+    let group = Arc::from("t");
+    let ask = |now_ms, cost| Ask { scopes: &scopes, group: &group, now_ms, request: true, tokens: 0, cost };
     let (mut lost, _) = c.reserve(&ask(T0, 8 * CENT)).await.unwrap();
     let _ = lost.take_lease(); // its replica died: the lease is never released
     let refused = c.reserve(&ask(T0 + 9_999, 3 * CENT)).await;
@@ -273,7 +275,7 @@ async fn an_unsettled_hold_expires_and_releases_its_reservation() {
 async fn concurrent_decisions_share_calls_and_each_reports_its_own_place() {
     let server = RedisServer::start();
     let c = RedisCounters::connect(&server.url).await.unwrap();
-    let scopes = Arc::new(vec![
+    let scopes = Arc::<[Scope]>::from(vec![
         key("k", Limits { rpm: Some(1_000), tpm: Some(1_000_000), ..Limits::default() }),
         tenant("t", Limits { budget_day: Some(1_000 * CENT), ..Limits::default() }),
     ]);
@@ -282,8 +284,14 @@ async fn concurrent_decisions_share_calls_and_each_reports_its_own_place() {
         .map(|i| {
             let (c, scopes) = (c.clone(), scopes.clone());
             tokio::spawn(async move {
-                let ask =
-                    Ask { scopes: &scopes, group: "t", now_ms: T0 + i % 3, request: true, tokens: 10, cost: CENT };
+                let ask = Ask {
+                    scopes: &scopes,
+                    group: &Arc::from("t"),
+                    now_ms: T0 + i % 3,
+                    request: true,
+                    tokens: 10,
+                    cost: CENT,
+                };
                 c.reserve(&ask).await.unwrap_or_else(|e| panic!("{e}"))
             })
         })
@@ -328,8 +336,10 @@ async fn concurrent_decisions_share_calls_and_each_reports_its_own_place() {
 async fn a_busy_minute_of_buckets_is_pruned_in_one_call() {
     let server = RedisServer::start();
     let c = RedisCounters::connect(&server.url).await.unwrap();
-    let scopes =
-        Arc::new(vec![key("k", Limits { rpm: Some(1_000_000), tpm: Some(1_000_000_000), ..Limits::default() })]);
+    let scopes = Arc::<[Scope]>::from(vec![key(
+        "k",
+        Limits { rpm: Some(1_000_000), tpm: Some(1_000_000_000), ..Limits::default() },
+    )]);
     let busy: i64 = 12_000;
     for wave in 0..busy / 500 {
         let tasks: Vec<_> = (0..500)
@@ -337,7 +347,8 @@ async fn a_busy_minute_of_buckets_is_pruned_in_one_call() {
                 let (c, scopes) = (c.clone(), scopes.clone());
                 tokio::spawn(async move {
                     let now_ms = T0 + wave * 500 + i;
-                    let ask = Ask { scopes: &scopes, group: "t", now_ms, request: true, tokens: 3, cost: 0 };
+                    let ask =
+                        Ask { scopes: &scopes, group: &Arc::from("t"), now_ms, request: true, tokens: 3, cost: 0 };
                     let (mut hold, _) = c.reserve(&ask).await.unwrap_or_else(|e| panic!("{e}"));
                     let lease = hold.take_lease();
                     c.settle(hold, Spent { cost: 0, tokens: 3 }, lease).await.unwrap();
@@ -358,7 +369,7 @@ async fn a_busy_minute_of_buckets_is_pruned_in_one_call() {
     assert_eq!(buckets(), busy);
     // A minute after the last of them, every bucket is pruned by the next decision.
     let later = T0 + busy + 60_000;
-    let ask = Ask { scopes: &scopes, group: "t", now_ms: later, request: true, tokens: 5, cost: 0 };
+    let ask = Ask { scopes: &scopes, group: &Arc::from("t"), now_ms: later, request: true, tokens: 5, cost: 0 };
     let (_, left) = c.reserve(&ask).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(left.requests.unwrap().left, 1_000_000 - 1);
     assert_eq!(left.tokens.unwrap().left, 1_000_000_000 - 5);

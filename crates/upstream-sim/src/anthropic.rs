@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::body::{Script, SimBody};
 use crate::config::Failure;
-use crate::openai::{self, TextLen, JSON};
+use crate::openai::{self, Cut, TextLen, JSON};
 use crate::server::{Ctx, Reply};
 use crate::text;
 
@@ -260,7 +260,7 @@ async fn messages(ctx: &Ctx, body: &Bytes) -> Reply {
         Err(e) => return bad_request(ctx, &format!("Invalid messages request: {e}")),
     };
     let failure = ctx.take_failure();
-    let early = openai::early_failure_with(ctx, failure, |status, f| {
+    let early = openai::early_failure_with(ctx, failure, req.stream == Some(true), |status, f| {
         error_response(ctx, status, f.message, f.error_type.unwrap_or_else(|| default_error_type(status)))
     });
     if let Some(reply) = early {
@@ -298,10 +298,25 @@ fn event<T: Serialize>(script: &mut Script, name: &str, data: &T) {
     script.push(b"\n\n");
 }
 
+/// An `error` event, as the API sends one when it is overloaded after its 200.
+fn error_event(script: &mut Script) {
+    event(
+        script,
+        "error",
+        &ErrorBody { kind: "error", error: ErrorOut { kind: "overloaded_error", message: openai::OVERLOADED } },
+    );
+}
+
 fn stream(ctx: &Ctx, answer: &Answer<'_>, failure: &Failure) -> Reply {
     let config = ctx.config();
     let mut script = Script::default();
     openai::preamble(&mut script, config.ttft_ms, config.keepalive_comments, b": keep-alive\n\n");
+    let cut = Cut::of(failure);
+    if let Some((0, Cut::Error)) = cut {
+        // The error is the stream's first event.
+        error_event(&mut script);
+        return Reply::Respond(openai::sse_response(ctx, script.into_body(ctx.stream_stats())));
+    }
 
     // Like the real API: the start message already counts one output token.
     let start_usage = Usage { output_tokens: 1, ..answer.usage };
@@ -333,22 +348,22 @@ fn stream(ctx: &Ctx, answer: &Answer<'_>, failure: &Failure) -> Reply {
         script.push(&ctx.malformed(MALFORMED_EVENT));
     }
 
-    let drop_after = match failure {
-        Failure::DropMidStream { after_chunks } => Some(*after_chunks as usize),
-        _ => None,
-    };
     for (i, delta) in deltas.iter().enumerate() {
         if i > 0 {
             script.wait(config.chunk_delay_ms);
         }
-        if drop_after == Some(i) {
-            break;
+        let write = |script: &mut Script| {
+            event(script, "content_block_delta", &BlockDelta { kind: "content_block_delta", index: 0, delta })
+        };
+        if let Some((_, how)) = cut.filter(|(at, _)| *at == i) {
+            // No stop events: the stream just ends badly.
+            how.end(&mut script, Some(&write), &error_event);
+            return Reply::Respond(openai::sse_response(ctx, script.into_body(ctx.stream_stats())));
         }
-        event(&mut script, "content_block_delta", &BlockDelta { kind: "content_block_delta", index: 0, delta });
+        write(&mut script);
     }
-    if drop_after.is_some() {
-        // No stop events: the stream just ends badly.
-        script.abort();
+    if let Some((_, how)) = cut {
+        how.end(&mut script, None, &error_event);
         return Reply::Respond(openai::sse_response(ctx, script.into_body(ctx.stream_stats())));
     }
 

@@ -39,6 +39,8 @@ enum Step {
     Flush,
     /// Fail the body, which makes hyper abort the connection mid-response.
     Abort,
+    /// Send nothing more, ever: the body stays pending until hyper drops it.
+    Stall,
     /// Frames `next..end` of `source`, each sent after a pause of `delay`.
     Paced {
         source: Box<dyn FrameSource>,
@@ -123,6 +125,22 @@ impl Script {
         // in its write buffer when the error arrives, and discard them.
         self.steps.push(Step::Flush);
         self.steps.push(Step::Abort);
+    }
+
+    /// Sends what was written so far, then nothing more until the client goes away.
+    pub(crate) fn stall(&mut self) {
+        self.flush();
+        self.steps.push(Step::Flush);
+        self.steps.push(Step::Stall);
+    }
+
+    /// Keeps only the first half of what was written to the current frame since
+    /// offset `at` (a caller's [`Script::buf`] length): an event cut off mid-way.
+    pub(crate) fn cut_from(&mut self, at: usize) {
+        let at = at.min(self.buf.len());
+        let keep = at + (self.buf.len() - at) / 2;
+        self.buf.truncate(keep);
+        self.stamps.retain(|&s| s + STAMP_WIDTH <= keep);
     }
 
     /// Announces a `Content-Length` (used to make a truncated body look like
@@ -232,6 +250,11 @@ impl Body for SimBody {
                             steps.push_front(Step::Paced { source, next: next + 1, end, delay });
                         }
                         return Poll::Ready(Some(Ok(data_frame(steps, guard, Bytes::from(buf)))));
+                    }
+                    Some(Step::Stall) => {
+                        // Never woken: hyper drops the body when the connection ends.
+                        steps.push_front(Step::Stall);
+                        return Poll::Pending;
                     }
                     Some(Step::Abort) => {
                         steps.clear();

@@ -149,6 +149,34 @@ pub enum Failure {
     /// Non-streaming: a 200 whose body is not valid JSON. Streaming: one
     /// chunk whose data is not valid JSON, then the normal stream.
     MalformedJson,
+    /// Streaming: send this many delta chunks, then nothing more, holding the
+    /// connection open until the client gives up. Non-streaming: send the
+    /// headers and part of the body, then nothing more.
+    StallMidStream {
+        #[serde(default)]
+        after_chunks: u32,
+    },
+    /// Streaming: send this many delta chunks (and with `mid_event`, the first
+    /// half of the next event), then end the body cleanly: no finish, no usage,
+    /// no `[DONE]` or `message_stop`. Non-streaming: part of the body, then a
+    /// clean end.
+    Truncate {
+        #[serde(default)]
+        after_chunks: u32,
+        #[serde(default)]
+        mid_event: bool,
+    },
+    /// A 200 `text/html` page instead of the API's answer, as a proxy, a
+    /// captive portal or a wrong base URL serves.
+    WrongContentType,
+    /// A 200 carrying the dialect's error object for an overloaded server.
+    /// Non-streaming: the error body. Streaming: an error event after this
+    /// many delta chunks (0: as the stream's first event), then the end of
+    /// the body.
+    OkWithError {
+        #[serde(default)]
+        after_chunks: u32,
+    },
 }
 
 #[cfg(test)]
@@ -184,6 +212,10 @@ mod tests {
             (r#"{"kind":"close"}"#, Failure::Close),
             (r#"{"kind":"stall"}"#, Failure::Stall),
             (r#"{"kind":"malformed_json"}"#, Failure::MalformedJson),
+            (r#"{"kind":"wrong_content_type"}"#, Failure::WrongContentType),
+            (r#"{"kind":"ok_with_error"}"#, Failure::OkWithError { after_chunks: 0 }),
+            (r#"{"kind":"stall_mid_stream","after_chunks":2}"#, Failure::StallMidStream { after_chunks: 2 }),
+            (r#"{"kind":"truncate","after_chunks":1}"#, Failure::Truncate { after_chunks: 1, mid_event: false }),
         ] {
             assert_eq!(serde_json::from_str::<Failure>(json).unwrap(), want);
         }

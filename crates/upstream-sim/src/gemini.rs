@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::body::Script;
 use crate::body::SimBody;
 use crate::config::Failure;
-use crate::openai::{self, TextLen, JSON};
+use crate::openai::{self, Cut, TextLen, JSON};
 use crate::server::{Ctx, Reply};
 use crate::text;
 
@@ -202,8 +202,9 @@ async fn generate(ctx: &Ctx, model: &str, body: &Bytes, stream: bool) -> Reply {
         return bad_request(ctx, "* GenerateContentRequest.contents: contents is not specified");
     }
     let failure = ctx.take_failure();
-    let early =
-        openai::early_failure_with(ctx, failure, |status, f| error_response(ctx, status, f.message, f.error_type));
+    let early = openai::early_failure_with(ctx, failure, stream, |status, f| {
+        error_response(ctx, status, f.message, f.error_type)
+    });
     if let Some(reply) = early {
         return reply;
     }
@@ -269,28 +270,33 @@ async fn generate(ctx: &Ctx, model: &str, body: &Bytes, stream: bool) -> Reply {
         None if pieces.is_empty() => vec![PartOut::Text { text: "" }],
         None => pieces.iter().map(|t| PartOut::Text { text: t }).collect(),
     };
-    let drop_after = match failure {
-        Failure::DropMidStream { after_chunks } => Some(*after_chunks as usize),
-        _ => None,
-    };
     let count = chunks.len();
-    // Dropping never delivers the final chunk, which carries the usage.
-    let stop_at = drop_after.map(|n| n.min(count - 1));
+    // A cut stream never delivers the final chunk, which carries the usage.
+    let cut = Cut::of(failure).map(|(n, how)| (n.min(count - 1), how));
     for (i, part) in chunks.into_iter().enumerate() {
         if i > 0 {
             script.wait(config.chunk_delay_ms);
         }
-        if stop_at == Some(i) {
+        let write = |script: &mut Script| {
+            script.push(b"data: ");
+            script.push(&response(vec![part], i + 1 == count));
+            script.push(b"\n\n");
+        };
+        if let Some((_, how)) = cut.filter(|(at, _)| *at == i) {
+            how.end(&mut script, Some(&write), &error_event);
             break;
         }
-        script.push(b"data: ");
-        script.push(&response(vec![part], i + 1 == count));
-        script.push(b"\n\n");
-    }
-    if drop_after.is_some() {
-        script.abort();
+        write(&mut script);
     }
     Reply::Respond(openai::sse_response(ctx, script.into_body(ctx.stream_stats())))
+}
+
+/// An error chunk, as the API sends one when a stream fails after its 200.
+fn error_event(script: &mut Script) {
+    script.push(b"data: ");
+    let body = ErrorBody { error: ErrorOut { code: 503, message: openai::OVERLOADED, status: "UNAVAILABLE" } };
+    openai::write_json(script.buf(), &body);
+    script.push(b"\n\n");
 }
 
 fn count_tokens(ctx: &Ctx, body: &Bytes) -> Reply {
@@ -343,7 +349,7 @@ struct ContentOut<'a> {
     parts: Vec<PartOut<'a>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Clone, Copy)]
 #[serde(untagged)]
 enum PartOut<'a> {
     Text {

@@ -33,6 +33,11 @@ pub(crate) const JSON: &str = "application/json";
 /// What `malformed_json` sends: the start of a plausible body, cut off.
 const MALFORMED_BODY: &[u8] = br#"{"id": "chatcmpl-sim-broken", "object": "chat.completion", "choices": ["#;
 const MALFORMED_CHUNK: &[u8] = b"data: {\"id\": \"chatcmpl-sim-broken\", \"choices\": [{\"delta\": \n\n";
+/// What `wrong_content_type` sends, as `text/html`.
+const HTML_PAGE: &[u8] =
+    b"<!DOCTYPE html>\n<html><head><title>503 Service Temporarily Unavailable</title></head>\n<body><h1>Service Temporarily Unavailable</h1></body></html>\n";
+/// The message of the error a `ok_with_error` answer carries.
+pub(crate) const OVERLOADED: &str = "simulated overload in a 200 answer";
 /// Embedding vectors beyond this are refused rather than allocated.
 const MAX_DIMS: u32 = 65_536;
 
@@ -110,8 +115,8 @@ fn bad_request(ctx: &Ctx, message: &str) -> Reply {
 
 /// Turns the failures that do not depend on the payload into a
 /// reply; `None` means "produce the payload" (possibly damaged later).
-fn early_failure(ctx: &Ctx, failure: &Failure) -> Option<Reply> {
-    early_failure_with(ctx, failure, |status, failure| {
+fn early_failure(ctx: &Ctx, failure: &Failure, stream: bool) -> Option<Reply> {
+    early_failure_with(ctx, failure, stream, |status, failure| {
         error_response(
             ctx,
             status,
@@ -133,14 +138,30 @@ pub(crate) struct StatusFailure<'a> {
 
 /// [`early_failure`] for any dialect: `render` builds the error response for
 /// an injected status (its message quoting the request's credentials when the
-/// config says `echo_credentials`); `Retry-After`, close and stall are handled here.
+/// config says `echo_credentials`, and the body of a non-streaming `ok_with_error`, a
+/// 503's sent as a 200); `Retry-After`, close, stall and the HTML page are handled here.
 pub(crate) fn early_failure_with(
     ctx: &Ctx,
     failure: &Failure,
+    stream: bool,
     render: impl FnOnce(StatusCode, StatusFailure<'_>) -> Response<SimBody>,
 ) -> Option<Reply> {
     match failure {
-        Failure::None | Failure::DropMidStream { .. } | Failure::MalformedJson => None,
+        Failure::None
+        | Failure::DropMidStream { .. }
+        | Failure::StallMidStream { .. }
+        | Failure::Truncate { .. }
+        | Failure::MalformedJson => None,
+        Failure::OkWithError { .. } if stream => None,
+        Failure::OkWithError { .. } => {
+            let failure = StatusFailure { message: OVERLOADED, error_type: None, code: None };
+            let mut response = render(StatusCode::SERVICE_UNAVAILABLE, failure);
+            *response.status_mut() = StatusCode::OK;
+            Some(Reply::Respond(response))
+        }
+        Failure::WrongContentType => {
+            Some(Reply::Respond(ctx.response(StatusCode::OK, "text/html; charset=utf-8", SimBody::full(HTML_PAGE))))
+        }
         Failure::Close => Some(Reply::Close),
         Failure::Stall => Some(Reply::Stall),
         Failure::Status { status, retry_after, error_type, code, message } => {
@@ -213,12 +234,13 @@ pub(crate) async fn deliver(ctx: &Ctx, payload: Vec<u8>, failure: &Failure) -> R
         Failure::MalformedJson => ctx.malformed(MALFORMED_BODY).into_owned(),
         _ => payload,
     };
-    let dropping = matches!(failure, Failure::DropMidStream { .. });
+    // A body cut short: where it stops, it is cut as a stream would be.
+    let cut = Cut::of(failure).map(|(_, cut)| cut).filter(|c| *c != Cut::Error);
     let blank_lines = config.keepalive_comments;
     if blank_lines == 0 && config.ttft_ms > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(config.ttft_ms)).await;
     }
-    if blank_lines == 0 && !dropping {
+    if blank_lines == 0 && cut.is_none() {
         return Reply::Respond(ctx.response(StatusCode::OK, JSON, SimBody::full(payload)));
     }
     // Headers go out now; the body trickles.
@@ -226,15 +248,69 @@ pub(crate) async fn deliver(ctx: &Ctx, payload: Vec<u8>, failure: &Failure) -> R
     if blank_lines > 0 {
         preamble(&mut script, config.ttft_ms, blank_lines, b"\n");
     }
-    if dropping {
+    let half = &payload[..payload.len() / 2];
+    match cut {
+        None => script.push(&payload),
         // Promise the full length, deliver half: the client sees a truncated body.
-        script.declare_len(blank_lines as usize + payload.len());
-        script.push(&payload[..payload.len() / 2]);
-        script.abort();
-    } else {
-        script.push(&payload);
+        Some(Cut::Abort) => {
+            script.declare_len(blank_lines as usize + payload.len());
+            script.push(half);
+            script.abort();
+        }
+        Some(Cut::Stall) => {
+            script.declare_len(blank_lines as usize + payload.len());
+            script.push(half);
+            script.stall();
+        }
+        // Chunked, so the half body ends as cleanly as a whole one.
+        Some(Cut::Truncate { .. } | Cut::Error) => script.push(half),
     }
     Reply::Respond(ctx.response(StatusCode::OK, JSON, script.into_body(None)))
+}
+
+/// How a failure ends a stream before its time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cut {
+    /// Abort the connection (`drop_mid_stream`).
+    Abort,
+    /// Send nothing more, connection held open (`stall_mid_stream`).
+    Stall,
+    /// A clean end of the body; with `true`, after half of the next event (`truncate`).
+    Truncate { mid_event: bool },
+    /// The dialect's error event, then a clean end of the body (`ok_with_error`).
+    Error,
+}
+
+impl Cut {
+    /// Where `failure` cuts a stream (after how many delta chunks), and how.
+    pub(crate) fn of(failure: &Failure) -> Option<(usize, Cut)> {
+        match *failure {
+            Failure::DropMidStream { after_chunks } => Some((after_chunks as usize, Cut::Abort)),
+            Failure::StallMidStream { after_chunks } => Some((after_chunks as usize, Cut::Stall)),
+            Failure::Truncate { after_chunks, mid_event } => Some((after_chunks as usize, Cut::Truncate { mid_event })),
+            Failure::OkWithError { after_chunks } => Some((after_chunks as usize, Cut::Error)),
+            _ => None,
+        }
+    }
+
+    /// Ends `script` this way. `next` writes the event that was due (a truncated
+    /// stream sends half of it; None when none was left), `error` the dialect's
+    /// error event.
+    pub(crate) fn end(self, script: &mut Script, next: Option<&dyn Fn(&mut Script)>, error: &dyn Fn(&mut Script)) {
+        match self {
+            Cut::Abort => script.abort(),
+            Cut::Stall => script.stall(),
+            Cut::Truncate { mid_event: false } => {}
+            Cut::Truncate { mid_event: true } => {
+                if let Some(next) = next {
+                    let at = script.buf().len();
+                    next(script);
+                    script.cut_from(at);
+                }
+            }
+            Cut::Error => error(script),
+        }
+    }
 }
 
 // ---------------------------------------------------------------- chat
@@ -452,7 +528,7 @@ async fn chat(ctx: &Ctx, body: &Bytes) -> Reply {
         Err(e) => return bad_request(ctx, &format!("Invalid chat completion request: {e}")),
     };
     let failure = ctx.take_failure();
-    if let Some(reply) = early_failure(ctx, failure) {
+    if let Some(reply) = early_failure(ctx, failure, req.stream == Some(true)) {
         return reply;
     }
     let answer = Answer::new(ctx, &req);
@@ -518,6 +594,12 @@ fn stream_chat(ctx: &Ctx, answer: &Answer<'_>, include_usage: bool, failure: &Fa
     let writer = ChunkWriter::new(answer, include_usage, config.stamp_chunks);
     let mut script = Script::default();
     preamble(&mut script, config.ttft_ms, config.keepalive_comments, b": keep-alive\n\n");
+    let cut = Cut::of(failure);
+    if let Some((0, Cut::Error)) = cut {
+        // The error is the stream's first event.
+        error_event(&mut script);
+        return Reply::Respond(sse_response(ctx, script.into_body(ctx.stream_stats())));
+    }
 
     // OpenAI folds the tool call's opening into the role chunk when nothing precedes it.
     let mut events = events.as_slice();
@@ -538,14 +620,10 @@ fn stream_chat(ctx: &Ctx, answer: &Answer<'_>, include_usage: bool, failure: &Fa
         script.push(&ctx.malformed(MALFORMED_CHUNK));
     }
 
-    let drop_after = match failure {
-        Failure::DropMidStream { after_chunks } => Some(*after_chunks as usize),
-        _ => None,
-    };
     // A plain paced answer (token i is `answer_token(i)`) is written chunk by chunk as it
     // is sent: built up front, a long stream would hold every chunk per connection.
     let plain = config.chunk_delay_ms > 0
-        && drop_after.is_none()
+        && cut.is_none()
         && answer.reasoning.is_empty()
         && answer.tool_call.is_none()
         && answer.content.iter().enumerate().all(|(i, c)| *c == text::answer_token(i));
@@ -558,29 +636,17 @@ fn stream_chat(ctx: &Ctx, answer: &Answer<'_>, include_usage: bool, failure: &Fa
         if i > 0 {
             script.wait(config.chunk_delay_ms);
         }
-        if drop_after == Some(i) {
-            script.abort();
+        let write = |script: &mut Script| writer.delta(script, writer.event_delta(event));
+        if let Some((at, how)) = cut.filter(|(at, _)| *at == i) {
+            debug_assert_eq!(at, i);
+            how.end(&mut script, Some(&write), &error_event);
             return Reply::Respond(sse_response(ctx, script.into_body(ctx.stream_stats())));
         }
-        let delta = match event {
-            Event::Reasoning(r) => Delta { reasoning_content: Some(r), ..Delta::default() },
-            Event::Content(c) => Delta { content: Some(Some(c)), ..Delta::default() },
-            Event::ToolHead => writer.tool_head_delta(),
-            Event::ToolArgs(fragment) => Delta {
-                tool_calls: Some([ToolDelta {
-                    index: 0,
-                    id: None,
-                    kind: None,
-                    function: FunctionDelta { name: None, arguments: fragment },
-                }]),
-                ..Delta::default()
-            },
-        };
-        writer.delta(&mut script, delta);
+        write(&mut script);
     }
-    if drop_after.is_some() {
-        // Asked to drop after more chunks than there are: still never finish.
-        script.abort();
+    if let Some((_, how)) = cut {
+        // Asked to cut after more chunks than there are: still never finish.
+        how.end(&mut script, None, &error_event);
         return Reply::Respond(sse_response(ctx, script.into_body(ctx.stream_stats())));
     }
 
@@ -595,6 +661,14 @@ fn stream_chat(ctx: &Ctx, answer: &Answer<'_>, include_usage: bool, failure: &Fa
     }
     script.push(b"data: [DONE]\n\n");
     Reply::Respond(sse_response(ctx, script.into_body(ctx.stream_stats())))
+}
+
+/// An OpenAI error chunk, as OpenAI sends one when a stream fails after its 200.
+fn error_event(script: &mut Script) {
+    script.push(b"data: ");
+    let body = ErrorBody { error: ErrorOut { message: OVERLOADED, kind: "server_error", param: None, code: None } };
+    write_json(script.buf(), &body);
+    script.push(b"\n\n");
 }
 
 pub(crate) fn sse_response(ctx: &Ctx, body: SimBody) -> Response<SimBody> {
@@ -637,6 +711,27 @@ impl<'a> ChunkWriter<'a> {
                 function: FunctionDelta { name: call.map(|c| c.name.as_str()), arguments: "" },
             }]),
             ..Delta::default()
+        }
+    }
+
+    /// The delta chunk of one streamed event after the role chunk.
+    fn event_delta<'e>(&self, event: &'e Event<'e>) -> Delta<'e>
+    where
+        'a: 'e,
+    {
+        match event {
+            Event::Reasoning(r) => Delta { reasoning_content: Some(r), ..Delta::default() },
+            Event::Content(c) => Delta { content: Some(Some(c)), ..Delta::default() },
+            Event::ToolHead => self.tool_head_delta(),
+            Event::ToolArgs(fragment) => Delta {
+                tool_calls: Some([ToolDelta {
+                    index: 0,
+                    id: None,
+                    kind: None,
+                    function: FunctionDelta { name: None, arguments: fragment },
+                }]),
+                ..Delta::default()
+            },
         }
     }
 
@@ -1121,7 +1216,7 @@ async fn embeddings(ctx: &Ctx, body: &Bytes) -> Reply {
         return bad_request(ctx, &format!("dimensions must be between 1 and {MAX_DIMS}, got {dims}."));
     }
     let failure = ctx.take_failure();
-    if let Some(reply) = early_failure(ctx, failure) {
+    if let Some(reply) = early_failure(ctx, failure, false) {
         return reply;
     }
 

@@ -309,6 +309,39 @@ async fn drop_mid_stream_never_finishes() {
 }
 
 #[tokio::test]
+async fn ok_with_error_and_truncate_in_anthropic_shape() {
+    let sim = sim(SimConfig { failure: Failure::OkWithError { after_chunks: 0 }, ..SimConfig::default() }).await;
+    let response = post(&sim, "/v1/messages", HEADERS, &messages_body(false)).await;
+    assert_eq!(response.status(), 200);
+    let v = json_of(response).await;
+    assert_eq!((v["type"].as_str(), v["error"]["type"].as_str()), (Some("error"), Some("api_error")), "{v}");
+    let response = post(&sim, "/v1/messages", HEADERS, &messages_body(true)).await;
+    let events = parse_sse(&response.text().await.unwrap());
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].name.as_deref(), Some("error"));
+    assert_eq!(serde_json::from_str::<Value>(&events[0].data).unwrap()["error"]["type"], "overloaded_error");
+
+    // Mid-stream: the error follows the opening events and two deltas.
+    sim.set_config(SimConfig { failure: Failure::OkWithError { after_chunks: 2 }, ..SimConfig::default() });
+    let response = post(&sim, "/v1/messages", HEADERS, &messages_body(true)).await;
+    let names: Vec<String> =
+        parse_sse(&response.text().await.unwrap()).into_iter().map(|e| e.name.unwrap_or_default()).collect();
+    assert_eq!(
+        names,
+        ["message_start", "content_block_start", "ping", "content_block_delta", "content_block_delta", "error"]
+    );
+
+    sim.set_config(SimConfig {
+        failure: Failure::Truncate { after_chunks: 2, mid_event: false },
+        ..SimConfig::default()
+    });
+    let response = post(&sim, "/v1/messages", HEADERS, &messages_body(true)).await;
+    let text = response.text().await.expect("a clean end of the body");
+    assert_eq!(text.matches("event: content_block_delta").count(), 2);
+    assert!(!text.contains("message_stop") && !text.contains("message_delta"), "{text}");
+}
+
+#[tokio::test]
 async fn structured_output_answers_json() {
     let sim = sim(SimConfig { output_tokens: 3, ..SimConfig::default() }).await;
     for format_field in ["output_config", "output_format"] {

@@ -194,6 +194,19 @@ async fn injected_errors_in_google_shape() {
 }
 
 #[tokio::test]
+async fn ok_with_error_in_google_shape() {
+    let sim = sim(SimConfig { failure: Failure::OkWithError { after_chunks: 0 }, ..SimConfig::default() }).await;
+    let response = post(&sim, GENERATE, HEADERS, &generate_body()).await;
+    assert_eq!(response.status(), 200);
+    let v = json_of(response).await;
+    assert_eq!((v["error"]["code"].as_u64(), v["error"]["status"].as_str()), (Some(503), Some("UNAVAILABLE")), "{v}");
+    let response = post(&sim, STREAM, HEADERS, &generate_body()).await;
+    let events = parse_sse(&response.text().await.unwrap());
+    assert_eq!(events.len(), 1);
+    assert_eq!(serde_json::from_str::<Value>(&events[0].data).unwrap()["error"]["code"], 503);
+}
+
+#[tokio::test]
 async fn count_tokens_and_openai_alongside() {
     let sim = sim(SimConfig::default()).await;
     // Bare `contents`: "hello world!" -> 3 tokens.

@@ -638,6 +638,104 @@ async fn drop_mid_stream_failure() {
 }
 
 #[tokio::test]
+async fn stall_mid_stream_failure() {
+    let sim = sim(SimConfig { failure: Failure::StallMidStream { after_chunks: 2 }, ..SimConfig::default() }).await;
+    let response = post(&sim, "/chat/completions", &chat_body(true)).await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut received = Vec::new();
+    // The role chunk and two content chunks arrive, then nothing.
+    while tokio::time::timeout(Duration::from_millis(300), async {
+        let bytes = body.next().await.expect("the body stays open").unwrap();
+        received.extend_from_slice(&bytes);
+    })
+    .await
+    .is_ok()
+    {}
+    let text = String::from_utf8(received).unwrap();
+    assert_eq!(parse_sse(&text).len(), 3, "{text}");
+    assert!(!text.contains("finish_reason\":\"stop"), "{text}");
+    drop(body);
+
+    // Non-streaming: headers, part of the body, then nothing.
+    let response = post(&sim, "/chat/completions", &chat_body(false)).await;
+    assert_eq!(response.status(), 200);
+    assert!(tokio::time::timeout(Duration::from_millis(300), response.bytes()).await.is_err());
+}
+
+#[tokio::test]
+async fn truncate_failure_ends_cleanly_mid_answer() {
+    let at_boundary = Failure::Truncate { after_chunks: 2, mid_event: false };
+    let sim = sim(SimConfig { failure: at_boundary, ..SimConfig::default() }).await;
+    let response = post(&sim, "/chat/completions", &chat_body(true)).await;
+    let text = response.text().await.expect("a clean end of the body");
+    let data: Vec<Value> = parse_sse(&text)
+        .into_iter()
+        .map(|e| match e {
+            Event::Data(d) => serde_json::from_str(&d).unwrap(),
+            Event::Comment(c) => panic!("unexpected comment {c}"),
+        })
+        .collect();
+    assert_eq!(delta_texts(&data, "content"), "lorem ipsum");
+    assert!(data.iter().all(|c| c["choices"][0]["finish_reason"].is_null()), "{text}");
+
+    sim.set_config(SimConfig {
+        failure: Failure::Truncate { after_chunks: 2, mid_event: true },
+        ..SimConfig::default()
+    });
+    let response = post(&sim, "/chat/completions", &chat_body(true)).await;
+    let text = response.text().await.expect("a clean end of the body");
+    let (whole, part) = text.rsplit_once("\n\n").unwrap();
+    assert_eq!(whole.matches("data: ").count(), 3, "{text}");
+    assert!(part.starts_with("data: {") && serde_json::from_str::<Value>(&part[6..]).is_err(), "{part:?}");
+
+    // Non-streaming: a cleanly ended body that is half the answer.
+    let response = post(&sim, "/chat/completions", &chat_body(false)).await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("a clean end of the body");
+    assert!(text.starts_with('{') && serde_json::from_str::<Value>(&text).is_err(), "{text}");
+}
+
+#[tokio::test]
+async fn wrong_content_type_and_ok_with_error_failures() {
+    let sim = sim(SimConfig { failure: Failure::WrongContentType, ..SimConfig::default() }).await;
+    for stream in [false, true] {
+        let response = post(&sim, "/chat/completions", &chat_body(stream)).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/html; charset=utf-8");
+        assert!(response.text().await.unwrap().starts_with("<!DOCTYPE html>"));
+    }
+
+    sim.set_config(SimConfig { failure: Failure::OkWithError { after_chunks: 0 }, ..SimConfig::default() });
+    let response = post(&sim, "/chat/completions", &chat_body(false)).await;
+    assert_eq!(response.status(), 200);
+    let v: Value = response.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "server_error", "{v}");
+    let response = post(&sim, "/chat/completions", &chat_body(true)).await;
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let text = response.text().await.unwrap();
+    let events = parse_sse(&text);
+    assert_eq!(events.len(), 1, "the error is the only event: {text}");
+    let Event::Data(d) = &events[0] else { panic!("{text}") };
+    assert_eq!(serde_json::from_str::<Value>(d).unwrap()["error"]["type"], "server_error");
+
+    // After two content chunks, the error ends the stream.
+    sim.set_config(SimConfig { failure: Failure::OkWithError { after_chunks: 2 }, ..SimConfig::default() });
+    let response = post(&sim, "/chat/completions", &chat_body(true)).await;
+    let text = response.text().await.unwrap();
+    let data: Vec<Value> = parse_sse(&text)
+        .into_iter()
+        .map(|e| match e {
+            Event::Data(d) => serde_json::from_str(&d).unwrap(),
+            Event::Comment(c) => panic!("unexpected comment {c}"),
+        })
+        .collect();
+    assert_eq!(data.len(), 4, "{text}");
+    assert_eq!(delta_texts(&data[..3], "content"), "lorem ipsum");
+    assert!(data[3]["error"].is_object(), "{text}");
+}
+
+#[tokio::test]
 async fn malformed_json_failure() {
     let sim = sim(SimConfig { failure: Failure::MalformedJson, output_tokens: 3, ..SimConfig::default() }).await;
     let response = post(&sim, "/chat/completions", &chat_body(false)).await;

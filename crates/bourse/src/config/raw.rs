@@ -178,5 +178,7 @@ pub struct RawProvider {
     pub models: Option<Vec<String>>,
     pub connect_timeout: Option<String>,
     pub first_byte_timeout: Option<String>,
+    /// How long an answer that has started may send nothing, e.g. "120s".
+    pub read_timeout: Option<String>,
     pub total_timeout: Option<String>,
 }

@@ -60,6 +60,9 @@ pub fn parse_reply(body: &[u8], json_mode: bool) -> Result<Reply> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| Error::protocol(format!("the upstream's Anthropic response is not valid JSON: {e}")))?;
     let obj = v.as_object().ok_or_else(|| Error::protocol("the upstream's Anthropic response is not a JSON object"))?;
+    if obj.get("type").and_then(Value::as_str) == Some("error") {
+        return Err(stream::reported(&v));
+    }
     let content = obj
         .get("content")
         .and_then(Value::as_array)
@@ -196,6 +199,13 @@ pub fn render_reply(reply: &Reply) -> Vec<u8> {
         usage: reply.usage.as_ref().map(UsageOut::from).unwrap_or_default(),
     };
     serde_json::to_vec(&msg).unwrap_or_default()
+}
+
+/// The error an upstream sent as a 2xx body (`{"type":"error","error":{…}}`), classified
+/// as the status its type implies; None for an answer.
+pub fn reported_error(body: &[u8]) -> Option<Error> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    (v.get("type").and_then(Value::as_str) == Some("error")).then(|| stream::reported(&v))
 }
 
 /// Usage from an Anthropic response body (for pass-through metering): `Ok(None)` if the

@@ -505,6 +505,29 @@ fn details(v: scan::Raw<'_>, field: &str) -> Option<Option<Option<u64>>> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotJson;
 
+/// The members that tell an error object from an answer, their values unread.
+#[derive(Deserialize)]
+struct ErrorProbe {
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    choices: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    data: Option<serde::de::IgnoredAny>,
+}
+
+/// The error an upstream sent as a 2xx body (`{"error":{…}}` with no `choices` or `data`),
+/// classified as the status it implies; None for an answer. For a body without usage (an
+/// error body has none), so answers that report usage never pay for the look.
+pub fn reported_error(body: &[u8]) -> Option<Error> {
+    // Only an object: serde would read a struct from an array too.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return None;
+    }
+    let probe: ErrorProbe = serde_json::from_slice(body).ok()?;
+    (probe.error.is_some() && probe.choices.is_none() && probe.data.is_none()).then(|| reply::upstream_reported(body))
+}
+
 /// The answer's text in a stream chunk, piece by piece: the string values of `content`,
 /// `reasoning_content` and `arguments` (tool calls), for a usage estimate should the
 /// upstream never report one. Runs on every relayed chunk, so it looks only for those
@@ -585,6 +608,22 @@ pub fn chunk_has_usage(data: &str) -> bool {
     false
 }
 
+/// Cheap test for whether a stream chunk carries a finish reason (a string
+/// `finish_reason`), which says the answer is whole.
+pub fn chunk_has_finish_reason(data: &str) -> bool {
+    const NAME: &str = "\"finish_reason\"";
+    let mut rest = data;
+    while let Some(at) = rest.find(NAME) {
+        rest = &rest[at + NAME.len()..];
+        if let Some(v) = rest.trim_start().strip_prefix(':') {
+            if v.trim_start().starts_with('"') {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 #[derive(Deserialize)]
 struct UsageChunk {
     #[serde(default)]
@@ -624,6 +663,31 @@ pub fn with_empty_choices(data: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_object_in_a_2xx_body_is_the_upstreams_error() {
+        let status = |e: &Error| match &e.kind {
+            ErrorKind::UpstreamStatus(s) => (s.status, s.retryable, s.vendor_type.clone()),
+            other => panic!("{other:?}"),
+        };
+        let e = reported_error(br#"{"error":{"message":"busy","type":"server_error","param":null,"code":null}}"#)
+            .expect("an error body");
+        assert_eq!(status(&e), (500, true, Some("server_error".into())));
+        assert_eq!(e.message, "busy");
+        let e = reported_error(br#"{"error":{"message":"slow down","code":429}}"#).expect("an error body");
+        assert_eq!(status(&e).0, 429);
+        // Answers, whatever else they carry, and bodies that are not JSON objects.
+        for body in [
+            &br#"{"id":"x","choices":[],"error":null}"#[..],
+            br#"{"error":{"message":"partial"},"choices":[{"index":0}]}"#,
+            br#"{"object":"list","data":[],"error":{"message":"x"}}"#,
+            br#"{"id":"x","choices":[]}"#,
+            b"<html>",
+            b"[1]",
+        ] {
+            assert!(reported_error(body).is_none(), "{}", String::from_utf8_lossy(body));
+        }
+    }
 
     fn texts(data: &str) -> Vec<String> {
         let mut out = Vec::new();
@@ -764,6 +828,10 @@ mod tests {
     fn usage_chunk_detection() {
         assert!(!chunk_has_usage(r#"{"choices":[{"delta":{"content":"\"usage\": {"}}],"usage":null}"#));
         assert!(chunk_has_usage(r#"{"choices":[],"usage": {"prompt_tokens":1}}"#));
+        assert!(chunk_has_finish_reason(r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#));
+        assert!(chunk_has_finish_reason(r#"{"choices":[{"delta":{}, "finish_reason" : "length"}]}"#));
+        assert!(!chunk_has_finish_reason(r#"{"choices":[{"delta":{"content":"x"},"finish_reason":null}]}"#));
+        assert!(!chunk_has_finish_reason(r#"{"choices":[{"delta":{"content":"\"finish_reason\":\"stop"}}]}"#));
         let seen = usage_chunk(r#"{"choices":null,"usage":{"prompt_tokens":3,"completion_tokens":2}}"#).unwrap();
         assert!(seen.usage_only && seen.choices_missing);
         assert_eq!(seen.usage.output, 2);

@@ -32,9 +32,10 @@ pub(super) fn provenance(resp: &mut Response, target: &Target) {
 pub(super) fn json_response(status: StatusCode, body: Bytes) -> Response {
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
-    // Room for every header an answer gets (provenance, money, route, request id), so
-    // adding them never regrows the map (a virtual key's limit headers reserve their own).
-    let mut headers = HeaderMap::with_capacity(12);
+    // Room for every header an answer gets (provenance, money, route, request id, and a
+    // virtual key's seven budget and rate-limit headers), so adding them never regrows the
+    // map: a regrowth rehashes every header already in it.
+    let mut headers = HeaderMap::with_capacity(16);
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     *resp.headers_mut() = headers;
     resp

@@ -50,8 +50,8 @@ pub(super) struct Attempt {
     traced: Option<Box<Traced>>,
     /// Set on the attempt that answers: its settle ends the request.
     pub(super) ending: Option<Box<Ending>>,
-    /// Streams: when the first content event came.
-    pub(super) first_token: Option<Duration>,
+    /// Streams, while metrics are on: sending to the answer's first token.
+    first_token: Option<Duration>,
     /// Sending to the answer's last byte (or the failure): the row's latency and the
     /// metrics' operation duration. Noted by [`Attempt::waited`] for a non-streamed answer,
     /// else on first use (a stream's end).
@@ -166,12 +166,15 @@ impl Attempt {
         }
     }
 
-    /// A stream's head arrived: the request waited on the upstream until then (its time to
-    /// first byte); the rest of the stream is relayed, not waited on.
+    /// A stream's first token arrived: its time to first token, and while metrics are on, the
+    /// request waited on the upstream until now (nothing reached the client before it); the
+    /// rest of the stream is relayed, not waited on.
     #[inline]
-    pub(super) fn waited_for_head(&self, watch: &mut Watch) {
+    pub(super) fn first_token_came(&mut self, watch: &mut Watch) {
         if self.series.is_some() {
-            watch.upstream += self.ttfb.unwrap_or_default();
+            let d = self.started.elapsed();
+            self.first_token = Some(d);
+            watch.upstream += d;
         }
     }
 

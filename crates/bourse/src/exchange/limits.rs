@@ -114,7 +114,8 @@ impl Gate {
     pub(super) fn headers(&self, resp: &mut Response, client: Dialect) {
         let Some(r) = &self.remaining else { return };
         let h = resp.headers_mut();
-        // Budget, and limit, remaining and reset for requests and tokens: one growth at most.
+        // Budget, and limit, remaining and reset for requests and tokens: one growth at most
+        // (none for the answers `answer::json_response` makes, which have room for them).
         h.reserve(7);
         if let Some(b) = &r.budget {
             let mut buf = [0; 24];
@@ -129,17 +130,14 @@ impl Gate {
                 Dialect::Anthropic => &names[1],
                 _ => &names[0],
             };
-            let mut n = itoa::Buffer::new();
-            for (name, value) in [(&names[0], left.limit), (&names[1], left.left)] {
-                if let Ok(v) = HeaderValue::from_str(n.format(value)) {
-                    h.insert(name.clone(), v);
-                }
-            }
+            // Digits need no validation as a header value.
+            h.insert(names[0].clone(), HeaderValue::from(left.limit));
+            h.insert(names[1].clone(), HeaderValue::from(left.left));
             let reset = match client {
-                Dialect::Anthropic => rfc3339(left.resets_at_ms),
-                _ => openai_duration(left.resets_at_ms - now),
+                Dialect::Anthropic => HeaderValue::from_str(&rfc3339(left.resets_at_ms)).ok(),
+                _ => openai_reset(left.resets_at_ms - now),
             };
-            if let Ok(v) = HeaderValue::from_str(&reset) {
+            if let Some(v) = reset {
                 h.insert(names[2].clone(), v);
             }
         }
@@ -183,6 +181,26 @@ static TOKENS: RateHeaders = [
         HeaderName::from_static("anthropic-ratelimit-tokens-reset"),
     ],
 ];
+
+/// `1s` to `59s` and `1m0s`: every reset a minute window can report past its first second
+/// (the usual one is `1m0s`, the newest request's window), as static values, so an answer
+/// clones one instead of formatting and copying it.
+static WHOLE_SECONDS: [HeaderValue; 60] = {
+    macro_rules! seconds {
+        ($($s:literal)*) => { [$(HeaderValue::from_static(concat!($s, "s")),)* HeaderValue::from_static("1m0s")] };
+    }
+    seconds!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37
+        38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59)
+};
+
+/// [`openai_duration`] as a header value.
+fn openai_reset(ms: i64) -> Option<HeaderValue> {
+    let whole_seconds = (ms.max(0) + 999) / 1000;
+    match usize::try_from(whole_seconds) {
+        Ok(s @ 1..=60) if ms >= 1000 => Some(WHOLE_SECONDS[s - 1].clone()),
+        _ => HeaderValue::from_str(&openai_duration(ms)).ok(),
+    }
+}
 
 /// A duration the way OpenAI writes it in its reset headers: `20ms`, `6s`, `1m30s` (written
 /// piece by piece: it goes on every limited answer).
@@ -333,6 +351,13 @@ pub(super) fn headroom(r: &Refusal) -> Option<Nanos> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn static_resets_are_the_formatted_ones() {
+        for ms in (-5..2_000).chain(58_000..62_500).chain([600_000, i64::MAX / 2]) {
+            assert_eq!(openai_reset(ms).unwrap(), openai_duration(ms), "{ms} ms");
+        }
+    }
 
     #[test]
     fn reset_durations_read_like_openai() {

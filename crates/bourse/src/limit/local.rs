@@ -3,7 +3,7 @@
 //! Rebuilt at start-up from the ledger ([`LocalCounters::seed`]).
 //!
 //! State, all behind one `std::sync::Mutex` held only for the arithmetic of one call:
-//! - per scope, keyed by (kind, id) so a key and a tenant with the same id stay apart: spend
+//! - per scope, found by (kind, id) so a key and a tenant with the same id stay apart: spend
 //!   counters for the last few UTC days and months and in total, the cost still reserved by
 //!   its outstanding holds, the requests- and tokens-per-minute windows (sorted by time,
 //!   kept only where the scope sets that limit) and its live leases (taken only where it
@@ -17,10 +17,10 @@
 //! A refused decision changes nothing but that sweep and the pruning of expired window
 //! entries.
 
-use super::remaining::{over_budget, remaining, After};
+use super::remaining::{over_budget, After, Tightest};
 use super::{
-    day_of, month_of, window_end, Ask, Hold, Lease, LimitError, Nanos, Rate, Refusal, Remaining, ScopeKind, Spent,
-    Usage, Window, HOLD_TTL_MS, MINUTE_MS,
+    day_of, month_of, window_end, Ask, Hold, Lease, LimitError, Nanos, Rate, Refusal, Remaining, Scope, ScopeKind,
+    Spent, Usage, Window, HOLD_TTL_MS, MINUTE_MS,
 };
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,17 +45,18 @@ impl Default for LocalCounters {
     }
 }
 
-type ScopeId = (ScopeKind, Arc<str>);
-
 /// FNV-1a rather than SipHash: scope ids are key ids and tenant names set by administrators
 /// and hold ids are a counter, so no client chooses what lands in these maps.
 type Fnv = std::hash::BuildHasherDefault<crate::fnv::Fnv1a>;
 
 #[derive(Debug, Default)]
 struct State {
-    /// Per scope kind (`ScopeKind::Key`, `ScopeKind::Tenant`), by id: looked up by `&str`
-    /// without building an owned key.
-    scopes: [HashMap<Arc<str>, ScopeState, Fnv>; 2],
+    /// Every scope's counters, in the order they were first used (a scope is never removed).
+    slots: Vec<ScopeState>,
+    /// Per scope kind (`ScopeKind::Key`, `ScopeKind::Tenant`), by id: the scope's index in
+    /// `slots`. A call looks each of its scopes up once and then works on the index; ids are
+    /// looked up by `&str` without building an owned key.
+    index: [HashMap<Arc<str>, usize, Fnv>; 2],
     holds: HashMap<u64, HoldRecord, Fnv>,
     /// (expiry, hold id) of every outstanding hold.
     expiries: BTreeSet<(i64, u64)>,
@@ -63,7 +64,7 @@ struct State {
 
 #[derive(Debug)]
 struct HoldRecord {
-    scopes: Vec<ScopeId>,
+    scopes: Arc<[Scope]>,
     day: i64,
     month: i64,
     cost: Nanos,
@@ -170,17 +171,33 @@ impl ScopeState {
         self.leases.retain(|(_, expiry)| *expiry > now_ms);
     }
 
+    /// Applies `delta` to the spend of `day`, `month` and in total, and takes a hold's `cost`
+    /// off the reserved sum.
+    fn unreserve(&mut self, day: i64, month: i64, delta: Nanos, cost: Nanos) {
+        add_windowed(&mut self.days, day, delta, DAYS_KEPT);
+        add_windowed(&mut self.months, month, delta, MONTHS_KEPT);
+        add_clamped(&mut self.total, delta);
+        add_clamped(&mut self.reserved, -cost);
+    }
+
     fn tokens_used(&self) -> u64 {
         debug_assert_eq!(self.tokens_sum, self.tokens.iter().map(|e| e.1).sum::<u64>());
         self.tokens_sum
     }
 
-    /// Whether this scope refuses `ask` (nothing is changed).
-    fn refusal(&self, kind: ScopeKind, id: &Arc<str>, limits: &super::Limits, ask: &Ask<'_>) -> Option<Refusal> {
+    /// Whether this scope refuses `ask`, made on `day` and in `month` (nothing is changed).
+    fn refusal(
+        &self,
+        kind: ScopeKind,
+        id: &Arc<str>,
+        limits: &super::Limits,
+        ask: &Ask<'_>,
+        (day, month): (i64, i64),
+    ) -> Option<Refusal> {
         let now = ask.now_ms;
         for (window, limit, used) in [
-            (Window::Day, limits.budget_day, read_windowed(&self.days, day_of(now))),
-            (Window::Month, limits.budget_month, read_windowed(&self.months, month_of(now))),
+            (Window::Day, limits.budget_day, read_windowed(&self.days, day)),
+            (Window::Month, limits.budget_month, read_windowed(&self.months, month)),
             (Window::Total, limits.budget_total, self.total),
         ] {
             if let Some(limit) = limit {
@@ -244,20 +261,28 @@ fn kind_index(kind: ScopeKind) -> usize {
 
 impl State {
     fn scope(&self, kind: ScopeKind, id: &str) -> Option<&ScopeState> {
-        self.scopes[kind_index(kind)].get(id)
+        self.index[kind_index(kind)].get(id).map(|&i| &self.slots[i])
     }
 
     fn scope_mut(&mut self, kind: ScopeKind, id: &str) -> Option<&mut ScopeState> {
-        self.scopes[kind_index(kind)].get_mut(id)
+        self.index[kind_index(kind)].get(id).map(|&i| &mut self.slots[i])
+    }
+
+    /// The scope's index in `slots`, its state created empty on first use.
+    fn slot(&mut self, kind: ScopeKind, id: &Arc<str>) -> usize {
+        let map = &mut self.index[kind_index(kind)];
+        if let Some(&i) = map.get(&**id) {
+            return i;
+        }
+        self.slots.push(ScopeState::default());
+        map.insert(id.clone(), self.slots.len() - 1);
+        self.slots.len() - 1
     }
 
     /// The scope's state, created empty on first use.
     fn scope_entry(&mut self, kind: ScopeKind, id: &Arc<str>) -> &mut ScopeState {
-        let map = &mut self.scopes[kind_index(kind)];
-        if !map.contains_key(&**id) {
-            map.insert(id.clone(), ScopeState::default());
-        }
-        map.get_mut(&**id).expect("inserted above")
+        let i = self.slot(kind, id);
+        &mut self.slots[i]
     }
 
     /// Removes the reservations of holds expired at `now_ms`.
@@ -276,12 +301,8 @@ impl State {
     /// Applies `delta` to the day, month and total of every scope of `hold`, and removes its
     /// cost from their reserved sums.
     fn unreserve(&mut self, hold: &HoldRecord, delta: Nanos) {
-        for scope in &hold.scopes {
-            let s = self.scope_entry(scope.0, &scope.1);
-            add_windowed(&mut s.days, hold.day, delta, DAYS_KEPT);
-            add_windowed(&mut s.months, hold.month, delta, MONTHS_KEPT);
-            add_clamped(&mut s.total, delta);
-            add_clamped(&mut s.reserved, -hold.cost);
+        for scope in hold.scopes.iter() {
+            self.scope_entry(scope.kind, &scope.id).unreserve(hold.day, hold.month, delta, hold.cost);
         }
     }
 
@@ -290,6 +311,40 @@ impl State {
             if let Some(s) = self.scope_mut(scope.0, &scope.1) {
                 s.leases.retain(|(id, _)| *id != lease.id);
             }
+        }
+    }
+}
+
+/// The slots of one call's scopes, each looked up once: on the stack for up to four (a
+/// request has two: its key and its tenant).
+#[derive(Default)]
+struct Slots {
+    inline: [usize; 4],
+    len: usize,
+    more: Vec<usize>,
+}
+
+impl Slots {
+    fn push(&mut self, slot: usize) {
+        match self.inline.get_mut(self.len) {
+            Some(free) if self.more.is_empty() => {
+                *free = slot;
+                self.len += 1;
+            }
+            _ => {
+                if self.more.is_empty() {
+                    self.more.extend_from_slice(&self.inline);
+                }
+                self.more.push(slot);
+            }
+        }
+    }
+
+    fn as_slice(&self) -> &[usize] {
+        if self.more.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.more
         }
     }
 }
@@ -330,15 +385,19 @@ impl LocalCounters {
     pub fn reserve(&self, ask: &Ask<'_>) -> Result<(Hold, Remaining), LimitError> {
         let now = ask.now_ms;
         let cost = ask.cost.max(0);
+        let (day, month) = (day_of(now), month_of(now));
+        let mut slots = Slots::default();
         let mut state = self.lock();
         let state = &mut *state;
         state.sweep(now);
-        for scope in ask.scopes {
-            let s = state.scope_entry(scope.kind, &scope.id);
+        for scope in ask.scopes.iter() {
+            let i = state.slot(scope.kind, &scope.id);
+            let s = &mut state.slots[i];
             s.prune(now);
-            if let Some(refusal) = s.refusal(scope.kind, &scope.id, &scope.limits, ask) {
+            if let Some(refusal) = s.refusal(scope.kind, &scope.id, &scope.limits, ask, (day, month)) {
                 return Err(LimitError::Refused(refusal));
             }
+            slots.push(i);
         }
         let mut flags = 0;
         for (i, scope) in ask.scopes.iter().enumerate().take(TPM_BITS as usize) {
@@ -347,11 +406,10 @@ impl LocalCounters {
             }
         }
         let id = (next_id() << TPM_BITS) | flags;
-        let (day, month) = (day_of(now), month_of(now));
         let expires_ms = now.saturating_add(self.hold_ttl_ms);
-        let mut afters = Vec::with_capacity(ask.scopes.len());
-        for scope in ask.scopes {
-            let s = state.scope_mut(scope.kind, &scope.id).expect("created above");
+        let mut left = Tightest::default();
+        for (scope, &i) in ask.scopes.iter().zip(slots.as_slice()) {
+            let s = &mut state.slots[i];
             add_windowed(&mut s.days, day, cost, DAYS_KEPT);
             add_windowed(&mut s.months, month, cost, MONTHS_KEPT);
             s.total = s.total.saturating_add(cost);
@@ -367,7 +425,7 @@ impl LocalCounters {
                 bump(&mut s.tokens, now, ask.tokens);
                 s.tokens_sum += ask.tokens;
             }
-            afters.push(After {
+            let after = After {
                 day: read_windowed(&s.days, day),
                 month: read_windowed(&s.months, month),
                 total: s.total,
@@ -375,51 +433,43 @@ impl LocalCounters {
                 requests_newest: s.requests.back().map(|e| e.0),
                 tokens: s.tokens_used(),
                 tokens_newest: s.tokens.back().map(|e| e.0),
-            });
+            };
+            left.add(scope.kind, &scope.limits, after, now);
         }
-        let scopes: Vec<ScopeId> = ask.scopes.iter().map(|s| (s.kind, s.id.clone())).collect();
-        state.holds.insert(id, HoldRecord { scopes: scopes.clone(), day, month, cost, expires_ms });
+        state.holds.insert(id, HoldRecord { scopes: ask.scopes.clone(), day, month, cost, expires_ms });
         state.expiries.insert((expires_ms, id));
-        let left = remaining(ask.scopes.iter().zip(afters).map(|(s, a)| (s.kind, &s.limits, a)), now);
-        let group: Arc<str> = Arc::from(ask.group);
-        let lease = Lease::for_ask(id, ask, &group, true);
+        let left = left.finish();
+        let lease = Lease::for_ask(id, ask, true);
+        let (scopes, group) = (ask.scopes.clone(), ask.group.clone());
         let hold = Hold { id, scopes, group, at_ms: now, cost, tokens: ask.tokens, local: true, lease };
         Ok((hold, left))
     }
 
     pub fn settle(&self, hold: Hold, spent: Spent, release: Option<Lease>) {
         let mut state = self.lock();
-        let record = state.holds.remove(&hold.id);
-        let delta = match &record {
+        let state = &mut *state;
+        let (delta, reserved, day, month) = match state.holds.remove(&hold.id) {
             Some(r) => {
                 state.expiries.remove(&(r.expires_ms, hold.id));
-                spent.cost - r.cost
+                (spent.cost - r.cost, r.cost, r.day, r.month)
             }
             // Swept: its reservation is gone already.
-            None => spent.cost,
+            None => (spent.cost, 0, day_of(hold.at_ms), month_of(hold.at_ms)),
         };
-        let applied = HoldRecord {
-            scopes: hold.scopes,
-            day: day_of(hold.at_ms),
-            month: month_of(hold.at_ms),
-            cost: record.as_ref().map_or(0, |r| r.cost),
-            expires_ms: 0,
-        };
-        state.unreserve(&applied, delta);
-        for (i, scope) in applied.scopes.iter().enumerate() {
+        for (i, scope) in hold.scopes.iter().enumerate() {
+            let s = state.scope_entry(scope.kind, &scope.id);
+            s.unreserve(day, month, delta, reserved);
             // Only scopes that took a tokens entry (recorded in the hold id's low bits).
             if i < TPM_BITS as usize && hold.id & (1 << i) == 0 {
                 continue;
             }
-            if let Some(s) = state.scope_mut(scope.0, &scope.1) {
-                // Its tokens are in the bucket of its millisecond, if still in the minute.
-                let at = s.tokens.partition_point(|e| e.0 < hold.at_ms);
-                if let Some(bucket) = s.tokens.get_mut(at).filter(|e| e.0 == hold.at_ms) {
-                    debug_assert!(bucket.1 >= hold.tokens, "the bucket holds this hold's reservation");
-                    let kept = bucket.1.saturating_sub(hold.tokens);
-                    bucket.1 = kept + spent.tokens;
-                    s.tokens_sum = s.tokens_sum - hold.tokens.min(s.tokens_sum) + spent.tokens;
-                }
+            // Its tokens are in the bucket of its millisecond, if still in the minute.
+            let at = s.tokens.partition_point(|e| e.0 < hold.at_ms);
+            if let Some(bucket) = s.tokens.get_mut(at).filter(|e| e.0 == hold.at_ms) {
+                debug_assert!(bucket.1 >= hold.tokens, "the bucket holds this hold's reservation");
+                let kept = bucket.1.saturating_sub(hold.tokens);
+                bucket.1 = kept + spent.tokens;
+                s.tokens_sum = s.tokens_sum - hold.tokens.min(s.tokens_sum) + spent.tokens;
             }
         }
         if let Some(lease) = release {
@@ -463,8 +513,10 @@ mod tests {
         Scope { kind, id: Arc::from(id), limits }
     }
 
-    fn ask<'a>(scopes: &'a [Scope], now_ms: i64, request: bool, tokens: u64, cost: Nanos) -> Ask<'a> {
-        Ask { scopes, group: "g", now_ms, request, tokens, cost }
+    static GROUP: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("g"));
+
+    fn ask<'a>(scopes: &'a Arc<[Scope]>, now_ms: i64, request: bool, tokens: u64, cost: Nanos) -> Ask<'a> {
+        Ask { scopes, group: &GROUP, now_ms, request, tokens, cost }
     }
 
     fn refused(r: Result<(Hold, Remaining), LimitError>) -> Refusal {
@@ -482,10 +534,10 @@ mod tests {
     #[test]
     fn budgets_are_all_or_nothing_across_scopes() {
         let c = LocalCounters::new();
-        let scopes = [
+        let scopes: Arc<[Scope]> = Arc::new([
             scope(ScopeKind::Key, "k", Limits { budget_day: Some(10 * USD), ..Limits::default() }),
             scope(ScopeKind::Tenant, "t", Limits { budget_total: Some(3 * USD), ..Limits::default() }),
-        ];
+        ]);
         let (h, left) = admitted(c.reserve(&ask(&scopes, T0, true, 0, 2 * USD)));
         let b = left.budget.unwrap();
         assert_eq!((b.scope, b.window, b.left, b.resets_at_ms), (ScopeKind::Tenant, Window::Total, USD, None));
@@ -515,7 +567,8 @@ mod tests {
     #[test]
     fn a_zero_cost_ask_is_refused_once_nothing_is_left() {
         let c = LocalCounters::new();
-        let scopes = [scope(ScopeKind::Key, "k", Limits { budget_day: Some(USD), ..Limits::default() })];
+        let scopes: Arc<[Scope]> =
+            Arc::new([scope(ScopeKind::Key, "k", Limits { budget_day: Some(USD), ..Limits::default() })]);
         let (h, _) = admitted(c.reserve(&ask(&scopes, T0, false, 0, USD)));
         let r = refused(c.reserve(&ask(&scopes, T0, false, 0, 0)));
         assert!(
@@ -530,7 +583,8 @@ mod tests {
     #[test]
     fn a_hold_settles_into_the_day_it_was_made() {
         let c = LocalCounters::new();
-        let scopes = [scope(ScopeKind::Key, "k", Limits { budget_day: Some(5 * USD), ..Limits::default() })];
+        let scopes: Arc<[Scope]> =
+            Arc::new([scope(ScopeKind::Key, "k", Limits { budget_day: Some(5 * USD), ..Limits::default() })]);
         let before_midnight = T0 - 1; // 2026-02-28T23:59:59.999Z
         let (h, _) = admitted(c.reserve(&ask(&scopes, before_midnight, false, 0, 4 * USD)));
         // After midnight the new day (and month) starts empty; the hold is yesterday's.
@@ -547,7 +601,7 @@ mod tests {
     #[test]
     fn requests_per_minute_is_an_exact_sliding_window() {
         let c = LocalCounters::new();
-        let scopes = [scope(ScopeKind::Key, "k", Limits { rpm: Some(3), ..Limits::default() })];
+        let scopes: Arc<[Scope]> = Arc::new([scope(ScopeKind::Key, "k", Limits { rpm: Some(3), ..Limits::default() })]);
         let mut admitted_at = Vec::new();
         // One ask every 7 s for 5 minutes.
         for i in 0..43 {
@@ -587,7 +641,8 @@ mod tests {
     #[test]
     fn tokens_per_minute_reserve_then_settle() {
         let c = LocalCounters::new();
-        let scopes = [scope(ScopeKind::Key, "k", Limits { tpm: Some(1000), ..Limits::default() })];
+        let scopes: Arc<[Scope]> =
+            Arc::new([scope(ScopeKind::Key, "k", Limits { tpm: Some(1000), ..Limits::default() })]);
         let (h1, left) = admitted(c.reserve(&ask(&scopes, T0, true, 600, 0)));
         assert_eq!(left.tokens.unwrap().left, 400);
         let r = refused(c.reserve(&ask(&scopes, T0 + 10_000, true, 500, 0)));
@@ -618,10 +673,10 @@ mod tests {
     #[test]
     fn concurrency_leases_are_released_or_expire() {
         let c = LocalCounters::new().with_hold_ttl(10_000);
-        let scopes = [
+        let scopes: Arc<[Scope]> = Arc::new([
             scope(ScopeKind::Key, "k", Limits::default()),
             scope(ScopeKind::Tenant, "t", Limits { concurrency: Some(2), ..Limits::default() }),
-        ];
+        ]);
         let (mut a, _) = admitted(c.reserve(&ask(&scopes, T0, true, 0, 0)));
         let (mut b, _) = admitted(c.reserve(&ask(&scopes, T0, true, 0, 0)));
         assert_eq!(c.usage(ScopeKind::Tenant, "t", T0).in_flight, 2);
@@ -657,7 +712,8 @@ mod tests {
     #[test]
     fn an_unsettled_hold_expires_and_a_late_settle_adds_only_its_spend() {
         let c = LocalCounters::new().with_hold_ttl(5_000);
-        let scopes = [scope(ScopeKind::Key, "k", Limits { budget_total: Some(10 * USD), ..Limits::default() })];
+        let scopes: Arc<[Scope]> =
+            Arc::new([scope(ScopeKind::Key, "k", Limits { budget_total: Some(10 * USD), ..Limits::default() })]);
         let (h, _) = admitted(c.reserve(&ask(&scopes, T0, false, 0, 8 * USD)));
         assert!(c.reserve(&ask(&scopes, T0 + 4_999, false, 0, 3 * USD)).is_err());
         assert_eq!(c.usage(ScopeKind::Key, "k", T0 + 4_999).reserved, 8 * USD);
@@ -683,11 +739,11 @@ mod tests {
         let tomorrow = T0 + 86_400_000;
         let u = c.usage(ScopeKind::Key, "k", tomorrow);
         assert_eq!((u.day, u.month, u.total), (0, 7 * USD, 30 * USD));
-        let scopes = [scope(
+        let scopes: Arc<[Scope]> = Arc::new([scope(
             ScopeKind::Key,
             "k",
             Limits { budget_day: Some(5 * USD), budget_month: Some(8 * USD), ..Limits::default() },
-        )];
+        )]);
         let r = refused(c.reserve(&ask(&scopes, T0 + 1000, false, 0, 2 * USD)));
         assert!(matches!(r, Refusal::Budget { window: Window::Month, used, .. } if used == 7 * USD));
         let (h, left) = admitted(c.reserve(&ask(&scopes, T0 + 1000, false, 0, USD)));
@@ -762,6 +818,7 @@ mod props {
                 Scope { kind: ScopeKind::Key, id: Arc::from("x"), limits: limits[0].clone() },
                 Scope { kind: ScopeKind::Tenant, id: Arc::from("x"), limits: limits[1].clone() },
             ];
+            let group: Arc<str> = Arc::from("x");
             let mut m = Model::default();
             let mut leases: Vec<(Lease, [bool; 2])> = Vec::new();
             let mut now = T0;
@@ -769,11 +826,11 @@ mod props {
                 match op {
                     Op::Reserve { which, cost, request } => {
                         let used = [which & 1 != 0, which & 2 != 0];
-                        let scopes: Vec<Scope> = (0..2).filter(|i| used[*i]).map(|i| all[i].clone()).collect();
+                        let scopes: Arc<[Scope]> = (0..2).filter(|i| used[*i]).map(|i| all[i].clone()).collect();
                         let in_flight = leases.iter().filter(|(_, w)| w[0]).count();
                         let fits = (0..2).all(|i| !used[i] || !over_budget(m.total(i), cost, limits[i].budget_total.unwrap()))
                             && !(request && used[0] && in_flight >= 3);
-                        let ask = Ask { scopes: &scopes, group: "x", now_ms: now, request, tokens: 0, cost };
+                        let ask = Ask { scopes: &scopes, group: &group, now_ms: now, request, tokens: 0, cost };
                         match c.reserve(&ask) {
                             Ok((mut hold, _)) => {
                                 prop_assert!(fits, "admitted past a limit");

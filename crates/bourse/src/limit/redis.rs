@@ -107,17 +107,46 @@ impl std::fmt::Debug for RedisCounters {
     }
 }
 
-fn group_prefix(group: &str) -> String {
-    format!("bourse:{{{group}}}:")
+// The names below are written piece by piece rather than with `format!`: a decision and a
+// settle each need several, and the formatting machinery cost more than the rest of the
+// gateway's part of a decision.
+
+/// `bourse:{<group>}:`, the prefix of every key of a group (its hash tag), followed by `rest`.
+fn group_key(group: &str, rest: &str) -> String {
+    let mut key = String::with_capacity(group.len() + rest.len() + 10);
+    push_group_prefix(&mut key, group);
+    key.push_str(rest);
+    key
+}
+
+fn push_group_prefix(out: &mut String, group: &str) {
+    out.push_str("bourse:{");
+    out.push_str(group);
+    out.push_str("}:");
 }
 
 /// A scope's key under its group's prefix (`k:<id>:` or `t:<id>:`): what hold records name.
-fn scope_suffix(kind: ScopeKind, id: &str) -> String {
-    let k = match kind {
-        ScopeKind::Key => "k",
-        ScopeKind::Tenant => "t",
-    };
-    format!("{k}:{id}:")
+fn push_scope_suffix(out: &mut String, kind: ScopeKind, id: &str) {
+    out.push_str(match kind {
+        ScopeKind::Key => "k:",
+        ScopeKind::Tenant => "t:",
+    });
+    out.push_str(id);
+    out.push(':');
+}
+
+/// The length of [`push_scope_suffix`]'s text.
+fn scope_suffix_len(id: &str) -> usize {
+    id.len() + 3
+}
+
+/// A scope's key: `bourse:{<group>}:k:<id>:` (or `t:`), followed by `rest`.
+fn scope_key(group: &str, kind: ScopeKind, id: &str, rest: &str) -> String {
+    let mut key = String::with_capacity(group.len() + 10 + scope_suffix_len(id) + rest.len());
+    push_group_prefix(&mut key, group);
+    push_scope_suffix(&mut key, kind, id);
+    key.push_str(rest);
+    key
 }
 
 /// Scopes (by index) whose tokens window a hold has an entry in, kept in the low bits of the
@@ -136,11 +165,18 @@ fn hold_id(scopes: &[Scope]) -> u64 {
 
 /// A hold's member in its group's holds ZSET (see the module doc).
 fn hold_record<'a>(id: u64, cost: Nanos, at_ms: i64, scopes: impl Iterator<Item = (ScopeKind, &'a str)>) -> String {
-    use std::fmt::Write;
-    let mut record = format!("{id} {cost} {} {}", day_of(at_ms), month_of(at_ms));
+    let mut record = String::with_capacity(96);
+    let mut n = itoa::Buffer::new();
+    record.push_str(n.format(id));
+    for v in [cost, day_of(at_ms), month_of(at_ms)] {
+        record.push(' ');
+        record.push_str(n.format(v));
+    }
     for (kind, id) in scopes {
-        let suffix = scope_suffix(kind, id);
-        let _ = write!(record, " {}:{suffix}", suffix.len());
+        record.push(' ');
+        record.push_str(n.format(scope_suffix_len(id)));
+        record.push(':');
+        push_scope_suffix(&mut record, kind, id);
     }
     record
 }
@@ -198,9 +234,9 @@ impl RedisCounters {
     }
 
     /// Queues `kind` for the batch task and waits for its values.
-    async fn submit(&self, group: &str, kind: OpKind) -> Result<Vec<i64>, LimitError> {
+    async fn submit(&self, group: &Arc<str>, kind: OpKind) -> Result<Vec<i64>, LimitError> {
         let (reply, answer) = oneshot::channel();
-        let op = Op { group: Arc::from(group), kind, reply: Some(reply) };
+        let op = Op { group: group.clone(), kind, reply: Some(reply) };
         self.ops.send(op).map_err(|_| unavailable("the batch task ended"))?;
         answer.await.map_err(|_| unavailable("the batch task ended"))?
     }
@@ -210,9 +246,8 @@ impl RedisCounters {
         let cost = exact(ask.cost);
         let tokens = ask.tokens.min(MAX_EXACT as u64);
         let id = hold_id(ask.scopes);
-        let group = group_prefix(ask.group);
         let record = hold_record(id, cost, now, ask.scopes.iter().map(|s| (s.kind, &*s.id)));
-        let keys = ask.scopes.iter().map(|s| format!("{group}{}", scope_suffix(s.kind, &s.id))).collect();
+        let keys = ask.scopes.iter().map(|s| scope_key(ask.group, s.kind, &s.id, "")).collect();
         let limits = ask
             .scopes
             .iter()
@@ -255,9 +290,8 @@ impl RedisCounters {
             tokens_newest: newest(c[6]),
         });
         let left = remaining(ask.scopes.iter().zip(afters).map(|(s, a)| (s.kind, &s.limits, a)), now);
-        let scopes: Vec<(ScopeKind, Arc<str>)> = ask.scopes.iter().map(|s| (s.kind, s.id.clone())).collect();
-        let group: Arc<str> = Arc::from(ask.group);
-        let lease = Lease::for_ask(id, ask, &group, false);
+        let lease = Lease::for_ask(id, ask, false);
+        let (scopes, group) = (ask.scopes.clone(), ask.group.clone());
         Ok((Hold { id, scopes, group, at_ms: now, cost, tokens: ask.tokens, local: false, lease }, left))
     }
 
@@ -291,10 +325,9 @@ impl RedisCounters {
         if lease.scopes.is_empty() {
             return Ok(());
         }
-        let group = group_prefix(&lease.group);
         let mut inv = RELEASE.prepare_invoke();
         for (kind, id) in &lease.scopes {
-            inv.key(format!("{group}{}lease", scope_suffix(*kind, id)));
+            inv.key(scope_key(&lease.group, *kind, id, "lease"));
         }
         inv.arg(lease.id);
         let _: i64 = self.run(inv).await?;
@@ -302,12 +335,12 @@ impl RedisCounters {
     }
 
     pub async fn usage(&self, kind: ScopeKind, id: &str, group: &str, now_ms: i64) -> Result<Usage, LimitError> {
-        let g = group_prefix(group);
-        let suffix = scope_suffix(kind, id);
+        let mut suffix = String::with_capacity(scope_suffix_len(id));
+        push_scope_suffix(&mut suffix, kind, id);
         let mut inv = USAGE.prepare_invoke();
-        inv.key(format!("{g}holds"))
-            .key(format!("{g}{suffix}"))
-            .key(format!("{g}{suffix}lease"))
+        inv.key(group_key(group, "holds"))
+            .key(scope_key(group, kind, id, ""))
+            .key(scope_key(group, kind, id, "lease"))
             .arg(now_ms)
             .arg(day_of(now_ms))
             .arg(month_of(now_ms))
@@ -324,22 +357,22 @@ impl RedisCounters {
 /// how the gateway uses them; one with no scope, no concurrency limit, has nothing to
 /// release).
 fn settle_op(hold: Hold, spent: Spent, release: Option<Lease>) -> (OpKind, Option<Lease>) {
-    let group = group_prefix(&hold.group);
+    let group = &*hold.group;
     let (same, other) = match release {
         Some(l) if l.group == hold.group => (Some(l), None),
         other => (None, other),
     };
     let same = same.filter(|l| !l.scopes.is_empty());
-    let lease_keys = same.as_ref().map_or_else(Vec::new, |l| {
-        l.scopes.iter().map(|(kind, id)| format!("{group}{}", scope_suffix(*kind, id))).collect()
-    });
+    let lease_keys = same
+        .as_ref()
+        .map_or_else(Vec::new, |l| l.scopes.iter().map(|(kind, id)| scope_key(group, *kind, id, "")).collect());
     let keys = hold
         .scopes
         .iter()
         .enumerate()
-        .map(|(i, (kind, id))| (format!("{group}{}", scope_suffix(*kind, id)), has_tokens_entry(hold.id, i)))
+        .map(|(i, s)| (scope_key(group, s.kind, &s.id, ""), has_tokens_entry(hold.id, i)))
         .collect();
-    let record = hold_record(hold.id, hold.cost, hold.at_ms, hold.scopes.iter().map(|(k, id)| (*k, &**id)));
+    let record = hold_record(hold.id, hold.cost, hold.at_ms, hold.scopes.iter().map(|s| (s.kind, &*s.id)));
     let head = [
         exact(spent.cost),
         spent.tokens.min(MAX_EXACT as u64) as i64,
@@ -373,7 +406,7 @@ async fn send_batches(conn: ConnectionManager, mut queue: mpsc::UnboundedReceive
 /// decisions in arrival order.
 async fn send_batch(mut conn: ConnectionManager, ops: Vec<Op>) {
     let mut inv = BATCH.prepare_invoke();
-    inv.key(format!("{}holds", group_prefix(&ops[0].group)));
+    inv.key(group_key(&ops[0].group, "holds"));
     // KEYS[1] is the holds ZSET; every scope key follows once.
     let mut scope_keys: Vec<&str> = Vec::new();
     fn key<'a>(scope_keys: &mut Vec<&'a str>, k: &'a str) -> usize {
@@ -731,5 +764,21 @@ fn refusal(scopes: &[Scope], out: &[i64], now: i64) -> Result<Refusal, LimitErro
         5 => rate(Rate::Tokens, l.tpm),
         6 => rate(Rate::Concurrency, l.concurrency),
         _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_documented_ones() {
+        assert_eq!(group_key("acme", "holds"), "bourse:{acme}:holds");
+        assert_eq!(scope_key("acme", ScopeKind::Key, "key_1", ""), "bourse:{acme}:k:key_1:");
+        assert_eq!(scope_key("acme", ScopeKind::Tenant, "acme", "lease"), "bourse:{acme}:t:acme:lease");
+        // 2026-03-01T00:00:00Z: day 20513, month 2026 * 12 + 2.
+        let record =
+            hold_record(42, 7, 1_772_323_200_000, [(ScopeKind::Key, "key_1"), (ScopeKind::Tenant, "é")].into_iter());
+        assert_eq!(record, "42 7 20513 24314 8:k:key_1: 5:t:é:");
     }
 }

@@ -22,8 +22,20 @@ pub(super) fn remaining<'a>(
     scopes: impl IntoIterator<Item = (ScopeKind, &'a Limits, After)>,
     now_ms: i64,
 ) -> Remaining {
-    let mut out = Remaining::default();
+    let mut out = Tightest::default();
     for (kind, limits, after) in scopes {
+        out.add(kind, limits, after, now_ms);
+    }
+    out.finish()
+}
+
+/// [`remaining`] one scope at a time, as a decision counts them.
+#[derive(Default)]
+pub(super) struct Tightest(Remaining);
+
+impl Tightest {
+    pub(super) fn add(&mut self, kind: ScopeKind, limits: &Limits, after: After, now_ms: i64) {
+        let out = &mut self.0;
         for (window, limit, used) in [
             (Window::Day, limits.budget_day, after.day),
             (Window::Month, limits.budget_month, after.month),
@@ -43,7 +55,10 @@ pub(super) fn remaining<'a>(
             tighter(&mut out.tokens, limit, after.tokens, after.tokens_newest, now_ms);
         }
     }
-    out
+
+    pub(super) fn finish(self) -> Remaining {
+        self.0
+    }
 }
 
 fn tighter(slot: &mut Option<RateLeft>, limit: u64, used: u64, newest: Option<i64>, now_ms: i64) {

@@ -72,6 +72,8 @@ enum Kind {
     Connect,
     /// The connection broke, or the server broke the protocol.
     Exchange,
+    /// A body that had started sent nothing for longer than its reader allowed.
+    Stalled,
 }
 
 impl HttpError {
@@ -86,6 +88,11 @@ impl HttpError {
     /// No connection could be made (nothing was sent).
     pub fn is_connect(&self) -> bool {
         self.kind == Kind::Connect
+    }
+
+    /// The body went quiet for longer than [`Body::bytes_within`] allowed.
+    pub fn is_stalled(&self) -> bool {
+        self.kind == Kind::Stalled
     }
 }
 
@@ -404,7 +411,14 @@ impl Body {
 
     /// The whole body, or its first `limit` bytes (then the rest is not read and the
     /// connection is closed).
-    pub async fn bytes(mut self, limit: usize) -> Result<Bytes, HttpError> {
+    pub async fn bytes(self, limit: usize) -> Result<Bytes, HttpError> {
+        self.bytes_within(limit, None).await
+    }
+
+    /// [`Body::bytes`], except that once the body has started, a wait of more than `quiet`
+    /// for its next bytes fails it (`is_stalled`). Before its first byte only the caller's
+    /// own deadline applies: some servers send the head early and the body when done.
+    pub async fn bytes_within(mut self, limit: usize, quiet: Option<Duration>) -> Result<Bytes, HttpError> {
         // A body of known length not yet all here (a large one): make room for all of it
         // once and read straight into it, rather than reading small pieces and copying them
         // together. Not for absurd lengths, which would only be allocated to be refused.
@@ -416,14 +430,19 @@ impl Body {
                     if conn.buf.len() >= want {
                         break None;
                     }
-                    match poll_fn(|cx| fill(&mut conn.io, &mut conn.buf, cx)).await {
-                        Ok(0) => break Some(CLOSED_IN_BODY.to_string()),
-                        Ok(_) => {}
-                        Err(e) => break Some(e.to_string()),
+                    let started = quiet.filter(|_| !conn.buf.is_empty());
+                    match within(started, poll_fn(|cx| fill(&mut conn.io, &mut conn.buf, cx))).await {
+                        Some(Ok(0)) => break Some(Some(CLOSED_IN_BODY.to_string())),
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => break Some(Some(e.to_string())),
+                        // Stalled.
+                        None => break Some(None),
                     }
                 };
-                if let Some(e) = failed {
-                    return Err(self.broken(e));
+                match failed {
+                    Some(Some(e)) => return Err(self.broken(e)),
+                    Some(None) => return Err(self.stalled(quiet)),
+                    None => {}
                 }
             }
         }
@@ -433,7 +452,11 @@ impl Body {
             return Ok(first.slice(..first.len().min(limit)));
         }
         let mut all = BytesMut::from(first);
-        while let Some(chunk) = poll_fn(|cx| self.poll_chunk(cx)).await.transpose()? {
+        loop {
+            let Some(next) = within(quiet, poll_fn(|cx| self.poll_chunk(cx))).await else {
+                return Err(self.stalled(quiet));
+            };
+            let Some(chunk) = next.transpose()? else { break };
             all.extend_from_slice(&chunk[..chunk.len().min(limit - all.len())]);
             if all.len() >= limit {
                 break;
@@ -457,6 +480,25 @@ impl Body {
         self.conn = None;
         self.state = BodyState::Done;
         HttpError::exchange(e)
+    }
+
+    fn stalled(&mut self, quiet: Option<Duration>) -> HttpError {
+        let mut e = self.broken(format_args!("the body sent nothing for {:?}", quiet.unwrap_or_default()));
+        e.kind = Kind::Stalled;
+        e
+    }
+}
+
+/// `fut`'s output, or None if `quiet` passes first (no limit when None). A future that is
+/// ready at once, as a body that came with its head is, never arms a timer.
+async fn within<F: std::future::Future>(quiet: Option<Duration>, fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    if let Poll::Ready(out) = poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+        return Some(out);
+    }
+    match quiet {
+        None => Some(fut.await),
+        Some(quiet) => tokio::time::timeout(quiet, fut).await.ok(),
     }
 }
 

@@ -39,6 +39,8 @@ pub struct Decoder {
     blocks: HashMap<u64, Block>,
     tool_calls: u32,
     json_tool_used: bool,
+    /// A stop reason (`message_delta`) or `message_stop` has come: the answer is whole.
+    ended: bool,
     /// Usage so far: input counts from `message_start`, updated by each `message_delta`
     /// (whose usage is cumulative and may carry only `output_tokens`).
     usage: Usage,
@@ -156,8 +158,9 @@ impl Decoder {
     }
 }
 
-/// An in-stream `error` event as an upstream status error.
-fn stream_error(v: &Value) -> Error {
+/// An Anthropic error object (an in-stream `error` event, or a 2xx body that is one) as an
+/// upstream status error.
+pub(super) fn reported(v: &Value) -> Error {
     let e = v.get("error").unwrap_or(&Value::Null);
     let kind = e.get("type").and_then(Value::as_str);
     let code = e.pointer("/details/error_code").and_then(Value::as_str);
@@ -204,6 +207,7 @@ impl Decode for Decoder {
             "message_delta" => {
                 let d = v.get("delta").unwrap_or(&Value::Null);
                 if let Some(reason) = d.get("stop_reason").and_then(Value::as_str) {
+                    self.ended = true;
                     let mut stop = stop_from(Some(reason), d.get("stop_sequence").and_then(Value::as_str));
                     if stop == StopReason::ToolUse && self.json_tool_used && self.tool_calls == 0 {
                         stop = StopReason::EndTurn;
@@ -215,8 +219,9 @@ impl Decode for Decoder {
                     out.push(Delta::Usage(self.usage));
                 }
             }
-            "error" => return Err(stream_error(&v)),
-            // content_block_stop, message_stop, ping, and event types added later.
+            "error" => return Err(reported(&v)),
+            "message_stop" => self.ended = true,
+            // content_block_stop, ping, and event types added later.
             _ => {}
         }
         Ok(())
@@ -224,6 +229,10 @@ impl Decode for Decoder {
 
     /// Anthropic reports stop and usage together in `message_delta`: nothing is held back.
     fn finish(&mut self, _out: &mut Vec<Delta>) {}
+
+    fn complete(&self) -> bool {
+        self.ended
+    }
 }
 
 // ------------------------------------------------------------------ encoding

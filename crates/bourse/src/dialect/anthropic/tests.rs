@@ -574,6 +574,16 @@ fn usage_keeps_cache_reads_and_writes_apart_from_input() {
     assert_eq!(response_usage(b"{\"id\":\"x\"}"), Ok(None));
     assert_eq!(response_usage(b"<html>"), Err(NotJson));
 
+    // An error object under a 2xx is the upstream's error, classified by its type.
+    let overloaded = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+    let e = reported_error(overloaded).expect("an error body");
+    assert_eq!((e.status().as_u16(), e.label(), e.message.as_str()), (529, "upstream_5xx", "Overloaded"));
+    assert_eq!(parse_reply(overloaded, false).unwrap_err().status().as_u16(), 529);
+    let api = reported_error(br#"{"type":"error","error":{"type":"api_error","message":"x"}}"#).unwrap();
+    assert_eq!(api.status().as_u16(), 500);
+    assert!(reported_error(&reply_body(json!([]), "end_turn")).is_none());
+    assert!(reported_error(b"<html>").is_none());
+
     let reply = Reply {
         id: "chatcmpl-1".into(),
         model: "gpt-x".into(),

@@ -88,6 +88,11 @@ impl Decode for Decoder {
         Ok(())
     }
 
+    /// The last chunk carries the finish reason; a blocked prompt has none.
+    fn complete(&self) -> bool {
+        self.finish_reason.is_some() || self.blocked
+    }
+
     fn finish(&mut self, out: &mut Vec<Delta>) {
         if self.stopped {
             return;

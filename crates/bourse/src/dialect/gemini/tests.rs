@@ -456,7 +456,15 @@ fn decode_stop_reasons_and_signatures() {
         [Delta::Start { id: "b".into(), model: String::new(), usage: None }, Delta::Stop(StopReason::ContentFilter)]
     );
 
-    // An empty stream still starts before it stops; no finish reason is a natural end.
+    // A stream is whole with its finish reason, or its block; not without either.
+    let (d, _) = decode(&[json!({"candidates": [{"content": {"parts": [{"text": "cut"}]}}]})]);
+    assert!(!d.complete());
+    let (d, _) = decode(&[json!({"candidates": [{"content": {"parts": []}, "finishReason": "STOP"}]})]);
+    assert!(d.complete());
+    let (d, _) = decode(&[json!({"promptFeedback": {"blockReason": "SAFETY"}})]);
+    assert!(d.complete());
+
+    // Asked to finish anyway, an empty stream still starts before it stops.
     let (mut d, mut out) = decode(&[]);
     d.finish(&mut out);
     assert!(matches!(out[..], [Delta::Start { .. }, Delta::Stop(StopReason::EndTurn)]), "{out:?}");

@@ -213,6 +213,11 @@ impl Decode for Decoder {
         Ok(())
     }
 
+    /// A finish reason, or `[DONE]` (some servers send no finish reason).
+    fn complete(&self) -> bool {
+        self.stopped || self.done
+    }
+
     fn finish(&mut self, out: &mut Vec<Delta>) {
         self.flush_calls(out);
         if self.done && !self.stopped {

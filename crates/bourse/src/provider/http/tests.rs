@@ -295,6 +295,31 @@ async fn interim_answers_are_skipped_and_error_bodies_capped() {
     assert_eq!(resp.body.bytes(10).await.unwrap().len(), 10);
 }
 
+/// Once a body has started, a silence longer than the reader allows fails it as stalled
+/// (a body of known length, a chunked one); before its first byte only the caller's own
+/// deadline applies, since some servers send the head long before the body.
+#[tokio::test]
+async fn a_body_that_goes_quiet_once_started_is_stalled() {
+    let s = server(|n| match n {
+        0 => answer("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n{\"a\":"),
+        1 => answer("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n"),
+        _ => Answer {
+            pieces: vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n".to_vec(), b"{}".to_vec()],
+            close: false,
+        },
+    })
+    .await;
+    let c = client(s.addr);
+    for framing in ["content-length", "chunked"] {
+        let resp = c.post("/x", None, b"").await.unwrap();
+        let e = resp.body.bytes_within(usize::MAX, Some(Duration::from_millis(50))).await.unwrap_err();
+        assert!(e.is_stalled(), "{framing}: {e}");
+    }
+    // The head, then the body 30 ms later: longer than the limit, but nothing had started.
+    let resp = c.post("/x", None, b"").await.unwrap();
+    assert_eq!(resp.body.bytes_within(usize::MAX, Some(Duration::from_millis(10))).await.unwrap(), &b"{}"[..]);
+}
+
 /// A large body in many small writes arrives whole, and the connection is reused after it.
 #[tokio::test]
 async fn large_bodies_arrive_whole() {

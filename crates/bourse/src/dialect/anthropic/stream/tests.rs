@@ -199,6 +199,28 @@ fn authored_stream_decodes_to_the_expected_deltas() {
     );
 }
 
+/// Whole once the stop reason (or `message_stop`) has come; a stream cut before it is not.
+#[test]
+fn decoder_knows_a_whole_answer_from_a_cut_one() {
+    let body = authored_stream();
+    let mut d = Decoder::new(false);
+    let mut out = Vec::new();
+    let mut whole = Vec::new();
+    for item in parse_all(&body) {
+        if let Item::Event(e) = item {
+            d.event(&e, &mut out).unwrap();
+            whole.push((e.event.clone().unwrap_or_default(), d.complete()));
+        }
+    }
+    let first = whole.iter().position(|(_, c)| *c).expect("the stream ends whole");
+    assert_eq!(whole[first].0, "message_delta", "{whole:?}");
+    assert!(whole[first..].iter().all(|(_, c)| *c));
+    let mut bare = Decoder::new(false);
+    bare.event(&sse::Event { data: json!({"type": "message_stop"}).to_string(), ..Default::default() }, &mut out)
+        .unwrap();
+    assert!(bare.complete(), "message_stop alone ends an answer");
+}
+
 #[test]
 fn decode_encode_reproduces_the_stream() {
     let authored = authored_stream();

@@ -32,6 +32,26 @@ fn start() -> Delta {
     Delta::Start { id: "chatcmpl-1".into(), model: "deepseek-chat".into(), usage: None }
 }
 
+/// Whole: a finish reason, or `[DONE]` alone. Cut short: neither.
+#[test]
+fn decoder_knows_a_whole_answer_from_a_cut_one() {
+    let fed = |chunks: &[Value], done: bool| {
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        for c in chunks {
+            d.event(&sse::Event { data: c.to_string(), ..sse::Event::default() }, &mut out).unwrap();
+        }
+        if done {
+            d.event(&sse::Event { data: "[DONE]".into(), ..sse::Event::default() }, &mut out).unwrap();
+        }
+        d.complete()
+    };
+    let text = chunk(json!({"content": "Hel"}), None);
+    assert!(!fed(std::slice::from_ref(&text), false));
+    assert!(fed(&[text.clone(), chunk(json!({}), Some("stop"))], false));
+    assert!(fed(&[text], true));
+}
+
 #[test]
 fn decoder_text_and_reasoning() {
     let body = format!(
