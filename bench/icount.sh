@@ -18,6 +18,8 @@
 #                                             # `bourse-key`, as bench/run.sh's bourse-limits)
 #   ICOUNT_REDIS=1 bash bench/icount.sh       # the same with the counters in a redis-server of
 #                                             # its own (path `bourse-redis`; implies ICOUNT_KEY)
+#   ICOUNT_CONNS=64 bash bench/icount.sh      # connections (default 4; N is split among them):
+#                                             # more fill the Redis counters' batches as load does
 #
 # With ICOUNT_KEY, bourse gets `[server] admin_keys`, and the tenant and key are created through
 # its admin API from BENCH_LIMITS_TENANT and BENCH_LIMITS_KEY (bench/run.sh's defaults, limits
@@ -41,6 +43,7 @@ TOP="${ICOUNT_TOP:-0}"
 EXTRA="${ICOUNT_EXTRA:-}"
 MODEL="${ICOUNT_MODEL:-sim/sim-small}"
 SAVE="${ICOUNT_SAVE:-}"
+CONNS="${ICOUNT_CONNS:-4}"
 REDIS="${ICOUNT_REDIS:-0}"
 KEY="${ICOUNT_KEY:-$REDIS}"
 [ "$REDIS" = 0 ] || KEY=1
@@ -77,13 +80,13 @@ SIM_PORT=$(free_port)
 PIDS+=($!)
 wait_port "$SIM_PORT"
 
-# drive PORT COUNT: COUNT chat completions (model $MODEL) over 4 keep-alive connections, with
+# drive PORT COUNT: COUNT chat completions (model $MODEL) over $CONNS keep-alive connections, with
 # the bearer $AUTH when set; fails on any non-200.
 AUTH=""
 drive() {
-  python3 - "$1" "$2" "$(chat_body "$MODEL" false)" "$AUTH" <<'PY'
+  python3 - "$1" "$2" "$(chat_body "$MODEL" false)" "$AUTH" "$CONNS" <<'PY'
 import http.client, sys, threading
-port, n, body, auth = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].encode(), sys.argv[4]
+port, n, body, auth, conns = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].encode(), sys.argv[4], int(sys.argv[5])
 headers = {"Content-Type": "application/json"}
 if auth:
     headers["Authorization"] = "Bearer " + auth
@@ -94,7 +97,7 @@ def work(k):
         c.request("POST", "/v1/chat/completions", body, headers)
         r = c.getresponse(); r.read()
         if r.status != 200: bad.append(r.status)
-threads = [threading.Thread(target=work, args=(n // 4,)) for _ in range(4)]
+threads = [threading.Thread(target=work, args=(n // conns,)) for _ in range(conns)]
 [t.start() for t in threads]; [t.join() for t in threads]
 if bad: sys.exit(f"icount: {len(bad)} requests failed, e.g. status {bad[0]}")
 PY
@@ -118,6 +121,15 @@ measure() {
   valgrind --tool=callgrind --callgrind-out-file="$out" -q "$@" >"$WORK/$name.log" 2>&1 &
   local vp=$!
   PIDS+=("$vp")
+  # Bourse says when it listens: a port that merely accepts may be another process's that
+  # took the free port first (the proxy takes seconds to start under callgrind).
+  if [ "$name" != bareproxy ]; then
+    for _ in $(seq 1 600); do
+      grep -qs "bourse listening on" "$WORK/$name.log" && break
+      kill -0 "$vp" 2>/dev/null || { cat "$WORK/$name.log" >&2; echo "icount: $name exited" >&2; exit 1; }
+      sleep 0.1
+    done
+  fi
   wait_port "$PROXY_PORT"
   if [ "$KEY" != 0 ] && [ "$name" != bareproxy ]; then
     admin_post /admin/v1/tenants "$BENCH_LIMITS_TENANT" >/dev/null

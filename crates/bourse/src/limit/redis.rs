@@ -85,19 +85,23 @@ struct Op {
     reply: Option<oneshot::Sender<Result<Vec<i64>, LimitError>>>,
 }
 
+/// An op names its scopes, not their keys: the batch task writes each key once per call, for
+/// however many ops of the call name it.
 enum OpKind {
-    /// `head` is now, cost, tokens, request (0/1), the hold's expiry, day and month; the scopes' keys and
-    /// limits in order. The hold's id is its record's first word.
-    Reserve { head: [i64; 7], record: String, keys: Vec<String>, limits: Vec<[i64; 6]> },
+    /// `head` is now, cost, tokens, request (0/1), the hold's expiry, day and month; `scopes`
+    /// the decision's, in order. The hold's id is its record's first word.
+    Reserve { head: [i64; 7], record: String, scopes: Arc<[Scope]> },
     /// `head` is the spent cost and tokens, the reserved cost and tokens, the hold's ts, day
     /// and month.
     Settle {
         record: String,
         head: [i64; 7],
         lease: Option<u64>,
-        /// (scope key, whether the hold has a tokens entry there).
-        keys: Vec<(String, bool)>,
-        lease_keys: Vec<String>,
+        /// The hold's scopes, and its id (which of them have a tokens entry).
+        scopes: Arc<[Scope]>,
+        hold: u64,
+        /// The scopes of the lease released with it.
+        lease_scopes: Vec<(ScopeKind, Arc<str>)>,
     },
 }
 
@@ -201,6 +205,18 @@ fn rate_arg(v: Option<u64>) -> i64 {
     v.map_or(-1, |v| v.min(MAX_EXACT as u64) as i64)
 }
 
+/// A scope's limits as batch.lua takes them (-1: none).
+fn limit_args(l: &Limits) -> [i64; 6] {
+    [
+        limit_arg(l.budget_day),
+        limit_arg(l.budget_month),
+        limit_arg(l.budget_total),
+        rate_arg(l.rpm),
+        rate_arg(l.tpm),
+        rate_arg(l.concurrency),
+    ]
+}
+
 impl RedisCounters {
     /// Connect to `url` (`redis://...`). Fails only on a malformed URL: an unreachable
     /// server is a per-decision [`LimitError::Unavailable`], so a replica starts (and serves,
@@ -247,22 +263,6 @@ impl RedisCounters {
         let tokens = ask.tokens.min(MAX_EXACT as u64);
         let id = hold_id(ask.scopes);
         let record = hold_record(id, cost, now, ask.scopes.iter().map(|s| (s.kind, &*s.id)));
-        let keys = ask.scopes.iter().map(|s| scope_key(ask.group, s.kind, &s.id, "")).collect();
-        let limits = ask
-            .scopes
-            .iter()
-            .map(|s| {
-                let l = &s.limits;
-                [
-                    limit_arg(l.budget_day),
-                    limit_arg(l.budget_month),
-                    limit_arg(l.budget_total),
-                    rate_arg(l.rpm),
-                    rate_arg(l.tpm),
-                    rate_arg(l.concurrency),
-                ]
-            })
-            .collect();
         let head = [
             now,
             cost,
@@ -272,7 +272,7 @@ impl RedisCounters {
             day_of(now),
             month_of(now),
         ];
-        let out = self.submit(ask.group, OpKind::Reserve { head, record, keys, limits }).await?;
+        let out = self.submit(ask.group, OpKind::Reserve { head, record, scopes: ask.scopes.clone() }).await?;
         if out.first() == Some(&0) {
             return Err(LimitError::Refused(refusal(ask.scopes, &out, now)?));
         }
@@ -357,21 +357,11 @@ impl RedisCounters {
 /// how the gateway uses them; one with no scope, no concurrency limit, has nothing to
 /// release).
 fn settle_op(hold: Hold, spent: Spent, release: Option<Lease>) -> (OpKind, Option<Lease>) {
-    let group = &*hold.group;
     let (same, other) = match release {
         Some(l) if l.group == hold.group => (Some(l), None),
         other => (None, other),
     };
     let same = same.filter(|l| !l.scopes.is_empty());
-    let lease_keys = same
-        .as_ref()
-        .map_or_else(Vec::new, |l| l.scopes.iter().map(|(kind, id)| scope_key(group, *kind, id, "")).collect());
-    let keys = hold
-        .scopes
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (scope_key(group, s.kind, &s.id, ""), has_tokens_entry(hold.id, i)))
-        .collect();
     let record = hold_record(hold.id, hold.cost, hold.at_ms, hold.scopes.iter().map(|s| (s.kind, &*s.id)));
     let head = [
         exact(spent.cost),
@@ -382,8 +372,8 @@ fn settle_op(hold: Hold, spent: Spent, release: Option<Lease>) -> (OpKind, Optio
         day_of(hold.at_ms),
         month_of(hold.at_ms),
     ];
-    let lease = same.map(|l| l.id);
-    (OpKind::Settle { record, head, lease, keys, lease_keys }, other)
+    let (lease, lease_scopes) = same.map_or((None, Vec::new()), |l| (Some(l.id), l.scopes));
+    (OpKind::Settle { record, head, lease, scopes: hold.scopes, hold: hold.id, lease_scopes }, other)
 }
 
 /// The batch task: sends what is waiting, one call per group, and hands out the replies;
@@ -406,14 +396,16 @@ async fn send_batches(conn: ConnectionManager, mut queue: mpsc::UnboundedReceive
 /// decisions in arrival order.
 async fn send_batch(mut conn: ConnectionManager, ops: Vec<Op>) {
     let mut inv = BATCH.prepare_invoke();
-    inv.key(group_key(&ops[0].group, "holds"));
-    // KEYS[1] is the holds ZSET; every scope key follows once.
-    let mut scope_keys: Vec<&str> = Vec::new();
-    fn key<'a>(scope_keys: &mut Vec<&'a str>, k: &'a str) -> usize {
-        match scope_keys.iter().position(|x| *x == k) {
+    let group = &*ops[0].group;
+    inv.key(group_key(group, "holds"));
+    // KEYS[1] is the holds ZSET; every scope's key follows once (a scope's key is its kind and
+    // id under the group's prefix, so the pair names it).
+    let mut scope_keys: Vec<(ScopeKind, &str)> = Vec::new();
+    fn key<'a>(scope_keys: &mut Vec<(ScopeKind, &'a str)>, kind: ScopeKind, id: &'a str) -> usize {
+        match scope_keys.iter().position(|&(k, i)| k == kind && i == id) {
             Some(i) => i + 2,
             None => {
-                scope_keys.push(k);
+                scope_keys.push((kind, id));
                 scope_keys.len() + 1
             }
         }
@@ -435,7 +427,7 @@ async fn send_batch(mut conn: ConnectionManager, ops: Vec<Op>) {
     }
     for op in &ops {
         match &op.kind {
-            OpKind::Reserve { head, record, keys, limits } => {
+            OpKind::Reserve { head, record, scopes } => {
                 let [now, cost, tokens, request, expiry, day, month] = *head;
                 maxcut = maxcut.max(Some(now - MINUTE_MS));
                 for v in [now, cost, tokens, expiry] {
@@ -446,14 +438,15 @@ async fn send_batch(mut conn: ConnectionManager, ops: Vec<Op>) {
                 i4(&mut decisions, month as usize);
                 i4(&mut decisions, record.len());
                 decisions.extend_from_slice(record.as_bytes());
-                i4(&mut decisions, keys.len());
-                let mut named = Vec::with_capacity(keys.len());
-                for (k, l) in keys.iter().zip(limits) {
-                    let idx = key(&mut scope_keys, k);
-                    let e = match entries.iter().position(|e| e.0 == idx && e.1 == *l) {
+                i4(&mut decisions, scopes.len());
+                let mut named = Vec::with_capacity(scopes.len());
+                for s in scopes.iter() {
+                    let idx = key(&mut scope_keys, s.kind, &s.id);
+                    let l = limit_args(&s.limits);
+                    let e = match entries.iter().position(|e| e.0 == idx && e.1 == l) {
                         Some(e) => e,
                         None => {
-                            entries.push((idx, *l));
+                            entries.push((idx, l));
                             entries.len() - 1
                         }
                     };
@@ -462,11 +455,11 @@ async fn send_batch(mut conn: ConnectionManager, ops: Vec<Op>) {
                 }
                 taken.push((*head, named));
             }
-            OpKind::Settle { record, head, lease, keys, lease_keys } => {
+            OpKind::Settle { record, head, lease, scopes, hold, lease_scopes } => {
                 let [spent, spent_tokens, held, held_tokens, at, day, month] = *head;
                 records.push(record);
-                for (k, has_tokens) in keys {
-                    let idx = key(&mut scope_keys, k);
+                for (i, s) in scopes.iter().enumerate() {
+                    let idx = key(&mut scope_keys, s.kind, &s.id);
                     match sums.iter_mut().find(|x| x.0 == idx && x.1 == day && x.2 == month) {
                         Some(x) => {
                             x.3 += spent;
@@ -474,7 +467,7 @@ async fn send_batch(mut conn: ConnectionManager, ops: Vec<Op>) {
                         }
                         None => sums.push((idx, day, month, spent, held)),
                     }
-                    if *has_tokens {
+                    if has_tokens_entry(*hold, i) {
                         match tokens.iter_mut().find(|x| x.0 == idx && x.1 == at) {
                             Some(x) => {
                                 x.2 += held_tokens;
@@ -485,15 +478,15 @@ async fn send_batch(mut conn: ConnectionManager, ops: Vec<Op>) {
                     }
                 }
                 if let Some(id) = lease {
-                    for k in lease_keys {
-                        leases.push((key(&mut scope_keys, k), id.to_string()));
+                    for (kind, scope) in lease_scopes {
+                        leases.push((key(&mut scope_keys, *kind, scope), id.to_string()));
                     }
                 }
             }
         }
     }
-    for k in &scope_keys {
-        inv.key(*k);
+    for &(kind, id) in &scope_keys {
+        inv.key(scope_key(group, kind, id, ""));
     }
     // The blob as batch.lua reads it (little-endian; `struct` on the Lua side).
     let mut blob = Vec::with_capacity(16 + entries.len() * 52 + sums.len() * 36 + tokens.len() * 28 + decisions.len());
@@ -574,7 +567,7 @@ async fn send_batch(mut conn: ConnectionManager, ops: Vec<Op>) {
     for op in ops {
         let reply = match (&op.kind, &mut before) {
             (OpKind::Settle { .. }, _) => Some(Vec::new()),
-            (OpKind::Reserve { limits, .. }, None) => decision(&mut values, limits),
+            (OpKind::Reserve { scopes, .. }, None) => decision(&mut values, scopes),
             (OpKind::Reserve { .. }, Some(counters)) => {
                 let (head, named) = &taken[d];
                 d += 1;
@@ -706,13 +699,14 @@ fn admitted(counters: &mut [[i64; 7]], head: &[i64; 7], named: &[usize], entries
 /// One decision's values from batch.lua's reply, as {0, scope, what, value} or {1, then 7
 /// per scope: day, month, total, requests, newest request, tokens, newest tokens} (0, or -1
 /// for a timestamp, where the scope sets no such limit: the reply leaves those out).
-fn decision(values: &mut impl Iterator<Item = i64>, limits: &[[i64; 6]]) -> Option<Vec<i64>> {
+fn decision(values: &mut impl Iterator<Item = i64>, scopes: &[Scope]) -> Option<Vec<i64>> {
     match values.next()? {
         0 => Some(vec![0, values.next()?, values.next()?, values.next()?]),
         1 => {
-            let mut out = Vec::with_capacity(1 + 7 * limits.len());
+            let mut out = Vec::with_capacity(1 + 7 * scopes.len());
             out.push(1);
-            for l in limits {
+            for s in scopes {
+                let l = limit_args(&s.limits);
                 for limit in [l[0], l[1], l[2]] {
                     out.push(if limit >= 0 { values.next()? } else { 0 });
                 }
