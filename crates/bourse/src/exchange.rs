@@ -517,6 +517,9 @@ async fn attempt_chat(
             false => state.estimator.transcript(),
         };
         let mut relay = StreamRelay::new(resp, target.provider.clone(), mode, transcript);
+        if attempt.traced() {
+            relay.note_facts(client);
+        }
         // Nothing reaches the client before the first token: a stream that fails sooner is
         // this attempt's failure, and another candidate (or a clean error status) answers.
         let first_token_by = tokio::time::Instant::from_std(attempt.started) + target.provider.timeouts.first_byte;
@@ -536,6 +539,7 @@ async fn attempt_chat(
         let request = req.take_body().detached();
         let estimator = state.estimator.clone();
         let on_end: OnEnd = Box::new(move |summary: StreamSummary| {
+            attempt.streamed_facts(summary.facts);
             let (status, error) = match &summary.end {
                 StreamEnd::Completed => (200, None),
                 StreamEnd::UpstreamFailed(_) => (502, Some("upstream_stream_broken")),

@@ -322,6 +322,86 @@ async fn otlp_receiver_gets_request_and_attempt_spans_with_genai_attributes() {
     tracer.shutdown().await;
 }
 
+/// The `data:` payloads of an SSE body, as JSON (`[DONE]` left out).
+fn sse_data(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn streamed_answers_spans_carry_the_response_id_model_and_finish_reasons() {
+    let (collector, spans) = receiver().await;
+    let (cheap, mid) =
+        (Sim::start(SimConfig::default()).await.unwrap(), Sim::start(SimConfig::default()).await.unwrap());
+    let extra = format!("[telemetry]\notlp_endpoint = \"{collector}\"\n");
+    let (state, url, _task) = start(&config(&cheap, &mid, &extra)).await;
+    let tracer = state.telemetry.tracer.as_ref().unwrap();
+    let attempt_and_request = |got: &[opentelemetry_proto::tonic::trace::v1::Span]| {
+        assert_eq!(got.len(), 2, "{got:#?}");
+        let request = got.iter().find(|s| s.parent_span_id.is_empty()).unwrap().clone();
+        let attempt = got.iter().find(|s| s.parent_span_id == request.span_id).unwrap().clone();
+        (attempt, request)
+    };
+
+    // OpenAI client, OpenAI upstream: the chunks pass through; the span has what they say.
+    let mut body = chat_body("cheap/sim-small");
+    body["stream"] = json!(true);
+    let resp = client()
+        .post(format!("{url}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let chunks = sse_data(&resp.text().await.unwrap());
+    let (id, model) = (chunks[0]["id"].clone(), chunks[0]["model"].clone());
+    assert!(id.as_str().is_some_and(|s| !s.is_empty()) && model.as_str().is_some_and(|s| !s.is_empty()));
+    let finish: Vec<Value> = chunks
+        .iter()
+        .flat_map(|c| c["choices"].as_array().cloned().unwrap_or_default())
+        .filter_map(|c| c.get("finish_reason").filter(|r| r.is_string()).cloned())
+        .collect();
+    assert_eq!(finish, vec![json!("stop")]);
+    tracer.flush().await;
+    let (attempt, request) = attempt_and_request(&spans.lock().unwrap());
+    for a in [attrs(&attempt), attrs(&request)] {
+        assert_eq!(a["gen_ai.response.id"], id, "{a:?}");
+        assert_eq!(a["gen_ai.response.model"], model, "{a:?}");
+        assert_eq!(a["gen_ai.response.finish_reasons"], json!(finish), "{a:?}");
+        assert!(a["gen_ai.usage.output_tokens"].as_i64().unwrap() > 0, "{a:?}");
+    }
+
+    // Anthropic client, OpenAI upstream: the stream is translated; the span has what the
+    // client's events say, the stop reason in Anthropic's words.
+    spans.lock().unwrap().clear();
+    let body = json!({"model": "cheap/sim-small", "max_tokens": 64, "stream": true,
+        "messages": [{"role": "user", "content": "Say hello to the exchange."}]});
+    let resp = client()
+        .post(format!("{url}/v1/messages"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let events = sse_data(&resp.text().await.unwrap());
+    let start = events.iter().find(|e| e["type"] == "message_start").unwrap();
+    let stop = events.iter().find(|e| e["type"] == "message_delta").unwrap();
+    assert_eq!(stop["delta"]["stop_reason"], "end_turn");
+    tracer.flush().await;
+    let (attempt, request) = attempt_and_request(&spans.lock().unwrap());
+    for a in [attrs(&attempt), attrs(&request)] {
+        assert_eq!(a["gen_ai.response.id"], start["message"]["id"], "{a:?}");
+        assert_eq!(a["gen_ai.response.model"], start["message"]["model"], "{a:?}");
+        assert_eq!(a["gen_ai.response.finish_reasons"], json!(["end_turn"]), "{a:?}");
+    }
+    tracer.shutdown().await;
+}
+
 #[tokio::test]
 async fn content_goes_on_spans_only_when_enabled_and_traceparent_is_continued() {
     let (collector, spans) = receiver().await;

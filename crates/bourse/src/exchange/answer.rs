@@ -95,8 +95,8 @@ pub(super) fn route_reason(resp: &mut Response, reason: Option<&str>) {
 /// What a non-streaming answer (in the client's dialect) says of itself, for its span: id,
 /// model, finish reasons, and its content when `content` (capture_content) is on. Read only
 /// while traces are on.
-pub(super) fn facts(body: &[u8], client: Dialect, content: bool) -> super::attempt::Facts {
-    let mut f = super::attempt::Facts::default();
+pub(super) fn facts(body: &[u8], client: Dialect, content: bool) -> crate::relay::Facts {
+    let mut f = crate::relay::Facts::default();
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else { return f };
     let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
     f.id = text("id");

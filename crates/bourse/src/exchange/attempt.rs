@@ -10,6 +10,7 @@ use crate::error::{Error, ErrorKind};
 use crate::ledger::{Estimate, LedgerEntry};
 use crate::limit::Spent;
 use crate::meter::{Cost, Price};
+use crate::relay::Facts;
 use crate::route::Target;
 use crate::state::{Caller, SharedState, Shutdown};
 use crate::telemetry::metrics::{Answered, Metrics, RouteId, SeriesId};
@@ -62,15 +63,6 @@ pub(super) struct Attempt {
 struct Traced {
     span: opentelemetry_sdk::trace::Span,
     facts: Facts,
-}
-
-/// An answer's id, model and finish reasons, for its span.
-#[derive(Debug, Default)]
-pub(super) struct Facts {
-    pub(super) id: Option<String>,
-    pub(super) model: Option<String>,
-    pub(super) finish_reasons: Vec<String>,
-    pub(super) output: Option<String>,
 }
 
 /// The money headers of a settled, non-streaming response.
@@ -175,6 +167,19 @@ impl Attempt {
             let d = self.started.elapsed();
             self.first_token = Some(d);
             watch.upstream += d;
+        }
+    }
+
+    /// Whether the attempt has a span (traces are on).
+    pub(super) fn traced(&self) -> bool {
+        self.traced.is_some()
+    }
+
+    /// What a streamed answer said of itself ([`crate::relay::StreamRelay::note_facts`]),
+    /// for the spans.
+    pub(super) fn streamed_facts(&mut self, facts: Option<Facts>) {
+        if let (Some(t), Some(f)) = (&mut self.traced, facts) {
+            t.facts = f;
         }
     }
 
