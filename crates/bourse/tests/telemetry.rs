@@ -184,6 +184,102 @@ async fn label_sets_stay_bounded_whatever_clients_send() {
     assert_eq!(get(&m, r#"bourse_requests_total{route="",provider="",model="",status_class="4xx"}"#), 502.0);
 }
 
+/// A gateway started as `bourse serve` prepares one (ledger, tenants and keys, counters),
+/// with `GATEWAY_KEY_2` ("gw-other") as its admin key.
+async fn start_prepared(toml: &str) -> (String, tokio::task::JoinHandle<()>, Option<bourse::ledger::WriterHandle>) {
+    let cfg = Config::from_toml(toml, &test_env).expect("test config is valid");
+    let (state, writer) = bourse::server::prepare(&cfg).await.expect("prepare");
+    let state = Arc::new(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move { bourse::server::serve(listener, state, std::future::pending()).await });
+    (url, task, writer)
+}
+
+async fn admin_post(url: &str, path: &str, body: Value) -> Value {
+    let resp = client()
+        .post(format!("{url}{path}"))
+        .bearer_auth("gw-other")
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap()
+}
+
+/// `bourse_tenant_budget_remaining_usd{tenant, window}` as nano-USD, or None if absent.
+fn budget_left(m: &BTreeMap<String, f64>, tenant: &str, window: &str) -> Option<i64> {
+    let key = format!(r#"bourse_tenant_budget_remaining_usd{{tenant="{tenant}",window="{window}"}}"#);
+    m.get(&key).map(|usd| (usd * 1e9).round() as i64)
+}
+
+#[tokio::test]
+async fn tenant_budget_gauges_move_by_what_a_request_spent_and_appear_only_with_tenant_labels() {
+    // Every answer: 1 prompt and 50 output tokens at $100 / $200 per million, $0.0101.
+    const ANSWER: i64 = 10_100_000;
+    let sim =
+        Sim::start(SimConfig { prompt_tokens: Some(1), output_tokens: 50, ..SimConfig::default() }).await.unwrap();
+    for labels in [true, false] {
+        let db =
+            std::env::temp_dir().join(format!("bourse-budget-gauge-{}-{}.db", std::process::id(), fastrand::u64(..)));
+        let toml = format!(
+            "[server]\nadmin_keys = [\"env:GATEWAY_KEY_2\"]\n[storage]\nurl = \"sqlite:{}\"\n[telemetry]\ntenant_labels = {labels}\n\
+             [providers.alpha]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\nmodels = [\"sim-small\"]\n{}",
+            db.display(),
+            sim.base_url(),
+            price("alpha/sim-small", 100.0, 200.0)
+        );
+        let (url, _task, _writer) = start_prepared(&toml).await;
+        admin_post(
+            &url,
+            "/admin/v1/tenants",
+            json!({"name": "acme", "budget_day_usd": "0.10", "budget_total_usd": "2"}),
+        )
+        .await;
+        admin_post(&url, "/admin/v1/tenants", json!({"name": "open"})).await;
+        let key = admin_post(&url, "/admin/v1/keys", json!({"tenant": "acme"})).await;
+        let secret = key["key"].as_str().unwrap();
+
+        let before = scrape(&url).await;
+        // max_tokens bounds the reservation (its worst case) within the day's budget.
+        let mut body = chat_body("alpha/sim-small");
+        body["max_tokens"] = json!(50);
+        let send = client()
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(secret)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(send.status(), 200);
+        let cost = (usd(send.headers(), "x-bourse-cost-usd") * 1e9).round() as i64;
+        assert_eq!(cost, ANSWER);
+        let after = scrape(&url).await;
+
+        if !labels {
+            // Tenant names are labels only when asked for: no series at all.
+            for m in [&before, &after] {
+                assert!(m.keys().all(|k| !k.starts_with("bourse_tenant_budget")), "{m:?}");
+            }
+            let _ = std::fs::remove_file(&db);
+            continue;
+        }
+        assert_eq!(budget_left(&before, "acme", "day"), Some(100_000_000));
+        assert_eq!(budget_left(&before, "acme", "total"), Some(2_000_000_000));
+        assert_eq!(budget_left(&after, "acme", "day"), Some(100_000_000 - ANSWER));
+        assert_eq!(budget_left(&after, "acme", "total"), Some(2_000_000_000 - ANSWER));
+        // A window without a budget, and a tenant without budgets, have no series.
+        for m in [&before, &after] {
+            assert_eq!(budget_left(m, "acme", "month"), None);
+            assert!(m.keys().all(|k| !k.contains(r#"tenant="open""#)), "{m:?}");
+        }
+        let _ = std::fs::remove_file(&db);
+    }
+}
+
 #[tokio::test]
 async fn metrics_can_be_switched_off() {
     let (cheap, mid) =
