@@ -1,7 +1,11 @@
-//! Telemetry over real sockets: `/metrics` moves by the right amounts and keeps its label sets
-//! bounded, an in-test OTLP/HTTP receiver gets the request and attempt spans (a fallback as
-//! two attempt spans under one request), and the real binary writes one JSON access line per
-//! request. (The contract tests parse `/metrics` with the Prometheus Python client's parsers.)
+//! Telemetry over real sockets: every series issue 16 lists moves by the right amount for
+//! known requests (tokens, durations and stream timings by their counts, requests, cost,
+//! savings and overspend, fallbacks, upstream errors, circuits, gateway latency, the ledger's
+//! written, queued and dropped rows, tenants' budgets left) and label sets stay bounded; an
+//! in-test OTLP/HTTP receiver gets the request and attempt spans (a fallback as two attempt
+//! spans under one request, streams with their response id, model and finish reasons); and
+//! the real binary writes one JSON access line per request. (The contract tests parse
+//! `/metrics` with the Prometheus Python client's parsers.)
 
 mod common;
 
@@ -153,6 +157,125 @@ async fn metrics_count_requests_tokens_money_fallbacks_errors_and_circuits() {
     assert_eq!(cheap.stats().requests, 4);
     assert_eq!(get(&m, r#"bourse_circuit_open{provider="cheap",model="sim-small"}"#), 1.0);
     assert_eq!(get(&m, r#"bourse_gateway_latency_seconds_count{route="auto"}"#), 2.0);
+}
+
+#[tokio::test]
+async fn streams_count_time_to_first_token_and_per_output_token() {
+    // Five tokens, the first after 60 ms, then one every 5 ms.
+    let streaming = SimConfig { ttft_ms: 60, chunk_delay_ms: 5, output_tokens: 5, ..SimConfig::default() };
+    let (cheap, mid) = (Sim::start(streaming).await.unwrap(), Sim::start(SimConfig::default()).await.unwrap());
+    let (_state, url, _task) = start(&config(&cheap, &mid, "")).await;
+    let mut body = chat_body("cheap/sim-small");
+    body["stream"] = json!(true);
+    for _ in 0..2 {
+        let resp = client()
+            .post(format!("{url}/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.text().await.unwrap().contains("data: [DONE]"));
+    }
+    // A non-streamed answer has no time to first token.
+    assert_eq!(chat(&url, "cheap/sim-small", "plain").await.0, 200);
+    let m = scrape(&url).await;
+    let genai = r#"gen_ai_operation_name="chat",gen_ai_provider_name="cheap",gen_ai_request_model="sim-small""#;
+    let h = |name: &str, part: &str| get(&m, &format!("{name}_{part}{{{genai}}}"));
+    assert_eq!(h("gen_ai_server_time_to_first_token_seconds", "count"), 2.0);
+    assert_eq!(h("gen_ai_server_time_per_output_token_seconds", "count"), 2.0);
+    assert_eq!(h("gen_ai_client_operation_duration_seconds", "count"), 3.0);
+    // No first token sooner than the sim sent it, nor the next four.
+    let first = format!(r#"gen_ai_server_time_to_first_token_seconds_bucket{{{genai},le="0.04"}}"#);
+    assert_eq!(get(&m, &first), 0.0, "{m:?}");
+    assert!(h("gen_ai_server_time_to_first_token_seconds", "sum") >= 0.12, "{m:?}");
+    assert!(h("gen_ai_server_time_per_output_token_seconds", "sum") >= 0.009, "{m:?}");
+    let tokens = format!(r#"gen_ai_client_token_usage_sum{{{genai},gen_ai_token_type="output"}}"#);
+    assert_eq!(get(&m, &tokens), 15.0);
+    assert_eq!(
+        get(&m, r#"bourse_requests_total{route="",provider="cheap",model="sim-small",status_class="2xx"}"#),
+        3.0
+    );
+    // What the gateway added excludes the wait for each stream's first token: all three
+    // together took less than one such wait.
+    assert_eq!(get(&m, r#"bourse_gateway_latency_seconds_count{route=""}"#), 3.0);
+    assert!(get(&m, r#"bourse_gateway_latency_seconds_sum{route=""}"#) < 0.06, "{m:?}");
+}
+
+#[tokio::test]
+async fn answers_dearer_than_the_reference_count_as_overspend() {
+    let sim = Sim::start(SimConfig::default()).await.unwrap();
+    let toml = format!(
+        "[providers.dear]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\nmodels = [\"sim-small\"]\n{}",
+        sim.base_url(),
+        price("dear/sim-small", 100.0, 200.0)
+    );
+    let (_state, url, _task) = start(&toml).await;
+    let (mut cost, mut reference) = (0.0, 0.0);
+    for i in 0..2 {
+        let (status, _, h) = chat(&url, "dear/sim-small", &format!("dear-{i}")).await;
+        assert_eq!(status, 200);
+        cost += usd(&h, "x-bourse-cost-usd");
+        reference += usd(&h, "x-bourse-reference-cost-usd");
+    }
+    assert!(cost > reference, "{cost} {reference}");
+    let m = scrape(&url).await;
+    let pair = r#"route="",provider="dear",model="sim-small""#;
+    assert!((get(&m, &format!("bourse_cost_usd_total{{{pair}}}")) - cost).abs() < 1e-12, "{m:?}");
+    assert!((get(&m, &format!("bourse_overspend_usd_total{{{pair}}}")) - (cost - reference)).abs() < 1e-12, "{m:?}");
+    assert_eq!(get(&m, &format!("bourse_savings_usd_total{{{pair}}}")), 0.0);
+}
+
+#[tokio::test]
+async fn ledger_rows_written_queued_and_dropped_are_counted() {
+    let sim = Sim::start(SimConfig::default()).await.unwrap();
+    let db = std::env::temp_dir().join(format!("bourse-ledger-gauge-{}-{}.db", std::process::id(), fastrand::u64(..)));
+    let toml = format!(
+        "[storage]\nurl = \"sqlite:{}\"\n[providers.alpha]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\nmodels = [\"sim-small\"]\n{}",
+        db.display(),
+        sim.base_url(),
+        price("alpha/sim-small", 1.0, 2.0)
+    );
+    let (url, _task, _writer) = start_prepared(&toml).await;
+    // Until the writer has settled on `written` and `dropped` (it flushes every 200 ms and
+    // retries a failed batch three times within a second).
+    let settled = |written: f64, dropped: f64| {
+        let url = url.clone();
+        async move {
+            for _ in 0..250 {
+                let m = scrape(&url).await;
+                if get(&m, "bourse_ledger_written_rows_total") == written
+                    && get(&m, "bourse_ledger_dropped_rows_total") == dropped
+                {
+                    return m;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("the ledger never reached {written} written and {dropped} dropped: {:?}", scrape(&url).await);
+        }
+    };
+    let m = scrape(&url).await;
+    assert_eq!(
+        (get(&m, "bourse_ledger_queue_depth"), get(&m, "bourse_ledger_written_rows_total")),
+        (0.0, 0.0),
+        "{m:?}"
+    );
+    assert!(m.contains_key("bourse_ledger_dropped_rows_total"), "{m:?}");
+    for i in 0..3 {
+        assert_eq!(chat(&url, "alpha/sim-small", &format!("row-{i}")).await.0, 200);
+    }
+    let m = settled(3.0, 0.0).await;
+    assert_eq!(get(&m, "bourse_ledger_queue_depth"), 0.0);
+
+    // The store breaks: the next two rows are given up on after the retries.
+    rusqlite::Connection::open(&db).unwrap().execute_batch("DROP TABLE ledger").unwrap();
+    for i in 0..2 {
+        assert_eq!(chat(&url, "alpha/sim-small", &format!("lost-{i}")).await.0, 200);
+    }
+    let m = settled(3.0, 2.0).await;
+    assert_eq!(get(&m, "bourse_ledger_queue_depth"), 0.0);
+    let _ = std::fs::remove_file(&db);
 }
 
 #[tokio::test]
