@@ -17,6 +17,7 @@ MAX_ADDED_P50_MS_1 = 0.05  # p50 at 1 connection, over bareproxy's
 MAX_CPU_RATIO = 2.0  # CPU per request, over bareproxy's (at 64 connections)
 MAX_RSS_MB = 50.0  # peak RSS (VmHWM), MiB
 MAX_ADDED_TTFB_MS = 0.2  # streaming median time to first byte, over bareproxy's
+MIN_METRICS_ON_FRACTION = 0.95  # bourse (metrics on) req/s over bourse-nometrics', 64 connections
 FLOOR = "bareproxy"
 # Limited paths (every request under a virtual key with a budget and rate limits) vs the
 # same run's unlimited `bourse`, req/s at 64 connections: name -> (where the counters live, target).
@@ -251,9 +252,10 @@ def main():
 
     # ------------------------------------------------------- variants of the gateway itself
     base, nol, auto = wrk.get(("bourse", 64)), wrk.get(("bourse-noledger", 64)), wrk.get(("bourse-auto", 64))
-    if base and (nol or auto):
+    nom = wrk.get(("bourse-nometrics", 64))
+    if base and (nol or auto or nom):
         w("")
-        w("## Ledger and routing cost (64 connections)")
+        w("## Ledger, routing and metrics cost (64 connections)")
         w("")
         w("| comparison | req/s | ratio | target | |")
         w("|---|---|---:|---|---|")
@@ -266,6 +268,11 @@ def main():
             w(f"| routed (`model: auto`, `bourse-auto`) vs explicit model (`bourse`) | "
               f"{auto['rps']:,.0f} vs {base['rps']:,.0f} | {100 * frac:.1f}% | no measurable loss (≥ 95%) | "
               f"{verdict(frac >= 0.95)} |")
+        if nom:
+            frac = paired("bourse", "bourse-nometrics", 64)
+            w(f"| metrics on (`bourse`) vs off (`bourse-nometrics`) | {base['rps']:,.0f} vs {nom['rps']:,.0f} | "
+              f"{100 * frac:.1f}% | ≥ {100 * MIN_METRICS_ON_FRACTION:.0f}% | "
+              f"{verdict(frac >= MIN_METRICS_ON_FRACTION)} |")
 
     # ------------------------------------------------- budgets and rate limits
     if base and any((p, 64) in wrk for p in LIMITED):

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod anthropic;
+pub mod metrics;
 pub mod openai;
 pub mod quote;
 pub mod usage;

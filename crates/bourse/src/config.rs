@@ -78,6 +78,8 @@ pub struct Config {
     pub shared: SharedConfig,
     /// Routes, policies and the router's settings.
     pub routing: Routing,
+    /// Metrics, traces and logs.
+    pub telemetry: TelemetryConfig,
     /// The dashboard's sessions and refresh.
     pub dashboard: DashboardConfig,
     /// Where the config came from, for logs and for files placed next to it.
@@ -142,6 +144,55 @@ pub enum OnSharedFailure {
     Closed,
     /// Serve on this process's own counters, log it and count it.
     Open,
+}
+
+/// `[telemetry]`: what the gateway tells about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    /// `/metrics` is served and the request path counts.
+    pub metrics: bool,
+    /// Per-tenant series carry the tenant's name.
+    pub tenant_labels: bool,
+    /// Where spans go (OTLP/HTTP, the full traces URL); None: no traces.
+    pub otlp_endpoint: Option<String>,
+    /// Prompts and completions on spans.
+    pub capture_content: bool,
+    pub log_format: LogFormat,
+    /// One info line per request.
+    pub access_log: bool,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            metrics: true,
+            tenant_labels: false,
+            otlp_endpoint: None,
+            capture_content: false,
+            log_format: LogFormat::Text,
+            access_log: false,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable, one event a line.
+    #[default]
+    Text,
+    /// One JSON object a line, fields at the top level.
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(s: &str) -> Result<LogFormat, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("\"{other}\" must be \"text\" or \"json\"")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -364,6 +415,7 @@ impl Config {
         let shared = shared_from_raw(&raw.shared, env)?;
         let ids: Vec<&str> = providers.iter().map(|p| p.id.as_str()).collect();
         let routing = routing_from_raw(&raw, &ids)?;
+        let telemetry = telemetry_from_raw(&raw.telemetry)?;
         let dashboard = dashboard_from_raw(&raw.dashboard)?;
         Ok(Config {
             server: ServerConfig { listen, api_keys, admin_keys, max_body_bytes, shutdown_grace, limits },
@@ -373,10 +425,37 @@ impl Config {
             storage,
             shared,
             routing,
+            telemetry,
             dashboard,
             source: ConfigSource::Environment,
         })
     }
+}
+
+fn telemetry_from_raw(raw: &raw::RawTelemetry) -> Result<TelemetryConfig, ConfigError> {
+    let d = TelemetryConfig::default();
+    let otlp_endpoint = match &raw.otlp_endpoint {
+        None => None,
+        Some(u) => {
+            let base = validate_url(u).map_err(|m| err("telemetry.otlp_endpoint", m))?;
+            // A collector's address gets the traces path, as OTEL_EXPORTER_OTLP_ENDPOINT does;
+            // a URL with a path is used as written.
+            let path = base.split_once("://").and_then(|(_, rest)| rest.find('/')).is_some();
+            Some(if path { base } else { format!("{base}/v1/traces") })
+        }
+    };
+    let log_format = match &raw.log_format {
+        Some(f) => LogFormat::parse(f).map_err(|m| err("telemetry.log_format", m))?,
+        None => d.log_format,
+    };
+    Ok(TelemetryConfig {
+        metrics: raw.metrics.unwrap_or(d.metrics),
+        tenant_labels: raw.tenant_labels.unwrap_or(d.tenant_labels),
+        otlp_endpoint,
+        capture_content: raw.capture_content.unwrap_or(d.capture_content),
+        log_format,
+        access_log: raw.access_log.unwrap_or(d.access_log),
+    })
 }
 
 fn limits_from_raw(raw: &raw::RawServer) -> Result<EdgeLimits, ConfigError> {
@@ -792,6 +871,25 @@ mod tests {
         let e = load("[models.\"openai/gpt-x\"]\ninput = 0.0000025\noutput = 1\n").unwrap_err();
         assert!(e.to_string().contains("models.\"openai/gpt-x\".input"), "{e}");
         assert_eq!(load("[storage]\nledger = false\n").unwrap().storage.url, None);
+    }
+
+    #[test]
+    fn telemetry_section() {
+        let cfg = load("").unwrap();
+        assert_eq!(cfg.telemetry, TelemetryConfig::default());
+        assert!(cfg.telemetry.metrics && !cfg.telemetry.access_log && cfg.telemetry.otlp_endpoint.is_none());
+        let cfg = load(
+            "[telemetry]\nmetrics = false\notlp_endpoint = \"http://127.0.0.1:4318\"\nlog_format = \"json\"\naccess_log = true\n",
+        )
+        .unwrap();
+        assert!(!cfg.telemetry.metrics && cfg.telemetry.access_log);
+        assert_eq!(cfg.telemetry.log_format, LogFormat::Json);
+        assert_eq!(cfg.telemetry.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4318/v1/traces"));
+        let cfg = load("[telemetry]\notlp_endpoint = \"https://c.example/otlp/v1/traces\"\n").unwrap();
+        assert_eq!(cfg.telemetry.otlp_endpoint.as_deref(), Some("https://c.example/otlp/v1/traces"));
+        assert_eq!(path_of("[telemetry]\notlp_endpoint = \"grpc://h:4317\"\n"), "telemetry.otlp_endpoint");
+        assert_eq!(path_of("[telemetry]\nlog_format = \"yaml\"\n"), "telemetry.log_format");
+        assert_eq!(path_of("[telemetry]\nmetrix = true\n"), "telemetry.metrix");
     }
 
     #[test]

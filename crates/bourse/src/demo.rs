@@ -323,7 +323,16 @@ pub async fn run(opts: Options) -> Result<(), String> {
     if result.is_ok() && opts.serve {
         // Installed before the banner says how to stop: Ctrl-C from then on stops gracefully.
         let signalled = server::shutdown_signal();
-        print!("{}", cli::demo::serving(running.addr, &admin_key, &ledger_shown, default_ledger.as_deref()));
+        print!(
+            "{}",
+            cli::demo::serving(
+                running.addr,
+                &admin_key,
+                &ledger_shown,
+                default_ledger.as_deref(),
+                running.state.telemetry.metrics.is_some(),
+            )
+        );
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
         signalled.await;

@@ -32,6 +32,7 @@ use crate::relay::{Ending, Mode, OnEnd, StreamEnd, StreamRelay, StreamSummary};
 use crate::route::health::Availability;
 use crate::route::{Overrides, Routed, Target};
 use crate::state::{Caller, SharedState};
+use crate::telemetry::Watch;
 use answer::{
     error_response, json_response, money_comment, money_headers, not_json, provenance, read_upstream_body, route_reason,
 };
@@ -92,203 +93,221 @@ fn tries_for(state: &SharedState, req: &ChatRequest, overrides: &Overrides) -> R
 /// the client's dialect.
 pub async fn chat(
     state: &SharedState,
-    caller: Caller,
+    caller: &Caller,
     mut req: ChatRequest,
     overrides: &Overrides,
     headers: &HeaderMap,
 ) -> Response {
-    let client = req.dialect;
-    let router = &state.router;
-    let mut gate = Gate::new(state, &caller);
-    // A virtual key's rules: what it may call, its default route, its and its tenant's
-    // policies, and the tenant's budget-aware downgrade.
-    let own;
-    let mut overrides = overrides;
-    let mut downgraded = None;
-    if let Some(k) = &caller.key {
-        let mut o = overrides.clone();
-        if let Err(e) = key_rules(state, k, &req, &mut o) {
-            return e.render(client);
-        }
-        if let Some(g) = &gate {
-            if let Some((floor, left, below)) = g.downgrade().await {
-                let route_floor = router.route_for(&req.model, &o).ok().flatten().map(|r| r.min_quality);
-                let current = o.min_quality.or(route_floor).unwrap_or(floor);
-                if floor < current {
-                    o.min_quality = Some(floor);
-                    downgraded = Some(format!(
-                        "; downgraded: tenant budget {left}% left (below {below}%), quality floor {current} -> {floor}"
-                    ));
+    let t = &state.telemetry;
+    let mut watch = t.begin(caller.arrived, "chat", &req.model, Some(headers));
+    if let (Some(span), true) = (watch.span(), t.capture_content) {
+        // The conversation as the client sent it (system prompt included).
+        let body = req.body();
+        let messages: serde_json::Map<String, serde_json::Value> =
+            ["system", "messages"].iter().filter_map(|k| Some((k.to_string(), body.get(*k)?.clone()))).collect();
+        span.set("gen_ai.input.messages", serde_json::Value::Object(messages).to_string());
+    }
+    // The exchange is this block: its value is the answer, whichever way it ends, and it runs
+    // in this function's own future (a nested one would add a state machine to every poll).
+    let resp = 'answer: {
+        let client = req.dialect;
+        let router = &state.router;
+        let mut gate = Gate::new(state, caller);
+        // A virtual key's rules: what it may call, its default route, its and its tenant's
+        // policies, and the tenant's budget-aware downgrade.
+        let own;
+        let mut overrides = overrides;
+        let mut downgraded = None;
+        if let Some(k) = &caller.key {
+            let mut o = overrides.clone();
+            if let Err(e) = key_rules(state, k, &req, &mut o) {
+                break 'answer e.render(client);
+            }
+            if let Some(g) = &gate {
+                if let Some((floor, left, below)) = g.downgrade().await {
+                    let route_floor = router.route_for(&req.model, &o).ok().flatten().map(|r| r.min_quality);
+                    let current = o.min_quality.or(route_floor).unwrap_or(floor);
+                    if floor < current {
+                        o.min_quality = Some(floor);
+                        downgraded = Some(format!(
+                            "; downgraded: tenant budget {left}% left (below {below}%), quality floor {current} -> {floor}"
+                        ));
+                    }
                 }
             }
+            own = o;
+            overrides = &own;
         }
-        own = o;
-        overrides = &own;
-    }
-    let (tries, plan) = match tries_for(state, &req, overrides) {
-        Ok(x) => x,
-        Err(e) => return e.render(client),
-    };
-    // What a reservation needs: the prompt's estimated size and the output it may reach.
-    let prompt_tokens = match (&gate, &plan) {
-        (None, _) => 0,
-        (Some(_), Some(p)) => p.prompt_tokens,
-        // A named model: a quarter of the body's bytes, what the planner's estimate comes to
-        // for text, and no lower (the body holds the prompt and a little JSON), without
-        // scanning the body again.
-        (Some(_), None) => match req.raw_body() {
-            Some(raw) => raw.bytes.len() as u64 / 4 + 1,
-            None => crate::route::prompt_facts(&req).0,
-        },
-    };
-    let tokens = prompt_tokens + req.max_output_tokens.unwrap_or(limits::DEFAULT_TOKENS_RESERVED);
-    let allowed_models = caller.key.as_ref().map(|k| &k.key.models).filter(|m| !m.is_empty());
-    let mut refused: Option<crate::limit::Refusal> = None;
-    // Candidates the key's `models` rule left out.
-    let mut not_allowed = 0usize;
-    let mut headroom: Option<i64> = None;
-    let routed = plan.is_some();
-    let beta = headers.get(&ANTHROPIC_BETA);
-    // Explicit models get one attempt: the client's SDK owns retries (and sees Retry-After).
-    let max_attempts = if routed { router.max_attempts } else { 1 };
-    let mut attempt_no = 0u32;
-    let mut last_err: Option<(Error, Target)> = None;
-    let mut exhausted: Vec<String> = Vec::new();
-    let mut overloaded = 0u32;
-    for t in tries {
-        if attempt_no >= max_attempts {
-            break;
-        }
-        let (target, chosen, rank) = match t {
-            Try::Explicit { target, price } => (target, Chosen::Explicit(price), None),
-            Try::Routed { entry, rank } => {
-                let e = &router.entries[entry];
-                let target = Target { provider: e.provider.clone(), upstream_model: e.model.model.clone() };
-                (target, Chosen::Routed(entry), Some(rank))
-            }
+        let (tries, plan) = match tries_for(state, &req, overrides) {
+            Ok(x) => x,
+            Err(e) => break 'answer e.render(client),
         };
-        if exhausted.contains(&target.provider.id) {
-            continue;
+        if let Some(p) = &plan {
+            t.routed(&mut watch, &p.route);
         }
-        if let (Chosen::Routed(i), Some(globs)) = (chosen, allowed_models) {
-            let e = &router.entries[i];
-            if !crate::admin::model_allowed(globs, &e.provider.id, &e.model.model) {
-                not_allowed += 1;
-                continue;
-            }
-        }
-        // The attempt's worst case, for its reservation.
-        let worst = match (&gate, chosen, &plan, rank) {
-            (None, ..) => 0,
-            (Some(_), Chosen::Routed(_), Some(p), Some(rank)) => {
-                crate::route::plan::cost_of(p.plan.candidates[rank].max_pico).0
-            }
-            (Some(_), Chosen::Explicit(price), ..) => {
-                crate::route::plan::cost_of(crate::route::plan::worst_case_pico(
-                    state.meter.model(price),
-                    prompt_tokens,
-                    req.max_output_tokens,
-                ))
-                .0
-            }
-            (Some(_), Chosen::Routed(i), ..) => {
-                crate::route::plan::cost_of(crate::route::plan::worst_case_pico(
-                    &router.entries[i].model,
-                    prompt_tokens,
-                    req.max_output_tokens,
-                ))
-                .0
-            }
-        };
-        // A routed request whose budget cannot take this candidate tries the cheaper ones.
-        if headroom.is_some_and(|h| worst > h) {
-            continue;
-        }
-        if let Chosen::Routed(i) = chosen {
-            if let Availability::Open { .. } = router.health.acquire(&router.entries[i].key, Instant::now()) {
-                continue;
-            }
-        }
-        let held = match &mut gate {
-            None => None,
-            Some(g) => match g.reserve(worst, tokens).await {
-                Ok(h) => Some(h),
-                Err(Denied::Error(e)) => return limits::unavailable(e, client),
-                Err(Denied::Refused(r)) => match limits::headroom(&r) {
-                    Some(h) if routed => {
-                        headroom = Some(h);
-                        refused = Some(r);
-                        continue;
-                    }
-                    _ => return limits::refusal_response(&r, client, tokens),
-                },
+        // What a reservation needs: the prompt's estimated size and the output it may reach.
+        let prompt_tokens = match (&gate, &plan) {
+            (None, _) => 0,
+            (Some(_), Some(p)) => p.prompt_tokens,
+            // A named model: a quarter of the body's bytes, what the planner's estimate comes to
+            // for text, and no lower (the body holds the prompt and a little JSON), without
+            // scanning the body again.
+            (Some(_), None) => match req.raw_body() {
+                Some(raw) => raw.bytes.len() as u64 / 4 + 1,
+                None => crate::route::prompt_facts(&req).0,
             },
         };
-        attempt_no += 1;
-        if attempt_no > 1 {
-            tokio::time::sleep(backoff(attempt_no - 1)).await;
-        }
-        let reason = match (&plan, rank) {
-            (Some(p), Some(rank)) => {
-                let mut r = router.reason(p, rank, attempt_no);
-                if let Some(d) = &downgraded {
-                    r.push_str(d);
-                }
-                Some(r)
+        let tokens = prompt_tokens + req.max_output_tokens.unwrap_or(limits::DEFAULT_TOKENS_RESERVED);
+        let allowed_models = caller.key.as_ref().map(|k| &k.key.models).filter(|m| !m.is_empty());
+        let mut refused: Option<crate::limit::Refusal> = None;
+        // Candidates the key's `models` rule left out.
+        let mut not_allowed = 0usize;
+        let mut headroom: Option<i64> = None;
+        let routed = plan.is_some();
+        let beta = headers.get(&ANTHROPIC_BETA);
+        // Explicit models get one attempt: the client's SDK owns retries (and sees Retry-After).
+        let max_attempts = if routed { router.max_attempts } else { 1 };
+        let mut attempt_no = 0u32;
+        let mut last_err: Option<(Error, Target)> = None;
+        let mut exhausted: Vec<String> = Vec::new();
+        let mut overloaded = 0u32;
+        for t in tries {
+            if attempt_no >= max_attempts {
+                break;
             }
-            _ => None,
-        };
-        let pass = Pass { number: attempt_no, reason, held, gate: gate.as_mut() };
-        match attempt_chat(state, &caller, &mut req, &target, chosen, pass, beta).await {
-            Ok(mut resp) => {
-                if let Some(g) = &gate {
-                    g.headers(&mut resp, client);
+            let (target, chosen, rank) = match t {
+                Try::Explicit { target, price } => (target, Chosen::Explicit(price), None),
+                Try::Routed { entry, rank } => {
+                    let e = &router.entries[entry];
+                    let target = Target { provider: e.provider.clone(), upstream_model: e.model.model.clone() };
+                    (target, Chosen::Routed(entry), Some(rank))
                 }
-                return resp;
+            };
+            if exhausted.contains(&target.provider.id) {
+                continue;
             }
-            Err(e) => {
-                if let ErrorKind::UpstreamStatus(s) = &e.kind {
-                    if s.exhausted {
-                        exhausted.push(target.provider.id.clone());
+            if let (Chosen::Routed(i), Some(globs)) = (chosen, allowed_models) {
+                let e = &router.entries[i];
+                if !crate::admin::model_allowed(globs, &e.provider.id, &e.model.model) {
+                    not_allowed += 1;
+                    continue;
+                }
+            }
+            // The attempt's worst case, for its reservation.
+            let worst = match (&gate, chosen, &plan, rank) {
+                (None, ..) => 0,
+                (Some(_), Chosen::Routed(_), Some(p), Some(rank)) => {
+                    crate::route::plan::cost_of(p.plan.candidates[rank].max_pico).0
+                }
+                (Some(_), Chosen::Explicit(price), ..) => {
+                    crate::route::plan::cost_of(crate::route::plan::worst_case_pico(
+                        state.meter.model(price),
+                        prompt_tokens,
+                        req.max_output_tokens,
+                    ))
+                    .0
+                }
+                (Some(_), Chosen::Routed(i), ..) => {
+                    crate::route::plan::cost_of(crate::route::plan::worst_case_pico(
+                        &router.entries[i].model,
+                        prompt_tokens,
+                        req.max_output_tokens,
+                    ))
+                    .0
+                }
+            };
+            // A routed request whose budget cannot take this candidate tries the cheaper ones.
+            if headroom.is_some_and(|h| worst > h) {
+                continue;
+            }
+            if let Chosen::Routed(i) = chosen {
+                if let Availability::Open { .. } = router.health.acquire(&router.entries[i].key, Instant::now()) {
+                    continue;
+                }
+            }
+            let held = match &mut gate {
+                None => None,
+                Some(g) => match g.reserve(worst, tokens).await {
+                    Ok(h) => Some(h),
+                    Err(Denied::Error(e)) => break 'answer limits::unavailable(e, client),
+                    Err(Denied::Refused(r)) => match limits::headroom(&r) {
+                        Some(h) if routed => {
+                            headroom = Some(h);
+                            refused = Some(r);
+                            continue;
+                        }
+                        _ => break 'answer limits::refusal_response(&r, client, tokens),
+                    },
+                },
+            };
+            attempt_no += 1;
+            if attempt_no > 1 {
+                tokio::time::sleep(backoff(attempt_no - 1)).await;
+            }
+            let reason = match (&plan, rank) {
+                (Some(p), Some(rank)) => {
+                    let mut r = router.reason(p, rank, attempt_no);
+                    if let Some(d) = &downgraded {
+                        r.push_str(d);
                     }
-                    if matches!(s.status, 503 | 529) {
-                        overloaded += 1;
+                    Some(r)
+                }
+                _ => None,
+            };
+            let pass = Pass { number: attempt_no, reason, held, gate: gate.as_mut(), watch: &mut watch };
+            match attempt_chat(state, caller, &mut req, &target, chosen, pass, beta).await {
+                Ok(mut resp) => {
+                    if let Some(g) = &gate {
+                        g.headers(&mut resp, client);
                     }
+                    break 'answer resp;
                 }
-                if !routed || !fails_over(&e) {
-                    return error_response(e, &target, client);
+                Err(e) => {
+                    if let ErrorKind::UpstreamStatus(s) = &e.kind {
+                        if s.exhausted {
+                            exhausted.push(target.provider.id.clone());
+                        }
+                        if matches!(s.status, 503 | 529) {
+                            overloaded += 1;
+                        }
+                    }
+                    if !routed || !fails_over(&e) {
+                        break 'answer error_response(e, &target, client);
+                    }
+                    last_err = Some((e, target));
                 }
-                last_err = Some((e, target));
             }
         }
-    }
-    if let (Some(r), None) = (&refused, &last_err) {
-        return limits::refusal_response(r, client, tokens);
-    }
-    if let (Some(k), None, 0) = (&caller.key, &last_err, attempt_no) {
-        if not_allowed > 0 {
-            let msg = format!(
-                "key '{}' may use none of the {not_allowed} feasible models of this route (it may use: {})",
-                k.key.id,
-                k.key.models.join(", ")
-            );
-            return Error::new(ErrorKind::Forbidden, msg).render(client);
+        if let (Some(r), None) = (&refused, &last_err) {
+            break 'answer limits::refusal_response(r, client, tokens);
         }
-    }
-    match last_err {
-        // Every candidate tried was overloaded: say so (Anthropic clients get 529), not
-        // just the last one's words.
-        Some((e, target)) if overloaded == attempt_no && attempt_no > 1 => {
-            let e = Error { message: format!("every candidate model is overloaded; last: {}", e.message), ..e };
-            error_response(e, &target, client)
+        if let (Some(k), None, 0) = (&caller.key, &last_err, attempt_no) {
+            if not_allowed > 0 {
+                let msg = format!(
+                    "key '{}' may use none of the {not_allowed} feasible models of this route (it may use: {})",
+                    k.key.id,
+                    k.key.models.join(", ")
+                );
+                break 'answer Error::new(ErrorKind::Forbidden, msg).render(client);
+            }
         }
-        Some((e, target)) => error_response(e, &target, client),
-        None => Error::new(
-            ErrorKind::Unavailable,
-            "every feasible model is temporarily unavailable (circuits open after repeated failures)",
-        )
-        .render(client),
-    }
+        match last_err {
+            // Every candidate tried was overloaded: say so (Anthropic clients get 529), not
+            // just the last one's words.
+            Some((e, target)) if overloaded == attempt_no && attempt_no > 1 => {
+                let e = Error { message: format!("every candidate model is overloaded; last: {}", e.message), ..e };
+                error_response(e, &target, client)
+            }
+            Some((e, target)) => error_response(e, &target, client),
+            None => Error::new(
+                ErrorKind::Unavailable,
+                "every feasible model is temporarily unavailable (circuits open after repeated failures)",
+            )
+            .render(client),
+        }
+    };
+    t.answered(watch, &resp, || caller.who());
+    resp
 }
 
 /// A virtual key's rules on a chat request: its default route, the routes and models it may
@@ -442,14 +461,18 @@ struct Pass<'g> {
     reason: Option<String>,
     held: Option<Held>,
     gate: Option<&'g mut Gate>,
+    watch: &'g mut Watch,
 }
 
 impl Pass<'_> {
-    /// This attempt answers the request: its settle gives the request's lease back.
+    /// This attempt answers the request: its settle gives the request's lease back and
+    /// writes the request's last word.
+    #[inline]
     fn answers(&mut self, attempt: &mut Attempt) {
         if let (Some(h), Some(g)) = (attempt.held.as_mut(), self.gate.as_mut()) {
             h.lease = g.lease();
         }
+        self.watch.hand_over(&mut attempt.ending);
     }
 }
 
@@ -472,12 +495,16 @@ async fn attempt_chat(
     // no attempt, no ledger row.
     let (upstream_body, json_tool) = upstream_body(req, target)?;
     let extra = anthropic_beta.filter(|_| client == upstream).map(|b| (ANTHROPIC_BETA.clone(), b.clone()));
-    let mut attempt = Attempt::start(state, caller.clone(), target, req.stream, number, reason.clone(), chosen);
+    let mut attempt =
+        Attempt::start(state, caller.clone(), target, req.stream, number, reason.clone(), chosen, pass.watch);
     attempt.held = pass.held.take();
     let endpoint = Endpoint::Chat { model: &target.upstream_model, stream: req.stream };
     let resp = match target.provider.post_json_with(endpoint, upstream_body, extra).await {
         Ok(r) => r,
-        Err(e) => return Err(attempt.fail(e).await),
+        Err(e) => {
+            attempt.waited(pass.watch);
+            return Err(attempt.fail(e).await);
+        }
     };
     attempt.ttfb = Some(attempt.started.elapsed());
     let is_sse = resp.header("content-type").is_some_and(|v| v.starts_with("text/event-stream"));
@@ -490,14 +517,21 @@ async fn attempt_chat(
             false => state.estimator.transcript(),
         };
         let mut relay = StreamRelay::new(resp, target.provider.clone(), mode, transcript);
+        if attempt.traced() {
+            relay.note_facts(client);
+        }
         // Nothing reaches the client before the first token: a stream that fails sooner is
         // this attempt's failure, and another candidate (or a clean error status) answers.
         let first_token_by = tokio::time::Instant::from_std(attempt.started) + target.provider.timeouts.first_byte;
-        match tokio::time::timeout_at(first_token_by, relay.first_token()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(attempt.fail(e).await),
-            Err(_) => return Err(attempt.fail(target.provider.first_token_timeout()).await),
+        let first = match tokio::time::timeout_at(first_token_by, relay.first_token()).await {
+            Ok(first) => first,
+            Err(_) => Err(target.provider.first_token_timeout()),
+        };
+        if let Err(e) = first {
+            attempt.waited(pass.watch);
+            return Err(attempt.fail(e).await);
         }
+        attempt.first_token_came(pass.watch);
         attempt.healthy();
         pass.answers(&mut attempt);
         // This attempt answers the request (no fallback once a token is the client's): keep
@@ -505,6 +539,7 @@ async fn attempt_chat(
         let request = req.take_body().detached();
         let estimator = state.estimator.clone();
         let on_end: OnEnd = Box::new(move |summary: StreamSummary| {
+            attempt.streamed_facts(summary.facts);
             let (status, error) = match &summary.end {
                 StreamEnd::Completed => (200, None),
                 StreamEnd::UpstreamFailed(_) => (502, Some("upstream_stream_broken")),
@@ -551,7 +586,9 @@ async fn attempt_chat(
         route_reason(&mut out, reason.as_deref());
         return Ok(out);
     }
-    let (status, bytes) = match read_upstream_body(target, resp).await {
+    let read = read_upstream_body(target, resp).await;
+    attempt.waited(pass.watch);
+    let (status, bytes) = match read {
         Ok(x) => x,
         Err(e) => return Err(attempt.fail(e).await),
     };
@@ -561,6 +598,7 @@ async fn attempt_chat(
     };
     attempt.healthy();
     pass.answers(&mut attempt);
+    attempt.read_facts(&bytes, client);
     let (usage, estimate) = match usage {
         Some(u) => (u, None),
         None => {
@@ -584,73 +622,97 @@ async fn attempt_chat(
 
 /// Serve one embeddings request: the model it names, one attempt (embeddings are not
 /// routed), metered, with the same provenance and money headers as chat.
-pub async fn embeddings(state: &SharedState, caller: Caller, mut req: EmbeddingsRequest) -> Response {
-    let target = match state.providers.resolve(&req.model) {
-        Ok(t) => t,
-        Err(e) => return e.render(Dialect::OpenAi),
-    };
-    let price = match state.meter.price(&target.provider.id, target.provider.vendor, &target.upstream_model) {
-        Ok(p) => p,
-        Err(e) => return e.render(Dialect::OpenAi),
-    };
-    // A virtual key's limits: the input's estimated tokens at the input price (embeddings
-    // have no output) are reserved, and settled at the metered cost.
-    let mut gate = Gate::new(state, &caller);
-    let mut held = None;
-    if let Some(g) = &mut gate {
-        let tokens = req.body.get("input").map_or(0, |v| estimate::heuristic(v.to_string().as_bytes()));
-        let worst =
-            crate::route::plan::cost_of(crate::route::plan::worst_case_pico(state.meter.model(price), tokens, Some(0)))
-                .0;
-        match g.reserve(worst, tokens).await {
-            Ok(mut h) => {
-                h.lease = g.lease();
-                held = Some(h);
+pub async fn embeddings(state: &SharedState, caller: &Caller, mut req: EmbeddingsRequest) -> Response {
+    let t = &state.telemetry;
+    let mut watch = t.begin(caller.arrived, "embeddings", &req.model, None);
+    // As in `chat`: the exchange is this block, its value the answer.
+    let resp = 'answer: {
+        let target = match state.providers.resolve(&req.model) {
+            Ok(t) => t,
+            Err(e) => break 'answer e.render(Dialect::OpenAi),
+        };
+        let price = match state.meter.price(&target.provider.id, target.provider.vendor, &target.upstream_model) {
+            Ok(p) => p,
+            Err(e) => break 'answer e.render(Dialect::OpenAi),
+        };
+        // A virtual key's limits: the input's estimated tokens at the input price (embeddings
+        // have no output) are reserved, and settled at the metered cost.
+        let mut gate = Gate::new(state, caller);
+        let mut held = None;
+        if let Some(g) = &mut gate {
+            let tokens = req.body.get("input").map_or(0, |v| estimate::heuristic(v.to_string().as_bytes()));
+            let worst = crate::route::plan::cost_of(crate::route::plan::worst_case_pico(
+                state.meter.model(price),
+                tokens,
+                Some(0),
+            ))
+            .0;
+            match g.reserve(worst, tokens).await {
+                Ok(mut h) => {
+                    h.lease = g.lease();
+                    held = Some(h);
+                }
+                Err(Denied::Error(e)) => break 'answer limits::unavailable(e, Dialect::OpenAi),
+                Err(Denied::Refused(r)) => break 'answer limits::refusal_response(&r, Dialect::OpenAi, tokens),
             }
-            Err(Denied::Error(e)) => return limits::unavailable(e, Dialect::OpenAi),
-            Err(Denied::Refused(r)) => return limits::refusal_response(&r, Dialect::OpenAi, tokens),
         }
-    }
-    let upstream_body = wire::upstream_embeddings_body(&mut req, &target.upstream_model);
-    let mut attempt = Attempt::start(state, caller, &target, false, 1, None, Chosen::Explicit(price));
-    attempt.held = held;
-    let resp = match target.provider.post_json(Endpoint::Embeddings, upstream_body).await {
-        Ok(r) => r,
-        Err(e) => return error_response(attempt.fail(e).await, &target, Dialect::OpenAi),
-    };
-    attempt.ttfb = Some(attempt.started.elapsed());
-    let (status, bytes) = match read_upstream_body(&target, resp).await {
-        Ok(x) => x,
-        Err(e) => return error_response(attempt.fail(e).await, &target, Dialect::OpenAi),
-    };
-    let usage = match wire::response_usage(&bytes) {
-        Ok(u) => u,
-        Err(wire::NotJson) => return error_response(attempt.fail(not_json(&target)).await, &target, Dialect::OpenAi),
-    };
-    if let Some(e) = usage.is_none().then(|| wire::reported_error(&bytes)).flatten() {
-        let e = Error { message: format!("provider {}: {}", target.provider.id, e.message), ..e };
-        return error_response(attempt.fail(e).await, &target, Dialect::OpenAi);
-    }
-    let (usage, estimate) = match usage {
-        Some(u) => (u, None),
-        None => {
-            let input = std::sync::Arc::new(req.body.remove("input").unwrap_or_default());
-            let counted = input.clone();
-            let heuristic = || estimate::heuristic(input.to_string().as_bytes());
-            let (tokens, how) =
-                state.estimator.count(bytes.len(), move || estimate::embedding_input_tokens(&counted), heuristic).await;
-            (Usage { input_uncached: tokens, ..Usage::default() }, Some(how))
+        let upstream_body = wire::upstream_embeddings_body(&mut req, &target.upstream_model);
+        let mut attempt =
+            Attempt::start(state, caller.clone(), &target, false, 1, None, Chosen::Explicit(price), &mut watch);
+        attempt.held = held;
+        let read = match target.provider.post_json(Endpoint::Embeddings, upstream_body).await {
+            Ok(r) => {
+                attempt.ttfb = Some(attempt.started.elapsed());
+                let read = read_upstream_body(&target, r).await;
+                attempt.waited(&mut watch);
+                read
+            }
+            Err(e) => {
+                attempt.waited(&mut watch);
+                Err(e)
+            }
+        };
+        // Its one attempt answers the request, whatever the outcome.
+        watch.hand_over(&mut attempt.ending);
+        let (status, bytes) = match read {
+            Ok(x) => x,
+            Err(e) => break 'answer error_response(attempt.fail(e).await, &target, Dialect::OpenAi),
+        };
+        let usage = match wire::response_usage(&bytes) {
+            Ok(u) => u,
+            Err(wire::NotJson) => {
+                break 'answer error_response(attempt.fail(not_json(&target)).await, &target, Dialect::OpenAi)
+            }
+        };
+        if let Some(e) = usage.is_none().then(|| wire::reported_error(&bytes)).flatten() {
+            let e = Error { message: format!("provider {}: {}", target.provider.id, e.message), ..e };
+            break 'answer error_response(attempt.fail(e).await, &target, Dialect::OpenAi);
         }
+        let (usage, estimate) = match usage {
+            Some(u) => (u, None),
+            None => {
+                let input = std::sync::Arc::new(req.body.remove("input").unwrap_or_default());
+                let counted = input.clone();
+                let heuristic = || estimate::heuristic(input.to_string().as_bytes());
+                let (tokens, how) = state
+                    .estimator
+                    .count(bytes.len(), move || estimate::embedding_input_tokens(&counted), heuristic)
+                    .await;
+                (Usage { input_uncached: tokens, ..Usage::default() }, Some(how))
+            }
+        };
+        let (settled, record) = attempt.settle(usage, estimate, status.as_u16(), None);
+        if let Some(r) = record {
+            r.send().await;
+        }
+        let mut out = json_response(status, bytes);
+        provenance(&mut out, &target);
+        money_headers(&mut out, &settled);
+        if let Some(g) = &gate {
+            g.headers(&mut out, Dialect::OpenAi);
+        }
+        out
     };
-    let (settled, record) = attempt.settle(usage, estimate, status.as_u16(), None);
-    if let Some(r) = record {
-        r.send().await;
-    }
-    let mut out = json_response(status, bytes);
-    provenance(&mut out, &target);
-    money_headers(&mut out, &settled);
-    if let Some(g) = &gate {
-        g.headers(&mut out, Dialect::OpenAi);
-    }
-    out
+    t.answered(watch, &resp, || caller.who());
+    resp
 }

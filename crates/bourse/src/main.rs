@@ -3,7 +3,7 @@
 use bourse::catalog::{self, Kind};
 use bourse::cli::catalog::{Filter, SortKey};
 use bourse::cli::{self, Format};
-use bourse::config::Config;
+use bourse::config::{Config, LogFormat};
 use bourse::ledger::{GroupBy, Ledger, ReportQuery};
 use bourse::server::{self, ServeOptions};
 use bourse::timespec;
@@ -54,6 +54,12 @@ enum Command {
         /// Allow listening on a non-loopback address without gateway keys.
         #[arg(long)]
         insecure_no_auth: bool,
+        /// Log lines as text or JSON (overrides telemetry.log_format; default text).
+        #[arg(long, value_enum)]
+        log_format: Option<LogFmt>,
+        /// One info line per request (overrides telemetry.access_log).
+        #[arg(long)]
+        access_log: bool,
     },
     /// Validate a config file and print the providers it defines.
     Check {
@@ -338,6 +344,12 @@ enum Fmt {
     Table,
     Json,
     Csv,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFmt {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -646,11 +658,23 @@ fn run_keys(c: &GlobalConfigArg, action: &KeysAction) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    bourse::telemetry::init();
+    // `serve` logs in the format its config asks for: it starts logging once that is read.
+    let _logs = (!matches!(cli.command, Command::Serve { .. })).then(|| bourse::telemetry::init(LogFormat::Text));
     let result = match &cli.command {
-        Command::Serve { config, listen, insecure_no_auth } => load(config).and_then(|cfg| {
-            runtime()?.block_on(server::run(cfg, ServeOptions { listen: *listen, insecure_no_auth: *insecure_no_auth }))
-        }),
+        Command::Serve { config, listen, insecure_no_auth, log_format, access_log } => {
+            load(config).and_then(|mut cfg| {
+                if let Some(f) = log_format {
+                    cfg.telemetry.log_format = match f {
+                        LogFmt::Text => LogFormat::Text,
+                        LogFmt::Json => LogFormat::Json,
+                    };
+                }
+                cfg.telemetry.access_log |= *access_log;
+                let _logs = bourse::telemetry::init(cfg.telemetry.log_format);
+                let opts = ServeOptions { listen: *listen, insecure_no_auth: *insecure_no_auth };
+                runtime()?.block_on(server::run(cfg, opts))
+            })
+        }
         Command::Check { config } => load(config).map(|cfg| {
             println!("config ok ({:?}); catalog {}; reference {}", cfg.source, cfg.catalog.version, cfg.reference);
             for p in &cfg.providers {

@@ -81,6 +81,13 @@ pub fn cost(usage: &Usage, model: &Model) -> Cost {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Price(usize);
 
+impl Price {
+    /// The catalog position it stands for (the metrics find their series by it).
+    pub fn position(self) -> usize {
+        self.0
+    }
+}
+
 /// Prices requests against the catalog in force and the reference model.
 #[derive(Debug)]
 pub struct Meter {

@@ -24,8 +24,11 @@
 //! or dropped because the client went away — the `on_end` hook runs exactly once with
 //! what was seen, so metering never misses a stream. What the hook sends last (the cost
 //! comment) may have to wait for a token estimate: the relay then awaits it before it ends,
-//! or, if the client goes away meanwhile, leaves it to finish on its own.
+//! or, if the client goes away meanwhile, leaves it to finish on its own. While traces are
+//! on, the relay also notes what the answer says of itself for its span ([`Facts`]: id,
+//! model, finish reasons); otherwise it reads nothing more than relaying needs.
 
+use crate::canonical::StopReason;
 use crate::canonical::{Delta, Dialect, Usage};
 use crate::dialect::openai::think::ThinkSplitter;
 use crate::dialect::openai::{
@@ -70,6 +73,71 @@ pub struct StreamSummary {
     /// The answer's text (and tool arguments) as relayed, kept within its budget only
     /// while the usage has not arrived, for an estimate should it never come.
     pub transcript: Transcript,
+    /// What the answer said of itself, when asked for ([`StreamRelay::note_facts`]).
+    pub facts: Option<Facts>,
+}
+
+/// What an answer says of itself, for its span: its id and model, its finish reasons as the
+/// client's dialect names them, and (non-streamed answers with content capture on) its
+/// content.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Facts {
+    pub id: Option<String>,
+    pub model: Option<String>,
+    pub finish_reasons: Vec<String>,
+    pub output: Option<String>,
+}
+
+/// The facts being noted from a stream, and the dialect its client reads.
+#[derive(Debug)]
+struct Noting {
+    client: Dialect,
+    /// The answer's start (its id and model) has been read.
+    started: bool,
+    facts: Facts,
+}
+
+impl Noting {
+    /// A decoded step: the start's id and model, a stop's reason.
+    fn delta(&mut self, d: &Delta) {
+        match d {
+            Delta::Start { id, model, .. } if !self.started => {
+                self.started = true;
+                self.facts.id = Some(id.clone()).filter(|x| !x.is_empty());
+                self.facts.model = Some(model.clone()).filter(|x| !x.is_empty());
+            }
+            Delta::Stop(stop) => self.facts.finish_reasons.push(stop_name(self.client, stop).to_string()),
+            _ => {}
+        }
+    }
+
+    /// An OpenAI chunk passed through: the first one's id and model, and any finish reasons
+    /// (chunks are parsed only for these, and only while noting).
+    fn openai_chunk(&mut self, data: &str) {
+        if self.started && !chunk_has_finish_reason(data) {
+            return;
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else { return };
+        let text = |k: &str| v.get(k).and_then(|x| x.as_str()).filter(|x| !x.is_empty()).map(str::to_string);
+        if !self.started {
+            self.started = true;
+            self.facts.id = text("id");
+            self.facts.model = text("model");
+        }
+        for c in v.get("choices").and_then(|c| c.as_array()).into_iter().flatten() {
+            if let Some(r) = c.get("finish_reason").and_then(|r| r.as_str()) {
+                self.facts.finish_reasons.push(r.to_string());
+            }
+        }
+    }
+}
+
+/// A stop as the client's dialect names it.
+fn stop_name(client: Dialect, stop: &StopReason) -> &'static str {
+    match client {
+        Dialect::Anthropic => crate::dialect::anthropic::stop_reason(stop),
+        Dialect::OpenAi | Dialect::Gemini => crate::dialect::openai::finish_reason(stop),
+    }
 }
 
 /// How upstream events become client events.
@@ -134,6 +202,8 @@ pub struct StreamRelay {
     partial: Option<Usage>,
     events: u64,
     transcript: Option<Transcript>,
+    /// While traces are on: what the answer says of itself. Boxed: absent otherwise.
+    noting: Option<Box<Noting>>,
     /// OpenAI pass-through: `[DONE]` or a finish reason has been relayed (other modes ask
     /// their decoder).
     complete: bool,
@@ -168,6 +238,7 @@ impl StreamRelay {
             partial: None,
             events: 0,
             transcript: Some(transcript),
+            noting: None,
             complete: false,
             first_token: false,
             held: None,
@@ -177,6 +248,12 @@ impl StreamRelay {
             last: None,
             provider,
         }
+    }
+
+    /// Note what the answer says of itself (id, model, finish reasons as `client`'s dialect
+    /// names them) for the stream's summary: for its span, while traces are on.
+    pub fn note_facts(&mut self, client: Dialect) {
+        self.noting = Some(Box::new(Noting { client, started: false, facts: Facts::default() }));
     }
 
     /// The hook run when the stream ends, set once the stream is the client's.
@@ -218,7 +295,8 @@ impl StreamRelay {
         let Some(hook) = self.on_end.take() else { return Ending::Now(None) };
         let transcript = self.transcript.take().expect("a stream ends once");
         let partial = if self.usage.is_none() { self.partial } else { None };
-        hook(StreamSummary { end, usage: self.usage, partial, events: self.events, transcript })
+        let facts = self.noting.take().map(|n| n.facts);
+        hook(StreamSummary { end, usage: self.usage, partial, events: self.events, transcript, facts })
     }
 
     /// End the stream: `out` (what is left to send), then whatever the end hook adds now;
@@ -244,6 +322,11 @@ impl StreamRelay {
     fn observe(&mut self) {
         if !self.first_token {
             self.first_token = self.deltas.iter().any(|d| !matches!(d, Delta::Start { .. }));
+        }
+        if let Some(n) = &mut self.noting {
+            for d in &self.deltas {
+                n.delta(d);
+            }
         }
         for i in 0..self.deltas.len() {
             match &self.deltas[i] {
@@ -423,6 +506,9 @@ impl StreamRelay {
                         self.first_token = text || self.complete || self.usage.is_some();
                     }
                     if ev.data != "[DONE]" {
+                        if let Some(n) = &mut self.noting {
+                            n.openai_chunk(&ev.data);
+                        }
                         if let Some(rewritten) = self.think.as_mut().and_then(|t| t.rewrite(&ev.data)) {
                             ev.data = rewritten;
                         }
@@ -583,5 +669,51 @@ impl Drop for StreamRelay {
                 rt.spawn(last);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noting(client: Dialect) -> Noting {
+        Noting { client, started: false, facts: Facts::default() }
+    }
+
+    fn facts(id: Option<&str>, model: Option<&str>, reasons: &[&str]) -> Facts {
+        Facts {
+            id: id.map(str::to_string),
+            model: model.map(str::to_string),
+            finish_reasons: reasons.iter().map(|r| r.to_string()).collect(),
+            output: None,
+        }
+    }
+
+    #[test]
+    fn decoded_streams_give_their_start_and_stops_in_the_clients_words() {
+        let mut n = noting(Dialect::Anthropic);
+        n.delta(&Delta::Start { id: "msg_1".into(), model: "claude".into(), usage: None });
+        n.delta(&Delta::Start { id: "again".into(), model: "other".into(), usage: None });
+        n.delta(&Delta::Text("hi".into()));
+        n.delta(&Delta::Stop(StopReason::MaxTokens));
+        assert_eq!(n.facts, facts(Some("msg_1"), Some("claude"), &["max_tokens"]));
+        let mut n = noting(Dialect::OpenAi);
+        // Gemini's stream may name no model: none is noted.
+        n.delta(&Delta::Start { id: "g1".into(), model: String::new(), usage: None });
+        n.delta(&Delta::Stop(StopReason::ToolUse));
+        assert_eq!(n.facts, facts(Some("g1"), None, &["tool_calls"]));
+    }
+
+    #[test]
+    fn passed_through_openai_chunks_give_the_first_ones_id_and_every_finish_reason() {
+        let mut n = noting(Dialect::OpenAi);
+        n.openai_chunk(
+            r#"{"id":"c1","model":"gpt","choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}"#,
+        );
+        n.openai_chunk(r#"{"id":"c2","model":"gpt-x","choices":[{"index":0,"delta":{"content":"b"}}]}"#);
+        n.openai_chunk(r#"{"id":"c1","model":"gpt","choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#);
+        n.openai_chunk(r#"{"id":"c1","model":"gpt","choices":[],"usage":{"prompt_tokens":1}}"#);
+        n.openai_chunk("not json");
+        assert_eq!(n.facts, facts(Some("c1"), Some("gpt"), &["length"]));
     }
 }

@@ -43,6 +43,7 @@ async fn dispatch(state: SharedState, req: Request, caller: Caller, dialect: Dia
     let (allowed, route) = match path {
         "/healthz" => (Method::GET, Route::Healthz),
         "/readyz" => (Method::GET, Route::Readyz),
+        "/metrics" if state.telemetry.metrics.is_some() => (Method::GET, Route::Metrics),
         "/v1/chat/completions" => (Method::POST, Route::ChatCompletions),
         "/v1/messages" => (Method::POST, Route::Messages),
         "/v1/messages/count_tokens" => (Method::POST, Route::CountTokens),
@@ -81,6 +82,7 @@ async fn dispatch(state: SharedState, req: Request, caller: Caller, dialect: Dia
         Route::Quote => Box::pin(api::quote::quote(state, req)).await.into_response(),
         Route::Healthz => healthz(),
         Route::Readyz => readyz(&state),
+        Route::Metrics => Box::pin(api::metrics::metrics(&state)).await,
     }
 }
 
@@ -96,6 +98,7 @@ enum Route {
     Model,
     Usage,
     Quote,
+    Metrics,
 }
 
 fn healthz() -> Response {
@@ -145,6 +148,7 @@ fn hex_into(out: &mut [u8], v: u64) {
 /// gateway key for `/v1` paths, the route, then the id on the response and the access log
 /// (at debug). Refusals are rendered in the dialect of the path.
 async fn handle(state: SharedState, req: Request) -> Response {
+    let arrived = state.telemetry.times_requests().then(Instant::now);
     let id: Arc<str> = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -154,7 +158,7 @@ async fn handle(state: SharedState, req: Request) -> Response {
         .unwrap_or_else(new_request_id);
     // The access line is at debug: copy what it needs only when it will be written.
     let logged = tracing::enabled!(tracing::Level::DEBUG)
-        .then(|| (Instant::now(), req.method().clone(), req.uri().path().to_string()));
+        .then(|| (arrived.unwrap_or_else(Instant::now), req.method().clone(), req.uri().path().to_string()));
     let path = req.uri().path();
     let dashboard = path == "/dashboard" || path.starts_with("/dashboard/");
     if dashboard || path.starts_with("/admin/") {
@@ -172,7 +176,9 @@ async fn handle(state: SharedState, req: Request) -> Response {
     let gated = path == "/v1" || path.starts_with("/v1/");
     let key = if gated { authorize(&state, req.headers(), dialect) } else { Ok((None, None)) };
     let mut resp = match key {
-        Ok((key_id, key)) => dispatch(state, req, Caller { request_id: id.clone(), key_id, key }, dialect).await,
+        Ok((key_id, key)) => {
+            dispatch(state, req, Caller { request_id: id.clone(), key_id, key, arrived }, dialect).await
+        }
         Err(refusal) => refusal.render(dialect),
     };
     if let Ok(v) = HeaderValue::from_str(&id) {
@@ -358,7 +364,8 @@ pub async fn start(cfg: &Config, opts: ServeOptions) -> Result<Running, String> 
 impl Running {
     /// Stop accepting, let in-flight requests finish for up to `server.shutdown_grace` and
     /// end those still running then ([`serve`]), then flush every row the ledger's writer
-    /// still holds: the flush comes after the grace period, not within it.
+    /// still holds and every span not yet exported: the flush comes after the grace period,
+    /// not within it.
     pub async fn stop(self) {
         tracing::info!(
             grace_secs = self.state.shutdown.grace.as_secs_f64(),
@@ -378,6 +385,10 @@ impl Running {
             let stats = handle.shutdown().await;
             tracing::info!(?stats, "ledger flushed");
         }
+        // The requests' last spans are queued: send them before the process goes.
+        if let Some(tracer) = &self.state.telemetry.tracer {
+            tracer.shutdown().await;
+        }
         tracing::info!("stopped");
     }
 }
@@ -387,6 +398,10 @@ impl Running {
 /// fresh from the store), and the limit counters.
 pub async fn prepare(cfg: &Config) -> Result<(AppState, Option<WriterHandle>), String> {
     let mut state = AppState::from_config(cfg)?;
+    if let Some(endpoint) = &cfg.telemetry.otlp_endpoint {
+        state.telemetry.tracer = Some(crate::telemetry::trace::Tracer::start(endpoint)?);
+        tracing::info!(endpoint = %endpoint, "traces: exporting spans over OTLP/HTTP");
+    }
     let mut writer_handle = None;
     if let Some(url) = &cfg.storage.url {
         let ledger = Ledger::open(url).await.map_err(|e| format!("storage.url: cannot open the ledger: {e}"))?;

@@ -12,10 +12,11 @@ use crate::meter::estimate::Estimator;
 use crate::meter::Meter;
 use crate::provider::Provider;
 use crate::route::{Providers, Router};
+use crate::telemetry::Telemetry;
 use crate::tenancy::{config_key_id, KeyIdSecret};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Shared, read-only state of a running gateway.
 #[derive(Debug)]
@@ -47,6 +48,8 @@ pub struct AppState {
     pub limits: EdgeLimits,
     /// Unix seconds at start, for the `created` field of model objects.
     pub started: u64,
+    /// Metrics, traces and the access log.
+    pub telemetry: Telemetry,
     /// `/dashboard`'s sessions and settings.
     pub dashboard: Dashboard,
     /// How long in-flight requests may run once the server is told to stop, and whether
@@ -94,8 +97,10 @@ impl AppState {
         }
         let providers = Providers::new(list);
         let router = Router::new(&providers, &cfg.catalog, &cfg.routing);
+        let telemetry = Telemetry::new(&cfg.telemetry, &router, &providers, &cfg.catalog);
         let secret = KeyIdSecret::ephemeral().map_err(|e| e.to_string())?;
         Ok(AppState {
+            telemetry,
             router,
             providers,
             api_keys: cfg.server.api_keys.clone(),
@@ -147,9 +152,17 @@ pub struct Caller {
     pub request_id: Arc<str>,
     pub key_id: Option<Arc<str>>,
     pub key: Option<Arc<Resolved>>,
+    /// When the edge received the request, noted only while telemetry reads it
+    /// ([`crate::telemetry::Telemetry::times_requests`]).
+    pub arrived: Option<Instant>,
 }
 
 impl Caller {
+    /// Who is asking, as telemetry names them.
+    pub fn who(&self) -> crate::telemetry::Who<'_> {
+        crate::telemetry::Who { request_id: &self.request_id, key_id: self.key_id.as_deref(), tenant: self.tenant_id() }
+    }
+
     /// The tenant of a virtual key (config keys belong to no stored tenant).
     pub fn tenant_id(&self) -> Option<&str> {
         self.key.as_ref().map(|k| k.tenant.name.as_str())

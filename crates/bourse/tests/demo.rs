@@ -268,6 +268,7 @@ async fn the_demo_serves_on_loopback_with_its_admin_key_and_dashboard_until_inte
     .expect("the demo served within 90 s");
     assert!(seen.contains("\nserving until Ctrl-C (SIMULATED providers stay up):\n"), "{seen}");
     assert!(seen.contains(&format!("dashboard  {gateway}/dashboard")), "{seen}");
+    assert!(seen.contains(&format!("metrics    {gateway}/metrics")), "{seen}");
     assert!(gateway.starts_with("http://127.0.0.1:"), "{gateway}");
     assert!(key.starts_with("bourse-demo-admin-") && key.len() == "bourse-demo-admin-".len() + 32, "{key}");
 
@@ -298,6 +299,20 @@ async fn the_demo_serves_on_loopback_with_its_admin_key_and_dashboard_until_inte
     let provider = resp.headers()["x-bourse-provider"].to_str().unwrap().to_string();
     assert!(provider.ends_with("-sim") && provider != "deepseek-sim" && provider != "zhipu-sim", "{provider}");
 
+    // /metrics counts the workload's 30 requests and this one, and their cost as the ledger
+    // holds it (checked once the ledger is flushed, below).
+    let metrics = http.get(format!("{gateway}/metrics")).send().await.unwrap().text().await.unwrap();
+    let sum = |name: &str, with: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(with))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+            .sum()
+    };
+    assert_eq!(sum("bourse_requests_total", ""), 31.0, "{metrics}");
+    assert_eq!(sum("bourse_requests_total", r#"status_class="2xx""#), 31.0, "{metrics}");
+    let metered_usd = sum("bourse_cost_usd_total", "");
+
     // The dashboard opens with the printed key and shows the workload's data.
     let login = http
         .post(format!("{gateway}/dashboard/login"))
@@ -326,4 +341,9 @@ async fn the_demo_serves_on_loopback_with_its_admin_key_and_dashboard_until_inte
     tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut err).await.unwrap();
     assert!(status.success(), "{status:?}\n{err}");
     assert!(err.contains("ledger flushed") && err.contains("stopped"), "{err}");
+    let cost = scalar(&dir.0.join("ledger.db"), "SELECT SUM(cost_nanos) FROM ledger");
+    assert!(
+        cost > 0 && (metered_usd * 1e9 - cost as f64).abs() < 1.0,
+        "metrics {metered_usd} USD, ledger {cost} nano-USD"
+    );
 }

@@ -23,7 +23,7 @@ pub async fn messages(state: SharedState, caller: Caller, req: Request) -> Resul
     let body = read_json_body(&parts.headers, body, &state).await?;
     let req = anthropic::parse_request(&body)?;
     let overrides = Overrides::from_headers(&parts.headers)?;
-    Ok(exchange::chat(&state, caller, req, &overrides, &parts.headers).await)
+    Ok(exchange::chat(&state, &caller, req, &overrides, &parts.headers).await)
 }
 
 static X_BOURSE_ESTIMATE: HeaderName = HeaderName::from_static("x-bourse-estimate");

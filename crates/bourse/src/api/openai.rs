@@ -15,14 +15,14 @@ pub async fn chat_completions(state: SharedState, caller: Caller, req: Request) 
     let body = read_json_body(&parts.headers, body, &state).await?;
     let req = parse_chat_request(&body)?;
     let overrides = Overrides::from_headers(&parts.headers)?;
-    Ok(exchange::chat(&state, caller, req, &overrides, &parts.headers).await)
+    Ok(exchange::chat(&state, &caller, req, &overrides, &parts.headers).await)
 }
 
 pub async fn embeddings(state: SharedState, caller: Caller, req: Request) -> Result<Response> {
     let (parts, body) = req.into_parts();
     let body = read_json_body(&parts.headers, body, &state).await?;
     let req = parse_embeddings_request(&body)?;
-    Ok(exchange::embeddings(&state, caller, req).await)
+    Ok(exchange::embeddings(&state, &caller, req).await)
 }
 
 /// What `owned_by` says for a route (`auto` and `[routes.*]`): the gateway picks the model

@@ -162,15 +162,18 @@ pub fn report(
 }
 
 /// Where the demo serves until Ctrl-C, and the admin key for the dashboard.
-pub fn serving(addr: SocketAddr, admin_key: &str, ledger: &str, ledger_file: Option<&Path>) -> String {
+pub fn serving(addr: SocketAddr, admin_key: &str, ledger: &str, ledger_file: Option<&Path>, metrics: bool) -> String {
     let read_again = match ledger_file {
         Some(p) => format!("kept: bourse report --ledger {}", p.display()),
         None => format!("bourse report --ledger {ledger}"),
     };
+    let metrics =
+        if metrics { format!("\x20 metrics    http://{addr}/metrics  (Prometheus)\n") } else { String::new() };
     format!(
         "\nserving until Ctrl-C (SIMULATED providers stay up):\n\
          \x20 gateway    http://{addr}/v1  (OpenAI or Anthropic SDK, \"model\": \"auto\"; no key on loopback)\n\
          \x20 dashboard  http://{addr}/dashboard\n\
+         {metrics}\
          \x20 admin key  {admin_key}  (the dashboard's login; /admin/v1 takes it too)\n\
          \x20 ledger     {ledger}  ({read_again})\n"
     )

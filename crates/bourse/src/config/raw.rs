@@ -28,7 +28,28 @@ pub struct RawConfig {
     #[serde(default)]
     pub shared: RawShared,
     #[serde(default)]
+    pub telemetry: RawTelemetry,
+    #[serde(default)]
     pub dashboard: RawDashboard,
+}
+
+/// `[telemetry]`: metrics, traces and logs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    /// Serve `/metrics` (default true).
+    pub metrics: Option<bool>,
+    /// Label per-tenant metrics (budget remaining) with the tenant's name (default false).
+    pub tenant_labels: Option<bool>,
+    /// An OTLP/HTTP collector (`http://host:4318`, or the full `.../v1/traces` URL); unset:
+    /// no traces.
+    pub otlp_endpoint: Option<String>,
+    /// Put prompts and completions on spans (default false).
+    pub capture_content: Option<bool>,
+    /// "text" (default) or "json".
+    pub log_format: Option<String>,
+    /// One info line per request (default false).
+    pub access_log: Option<bool>,
 }
 
 /// `/dashboard`'s settings (it is on whenever `server.admin_keys` is set).

@@ -52,6 +52,11 @@ fn stop_fields(stop: &StopReason) -> (&'static str, Option<&str>) {
     }
 }
 
+/// Anthropic's `stop_reason` for a stop.
+pub fn stop_reason(stop: &StopReason) -> &'static str {
+    stop_fields(stop).0
+}
+
 /// Anthropic response JSON -> Reply. `json_mode`: the request asked for JSON via
 /// [`JSON_TOOL`], so a JSON_TOOL tool_use block becomes the answer's text (its input
 /// serialized), any other text is dropped (the answer must parse as JSON), and the

@@ -39,7 +39,7 @@ mod request;
 mod stream;
 pub mod think;
 
-pub use reply::{parse_reply, render_reply};
+pub use reply::{finish_reason, parse_reply, render_reply};
 pub use request::{conversation, render_request};
 pub use stream::{Decoder, Encoder};
 

@@ -91,3 +91,34 @@ pub(super) fn route_reason(resp: &mut Response, reason: Option<&str>) {
         resp.headers_mut().insert(X_BOURSE_ROUTE_REASON.clone(), v);
     }
 }
+
+/// What a non-streaming answer (in the client's dialect) says of itself, for its span: id,
+/// model, finish reasons, and its content when `content` (capture_content) is on. Read only
+/// while traces are on.
+pub(super) fn facts(body: &[u8], client: Dialect, content: bool) -> crate::relay::Facts {
+    let mut f = crate::relay::Facts::default();
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else { return f };
+    let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+    f.id = text("id");
+    f.model = text("model");
+    match client {
+        Dialect::Anthropic => {
+            f.finish_reasons.extend(text("stop_reason"));
+            if content {
+                f.output = v.get("content").map(|c| c.to_string());
+            }
+        }
+        _ => {
+            let choices = v.get("choices").and_then(|c| c.as_array());
+            for c in choices.into_iter().flatten() {
+                if let Some(r) = c.get("finish_reason").and_then(|r| r.as_str()) {
+                    f.finish_reasons.push(r.to_string());
+                }
+            }
+            if content {
+                f.output = v.get("choices").map(|c| c.to_string());
+            }
+        }
+    }
+    f
+}

@@ -1,6 +1,8 @@
 //! One upstream attempt, from start to settlement: when it started and how its target was
 //! chosen; on success the price of its usage, the router told (observed output, health) and
-//! its ledger row queued; on failure the same row with no usage, and the circuit told.
+//! its ledger row queued; on failure the same row with no usage, and the circuit told. Its
+//! metrics and span are told too, and the attempt that answers a request writes the
+//! request's last word (access line, end of its span) when it settles.
 
 use super::limits::Held;
 use crate::canonical::Usage;
@@ -8,8 +10,11 @@ use crate::error::{Error, ErrorKind};
 use crate::ledger::{Estimate, LedgerEntry};
 use crate::limit::Spent;
 use crate::meter::{Cost, Price};
+use crate::relay::Facts;
 use crate::route::Target;
 use crate::state::{Caller, SharedState, Shutdown};
+use crate::telemetry::metrics::{Answered, Metrics, RouteId, SeriesId};
+use crate::telemetry::{trace, Ending, Finish, Watch};
 use std::time::{Duration, Instant};
 
 /// How an attempt's target was chosen, which decides how it is priced and whom it reports to.
@@ -38,6 +43,26 @@ pub(super) struct Attempt {
     stream: bool,
     /// The attempt's budget and rate reservation (virtual keys), settled with its cost.
     pub(super) held: Option<Held>,
+    route: RouteId,
+    /// Its (provider, model) in the metrics (None: metrics off).
+    series: Option<SeriesId>,
+    /// Its span (traces on). Boxed, like `ending`: an attempt lives in the request's future,
+    /// which should not grow with what only traces or the access line use.
+    traced: Option<Box<Traced>>,
+    /// Set on the attempt that answers: its settle ends the request.
+    pub(super) ending: Option<Box<Ending>>,
+    /// Streams, while metrics are on: sending to the answer's first token.
+    first_token: Option<Duration>,
+    /// Sending to the answer's last byte (or the failure): the row's latency and the
+    /// metrics' operation duration. Noted by [`Attempt::waited`] for a non-streamed answer,
+    /// else on first use (a stream's end).
+    latency: Option<Duration>,
+}
+
+/// An attempt's span, and what its answer says of itself.
+struct Traced {
+    span: opentelemetry_sdk::trace::Span,
+    facts: Facts,
 }
 
 /// The money headers of a settled, non-streaming response.
@@ -47,6 +72,7 @@ pub(super) struct Settled {
 }
 
 impl Attempt {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn start(
         state: &SharedState,
         caller: Caller,
@@ -55,9 +81,39 @@ impl Attempt {
         number: u32,
         route_reason: Option<String>,
         chosen: Chosen,
+        watch: &mut Watch,
     ) -> Attempt {
         let ts_ms = crate::timespec::now_ms();
+        let t = &state.telemetry;
+        let series = t.metrics.as_ref().map(|m| match chosen {
+            Chosen::Routed(i) => m.routed(i),
+            Chosen::Explicit(price) => m.explicit(&target.provider, price.position()),
+        });
+        watch.attempts = number;
+        if let (Some(m), Some(s)) = (&t.metrics, series) {
+            watch.series = Some(s);
+            if number > 1 {
+                m.fallback(watch.route, s);
+            }
+        }
+        let mut traced = None;
+        if let (Some(tracer), Some(parent)) = (&t.tracer, watch.span()) {
+            let operation = match chosen {
+                Chosen::Explicit(p) if state.meter.model(p).kind == crate::catalog::Kind::Embedding => "embeddings",
+                _ => "chat",
+            };
+            let start =
+                trace::AttemptStart { operation, provider: &target.provider.id, model: &target.upstream_model, number };
+            traced = Some(Box::new(Traced { span: tracer.attempt(parent, &start), facts: Facts::default() }));
+        }
+        watch.tried(&target.provider.id, &target.upstream_model);
         Attempt {
+            route: watch.route,
+            series,
+            traced,
+            ending: None,
+            first_token: None,
+            latency: None,
             state: Some(state.clone()),
             caller,
             target: target.clone(),
@@ -83,11 +139,73 @@ impl Attempt {
         self.state().shutdown.settling.token()
     }
 
-    /// The upstream answered: close its circuit and fold in its time to first byte.
     fn state(&self) -> &SharedState {
         self.state.as_ref().expect("an attempt is used only until it is settled")
     }
 
+    /// The upstream is done with the request (its answer is complete, or it failed): the
+    /// attempt's latency, and while metrics are on, time the request waited on it. One clock
+    /// read, and none when neither the ledger nor the metrics want the time.
+    #[inline]
+    pub(super) fn waited(&mut self, watch: &mut Watch) {
+        if self.series.is_none() && self.state().ledger.is_none() {
+            return;
+        }
+        let d = self.started.elapsed();
+        self.latency = Some(d);
+        if self.series.is_some() {
+            watch.upstream += d;
+        }
+    }
+
+    /// A stream's first token arrived: its time to first token, and while metrics are on, the
+    /// request waited on the upstream until now (nothing reached the client before it); the
+    /// rest of the stream is relayed, not waited on.
+    #[inline]
+    pub(super) fn first_token_came(&mut self, watch: &mut Watch) {
+        if self.series.is_some() {
+            let d = self.started.elapsed();
+            self.first_token = Some(d);
+            watch.upstream += d;
+        }
+    }
+
+    /// Whether the attempt has a span (traces are on).
+    pub(super) fn traced(&self) -> bool {
+        self.traced.is_some()
+    }
+
+    /// What a streamed answer said of itself ([`crate::relay::StreamRelay::note_facts`]),
+    /// for the spans.
+    pub(super) fn streamed_facts(&mut self, facts: Option<Facts>) {
+        if let (Some(t), Some(f)) = (&mut self.traced, facts) {
+            t.facts = f;
+        }
+    }
+
+    /// While traces are on: what a non-streamed answer (`body`, in `client`'s dialect) says
+    /// of itself, for the spans.
+    #[inline]
+    pub(super) fn read_facts(&mut self, body: &[u8], client: crate::canonical::Dialect) {
+        if self.traced.is_some() {
+            self.read_facts_now(body, client);
+        }
+    }
+
+    #[inline(never)]
+    fn read_facts_now(&mut self, body: &[u8], client: crate::canonical::Dialect) {
+        let Some(state) = &self.state else { return };
+        if let Some(t) = &mut self.traced {
+            t.facts = super::answer::facts(body, client, state.telemetry.capture_content);
+        }
+    }
+
+    fn latency(&mut self) -> Duration {
+        let started = self.started;
+        *self.latency.get_or_insert_with(|| started.elapsed())
+    }
+
+    /// The upstream answered: close its circuit and fold in its time to first byte.
     pub(super) fn healthy(&self) {
         if let Chosen::Routed(i) = self.chosen {
             let router = &self.state().router;
@@ -114,6 +232,7 @@ impl Attempt {
             Chosen::Routed(i) => &state.router.entries[i].model,
         };
         let (cost, reference) = meter.settle(model, &usage);
+        self.tell(&state, &usage, cost.0, reference.0, status, error);
         if let Some(held) = self.held.take() {
             let u = &usage;
             let tokens = u.input_uncached + u.input_cache_read + u.input_cache_write + u.output_total();
@@ -126,6 +245,90 @@ impl Attempt {
         // The row travels with the state it came from (not a clone of the writer: its
         // reference counts are shared by every worker, so touching them costs).
         (Settled { cost, reference }, entry.map(|entry| Record { state, entry }))
+    }
+
+    /// The metrics, the attempt's span and, for the attempt that answered, its request's
+    /// last word: each only while it is on.
+    #[inline]
+    fn tell(
+        &mut self,
+        state: &SharedState,
+        usage: &Usage,
+        cost: i64,
+        reference: i64,
+        status: u16,
+        error: Option<&str>,
+    ) {
+        if let (Some(m), Some(series)) = (&state.telemetry.metrics, self.series) {
+            self.count(m, series, usage, cost, reference, error);
+        }
+        if self.traced.is_some() || self.ending.is_some() {
+            self.last_words(state, usage, cost, status, error);
+        }
+    }
+
+    fn count(&mut self, m: &Metrics, series: SeriesId, usage: &Usage, cost: i64, reference: i64, error: Option<&str>) {
+        match error {
+            None => {
+                let a = Answered {
+                    input_tokens: usage.input_uncached + usage.input_cache_read + usage.input_cache_write,
+                    output_tokens: usage.output_total(),
+                    cost_nanos: cost,
+                    reference_nanos: reference,
+                    duration: self.latency(),
+                    first_token: self.first_token,
+                };
+                m.answered(self.route, series, &a)
+            }
+            Some(kind) => {
+                m.failed(series, kind);
+                if cost != 0 {
+                    m.spent(self.route, series, cost, reference);
+                }
+            }
+        }
+    }
+
+    /// The attempt's span ends, and if it answered, its request's access line and span.
+    #[inline(never)]
+    fn last_words(&mut self, state: &SharedState, usage: &Usage, cost: i64, status: u16, error: Option<&str>) {
+        let output = usage.output_total();
+        let input = usage.input_uncached + usage.input_cache_read + usage.input_cache_write;
+        let used = error.is_none() || cost != 0;
+        let (span, facts) = match self.traced.take() {
+            Some(t) => (Some(t.span), t.facts),
+            None => (None, Facts::default()),
+        };
+        let outcome = || trace::Outcome {
+            provider: Some(&self.target.provider.id),
+            response_model: facts.model.as_deref(),
+            response_id: facts.id.as_deref(),
+            finish_reasons: facts.finish_reasons.clone(),
+            input_tokens: used.then_some(input),
+            output_tokens: used.then_some(output),
+            cost_nanos: Some(cost),
+            status,
+            error,
+            route_reason: self.route_reason.as_deref(),
+            output_messages: facts.output.clone(),
+            ..trace::Outcome::default()
+        };
+        if let Some(span) = span {
+            trace::end_attempt(span, outcome());
+        }
+        if let Some(end) = self.ending.take() {
+            let f = Finish {
+                provider: Some(&self.target.provider.id),
+                model: Some(&self.target.upstream_model),
+                status,
+                error,
+                input_tokens: used.then_some(input),
+                output_tokens: used.then_some(output),
+                cost_nanos: Some(cost),
+                ttfb: self.ttfb,
+            };
+            state.telemetry.finish(*end, self.caller.who(), f, outcome());
+        }
     }
 
     /// The attempt's ledger row.
@@ -155,7 +358,7 @@ impl Attempt {
             reference_cost_nanos: reference,
             catalog_version: catalog_version.to_string(),
             ttfb_ms: self.ttfb.map(|d| d.as_millis() as u32),
-            latency_ms: self.started.elapsed().as_millis() as u32,
+            latency_ms: self.latency().as_millis() as u32,
             status,
             error_kind: error.map(str::to_string),
             estimate,
@@ -194,11 +397,12 @@ impl Attempt {
 impl Drop for Attempt {
     fn drop(&mut self) {
         let Some(state) = self.state.take() else { return };
+        let (status, error) = gone(&state.shutdown);
+        self.tell(&state, &Usage::default(), 0, 0, status, Some(error));
         if state.ledger.is_none() {
             return;
         }
         let version = state.meter.catalog.version.clone();
-        let (status, error) = gone(&state.shutdown);
         let entry = self.row(Usage::default(), 0, 0, &version, status, Some(error), None);
         Record { state, entry }.send_detached();
     }

@@ -45,7 +45,8 @@ pub(super) fn map_finish_reason(reason: &str, called_tools: bool) -> StopReason 
     }
 }
 
-pub(super) fn finish_reason(stop: &StopReason) -> &'static str {
+/// OpenAI's `finish_reason` for a stop.
+pub fn finish_reason(stop: &StopReason) -> &'static str {
     match stop {
         StopReason::EndTurn | StopReason::StopSequence(_) => "stop",
         StopReason::MaxTokens => "length",
