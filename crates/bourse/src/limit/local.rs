@@ -8,7 +8,10 @@
 //!   its outstanding holds, the requests- and tokens-per-minute windows (sorted by time,
 //!   kept only where the scope sets that limit) and its live leases (taken only where it
 //!   sets a concurrency limit);
-//! - every outstanding hold (cost, scopes, day, month) and an index of their expiries.
+//! - every outstanding hold (cost, scopes, day, month, expiry), and a time before which none
+//!   of them expires: a lower bound, lowered by each new hold and recomputed by the sweep
+//!   that passes it. Holds are settled within a request's lifetime and live an hour, so the
+//!   sweep scans them about once an hour rather than keeping an expiry index per hold.
 //!
 //! Invariants: a spend counter is settled spend plus the cost of outstanding holds made in
 //! its window; no counter is ever negative; a hold's reservation is removed exactly once,
@@ -22,7 +25,7 @@ use super::{
     day_of, month_of, window_end, Ask, Hold, Lease, LimitError, Nanos, Rate, Refusal, Remaining, Scope, ScopeKind,
     Spent, Usage, Window, HOLD_TTL_MS, MINUTE_MS,
 };
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -58,8 +61,8 @@ struct State {
     /// looked up by `&str` without building an owned key.
     index: [HashMap<Arc<str>, usize, Fnv>; 2],
     holds: HashMap<u64, HoldRecord, Fnv>,
-    /// (expiry, hold id) of every outstanding hold.
-    expiries: BTreeSet<(i64, u64)>,
+    /// No outstanding hold expires before this (None: no hold since the last sweep).
+    sweep_at: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -287,15 +290,19 @@ impl State {
 
     /// Removes the reservations of holds expired at `now_ms`.
     fn sweep(&mut self, now_ms: i64) {
-        while let Some(&(expiry, id)) = self.expiries.first() {
-            if expiry > now_ms {
-                break;
-            }
-            self.expiries.pop_first();
+        if self.sweep_at.is_none_or(|t| t > now_ms) {
+            return;
+        }
+        // In order of expiry, then id.
+        let mut expired: Vec<(i64, u64)> =
+            self.holds.iter().filter(|(_, h)| h.expires_ms <= now_ms).map(|(&id, h)| (h.expires_ms, id)).collect();
+        expired.sort_unstable();
+        for (_, id) in expired {
             if let Some(hold) = self.holds.remove(&id) {
                 self.unreserve(&hold, -hold.cost);
             }
         }
+        self.sweep_at = self.holds.values().map(|h| h.expires_ms).min();
     }
 
     /// Applies `delta` to the day, month and total of every scope of `hold`, and removes its
@@ -437,7 +444,7 @@ impl LocalCounters {
             left.add(scope.kind, &scope.limits, after, now);
         }
         state.holds.insert(id, HoldRecord { scopes: ask.scopes.clone(), day, month, cost, expires_ms });
-        state.expiries.insert((expires_ms, id));
+        state.sweep_at = Some(state.sweep_at.map_or(expires_ms, |t| t.min(expires_ms)));
         let left = left.finish();
         let lease = Lease::for_ask(id, ask, true);
         let (scopes, group) = (ask.scopes.clone(), ask.group.clone());
@@ -449,10 +456,7 @@ impl LocalCounters {
         let mut state = self.lock();
         let state = &mut *state;
         let (delta, reserved, day, month) = match state.holds.remove(&hold.id) {
-            Some(r) => {
-                state.expiries.remove(&(r.expires_ms, hold.id));
-                (spent.cost - r.cost, r.cost, r.day, r.month)
-            }
+            Some(r) => (spent.cost - r.cost, r.cost, r.day, r.month),
             // Swept: its reservation is gone already.
             None => (spent.cost, 0, day_of(hold.at_ms), month_of(hold.at_ms)),
         };
