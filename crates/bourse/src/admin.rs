@@ -437,17 +437,20 @@ pub struct Resolved {
     pub scopes: Arc<[crate::limit::Scope]>,
     /// The tenant's name: the counters' hash tag.
     pub group: Arc<str>,
+    /// The key's id, shared: every request's caller and ledger row name the key by it.
+    pub id: Arc<str>,
 }
 
 impl Resolved {
     pub fn new(key: Key, tenant: Arc<Tenant>) -> Resolved {
         use crate::limit::{Scope, ScopeKind};
         let group: Arc<str> = Arc::from(tenant.name.as_str());
+        let id: Arc<str> = Arc::from(key.id.as_str());
         let scopes = Arc::from([
-            Scope { kind: ScopeKind::Key, id: Arc::from(key.id.as_str()), limits: key.limits.clone() },
+            Scope { kind: ScopeKind::Key, id: id.clone(), limits: key.limits.clone() },
             Scope { kind: ScopeKind::Tenant, id: group.clone(), limits: tenant.limits.clone() },
         ]);
-        Resolved { key, tenant, scopes, group }
+        Resolved { key, tenant, scopes, group, id }
     }
 }
 

@@ -12,6 +12,7 @@ use crate::canonical::Usage;
 /// produces it; re-exported here because rows store it).
 pub use crate::meter::estimate::Estimate;
 use serde::Serialize;
+use std::sync::Arc;
 
 /// One upstream attempt.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -22,9 +23,9 @@ pub struct LedgerEntry {
     /// Unix milliseconds when the attempt started.
     pub ts_ms: i64,
     /// Which gateway key the client used (an id, never the key), if keys are configured.
-    pub key_id: Option<String>,
+    pub key_id: Option<Arc<str>>,
     /// The tenant the key belongs to (virtual keys; None for config keys).
-    pub tenant_id: Option<String>,
+    pub tenant_id: Option<Arc<str>>,
     pub provider: String,
     pub model: String,
     /// Why this model was chosen (filled by the router).

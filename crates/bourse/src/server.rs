@@ -239,7 +239,7 @@ fn authorize(state: &AppState, headers: &HeaderMap, dialect: Dialect) -> Result<
     };
     if presented.starts_with(crate::tenancy::SECRET_PREFIX) {
         if let Some(found) = virtual_keys.and_then(|d| d.lookup(presented, crate::timespec::now_ms())) {
-            return Ok((Some(Arc::from(found.key.id.as_str())), Some(found)));
+            return Ok((Some(found.id.clone()), Some(found)));
         }
     }
     let mut matched = None;

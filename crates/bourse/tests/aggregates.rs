@@ -239,15 +239,15 @@ fn utc_day(ts_ms: i64) -> String {
 }
 
 fn group(by: GroupBy, r: &LedgerEntry) -> String {
-    let none = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
+    let none = |v: Option<&str>| v.unwrap_or("(none)").to_string();
     match by {
         GroupBy::Model => format!("{}/{}", r.provider, r.model),
         GroupBy::Provider => r.provider.clone(),
-        GroupBy::Key => none(&r.key_id),
-        GroupBy::Tenant => none(&r.tenant_id),
+        GroupBy::Key => none(r.key_id.as_deref()),
+        GroupBy::Tenant => none(r.tenant_id.as_deref()),
         GroupBy::Day => utc_day(r.ts_ms),
-        GroupBy::Route => none(&route(r)),
-        GroupBy::Error => none(&r.error_kind),
+        GroupBy::Route => none(route(r).as_deref()),
+        GroupBy::Error => none(r.error_kind.as_deref()),
         GroupBy::None => "(all)".into(),
     }
 }
@@ -277,7 +277,7 @@ fn has_next(all: &[LedgerEntry], r: &LedgerEntry) -> bool {
 fn expected_report(rows: &[LedgerEntry], q: &ReportQuery) -> Vec<ReportRow> {
     let mut groups: BTreeMap<String, ReportRow> = BTreeMap::new();
     for r in rows.iter().filter(|r| in_window(r, q.since_ms, q.until_ms)) {
-        if q.key.is_some() && r.key_id != q.key {
+        if q.key.is_some() && r.key_id.as_deref() != q.key.as_deref() {
             continue;
         }
         let g = group(q.by, r);
@@ -417,7 +417,7 @@ fn request(base: i64, id: usize, reuse: usize) -> impl Strategy<Value = Vec<Ledg
                     gap,
                 ) = a;
                 ts += gap;
-                let key_id = [None, Some("k1"), Some("k2")][key].map(String::from);
+                let key_id: Option<std::sync::Arc<str>> = [None, Some("k1"), Some("k2")][key].map(Into::into);
                 let tenant_id = key_id.as_deref().map(|k| if k == "k1" { "acme".into() } else { "zeta".into() });
                 let reason = match route {
                     0 => None,
@@ -708,7 +708,7 @@ async fn migration_backfills(postgres: bool) {
     let t0 = 1_700_002_800_000;
     let rows: Vec<LedgerEntry> = (0..500)
         .map(|i| LedgerEntry {
-            key_id: Some(format!("k{}", i % 3)),
+            key_id: Some(format!("k{}", i % 3).into()),
             provider: ["a", "b"][i % 2].into(),
             cost_nanos: 1_000 + i as i64,
             reference_cost_nanos: 5_000,

@@ -152,8 +152,8 @@ async fn seed(storage: &str) -> Seeded {
                 request_id: format!("req-dash-{i}"),
                 attempt: a,
                 ts_ms: ts + i64::from(a) * 100,
-                key_id: key_id.map(str::to_string),
-                tenant_id: tenant_id.map(str::to_string),
+                key_id: key_id.map(Into::into),
+                tenant_id: tenant_id.map(Into::into),
                 provider: provider.into(),
                 model: model.into(),
                 route_reason: routed.then(|| reason(route, &format!("{provider}/{model}"), feasible, a)),
@@ -336,7 +336,7 @@ fn check_pages(pages: &BTreeMap<&str, BTreeMap<String, Drawn>>, rows: &[LedgerEn
     let tenants = &pages["tenants"];
     let mut by_tenant: BTreeMap<String, i64> = BTreeMap::new();
     for r in &seen {
-        *by_tenant.entry(r.tenant_id.clone().unwrap_or_else(|| "(none)".into())).or_default() += r.cost_nanos;
+        *by_tenant.entry(r.tenant_id.as_deref().unwrap_or("(none)").to_string()).or_default() += r.cost_nanos;
     }
     let drawn: BTreeMap<String, i64> = tenants["spend-by-tenant"].points.iter().map(|p| (p.1.clone(), p.2)).collect();
     assert_eq!(drawn, by_tenant);

@@ -318,14 +318,14 @@ fn expected_report(rows: &[LedgerEntry], query: &ReportQuery) -> Vec<ReportRow> 
         if query.since_ms.is_some_and(|s| r.ts_ms < s) || query.until_ms.is_some_and(|u| r.ts_ms >= u) {
             continue;
         }
-        if query.key.as_ref().is_some_and(|k| r.key_id.as_ref() != Some(k)) {
+        if query.key.as_ref().is_some_and(|k| r.key_id.as_deref() != Some(k.as_str())) {
             continue;
         }
         let key = match query.by {
             GroupBy::Model => format!("{}/{}", r.provider, r.model),
             GroupBy::Provider => r.provider.clone(),
-            GroupBy::Key => r.key_id.clone().unwrap_or_else(|| "(none)".into()),
-            GroupBy::Tenant => r.tenant_id.clone().unwrap_or_else(|| "(none)".into()),
+            GroupBy::Key => r.key_id.as_deref().unwrap_or("(none)").to_string(),
+            GroupBy::Tenant => r.tenant_id.as_deref().unwrap_or("(none)").to_string(),
             GroupBy::Day => utc_day(r.ts_ms),
             GroupBy::Route => "(none)".into(),
             GroupBy::Error => r.error_kind.clone().unwrap_or_else(|| "(none)".into()),

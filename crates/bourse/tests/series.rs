@@ -106,8 +106,8 @@ fn rows(seed: u64) -> Vec<LedgerEntry> {
                 request_id: format!("req-{seed}-{i}"),
                 attempt: a,
                 ts_ms: ts + i64::from(a) * 200,
-                key_id: tenant.map(|t| format!("key_{t}")),
-                tenant_id: tenant.map(str::to_string),
+                key_id: tenant.map(|t| format!("key_{t}").into()),
+                tenant_id: tenant.map(Into::into),
                 provider: provider.into(),
                 model: model.into(),
                 route_reason: routed.then(|| reason(route, &format!("{provider}/{model}"), feasible, a)),
@@ -137,8 +137,8 @@ fn group_of(r: &LedgerEntry, by: SeriesBy) -> String {
         SeriesBy::Total => "(all)".into(),
         SeriesBy::Provider => r.provider.clone(),
         SeriesBy::Model => format!("{}/{}", r.provider, r.model),
-        SeriesBy::Tenant => r.tenant_id.clone().unwrap_or_else(|| "(none)".into()),
-        SeriesBy::Key => r.key_id.clone().unwrap_or_else(|| "(none)".into()),
+        SeriesBy::Tenant => r.tenant_id.as_deref().unwrap_or("(none)").to_string(),
+        SeriesBy::Key => r.key_id.as_deref().unwrap_or("(none)").to_string(),
     }
 }
 

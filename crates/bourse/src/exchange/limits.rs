@@ -130,9 +130,8 @@ impl Gate {
                 Dialect::Anthropic => &names[1],
                 _ => &names[0],
             };
-            // Digits need no validation as a header value.
-            h.insert(names[0].clone(), HeaderValue::from(left.limit));
-            h.insert(names[1].clone(), HeaderValue::from(left.left));
+            h.insert(names[0].clone(), digits(left.limit));
+            h.insert(names[1].clone(), digits(left.left));
             let reset = match client {
                 Dialect::Anthropic => HeaderValue::from_str(&rfc3339(left.resets_at_ms)).ok(),
                 _ => openai_reset(left.resets_at_ms - now),
@@ -194,6 +193,13 @@ static WHOLE_SECONDS: [HeaderValue; 60] = {
 };
 
 /// [`openai_duration`] as a header value.
+/// `n` in decimal as a header value, in one allocation of its exact length (`HeaderValue`'s
+/// `From<u64>` makes two: a buffer, then its shrink when frozen).
+fn digits(n: u64) -> HeaderValue {
+    let mut buf = itoa::Buffer::new();
+    HeaderValue::from_bytes(buf.format(n).as_bytes()).expect("decimal digits are a valid header value")
+}
+
 fn openai_reset(ms: i64) -> Option<HeaderValue> {
     let whole_seconds = (ms.max(0) + 999) / 1000;
     match usize::try_from(whole_seconds) {
@@ -356,6 +362,14 @@ mod tests {
     fn static_resets_are_the_formatted_ones() {
         for ms in (-5..2_000).chain(58_000..62_500).chain([600_000, i64::MAX / 2]) {
             assert_eq!(openai_reset(ms).unwrap(), openai_duration(ms), "{ms} ms");
+        }
+    }
+
+    #[test]
+    fn digits_are_the_decimal_number() {
+        for n in [0, 7, 10, 99_999, 100_000_000, u64::MAX] {
+            assert_eq!(digits(n), n.to_string(), "{n}");
+            assert_eq!(digits(n), HeaderValue::from(n));
         }
     }
 

@@ -182,7 +182,7 @@ fn bind(stmt: &mut rusqlite::Statement<'_>, rows: &[LedgerEntry]) -> rusqlite::R
         stmt.raw_bind_parameter(at + 1, &r.request_id)?;
         stmt.raw_bind_parameter(at + 2, r.attempt)?;
         stmt.raw_bind_parameter(at + 3, r.ts_ms)?;
-        stmt.raw_bind_parameter(at + 4, &r.key_id)?;
+        stmt.raw_bind_parameter(at + 4, r.key_id.as_deref())?;
         stmt.raw_bind_parameter(at + 5, &r.provider)?;
         stmt.raw_bind_parameter(at + 6, &r.model)?;
         stmt.raw_bind_parameter(at + 7, &r.route_reason)?;
@@ -201,7 +201,7 @@ fn bind(stmt: &mut rusqlite::Statement<'_>, rows: &[LedgerEntry]) -> rusqlite::R
         stmt.raw_bind_parameter(at + 20, r.estimated())?;
         stmt.raw_bind_parameter(at + 21, r.stream)?;
         stmt.raw_bind_parameter(at + 22, r.estimate.map(Estimate::as_str))?;
-        stmt.raw_bind_parameter(at + 23, &r.tenant_id)?;
+        stmt.raw_bind_parameter(at + 23, r.tenant_id.as_deref())?;
     }
     Ok(())
 }
@@ -460,8 +460,8 @@ fn entry(row: &rusqlite::Row<'_>) -> Result<LedgerEntry, LedgerError> {
         request_id: row.get(0)?,
         attempt: from_db(row.get(1)?, "attempt")?,
         ts_ms: row.get(2)?,
-        key_id: row.get(3)?,
-        tenant_id: row.get(22)?,
+        key_id: row.get::<_, Option<String>>(3)?.map(Arc::from),
+        tenant_id: row.get::<_, Option<String>>(22)?.map(Arc::from),
         provider: row.get(4)?,
         model: row.get(5)?,
         route_reason: row.get(6)?,
@@ -602,7 +602,7 @@ mod tests {
                 .map(|i| LedgerEntry {
                     ts_ms: 1_700_000_000_000 + (b * 13 + i) * 41_000,
                     provider: ["p", "q"][(i % 2) as usize].into(),
-                    key_id: (i % 3 == 0).then(|| "k".to_string()),
+                    key_id: (i % 3 == 0).then(|| "k".into()),
                     cost_nanos: b * 100 + i,
                     ttfb_ms: Some((i * 40) as u32),
                     latency_ms: (i * 90) as u32,
