@@ -92,7 +92,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed, WireError> {
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut encoded = false;
-    let mut close = res.version != Some(1);
+    // RFC 9112 section 9.3: `close` ends the connection after this response; otherwise
+    // HTTP/1.1 keeps it, HTTP/1.0 only with `keep-alive`.
+    let (mut close_option, mut keep_alive_option) = (false, false);
     for f in res.headers.iter() {
         if f.name.eq_ignore_ascii_case("content-length") {
             let n = parse_length(f.value)?;
@@ -102,19 +104,20 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed, WireError> {
             length = Some(n);
         } else if f.name.eq_ignore_ascii_case("transfer-encoding") {
             encoded = true;
-            // Only the last coding decides the framing (`gzip, chunked` is chunked).
-            chunked = last_token(f.value).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+            // Only the last coding decides the framing (`gzip, chunked` is chunked); a field
+            // with no coding in it (empty list elements only) changes nothing.
+            if let Some(last) = last_token(f.value) {
+                chunked = last.eq_ignore_ascii_case(b"chunked");
+            }
         } else if f.name.eq_ignore_ascii_case("connection") {
             for token in f.value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && res.version == Some(0) {
-                    close = false;
-                }
+                close_option |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_option |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         }
     }
+    let mut close = close_option || (res.version != Some(1) && !keep_alive_option);
     let framing = if status == 204 || status == 304 {
         Framing::Empty
     } else if encoded {
@@ -147,8 +150,10 @@ fn parse_length(v: &[u8]) -> Result<u64, WireError> {
     Ok(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
+/// The last element of a comma-separated list, skipping empty ones (RFC 9110 section
+/// 5.6.1: `chunked,` is the list `chunked`).
 fn last_token(v: &[u8]) -> Option<&[u8]> {
-    v.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
+    v.rsplit(|&b| b == b',').map(<[u8]>::trim_ascii).find(|t| !t.is_empty())
 }
 
 /// The value of header `name` in a complete head (checked by [`parse_head`]), without
@@ -305,6 +310,12 @@ mod tests {
         assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, true));
         let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
         assert_eq!(h.framing, Framing::Chunked);
+        // Empty list elements are not codings (RFC 9110 section 5.6.1).
+        assert_eq!(head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, \r\n\r\n").framing, Framing::Chunked);
+        assert_eq!(
+            head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: ,\r\n\r\n").framing,
+            Framing::Chunked
+        );
         // Both: chunked wins, and the connection is not trusted after it.
         let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, false));
@@ -330,6 +341,12 @@ mod tests {
         assert!(!head("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n").keep_alive);
         assert!(head("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\ncontent-length: 1\r\n\r\n").keep_alive);
         assert!(head("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\ncontent-length: 1\r\n\r\n").keep_alive);
+        // `close` wins, wherever `keep-alive` stands.
+        assert!(!head("HTTP/1.0 200 OK\r\nConnection: close, keep-alive\r\ncontent-length: 1\r\n\r\n").keep_alive);
+        assert!(
+            !head("HTTP/1.0 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\ncontent-length: 1\r\n\r\n")
+                .keep_alive
+        );
     }
 
     #[test]
