@@ -11,7 +11,10 @@
 pub mod anthropic;
 pub mod gemini;
 pub mod openai;
-pub(crate) mod scan;
+// Public only so the fuzz targets (`fuzz/`) and their corpus test can check the scanner
+// against serde_json directly; not part of the library's interface.
+#[doc(hidden)]
+pub mod scan;
 
 use crate::canonical::Delta;
 use crate::error::Error;

@@ -44,7 +44,8 @@ impl Parser {
 
     /// Feed bytes; complete items are appended to `out`.
     pub fn feed(&mut self, mut chunk: &[u8], out: &mut Vec<Item>) {
-        if self.skip_lf {
+        // An empty chunk says nothing about the byte after the `\r`: keep waiting for it.
+        if self.skip_lf && !chunk.is_empty() {
             if let Some(rest) = chunk.strip_prefix(b"\n") {
                 chunk = rest;
             }
@@ -223,6 +224,16 @@ mod tests {
         p.feed(b"\ndata: b\n\n", &mut out);
         let ev = events(&out);
         assert_eq!(ev.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    #[test]
+    fn empty_chunk_between_cr_and_lf_is_not_a_blank_line() {
+        let mut p = Parser::new();
+        let mut out = Vec::new();
+        p.feed(b"data: a\r", &mut out);
+        p.feed(b"", &mut out);
+        p.feed(b"\ndata: b\n\n", &mut out);
+        assert_eq!(events(&out).iter().map(|e| e.data.as_str()).collect::<Vec<_>>(), ["a\nb"]);
     }
 
     #[test]

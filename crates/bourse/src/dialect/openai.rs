@@ -794,6 +794,17 @@ mod tests {
     }
 
     #[test]
+    fn the_map_walk_sends_numbers_as_written() {
+        // A repeated name sends the body to the map walk, which writes every number again: a
+        // long one must come out as the double nearest to what the client wrote.
+        let body = r#"{"model":"x","model":"m","messages":[{"role":"user","content":"hi"}],"x":83333333333333333333333333333333333333333}"#;
+        let mut req = parse_chat_request(&Bytes::from_static(body.as_bytes())).unwrap();
+        assert!(req.raw_body().is_none());
+        let out = String::from_utf8(upstream_chat_body(&mut req, "m")).unwrap();
+        assert!(out.contains(r#""x":8.333333333333333e+40"#), "{out}");
+    }
+
+    #[test]
     fn needs_are_detected() {
         let body = r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}],"tools":[{"type":"function","function":{"name":"f"}}],"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{}}},"max_completion_tokens":50}"#;
         let req = parse_chat_request(&Bytes::copy_from_slice(body.as_bytes())).unwrap();

@@ -23,19 +23,19 @@ const MAX_DEPTH: usize = 127;
 
 /// The text was not JSON the scanner accepts (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Invalid;
+pub struct Invalid;
 
 /// One JSON value's text that [`members`] checked in full (directly, or as part of a value
 /// that [`Raw::fields`] or [`Raw::elements`] took apart): the reason those two need not check
 /// it again. Only this module makes one, but for [`Raw::checked`], whose callers vouch for
 /// their text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Raw<'a>(&'a str);
+pub struct Raw<'a>(&'a str);
 
 /// A member name as written, without its quotes. `escaped` names (containing `\`) are
 /// not decoded: callers that look members up by name treat them as "can't tell".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Key<'a> {
+pub struct Key<'a> {
     pub text: &'a str,
     pub escaped: bool,
 }
@@ -144,7 +144,7 @@ impl<'a> Raw<'a> {
 
 /// Checks that `text` is one JSON object with only whitespace around it, calling `f` with
 /// each member, in order. `Err` if it is not (then `f` may have seen some members).
-pub(crate) fn members<'a>(text: &'a str, mut f: impl FnMut(Key<'a>, Raw<'a>)) -> Result<(), Invalid> {
+pub fn members<'a>(text: &'a str, mut f: impl FnMut(Key<'a>, Raw<'a>)) -> Result<(), Invalid> {
     let b = text.as_bytes();
     let i = ws(b, 0);
     if b.get(i) != Some(&b'{') {

@@ -92,7 +92,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed, WireError> {
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut encoded = false;
-    let mut close = res.version != Some(1);
+    // RFC 9112 section 9.3: `close` ends the connection after this response; otherwise
+    // HTTP/1.1 keeps it, HTTP/1.0 only with `keep-alive`.
+    let (mut close_option, mut keep_alive_option) = (false, false);
     for f in res.headers.iter() {
         if f.name.eq_ignore_ascii_case("content-length") {
             let n = parse_length(f.value)?;
@@ -102,19 +104,20 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed, WireError> {
             length = Some(n);
         } else if f.name.eq_ignore_ascii_case("transfer-encoding") {
             encoded = true;
-            // Only the last coding decides the framing (`gzip, chunked` is chunked).
-            chunked = last_token(f.value).is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+            // Only the last coding decides the framing (`gzip, chunked` is chunked); a field
+            // with no coding in it (empty list elements only) changes nothing.
+            if let Some(last) = last_token(f.value) {
+                chunked = last.eq_ignore_ascii_case(b"chunked");
+            }
         } else if f.name.eq_ignore_ascii_case("connection") {
             for token in f.value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && res.version == Some(0) {
-                    close = false;
-                }
+                close_option |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_option |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         }
     }
+    let mut close = close_option || (res.version != Some(1) && !keep_alive_option);
     let framing = if status == 204 || status == 304 {
         Framing::Empty
     } else if encoded {
@@ -147,8 +150,10 @@ fn parse_length(v: &[u8]) -> Result<u64, WireError> {
     Ok(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
+/// The last element of a comma-separated list, skipping empty ones (RFC 9110 section
+/// 5.6.1: `chunked,` is the list `chunked`).
 fn last_token(v: &[u8]) -> Option<&[u8]> {
-    v.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
+    v.rsplit(|&b| b == b',').map(<[u8]>::trim_ascii).find(|t| !t.is_empty())
 }
 
 /// The value of header `name` in a complete head (checked by [`parse_head`]), without
@@ -169,7 +174,7 @@ enum State {
     Size {
         size: u64,
         digits: u8,
-        ext: bool,
+        after: AfterSize,
         seen: usize,
     },
     /// Inside a chunk's data, this many bytes left.
@@ -187,6 +192,21 @@ enum State {
     Done,
 }
 
+/// What a chunk-size line has shown after its digits: `chunk-size [ BWS ";" chunk-ext ]
+/// CRLF` (RFC 9112 section 7.1), so only whitespace, an extension or the line end may follow
+/// the size, and a CR only just before the LF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterSize {
+    /// Nothing yet: more digits may come.
+    Digits,
+    /// Whitespace: a `;` or the line end must come.
+    Space,
+    /// An extension (`;name=value`), read to the line end and ignored.
+    Ext,
+    /// A CR: the LF must come.
+    Cr,
+}
+
 /// A decoder for the chunked transfer coding that hands out data as it arrives, without
 /// waiting for a whole chunk: a streamed answer reaches the client as the upstream sends it.
 #[derive(Debug, Clone)]
@@ -196,7 +216,7 @@ pub struct Chunked {
 
 impl Default for Chunked {
     fn default() -> Self {
-        Chunked { state: State::Size { size: 0, digits: 0, ext: false, seen: 0 } }
+        Chunked { state: State::Size { size: 0, digits: 0, after: AfterSize::Digits, seen: 0 } }
     }
 }
 
@@ -218,8 +238,11 @@ impl Chunked {
                 if *left == 0 {
                     self.state = State::DataEnd { cr: false };
                 }
-                // Read on, so a body whose end has arrived is seen to be done now.
-                self.skip_framing(buf)?;
+                // Read on, so a body whose end has arrived is seen to be done now. An error
+                // there waits for the next call (which fails at the same byte): the data
+                // taken out of `buf` is handed out first, as it would be had the bytes after
+                // it arrived later.
+                let _ = self.skip_framing(buf);
                 Ok(Some(data))
             }
             _ => Ok(None),
@@ -233,7 +256,7 @@ impl Chunked {
             let Some(&b) = buf.first() else { return Ok(()) };
             match &mut self.state {
                 State::Data(_) | State::Done => return Ok(()),
-                State::Size { size, digits, ext, seen } => {
+                State::Size { size, digits, after, seen } => {
                     *seen += 1;
                     if *seen > MAX_CHUNK_LINE {
                         return Err(bad("chunk-size line too long"));
@@ -246,23 +269,24 @@ impl Chunked {
                             self.state =
                                 if *size == 0 { State::Trailer { line: 0, total: 0 } } else { State::Data(*size) };
                         }
-                        _ if *ext => {}
-                        b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        _ if *after == AfterSize::Cr => return Err(bad("CR without LF in a chunk-size line")),
+                        b'\r' if *digits > 0 => *after = AfterSize::Cr,
+                        _ if *after == AfterSize::Ext => {}
+                        b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' if *after == AfterSize::Digits => {
                             if *digits >= 15 {
                                 return Err(bad("chunk size too large"));
                             }
                             *size = *size << 4 | u64::from((b as char).to_digit(16).unwrap_or(0));
                             *digits += 1;
                         }
-                        // Extensions (`;name=value`) and whitespace before them: ignored.
-                        b';' | b' ' | b'\t' if *digits > 0 => *ext = true,
-                        b'\r' if *digits > 0 => *ext = true,
+                        b' ' | b'\t' if *digits > 0 => *after = AfterSize::Space,
+                        b';' if *digits > 0 => *after = AfterSize::Ext,
                         _ => return Err(bad(format!("invalid byte {b:#04x} in a chunk size"))),
                     }
                 }
                 State::DataEnd { cr } => match b {
                     b'\r' if !*cr => *cr = true,
-                    b'\n' => self.state = State::Size { size: 0, digits: 0, ext: false, seen: 0 },
+                    b'\n' => self.state = State::Size { size: 0, digits: 0, after: AfterSize::Digits, seen: 0 },
                     _ => return Err(bad("chunk data longer than its size")),
                 },
                 State::Trailer { line, total } => {
@@ -305,6 +329,12 @@ mod tests {
         assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, true));
         let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
         assert_eq!(h.framing, Framing::Chunked);
+        // Empty list elements are not codings (RFC 9110 section 5.6.1).
+        assert_eq!(head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, \r\n\r\n").framing, Framing::Chunked);
+        assert_eq!(
+            head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: ,\r\n\r\n").framing,
+            Framing::Chunked
+        );
         // Both: chunked wins, and the connection is not trusted after it.
         let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, false));
@@ -330,6 +360,12 @@ mod tests {
         assert!(!head("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n").keep_alive);
         assert!(head("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\ncontent-length: 1\r\n\r\n").keep_alive);
         assert!(head("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\ncontent-length: 1\r\n\r\n").keep_alive);
+        // `close` wins, wherever `keep-alive` stands.
+        assert!(!head("HTTP/1.0 200 OK\r\nConnection: close, keep-alive\r\ncontent-length: 1\r\n\r\n").keep_alive);
+        assert!(
+            !head("HTTP/1.0 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\ncontent-length: 1\r\n\r\n")
+                .keep_alive
+        );
     }
 
     #[test]
@@ -395,11 +431,34 @@ mod tests {
         assert_eq!(decode(b"A\nabcdefghij\n0\n\n", &[3]).unwrap(), (b"abcdefghij".to_vec(), true));
         // Not finished: no terminating chunk yet.
         assert_eq!(decode(b"3\r\nabc\r\n", &[2]).unwrap(), (b"abc".to_vec(), false));
-        for broken in [&b"x\r\n"[..], b"\r\n", b"3\r\nabcd\r\n", b"10000000000000000\r\n", b"-1\r\n", b" 3\r\nabc"] {
+        // Whitespace before an extension, and an extension holding anything but a line end.
+        assert_eq!(decode(b"3 \t;a= \"\x01\"\r\nabc\r\n0\r\n\r\n", &[1]).unwrap(), (b"abc".to_vec(), true));
+        for broken in [
+            &b"x\r\n"[..],
+            b"\r\n",
+            b"3\r\nabcd\r\n",
+            b"10000000000000000\r\n",
+            b"-1\r\n",
+            b" 3\r\nabc",
+            // After the size only whitespace, an extension or the line end; a CR only before LF.
+            b"3 4\r\nabc\r\n",
+            b"3 x\r\nabc\r\n",
+            b"3\rx\nabc\r\n",
+            b"3;a\rb\r\nabc\r\n",
+        ] {
             assert!(decode(broken, &[1]).is_err(), "{:?}", String::from_utf8_lossy(broken));
         }
         let long_ext = format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(MAX_CHUNK_LINE));
         assert!(decode(long_ext.as_bytes(), &[64]).is_err());
+    }
+
+    #[test]
+    fn data_comes_out_before_an_error_after_it() {
+        // Whether the broken line end arrives with the data or later, the data comes first.
+        let mut dec = Chunked::default();
+        let mut buf = BytesMut::from(&b"5\r\nhelloX"[..]);
+        assert_eq!(dec.next(&mut buf).unwrap().as_deref(), Some(&b"hello"[..]));
+        assert!(dec.next(&mut buf).is_err());
     }
 
     #[test]
