@@ -183,7 +183,7 @@ fn decode_chunked(wire: &[u8], piece: usize) -> Decoded {
 
 /// What a reference decoder built on httparse makes of a whole chunked body.
 #[derive(Debug)]
-enum Reference {
+pub enum Reference {
     Done {
         data: Vec<u8>,
         end: usize,
@@ -221,7 +221,8 @@ pub fn wire_chunked(data: &[u8]) {
     }
 }
 
-fn reference_chunked(wire: &[u8]) -> Reference {
+/// The reference's verdict on `wire` (the body, without [`wire_chunked`]'s first byte).
+pub fn reference_chunked(wire: &[u8]) -> Reference {
     let mut at = 0;
     let mut data = Vec::new();
     loop {
