@@ -9,24 +9,10 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// `bourse` as `common::bin::command` starts it, logging at info, its stderr read by the test.
 fn bourse() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_bourse"));
-    for var in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "NO_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-        "no_proxy",
-        "BOURSE_CONFIG",
-    ] {
-        c.env_remove(var);
-    }
-    // Zero-config starts put their ledger in the working directory: keep it out of the repo.
-    c.current_dir(std::env::temp_dir());
-    c.env("RUST_LOG", "bourse=info").stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
+    let mut c = common::bin::command();
+    c.env("RUST_LOG", "bourse=info").stdout(Stdio::null());
     c
 }
 
