@@ -34,11 +34,12 @@ use crate::route::{Overrides, Routed, Target};
 use crate::state::{Caller, SharedState};
 use crate::telemetry::Watch;
 use answer::{
-    error_response, json_response, money_comment, money_headers, not_json, provenance, read_upstream_body, route_reason,
+    error_response, json_response, money_comment, money_headers, not_json, provenance, read_upstream_body,
+    route_reason, Content,
 };
 use attempt::{Attempt, Chosen};
 use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::Response;
 use limits::{Denied, Gate, Held};
 use std::time::{Duration, Instant};
@@ -256,12 +257,7 @@ pub async fn chat(
             };
             let pass = Pass { number: attempt_no, reason, held, gate: gate.as_mut(), watch: &mut watch };
             match attempt_chat(state, caller, &mut req, &target, chosen, pass, beta).await {
-                Ok(mut resp) => {
-                    if let Some(g) = &gate {
-                        g.headers(&mut resp, client);
-                    }
-                    break 'answer resp;
-                }
+                Ok(resp) => break 'answer resp,
                 Err(e) => {
                     if let ErrorKind::UpstreamStatus(s) = &e.kind {
                         if s.exhausted {
@@ -476,6 +472,14 @@ impl Pass<'_> {
     }
 }
 
+/// An answer's first headers: a virtual key's carry its budget and rate-limit headers.
+fn answer_headers(gate: Option<&Gate>, content: Content, client: Dialect) -> HeaderMap {
+    match gate {
+        Some(g) => g.answer_headers(content, client),
+        None => content.headers(),
+    }
+}
+
 /// One attempt at a chat request: send, relay (or translate), settle. Writes the attempt's
 /// ledger row and updates health; returns the error (already recorded) for the caller to
 /// decide on a fallback.
@@ -579,9 +583,7 @@ async fn attempt_chat(
         });
         relay.set_on_end(on_end);
         let mut out = Response::new(Body::from_stream(relay));
-        let h = out.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        *out.headers_mut() = answer_headers(pass.gate.as_deref(), Content::EventStream, client);
         provenance(&mut out, target);
         route_reason(&mut out, reason.as_deref());
         return Ok(out);
@@ -613,7 +615,7 @@ async fn attempt_chat(
     if let Some(r) = record {
         r.send().await;
     }
-    let mut out = json_response(status, bytes);
+    let mut out = json_response(status, bytes, answer_headers(pass.gate.as_deref(), Content::Json, client));
     provenance(&mut out, target);
     money_headers(&mut out, &settled);
     route_reason(&mut out, reason.as_deref());
@@ -705,12 +707,9 @@ pub async fn embeddings(state: &SharedState, caller: &Caller, mut req: Embedding
         if let Some(r) = record {
             r.send().await;
         }
-        let mut out = json_response(status, bytes);
+        let mut out = json_response(status, bytes, answer_headers(gate.as_ref(), Content::Json, Dialect::OpenAi));
         provenance(&mut out, &target);
         money_headers(&mut out, &settled);
-        if let Some(g) = &gate {
-            g.headers(&mut out, Dialect::OpenAi);
-        }
         out
     };
     t.answered(watch, &resp, || caller.who());

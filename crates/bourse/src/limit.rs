@@ -237,9 +237,10 @@ pub struct Lease {
 
 impl Lease {
     /// The lease a request's first decision takes: on the scopes with a concurrency limit
-    /// (None for a later attempt's decision, which takes none).
+    /// (None for a later attempt's decision, which takes none, and where no scope sets one).
     pub(crate) fn for_ask(id: u64, ask: &Ask<'_>, local: bool) -> Option<Lease> {
-        ask.request.then(|| Lease {
+        let leased = ask.request && ask.scopes.iter().any(|s| s.limits.concurrency.is_some());
+        leased.then(|| Lease {
             id,
             scopes: ask
                 .scopes

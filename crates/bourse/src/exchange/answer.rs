@@ -29,14 +29,48 @@ pub(super) fn provenance(resp: &mut Response, target: &Target) {
     }
 }
 
-pub(super) fn json_response(status: StatusCode, body: Bytes) -> Response {
+/// What an answer's body is, for the headers it starts with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Content {
+    /// `content-type: application/json`.
+    Json,
+    /// `content-type: text/event-stream` and `cache-control: no-cache`.
+    EventStream,
+}
+
+impl Content {
+    /// The answer's first headers: its content type (and, for a stream, `no-cache`), in a
+    /// map with room for every header an answer gets (provenance, money, route, request id,
+    /// and a virtual key's seven budget and rate-limit headers), so adding them never
+    /// regrows it: a regrowth rehashes every header already in it.
+    pub(super) fn headers(self) -> HeaderMap {
+        let mut h = HeaderMap::with_capacity(16);
+        match self {
+            Content::Json => {
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            }
+            Content::EventStream => {
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            }
+        }
+        h
+    }
+
+    /// How many headers [`Content::headers`] holds.
+    pub(super) fn len(self) -> usize {
+        match self {
+            Content::Json => 1,
+            Content::EventStream => 2,
+        }
+    }
+}
+
+/// A JSON answer with the headers it starts with ([`Content::headers`], or a virtual key's
+/// [`super::limits::Gate::answer_headers`]).
+pub(super) fn json_response(status: StatusCode, body: Bytes, headers: HeaderMap) -> Response {
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
-    // Room for every header an answer gets (provenance, money, route, request id, and a
-    // virtual key's seven budget and rate-limit headers), so adding them never regrows the
-    // map: a regrowth rehashes every header already in it.
-    let mut headers = HeaderMap::with_capacity(16);
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     *resp.headers_mut() = headers;
     resp
 }

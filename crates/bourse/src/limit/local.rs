@@ -22,8 +22,8 @@
 
 use super::remaining::{over_budget, After, Tightest};
 use super::{
-    day_of, month_of, window_end, Ask, Hold, Lease, LimitError, Nanos, Rate, Refusal, Remaining, Scope, ScopeKind,
-    Spent, Usage, Window, HOLD_TTL_MS, MINUTE_MS,
+    day_of, month_of, window_end, Ask, Hold, Lease, LimitError, Nanos, Rate, Refusal, Remaining, ScopeKind, Spent,
+    Usage, Window, HOLD_TTL_MS, MINUTE_MS,
 };
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,7 +67,9 @@ struct State {
 
 #[derive(Debug)]
 struct HoldRecord {
-    scopes: Arc<[Scope]>,
+    /// Its scopes' indices in `State::slots`, in the order of the hold's scopes (slots are
+    /// never removed, so the settle and the sweep need no lookup by id).
+    slots: Slots,
     day: i64,
     month: i64,
     cost: Nanos,
@@ -308,8 +310,8 @@ impl State {
     /// Applies `delta` to the day, month and total of every scope of `hold`, and removes its
     /// cost from their reserved sums.
     fn unreserve(&mut self, hold: &HoldRecord, delta: Nanos) {
-        for scope in hold.scopes.iter() {
-            self.scope_entry(scope.kind, &scope.id).unreserve(hold.day, hold.month, delta, hold.cost);
+        for &i in hold.slots.as_slice() {
+            self.slots[i].unreserve(hold.day, hold.month, delta, hold.cost);
         }
     }
 
@@ -324,7 +326,7 @@ impl State {
 
 /// The slots of one call's scopes, each looked up once: on the stack for up to four (a
 /// request has two: its key and its tenant).
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Slots {
     inline: [usize; 4],
     len: usize,
@@ -443,7 +445,7 @@ impl LocalCounters {
             };
             left.add(scope.kind, &scope.limits, after, now);
         }
-        state.holds.insert(id, HoldRecord { scopes: ask.scopes.clone(), day, month, cost, expires_ms });
+        state.holds.insert(id, HoldRecord { slots, day, month, cost, expires_ms });
         state.sweep_at = Some(state.sweep_at.map_or(expires_ms, |t| t.min(expires_ms)));
         let left = left.finish();
         let lease = Lease::for_ask(id, ask, true);
@@ -455,13 +457,19 @@ impl LocalCounters {
     pub fn settle(&self, hold: Hold, spent: Spent, release: Option<Lease>) {
         let mut state = self.lock();
         let state = &mut *state;
-        let (delta, reserved, day, month) = match state.holds.remove(&hold.id) {
-            Some(r) => (spent.cost - r.cost, r.cost, r.day, r.month),
+        let (delta, reserved, day, month, slots) = match state.holds.remove(&hold.id) {
+            Some(r) => (spent.cost - r.cost, r.cost, r.day, r.month, r.slots),
             // Swept: its reservation is gone already.
-            None => (spent.cost, 0, day_of(hold.at_ms), month_of(hold.at_ms)),
+            None => {
+                let mut slots = Slots::default();
+                for scope in hold.scopes.iter() {
+                    slots.push(state.slot(scope.kind, &scope.id));
+                }
+                (spent.cost, 0, day_of(hold.at_ms), month_of(hold.at_ms), slots)
+            }
         };
-        for (i, scope) in hold.scopes.iter().enumerate() {
-            let s = state.scope_entry(scope.kind, &scope.id);
+        for (i, &slot) in slots.as_slice().iter().enumerate() {
+            let s = &mut state.slots[slot];
             s.unreserve(day, month, delta, reserved);
             // Only scopes that took a tokens entry (recorded in the hold id's low bits).
             if i < TPM_BITS as usize && hold.id & (1 << i) == 0 {
