@@ -35,7 +35,7 @@ const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(120);
 const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(900);
 /// Savings are measured against a premium model most teams know the price of.
 pub const DEFAULT_REFERENCE: &str = "openai/gpt-4o";
-const DEFAULT_LEDGER_FILE: &str = "bourse.db";
+pub const DEFAULT_LEDGER_FILE: &str = "bourse.db";
 /// `auto` asks for a "strong" model unless configured otherwise.
 const DEFAULT_MIN_QUALITY: u32 = 1370;
 /// Output tokens assumed for ranking before a model's average is observed.
@@ -414,7 +414,7 @@ impl Config {
         let storage = storage_from_raw(&raw.storage)?;
         let shared = shared_from_raw(&raw.shared, env)?;
         let ids: Vec<&str> = providers.iter().map(|p| p.id.as_str()).collect();
-        let routing = routing_from_raw(&raw, &ids)?;
+        let routing = routing_from_raw(&raw, &ids, &catalog)?;
         let telemetry = telemetry_from_raw(&raw.telemetry)?;
         let dashboard = dashboard_from_raw(&raw.dashboard)?;
         Ok(Config {
@@ -482,7 +482,7 @@ fn limits_from_raw(raw: &raw::RawServer) -> Result<EdgeLimits, ConfigError> {
 }
 
 /// Routes, policies and router settings. `auto` and `default` exist even when not written.
-fn routing_from_raw(raw: &RawConfig, provider_ids: &[&str]) -> Result<Routing, ConfigError> {
+fn routing_from_raw(raw: &RawConfig, provider_ids: &[&str], catalog: &Catalog) -> Result<Routing, ConfigError> {
     let mut policies = BTreeMap::new();
     policies.insert("default".to_string(), Policy { name: "default".into(), ..Policy::default() });
     for (name, p) in &raw.policies {
@@ -519,6 +519,8 @@ fn routing_from_raw(raw: &RawConfig, provider_ids: &[&str]) -> Result<Routing, C
         RouteConfig {
             name: "auto".into(),
             min_quality: DEFAULT_MIN_QUALITY,
+            relative: None,
+            min_score_ppm: None,
             policy: "default".into(),
             expected_output: DEFAULT_EXPECTED_OUTPUT,
             max_cost: None,
@@ -529,10 +531,27 @@ fn routing_from_raw(raw: &RawConfig, provider_ids: &[&str]) -> Result<Routing, C
         if name.contains('/') || provider_ids.contains(&name.as_str()) {
             return Err(err(format!("routes.{name}"), "route names cannot contain '/' or equal a provider id"));
         }
-        let min_quality = match &r.min_quality {
-            None => DEFAULT_MIN_QUALITY,
-            Some(raw::RawQuality::Number(n)) => *n,
-            Some(raw::RawQuality::Name(s)) => parse_quality(s).map_err(|m| err(at("min_quality"), m))?,
+        let (min_quality, relative) = match &r.min_quality {
+            None => (DEFAULT_MIN_QUALITY, None),
+            Some(raw::RawQuality::Number(n)) => (*n, None),
+            Some(raw::RawQuality::Name(s)) => match crate::config::routing::parse_relative(s) {
+                Some(rel) => {
+                    let rel = rel.map_err(|m| err(at("min_quality"), m))?;
+                    if catalog.get(&rel.reference).is_none() {
+                        return Err(err(
+                            at("min_quality"),
+                            format!("the reference \"{}\" is not in the catalog", rel.reference),
+                        ));
+                    }
+                    (0, Some(rel))
+                }
+                None => (parse_quality(s).map_err(|m| err(at("min_quality"), m))?, None),
+            },
+        };
+        let min_score_ppm = match r.min_score {
+            Some(v) if (0.0..=1.0).contains(&v) => Some((v * 1e6).round() as u32),
+            Some(_) => return Err(err(at("min_score"), "must be a share in [0, 1], like 0.9")),
+            None => None,
         };
         let policy = r.policy.clone().unwrap_or_else(|| "default".into());
         if !policies.contains_key(&policy) {
@@ -548,6 +567,8 @@ fn routing_from_raw(raw: &RawConfig, provider_ids: &[&str]) -> Result<Routing, C
             RouteConfig {
                 name: name.clone(),
                 min_quality,
+                relative,
+                min_score_ppm,
                 policy,
                 expected_output: r.expected_output.unwrap_or(DEFAULT_EXPECTED_OUTPUT),
                 max_cost,

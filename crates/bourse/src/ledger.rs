@@ -65,6 +65,7 @@ macro_rules! entry_columns {
 }
 
 mod aggregate;
+mod evidence;
 mod postgres;
 mod report;
 mod series;
@@ -73,6 +74,7 @@ mod sqlite;
 mod tenancy;
 mod writer;
 
+pub use evidence::{EvidenceDelta, EvidenceRow};
 pub use postgres::PostgresLedger;
 pub use report::{GroupBy, ReportQuery, ReportRow};
 pub use series::{

@@ -10,7 +10,7 @@ use bourse::timespec;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 // mimalloc, through bourse::heap (why, and why not the `mimalloc` crate's wrapper: there).
@@ -126,6 +126,14 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Quality evidence per route (task): import scores from a CSV file, list what is stored.
+    /// The router ranks a route's models on it (see README, "Routing on evidence").
+    Evals {
+        #[command(flatten)]
+        config: GlobalConfigArg,
+        #[command(subcommand)]
+        action: EvalsAction,
+    },
     /// See it work with no API key and no network: simulated providers, a workload through
     /// `auto` and other routes, the report, then the gateway and its dashboard until Ctrl-C.
     #[command(long_about = DEMO_ABOUT)]
@@ -220,6 +228,23 @@ struct TenantArgs {
     /// The quality floor when downgraded: frontier, strong, adequate, basic or a number.
     #[arg(long)]
     downgrade_quality: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum EvalsAction {
+    /// Store scores from a CSV file with the columns route,model,score,n,source (a row
+    /// replaces the stored one with the same route, model and source; all rows or none).
+    Import {
+        /// The CSV file.
+        file: PathBuf,
+    },
+    /// Show the stored evidence: per route and model, the pooled score, its 95% lower bound,
+    /// the samples and each source.
+    List {
+        /// Only this route.
+        #[arg(long)]
+        route: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -467,6 +492,15 @@ fn run_quote(
     let req = bourse::dialect::openai::parse_chat_request(&body.to_string().into()).map_err(|e| e.message)?;
     let state = bourse::state::AppState::from_config(&cfg)?;
     let router = &state.router;
+    // The route's evidence, when the store exists (a quote never creates one).
+    let stored = cfg.storage.url_explicit || Path::new(bourse::config::DEFAULT_LEDGER_FILE).exists();
+    if let Some(url) = cfg.storage.url.as_deref().filter(|_| stored) {
+        let rows = runtime()?.block_on(async {
+            let ledger = Ledger::open(url).await.map_err(|e| format!("cannot open the store: {e}"))?;
+            ledger.evidence().await.map_err(|e| format!("cannot read quality evidence: {e}"))
+        })?;
+        router.evidence.set_rows(rows);
+    }
     let overrides = bourse::route::Overrides { route: route.map(str::to_string), ..Default::default() };
     let chosen = match router.route_for(&req.model, &overrides).map_err(|e| e.message)? {
         Some(r) => r,
@@ -584,6 +618,40 @@ fn tenant_patch(a: &TenantArgs) -> Result<bourse::admin::TenantPatch, String> {
     })
 }
 
+fn run_evals(c: &GlobalConfigArg, action: &EvalsAction) -> Result<(), String> {
+    let cfg = load(&ConfigArg { config: c.config.clone() })?;
+    let url = cfg
+        .storage
+        .url
+        .clone()
+        .ok_or("the store is off in this config ([storage] ledger = false): evidence lives in it")?;
+    let out = runtime()?.block_on(async {
+        let ledger = Ledger::open(&url).await.map_err(|e| format!("cannot open the store: {e}"))?;
+        match action {
+            EvalsAction::Import { file } => {
+                let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+                let routes = cfg.routing.routes.keys().cloned().collect();
+                let rows = cli::evals::parse_import(&text, &routes, &cfg.catalog, timespec::now_ms())
+                    .map_err(|e| format!("{}: {e}", file.display()))?;
+                let n = rows.len();
+                ledger.put_evidence(rows).await.map_err(|e| format!("cannot store the evidence: {e}"))?;
+                let all = ledger.evidence().await.map_err(|e| format!("cannot read the evidence back: {e}"))?;
+                Ok::<_, String>(format!(
+                    "imported {n} rows from {}\n\n{}",
+                    file.display(),
+                    cli::evals::table(&all, None)
+                ))
+            }
+            EvalsAction::List { route } => {
+                let all = ledger.evidence().await.map_err(|e| format!("cannot read the evidence: {e}"))?;
+                Ok(cli::evals::table(&all, route.as_deref()))
+            }
+        }
+    })?;
+    print!("{out}");
+    Ok(())
+}
+
 fn run_tenants(c: &GlobalConfigArg, action: &TenantsAction) -> Result<(), String> {
     use cli::admin::{actor, error};
     with_admin(c, |admin| async move {
@@ -692,6 +760,7 @@ fn main() -> ExitCode {
             run_report(config, ledger.as_deref(), since, until.as_deref(), *by, *format)
         }
         Command::Tenants { config, action } => run_tenants(config, action),
+        Command::Evals { config, action } => run_evals(config, action),
         Command::Keys { config, action } => run_keys(config, action),
         Command::Demo { config, ledger, listen, requests, no_serve } => {
             // Before the runtime's threads exist: it may set NO_PROXY.

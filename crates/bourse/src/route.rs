@@ -6,6 +6,7 @@
 //! instead asks the [`plan`]ner for the cheapest feasible models, which become the
 //! fallback chain; [`health`] keeps failing provider+model pairs out of it for a while.
 
+pub mod evidence;
 pub mod health;
 pub mod plan;
 pub mod quote;
@@ -115,6 +116,10 @@ pub struct Router {
     pub max_attempts: u32,
     /// Failures that open a circuit (an out-of-balance answer counts as all of them).
     pub failure_threshold: u32,
+    /// Quality evidence per route, by entry.
+    pub evidence: Arc<evidence::Evidence>,
+    /// The catalog score of each relative floor's reference, by `provider/model`.
+    reference_quality: BTreeMap<Arc<str>, Option<u32>>,
 }
 
 impl Router {
@@ -136,8 +141,16 @@ impl Router {
                 }
             }
         }
+        let reference_quality = cfg
+            .routes
+            .values()
+            .filter_map(|r| r.relative.as_ref())
+            .map(|rel| (Arc::from(rel.reference.as_str()), catalog.get(&rel.reference).and_then(|m| m.quality)))
+            .collect();
         Router {
             health: Health::with_keys(cfg.router.health, entries.iter().map(|e| e.key.as_ref())),
+            evidence: Arc::new(evidence::Evidence::new(entries.iter().map(|e| e.key.as_ref()))),
+            reference_quality,
             entries,
             routes: cfg.routes.clone(),
             policies: cfg.policies.clone(),
@@ -267,6 +280,17 @@ impl Router {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        let table = self.evidence.snapshot();
+        let evidence = table.route(&route.name);
+        let relative = route.relative.as_ref().and_then(|rel| {
+            let (reference, quality) = self.reference_quality.get_key_value(rel.reference.as_str())?;
+            Some(plan::RelativeFloor {
+                ppm: rel.ppm,
+                reference,
+                reference_mean_ppm: evidence.and_then(|t| t.model(reference)).map(|q| q.mean_ppm),
+                reference_quality: *quality,
+            })
+        });
         let ask = plan::Ask {
             policy,
             min_quality,
@@ -277,6 +301,9 @@ impl Router {
             prompt_tokens,
             max_tokens: req.max_output_tokens,
             default_output: route.expected_output,
+            evidence,
+            min_score_ppm: route.min_score_ppm,
+            relative,
         };
         let health = &self.health;
         let plan = plan::plan(&self.entries, &ask, |e| {
@@ -319,8 +346,9 @@ impl Router {
         }
     }
 
-    /// The `x-bourse-route-reason` text: chosen model, its expected cost, how many were
-    /// feasible, and the runner-up.
+    /// The `x-bourse-route-reason` text: chosen model, its expected cost and what its quality
+    /// rests on (`evidence LOWER n=N`: the Wilson lower bound of its score on this route;
+    /// `catalog Q`; `unrated`), how many were feasible, and the runner-up.
     pub fn reason(&self, r: &Routed, chosen: usize, attempt: u32) -> String {
         let c = &r.plan.candidates;
         // One buffer, written piece by piece: this runs on every routed request, and the
@@ -333,6 +361,20 @@ impl Router {
             let mut buf = [0; 24];
             // Digits, point and sign: ASCII.
             s.push_str(std::str::from_utf8(plan::cost_of(cand.expected_pico).usd_ascii(&mut buf)).unwrap_or("?"));
+            // What its quality rests on: the route's evidence, else the catalog.
+            match (cand.evidence, self.entries[cand.entry].model.quality) {
+                (Some(q), _) => {
+                    s.push_str(", evidence ");
+                    s.push_str(&evidence::share(q.lower_ppm));
+                    s.push_str(" n=");
+                    s.push_str(itoa::Buffer::new().format(q.n));
+                }
+                (None, Some(q)) => {
+                    s.push_str(", catalog ");
+                    s.push_str(itoa::Buffer::new().format(q));
+                }
+                (None, None) => s.push_str(", unrated"),
+            }
             s.push(')');
         };
         s.push_str("route=");
@@ -590,6 +632,114 @@ mod tests {
             cheap.observe_output(20_000);
         }
         assert_eq!(ranked(&r, "auto", &Overrides::default(), &req(""))[0], "host/cn-open");
+    }
+
+    fn evidence(route: &str, model: &str, score: f64, n: u64) -> crate::ledger::EvidenceRow {
+        crate::ledger::EvidenceRow {
+            route: route.into(),
+            model: model.into(),
+            source: "test".into(),
+            score,
+            n,
+            updated_ms: 0,
+        }
+    }
+
+    fn reason_of(r: &Router, route: &str) -> String {
+        let routed = r.plan(r.route(route).unwrap(), &Overrides::default(), &req(""), Instant::now()).unwrap();
+        r.reason(&routed, 0, 1)
+    }
+
+    #[test]
+    fn a_route_with_evidence_ranks_on_its_lower_bound_and_falls_back_to_the_catalog() {
+        let r = router("[routes.tax]\nmin_quality = \"strong\"\nmin_score = 0.9\n");
+        // Without evidence: the catalog floor (strong = 1370) as on any route.
+        assert_eq!(
+            ranked(&r, "tax", &Overrides::default(), &req("")),
+            ["cn/cheap", "host/cn-open", "us/mid", "us/premium"]
+        );
+        assert!(reason_of(&r, "tax").contains("chose cn/cheap (expected $"), "{}", reason_of(&r, "tax"));
+        assert!(reason_of(&r, "tax").contains(", catalog 1390)"), "{}", reason_of(&r, "tax"));
+        r.evidence.set_rows(vec![
+            // Unrated in the catalog, proven on the task: now feasible, and the cheapest.
+            evidence("tax", "host/unrated", 0.97, 500),
+            // Rated strong, but poor on this task: out.
+            evidence("tax", "cn/cheap", 0.60, 300),
+            // Ten lucky answers: lower bound 0.722 < 0.9, out.
+            evidence("tax", "host/cn-open", 1.0, 10),
+            // Another route's evidence changes nothing here.
+            evidence("other", "host/tiny", 1.0, 1000),
+        ]);
+        assert_eq!(ranked(&r, "tax", &Overrides::default(), &req("")), ["host/unrated", "us/mid", "us/premium"]);
+        let reason = reason_of(&r, "tax");
+        assert!(reason.contains("chose host/unrated (expected $") && reason.contains(", evidence 0.95"), "{reason}");
+        assert!(
+            reason.contains("n=500)") && reason.contains("runner-up us/mid") && reason.contains("catalog 1380)"),
+            "{reason}"
+        );
+        match excluded_for(&r, "tax", &Overrides::default(), &req(""), "cn/cheap") {
+            Some(plan::Exclusion::BelowScore { n: 300, floor_ppm: 900_000, lower_ppm }) => assert!(lower_ppm < 600_000),
+            other => panic!("{other:?}"),
+        }
+        let lucky = excluded_for(&r, "tax", &Overrides::default(), &req(""), "host/cn-open").unwrap();
+        assert_eq!(lucky.describe(), "evidence lower bound 0.722 (n=10) below min_score 0.900");
+        // Without min_score, evidence does not relax the catalog floor.
+        let r = router("[routes.tax]\nmin_quality = \"strong\"\n");
+        r.evidence.set_rows(vec![evidence("tax", "host/unrated", 0.97, 500)]);
+        assert_eq!(
+            ranked(&r, "tax", &Overrides::default(), &req("")),
+            ["cn/cheap", "host/cn-open", "us/mid", "us/premium"]
+        );
+    }
+
+    #[test]
+    fn relative_floors_compare_with_the_reference_on_the_same_task() {
+        let r = router("[routes.tax]\nmin_quality = \"97% of us/premium\"\n");
+        // No evidence at all: only models at least as good as the reference in the catalog.
+        assert_eq!(ranked(&r, "tax", &Overrides::default(), &req("")), ["us/premium"]);
+        let x = excluded_for(&r, "tax", &Overrides::default(), &req(""), "us/mid").unwrap();
+        assert_eq!(
+            x.describe(),
+            "no evidence to compare with us/premium on this route; catalog quality 1380 is below its 1450"
+        );
+        r.evidence.set_rows(vec![
+            evidence("tax", "us/premium", 0.90, 1000),
+            // Needs a lower bound ≥ 0.97 × 0.90 = 0.873.
+            evidence("tax", "cn/cheap", 0.90, 1000),     // lower 0.880: in
+            evidence("tax", "host/cn-open", 0.88, 1000), // lower 0.859: out
+            evidence("tax", "host/tiny", 0.95, 20),      // lower 0.764: out (too few samples)
+        ]);
+        assert_eq!(ranked(&r, "tax", &Overrides::default(), &req("")), ["cn/cheap", "us/premium"]);
+        match excluded_for(&r, "tax", &Overrides::default(), &req(""), "host/cn-open") {
+            Some(plan::Exclusion::BelowReference { needed_ppm: 873_000, n: 1000, ref reference, .. }) => {
+                assert_eq!(&**reference, "us/premium")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A model without evidence still needs the reference's catalog score.
+        assert!(matches!(
+            excluded_for(&r, "tax", &Overrides::default(), &req(""), "us/mid"),
+            Some(plan::Exclusion::BelowReferenceCatalog { quality: Some(1380), reference_quality: Some(1450), .. })
+        ));
+    }
+
+    #[test]
+    fn relative_floors_are_checked_at_start_up() {
+        for (floor, want) in [
+            ("97% of nope/model", "routes.tax.min_quality: the reference \"nope/model\" is not in the catalog"),
+            ("0% of us/premium", "the share must be a percentage in (0, 100]"),
+            ("101% of us/premium", "the share must be a percentage"),
+            ("97% of premium", "the reference must be a model as provider/model"),
+            ("97 of us/premium", "is not a quality"),
+        ] {
+            let e = Config::from_toml(&format!("{BASE}\n[routes.tax]\nmin_quality = \"{floor}\"\n"), &|_| None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{floor}: {e}");
+        }
+        let e =
+            Config::from_toml(&format!("{BASE}\n[routes.tax]\nmin_score = 1.5\n"), &|_| None).unwrap_err().to_string();
+        assert!(e.contains("routes.tax.min_score: must be a share in [0, 1]"), "{e}");
     }
 
     /// (input cents/M, output cents/M, quality, tools, cn-hosted, context k, open)

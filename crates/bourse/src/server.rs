@@ -417,10 +417,16 @@ pub async fn prepare(cfg: &Config) -> Result<(AppState, Option<WriterHandle>), S
         // within a poll (250 ms).
         directory.clone().spawn_refresh(crate::admin::REFRESH_EVERY);
         state.directory = Some(directory);
+        let evidence = reports.evidence().await.map_err(|e| format!("cannot load quality evidence: {e}"))?;
+        state.router.evidence.set_rows(evidence);
+        state.router.evidence.clone().spawn_sync(Some(reports.clone()), crate::route::evidence::SYNC_EVERY);
         state.admin = Some(Admin::new(reports.clone(), cfg.routing.clone()));
         state.reports = Some(reports);
         writer_handle = Some(handle);
         tracing::info!(ledger = %redact_url(url), "ledger open");
+    }
+    if cfg.storage.url.is_none() {
+        state.router.evidence.clone().spawn_sync(None, crate::route::evidence::SYNC_EVERY);
     }
     // Only tenants' keys spend against counters: with none stored there is nothing to rebuild,
     // and the start-up skips scanning the ledger.

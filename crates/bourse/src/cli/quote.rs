@@ -1,6 +1,9 @@
-//! `bourse quote` as a table: the route's ranked candidates with their minimum, expected
+//! `bourse quote` as a table: the route's ranked candidates with their catalog quality, their
+//! evidence on the route (observed score, its lower bound and sample count; `- (catalog)`
+//! where there is none and the catalog score speaks for the model), their minimum, expected
 //! and maximum cost, then every excluded model with its reason.
 
+use crate::route::evidence::share;
 use crate::route::plan::cost_of;
 use crate::route::{Routed, Router};
 use std::fmt::Write as _;
@@ -20,17 +23,21 @@ pub fn table(router: &Router, r: &Routed) -> String {
     let width = router.entries.iter().map(|e| e.key.len()).max().unwrap_or(10).max(10);
     let _ = writeln!(
         out,
-        "{:>4}  {:<width$}  {:>7}  {:>13}  {:>13}  {:>13}",
-        "rank", "model", "quality", "min $", "expected $", "max $"
+        "{:>4}  {:<width$}  {:>7}  {:<22}  {:>13}  {:>13}  {:>13}",
+        "rank", "model", "quality", "evidence (lower, n)", "min $", "expected $", "max $"
     );
     for (rank, c) in r.plan.candidates.iter().enumerate() {
         let e = &router.entries[c.entry];
         let _ = writeln!(
             out,
-            "{:>4}  {:<width$}  {:>7}  {:>13}  {:>13}  {:>13}{}",
+            "{:>4}  {:<width$}  {:>7}  {:<22}  {:>13}  {:>13}  {:>13}{}",
             rank + 1,
             &*e.key,
             e.model.quality.map(|q| q.to_string()).unwrap_or_else(|| "-".into()),
+            c.evidence.map_or_else(
+                || "- (catalog)".to_string(),
+                |q| format!("{} ({}, n={})", share(q.mean_ppm), share(q.lower_ppm), q.n)
+            ),
             cost_of(c.min_pico).usd(),
             cost_of(c.expected_pico).usd(),
             cost_of(c.max_pico).usd(),

@@ -86,6 +86,8 @@ pub enum RawQuality {
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub min_quality: Option<RawQuality>,
+    /// The floor on this route's evidence, a share in [0, 1].
+    pub min_score: Option<f64>,
     pub policy: Option<String>,
     /// Output tokens expected when the request sets no max_tokens and nothing is observed yet.
     pub expected_output: Option<u64>,

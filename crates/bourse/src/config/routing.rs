@@ -30,11 +30,45 @@ pub fn parse_quality(s: &str) -> Result<u32, String> {
         .map_err(|_| format!("\"{s}\" is not a quality: use frontier, strong, adequate, basic, or a number like 1375"))
 }
 
+/// A quality floor relative to a model on the same task: `min_quality = "97% of openai/gpt-4o"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relative {
+    /// The share, in parts per million (97% = 970,000).
+    pub ppm: u32,
+    /// `provider/model` of the reference (a catalog model; it need not be routable).
+    pub reference: String,
+}
+
+/// Parses `P% of provider/model` (P in (0, 100], decimals allowed); None when `s` is not of
+/// that form at all, an error when it is but does not hold up.
+pub fn parse_relative(s: &str) -> Option<Result<Relative, String>> {
+    let (pct, reference) = s.trim().split_once(" of ")?;
+    let pct = pct.trim().strip_suffix('%')?;
+    let reference = reference.trim();
+    let v: f64 = match pct.trim().parse() {
+        Ok(v) if v > 0.0 && v <= 100.0 => v,
+        _ => return Some(Err(format!("\"{s}\": the share must be a percentage in (0, 100], like 97%"))),
+    };
+    if !reference.contains('/') || reference.starts_with('/') || reference.ends_with('/') {
+        return Some(Err(format!("\"{s}\": the reference must be a model as provider/model")));
+    }
+    Some(Ok(Relative { ppm: (v * 10_000.0).round() as u32, reference: reference.to_string() }))
+}
+
 /// A named route: what "cheapest good-enough model" means for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
     pub name: String,
+    /// The floor on the catalog's scale, for models without evidence on this route (0 when
+    /// the floor is `relative`).
     pub min_quality: u32,
+    /// `min_quality = "P% of provider/model"`: a model with evidence on this route needs a
+    /// lower bound of at least P% of the reference's observed score; one without, a catalog
+    /// score at least the reference's (a catalog score says nothing about a share of a task).
+    pub relative: Option<Relative>,
+    /// `min_score`: the floor on this route's evidence (a Wilson lower bound, ppm) for models
+    /// that have some; they are then not held to the catalog floor.
+    pub min_score_ppm: Option<u32>,
     pub policy: String,
     pub expected_output: u64,
     pub max_cost: Option<Cost>,

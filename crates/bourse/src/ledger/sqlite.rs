@@ -25,6 +25,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 4, sql: include_str!("../../migrations/sqlite/0004_tenancy.sql"), backfill: false },
     Migration { version: 5, sql: include_str!("../../migrations/sqlite/0005_aggregates.sql"), backfill: true },
     Migration { version: 6, sql: include_str!("../../migrations/sqlite/0006_installation.sql"), backfill: false },
+    Migration { version: 7, sql: include_str!("../../migrations/sqlite/0007_evidence.sql"), backfill: false },
 ];
 
 /// How long a statement waits for another process's lock (e.g. a `sqlite3` shell running
@@ -571,7 +572,7 @@ mod tests {
         assert_eq!(names(&conn, indexes), ["ledger_request_id"], "the unused time index is gone");
         assert_eq!(
             names(&conn, "SELECT CAST(version AS TEXT) FROM schema_migrations ORDER BY version"),
-            ["1", "2", "3", "4", "5", "6"]
+            ["1", "2", "3", "4", "5", "6", "7"]
         );
     }
 

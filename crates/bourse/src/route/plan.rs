@@ -11,6 +11,7 @@
 //! (the no-feasible-model error, `quote`), so planning stays allocation-light: it runs
 //! on every routed request.
 
+use super::evidence::{self, Quality, RouteTable};
 use crate::canonical::Needs;
 use crate::catalog::{Model, Rates};
 use crate::config::Policy;
@@ -69,6 +70,23 @@ pub struct Ask<'a> {
     pub max_tokens: Option<u64>,
     /// Output expected when neither max_tokens nor an observed average says otherwise.
     pub default_output: u64,
+    /// The route's evidence (None: it has none).
+    pub evidence: Option<&'a RouteTable>,
+    /// The floor on evidence, for models with evidence on this route.
+    pub min_score_ppm: Option<u32>,
+    pub relative: Option<RelativeFloor<'a>>,
+}
+
+/// A floor relative to a reference model on the same task, resolved for one plan.
+#[derive(Debug, Clone)]
+pub struct RelativeFloor<'a> {
+    /// The share, ppm.
+    pub ppm: u32,
+    pub reference: &'a Arc<str>,
+    /// The reference's observed score on this route, ppm (None: no evidence for it here).
+    pub reference_mean_ppm: Option<u32>,
+    /// The reference's catalog score (None: unrated).
+    pub reference_quality: Option<u32>,
 }
 
 /// Why a model was left out. Kept small; rendered on demand.
@@ -77,16 +95,53 @@ pub struct Ask<'a> {
 pub enum Exclusion {
     ProviderNotAllowed,
     ProviderDenied,
-    OriginDenied { origin: String },
+    OriginDenied {
+        origin: String,
+    },
     OriginUnknown,
-    HostingDenied { hosting: String },
+    HostingDenied {
+        hosting: String,
+    },
     HostingUnknown,
     NotOpenWeights,
-    MissingCapability { capability: &'static str },
-    ContextTooSmall { needed: u64, context: u64 },
-    BelowQuality { quality: Option<u32>, floor: u32 },
-    OverPriceCap { blended_usd_per_mtok: f64, cap: f64 },
-    OverCostCeiling { max_cost_usd: String, ceiling_usd: String },
+    MissingCapability {
+        capability: &'static str,
+    },
+    ContextTooSmall {
+        needed: u64,
+        context: u64,
+    },
+    BelowQuality {
+        quality: Option<u32>,
+        floor: u32,
+    },
+    /// Its evidence on the route (Wilson lower bound, ppm) is under the route's `min_score`.
+    BelowScore {
+        lower_ppm: u32,
+        n: u64,
+        floor_ppm: u32,
+    },
+    /// Its evidence is under the share of the reference's observed score.
+    BelowReference {
+        lower_ppm: u32,
+        n: u64,
+        needed_ppm: u32,
+        reference: Arc<str>,
+    },
+    /// Without evidence to compare, its catalog score is under the reference's.
+    BelowReferenceCatalog {
+        quality: Option<u32>,
+        reference_quality: Option<u32>,
+        reference: Arc<str>,
+    },
+    OverPriceCap {
+        blended_usd_per_mtok: f64,
+        cap: f64,
+    },
+    OverCostCeiling {
+        max_cost_usd: String,
+        ceiling_usd: String,
+    },
     CircuitOpen,
 }
 
@@ -106,6 +161,21 @@ impl Exclusion {
             }
             Exclusion::BelowQuality { quality: Some(q), floor } => format!("quality {q} below the floor {floor}"),
             Exclusion::BelowQuality { quality: None, floor } => format!("unrated, below the floor {floor}"),
+            Exclusion::BelowScore { lower_ppm, n, floor_ppm } => format!(
+                "evidence lower bound {} (n={n}) below min_score {}",
+                evidence::share(*lower_ppm),
+                evidence::share(*floor_ppm)
+            ),
+            Exclusion::BelowReference { lower_ppm, n, needed_ppm, reference } => format!(
+                "evidence lower bound {} (n={n}) below {} needed relative to {reference}",
+                evidence::share(*lower_ppm),
+                evidence::share(*needed_ppm)
+            ),
+            Exclusion::BelowReferenceCatalog { quality, reference_quality, reference } => format!(
+                "no evidence to compare with {reference} on this route; catalog quality {} is below its {}",
+                quality.map_or("unrated".to_string(), |q| q.to_string()),
+                reference_quality.map_or("unrated".to_string(), |q| q.to_string())
+            ),
             Exclusion::OverPriceCap { blended_usd_per_mtok, cap } => {
                 format!("blended ${blended_usd_per_mtok}/1M above max_price_per_mtok {cap}")
             }
@@ -125,7 +195,10 @@ impl Exclusion {
             Exclusion::NotOpenWeights => "open_weights_only",
             Exclusion::MissingCapability { capability } => capability,
             Exclusion::ContextTooSmall { .. } => "context",
-            Exclusion::BelowQuality { .. } => "min_quality",
+            Exclusion::BelowQuality { .. }
+            | Exclusion::BelowReference { .. }
+            | Exclusion::BelowReferenceCatalog { .. } => "min_quality",
+            Exclusion::BelowScore { .. } => "min_score",
             Exclusion::OverPriceCap { .. } => "max_price_per_mtok",
             Exclusion::OverCostCeiling { .. } => "max_cost",
             Exclusion::CircuitOpen => "health",
@@ -143,6 +216,8 @@ pub struct Candidate {
     pub healthy: bool,
     /// EWMA time to first byte in microseconds (u64::MAX when unknown, so it sorts last).
     pub latency_us: u64,
+    /// Its evidence on the route, if any (else its catalog score speaks for it).
+    pub evidence: Option<Quality>,
 }
 
 #[derive(Debug, Default)]
@@ -167,8 +242,8 @@ fn matches_any(list: &[String], v: &str) -> bool {
     list.iter().any(|x| x.eq_ignore_ascii_case(v))
 }
 
-/// Check one entry against the hard constraints (everything but cost and health).
-fn exclude(e: &Entry, ask: &Ask<'_>) -> Option<Exclusion> {
+/// Check one entry (index `i`) against the hard constraints (everything but cost and health).
+fn exclude(i: usize, e: &Entry, ask: &Ask<'_>) -> Option<Exclusion> {
     if let Some(x) = policy_exclusion(e, ask.policy) {
         return Some(x);
     }
@@ -191,8 +266,39 @@ fn exclude(e: &Entry, ask: &Ask<'_>) -> Option<Exclusion> {
             return Some(Exclusion::ContextTooSmall { needed, context });
         }
     }
-    if ask.min_quality > 0 && m.quality.is_none_or(|q| q < ask.min_quality) {
-        return Some(Exclusion::BelowQuality { quality: m.quality, floor: ask.min_quality });
+    quality_exclusion(ask.evidence.and_then(|t| t.get(i)), m.quality, ask)
+}
+
+/// The quality floors: a relative floor (on evidence when both the model and the reference
+/// have some on the route, else on catalog scores), then `min_score` for a model with
+/// evidence, else the catalog floor.
+fn quality_exclusion(evidence: Option<Quality>, quality: Option<u32>, ask: &Ask<'_>) -> Option<Exclusion> {
+    if let Some(rel) = &ask.relative {
+        match (evidence, rel.reference_mean_ppm) {
+            (Some(q), Some(mean)) => {
+                let needed_ppm = (u64::from(mean) * u64::from(rel.ppm) / u64::from(evidence::PPM)) as u32;
+                if q.lower_ppm < needed_ppm {
+                    let reference = rel.reference.clone();
+                    return Some(Exclusion::BelowReference { lower_ppm: q.lower_ppm, n: q.n, needed_ppm, reference });
+                }
+            }
+            _ => {
+                if rel.reference_quality.is_none_or(|r| quality.is_none_or(|q| q < r)) {
+                    let reference = rel.reference.clone();
+                    let reference_quality = rel.reference_quality;
+                    return Some(Exclusion::BelowReferenceCatalog { quality, reference_quality, reference });
+                }
+            }
+        }
+    }
+    if let (Some(q), Some(floor_ppm)) = (evidence, ask.min_score_ppm) {
+        if q.lower_ppm < floor_ppm {
+            return Some(Exclusion::BelowScore { lower_ppm: q.lower_ppm, n: q.n, floor_ppm });
+        }
+        return None;
+    }
+    if ask.min_quality > 0 && quality.is_none_or(|q| q < ask.min_quality) {
+        return Some(Exclusion::BelowQuality { quality, floor: ask.min_quality });
     }
     None
 }
@@ -269,7 +375,7 @@ pub fn plan(entries: &[Entry], ask: &Ask<'_>, health: impl Fn(&Entry) -> (bool, 
     let mut out = Plan { candidates: Vec::with_capacity(entries.len()), excluded: Vec::new() };
     let prompt = u128::from(ask.prompt_tokens);
     for (i, e) in entries.iter().enumerate() {
-        if let Some(x) = exclude(e, ask) {
+        if let Some(x) = exclude(i, e, ask) {
             out.excluded.push((i, x));
             continue;
         }
@@ -298,6 +404,7 @@ pub fn plan(entries: &[Entry], ask: &Ask<'_>, health: impl Fn(&Entry) -> (bool, 
             max_pico,
             healthy,
             latency_us: latency.unwrap_or(u64::MAX),
+            evidence: ask.evidence.and_then(|t| t.get(i)),
         });
     }
     out.candidates.sort_unstable_by(|a, b| {
