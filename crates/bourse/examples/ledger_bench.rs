@@ -233,6 +233,7 @@ impl Gen {
                 error_kind: error,
                 estimate: (rng.u32(..100) == 0).then_some(Estimate::Tokenizer),
                 stream,
+                checks: None,
             });
             if !(failed && route.is_some() && attempt == 1) {
                 return;

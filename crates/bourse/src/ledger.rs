@@ -44,6 +44,9 @@ pub struct LedgerEntry {
     /// upstream's own figures).
     pub estimate: Option<Estimate>,
     pub stream: bool,
+    /// The answer checks this attempt ran and their outcomes, `complete:pass,json_schema:fail`
+    /// (`check::encode`); None when none ran.
+    pub checks: Option<String>,
 }
 
 impl LedgerEntry {
@@ -60,9 +63,12 @@ macro_rules! entry_columns {
         "request_id, attempt, ts_ms, key_id, provider, model, route_reason, \
          input_uncached, input_cache_read, input_cache_write, output, output_reasoning, \
          cost_nanos, reference_cost_nanos, catalog_version, ttfb_ms, latency_ms, status, \
-         error_kind, estimated, stream, estimator, tenant_id"
+         error_kind, estimated, stream, estimator, tenant_id, checks"
     };
 }
+
+/// How many columns [`entry_columns!`] names: a select's extra columns come after them.
+const ENTRY_COLUMNS: usize = 24;
 
 mod aggregate;
 mod evidence;

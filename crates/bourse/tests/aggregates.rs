@@ -208,6 +208,7 @@ fn entry(request_id: &str, attempt: u32, ts_ms: i64) -> LedgerEntry {
         error_kind: None,
         estimate: None,
         stream: false,
+        checks: None,
     }
 }
 

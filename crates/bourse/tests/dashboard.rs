@@ -167,6 +167,7 @@ async fn seed(storage: &str) -> Seeded {
                 error_kind: error.map(str::to_string),
                 estimate: None,
                 stream: true,
+                checks: None,
             });
         }
     }

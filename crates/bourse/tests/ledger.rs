@@ -99,6 +99,7 @@ fn row(request_id: &str, attempt: u32, ts_ms: i64) -> LedgerEntry {
         error_kind: None,
         estimate: None,
         stream: false,
+        checks: None,
     }
 }
 
@@ -139,6 +140,7 @@ async fn roundtrip_every_field(url: &str) {
         error_kind: None,
         estimate: Some(Estimate::Heuristic),
         stream: true,
+        checks: Some("complete:pass,json_schema:fail".into()),
     };
     // Every optional field empty, bools false, and each integer at its type's edge.
     let edge = LedgerEntry {
@@ -166,6 +168,7 @@ async fn roundtrip_every_field(url: &str) {
         error_kind: Some("upstream_timeout".into()),
         estimate: None,
         stream: false,
+        checks: None,
     };
     let first = LedgerEntry { attempt: 1, status: 503, error_kind: Some("upstream_5xx".into()), ..full.clone() };
     let other = row("req-2", 1, 5);

@@ -121,6 +121,7 @@ fn rows(seed: u64) -> Vec<LedgerEntry> {
                 error_kind: error.map(str::to_string),
                 estimate: None,
                 stream: rng.bool(),
+                checks: None,
             });
         }
     }

@@ -727,6 +727,7 @@ mod tests {
             error_kind: error.map(String::from),
             estimate: None,
             stream: false,
+            checks: None,
         };
         let rows = [row(1, 59_999, Some("upstream_5xx")), row(2, 60_000, None)];
         let earlier = row(1, 0, Some("upstream_timeout"));

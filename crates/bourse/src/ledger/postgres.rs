@@ -47,7 +47,7 @@ const INSERT: &str = concat!(
     ") SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], ",
     "$7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], ",
     "$14::bigint[], $15::text[], $16::bigint[], $17::bigint[], $18::integer[], $19::text[], $20::boolean[], ",
-    "$21::boolean[], $22::text[], $23::text[])"
+    "$21::boolean[], $22::text[], $23::text[], $24::text[])"
 );
 
 const SELECT_BY_REQUEST: &str =
@@ -217,7 +217,7 @@ impl PostgresLedger {
                 }
                 Segment::Raw { from, to, .. } => {
                     for row in c.query(SELECT_RAW_EDGE, &[&from, &to, &plan.key]).await? {
-                        out.raw.push((entry(&row)?, row.try_get(23)?));
+                        out.raw.push((entry(&row)?, row.try_get(super::ENTRY_COLUMNS)?));
                     }
                 }
             }
@@ -256,17 +256,21 @@ async fn migrate(client: &mut Client) -> Result<(), LedgerError> {
         "CREATE TABLE IF NOT EXISTS schema_migrations (version bigint PRIMARY KEY, applied_ms bigint NOT NULL)",
     )
     .await?;
+    // A back-fill reads and writes rows with today's statements, so it runs once every step
+    // is applied (in the same transaction), whichever step asked for it.
+    let mut backfills = false;
     for m in MIGRATIONS {
         let applied =
             tx.query_opt("SELECT 1 FROM schema_migrations WHERE version = $1", &[&m.version]).await?.is_some();
         if !applied {
             tx.batch_execute(m.sql).await?;
-            if m.backfill {
-                backfill(&tx).await?;
-            }
+            backfills |= m.backfill;
             tx.execute("INSERT INTO schema_migrations (version, applied_ms) VALUES ($1, $2)", &[&m.version, &now_ms()])
                 .await?;
         }
+    }
+    if backfills {
+        backfill(&tx).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -285,9 +289,11 @@ async fn backfill(tx: &tokio_postgres::Transaction<'_>) -> Result<(), LedgerErro
     loop {
         let rows = tx.query(&select, &[&after, &BACKFILL_CHUNK]).await?;
         let Some(last) = rows.last() else { return Ok(()) };
-        after = last.try_get(23)?;
-        let chunk =
-            rows.iter().map(|r| Ok((entry(r)?, r.try_get::<_, bool>(24)?))).collect::<Result<Vec<_>, LedgerError>>()?;
+        after = last.try_get(super::ENTRY_COLUMNS)?;
+        let chunk = rows
+            .iter()
+            .map(|r| Ok((entry(r)?, r.try_get::<_, bool>(super::ENTRY_COLUMNS + 1)?)))
+            .collect::<Result<Vec<_>, LedgerError>>()?;
         let facts =
             chunk.iter().map(|(r, has_next)| Fact { id: None, row: r, failed: r.error_kind.is_some() && !has_next });
         write(tx, &upsert, &[], &Aggregates::of(facts, [])).await?;
@@ -325,6 +331,7 @@ async fn write(
     let stream: Vec<bool> = rows.iter().map(|r| r.stream).collect();
     let estimator: Vec<Option<&str>> = rows.iter().map(|r| r.estimate.map(Estimate::as_str)).collect();
     let tenant_id: Vec<Option<&str>> = rows.iter().map(|r| r.tenant_id.as_deref()).collect();
+    let checks: Vec<Option<&str>> = rows.iter().map(|r| r.checks.as_deref()).collect();
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![
         &request_id,
         &attempt,
@@ -349,6 +356,7 @@ async fn write(
         &stream,
         &estimator,
         &tenant_id,
+        &checks,
     ];
     // Every aggregate table's columns as arrays, in `sql::postgres_write`'s order.
     let tables: Vec<Arrays<'_>> = agg.tables.iter().map(Arrays::of).collect();
@@ -403,6 +411,7 @@ fn entry(row: &Row) -> Result<LedgerEntry, LedgerError> {
         ts_ms: row.try_get(2)?,
         key_id: row.try_get::<_, Option<String>>(3)?.map(Arc::from),
         tenant_id: row.try_get::<_, Option<String>>(22)?.map(Arc::from),
+        checks: row.try_get(23)?,
         provider: row.try_get(4)?,
         model: row.try_get(5)?,
         route_reason: row.try_get(6)?,

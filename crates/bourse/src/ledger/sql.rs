@@ -206,14 +206,14 @@ pub(crate) const SQLITE_MINUTE_IDS_UPSERT: &str = "INSERT INTO ledger_minute_ids
 
 /// PostgreSQL: a batch's raw rows and every aggregate table's upserts in one statement (one
 /// round trip, atomic without a transaction of its own, so the connection stays shareable).
-/// Parameters: the ledger's 23 columns as arrays (`insert_raw`), then for each table in
+/// Parameters: the ledger's 24 columns as arrays (`insert_raw`), then for each table in
 /// [`super::aggregate::tables`] order one array per key and value column. With no raw rows it
 /// only upserts (the back-fill). PostgreSQL runs every data-modifying WITH clause whether or
 /// not it is read.
 pub(crate) fn postgres_write(insert_raw: &str) -> &'static str {
     static SQL: OnceLock<String> = OnceLock::new();
     SQL.get_or_init(|| {
-        let mut n = 23;
+        let mut n = 24;
         let mut ctes = vec![format!("raw AS ({insert_raw})")];
         for (i, (f, g)) in super::aggregate::tables().enumerate() {
             let table = f.table(g);
@@ -260,9 +260,9 @@ mod tests {
         let r = select(Dialect::Sqlite, Family::Routes, Grain::Day, Shape::Errors, false, false);
         assert!(r.contains("error_kind <> ''") && r.contains("GROUP BY 1, 2, 3"), "{r}");
         let w = postgres_write("INSERT INTO ledger (x) SELECT * FROM UNNEST($1::text[])");
-        // 23 raw columns, then 3 × (1 + 2 + 13 + 62) models, 3 × (1 + 5 + 13) routes, 3 × (1 + 2 + 13)
+        // 24 raw columns, then 3 × (1 + 2 + 13 + 62) models, 3 × (1 + 5 + 13) routes, 3 × (1 + 2 + 13)
         // keys and 3 × (1 + 6 + 13) usage arrays.
-        let last = 23 + 3 * 78 + 3 * 19 + 3 * 16 + 3 * 20;
+        let last = 24 + 3 * 78 + 3 * 19 + 3 * 16 + 3 * 20;
         assert!(w.contains(&format!("${last}::bigint[]")) && !w.contains(&format!("${}", last + 1)));
         assert!(
             w.contains("cost_nanos = CASE") && w.contains("latency_30 = models_day.latency_30 + EXCLUDED.latency_30")

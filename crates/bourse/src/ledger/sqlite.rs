@@ -34,7 +34,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Columns per ledger row, and rows per multi-row insert (21 × 32 = 672 bound
 /// values, far below SQLite's 32,766 limit).
-const COLUMNS: usize = 23;
+const COLUMNS: usize = super::ENTRY_COLUMNS;
 const ROWS_PER_INSERT: usize = 32;
 
 /// A batch cut into multi-row inserts: chunks of `ROWS_PER_INSERT`, then the rest in
@@ -161,7 +161,7 @@ fn backfill(conn: &Connection, chunk_rows: i64) -> Result<(), LedgerError> {
         let mut rows = stmt.query(params![after, chunk_rows])?;
         let mut chunk: Vec<(i64, bool, LedgerEntry)> = Vec::new();
         while let Some(row) = rows.next()? {
-            chunk.push((row.get(23)?, row.get(24)?, entry(row)?));
+            chunk.push((row.get(COLUMNS)?, row.get(COLUMNS + 1)?, entry(row)?));
         }
         let Some(&(last, ..)) = chunk.last() else { return Ok(()) };
         let facts = chunk.iter().map(|(id, has_next, r)| Fact {
@@ -203,6 +203,7 @@ fn bind(stmt: &mut rusqlite::Statement<'_>, rows: &[LedgerEntry]) -> rusqlite::R
         stmt.raw_bind_parameter(at + 21, r.stream)?;
         stmt.raw_bind_parameter(at + 22, r.estimate.map(Estimate::as_str))?;
         stmt.raw_bind_parameter(at + 23, r.tenant_id.as_deref())?;
+        stmt.raw_bind_parameter(at + 24, r.checks.as_deref())?;
     }
     Ok(())
 }
@@ -326,7 +327,7 @@ impl SqliteLedger {
                         let mut stmt = tx.prepare_cached(SELECT_RAW_EDGE)?;
                         let mut rows = stmt.query(params![minute, from, to, plan.key])?;
                         while let Some(row) = rows.next()? {
-                            out.raw.push((entry(row)?, row.get(23)?));
+                            out.raw.push((entry(row)?, row.get(COLUMNS)?));
                         }
                     }
                 }
@@ -436,6 +437,9 @@ fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
     tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
     )?;
+    // A back-fill reads and writes rows with today's statements, so it runs once every step
+    // is applied (in the same transaction), whichever step asked for it.
+    let mut backfills = false;
     for m in MIGRATIONS {
         let applied = tx
             .query_row("SELECT 1 FROM schema_migrations WHERE version = ?1", params![m.version], |_| Ok(()))
@@ -443,14 +447,15 @@ fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
             .is_some();
         if !applied {
             tx.execute_batch(m.sql)?;
-            if m.backfill {
-                backfill(&tx, BACKFILL_CHUNK)?;
-            }
+            backfills |= m.backfill;
             tx.execute(
                 "INSERT INTO schema_migrations (version, applied_ms) VALUES (?1, ?2)",
                 params![m.version, now_ms()],
             )?;
         }
+    }
+    if backfills {
+        backfill(&tx, BACKFILL_CHUNK)?;
     }
     tx.commit()?;
     Ok(())
@@ -463,6 +468,7 @@ fn entry(row: &rusqlite::Row<'_>) -> Result<LedgerEntry, LedgerError> {
         ts_ms: row.get(2)?,
         key_id: row.get::<_, Option<String>>(3)?.map(Arc::from),
         tenant_id: row.get::<_, Option<String>>(22)?.map(Arc::from),
+        checks: row.get(23)?,
         provider: row.get(4)?,
         model: row.get(5)?,
         route_reason: row.get(6)?,
@@ -526,6 +532,7 @@ mod tests {
             error_kind: None,
             estimate: None,
             stream: false,
+            checks: None,
         }
     }
 
