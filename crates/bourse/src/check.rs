@@ -7,12 +7,14 @@
 //! - [`tool_call`]: every tool call names a declared tool, its arguments validate against
 //!   that tool's parameters, and a call is there when `tool_choice` demanded one;
 //! - [`complete`]: the answer is not empty, not cut off by the output limit, not a refusal;
-//! - `agree`: several models' answers give the same value (to come);
-//! - `judge`: a judge model grades the answer against a rubric (to come).
+//! - [`agree`]: several models' answers give the same value ([`AgreeSpec`]);
+//! - `judge`: a judge model grades the answer against a rubric; this module writes the
+//!   judge's prompt ([`judge_conversation`]) and reads its reply ([`judge_outcome`]).
 //!
 //! Everything here is pure and synchronous: the exchange reads an [`Answer`] out of the body
 //! it already holds in the client's dialect ([`Answer::from_body`]), what the request asked
-//! for out of the request ([`Expectations::of`]), and hands them here. Each check yields an [`Outcome`], whose `detail` is short and
+//! for out of the request ([`Expectations::of`]), asks the other models (agree, judge), and
+//! hands the results here. Each check yields an [`Outcome`], whose `detail` is short and
 //! quotes at most a short excerpt of the answer, because it is recorded with the attempt;
 //! which checks passed fits one text column of the ledger ([`encode`], [`decode`]).
 //!
@@ -21,12 +23,15 @@
 //! lists a check for all its traffic should not escalate the requests the check cannot
 //! judge.
 
-use crate::canonical::{ChatRequest, Conversation, Dialect, Part, ResponseFormat, Role, ToolChoice, JSON_TOOL};
+use crate::canonical::{
+    ChatRequest, Conversation, Dialect, Message, Part, ResponseFormat, Role, Text, ToolChoice, JSON_TOOL,
+};
 use crate::dialect::{anthropic, openai};
 use crate::error::{Error, ErrorKind};
+use regex::Regex;
 use serde_json::Value;
 use std::fmt;
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock};
 
 /// The longest excerpt of an answer or a value a detail quotes, in characters.
 const EXCERPT_CHARS: usize = 60;
@@ -637,6 +642,227 @@ pub fn complete(answer: &Answer) -> Outcome {
     Outcome::pass(kind, format!("complete ({})", answer.finish.name()))
 }
 
+// ------------------------------------------------------------------ agreement
+
+/// What answers must have in common to agree. Written in config as `exact`,
+/// `regex:<pattern>` or `pointer:<JSON pointer>`.
+#[derive(Clone, Debug)]
+pub enum AgreeSpec {
+    /// The whole text, normalized ([`normalize`]).
+    Exact,
+    /// The first capture group that took part in the pattern's last match in the text (the
+    /// whole match if the pattern has no group), normalized. The last match, because a
+    /// model that reasons aloud states its final answer after its drafts.
+    Regex(Regex),
+    /// The value at this pointer in the answer's JSON ([`Answer::json_text`]): a string
+    /// normalized, any other value as its compact JSON text; `null` is no value.
+    Pointer(String),
+}
+
+impl AgreeSpec {
+    /// Reads the config form; the error says what is wrong, for config validation at load.
+    pub fn parse(spec: &str) -> Result<AgreeSpec, String> {
+        if spec == "exact" {
+            return Ok(AgreeSpec::Exact);
+        }
+        if let Some(pattern) = spec.strip_prefix("regex:") {
+            return Regex::new(pattern).map(AgreeSpec::Regex).map_err(|e| format!("agree regex: {e}"));
+        }
+        if let Some(pointer) = spec.strip_prefix("pointer:") {
+            if !pointer.is_empty() && !pointer.starts_with('/') {
+                return Err(format!("agree pointer '{pointer}' must be empty or start with '/'"));
+            }
+            return Ok(AgreeSpec::Pointer(pointer.to_string()));
+        }
+        Err(format!("agree '{spec}' must be exact, regex:<pattern> or pointer:<JSON pointer>"))
+    }
+
+    /// The value an answer gives under this spec; None when it gives none (a regex that
+    /// does not match, a pointer to nothing, an empty answer), and such an answer never
+    /// agrees.
+    pub fn value(&self, answer: &Answer) -> Option<String> {
+        let value = match self {
+            AgreeSpec::Exact => normalize(&answer.text),
+            AgreeSpec::Regex(re) => {
+                let caps = re.captures_iter(&answer.text).last()?;
+                let group = caps.iter().skip(1).flatten().next().or_else(|| caps.get(0))?;
+                normalize(group.as_str())
+            }
+            AgreeSpec::Pointer(pointer) => {
+                let json: Value = serde_json::from_str(answer.json_text().trim()).ok()?;
+                match json.pointer(pointer)? {
+                    Value::Null => return None,
+                    Value::String(s) => normalize(s),
+                    other => other.to_string(),
+                }
+            }
+        };
+        (!value.is_empty()).then_some(value)
+    }
+}
+
+/// Trimmed, lowercased, every run of whitespace one space.
+pub fn normalize(text: &str) -> String {
+    text.split_whitespace().map(str::to_lowercase).collect::<Vec<_>>().join(" ")
+}
+
+/// How many answers must agree.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Quorum {
+    /// Every answer asked for, failed attempts included.
+    #[default]
+    All,
+    /// At least this many (at least one).
+    AtLeast(usize),
+}
+
+/// What a set of answers agreed on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Agreement {
+    /// Per answer, in the order given: whether it gave the majority value.
+    pub agrees: Vec<bool>,
+    /// The value more answers gave than any other; None when no answer gave one or two
+    /// values tie for the most (then no answer agrees).
+    pub value: Option<String>,
+    /// How many answers gave `value`.
+    pub count: usize,
+    /// How many had to.
+    pub needed: usize,
+}
+
+impl Agreement {
+    /// Whether the quorum agreed.
+    pub fn reached(&self) -> bool {
+        self.value.is_some() && self.count >= self.needed
+    }
+
+    /// The outcome for the set: passed when the quorum agreed.
+    pub fn outcome(&self) -> Outcome {
+        let kind = CheckKind::Agree;
+        let of = self.agrees.len();
+        match &self.value {
+            None if self.agrees.is_empty() => Outcome::fail(kind, "no answers"),
+            None => Outcome::fail(kind, format!("no majority value among {of} answers")),
+            Some(v) => {
+                let detail = format!("{}/{of} agree on \"{}\" (need {})", self.count, excerpt(v, 40), self.needed);
+                if self.reached() {
+                    Outcome::pass(kind, detail)
+                } else {
+                    Outcome::fail(kind, detail)
+                }
+            }
+        }
+    }
+
+    /// The outcome for answer `i`: passed when the quorum agreed and this answer is among
+    /// those that did.
+    pub fn outcome_for(&self, i: usize) -> Outcome {
+        let set = self.outcome();
+        let agrees = self.agrees.get(i).copied().unwrap_or(false);
+        Outcome { passed: set.passed && agrees, ..set }
+    }
+}
+
+/// Compares answers under `spec`. Each item is one answer asked for, None when that attempt
+/// produced no answer (it never agrees, and counts against [`Quorum::All`]).
+pub fn agree<'a>(answers: impl IntoIterator<Item = Option<&'a Answer>>, spec: &AgreeSpec, quorum: Quorum) -> Agreement {
+    let values: Vec<Option<String>> = answers.into_iter().map(|a| a.and_then(|a| spec.value(a))).collect();
+    // Few answers (k models): counting by scanning is simpler than a map and as fast.
+    let mut best: Option<(&str, usize)> = None;
+    let mut tied = false;
+    for v in values.iter().flatten() {
+        let n = values.iter().flatten().filter(|w| *w == v).count();
+        match best {
+            Some((b, m)) if n < m || (n == m && b == v) => {}
+            Some((_, m)) if n == m => tied = true,
+            _ => {
+                best = Some((v.as_str(), n));
+                tied = false;
+            }
+        }
+    }
+    let value = best.filter(|_| !tied).map(|(v, _)| v.to_string());
+    let agrees: Vec<bool> = values.iter().map(|v| v.is_some() && *v == value).collect();
+    let needed = match quorum {
+        Quorum::All => values.len(),
+        Quorum::AtLeast(n) => n.max(1),
+    };
+    Agreement { count: agrees.iter().filter(|a| **a).count(), agrees, value, needed }
+}
+
+// ------------------------------------------------------------------ judge
+
+/// The judge's system text.
+pub const JUDGE_SYSTEM: &str = "You are a strict grader. You judge whether an answer meets a rubric. \
+                                You do not answer the question yourself.";
+
+/// The judge's user message: the rubric, the question verbatim (markers in it survive),
+/// the line `ANSWER TO GRADE:` and the answer, then how to reply. A simulated judge reads
+/// this layout; change it together with the simulator.
+pub fn judge_prompt(rubric: &str, question: &str, answer: &str) -> String {
+    format!(
+        "Grade the answer below against this rubric.\n\nRUBRIC:\n{rubric}\n\nQUESTION:\n{question}\n\n\
+         ANSWER TO GRADE:\n{answer}\n\n\
+         Reply with your reasoning if you need it, then end with exactly `VERDICT: PASS` if the answer \
+         meets the rubric or `VERDICT: FAIL` if it does not."
+    )
+}
+
+/// The judge's request as a conversation (rendered in the judge model's dialect by the
+/// caller): [`JUDGE_SYSTEM`], one user turn of [`judge_prompt`], temperature 0.
+pub fn judge_conversation(rubric: &str, question: &str, answer: &Answer) -> Conversation {
+    let text = |t: String| Text { text: t, cache_control: None };
+    Conversation {
+        system: vec![text(JUDGE_SYSTEM.to_string())],
+        messages: vec![Message {
+            role: Role::User,
+            parts: vec![Part::Text(text(judge_prompt(rubric, question, &answer.graded_text())))],
+        }],
+        temperature: Some(0.0),
+        ..Conversation::default()
+    }
+}
+
+/// A judge's grade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Fail,
+}
+
+/// A judge reply without a verdict: the judge failed, which says nothing of the answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoVerdict(pub String);
+
+impl fmt::Display for NoVerdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NoVerdict {}
+
+static VERDICT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?i)\bverdict\s*:\s*(pass|fail)\b").expect("the verdict pattern is valid"));
+
+/// The last `VERDICT: PASS` or `VERDICT: FAIL` in the reply (any case): the last, because a
+/// judge may quote the instruction or change its mind before it ends.
+pub fn parse_verdict(reply: &str) -> Result<Verdict, NoVerdict> {
+    let caps = VERDICT.captures_iter(reply).last().ok_or_else(|| {
+        NoVerdict(format!("the judge's reply has no VERDICT: PASS|FAIL: {}", excerpt(reply, EXCERPT_CHARS)))
+    })?;
+    Ok(if caps[1].eq_ignore_ascii_case("pass") { Verdict::Pass } else { Verdict::Fail })
+}
+
+/// The judge check's outcome from the judge's reply text; a reply without a verdict is an
+/// error of the judge, not a failed answer.
+pub fn judge_outcome(reply: &str) -> Result<Outcome, NoVerdict> {
+    Ok(match parse_verdict(reply)? {
+        Verdict::Pass => Outcome::pass(CheckKind::Judge, "the judge's verdict: PASS"),
+        Verdict::Fail => Outcome::fail(CheckKind::Judge, "the judge's verdict: FAIL"),
+    })
+}
+
 // ------------------------------------------------------------------ details
 
 /// At most `max` characters of `text` on one line, `…` where it was cut.
@@ -890,6 +1116,7 @@ mod tests {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<Expectations>();
         send_sync::<Answer>();
+        send_sync::<AgreeSpec>();
     }
 
     // -------------------------------------------------------------- json_schema
@@ -1097,6 +1324,191 @@ mod tests {
         assert!(!run(CheckKind::JsonSchema, &text("{}"), &exp).unwrap().passed);
         assert_eq!(run(CheckKind::Agree, &a, &exp), None);
         assert_eq!(run(CheckKind::Judge, &a, &exp), None);
+    }
+
+    // -------------------------------------------------------------- agree
+
+    fn agreement(spec: &str, texts: &[&str], quorum: Quorum) -> Agreement {
+        let answers: Vec<Answer> = texts.iter().map(|t| text(t)).collect();
+        agree(answers.iter().map(Some), &AgreeSpec::parse(spec).unwrap(), quorum)
+    }
+
+    #[test]
+    fn exact_agreement_ignores_case_and_spacing() {
+        let a = agreement("exact", &["  Paris ", "paris", "PARIS\n"], Quorum::All);
+        assert_eq!(a.value.as_deref(), Some("paris"));
+        assert_eq!(a.agrees, [true, true, true]);
+        assert!(a.reached());
+        let o = a.outcome();
+        assert_eq!(o, Outcome::pass(CheckKind::Agree, "3/3 agree on \"paris\" (need 3)"));
+
+        let a = agreement("exact", &["The  capital is\tParis", "the capital is paris"], Quorum::All);
+        assert!(a.reached());
+        let a = agreement("exact", &["Paris", "Paris."], Quorum::All);
+        assert!(!a.reached());
+    }
+
+    #[test]
+    fn a_majority_short_of_the_quorum_fails_but_names_who_agreed() {
+        let a = agreement("exact", &["Paris", "Lyon", "paris"], Quorum::All);
+        assert_eq!(a.value.as_deref(), Some("paris"));
+        assert_eq!(a.agrees, [true, false, true]);
+        assert_eq!((a.count, a.needed), (2, 3));
+        assert!(!a.reached());
+        assert!(!a.outcome().passed);
+        assert!(!a.outcome_for(0).passed);
+
+        let a = agreement("exact", &["Paris", "Lyon", "paris"], Quorum::AtLeast(2));
+        assert!(a.reached());
+        assert!(a.outcome_for(0).passed && !a.outcome_for(1).passed && a.outcome_for(2).passed);
+        assert_eq!(a.outcome().detail, "2/3 agree on \"paris\" (need 2)");
+        assert!(!a.outcome_for(7).passed);
+    }
+
+    #[test]
+    fn a_tie_for_the_most_is_no_agreement() {
+        let a = agreement("exact", &["Paris", "Lyon", "paris", "lyon"], Quorum::AtLeast(2));
+        assert_eq!(a.value, None);
+        assert_eq!(a.agrees, [false; 4]);
+        assert!(!a.reached());
+        assert_eq!(a.outcome(), Outcome::fail(CheckKind::Agree, "no majority value among 4 answers"));
+        // One more vote breaks the tie, wherever it comes.
+        let a = agreement("exact", &["lyon", "Paris", "Lyon", "paris", "LYON"], Quorum::AtLeast(3));
+        assert_eq!(a.value.as_deref(), Some("lyon"));
+        assert!(a.reached());
+    }
+
+    #[test]
+    fn regex_agreement_compares_the_captured_answer() {
+        let spec = r"regex:(?i)final answer:\s*(.+)";
+        let a = agreement(
+            spec,
+            &[
+                "Let me think. 6*7 = 42.\nFinal answer: 42",
+                "FINAL ANSWER:   42  ",
+                "Final answer: 41?\nNo wait. Final answer: 42",
+            ],
+            Quorum::All,
+        );
+        assert_eq!(a.value.as_deref(), Some("42"));
+        assert!(a.reached(), "{a:?}");
+
+        // An answer the pattern finds nothing in never agrees, even with another such.
+        let a = agreement(spec, &["42", "forty-two", "Final answer: 42"], Quorum::AtLeast(1));
+        assert_eq!(a.agrees, [false, false, true]);
+        let a = agreement(spec, &["no marker", "none here"], Quorum::AtLeast(1));
+        assert_eq!(a.value, None);
+        assert_eq!(a.outcome().detail, "no majority value among 2 answers");
+
+        // Without a group, the whole match.
+        let a = agreement(r"regex:\d+", &["It is 42.", "42!"], Quorum::All);
+        assert_eq!(a.value.as_deref(), Some("42"));
+        // The first group that took part.
+        let a = agreement(r"regex:yes=(\w+)|no=(\w+)", &["no=Paris", "yes=paris"], Quorum::All);
+        assert_eq!(a.value.as_deref(), Some("paris"));
+        assert!(a.reached());
+    }
+
+    #[test]
+    fn pointer_agreement_compares_the_value_at_the_pointer() {
+        let a = agreement(
+            "pointer:/answer",
+            &[r#"{"answer": "Paris", "why": "capital"}"#, r#"{"why": "big", "answer": " paris"}"#],
+            Quorum::All,
+        );
+        assert_eq!(a.value.as_deref(), Some("paris"));
+        assert!(a.reached());
+
+        let a = agreement("pointer:/n", &[r#"{"n": 3}"#, r#"{"n": 3}"#, r#"{"n": "3"}"#], Quorum::All);
+        assert_eq!(a.value.as_deref(), Some("3"));
+        assert_eq!(a.agrees, [true, true, true], "a string and a number with the same text agree");
+        let a = agreement("pointer:/n", &[r#"{"n": [1, 2]}"#, r#"{"n": [1,2]}"#, r#"{"n": [2, 1]}"#], Quorum::All);
+        assert_eq!(a.agrees, [true, true, false]);
+
+        // Missing, null, or not JSON: no value.
+        let a = agreement(
+            "pointer:/answer",
+            &[r#"{"other": 1}"#, r#"{"answer": null}"#, "answer: Paris", r#"{"answer": "Paris"}"#],
+            Quorum::AtLeast(1),
+        );
+        assert_eq!(a.agrees, [false, false, false, true]);
+
+        // The JSON tool's input is the answer's JSON.
+        let via_tool = calls(&[(JSON_TOOL, r#"{"answer":"Paris"}"#)]);
+        let spec = AgreeSpec::parse("pointer:/answer").unwrap();
+        assert_eq!(spec.value(&via_tool).as_deref(), Some("paris"));
+    }
+
+    #[test]
+    fn an_attempt_without_an_answer_counts_against_all() {
+        let paris = text("Paris");
+        let spec = AgreeSpec::Exact;
+        let a = agree([Some(&paris), None, Some(&paris)], &spec, Quorum::All);
+        assert_eq!(a.agrees, [true, false, true]);
+        assert!(!a.reached());
+        assert!(agree([Some(&paris), None, Some(&paris)], &spec, Quorum::AtLeast(2)).reached());
+        let none = agree([], &spec, Quorum::All);
+        assert!(!none.reached());
+        assert_eq!(none.outcome().detail, "no answers");
+    }
+
+    #[test]
+    fn agree_specs_are_validated_when_config_loads() {
+        assert!(matches!(AgreeSpec::parse("exact"), Ok(AgreeSpec::Exact)));
+        assert!(matches!(AgreeSpec::parse("pointer:/a/0"), Ok(AgreeSpec::Pointer(p)) if p == "/a/0"));
+        assert!(matches!(AgreeSpec::parse("pointer:"), Ok(AgreeSpec::Pointer(p)) if p.is_empty()));
+        assert!(AgreeSpec::parse("regex:(unclosed").unwrap_err().starts_with("agree regex:"));
+        assert!(AgreeSpec::parse("pointer:answer").unwrap_err().contains("start with '/'"));
+        assert!(AgreeSpec::parse("Exact").unwrap_err().contains("exact, regex:<pattern> or pointer:"));
+        assert!(AgreeSpec::parse("").is_err());
+    }
+
+    // -------------------------------------------------------------- judge
+
+    #[test]
+    fn the_judge_prompt_has_rubric_question_answer_and_instruction_in_order() {
+        let question = "What is 6*7? [[task:math-7 expect=42]]\nShow your work.";
+        let p = judge_prompt("Correct and shows work.", question, "6*7 = 42");
+        let rubric = p.find("Correct and shows work.").unwrap();
+        let q = p.find(question).expect("the question verbatim");
+        let marker = p.find("\nANSWER TO GRADE:\n6*7 = 42\n").expect("the answer after its own line");
+        let instruction = p.find("exactly `VERDICT: PASS`").unwrap();
+        assert!(p[instruction..].contains("`VERDICT: FAIL`"));
+        assert!(rubric < q && q < marker && marker < instruction, "{p}");
+
+        let answer = Answer { text: "Let me look.".into(), ..calls(&[("weather", r#"{"city":"Oslo"}"#)]) };
+        let conv = judge_conversation("Uses the tool.", question, &answer);
+        assert_eq!(conv.system[0].text, JUDGE_SYSTEM);
+        assert_eq!(conv.temperature, Some(0.0));
+        assert_eq!(conv.messages.len(), 1);
+        assert_eq!(conv.messages[0].role, Role::User);
+        let Part::Text(t) = &conv.messages[0].parts[0] else { panic!("a text part") };
+        assert_eq!(t.text, judge_prompt("Uses the tool.", question, "Let me look.\nweather({\"city\":\"Oslo\"})"));
+    }
+
+    #[test]
+    fn the_judge_reply_is_read_for_its_last_verdict() {
+        assert_eq!(parse_verdict("VERDICT: PASS"), Ok(Verdict::Pass));
+        assert_eq!(parse_verdict("The answer is wrong.\nVERDICT: FAIL"), Ok(Verdict::Fail));
+        assert_eq!(parse_verdict("verdict: pass"), Ok(Verdict::Pass));
+        assert_eq!(parse_verdict("**Verdict:Fail**"), Ok(Verdict::Fail));
+        // The last one counts: the judge first quotes the instruction, then decides.
+        assert_eq!(
+            parse_verdict("I must reply VERDICT: PASS or VERDICT: FAIL. It misses the units.\nVERDICT: FAIL"),
+            Ok(Verdict::Fail)
+        );
+        assert_eq!(parse_verdict("VERDICT: FAIL... on reflection, VERDICT: PASS"), Ok(Verdict::Pass));
+
+        for reply in ["", "PASS", "Looks good to me.", "VERDICT: MAYBE", "VERDICT: PASSABLE", "NOVERDICT: PASS"] {
+            assert!(parse_verdict(reply).is_err(), "{reply:?}");
+        }
+        assert_eq!(
+            judge_outcome("VERDICT: PASS").unwrap(),
+            Outcome::pass(CheckKind::Judge, "the judge's verdict: PASS")
+        );
+        assert!(!judge_outcome("VERDICT: FAIL").unwrap().passed);
+        let err = judge_outcome("I think it is fine").unwrap_err();
+        assert!(err.0.contains("no VERDICT") && err.0.contains("I think it is fine"), "{err}");
     }
 
     #[test]
