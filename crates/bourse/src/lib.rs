@@ -14,6 +14,7 @@ pub mod admin;
 pub mod api;
 pub mod canonical;
 pub mod catalog;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod dashboard;
