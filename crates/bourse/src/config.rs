@@ -521,6 +521,7 @@ fn routing_from_raw(raw: &RawConfig, provider_ids: &[&str], catalog: &Catalog) -
             min_quality: DEFAULT_MIN_QUALITY,
             relative: None,
             min_score_ppm: None,
+            cascade: Vec::new(),
             policy: "default".into(),
             expected_output: DEFAULT_EXPECTED_OUTPUT,
             max_cost: None,
@@ -548,6 +549,20 @@ fn routing_from_raw(raw: &RawConfig, provider_ids: &[&str], catalog: &Catalog) -
                 None => (parse_quality(s).map_err(|m| err(at("min_quality"), m))?, None),
             },
         };
+        let mut cascade = Vec::new();
+        for name in r.cascade.iter().flatten() {
+            let kind = crate::check::CheckKind::parse(name).map_err(|m| err(at("cascade"), m))?;
+            if matches!(kind, crate::check::CheckKind::Agree | crate::check::CheckKind::Judge) {
+                return Err(err(
+                    at("cascade"),
+                    format!("'{name}' cannot be cascaded on yet: use complete, json_schema or tool_call"),
+                ));
+            }
+            if cascade.contains(&kind) {
+                return Err(err(at("cascade"), format!("'{name}' is listed twice")));
+            }
+            cascade.push(kind);
+        }
         let min_score_ppm = match r.min_score {
             Some(v) if (0.0..=1.0).contains(&v) => Some((v * 1e6).round() as u32),
             Some(_) => return Err(err(at("min_score"), "must be a share in [0, 1], like 0.9")),
@@ -569,6 +584,7 @@ fn routing_from_raw(raw: &RawConfig, provider_ids: &[&str], catalog: &Catalog) -
                 min_quality,
                 relative,
                 min_score_ppm,
+                cascade,
                 policy,
                 expected_output: r.expected_output.unwrap_or(DEFAULT_EXPECTED_OUTPUT),
                 max_cost,

@@ -14,6 +14,7 @@
 
 mod answer;
 mod attempt;
+mod cascade;
 mod limits;
 
 pub use answer::{
@@ -41,6 +42,7 @@ use attempt::{Attempt, Chosen};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::Response;
+use cascade::Cascade;
 use limits::{Denied, Gate, Held};
 use std::time::{Duration, Instant};
 
@@ -169,6 +171,9 @@ pub async fn chat(
         // Explicit models get one attempt: the client's SDK owns retries (and sees Retry-After).
         let max_attempts = if routed { router.max_attempts } else { 1 };
         let mut attempt_no = 0u32;
+        // A route's cascade (non-streaming requests): answers are checked, and one that fails
+        // escalates to a better candidate.
+        let mut cascade = plan.as_ref().and_then(|p| router.route(&p.route)).and_then(|r| Cascade::new(r, &req));
         let mut last_err: Option<(Error, Target)> = None;
         let mut exhausted: Vec<String> = Vec::new();
         let mut overloaded = 0u32;
@@ -221,6 +226,12 @@ pub async fn chat(
             if headroom.is_some_and(|h| worst > h) {
                 continue;
             }
+            // After a failed check, only a better candidate may answer.
+            if let (Some(c), Some(p), Some(rank)) = (&cascade, &plan, rank) {
+                if !c.admits(router, &p.plan.candidates[rank]) {
+                    continue;
+                }
+            }
             if let Chosen::Routed(i) = chosen {
                 if let Availability::Open { .. } = router.health.acquire(&router.entries[i].key, Instant::now()) {
                     continue;
@@ -251,13 +262,32 @@ pub async fn chat(
                     if let Some(d) = &downgraded {
                         r.push_str(d);
                     }
+                    if let Some(c) = &mut cascade {
+                        c.explain(&mut r);
+                    }
                     Some(r)
                 }
                 _ => None,
             };
-            let pass = Pass { number: attempt_no, reason, held, gate: gate.as_mut(), watch: &mut watch };
+            let pass = Pass {
+                number: attempt_no,
+                reason,
+                held,
+                gate: gate.as_mut(),
+                cascade: cascade.as_mut(),
+                watch: &mut watch,
+            };
             match attempt_chat(state, caller, &mut req, &target, chosen, pass, beta).await {
-                Ok(resp) => break 'answer resp,
+                Ok(resp) => match (&mut cascade, &plan, rank, chosen) {
+                    (Some(c), Some(p), Some(rank), Chosen::Routed(i)) => {
+                        if c.failed_now() {
+                            c.escalate(resp, p.plan.candidates[rank], &router.entries[i].key);
+                            continue;
+                        }
+                        break 'answer c.passed(resp);
+                    }
+                    _ => break 'answer resp,
+                },
                 Err(e) => {
                     if let ErrorKind::UpstreamStatus(s) = &e.kind {
                         if s.exhausted {
@@ -273,6 +303,10 @@ pub async fn chat(
                     last_err = Some((e, target));
                 }
             }
+        }
+        // No candidate passed the cascade's checks: the last answer, marked.
+        if let Some(resp) = cascade.as_mut().and_then(Cascade::exhausted) {
+            break 'answer resp;
         }
         if let (Some(r), None) = (&refused, &last_err) {
             break 'answer limits::refusal_response(r, client, tokens);
@@ -452,15 +486,17 @@ fn answer(req: &ChatRequest, target: &Target, bytes: Bytes, json_tool: bool) -> 
 
 /// What one attempt carries in from the loop: its number, its route reason, its reservation
 /// and the request's gate (whose lease goes with the attempt that answers).
-struct Pass<'g> {
+struct Pass<'g, 'r> {
     number: u32,
     reason: Option<String>,
     held: Option<Held>,
     gate: Option<&'g mut Gate>,
+    /// The request's cascade: the attempt checks its answer (recorded in its ledger row).
+    cascade: Option<&'g mut Cascade<'r>>,
     watch: &'g mut Watch,
 }
 
-impl Pass<'_> {
+impl Pass<'_, '_> {
     /// This attempt answers the request: its settle gives the request's lease back and
     /// writes the request's last word.
     #[inline]
@@ -489,7 +525,7 @@ async fn attempt_chat(
     req: &mut ChatRequest,
     target: &Target,
     chosen: Chosen,
-    mut pass: Pass<'_>,
+    mut pass: Pass<'_, '_>,
     anthropic_beta: Option<&HeaderValue>,
 ) -> std::result::Result<Response, Error> {
     let (number, reason) = (pass.number, pass.reason.take());
@@ -601,6 +637,12 @@ async fn attempt_chat(
     attempt.healthy();
     pass.answers(&mut attempt);
     attempt.read_facts(&bytes, client);
+    // The cascade's checks, before the settle writes the row they are recorded in.
+    let checked = pass.cascade.as_deref_mut().map(|c| {
+        let model = format!("{}/{}", target.provider.id, target.upstream_model);
+        c.check(&state.router, &bytes, client, &model)
+    });
+    attempt.checks.clone_from(&checked);
     let (usage, estimate) = match usage {
         Some(u) => (u, None),
         None => {
@@ -619,6 +661,9 @@ async fn attempt_chat(
     provenance(&mut out, target);
     money_headers(&mut out, &settled);
     route_reason(&mut out, reason.as_deref());
+    if let Some(checked) = &checked {
+        cascade::checks_header(&mut out, checked);
+    }
     Ok(out)
 }
 

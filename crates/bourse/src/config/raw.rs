@@ -93,6 +93,8 @@ pub struct RawRoute {
     pub expected_output: Option<u64>,
     /// A ceiling on every request's worst-case cost on this route.
     pub max_cost_usd: Option<f64>,
+    /// Checks an answer must pass; a failed one escalates to a better candidate.
+    pub cascade: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -69,6 +69,10 @@ pub struct RouteConfig {
     /// `min_score`: the floor on this route's evidence (a Wilson lower bound, ppm) for models
     /// that have some; they are then not held to the catalog floor.
     pub min_score_ppm: Option<u32>,
+    /// `cascade`: the checks a non-streaming answer must pass, in order; when one fails the
+    /// request escalates to a candidate of higher quality. Empty: no cascade. Streamed
+    /// requests are not checked (their first byte would have to wait for the whole answer).
+    pub cascade: Vec<crate::check::CheckKind>,
     pub policy: String,
     pub expected_output: u64,
     pub max_cost: Option<Cost>,
