@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub use config::{Failure, SimConfig, UsageChunkChoices, UsageStyle};
+pub use config::{Failure, SimConfig, TaskScript, UsageChunkChoices, UsageStyle, WrongStyle};
 
 use server::Shared;
 
