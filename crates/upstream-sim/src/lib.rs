@@ -33,6 +33,7 @@ pub mod config;
 mod gemini;
 mod openai;
 mod server;
+mod task;
 mod text;
 
 use std::io;
