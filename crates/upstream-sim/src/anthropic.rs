@@ -7,6 +7,8 @@
 //! Anthropic's accounting: `input_tokens` excludes the cached part of the
 //! prompt, which is reported separately as `cache_read_input_tokens`.
 //! `reasoning_tokens` is not used here (no `thinking` blocks are produced).
+//! A request carrying a task marker gets its scripted answer (see `task`),
+//! JSON through a forced tool coming back as that tool's input.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -21,6 +23,7 @@ use crate::body::{Script, SimBody};
 use crate::config::Failure;
 use crate::openai::{self, Cut, TextLen, JSON};
 use crate::server::{Ctx, Reply};
+use crate::task::{self, AnswerType, Choice};
 use crate::text;
 
 /// One broken event for `malformed_json` streams.
@@ -188,25 +191,38 @@ struct Answer<'r> {
     id: String,
     model: &'r str,
     /// Text pieces (one per streamed delta); empty for tool use.
-    content: Vec<&'static str>,
+    content: Vec<&'r str>,
     tool: Option<ToolUse>,
     stop_reason: &'static str,
     usage: Usage,
 }
 
 impl<'r> Answer<'r> {
-    fn new(ctx: &Ctx, req: &'r MessagesRequest<'r>) -> Answer<'r> {
+    /// `scripted`: the request's scripted task answer, which replaces the filler
+    /// text or tool use (not the usage).
+    fn new(ctx: &Ctx, req: &'r MessagesRequest<'r>, scripted: Option<&'r task::Reply>) -> Answer<'r> {
         let config = ctx.config();
         let prompt_tokens = req.prompt_tokens(ctx);
         let cached = config.cached_tokens.min(prompt_tokens);
-        let tool = req.pick_tool().map(|t| ToolUse {
-            id: format!("toolu_sim_{}", ctx.n),
-            name: t.name.clone(),
-            input: openai::tool_arguments_value(t.input_schema.as_ref()),
-        });
+        let tool_id = || format!("toolu_sim_{}", ctx.n);
+        let tool = match scripted {
+            Some(reply) => match &reply.body {
+                task::Body::Call { name, args } => {
+                    Some(ToolUse { id: tool_id(), name: name.clone(), input: args.value() })
+                }
+                task::Body::Text(_) => None,
+            },
+            None => req.pick_tool().map(|t| ToolUse {
+                id: tool_id(),
+                name: t.name.clone(),
+                input: openai::tool_arguments_value(t.input_schema.as_ref()),
+            }),
+        };
         let json_mode =
             req.output_config.as_ref().and_then(|c| c.format.as_ref()).or(req.output_format.as_ref()).is_some();
-        let content = if tool.is_some() {
+        let content = if let Some(task::Reply { body: task::Body::Text(scripted_text), .. }) = scripted {
+            task::pieces(scripted_text, config.output_tokens)
+        } else if tool.is_some() {
             Vec::new()
         } else {
             // Structured output answers with a JSON object, as the OpenAI dialect's JSON mode does.
@@ -224,7 +240,11 @@ impl<'r> Answer<'r> {
             id: format!("msg_sim_{}", ctx.n),
             model: &req.model,
             content,
-            stop_reason: if tool.is_some() { "tool_use" } else { "end_turn" },
+            stop_reason: match (scripted.is_some_and(|r| r.truncated), &tool) {
+                (true, _) => "max_tokens",
+                (false, Some(_)) => "tool_use",
+                (false, None) => "end_turn",
+            },
             tool,
             usage: Usage {
                 input_tokens: prompt_tokens - cached,
@@ -259,6 +279,10 @@ async fn messages(ctx: &Ctx, body: &Bytes) -> Reply {
         Ok(req) => req,
         Err(e) => return bad_request(ctx, &format!("Invalid messages request: {e}")),
     };
+    let scripted = match scripted_reply(ctx, &req.model, body) {
+        Ok(scripted) => scripted,
+        Err(message) => return bad_request(ctx, &message),
+    };
     let failure = ctx.take_failure();
     let early = openai::early_failure_with(ctx, failure, req.stream == Some(true), |status, f| {
         error_response(ctx, status, f.message, f.error_type.unwrap_or_else(|| default_error_type(status)))
@@ -266,7 +290,7 @@ async fn messages(ctx: &Ctx, body: &Bytes) -> Reply {
     if let Some(reply) = early {
         return reply;
     }
-    let answer = Answer::new(ctx, &req);
+    let answer = Answer::new(ctx, &req, scripted.as_ref());
     if req.stream == Some(true) {
         stream(ctx, &answer, failure)
     } else {
@@ -277,6 +301,54 @@ async fn messages(ctx: &Ctx, body: &Bytes) -> Reply {
         };
         let payload = openai::to_json(&answer.message(vec![block], Some(answer.stop_reason), answer.usage));
         openai::deliver(ctx, payload, failure).await
+    }
+}
+
+/// The scripted task answer to a messages request, if its text carries a task marker.
+fn scripted_reply(ctx: &Ctx, model: &str, body: &[u8]) -> Result<Option<task::Reply>, String> {
+    if !task::marked(body) {
+        return Ok(None);
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(body) else { return Ok(None) };
+    // Tool input is a JSON object here, so it cannot be broken JSON.
+    task::reply(ctx.config(), model, &task_ask(&body), false)
+}
+
+/// What a scripted answer needs of a messages request. Bourse asks for JSON with
+/// a forced tool, which is [`Choice::Named`]; native structured output
+/// (`output_config.format`, `output_format`) asks for JSON text.
+fn task_ask(body: &Value) -> task::Ask {
+    let mut texts = Vec::new();
+    task::push_text(body.get("system"), &mut texts);
+    let messages = body.get("messages").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+    for message in messages {
+        task::push_text(message.get("content"), &mut texts);
+    }
+    let last_blocks = messages.last().and_then(|m| m.get("content")).and_then(Value::as_array);
+    let tools = body.get("tools").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+    let choice = body.get("tool_choice");
+    let format = body.get("output_config").and_then(|c| c.get("format")).or_else(|| body.get("output_format"));
+    task::Ask {
+        texts,
+        tools: tools
+            .iter()
+            .filter_map(|t| {
+                let name = t.get("name")?.as_str()?.to_owned();
+                Some(task::Tool { name, answer: AnswerType::of(t.get("input_schema")) })
+            })
+            .collect(),
+        choice: match choice.and_then(|c| c.get("type")).and_then(Value::as_str) {
+            Some("none") => Choice::None,
+            Some("any") => Choice::Any,
+            Some("tool") => match choice.and_then(|c| c.get("name")).and_then(Value::as_str) {
+                Some(name) => Choice::Named(name.to_owned()),
+                None => Choice::Any,
+            },
+            _ => Choice::Auto,
+        },
+        after_tool_result: last_blocks
+            .is_some_and(|blocks| blocks.iter().any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))),
+        json: format.filter(|f| !f.is_null()).map(|f| AnswerType::of(f.get("schema"))),
     }
 }
 

@@ -1,5 +1,5 @@
 //! What a simulated provider should do: latency, response size, usage
-//! accounting quirks and injected failures.
+//! accounting quirks, injected failures and scripted task answers.
 //!
 //! The same `SimConfig` is accepted from Rust (`Sim::start`, `Sim::set_config`),
 //! from the command line (`--config-json`) and over HTTP (`PUT /sim/config`), so
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// Behaviour of one simulated provider. Every field has a default, so
 /// `SimConfig { ttft_ms: 50, ..Default::default() }` and `{"ttft_ms": 50}` both work.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SimConfig {
     /// Delay before the first chunk of a stream (headers go out at once), or
@@ -57,6 +57,46 @@ pub struct SimConfig {
     /// providers do with a rejected key, and `malformed_json` in its broken payload (the body,
     /// or the stream's broken event): for tests that a gateway never passes a key on.
     pub echo_credentials: bool,
+    /// How requests that carry a task marker are answered: per model and task, how
+    /// often correctly and what a wrong answer looks like. The first script whose
+    /// `model`, `task` and `judge` fit the request decides; a marked request that no
+    /// script fits is answered correctly. Requests without a marker ignore this.
+    ///
+    /// **Marker.** Anywhere in the request's message text (system prompt or any
+    /// message, any dialect; the first marker counts):
+    /// `[task:NAME item:ID answer:ANSWER]`, or `[task:NAME item:ID answer:ANSWER tool:FUNC]`
+    /// when the answer should come as a call of tool `FUNC`. Values have no spaces
+    /// and no `]`; `task:` comes first, the rest in any order. A marker that opens
+    /// (`[task:`) but is malformed is answered with the dialect's 400, naming the problem.
+    ///
+    /// **Outcome.** The model answers correctly iff a hash of (`task_seed`, model,
+    /// task, item) mapped to [0, 1) is below `p_correct`: deterministic, the same on
+    /// every platform, so over many items the correct share approaches `p_correct`.
+    ///
+    /// **Answers.** Correct, as plain text: `Final answer: ANSWER`. When JSON was
+    /// asked for (OpenAI `response_format` `json_object`/`json_schema`, Anthropic
+    /// `output_config.format`/`output_format`, Gemini `responseMimeType:
+    /// application/json`): the text `{"answer":"ANSWER"}`. When the request forces a
+    /// tool (OpenAI `tool_choice` `required` or a named function, Anthropic `any` or
+    /// `tool`, as Bourse asks for JSON; Gemini mode `ANY`), or the marker names a
+    /// declared tool with `tool:FUNC`: a call with arguments `{"answer":"ANSWER"}`
+    /// (a forced `any` calls the first tool). `ANSWER` is a JSON number instead of a
+    /// string where the schema types `properties.answer` as `integer` or `number`
+    /// and it parses as one. No tool is called when tool calls are off or the last
+    /// turn is a tool result. Wrong answers: see [`WrongStyle`].
+    ///
+    /// **Judge.** A request whose text also contains `[judge]` is a judge request,
+    /// matched against scripts with `judge: true`, and answered with exactly
+    /// `VERDICT: PASS` or `VERDICT: FAIL` as plain text (whatever JSON or tools it
+    /// asks for). The true verdict is PASS iff the text after the last `ANSWER TO
+    /// GRADE:` (to the end of that message, with any `[task:...]` and `[judge]`
+    /// removed) contains ANSWER as a whole word (case-sensitive, not continued by a
+    /// letter, digit or `_`); the judge gives the other verdict when its hash says it
+    /// errs (`p_correct` is its accuracy; its `wrong` is not used).
+    pub tasks: Vec<TaskScript>,
+    /// Seed of the task hash: the same seed gives the same outcomes, another seed
+    /// different ones.
+    pub task_seed: u64,
 }
 
 impl Default for SimConfig {
@@ -78,8 +118,105 @@ impl Default for SimConfig {
             fail_first_n: None,
             stamp_chunks: false,
             echo_credentials: false,
+            tasks: Vec::new(),
+            task_seed: 0,
         }
     }
+}
+
+/// How one model answers (or judges) one task. Serialized as e.g.
+/// `{"model":"sim-small","task":"arith","p_correct":0.7,"wrong":"truncated"}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskScript {
+    /// The requested model name as the simulator sees it (OpenAI and Anthropic:
+    /// the body's `model`; Gemini: the path's); `"*"` (the default) for any.
+    #[serde(default = "any")]
+    pub model: String,
+    /// The marker's task name; `"*"` (the default) for any.
+    #[serde(default = "any")]
+    pub task: String,
+    /// Probability of a correct answer (of a correct verdict, for a judge), in
+    /// [0, 1]; required. JSON outside that range is rejected; from Rust, above 1
+    /// acts as 1 and below 0 (or NaN) as 0.
+    #[serde(deserialize_with = "probability")]
+    pub p_correct: f64,
+    /// What an incorrect answer looks like.
+    #[serde(default)]
+    pub wrong: WrongStyle,
+    /// This script is for judge requests (text containing `[judge]`), not answers.
+    #[serde(default)]
+    pub judge: bool,
+}
+
+impl TaskScript {
+    /// `model` answers `task` correctly with probability `p_correct`, wrong
+    /// answers being plausible but wrong ([`WrongStyle::Answer`]).
+    pub fn new(model: &str, task: &str, p_correct: f64) -> TaskScript {
+        TaskScript {
+            model: model.to_owned(),
+            task: task.to_owned(),
+            p_correct,
+            wrong: WrongStyle::default(),
+            judge: false,
+        }
+    }
+
+    /// Judge `model` gives the true verdict on `task` with probability `p_correct`.
+    pub fn judge(model: &str, task: &str, p_correct: f64) -> TaskScript {
+        TaskScript { judge: true, ..TaskScript::new(model, task, p_correct) }
+    }
+
+    /// The same script with wrong answers of this style.
+    pub fn wrong(self, wrong: WrongStyle) -> TaskScript {
+        TaskScript { wrong, ..self }
+    }
+}
+
+fn any() -> String {
+    "*".to_owned()
+}
+
+fn probability<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    let p = f64::deserialize(deserializer)?;
+    if (0.0..=1.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(serde::de::Error::custom(format_args!("p_correct must be between 0 and 1, got {p}")))
+    }
+}
+
+/// How an incorrect scripted answer looks. Where a form does not apply, the
+/// nearest one does, as listed; all are deterministic, and so is the wrong value
+/// (from the hash with the model name: two models usually give different wrong
+/// answers, one model always the same).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WrongStyle {
+    /// A plausible but wrong value in the usual form: `Final answer: WRONG`, or
+    /// `{"answer":"WRONG"}`, or a forced tool's call with that input. An integer
+    /// ANSWER gives an integer off by 1 to 999 (not negative unless ANSWER is),
+    /// anything else a word with three digits (`garnet417`); the reply never
+    /// contains ANSWER as a whole word (unless ANSWER is `Final` or `answer`). For a
+    /// tool named by the marker's `tool:`, the arguments break its schema instead:
+    /// `answer` gets the other JSON type (a number such as `{"answer":52817}`, or a
+    /// string where the schema asks for a number).
+    #[default]
+    Answer,
+    /// Empty text content (no tool call), finishing normally.
+    Empty,
+    /// The correct reply cut to its first half, finishing for length (OpenAI
+    /// `length`, Anthropic `max_tokens`, Gemini `MAX_TOKENS`). A cut tool call has
+    /// half its arguments text (OpenAI) or the arguments `{}` (Anthropic and
+    /// Gemini, whose arguments are an object).
+    Truncated,
+    /// When JSON or a tool call is asked for: unparseable JSON with a wrong value,
+    /// `{'answer': 'WRONG'}`, as text or as OpenAI tool arguments (Anthropic and
+    /// Gemini answer it as text, as their tool arguments must be an object). For a
+    /// plain-text answer, same as [`WrongStyle::Answer`].
+    InvalidJson,
+    /// The text `I can't help with that.` (no tool call), finishing normally.
+    Refusal,
 }
 
 /// How the usage object reports prompt caching.
@@ -196,6 +333,42 @@ mod tests {
     fn unknown_fields_are_rejected() {
         assert!(serde_json::from_str::<SimConfig>(r#"{"ttft":5}"#).is_err());
         assert!(serde_json::from_str::<SimConfig>(r#"{"failure":{"kind":"status","status":500,"bogus":1}}"#).is_err());
+        assert!(serde_json::from_str::<SimConfig>(r#"{"task_sed":1}"#).is_err());
+        assert!(serde_json::from_str::<SimConfig>(r#"{"tasks":[{"p_corect":0.5}]}"#).is_err());
+        assert!(serde_json::from_str::<SimConfig>(r#"{"tasks":[{"p_correct":0.5,"wrong":"wrong"}]}"#).is_err());
+    }
+
+    #[test]
+    fn task_scripts() {
+        let c: SimConfig = serde_json::from_str(
+            r#"{"task_seed":7,"tasks":[
+                {"model":"sim-small","task":"arith","p_correct":0.7,"wrong":"invalid_json"},
+                {"p_correct":0.9,"judge":true}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.task_seed, 7);
+        assert_eq!(
+            c.tasks,
+            [
+                TaskScript::new("sim-small", "arith", 0.7).wrong(WrongStyle::InvalidJson),
+                TaskScript::judge("*", "*", 0.9),
+            ]
+        );
+        // p_correct is required and a probability.
+        for bad in [r#"{}"#, r#"{"p_correct":1.5}"#, r#"{"p_correct":-0.1}"#, r#"{"p_correct":"0.5"}"#] {
+            assert!(serde_json::from_str::<TaskScript>(bad).is_err(), "{bad}");
+        }
+        for (json, style) in [
+            ("answer", WrongStyle::Answer),
+            ("empty", WrongStyle::Empty),
+            ("truncated", WrongStyle::Truncated),
+            ("invalid_json", WrongStyle::InvalidJson),
+            ("refusal", WrongStyle::Refusal),
+        ] {
+            assert_eq!(serde_json::from_value::<WrongStyle>(serde_json::json!(json)).unwrap(), style);
+        }
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<SimConfig>(&json).unwrap(), c);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! As the real API does, zero cached and thought counts are omitted. With
 //! `generationConfig.responseMimeType: "application/json"` the answer text is
 //! a JSON object, `{"answer":"..."}`, as in the OpenAI dialect's JSON mode.
+//! A request carrying a task marker gets its scripted answer (see `task`).
 
 use bytes::Bytes;
 use hyper::{Method, Response, StatusCode};
@@ -22,6 +23,7 @@ use crate::body::SimBody;
 use crate::config::Failure;
 use crate::openai::{self, Cut, TextLen, JSON};
 use crate::server::{Ctx, Reply};
+use crate::task::{self, AnswerType, Choice};
 use crate::text;
 
 /// One broken chunk for `malformed_json` streams.
@@ -201,6 +203,10 @@ async fn generate(ctx: &Ctx, model: &str, body: &Bytes, stream: bool) -> Reply {
     if req.contents.is_empty() {
         return bad_request(ctx, "* GenerateContentRequest.contents: contents is not specified");
     }
+    let scripted = match scripted_reply(ctx, model, body) {
+        Ok(scripted) => scripted,
+        Err(message) => return bad_request(ctx, &message),
+    };
     let failure = ctx.take_failure();
     let early = openai::early_failure_with(ctx, failure, stream, |status, f| {
         error_response(ctx, status, f.message, f.error_type)
@@ -219,27 +225,43 @@ async fn generate(ctx: &Ctx, model: &str, body: &Bytes, stream: bool) -> Reply {
         cached_content_token_count: config.cached_tokens.min(prompt_tokens),
         thoughts_token_count: thoughts,
     };
-    let call = req.pick_function().map(|f| FunctionCall {
-        name: &f.name,
-        args: openai::tool_arguments_value(f.parameters.as_ref().or(f.parameters_json_schema.as_ref())),
-    });
+    // A scripted task answer replaces the filler text or function call (not the usage).
+    let call = match &scripted {
+        Some(reply) => match &reply.body {
+            task::Body::Call { name, args } => Some(FunctionCall { name, args: args.value() }),
+            task::Body::Text(_) => None,
+        },
+        None => req.pick_function().map(|f| FunctionCall {
+            name: &f.name,
+            args: openai::tool_arguments_value(f.parameters.as_ref().or(f.parameters_json_schema.as_ref())),
+        }),
+    };
+    let finish = if scripted.as_ref().is_some_and(|r| r.truncated) { "MAX_TOKENS" } else { "STOP" };
     let response_id = format!("sim-{}", ctx.n);
-    // In JSON mode the answer is `{"answer":"<the usual text>"}`, as in the OpenAI
-    // dialect; the opening and closing pieces stream as chunks of their own.
-    let json_mode = req.json_mode();
-    let mut pieces: Vec<&str> = Vec::with_capacity(config.output_tokens as usize + 2);
-    if json_mode {
-        pieces.push("{\"answer\":\"");
-    }
-    pieces.extend((0..config.output_tokens as usize).map(text::answer_token));
-    if json_mode {
-        pieces.push("\"}");
-    }
+    let pieces: Vec<&str> = match &scripted {
+        Some(task::Reply { body: task::Body::Text(scripted_text), .. }) => {
+            task::pieces(scripted_text, config.output_tokens)
+        }
+        _ => {
+            // In JSON mode the answer is `{"answer":"<the usual text>"}`, as in the OpenAI
+            // dialect; the opening and closing pieces stream as chunks of their own.
+            let json_mode = req.json_mode();
+            let mut pieces = Vec::with_capacity(config.output_tokens as usize + 2);
+            if json_mode {
+                pieces.push("{\"answer\":\"");
+            }
+            pieces.extend((0..config.output_tokens as usize).map(text::answer_token));
+            if json_mode {
+                pieces.push("\"}");
+            }
+            pieces
+        }
+    };
     let response = |parts: Vec<PartOut<'_>>, last: bool| {
         let response: GenerateResponse<'_> = GenerateResponse {
             candidates: [Candidate {
                 content: ContentOut { role: "model", parts },
-                finish_reason: last.then_some("STOP"),
+                finish_reason: last.then_some(finish),
                 index: 0,
             }],
             usage_metadata: last.then_some(usage),
@@ -289,6 +311,68 @@ async fn generate(ctx: &Ctx, model: &str, body: &Bytes, stream: bool) -> Reply {
         write(&mut script);
     }
     Reply::Respond(openai::sse_response(ctx, script.into_body(ctx.stream_stats())))
+}
+
+/// The scripted task answer to a generate request, if its text carries a task marker.
+fn scripted_reply(ctx: &Ctx, model: &str, body: &[u8]) -> Result<Option<task::Reply>, String> {
+    if !task::marked(body) {
+        return Ok(None);
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(body) else { return Ok(None) };
+    // Function call arguments are a JSON object here, so they cannot be broken JSON.
+    task::reply(ctx.config(), model, &task_ask(&body), false)
+}
+
+/// A member by its camelCase wire name or the snake_case alias the API also accepts.
+fn member<'v>(value: &'v Value, camel: &str, snake: &str) -> Option<&'v Value> {
+    value.get(camel).or_else(|| value.get(snake))
+}
+
+/// What a scripted answer needs of a generate request.
+fn task_ask(body: &Value) -> task::Ask {
+    let mut texts = Vec::new();
+    let system = member(body, "systemInstruction", "system_instruction");
+    task::push_text(system.and_then(|s| s.get("parts")), &mut texts);
+    let contents = body.get("contents").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+    for content in contents {
+        task::push_text(content.get("parts"), &mut texts);
+    }
+    let last_parts = contents.last().and_then(|c| c.get("parts")).and_then(Value::as_array);
+    let tools = body.get("tools").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+    let declarations =
+        tools.iter().filter_map(|t| member(t, "functionDeclarations", "function_declarations")?.as_array()).flatten();
+    let calling = member(body, "toolConfig", "tool_config")
+        .and_then(|c| member(c, "functionCallingConfig", "function_calling_config"));
+    let mode = calling.and_then(|c| c.get("mode")).and_then(Value::as_str).unwrap_or("AUTO");
+    let allowed = calling
+        .and_then(|c| member(c, "allowedFunctionNames", "allowed_function_names"))
+        .and_then(|names| names.get(0)?.as_str());
+    let generation = member(body, "generationConfig", "generation_config");
+    let mime = generation.and_then(|g| member(g, "responseMimeType", "response_mime_type")).and_then(Value::as_str);
+    let schema = generation.and_then(|g| {
+        member(g, "responseJsonSchema", "response_json_schema")
+            .or_else(|| member(g, "responseSchema", "response_schema"))
+    });
+    task::Ask {
+        texts,
+        tools: declarations
+            .filter_map(|f| {
+                let name = f.get("name")?.as_str()?.to_owned();
+                let parameters =
+                    f.get("parameters").or_else(|| member(f, "parametersJsonSchema", "parameters_json_schema"));
+                Some(task::Tool { name, answer: AnswerType::of(parameters) })
+            })
+            .collect(),
+        choice: match (mode.to_ascii_uppercase().as_str(), allowed) {
+            ("NONE", _) => Choice::None,
+            ("ANY", Some(name)) => Choice::Named(name.to_owned()),
+            ("ANY", None) => Choice::Any,
+            _ => Choice::Auto,
+        },
+        after_tool_result: last_parts
+            .is_some_and(|parts| parts.iter().any(|p| member(p, "functionResponse", "function_response").is_some())),
+        json: mime.filter(|m| m.eq_ignore_ascii_case("application/json")).map(|_| AnswerType::of(schema)),
+    }
 }
 
 /// An error chunk, as the API sends one when a stream fails after its 200.

@@ -26,6 +26,44 @@
 //! library expose the same controls over HTTP, outside the API paths:
 //! `GET /sim/stats`, `GET /sim/last-request`, `GET /sim/config` and
 //! `PUT /sim/config` (a JSON [`SimConfig`], replacing the current one).
+//!
+//! # Scripted tasks
+//!
+//! By default every answer is the same filler text. To test answer checks,
+//! cascades and routing, a request can instead carry a task item, as a marker
+//! anywhere in its message text, and [`SimConfig::tasks`] says per model and
+//! task how often it is answered correctly and what a wrong answer looks like
+//! ([`WrongStyle`]). Outcomes are a deterministic hash of
+//! ([`SimConfig::task_seed`], model, task, item), so a benchmark is reproducible
+//! and [`SimConfig::answers_correctly`] tells a test the ground truth. Usage is
+//! reported as for any other answer, and a stream carries the same content as
+//! the non-streamed answer. The config, as JSON (`--config-json`, `PUT /sim/config`):
+//!
+//! ```json
+//! {"task_seed": 42,
+//!  "tasks": [
+//!    {"model": "sim-small", "task": "arith", "p_correct": 0.6, "wrong": "answer"},
+//!    {"model": "sim-small", "task": "extract", "p_correct": 0.5, "wrong": "invalid_json"},
+//!    {"model": "sim-large", "task": "*", "p_correct": 0.9},
+//!    {"model": "sim-judge", "p_correct": 0.95, "judge": true}]}
+//! ```
+//!
+//! A request to `sim-small` whose prompt says
+//! `What is 17 + 25? [task:arith item:q17 answer:42]` is answered
+//! `Final answer: 42` on 60% of items, `Final answer: <another integer>` on the
+//! rest; in JSON mode `{"answer":"42"}`; with
+//! `[task:arith item:q17 answer:42 tool:submit]` and a declared tool `submit`,
+//! by a call of `submit` with `{"answer":"42"}`. A judge request to
+//! `sim-judge`:
+//!
+//! ```text
+//! [judge] Grade the answer to: What is 17 + 25? [task:arith item:q17 answer:42]
+//! Reply with VERDICT: PASS or VERDICT: FAIL.
+//! ANSWER TO GRADE: Final answer: 42
+//! ```
+//!
+//! is answered `VERDICT: PASS` (or, on the 5% of items where this judge errs,
+//! `VERDICT: FAIL`). The full rules are on [`SimConfig::tasks`].
 
 mod anthropic;
 mod body;
@@ -33,6 +71,7 @@ pub mod config;
 mod gemini;
 mod openai;
 mod server;
+mod task;
 mod text;
 
 use std::io;
@@ -43,7 +82,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub use config::{Failure, SimConfig, UsageChunkChoices, UsageStyle};
+pub use config::{Failure, SimConfig, TaskScript, UsageChunkChoices, UsageStyle, WrongStyle};
 
 use server::Shared;
 

@@ -3,7 +3,9 @@
 //! errors.
 //!
 //! Requests are parsed into small borrowed structs that skip everything the
-//! simulator does not use; prompt text is only counted, never copied.
+//! simulator does not use; prompt text is only counted, never copied, except
+//! in a request carrying a task marker, which is parsed again for its
+//! scripted answer (see `task`).
 //! Responses are serialized from borrowed structs in a single pass.
 //! Other vendors' dialects belong in sibling modules with the same shape:
 //! a `handle` entry point returning a [`Reply`].
@@ -23,6 +25,7 @@ use serde_json::Value;
 use crate::body::{push_stamp_now, FrameSource, Script, SimBody};
 use crate::config::{Failure, SimConfig, UsageChunkChoices, UsageStyle};
 use crate::server::{Ctx, Reply};
+use crate::task::{self, AnswerType};
 use crate::text;
 
 /// `created` for models; a fixed date keeps the list byte-identical across runs.
@@ -415,26 +418,42 @@ struct Answer<'r> {
     created: u64,
     reasoning: Vec<&'static str>,
     /// Content pieces (one per streamed delta); unused for tool calls.
-    content: Vec<&'static str>,
+    content: Vec<&'r str>,
     tool_call: Option<ToolCall>,
     finish_reason: &'static str,
     usage: Usage,
 }
 
 impl<'r> Answer<'r> {
-    fn new(ctx: &Ctx, req: &'r ChatRequest<'r>) -> Answer<'r> {
+    /// `scripted`: the request's scripted task answer, which replaces the filler
+    /// text or tool call (not the usage).
+    fn new(ctx: &Ctx, req: &'r ChatRequest<'r>, scripted: Option<&'r task::Reply>) -> Answer<'r> {
         let config = ctx.config();
         let prompt_chars: u64 = req.messages.iter().map(|m| m.content.0).sum();
         let prompt_tokens = config.prompt_tokens.unwrap_or_else(|| text::estimate_tokens(prompt_chars));
         let usage = Usage::new(config, prompt_tokens, config.output_tokens.saturating_add(config.reasoning_tokens));
         let reasoning = (0..config.reasoning_tokens as usize).map(text::reasoning_token).collect();
-        let tool_call = pick_tool(req).map(|f| ToolCall {
-            id: format!("call_sim_{}", ctx.n),
-            name: f.name.clone(),
-            arguments: tool_arguments(f.parameters.as_ref()),
-        });
+        let call_id = || format!("call_sim_{}", ctx.n);
+        let tool_call = match scripted {
+            Some(reply) => match &reply.body {
+                task::Body::Call { name, args } => {
+                    Some(ToolCall { id: call_id(), name: name.clone(), arguments: args.text() })
+                }
+                task::Body::Text(_) => None,
+            },
+            None => pick_tool(req).map(|f| ToolCall {
+                id: call_id(),
+                name: f.name.clone(),
+                arguments: tool_arguments(f.parameters.as_ref()),
+            }),
+        };
         let mut content = Vec::new();
-        if tool_call.is_none() {
+        if let Some(task::Reply { body: task::Body::Text(scripted_text), .. }) = scripted {
+            if config.think_tags {
+                content.extend_from_slice(&text::THINK_PIECES);
+            }
+            content.extend(task::pieces(scripted_text, config.output_tokens));
+        } else if tool_call.is_none() {
             let tokens = config.output_tokens as usize;
             let json_mode =
                 req.response_format.as_ref().is_some_and(|f| f.kind == "json_object" || f.kind == "json_schema");
@@ -445,7 +464,10 @@ impl<'r> Answer<'r> {
             if json_mode {
                 content.push("{\"answer\":\"");
             }
-            content.extend((0..tokens).map(text::answer_token));
+            // One push per token, so each `&'static str` coerces to the vector's `&'r str`.
+            for i in 0..tokens {
+                content.push(text::answer_token(i));
+            }
             if json_mode {
                 content.push("\"}");
             }
@@ -456,7 +478,11 @@ impl<'r> Answer<'r> {
             created: now_secs(),
             reasoning,
             content,
-            finish_reason: if tool_call.is_some() { "tool_calls" } else { "stop" },
+            finish_reason: match (scripted.is_some_and(|r| r.truncated), &tool_call) {
+                (true, _) => "length",
+                (false, Some(_)) => "tool_calls",
+                (false, None) => "stop",
+            },
             tool_call,
             usage,
         }
@@ -527,17 +553,73 @@ async fn chat(ctx: &Ctx, body: &Bytes) -> Reply {
         Ok(req) => req,
         Err(e) => return bad_request(ctx, &format!("Invalid chat completion request: {e}")),
     };
+    let scripted = match scripted_reply(ctx, &req.model, body) {
+        Ok(scripted) => scripted,
+        Err(message) => return bad_request(ctx, &message),
+    };
     let failure = ctx.take_failure();
     if let Some(reply) = early_failure(ctx, failure, req.stream == Some(true)) {
         return reply;
     }
-    let answer = Answer::new(ctx, &req);
+    let answer = Answer::new(ctx, &req, scripted.as_ref());
     let reports_usage = ctx.config().usage_style != UsageStyle::Omitted;
     if req.stream == Some(true) {
         let include_usage = req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
         stream_chat(ctx, &answer, include_usage && reports_usage, failure)
     } else {
         deliver(ctx, completion_json(&answer, reports_usage), failure).await
+    }
+}
+
+/// The scripted task answer to a chat request, if its text carries a task marker.
+fn scripted_reply(ctx: &Ctx, model: &str, body: &[u8]) -> Result<Option<task::Reply>, String> {
+    if !task::marked(body) {
+        return Ok(None);
+    }
+    // Already parsed once into `ChatRequest`, so this only fails on an oddity
+    // such as a marker outside any JSON string; such a request is unscripted.
+    let Ok(body) = serde_json::from_slice::<Value>(body) else { return Ok(None) };
+    task::reply(ctx.config(), model, &task_ask(&body), true)
+}
+
+/// What a scripted answer needs of a chat completion request.
+fn task_ask(body: &Value) -> task::Ask {
+    let messages = body.get("messages").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+    let mut texts = Vec::new();
+    for message in messages {
+        task::push_text(message.get("content"), &mut texts);
+    }
+    let tools = body.get("tools").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+    let choice = match body.get("tool_choice") {
+        Some(Value::String(mode)) if mode == "none" => task::Choice::None,
+        Some(Value::String(mode)) if mode == "required" => task::Choice::Any,
+        Some(Value::Object(choice)) => match choice.get("function").and_then(|f| f.get("name")).and_then(Value::as_str)
+        {
+            Some(name) => task::Choice::Named(name.to_owned()),
+            None => task::Choice::Any,
+        },
+        _ => task::Choice::Auto,
+    };
+    let format = body.get("response_format");
+    task::Ask {
+        texts,
+        tools: tools
+            .iter()
+            .filter_map(|t| {
+                let function = t.get("function")?;
+                let name = function.get("name")?.as_str()?.to_owned();
+                Some(task::Tool { name, answer: AnswerType::of(function.get("parameters")) })
+            })
+            .collect(),
+        choice,
+        after_tool_result: messages.last().and_then(|m| m.get("role")).and_then(Value::as_str) == Some("tool"),
+        json: match format.and_then(|f| f.get("type")).and_then(Value::as_str) {
+            Some("json_object") => Some(AnswerType::String),
+            Some("json_schema") => {
+                Some(AnswerType::of(format.and_then(|f| f.get("json_schema")).and_then(|s| s.get("schema"))))
+            }
+            _ => None,
+        },
     }
 }
 
@@ -574,7 +656,7 @@ fn completion_json(answer: &Answer<'_>, reports_usage: bool) -> Vec<u8> {
 /// One streamed delta after the role chunk.
 enum Event<'a> {
     Reasoning(&'static str),
-    Content(&'static str),
+    Content(&'a str),
     ToolHead,
     ToolArgs(&'a str),
 }
