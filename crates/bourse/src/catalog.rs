@@ -8,6 +8,15 @@
 //! arithmetic. Validation runs once at load: implausible prices (a per-token value typed
 //! into a per-million field, input above $200/M without an allowlist), missing prices,
 //! unknown providers and duplicate ids are errors that name the entry.
+//!
+//! Every chat model in the shipped catalog carries exactly one of `quality` (a score) or
+//! `quality_unrated` (the reason there is none), so "unrated" always says why. The rule is
+//! graded by where an entry comes from ([`rating_rule`]): an error in the shipped catalog;
+//! a warning in a user catalog file, because files written before the key existed, and
+//! LiteLLM imports, have chat entries with neither and must keep loading; and nothing at all
+//! for a `[models."p/m"]` table that adds a model, which is how a self-hosted model is
+//! priced in one line. Both keys on one entry, or a reason on an embedding, is always an
+//! error.
 
 pub mod litellm;
 
@@ -140,6 +149,9 @@ pub struct Model {
     pub quality: Option<u32>,
     pub quality_source: Option<String>,
     pub quality_date: Option<String>,
+    /// Why a chat model has no `quality` (no public score found, and where it was looked
+    /// for). None on rated models, on embeddings and on entries that give no reason.
+    pub quality_unrated: Option<String>,
     pub price_source: Option<String>,
     pub price_date: Option<String>,
     pub currency: String,
@@ -221,6 +233,7 @@ pub struct RawModel {
     pub quality: Option<f64>,
     pub quality_source: Option<String>,
     pub quality_date: Option<String>,
+    pub quality_unrated: Option<String>,
     pub price_source: Option<String>,
     pub price_date: Option<String>,
     pub currency: Option<String>,
@@ -311,7 +324,65 @@ fn rates_from(at: &str, p: &PriceFields, base: Option<&Rates>, allow: bool, f: &
 
 /// Validate one raw entry into a model. `id` is `provider/model`; `at` names it in errors.
 fn model_from_raw(id: &str, at: &str, r: &RawModel, allow: bool, f: &mut Findings) -> Option<Model> {
-    model_from_raw_with(id, at, r, allow, &[], f)
+    model_from_raw_with(id, at, r, allow, &[], Rule::Warn, f)
+}
+
+/// How strictly a chat entry with neither `quality` nor `quality_unrated` is treated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rule {
+    /// Shipped catalog: every chat model is rated or says why not.
+    Error,
+    /// User catalog files (and LiteLLM imports): loaded, with a warning naming the entry.
+    Warn,
+    /// `[models."p/m"]` tables that add a model not in the catalog: no rating expected.
+    None,
+}
+
+/// The rule for an entry: `shipped` when the catalog text is the compiled-in one (config
+/// loads it as a copy, so this is decided by content, not by which function was called);
+/// `from_config` when the entry exists only as a `[models."p/m"]` table. An override merged
+/// onto a catalog entry keeps that entry's rule, and the merge lets it swap a reason for a
+/// score (see [`merge`]).
+fn rating_rule(shipped: bool, from_config: bool) -> Rule {
+    match (from_config, shipped) {
+        (true, _) => Rule::None,
+        (false, true) => Rule::Error,
+        (false, false) => Rule::Warn,
+    }
+}
+
+/// Check the quality / quality_unrated pair of one entry; false when it is an error.
+fn check_rating(at: &str, kind: Kind, r: &RawModel, rule: Rule, f: &mut Findings) -> bool {
+    if let Some(why) = &r.quality_unrated {
+        if kind == Kind::Embedding {
+            f.errors.push(format!("{at}.quality_unrated: embeddings are not on the quality scale; remove the key"));
+            return false;
+        }
+        if r.quality.is_some() {
+            f.errors
+                .push(format!("{at}: has both quality and quality_unrated; keep the score or the reason, not both"));
+            return false;
+        }
+        if why.trim().is_empty() {
+            f.errors.push(format!("{at}.quality_unrated: empty; say why the model has no score"));
+            return false;
+        }
+        return true;
+    }
+    if kind == Kind::Chat && r.quality.is_none() {
+        let msg = format!(
+            "{at}: chat model has neither quality nor quality_unrated; add a score with its source, or quality_unrated = \"why there is none\""
+        );
+        match rule {
+            Rule::Error => {
+                f.errors.push(msg);
+                return false;
+            }
+            Rule::Warn => f.warnings.push(format!("{msg} (treated as unrated)")),
+            Rule::None => {}
+        }
+    }
+    true
 }
 
 fn model_from_raw_with(
@@ -320,6 +391,7 @@ fn model_from_raw_with(
     r: &RawModel,
     allow: bool,
     extra_providers: &[String],
+    rule: Rule,
     f: &mut Findings,
 ) -> Option<Model> {
     let (provider, model) = match id.split_once('/') {
@@ -407,6 +479,9 @@ fn model_from_raw_with(
         }
         None => None,
     };
+    if !check_rating(at, kind, r, rule, f) {
+        return None;
+    }
     let currency = r.currency.clone().unwrap_or_else(|| "USD".into());
     if currency != "USD" && r.price_cny.is_none() {
         f.warnings.push(format!("{at}: currency {currency} without price_cny (the original prices)"));
@@ -431,6 +506,7 @@ fn model_from_raw_with(
         quality,
         quality_source: r.quality_source.clone(),
         quality_date: r.quality_date.clone(),
+        quality_unrated: r.quality_unrated.clone(),
         price_source: r.price_source.clone(),
         price_date: r.price_date.clone(),
         currency,
@@ -438,11 +514,15 @@ fn model_from_raw_with(
 }
 
 /// Merge a config override onto an existing raw entry (config keys win).
+///
+/// A score and a reason for having none are one fact: a config `quality` replaces the
+/// catalog's `quality_unrated` (rating a model the catalog could not), and a config
+/// `quality_unrated` drops the catalog's score with its source and date.
 fn merge(base: &RawModel, o: &RawModel) -> RawModel {
     macro_rules! pick {
         ($($f:ident),*) => { RawModel { $($f: o.$f.clone().or_else(|| base.$f.clone()),)* tiers: if o.tiers.is_empty() { base.tiers.clone() } else { o.tiers.clone() }, ranges: if o.ranges.is_empty() { base.ranges.clone() } else { o.ranges.clone() } } };
     }
-    pick!(
+    let mut m = pick!(
         provider,
         model,
         kind,
@@ -462,13 +542,23 @@ fn merge(base: &RawModel, o: &RawModel) -> RawModel {
         quality,
         quality_source,
         quality_date,
+        quality_unrated,
         price_source,
         price_date,
         currency,
         price_cny,
         notes,
         dims
-    )
+    );
+    if o.quality.is_some() && o.quality_unrated.is_none() {
+        m.quality_unrated = None;
+    }
+    if o.quality_unrated.is_some() && o.quality.is_none() {
+        m.quality = None;
+        m.quality_source = o.quality_source.clone();
+        m.quality_date = o.quality_date.clone();
+    }
+    m
 }
 
 impl Catalog {
@@ -492,7 +582,9 @@ impl Catalog {
                 return Err(f);
             }
         };
-        let mut entries: Vec<(String, String, RawModel)> = Vec::new();
+        let shipped = text == SHIPPED;
+        // (id, where it is named in errors, the raw entry, whether it exists only in config)
+        let mut entries: Vec<(String, String, RawModel, bool)> = Vec::new();
         let mut seen: HashMap<String, usize> = HashMap::new();
         for (i, m) in raw.models.iter().enumerate() {
             let (Some(p), Some(name)) = (&m.provider, &m.model) else {
@@ -504,24 +596,25 @@ impl Catalog {
                 f.errors.push(format!("catalog model[{i}] ({id}): duplicate id (also model[{prev}])"));
                 continue;
             }
-            entries.push((id.clone(), format!("catalog model[{i}] ({id})"), m.clone()));
+            entries.push((id.clone(), format!("catalog model[{i}] ({id})"), m.clone(), false));
         }
         let mut hash = fnv1a(text.as_bytes(), FNV_OFFSET);
         for (id, o) in overrides {
             hash = fnv1a(format!("{id}{o:?}").as_bytes(), hash);
             let at = format!("models.\"{id}\"");
-            match entries.iter_mut().find(|(eid, _, _)| eid == id) {
+            match entries.iter_mut().find(|(eid, _, _, _)| eid == id) {
                 Some(e) => {
                     e.2 = merge(&e.2, o);
                     e.1 = at;
                 }
-                None => entries.push((id.clone(), at, o.clone())),
+                None => entries.push((id.clone(), at, o.clone(), true)),
             }
         }
         let mut models = Vec::new();
-        for (id, at, r) in &entries {
+        for (id, at, r, from_config) in &entries {
             let allow = raw.meta.allow_expensive.contains(id);
-            if let Some(m) = model_from_raw_with(id, at, r, allow, extra_providers, &mut f) {
+            let rule = rating_rule(shipped, *from_config);
+            if let Some(m) = model_from_raw_with(id, at, r, allow, extra_providers, rule, &mut f) {
                 models.push(m);
             }
         }
@@ -610,6 +703,104 @@ mod tests {
             );
         }
         assert!(c.version.starts_with(&format!("{}@{}#", c.name, c.date)));
+    }
+
+    #[test]
+    fn shipped_chat_models_are_rated_or_say_why() {
+        let c = Catalog::shipped().unwrap_or_else(|f| panic!("{}", Catalog::describe(&f)));
+        let is_date = |d: &str| {
+            let b = d.as_bytes();
+            b.len() == 10 && b[4] == b'-' && b[7] == b'-' && d.chars().filter(char::is_ascii_digit).count() == 8
+        };
+        let mut unrated = 0;
+        for m in c.models() {
+            match m.kind {
+                Kind::Embedding => assert!(m.quality_unrated.is_none(), "{}: embeddings are not rated", m.id),
+                Kind::Chat => match (m.quality, &m.quality_unrated) {
+                    (Some(_), None) => {
+                        let source = m.quality_source.as_deref().unwrap_or("");
+                        assert!(!source.trim().is_empty(), "{}: quality without quality_source", m.id);
+                        let date = m.quality_date.as_deref().unwrap_or("");
+                        assert!(is_date(date), "{}: quality_date {date:?} is not YYYY-MM-DD", m.id);
+                    }
+                    (None, Some(why)) => {
+                        unrated += 1;
+                        assert!(why.len() > 40, "{}: the reason should say what was searched: {why:?}", m.id);
+                        assert!(
+                            m.quality_source.is_none() && m.quality_date.is_none(),
+                            "{}: a source or date without a score",
+                            m.id
+                        );
+                    }
+                    (q, why) => panic!("{}: needs exactly one of quality / quality_unrated ({q:?}, {why:?})", m.id),
+                },
+            }
+        }
+        // catalog/README.md states the count; keep it in step with the file.
+        let chat = c.models().iter().filter(|m| m.kind == Kind::Chat).count();
+        let readme = include_str!("../../../catalog/README.md");
+        let claim = format!("{unrated} of {chat} chat entries have no score, each with its reason");
+        assert!(readme.contains(&claim), "catalog/README.md should say \"{claim}\"");
+    }
+
+    #[test]
+    fn quality_and_quality_unrated_are_checked_by_where_the_entry_comes_from() {
+        let chat =
+            |extra: &str| format!("[[model]]\nprovider = \"openai\"\nmodel = \"x\"\ninput = 1\noutput = 1\n{extra}");
+        // A user catalog file: an entry with neither still loads, with a warning naming it.
+        let (c, f) = Catalog::load(&format!("{META}{}", chat("")), &BTreeMap::new()).unwrap();
+        assert!(c.get("openai/x").unwrap().quality_unrated.is_none());
+        assert!(f.warnings.iter().any(|w| w.contains("openai/x") && w.contains("quality_unrated")), "{:?}", f.warnings);
+        let (c, f) =
+            Catalog::load(&format!("{META}{}", chat("quality_unrated = \"not benchmarked\"\n")), &BTreeMap::new())
+                .unwrap();
+        assert_eq!(c.get("openai/x").unwrap().quality_unrated.as_deref(), Some("not benchmarked"));
+        assert!(!f.warnings.iter().any(|w| w.contains("quality_unrated")), "{:?}", f.warnings);
+        // Contradictions are errors in any catalog.
+        let e = load(&chat("quality = 1300\nquality_unrated = \"none\"\n")).unwrap_err();
+        assert!(e.contains("openai/x") && e.contains("both quality and quality_unrated"), "{e}");
+        let e = load(&chat("quality_unrated = \" \"\n")).unwrap_err();
+        assert!(e.contains("quality_unrated: empty"), "{e}");
+        let e = load("[[model]]\nprovider = \"openai\"\nmodel = \"e\"\nkind = \"embedding\"\ninput = 0.02\nquality_unrated = \"n/a\"\n")
+            .unwrap_err();
+        assert!(e.contains("openai/e") && e.contains("embeddings are not on the quality scale"), "{e}");
+        // The shipped catalog's rule: neither is an error that names the entry.
+        let raw = RawModel { input: Some(1.0), output: Some(1.0), ..Default::default() };
+        let mut f = Findings::default();
+        assert!(model_from_raw_with("openai/x", "catalog model[0] (openai/x)", &raw, false, &[], Rule::Error, &mut f)
+            .is_none());
+        assert!(
+            f.errors[0].contains("openai/x") && f.errors[0].contains("neither quality nor quality_unrated"),
+            "{f:?}"
+        );
+        assert_eq!((rating_rule(true, false), rating_rule(false, false)), (Rule::Error, Rule::Warn));
+        assert_eq!((rating_rule(true, true), rating_rule(false, true)), (Rule::None, Rule::None));
+        // A config table that adds a model needs no rating and gets no warning.
+        let mut o = BTreeMap::new();
+        o.insert("vllm/llama".to_string(), RawModel { input: Some(0.0), output: Some(0.0), ..Default::default() });
+        let (c, f) = Catalog::load(META, &o).unwrap();
+        assert!(c.get("vllm/llama").unwrap().quality.is_none());
+        assert!(!f.warnings.iter().any(|w| w.contains("quality")), "{:?}", f.warnings);
+    }
+
+    #[test]
+    fn config_can_rate_an_unrated_entry_or_unrate_a_rated_one() {
+        let base = format!(
+            "{META}[[model]]\nprovider = \"qianfan\"\nmodel = \"ernie\"\ninput = 1\noutput = 1\nquality_unrated = \"no score found\"\n\
+             [[model]]\nprovider = \"openai\"\nmodel = \"x\"\ninput = 1\noutput = 1\nquality = 1400\nquality_source = \"s\"\nquality_date = \"2026-01-01\"\n"
+        );
+        let mut o = BTreeMap::new();
+        o.insert("qianfan/ernie".to_string(), RawModel { quality: Some(1390.0), ..Default::default() });
+        o.insert(
+            "openai/x".to_string(),
+            RawModel { quality_unrated: Some("our own evals disagree".into()), ..Default::default() },
+        );
+        let (c, _) = Catalog::load(&base, &o).unwrap_or_else(|f| panic!("{}", Catalog::describe(&f)));
+        let e = c.get("qianfan/ernie").unwrap();
+        assert_eq!((e.quality, e.quality_unrated.as_deref()), (Some(1390), None));
+        let x = c.get("openai/x").unwrap();
+        assert_eq!((x.quality, x.quality_source.as_deref()), (None, None));
+        assert_eq!(x.quality_unrated.as_deref(), Some("our own evals disagree"));
     }
 
     #[test]

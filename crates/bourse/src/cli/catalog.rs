@@ -6,6 +6,10 @@
 //! table cell reads exactly what the catalog says ($0.0028 stays 0.0028, not 0.003 or
 //! 0.0027999999). The blended price is (3·input + output)/4, as [`Model::blended`] defines
 //! it; here it is computed on the integers so sorting and display agree exactly.
+//!
+//! A chat model the catalog leaves unrated with a stated reason (`quality_unrated`) carries
+//! that reason in JSON and CSV. The table marks it `unrated*` and lists the reasons under
+//! the summary line, once per distinct reason, so the rows stay one line each.
 
 use super::{csv_field, Format};
 use crate::catalog::{Catalog, Kind, Model, Rate};
@@ -191,6 +195,8 @@ struct Row<'a> {
     blended: f64,
     quality: Option<u32>,
     tier: &'static str,
+    /// The catalog's reason for having no score; None when rated or when none is given.
+    quality_unrated: Option<&'a str>,
     origin: Option<&'a str>,
     hosting: Option<&'a str>,
     open_weights: bool,
@@ -213,6 +219,7 @@ impl<'a> Row<'a> {
             blended: blended_usd(m),
             quality: m.quality,
             tier: tier_name(m.quality),
+            quality_unrated: m.quality_unrated.as_deref(),
             origin: m.origin.as_deref(),
             hosting: m.hosting.as_deref(),
             open_weights: m.open_weights,
@@ -263,7 +270,7 @@ pub fn render(
     }
 }
 
-const CSV_HEADER: [&str; 13] = [
+const CSV_HEADER: [&str; 14] = [
     "id",
     "kind",
     "input",
@@ -271,6 +278,7 @@ const CSV_HEADER: [&str; 13] = [
     "blended",
     "quality",
     "tier",
+    "quality_unrated",
     "origin",
     "hosting",
     "open_weights",
@@ -292,6 +300,7 @@ fn csv(rows: &[Row]) -> String {
             blended_price(m),
             r.quality.map(|q| q.to_string()).unwrap_or_default(),
             r.tier.to_string(),
+            r.quality_unrated.unwrap_or_default().to_string(),
             r.origin.unwrap_or_default().to_string(),
             r.hosting.unwrap_or_default().to_string(),
             if r.open_weights { "yes" } else { "no" }.to_string(),
@@ -334,7 +343,7 @@ fn table(catalog: &Catalog, reference: &Model, rows: &[Row]) -> String {
                 price(m.rates.output, 2),
                 blended_price_short(m),
                 r.quality.map(|q| q.to_string()).unwrap_or_default(),
-                r.tier.to_string(),
+                if r.quality_unrated.is_some() { format!("{}{UNRATED_MARK}", r.tier) } else { r.tier.to_string() },
                 r.origin.unwrap_or_default().to_string(),
                 r.hosting.unwrap_or_default().to_string(),
                 if r.open_weights { "yes" } else { "no" }.to_string(),
@@ -375,7 +384,32 @@ fn table(catalog: &Catalog, reference: &Model, rows: &[Row]) -> String {
         line(std::array::from_fn(|i| row[i].as_str()));
     }
     out.push_str(&footer(catalog, reference, rows));
+    out.push_str(&unrated_reasons(rows));
     out
+}
+
+/// Appended to the tier of a row whose reason is listed under the table.
+const UNRATED_MARK: char = '*';
+
+/// The reasons behind the `unrated*` rows, one line per distinct reason in row order, with
+/// every id that shares it (hosted copies of one model usually do). Empty when no row has one.
+fn unrated_reasons(rows: &[Row]) -> String {
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    for r in rows {
+        let Some(why) = r.quality_unrated else { continue };
+        match groups.iter_mut().find(|(w, _)| *w == why) {
+            Some((_, ids)) => ids.push(r.id),
+            None => groups.push((why, vec![r.id])),
+        }
+    }
+    if groups.is_empty() {
+        return String::new();
+    }
+    let mut s = format!("{UNRATED_MARK} unrated, with the catalog's reason (quality_unrated):\n");
+    for (why, ids) in groups {
+        let _ = writeln!(s, "  {}: {why}", ids.join(", "));
+    }
+    s
 }
 
 /// The summary line. "Cheapest" is the cheapest *paid* model of the reference's kind among
@@ -449,6 +483,7 @@ origin = "CN"
 hosting = "CN"
 open_weights = true
 license = "MIT"
+quality_unrated = "no public score yet, as of 2026-07"
 
 [[model]]
 provider = "mistral"
@@ -581,6 +616,7 @@ input = 0.02
         assert_eq!(ds["vs_ref"], 0.04);
         assert_eq!(ds["quality"], serde_json::Value::Null);
         assert_eq!(ds["tier"], "unrated");
+        assert_eq!(ds["quality_unrated"], "no public score yet, as of 2026-07");
         assert_eq!(ds["open_weights"], true);
         assert_eq!(ds["license"], "MIT");
         assert_eq!(ds["kind"], "chat");
@@ -588,6 +624,7 @@ input = 0.02
         assert_eq!(g["blended"], 11.25);
         assert!((g["vs_ref"].as_f64().unwrap() - 11.25 / 4.375).abs() < 1e-12);
         assert_eq!(g["tier"], "frontier");
+        assert_eq!(g["quality_unrated"], serde_json::Value::Null);
         assert_eq!(g["context"], 1_050_000);
         assert_eq!(get("openai/gpt-4o")["vs_ref"], 1.0);
         assert_eq!(get("openai/gpt-4o")["capabilities"], serde_json::json!(["tools", "vision"]));
@@ -610,12 +647,15 @@ input = 0.02
         let mut lines = out.lines();
         assert_eq!(
             lines.next().unwrap(),
-            "id,kind,input,output,blended,quality,tier,origin,hosting,open_weights,context,capabilities,vs_ref"
+            "id,kind,input,output,blended,quality,tier,quality_unrated,origin,hosting,open_weights,context,capabilities,vs_ref"
         );
         let row = out.lines().find(|l| l.starts_with("openai/gpt-4o,")).unwrap();
-        assert_eq!(row, "openai/gpt-4o,chat,2.5,10,4.375,1285,basic,US,US,no,128000,\"tools,vision\",1");
+        assert_eq!(row, "openai/gpt-4o,chat,2.5,10,4.375,1285,basic,,US,US,no,128000,\"tools,vision\",1");
         let row = out.lines().find(|l| l.starts_with("deepseek/")).unwrap();
-        assert_eq!(row, "deepseek/deepseek-v4-flash,chat,0.14,0.28,0.175,,unrated,CN,CN,yes,,streaming,0.04");
+        assert_eq!(
+            row,
+            "deepseek/deepseek-v4-flash,chat,0.14,0.28,0.175,,unrated,\"no public score yet, as of 2026-07\",CN,CN,yes,,streaming,0.04"
+        );
         assert!(out.ends_with('\n'));
     }
 
@@ -623,7 +663,8 @@ input = 0.02
     fn table_is_aligned_and_summarised() {
         let out = render(&cat(), "openai/gpt-4o", &Filter::default(), SortKey::Blended, false, Format::Table).unwrap();
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines.len(), 1 + 6 + 1, "{out}");
+        // Header, six rows, the summary, then the unrated reasons (a heading and one reason).
+        assert_eq!(lines.len(), 1 + 6 + 1 + 2, "{out}");
         assert!(lines[0].starts_with("id ") && lines[0].ends_with("vs ref"), "{out}");
         // Right-aligned last column: every row ends at the same char width as the header.
         let width = lines[0].chars().count();
@@ -633,6 +674,13 @@ input = 0.02
             ds.contains(" 0.14 ") && ds.contains(" 0.28 ") && ds.contains(" 0.175 ") && ds.ends_with("0.04×"),
             "{ds}"
         );
+        // The row is marked and its reason listed under the table; the embedding, which has
+        // no quality either, is plain "unrated" (it gives no reason).
+        assert!(ds.contains(" unrated* "), "{ds}");
+        let e = lines.iter().find(|l| l.starts_with("openai/text-embedding-3-small ")).unwrap();
+        assert!(e.contains(" unrated ") && !e.contains('*'), "{e}");
+        assert_eq!(lines[8], "* unrated, with the catalog's reason (quality_unrated):");
+        assert_eq!(lines[9], "  deepseek/deepseek-v4-flash: no public score yet, as of 2026-07");
         let g = lines.iter().find(|l| l.starts_with("openai/gpt-4o ")).unwrap();
         assert!(g.contains(" 2.50 ") && g.contains(" 10.00 ") && g.contains(" 128k ") && g.ends_with("1.00×"), "{g}");
         assert!(lines.iter().any(|l| l.starts_with("openai/gpt-5.5 ") && l.contains(" 1.05M ")), "{out}");
@@ -686,11 +734,25 @@ input = 0.02
         let out = render(&c, "openai/gpt-4o", &chat, SortKey::Blended, false, Format::Table).unwrap();
         let lines: Vec<&str> = out.lines().collect();
         let chat_count = c.models().iter().filter(|m| m.kind == Kind::Chat).count();
-        assert_eq!(lines.len(), chat_count + 2);
+        let mut reasons: Vec<&str> = c.models().iter().filter_map(|m| m.quality_unrated.as_deref()).collect();
+        reasons.sort_unstable();
+        reasons.dedup();
+        assert!(!reasons.is_empty());
+        // Header, rows, summary, then a heading and one line per distinct reason.
+        assert_eq!(lines.len(), chat_count + 2 + 1 + reasons.len(), "{out}");
         assert!(lines.iter().any(|l| l.starts_with("deepseek/deepseek-v4-flash ")), "{out}");
         let g = lines.iter().find(|l| l.starts_with("openai/gpt-5.5 ")).unwrap();
         assert!(g.contains("frontier") && g.ends_with("2.57×"), "{g}");
-        let footer = lines[lines.len() - 1];
+        let ernie = lines.iter().find(|l| l.starts_with("qianfan/ernie-5.0 ")).unwrap();
+        assert!(ernie.contains(" unrated* "), "{ernie}");
+        // Two hosts of the same alias share their reason on one line.
+        assert!(
+            lines.iter().any(|l| l.starts_with("  ")
+                && l.contains("dashscope/qwen-flash")
+                && l.contains("dashscope-cn/qwen-flash")),
+            "{out}"
+        );
+        let footer = lines[chat_count + 1];
         assert!(footer.starts_with(&format!("{chat_count} models · catalog {} ", c.version)), "{footer}");
         assert!(footer.contains("reference openai/gpt-4o (blended $4.375/1M) · cheapest: "), "{footer}");
         for format in [Format::Json, Format::Csv] {
