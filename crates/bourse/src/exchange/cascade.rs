@@ -139,6 +139,8 @@ impl<'r> Cascade<'r> {
     /// failed a check (the request ended another way).
     pub(super) fn exhausted(&mut self) -> Option<Response> {
         let mut resp = self.failed.take()?;
+        // The last failure led nowhere: it was not an escalation.
+        self.escalations -= 1;
         self.mark(&mut resp, "failed");
         Some(resp)
     }
