@@ -59,7 +59,7 @@ fn config_toml() -> String {
     for k in 0..TASKS {
         match k % 2 {
             0 => writeln!(t, "[routes.task{k}]\nmin_quality = \"strong\"\nmin_score = 0.8").unwrap(),
-            _ => writeln!(t, "[routes.task{k}]\nmin_quality = \"95% of p3/m3\"").unwrap(),
+            _ => writeln!(t, "[routes.task{k}]\nmin_quality = \"95% of p1/m85\"").unwrap(),
         }
     }
     t
@@ -125,7 +125,14 @@ fn bench_plan(c: &mut Criterion) {
         assert!(!routed.plan.candidates.is_empty(), "route {} has candidates", route.name);
         if route.name.starts_with("task") {
             assert!(routed.plan.candidates.iter().all(|c| c.evidence.is_some()), "ranked on evidence");
-            assert!(!routed.plan.excluded.is_empty(), "the evidence floor excludes some");
+            assert!(
+                !routed.plan.excluded.is_empty(),
+                "the evidence floor of {} excludes some: {} candidates, min_score {:?}, first {:?}",
+                route.name,
+                routed.plan.candidates.len(),
+                route.min_score_ppm,
+                routed.plan.candidates.first()
+            );
         }
     }
 

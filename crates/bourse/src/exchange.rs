@@ -635,14 +635,18 @@ async fn attempt_chat(
         Err(e) => return Err(attempt.fail(e).await),
     };
     attempt.healthy();
-    pass.answers(&mut attempt);
-    attempt.read_facts(&bytes, client);
-    // The cascade's checks, before the settle writes the row they are recorded in.
+    // The cascade's checks, before the settle writes the row they are recorded in. An answer
+    // that fails one does not answer the request (yet): the lease and the request's last word
+    // stay with the request for the attempt that does (or for its end, if none passes).
     let checked = pass.cascade.as_deref_mut().map(|c| {
         let model = format!("{}/{}", target.provider.id, target.upstream_model);
         c.check(&state.router, &bytes, client, &model)
     });
     attempt.checks.clone_from(&checked);
+    if !pass.cascade.as_deref().is_some_and(Cascade::failed_now) {
+        pass.answers(&mut attempt);
+    }
+    attempt.read_facts(&bytes, client);
     let (usage, estimate) = match usage {
         Some(u) => (u, None),
         None => {
