@@ -71,6 +71,7 @@ macro_rules! entry_columns {
 const ENTRY_COLUMNS: usize = 24;
 
 mod aggregate;
+mod cascades;
 mod evidence;
 mod postgres;
 mod report;
@@ -80,6 +81,7 @@ mod sqlite;
 mod tenancy;
 mod writer;
 
+pub use cascades::{cascades, CascadeRow};
 pub use evidence::{EvidenceDelta, EvidenceRow};
 pub use postgres::PostgresLedger;
 pub use report::{GroupBy, ReportQuery, ReportRow};
@@ -133,6 +135,16 @@ impl Ledger {
         match self {
             Ledger::Sqlite(s) => s.count().await,
             Ledger::Postgres(p) => p.count().await,
+        }
+    }
+
+    /// Every attempt that ran answer checks in `[since_ms, until_ms)`, by request and attempt
+    /// (the cascade report: see [`cascades`]).
+    pub async fn checked(&self, since_ms: Option<i64>, until_ms: Option<i64>) -> Result<Vec<LedgerEntry>, LedgerError> {
+        let (since, until) = (since_ms.unwrap_or(i64::MIN), until_ms.unwrap_or(i64::MAX));
+        match self {
+            Ledger::Sqlite(s) => s.checked(since, until).await,
+            Ledger::Postgres(p) => p.checked(since, until).await,
         }
     }
 

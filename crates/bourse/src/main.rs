@@ -542,7 +542,7 @@ fn run_report(
         },
         key: None,
     };
-    let (rows, budgets) = runtime()?.block_on(async {
+    let (rows, budgets, checked) = runtime()?.block_on(async {
         let ledger = Ledger::open(&url).await.map_err(|e| format!("cannot open the ledger: {e}"))?;
         // A large ledger takes a moment to aggregate: show that it is working.
         let spinner = std::io::stderr().is_terminal().then(|| {
@@ -562,11 +562,18 @@ fn run_report(
             }
             _ => None,
         };
+        // By route: the routes' cascades, from their checked attempts.
+        let checked = match q.by {
+            GroupBy::Route => {
+                Some(ledger.checked(q.since_ms, q.until_ms).await.map_err(|e| format!("report failed: {e}"))?)
+            }
+            _ => None,
+        };
         if let Some(s) = spinner {
             s.abort();
             eprint!("\r\x1b[2K");
         }
-        Ok::<_, String>((rows?, budgets))
+        Ok::<_, String>((rows?, budgets, checked))
     })?;
     let format = match format {
         Fmt::Table => Format::Table,
@@ -574,7 +581,28 @@ fn run_report(
         Fmt::Csv => Format::Csv,
     };
     let table = cli::report::render(&rows, format);
+    // A cascade's counterfactual prices each request at its final model, from the catalog.
+    let cascades = match checked {
+        Some(checked) => {
+            let catalog = load(c)?.catalog;
+            let price = |model: &str, usage: &bourse::canonical::Usage| {
+                catalog.get(model).map(|m| bourse::meter::cost(usage, m).0)
+            };
+            bourse::ledger::cascades(&checked, price)
+        }
+        None => Vec::new(),
+    };
     match (format, budgets) {
+        (Format::Json, None) if !cascades.is_empty() => {
+            let mut report: serde_json::Value = serde_json::from_str(&table).map_err(|e| e.to_string())?;
+            let mut extra: serde_json::Value =
+                serde_json::from_str(&cli::report::cascades(&cascades, format)).map_err(|e| e.to_string())?;
+            report["cascades"] = extra["cascades"].take();
+            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        }
+        (Format::Table, None) if !cascades.is_empty() => {
+            print!("{table}{}", cli::report::cascades(&cascades, format))
+        }
         (Format::Json, Some(b)) => {
             let mut report: serde_json::Value = serde_json::from_str(&table).map_err(|e| e.to_string())?;
             let mut extra: serde_json::Value =

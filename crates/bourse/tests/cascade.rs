@@ -236,6 +236,33 @@ async fn check_outcomes_become_stored_evidence() {
             ("extract", "mid/sim-small", "check:json_schema", 1.0, 3),
         ]
     );
+    // The report by route shows the cascade: every request escalated once and passed at mid;
+    // the counterfactual prices each first attempt's usage at mid's prices.
+    let mut cmd = bin::command();
+    cmd.args(["report", "--by", "route", "--format", "json", "--config"]).arg(&config);
+    let (status, lines) = bin::Process::run(&mut cmd).await;
+    assert!(status.success(), "{lines:?}");
+    let report: Value = serde_json::from_str(&lines.join("\n")).unwrap();
+    let checked = ledger.checked(None, None).await.unwrap();
+    assert_eq!(checked.len(), 6);
+    let cost: i64 = checked.iter().map(|r| r.cost_nanos).sum();
+    let cfg = bourse::config::Config::from_toml(&std::fs::read_to_string(&config).unwrap(), &|_| None).unwrap();
+    let mid = cfg.catalog.get("mid/sim-small").unwrap();
+    let all_to_mid: i64 = checked.iter().filter(|r| r.attempt == 1).map(|r| bourse::meter::cost(&r.usage, mid).0).sum();
+    assert_eq!(
+        report["cascades"],
+        json!([{
+            "route": "extract", "requests": 3, "escalated": 3, "passed": 3, "attempts": 6,
+            "cost_usd": bourse::meter::Cost(cost).usd(),
+            "final_model": "mid/sim-small",
+            "final_model_cost_usd": bourse::meter::Cost(all_to_mid).usd(),
+        }])
+    );
+    let mut cmd = bin::command();
+    cmd.args(["report", "--by", "route", "--config"]).arg(&config);
+    let (_, lines) = bin::Process::run(&mut cmd).await;
+    let table = lines.join("\n");
+    assert!(table.contains("cascades (answers checked per route") && table.contains("mid/sim-small"), "{table}");
     drop(gw);
     let _ = std::fs::remove_dir_all(&dir);
 }

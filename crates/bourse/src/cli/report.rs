@@ -131,6 +131,67 @@ pub fn render(rows: &[ReportRow], format: Format) -> String {
     }
 }
 
+/// The cascades of `--by route` (routes with answer checks): requests, how many escalated and
+/// passed, attempts, what they cost, and the same requests sent straight to the model the
+/// escalations ended at. JSON: a `cascades` array (USD as exact strings).
+pub fn cascades(list: &[crate::ledger::CascadeRow], format: Format) -> String {
+    let usd = |n: Option<i64>| n.map_or("-".to_string(), |n| Cost(n).usd());
+    match format {
+        Format::Json => {
+            let data: Vec<_> = list
+                .iter()
+                .map(|c| {
+                    json!({
+                        "route": c.route, "requests": c.requests, "escalated": c.escalated, "passed": c.passed,
+                        "attempts": c.attempts, "cost_usd": Cost(c.cost_nanos).usd(),
+                        "final_model": c.final_model, "final_model_cost_usd": c.final_model_cost_nanos.map(|n| Cost(n).usd()),
+                    })
+                })
+                .collect();
+            serde_json::to_string_pretty(&json!({ "cascades": data })).unwrap_or_default()
+        }
+        _ => {
+            if list.is_empty() {
+                return String::new();
+            }
+            let mut out = String::from(
+                "\ncascades (answers checked per route; escalated = a check failed and a better model was asked)\n",
+            );
+            let head =
+                ["route", "requests", "escalated", "passed", "attempts", "cost $", "final model", "all to final $"];
+            let mut table: Vec<Vec<String>> = vec![head.iter().map(|h| h.to_string()).collect()];
+            for c in list {
+                table.push(vec![
+                    c.route.clone(),
+                    c.requests.to_string(),
+                    c.escalated.to_string(),
+                    c.passed.to_string(),
+                    c.attempts.to_string(),
+                    Cost(c.cost_nanos).usd(),
+                    c.final_model.clone().unwrap_or_else(|| "-".into()),
+                    usd(c.final_model_cost_nanos),
+                ]);
+            }
+            let widths: Vec<usize> =
+                (0..head.len()).map(|i| table.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+            for row in &table {
+                for (i, c) in row.iter().enumerate() {
+                    match i {
+                        0 | 6 => {
+                            let _ = write!(out, "{}{c:<w$}", if i == 0 { "" } else { "  " }, w = widths[i]);
+                        }
+                        _ => {
+                            let _ = write!(out, "  {c:>w$}", w = widths[i]);
+                        }
+                    }
+                }
+                out.push('\n');
+            }
+            out
+        }
+    }
+}
+
 /// The budgets of `--by tenant|key`: use in each window and the runway at the last seven
 /// days' rate. JSON: a `budgets` array (USD as exact strings, times as RFC 3339).
 pub fn budgets(list: &[crate::admin::BudgetUse], format: Format) -> String {

@@ -64,6 +64,13 @@ macro_rules! has_next {
 const SELECT_AFTER_ID: &str =
     concat!("SELECT ", entry_columns!(), ", id, ", has_next!(), " FROM ledger AS l WHERE id > $1 ORDER BY id LIMIT $2");
 
+/// The checked rows of a window, through the partial index `ledger_checked_ts`.
+const SELECT_CHECKED: &str = concat!(
+    "SELECT ",
+    entry_columns!(),
+    " FROM ledger WHERE checks IS NOT NULL AND ts_ms >= $1 AND ts_ms < $2 ORDER BY request_id, attempt, id"
+);
+
 /// Which of the keys (request id, attempt) are stored.
 const SELECT_EXISTS: &str = "SELECT DISTINCT request_id, attempt FROM ledger \
      WHERE (request_id, attempt) IN (SELECT * FROM UNNEST($1::text[], $2::bigint[]))";
@@ -228,6 +235,11 @@ impl PostgresLedger {
     pub(super) async fn count(&self) -> Result<i64, LedgerError> {
         let conn = self.conn().await?;
         Ok(conn.client.query_one("SELECT COUNT(*) FROM ledger", &[]).await?.try_get(0)?)
+    }
+
+    pub(super) async fn checked(&self, since_ms: i64, until_ms: i64) -> Result<Vec<LedgerEntry>, LedgerError> {
+        let rows = self.client().await?.query(SELECT_CHECKED, &[&since_ms, &until_ms]).await?;
+        rows.iter().map(entry).collect()
     }
 
     pub(super) async fn rows(&self, request_id: &str) -> Result<Vec<LedgerEntry>, LedgerError> {

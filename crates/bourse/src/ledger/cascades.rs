@@ -1,0 +1,173 @@
+//! The cascade report: per route, how often a checked answer escalated, and what the cascade
+//! cost against sending every request straight to the model the escalations ended at.
+//!
+//! It reads the checked attempts of a window ([`Ledger::checked`](super::Ledger::checked):
+//! rows with a `checks` column, through a partial index). A request is one request id; it
+//! **escalated** when one of its attempts failed a check and a later attempt followed; it
+//! **passed** when its last checked attempt passed every check. The **final model** of a
+//! route is the one that most often served the last attempt of its escalated requests (of
+//! all its requests, when none escalated). The counterfactual prices each request's first
+//! attempt's usage (its prompt and answer sizes) at the final model's prices: the caller
+//! passes the pricing, so this module needs no catalog.
+
+use super::aggregate::route_of;
+use super::LedgerEntry;
+use crate::canonical::Usage;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// One route's cascades in a window.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CascadeRow {
+    pub route: String,
+    /// Requests with at least one checked attempt.
+    pub requests: u64,
+    pub escalated: u64,
+    /// Requests whose last checked attempt passed every check.
+    pub passed: u64,
+    /// Checked attempts (every one metered).
+    pub attempts: u64,
+    /// What the checked attempts cost, nano-USD.
+    pub cost_nanos: i64,
+    /// `provider/model` the escalations ended at.
+    pub final_model: Option<String>,
+    /// The same requests sent straight to the final model, nano-USD (None: it has no price).
+    pub final_model_cost_nanos: Option<i64>,
+}
+
+/// Summarizes `rows` (checked attempts, ordered by request and attempt) per route; `price`
+/// prices a usage at a `provider/model` (None when the catalog has no price for it).
+pub fn cascades(rows: &[LedgerEntry], price: impl Fn(&str, &Usage) -> Option<i64>) -> Vec<CascadeRow> {
+    struct Request<'a> {
+        route: &'a str,
+        first: &'a LedgerEntry,
+        last: &'a LedgerEntry,
+        attempts: u64,
+        cost: i64,
+        escalated: bool,
+    }
+    let mut requests: Vec<Request<'_>> = Vec::new();
+    for r in rows {
+        match requests.last_mut().filter(|q| q.first.request_id == r.request_id) {
+            Some(q) => {
+                q.escalated |= failed(q.last);
+                q.last = r;
+                q.attempts += 1;
+                q.cost = q.cost.saturating_add(r.cost_nanos);
+            }
+            None => requests.push(Request {
+                route: route_of(r.route_reason.as_deref()),
+                first: r,
+                last: r,
+                attempts: 1,
+                cost: r.cost_nanos,
+                escalated: false,
+            }),
+        }
+    }
+    let mut by_route: BTreeMap<&str, Vec<&Request<'_>>> = BTreeMap::new();
+    for q in &requests {
+        by_route.entry(q.route).or_default().push(q);
+    }
+    by_route
+        .into_iter()
+        .map(|(route, qs)| {
+            let model = |r: &LedgerEntry| format!("{}/{}", r.provider, r.model);
+            // The final model: most frequent last model of the escalated requests (of all, if
+            // none escalated); ties go to the name that sorts first.
+            let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+            let escalated: Vec<&&Request<'_>> = qs.iter().filter(|q| q.escalated).collect();
+            let pool: Vec<&&Request<'_>> = if escalated.is_empty() { qs.iter().collect() } else { escalated };
+            for q in &pool {
+                *counts.entry(model(q.last)).or_default() += 1;
+            }
+            let final_model = counts.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))).map(|(m, _)| m.clone());
+            let final_model_cost_nanos = final_model.as_deref().and_then(|m| {
+                qs.iter().try_fold(0i64, |sum, q| price(m, &q.first.usage).map(|c| sum.saturating_add(c)))
+            });
+            CascadeRow {
+                route: route.to_string(),
+                requests: qs.len() as u64,
+                escalated: qs.iter().filter(|q| q.escalated).count() as u64,
+                passed: qs.iter().filter(|q| !failed(q.last)).count() as u64,
+                attempts: qs.iter().map(|q| q.attempts).sum(),
+                cost_nanos: qs.iter().fold(0i64, |s, q| s.saturating_add(q.cost)),
+                final_model,
+                final_model_cost_nanos,
+            }
+        })
+        .collect()
+}
+
+/// Whether an attempt failed one of its checks.
+fn failed(r: &LedgerEntry) -> bool {
+    r.checks.as_deref().is_some_and(|c| c.split(',').any(|o| o.ends_with(":fail")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(request: &str, attempt: u32, model: &str, checks: &str, cost: i64, input: u64) -> LedgerEntry {
+        let (provider, model) = model.split_once('/').unwrap();
+        LedgerEntry {
+            request_id: request.into(),
+            attempt,
+            ts_ms: 0,
+            key_id: None,
+            tenant_id: None,
+            provider: provider.into(),
+            model: model.into(),
+            route_reason: Some(format!("route=extract chose {provider}/{model} (expected $0.1); 3 feasible")),
+            usage: Usage { input_uncached: input, output: 10, ..Usage::default() },
+            cost_nanos: cost,
+            reference_cost_nanos: 0,
+            catalog_version: "t".into(),
+            ttfb_ms: None,
+            latency_ms: 1,
+            status: 200,
+            error_kind: None,
+            estimate: None,
+            stream: false,
+            checks: Some(checks.into()),
+        }
+    }
+
+    #[test]
+    fn escalations_and_the_final_models_counterfactual() {
+        let rows = [
+            // Escalated once, passed at mid.
+            row("a", 1, "cheap/m", "complete:pass,json_schema:fail", 10, 100),
+            row("a", 2, "mid/m", "complete:pass,json_schema:pass", 100, 100),
+            // Passed at once.
+            row("b", 1, "cheap/m", "complete:pass,json_schema:pass", 20, 200),
+            // Escalated twice, nothing passed.
+            row("c", 1, "cheap/m", "complete:fail", 5, 50),
+            row("c", 2, "mid/m", "complete:fail", 50, 50),
+            row("c", 3, "top/m", "complete:fail", 500, 50),
+        ];
+        // The final model (mid: the last model of 1 of 2 escalated requests, tied with top,
+        // and "mid/m" sorts first) at 1 nano per input token.
+        let price = |m: &str, u: &Usage| (m == "mid/m").then_some(u.input_uncached as i64);
+        let got = cascades(&rows, price);
+        assert_eq!(
+            got,
+            [CascadeRow {
+                route: "extract".into(),
+                requests: 3,
+                escalated: 2,
+                passed: 2,
+                attempts: 6,
+                cost_nanos: 685,
+                final_model: Some("mid/m".into()),
+                final_model_cost_nanos: Some(350),
+            }]
+        );
+        // A final model without a price: no counterfactual rather than a wrong one.
+        assert_eq!(cascades(&rows, |_, _| None)[0].final_model_cost_nanos, None);
+        // Nothing escalated: the model that served them.
+        let calm = [row("x", 1, "cheap/m", "complete:pass", 1, 1)];
+        assert_eq!(cascades(&calm, |_, _| Some(0))[0].final_model.as_deref(), Some("cheap/m"));
+        assert!(cascades(&[], |_, _| Some(0)).is_empty());
+    }
+}
