@@ -3,56 +3,15 @@
 //! reading it, through the real binary.
 
 mod common;
+#[macro_use]
+#[path = "common/stores.rs"]
+mod stores;
 
 use bourse::ledger::{EvidenceDelta, EvidenceRow, Ledger, LedgerError};
 use common::*;
 use serde_json::Value;
 use std::path::PathBuf;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir =
-            std::env::temp_dir().join(format!("bourse-evidence-{}-{tag}-{}", std::process::id(), fastrand::u64(..)));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn url(&self) -> String {
-        format!("sqlite:{}", self.0.join("ledger.db").display())
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-macro_rules! both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let dir = super::TempDir::new(stringify!($name));
-                    super::$name(&dir.url()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = super::pg::Database::create(stringify!($name)).await;
-                    super::$name(&db.url).await;
-                    db.drop().await;
-                }
-            )*
-        }
-    };
-}
+use stores::TempDir;
 
 both_stores!(rows_are_replaced_and_live_outcomes_add_up_across_replicas, a_bad_row_stores_nothing);
 
@@ -95,9 +54,6 @@ async fn a_bad_row_stores_nothing(url: &str) {
     assert!(matches!(&e, Err(LedgerError::Invalid(m)) if m.contains("score 1.5 is outside [0, 1]")), "{e:?}");
     assert!(ledger.evidence().await.unwrap().is_empty());
 }
-
-#[path = "common/pg.rs"]
-mod pg;
 
 /// Three sim providers: cheap (unrated), mid (strong), premium (frontier), and a route `tax`
 /// that floors evidence at 0.9.

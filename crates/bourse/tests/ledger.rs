@@ -2,41 +2,16 @@
 //! `sqlite::<name>` (a temp file) and `postgres::<name>` (a fresh database; see
 //! `common/pg.rs` for where the server comes from).
 
-#[path = "common/pg.rs"]
-mod pg;
+#[macro_use]
+#[path = "common/stores.rs"]
+mod stores;
 
 use bourse::canonical::Usage;
 use bourse::ledger::{
     Estimate, FullPolicy, GroupBy, Ledger, LedgerEntry, ReportQuery, ReportRow, Writer, WriterConfig, WriterStats,
 };
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-/// Generates `sqlite::$name` and `postgres::$name` for each shared test `$name(url)`.
-macro_rules! both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let dir = super::TempDir::new(stringify!($name));
-                    super::$name(&dir.url()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = super::pg::Database::create(stringify!($name)).await;
-                    super::$name(&db.url).await;
-                    db.drop().await;
-                }
-            )*
-        }
-    };
-}
 
 both_stores!(
     roundtrip_every_field,
@@ -55,29 +30,6 @@ both_stores!(
     failing_store_counts_failed_batches,
     sigkill_loses_at_most_what_the_writer_holds,
 );
-
-/// A temp dir removed on drop (also after a failed test: nothing there is worth keeping).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let dir = std::env::temp_dir().join(format!("bourse-ledger-{}-{tag}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    /// A nested path, so opening also proves the parent dir gets created.
-    fn url(&self) -> String {
-        format!("sqlite:{}", self.0.join("data/ledger.db").display())
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn row(request_id: &str, attempt: u32, ts_ms: i64) -> LedgerEntry {
     LedgerEntry {

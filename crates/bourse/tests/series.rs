@@ -3,8 +3,9 @@
 //! route reasons as the router writes them, latencies across every histogram bucket) and
 //! windows that do and do not line up with the buckets.
 
-#[path = "common/pg.rs"]
-mod pg;
+#[macro_use]
+#[path = "common/stores.rs"]
+mod stores;
 
 use bourse::canonical::Usage;
 use bourse::ledger::{
@@ -12,54 +13,8 @@ use bourse::ledger::{
     LATENCY_BOUNDS_MS,
 };
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
-
-macro_rules! both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let dir = super::TempDir::new(stringify!($name));
-                    super::$name(&dir.url()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = super::pg::Database::create(stringify!($name)).await;
-                    super::$name(&db.url).await;
-                    db.drop().await;
-                }
-            )*
-        }
-    };
-}
 
 both_stores!(series_equal_the_rows, routing_summaries_equal_the_rows, empty_windows_are_empty);
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir =
-            std::env::temp_dir().join(format!("bourse-series-{}-{tag}-{}", std::process::id(), fastrand::u64(..)));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn url(&self) -> String {
-        format!("sqlite:{}", self.0.join("ledger.db").display())
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// 2026-03-01T00:00:00Z, a whole day.
 const T0: i64 = 1_772_323_200_000;

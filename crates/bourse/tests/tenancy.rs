@@ -2,61 +2,16 @@
 //! `sqlite::<name>` (a temp file) and `postgres::<name>` (a fresh database; see
 //! `common/pg.rs`).
 
-#[path = "common/pg.rs"]
-mod pg;
+#[macro_use]
+#[path = "common/stores.rs"]
+mod stores;
 
 use bourse::ledger::{Ledger, LedgerError};
 use bourse::limit::Limits;
 use bourse::tenancy::{self, AuditEntry, Downgrade, Key, Tenant};
 use serde_json::json;
-use std::path::PathBuf;
-
-macro_rules! both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let dir = super::TempDir::new(stringify!($name));
-                    super::$name(&dir.url()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = super::pg::Database::create(stringify!($name)).await;
-                    super::$name(&db.url).await;
-                    db.drop().await;
-                }
-            )*
-        }
-    };
-}
 
 both_stores!(tenants_round_trip, keys_round_trip, duplicates_conflict, deleting_a_tenant_waits_for_its_keys);
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let dir = std::env::temp_dir().join(format!("bourse-tenancy-{}-{tag}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn url(&self) -> String {
-        format!("sqlite:{}", self.0.join("ledger.db").display())
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn audit(action: &str, target: &str) -> AuditEntry {
     AuditEntry { ts_ms: 1_000, actor: "test".into(), action: action.into(), target: target.into(), detail: json!({}) }
