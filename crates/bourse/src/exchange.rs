@@ -292,8 +292,11 @@ pub async fn chat(
                     cascade: c,
                     watch: &mut watch,
                     shadowed: shadow.is_some(),
+                    anthropic_beta: beta,
                 };
-                match scouts::ask(r, std::mem::take(&mut scouts), k).await {
+                // Boxed: only agree routes ask scouts, and every request's future would
+                // otherwise hold room for the round's state.
+                match Box::pin(scouts::ask(r, std::mem::take(&mut scouts), k)).await {
                     Round::Done(resp) => break 'answer resp,
                     Round::Escalate(err) => {
                         if err.is_some() {
@@ -369,8 +372,9 @@ pub async fn chat(
                 cascade: c,
                 watch: &mut watch,
                 shadowed: shadow.is_some(),
+                anthropic_beta: beta,
             };
-            match scouts::ask(r, std::mem::take(&mut scouts), k).await {
+            match Box::pin(scouts::ask(r, std::mem::take(&mut scouts), k)).await {
                 Round::Done(resp) => break 'answer resp,
                 Round::Escalate(err) => {
                     if err.is_some() {
@@ -746,7 +750,9 @@ async fn attempt_chat(
             if let (Some(a), Some(judge)) = (&answer, c.judge(&outcomes)) {
                 let route = pass.watch.route;
                 let gate = pass.gate.as_deref_mut();
-                if let Some(o) = side::judge(state, caller, judge, c.question(), a, &model, gate, route).await {
+                // Boxed, like the scouts' round: few requests are judged.
+                let judged = Box::pin(side::judge(state, caller, judge, c.question(), a, &model, gate, route));
+                if let Some(o) = judged.await {
                     outcomes.push(o);
                 }
             }
@@ -780,9 +786,9 @@ async fn attempt_chat(
     if let Some(checked) = &checked {
         cascade::checks_header(&mut out, checked);
     }
-    if pass.shadowed {
+    if let Some(body) = kept {
         let model = format!("{}/{}", target.provider.id, target.upstream_model);
-        out.extensions_mut().insert(Served { model, body: kept.unwrap_or_default() });
+        out.extensions_mut().insert(Served { model, body });
     }
     Ok(out)
 }

@@ -400,6 +400,38 @@ async fn scouts_that_disagree_escalate_past_the_best_of_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anthropic_client_is_scouted_in_its_own_dialect() {
+    let sims = vec![
+        seeded_sim(0.0, WrongStyle::Answer, 1).await,
+        seeded_sim(0.0, WrongStyle::Answer, 2).await,
+        sim(1.0, WrongStyle::Answer).await,
+        sim(1.0, WrongStyle::Answer).await,
+    ];
+    let f = fixture_with(sims, AGREE, &[]).await;
+    let body = json!({
+        "model": "extract",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "What is the total? [task:extract item:25 answer:42]"}]
+    });
+    let resp = client()
+        .post(format!("{}/v1/messages", f.url))
+        .header("content-type", "application/json")
+        .header("anthropic-version", "2023-06-01")
+        .header("x-request-id", "anthropic")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-bourse-provider"), "mid");
+    assert_eq!(header(&resp, "x-bourse-cascade"), "passed; escalations=1");
+    let body: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["content"][0]["text"], "Final answer: 42");
+    let rows = rows(&f, "anthropic", 3).await;
+    assert_eq!(rows[0].checks.as_deref(), Some("complete:pass,agree:fail"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quorum_of_two_in_three_serves_the_cheapest_that_agreed() {
     // cheap is wrong; low and mid agree; max_attempts 3, so there is no escalation left.
     let sims = vec![

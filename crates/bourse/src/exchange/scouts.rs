@@ -18,7 +18,7 @@ use super::answer::{json_response, money_headers, provenance, read_upstream_body
 use super::attempt::{Attempt, Chosen};
 use super::cascade::{self, Cascade};
 use super::limits::{Gate, Held};
-use super::{answer, answer_headers, fails_over, side, upstream_body, Served};
+use super::{answer, answer_headers, fails_over, side, upstream_body, Served, ANTHROPIC_BETA};
 use crate::canonical::{ChatRequest, RequestBody, Usage};
 use crate::check::{Answer, Outcome};
 use crate::error::Error;
@@ -28,7 +28,7 @@ use crate::route::{Routed, Target};
 use crate::state::{Caller, SharedState};
 use crate::telemetry::Watch;
 use axum::body::Bytes;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use std::time::Duration;
 
@@ -76,17 +76,22 @@ pub(super) struct Request<'a, 'r> {
     pub(super) watch: &'a mut Watch,
     /// Keep the served answer for a shadow ([`Served`]).
     pub(super) shadowed: bool,
+    /// The client's `anthropic-beta`, relayed to a same-dialect upstream as by any attempt.
+    pub(super) anthropic_beta: Option<&'a HeaderValue>,
 }
 
 /// Asks `scouts` in parallel and decides on their answers. `wanted` is how many scouts the
 /// route asks for: when fewer were feasible, the missing ones count as giving no answer.
 pub(super) async fn ask(r: Request<'_, '_>, mut scouts: Vec<Scout>, wanted: usize) -> Round {
-    let Request { state, caller, req, plan, mut gate, cascade, watch, shadowed } = r;
+    let Request { state, caller, req, plan, mut gate, cascade, watch, shadowed, anthropic_beta } = r;
     let client = req.dialect;
-    let mut bodies = Vec::with_capacity(scouts.len());
+    let (mut bodies, mut json_tools) = (Vec::with_capacity(scouts.len()), Vec::with_capacity(scouts.len()));
     for s in &scouts {
         match upstream_body(req, &s.target) {
-            Ok((body, json_tool)) => bodies.push((body, json_tool)),
+            Ok((body, json_tool)) => {
+                bodies.push(body);
+                json_tools.push(json_tool);
+            }
             // The client's request cannot be translated: the same for every model.
             Err(e) => return Round::Done(e.render(client)),
         }
@@ -108,11 +113,13 @@ pub(super) async fn ask(r: Request<'_, '_>, mut scouts: Vec<Scout>, wanted: usiz
             a
         })
         .collect();
-    let calls = scouts.iter().zip(&bodies).zip(&attempts).map(|((s, (body, _)), a)| {
+    let calls = scouts.iter().zip(bodies).zip(&attempts).map(|((s, body), a)| {
         let (started, target) = (a.started, &s.target);
+        let extra =
+            anthropic_beta.filter(|_| client == target.provider.dialect).map(|b| (ANTHROPIC_BETA.clone(), b.clone()));
         async move {
             let endpoint = Endpoint::Chat { model: &target.upstream_model, stream: false };
-            match target.provider.post_json(endpoint, body.clone()).await {
+            match target.provider.post_json_with(endpoint, body, extra).await {
                 Err(e) => (None, started.elapsed(), Err(e)),
                 Ok(resp) => {
                     let ttfb = started.elapsed();
@@ -130,8 +137,8 @@ pub(super) async fn ask(r: Request<'_, '_>, mut scouts: Vec<Scout>, wanted: usiz
     let mut answered: Vec<Option<Answered>> = Vec::with_capacity(scouts.len());
     let mut last_err: Option<(Error, Target)> = None;
     let mut final_err: Option<(Error, Target)> = None;
-    for ((mut attempt, (ttfb, took, read)), (s, (_, json_tool))) in
-        attempts.drain(..).zip(results).zip(scouts.iter().zip(&bodies))
+    for ((mut attempt, (ttfb, took, read)), (s, json_tool)) in
+        attempts.drain(..).zip(results).zip(scouts.iter().zip(&json_tools))
     {
         attempt.ttfb = ttfb;
         attempt.waited_for(took);
