@@ -624,6 +624,31 @@ async fn a_shadowed_request_is_answered_again_and_agreement_is_evidence() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_that_disagrees_is_evidence_against_the_served_model() {
+    let sims = vec![
+        sim(1.0, WrongStyle::Answer).await,
+        sim(1.0, WrongStyle::Answer).await,
+        sim(1.0, WrongStyle::Answer).await,
+        sim(1.0, WrongStyle::Answer).await,
+    ];
+    let reference = sim(0.0, WrongStyle::Answer).await;
+    let route = "shadow = { model = \"ref/sim-small\", share = 1.0 }";
+    let f = fixture_with(sims, route, &[("ref", "sim-small", &reference)]).await;
+    for i in 0..2 {
+        assert_eq!(send(&f, &question(42 + i), &format!("against-{i}")).await.status(), 200);
+    }
+    assert!(
+        common::eventually(|| {
+            f.state.router.evidence.rebuild();
+            let table = f.state.router.evidence.snapshot();
+            let q = table.route("extract").and_then(|r| r.model("cheap/sim-small"));
+            q.is_some_and(|q| q.n == 2 && q.mean_ppm == 0)
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_share_of_zero_shadows_nothing() {
     let sims = vec![
         sim(1.0, WrongStyle::Answer).await,

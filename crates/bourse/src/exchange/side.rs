@@ -199,3 +199,22 @@ async fn run(state: &SharedState, caller: Caller, route: RouteId, shadow: Shadow
     state.router.evidence.record(&route_name, &served_model, "shadow", agreement.reached());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_share_samples_about_that_share_and_the_ends_are_exact() {
+        let ids: Vec<String> = (0..20_000).map(|i| format!("req-{i}")).collect();
+        let count = |purpose: &str, ppm: u32| ids.iter().filter(|id| sampled(id, purpose, ppm)).count();
+        assert_eq!(count("shadow", 0), 0);
+        assert_eq!(count("shadow", 1_000_000), ids.len());
+        let five = count("shadow", 50_000);
+        assert!((800..1200).contains(&five), "5% of 20,000 drew {five}");
+        // The same id is drawn the same way every time; the judge's draw is another one.
+        let both = ids.iter().filter(|id| sampled(id, "shadow", 500_000) && sampled(id, "judge", 500_000)).count();
+        assert!((4_500..5_500).contains(&both), "independent halves overlap on {both}");
+        assert!(ids.iter().all(|id| sampled(id, "judge", 300_000) == sampled(id, "judge", 300_000)));
+    }
+}
