@@ -714,3 +714,94 @@ fn agree_judge_and_shadow_config_is_checked_at_start_up() {
               judge = { model = \"p/m\", rubric = \"x\", share = 0.5 }\nshadow = { model = \"p/m\", share = 0.05, check = \"agree\" }";
     bourse::config::Config::from_toml(&format!("{provider}[routes.r]\n{ok}\n"), &|_| None).unwrap();
 }
+
+// ------------------------------------------------------------------ budgets
+
+/// A virtual key on a route that scouts, judges and shadows: each scout and the judge hold and
+/// settle on the key's budget, the answering scout gives the concurrency lease back (a key
+/// allowing one request at a time makes the next one), and the shadow is not the key's spend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scouts_and_judge_settle_on_the_keys_budget_and_the_shadow_does_not() {
+    use bourse::limit::ScopeKind;
+    let sims = [
+        sim(1.0, WrongStyle::Answer).await,
+        sim(1.0, WrongStyle::Answer).await,
+        sim(1.0, WrongStyle::Answer).await,
+        sim(1.0, WrongStyle::Answer).await,
+    ];
+    let (judge, reference) = (judge_sim(None).await, sim(1.0, WrongStyle::Answer).await);
+    let db = std::env::temp_dir().join(format!("bourse-cascade-key-{}-{}.db", std::process::id(), fastrand::u64(..)));
+    let url = format!("sqlite:{}", db.display());
+    let named: Vec<(&str, &Sim)> = ["cheap", "low", "mid", "premium"].into_iter().zip(sims.iter()).collect();
+    let route = format!(
+        "{AGREE}\n{}\nshadow = {{ model = \"ref/sim-small\", share = 1.0 }}",
+        &JUDGED[JUDGED.find('\n').unwrap() + 1..]
+    )
+    .replace("cascade = [\"complete\", \"agree\"]", "cascade = [\"complete\", \"agree\", \"judge\"]");
+    let side: [(&str, &str, &Sim); 2] = [("judge", "sim-judge", &judge), ("ref", "sim-small", &reference)];
+    let toml = format!(
+        "[server]\napi_keys = [\"env:GATEWAY_KEY\"]\nadmin_keys = [\"env:GATEWAY_KEY_2\"]\n{}",
+        config(&named, &url, &route, &side)
+    );
+    let cfg = bourse::config::Config::from_toml(&toml, &test_env).unwrap();
+    let (state, _writer) = bourse::server::prepare(&cfg).await.unwrap();
+    let state = Arc::new(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let serving = state.clone();
+    let _gw = Gateway {
+        task: tokio::spawn(async move { bourse::server::serve(listener, serving, std::future::pending()).await }),
+    };
+    let admin = |path: &str, body: Value| {
+        client()
+            .post(format!("{base}{path}"))
+            .bearer_auth("gw-other")
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    assert_eq!(
+        admin("/admin/v1/tenants", json!({"name": "acme", "budget_day_usd": "10"})).await.unwrap().status(),
+        201
+    );
+    let key = admin("/admin/v1/keys", json!({"tenant": "acme", "concurrency": 1})).await.unwrap();
+    let key: Value = serde_json::from_slice(&key.bytes().await.unwrap()).unwrap();
+    let (id, secret) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
+    for rid in ["k1", "k2"] {
+        let resp = client()
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(secret)
+            .header("content-type", "application/json")
+            .header("x-request-id", rid)
+            .body(question(60).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{rid}: the answering scout gave the lease back");
+        assert_eq!(header(&resp, "x-bourse-checks"), "complete:pass,agree:pass,judge:pass");
+    }
+    let ledger = state.reports.as_ref().unwrap();
+    let mut rows = Vec::new();
+    for _ in 0..200 {
+        rows = [ledger.rows("k1").await.unwrap(), ledger.rows("k2").await.unwrap()].concat();
+        if rows.len() == 8 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Per request: a shadow (no key), a judge and two scouts (the key's).
+    let keyed: Vec<(u32, &str, Option<&str>)> =
+        rows.iter().map(|r| (r.attempt, r.provider.as_str(), r.key_id.as_deref())).collect();
+    let request = [(0, "ref", None), (0, "judge", Some(id)), (1, "cheap", Some(id)), (2, "low", Some(id))];
+    let mut want = request.to_vec();
+    want.extend(request);
+    let mut sorted = keyed.clone();
+    for part in sorted.chunks_mut(4) {
+        part.sort_by_key(|(a, p, _)| (*a, *p != "ref"));
+    }
+    assert_eq!(sorted, want);
+    let spent: i64 = rows.iter().filter(|r| r.key_id.is_some()).map(|r| r.cost_nanos).sum();
+    let usage = state.counters.usage(ScopeKind::Tenant, "acme", "acme", bourse::timespec::now_ms()).await.unwrap();
+    assert_eq!((usage.day, usage.reserved, usage.in_flight), (spent, 0, 0));
+    let _ = std::fs::remove_file(&db);
+}
