@@ -11,10 +11,13 @@ pub mod routing;
 pub mod secret;
 
 use crate::catalog::Catalog;
+use crate::check::CheckKind;
 use crate::meter::Cost;
 use crate::preset::{self, Preset};
 use raw::{RawConfig, RawProvider};
-pub use routing::{parse_quality, HealthConfig, Policy, RouteConfig, RouterConfig, Routing};
+pub use routing::{
+    parse_quality, AgreeConfig, HealthConfig, JudgeConfig, Policy, RouteConfig, RouterConfig, Routing, ShadowConfig,
+};
 pub use secret::Secret;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -513,6 +516,10 @@ fn routing_from_raw(raw: &RawConfig, provider_ids: &[&str], catalog: &Catalog) -
             },
         );
     }
+    let max_attempts = raw.router.max_attempts.unwrap_or(3);
+    if max_attempts == 0 {
+        return Err(err("router.max_attempts", "must be at least 1"));
+    }
     let mut routes = BTreeMap::new();
     routes.insert(
         "auto".to_string(),
@@ -522,6 +529,9 @@ fn routing_from_raw(raw: &RawConfig, provider_ids: &[&str], catalog: &Catalog) -
             relative: None,
             min_score_ppm: None,
             cascade: Vec::new(),
+            agree: AgreeConfig::default(),
+            judge: None,
+            shadow: None,
             policy: "default".into(),
             expected_output: DEFAULT_EXPECTED_OUTPUT,
             max_cost: None,
@@ -551,17 +561,24 @@ fn routing_from_raw(raw: &RawConfig, provider_ids: &[&str], catalog: &Catalog) -
         };
         let mut cascade = Vec::new();
         for name in r.cascade.iter().flatten() {
-            let kind = crate::check::CheckKind::parse(name).map_err(|m| err(at("cascade"), m))?;
-            if matches!(kind, crate::check::CheckKind::Agree | crate::check::CheckKind::Judge) {
-                return Err(err(
-                    at("cascade"),
-                    format!("'{name}' cannot be cascaded on yet: use complete, json_schema or tool_call"),
-                ));
-            }
+            let kind = CheckKind::parse(name).map_err(|m| err(at("cascade"), m))?;
             if cascade.contains(&kind) {
                 return Err(err(at("cascade"), format!("'{name}' is listed twice")));
             }
             cascade.push(kind);
+        }
+        let agree = agree_from_raw(r.agree.as_ref(), max_attempts, &at)?;
+        let judge = match (&r.judge, cascade.contains(&CheckKind::Judge)) {
+            (Some(j), true) => Some(judge_from_raw(j, provider_ids, catalog, &at)?),
+            (Some(_), false) => return Err(err(at("judge"), "set, but the cascade does not list \"judge\"")),
+            (None, true) => {
+                return Err(err(at("cascade"), "lists \"judge\" but the route sets no judge = { model, rubric }"))
+            }
+            (None, false) => None,
+        };
+        let shadow = r.shadow.as_ref().map(|s| shadow_from_raw(s, provider_ids, catalog, &at)).transpose()?;
+        if r.agree.is_some() && !cascade.contains(&CheckKind::Agree) && shadow.is_none() {
+            return Err(err(at("agree"), "set, but neither the cascade (\"agree\") nor a shadow uses it"));
         }
         let min_score_ppm = match r.min_score {
             Some(v) if (0.0..=1.0).contains(&v) => Some((v * 1e6).round() as u32),
@@ -585,6 +602,9 @@ fn routing_from_raw(raw: &RawConfig, provider_ids: &[&str], catalog: &Catalog) -
                 relative,
                 min_score_ppm,
                 cascade,
+                agree,
+                judge,
+                shadow,
                 policy,
                 expected_output: r.expected_output.unwrap_or(DEFAULT_EXPECTED_OUTPUT),
                 max_cost,
@@ -601,11 +621,84 @@ fn routing_from_raw(raw: &RawConfig, provider_ids: &[&str], catalog: &Catalog) -
     if let Some(c) = &raw.router.cooldown {
         health.cooldown = parse_duration(c).map_err(|m| err("router.cooldown", m))?;
     }
-    let max_attempts = raw.router.max_attempts.unwrap_or(3);
-    if max_attempts == 0 {
-        return Err(err("router.max_attempts", "must be at least 1"));
-    }
     Ok(Routing { routes, policies, router: RouterConfig { max_attempts, health } })
+}
+
+/// A route's `agree` (defaults when not written): at least two scouts, no more than a
+/// request may attempt, and a quorum between two and the scouts.
+fn agree_from_raw(
+    raw: Option<&raw::RawAgree>,
+    max_attempts: u32,
+    at: &dyn Fn(&str) -> String,
+) -> Result<AgreeConfig, ConfigError> {
+    let d = AgreeConfig::default();
+    let Some(raw) = raw else { return Ok(d) };
+    let models = raw.models.unwrap_or(d.models);
+    if models < 2 || models > max_attempts as usize {
+        return Err(err(
+            at("agree.models"),
+            format!("must be between 2 and router.max_attempts ({max_attempts}): every scout is an attempt"),
+        ));
+    }
+    let matches = raw.matches.clone().unwrap_or(d.matches);
+    let spec = crate::check::AgreeSpec::parse(&matches).map_err(|m| err(at("agree.match"), m))?;
+    let quorum = match raw.quorum {
+        None => crate::check::Quorum::All,
+        Some(q) if (2..=models).contains(&q) => crate::check::Quorum::AtLeast(q),
+        Some(_) => return Err(err(at("agree.quorum"), format!("must be between 2 and agree.models ({models})"))),
+    };
+    Ok(AgreeConfig { models, matches, spec, quorum })
+}
+
+/// A share in [0, 1] as parts per million.
+fn share_ppm(v: f64, path: String) -> Result<u32, ConfigError> {
+    if !(0.0..=1.0).contains(&v) {
+        return Err(err(path, "must be a share in [0, 1], like 0.05"));
+    }
+    Ok((v * 1e6).round() as u32)
+}
+
+/// A model a check calls by name: `provider/model` on a configured provider, priced in the
+/// catalog (its calls are metered like any attempt).
+fn side_model(model: &str, provider_ids: &[&str], catalog: &Catalog, path: String) -> Result<(), ConfigError> {
+    let Some((provider, _)) = model.split_once('/') else {
+        return Err(err(path, format!("\"{model}\" must be a model as provider/model")));
+    };
+    if !provider_ids.contains(&provider) {
+        return Err(err(path, format!("\"{provider}\" is not a configured provider")));
+    }
+    if catalog.get(model).is_none() {
+        return Err(err(path, format!("\"{model}\" is not in the catalog; add its prices under [models]")));
+    }
+    Ok(())
+}
+
+fn judge_from_raw(
+    raw: &raw::RawJudge,
+    provider_ids: &[&str],
+    catalog: &Catalog,
+    at: &dyn Fn(&str) -> String,
+) -> Result<JudgeConfig, ConfigError> {
+    side_model(&raw.model, provider_ids, catalog, at("judge.model"))?;
+    if raw.rubric.trim().is_empty() {
+        return Err(err(at("judge.rubric"), "must say what a passing answer does"));
+    }
+    let share_ppm = share_ppm(raw.share.unwrap_or(1.0), at("judge.share"))?;
+    Ok(JudgeConfig { model: raw.model.clone(), rubric: raw.rubric.clone(), share_ppm })
+}
+
+fn shadow_from_raw(
+    raw: &raw::RawShadow,
+    provider_ids: &[&str],
+    catalog: &Catalog,
+    at: &dyn Fn(&str) -> String,
+) -> Result<ShadowConfig, ConfigError> {
+    side_model(&raw.model, provider_ids, catalog, at("shadow.model"))?;
+    match raw.check.as_deref() {
+        None | Some("agree") => {}
+        Some(other) => return Err(err(at("shadow.check"), format!("'{other}' is not a shadow check: use agree"))),
+    }
+    Ok(ShadowConfig { model: raw.model.clone(), share_ppm: share_ppm(raw.share, at("shadow.share"))? })
 }
 
 fn storage_from_raw(raw: &raw::RawStorage) -> Result<StorageConfig, ConfigError> {

@@ -10,12 +10,17 @@
 //! [`Reply`](crate::canonical::Reply) or a stream of deltas ([`crate::dialect`]).
 //!
 //! [`attempt`] is one upstream attempt from start to settlement (price, ledger row, health);
-//! [`answer`] the headers an answer carries about itself (provenance, money, route reason).
+//! [`answer`] the headers an answer carries about itself (provenance, money, route reason);
+//! [`cascade`] a route's answer checks and escalation, [`scouts`] the `agree` check's
+//! parallel first round, and [`side`] the metered calls that answer no client (a judge's
+//! grade, a shadow's answer).
 
 mod answer;
 mod attempt;
 mod cascade;
 mod limits;
+mod scouts;
+mod side;
 
 pub use answer::{
     X_BOURSE_COST, X_BOURSE_MODEL, X_BOURSE_PROVIDER, X_BOURSE_REFERENCE_COST, X_BOURSE_ROUTE_REASON, X_BOURSE_SAVED,
@@ -44,6 +49,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::Response;
 use cascade::Cascade;
 use limits::{Denied, Gate, Held};
+use scouts::{Round, Scout};
 use std::time::{Duration, Instant};
 
 /// One place to try, in the order to try them.
@@ -112,7 +118,9 @@ pub async fn chat(
     }
     // The exchange is this block: its value is the answer, whichever way it ends, and it runs
     // in this function's own future (a nested one would add a state machine to every poll).
-    let resp = 'answer: {
+    // A shadowed request: its route, the shadow's model, and the request as sent.
+    let mut shadow: Option<(String, String, ChatRequest)> = None;
+    let mut resp = 'answer: {
         let client = req.dialect;
         let router = &state.router;
         let mut gate = Gate::new(state, caller);
@@ -173,7 +181,16 @@ pub async fn chat(
         let mut attempt_no = 0u32;
         // A route's cascade (non-streaming requests): answers are checked, and one that fails
         // escalates to a better candidate.
-        let mut cascade = plan.as_ref().and_then(|p| router.route(&p.route)).and_then(|r| Cascade::new(r, &req));
+        let route_config = plan.as_ref().and_then(|p| router.route(&p.route));
+        let mut cascade = route_config.and_then(|r| Cascade::new(r, &req, &caller.request_id));
+        // Shadow sampling: a sampled non-streaming request is kept as sent, for its shadow.
+        if let Some((r, s)) = route_config.and_then(|r| Some((r, r.shadow.as_ref()?))) {
+            if !req.stream && side::sampled(&caller.request_id, "shadow", s.share_ppm) {
+                shadow = Some((r.name.clone(), s.model.clone(), req.clone()));
+            }
+        }
+        // The agree check's scouts, gathered before any of them is asked.
+        let mut scouts: Vec<Scout> = Vec::new();
         let mut last_err: Option<(Error, Target)> = None;
         let mut exhausted: Vec<String> = Vec::new();
         let mut overloaded = 0u32;
@@ -253,6 +270,42 @@ pub async fn chat(
                 },
             };
             attempt_no += 1;
+            if let (Some(k), Some(p), Some(rank), Chosen::Routed(entry)) =
+                (cascade.as_ref().and_then(Cascade::scouts), &plan, rank, chosen)
+            {
+                let mut reason = router.reason(p, rank, 1);
+                if let Some(d) = &downgraded {
+                    reason.push_str(d);
+                }
+                reason.push_str(&format!("; agree scout {} of {k}", scouts.len() + 1));
+                scouts.push(Scout { target, entry, rank, number: attempt_no, reason, held });
+                if scouts.len() < k {
+                    continue;
+                }
+                let (Some(c), Some(p)) = (cascade.as_mut(), &plan) else { continue };
+                let r = scouts::Request {
+                    state,
+                    caller,
+                    req: &mut req,
+                    plan: p,
+                    gate: gate.as_mut(),
+                    cascade: c,
+                    watch: &mut watch,
+                    shadowed: shadow.is_some(),
+                    anthropic_beta: beta,
+                };
+                // Boxed: only agree routes ask scouts, and every request's future would
+                // otherwise hold room for the round's state.
+                match Box::pin(scouts::ask(r, std::mem::take(&mut scouts), k)).await {
+                    Round::Done(resp) => break 'answer resp,
+                    Round::Escalate(err) => {
+                        if err.is_some() {
+                            last_err = err;
+                        }
+                        continue;
+                    }
+                }
+            }
             if attempt_no > 1 {
                 tokio::time::sleep(backoff(attempt_no - 1)).await;
             }
@@ -276,6 +329,7 @@ pub async fn chat(
                 gate: gate.as_mut(),
                 cascade: cascade.as_mut(),
                 watch: &mut watch,
+                shadowed: shadow.is_some(),
             };
             match attempt_chat(state, caller, &mut req, &target, chosen, pass, beta).await {
                 Ok(resp) => match (&mut cascade, &plan, rank, chosen) {
@@ -301,6 +355,31 @@ pub async fn chat(
                         break 'answer error_response(e, &target, client);
                     }
                     last_err = Some((e, target));
+                }
+            }
+        }
+        // Fewer feasible candidates than scouts: those there are were gathered, and are asked
+        // now (the missing ones count as giving no answer).
+        if let (Some(k), Some(c), Some(p), false) =
+            (cascade.as_ref().and_then(Cascade::scouts), cascade.as_mut(), &plan, scouts.is_empty())
+        {
+            let r = scouts::Request {
+                state,
+                caller,
+                req: &mut req,
+                plan: p,
+                gate: gate.as_mut(),
+                cascade: c,
+                watch: &mut watch,
+                shadowed: shadow.is_some(),
+                anthropic_beta: beta,
+            };
+            match Box::pin(scouts::ask(r, std::mem::take(&mut scouts), k)).await {
+                Round::Done(resp) => break 'answer resp,
+                Round::Escalate(err) => {
+                    if err.is_some() {
+                        last_err = err;
+                    }
                 }
             }
         }
@@ -336,6 +415,19 @@ pub async fn chat(
             .render(client),
         }
     };
+    // The answer goes out first; its shadow follows on a task of its own.
+    if let Some((route, model, req)) = shadow {
+        let served = resp.extensions_mut().remove::<Served>().filter(|_| resp.status().is_success());
+        if let Some(Served { model: served_model, body }) = served {
+            match crate::check::Answer::from_body(&body, req.dialect) {
+                Ok(answer) => {
+                    let s = side::Shadow { route, model, req, served: (served_model, answer) };
+                    side::spawn(state, caller, watch.route, s);
+                }
+                Err(e) => tracing::debug!("shadow skipped: the served answer cannot be read: {e}"),
+            }
+        }
+    }
     t.answered(watch, &resp, || caller.who());
     resp
 }
@@ -484,6 +576,16 @@ fn answer(req: &ChatRequest, target: &Target, bytes: Bytes, json_tool: bool) -> 
     Ok((Bytes::from(out), reply.usage))
 }
 
+/// The answer a shadow compares with, carried on the response's extensions (never sent)
+/// from the attempt that made it to the end of the exchange; only on a shadowed request.
+#[derive(Clone)]
+struct Served {
+    /// `provider/model` that answered.
+    model: String,
+    /// The answer, in the client's dialect.
+    body: Bytes,
+}
+
 /// What one attempt carries in from the loop: its number, its route reason, its reservation
 /// and the request's gate (whose lease goes with the attempt that answers).
 struct Pass<'g, 'r> {
@@ -494,6 +596,8 @@ struct Pass<'g, 'r> {
     /// The request's cascade: the attempt checks its answer (recorded in its ledger row).
     cascade: Option<&'g mut Cascade<'r>>,
     watch: &'g mut Watch,
+    /// Keep the answer for a shadow ([`Served`]).
+    shadowed: bool,
 }
 
 impl Pass<'_, '_> {
@@ -638,10 +742,23 @@ async fn attempt_chat(
     // The cascade's checks, before the settle writes the row they are recorded in. An answer
     // that fails one does not answer the request (yet): the lease and the request's last word
     // stay with the request for the attempt that does (or for its end, if none passes).
-    let checked = pass.cascade.as_deref_mut().map(|c| {
-        let model = format!("{}/{}", target.provider.id, target.upstream_model);
-        c.check(&state.router, &bytes, client, &model)
-    });
+    let checked = match pass.cascade.as_deref_mut() {
+        None => None,
+        Some(c) => {
+            let model = format!("{}/{}", target.provider.id, target.upstream_model);
+            let (answer, mut outcomes) = c.single(&bytes, client);
+            if let (Some(a), Some(judge)) = (&answer, c.judge(&outcomes)) {
+                let route = pass.watch.route;
+                let gate = pass.gate.as_deref_mut();
+                // Boxed, like the scouts' round: few requests are judged.
+                let judged = Box::pin(side::judge(state, caller, judge, c.question(), a, &model, gate, route));
+                if let Some(o) = judged.await {
+                    outcomes.push(o);
+                }
+            }
+            Some(c.conclude(&state.router, &model, outcomes, true))
+        }
+    };
     attempt.checks.clone_from(&checked);
     if !pass.cascade.as_deref().is_some_and(Cascade::failed_now) {
         pass.answers(&mut attempt);
@@ -651,8 +768,12 @@ async fn attempt_chat(
         Some(u) => (u, None),
         None => {
             // The request is answered: its body moves to the tokenizer's pool (and is
-            // parsed there if it never was).
-            let counting = Counting { request: Some(req.take_body()), answer: Answer::Body(bytes.clone()) };
+            // parsed there if it never was). A cascade may still escalate it: a copy then.
+            let request = match pass.cascade.is_some() {
+                true => crate::canonical::RequestBody::from_map(req.body().clone()),
+                false => req.take_body(),
+            };
+            let counting = Counting { request: Some(request), answer: Answer::Body(bytes.clone()) };
             let (usage, how) = state.estimator.usage(counting).await;
             (usage, Some(how))
         }
@@ -661,12 +782,17 @@ async fn attempt_chat(
     if let Some(r) = record {
         r.send().await;
     }
+    let kept = pass.shadowed.then(|| bytes.clone());
     let mut out = json_response(status, bytes, answer_headers(pass.gate.as_deref(), Content::Json, client));
     provenance(&mut out, target);
     money_headers(&mut out, &settled);
     route_reason(&mut out, reason.as_deref());
     if let Some(checked) = &checked {
         cascade::checks_header(&mut out, checked);
+    }
+    if let Some(body) = kept {
+        let model = format!("{}/{}", target.provider.id, target.upstream_model);
+        out.extensions_mut().insert(Served { model, body });
     }
     Ok(out)
 }

@@ -95,6 +95,46 @@ pub struct RawRoute {
     pub max_cost_usd: Option<f64>,
     /// Checks an answer must pass; a failed one escalates to a better candidate.
     pub cascade: Option<Vec<String>>,
+    /// How the `agree` check asks and compares (cascade and shadow).
+    pub agree: Option<RawAgree>,
+    /// The `judge` check's model, rubric and sampled share.
+    pub judge: Option<RawJudge>,
+    /// A reference model that a sampled share of requests also goes to, after the answer.
+    pub shadow: Option<RawShadow>,
+}
+
+/// `agree = { models = 3, match = "regex:…", quorum = 2 }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgree {
+    /// Scouts asked in parallel (default 2).
+    pub models: Option<usize>,
+    /// `exact` (default), `regex:<pattern>` or `pointer:<JSON pointer>`.
+    #[serde(rename = "match")]
+    pub matches: Option<String>,
+    /// How many must agree (default: all of them).
+    pub quorum: Option<usize>,
+}
+
+/// `judge = { model = "provider/model", rubric = "…", share = 1.0 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJudge {
+    pub model: String,
+    pub rubric: String,
+    /// The share of checked answers that are judged, in [0, 1] (default 1).
+    pub share: Option<f64>,
+}
+
+/// `shadow = { model = "provider/model", share = 0.05, check = "agree" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShadow {
+    pub model: String,
+    /// The share of non-streaming requests shadowed, in [0, 1].
+    pub share: f64,
+    /// How the shadow's answer is compared with the served one: `agree` (the default).
+    pub check: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -73,9 +73,65 @@ pub struct RouteConfig {
     /// request escalates to a candidate of higher quality. Empty: no cascade. Streamed
     /// requests are not checked (their first byte would have to wait for the whole answer).
     pub cascade: Vec<crate::check::CheckKind>,
+    /// `agree`: how the `agree` check asks its scouts and compares answers (also what a
+    /// shadow's answer is compared by). Defaults when not written.
+    pub agree: AgreeConfig,
+    /// `judge`: set when the cascade lists `judge`.
+    pub judge: Option<JudgeConfig>,
+    /// `shadow`: a reference model a sampled share of requests also goes to.
+    pub shadow: Option<ShadowConfig>,
     pub policy: String,
     pub expected_output: u64,
     pub max_cost: Option<Cost>,
+}
+
+/// The `agree` check's settings.
+#[derive(Debug, Clone)]
+pub struct AgreeConfig {
+    /// How many of the cheapest feasible candidates (scouts) are asked in parallel.
+    pub models: usize,
+    /// The `match` as written (`exact`, `regex:…`, `pointer:…`).
+    pub matches: String,
+    /// `matches`, compiled.
+    pub spec: crate::check::AgreeSpec,
+    pub quorum: crate::check::Quorum,
+}
+
+impl Default for AgreeConfig {
+    fn default() -> Self {
+        AgreeConfig {
+            models: 2,
+            matches: "exact".into(),
+            spec: crate::check::AgreeSpec::Exact,
+            quorum: crate::check::Quorum::All,
+        }
+    }
+}
+
+/// Compared by what was written: a compiled pattern has no equality of its own.
+impl PartialEq for AgreeConfig {
+    fn eq(&self, other: &Self) -> bool {
+        (self.models, &self.matches, self.quorum) == (other.models, &other.matches, other.quorum)
+    }
+}
+
+/// The `judge` check's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JudgeConfig {
+    /// `provider/model` of the judge (a configured provider, a priced catalog model).
+    pub model: String,
+    pub rubric: String,
+    /// The share of checked answers judged, in parts per million.
+    pub share_ppm: u32,
+}
+
+/// Shadow sampling's settings: the check is always `agree`, under the route's `agree.match`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowConfig {
+    /// `provider/model` of the reference the sampled requests also go to.
+    pub model: String,
+    /// The share of non-streaming requests shadowed, in parts per million.
+    pub share_ppm: u32,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -38,6 +38,10 @@ pub(super) struct Attempt {
     route_reason: Option<String>,
     /// The answer checks this attempt's answer went through, for its ledger row.
     pub(super) checks: Option<String>,
+    /// A side call (a judge's grade, a shadow's answer): attempt 0 in the ledger, and no
+    /// counterfactual, since the reference model would not have made it either; its cost
+    /// then counts against the savings.
+    side: bool,
     chosen: Chosen,
     ts_ms: i64,
     pub(super) started: Instant,
@@ -122,6 +126,7 @@ impl Attempt {
             number,
             route_reason,
             checks: None,
+            side: false,
             chosen,
             ts_ms,
             started: Instant::now(),
@@ -129,6 +134,48 @@ impl Attempt {
             stream,
             held: None,
         }
+    }
+
+    /// A side call at `target` (a judge's grade, a shadow's answer) for `caller`'s request,
+    /// counted in the metrics under `route`: it answers no client, so it has no part in the
+    /// request's telemetry (no span, no access line), and its ledger row is attempt 0 with
+    /// `route_reason` saying what it was for.
+    pub(super) fn aside(
+        state: &SharedState,
+        caller: Caller,
+        target: &Target,
+        price: Price,
+        route_reason: String,
+        route: RouteId,
+    ) -> Attempt {
+        let series = state.telemetry.metrics.as_ref().map(|m| m.explicit(&target.provider, price.position()));
+        Attempt {
+            route,
+            series,
+            traced: None,
+            ending: None,
+            first_token: None,
+            latency: None,
+            state: Some(state.clone()),
+            caller,
+            target: target.clone(),
+            number: 0,
+            route_reason: Some(route_reason),
+            checks: None,
+            side: true,
+            chosen: Chosen::Explicit(price),
+            ts_ms: crate::timespec::now_ms(),
+            started: Instant::now(),
+            ttfb: None,
+            stream: false,
+            held: None,
+        }
+    }
+
+    /// The upstream was done with the request after `d` (the attempt ran beside others, so
+    /// it is timed by its own clock, not by when the caller looked).
+    pub(super) fn waited_for(&mut self, d: Duration) {
+        self.latency = Some(d);
     }
 
     /// The status and error kind of this attempt if its request is dropped now ([`gone`]).
@@ -234,7 +281,10 @@ impl Attempt {
             // The entry holds the catalog model the meter would find for its target.
             Chosen::Routed(i) => &state.router.entries[i].model,
         };
-        let (cost, reference) = meter.settle(model, &usage);
+        let (cost, mut reference) = meter.settle(model, &usage);
+        if self.side {
+            reference = Cost(0);
+        }
         self.tell(&state, &usage, cost.0, reference.0, status, error);
         if let Some(held) = self.held.take() {
             let u = &usage;

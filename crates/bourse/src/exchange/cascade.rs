@@ -5,6 +5,15 @@
 //! route's attempt limit. The caller gets the first answer that passes or, when none does,
 //! the last one, marked `x-bourse-cascade: failed`.
 //!
+//! With `agree` listed, the first round is the route's `agree.models` cheapest feasible
+//! candidates (scouts), asked in parallel ([`super::scouts`]); the quorum must agree, and the
+//! caller gets the cheapest scout that agreed and passed the other checks. When they do not
+//! agree, the request escalates past the best scout, and that one answer is checked by the
+//! single-answer checks only (there is nothing left to agree with). With `judge` listed, a
+//! sampled share of answers that passed everything else is graded by the route's judge
+//! ([`super::side::judge`]); a judge that says nothing usable leaves the answer to its other
+//! checks.
+//!
 //! Every attempt is metered, settled and a ledger row with its check outcomes (`checks`);
 //! every outcome is also counted as live evidence for the route and model
 //! (`route::evidence`, source `check:NAME`). The route reason of an escalated attempt says
@@ -17,8 +26,8 @@
 //! answer.
 
 use crate::canonical::{ChatRequest, Dialect};
-use crate::check::{self, Answer, CheckKind, Expectations, Outcome};
-use crate::config::RouteConfig;
+use crate::check::{self, Agreement, Answer, CheckKind, Expectations, Outcome};
+use crate::config::{JudgeConfig, RouteConfig};
 use crate::route::plan::Candidate;
 use crate::route::Router;
 use axum::http::{HeaderName, HeaderValue};
@@ -29,8 +38,7 @@ pub static X_BOURSE_CASCADE: HeaderName = HeaderName::from_static("x-bourse-casc
 
 /// One request's cascade.
 pub(super) struct Cascade<'r> {
-    route: &'r str,
-    checks: &'r [CheckKind],
+    route: &'r RouteConfig,
     expectations: Expectations,
     /// The outcomes of the attempt that answered last (None before any answer).
     last: Option<Vec<Outcome>>,
@@ -41,13 +49,17 @@ pub(super) struct Cascade<'r> {
     /// Why the next attempt escalates (`json_schema failed on cheap/sim-small`).
     because: Option<String>,
     escalations: u32,
+    /// The scouts' round is still to come (the cascade lists `agree`).
+    scouting: bool,
+    /// This request is in the judge's sample.
+    judged: bool,
 }
 
 impl<'r> Cascade<'r> {
     /// The cascade of a request on `route`; None when the route has none, the request
     /// streams, or the request cannot be read as a conversation (it is then served unchecked,
     /// and the log says why).
-    pub(super) fn new(route: &'r RouteConfig, req: &ChatRequest) -> Option<Cascade<'r>> {
+    pub(super) fn new(route: &'r RouteConfig, req: &ChatRequest, request_id: &str) -> Option<Cascade<'r>> {
         if route.cascade.is_empty() || req.stream {
             return None;
         }
@@ -58,49 +70,85 @@ impl<'r> Cascade<'r> {
                 return None;
             }
         };
+        let judged = route.judge.as_ref().is_some_and(|j| super::side::sampled(request_id, "judge", j.share_ppm));
         Some(Cascade {
-            route: &route.name,
-            checks: &route.cascade,
+            route,
             expectations,
             last: None,
             failed: None,
             floor: None,
             because: None,
             escalations: 0,
+            scouting: route.cascade.contains(&CheckKind::Agree),
+            judged,
         })
     }
 
     /// Whether `candidate` may answer next: after a failed check, only a candidate of higher
     /// quality than the one that failed.
     pub(super) fn admits(&self, router: &Router, candidate: &Candidate) -> bool {
-        let Some(floor) = &self.floor else { return true };
-        match (candidate.evidence, floor.evidence) {
-            (Some(c), Some(f)) => c.lower_ppm > f.lower_ppm,
-            _ => {
-                let q = |c: &Candidate| router.entries[c.entry].model.quality.unwrap_or(0);
-                q(candidate) > q(floor)
+        self.floor.as_ref().is_none_or(|floor| higher(router, candidate, floor))
+    }
+
+    /// How many scouts to gather before anyone answers; None once they have been asked (or
+    /// when the cascade does not list `agree`).
+    pub(super) fn scouts(&self) -> Option<usize> {
+        self.scouting.then_some(self.route.agree.models)
+    }
+
+    /// The single-answer checks (`complete`, `json_schema`, `tool_call`) on an answer
+    /// (`body`, in the client's dialect), and the answer as the other checks read it (None
+    /// when it cannot be read: then it fails every check listed).
+    pub(super) fn single(&self, body: &[u8], client: Dialect) -> (Option<Answer>, Vec<Outcome>) {
+        match Answer::from_body(body, client) {
+            Ok(answer) => {
+                let outcomes =
+                    self.route.cascade.iter().filter_map(|&k| check::run(k, &answer, &self.expectations)).collect();
+                (Some(answer), outcomes)
+            }
+            // A scout's `agree` outcome comes from the agreement, and a judge is not asked
+            // about what cannot be read.
+            Err(e) => {
+                let outcomes = (self.route.cascade.iter())
+                    .filter(|&&k| k != CheckKind::Judge && !(k == CheckKind::Agree && self.scouting))
+                    .map(|&check| Outcome { check, passed: false, detail: format!("not an answer: {e}") })
+                    .collect();
+                (None, outcomes)
             }
         }
     }
 
-    /// Runs the checks on an answer (`body`, in the client's dialect) from `model`
-    /// (`provider/model`), counts each outcome as evidence for it on the route, and returns
-    /// them encoded for the ledger row.
-    pub(super) fn check(&mut self, router: &Router, body: &[u8], client: Dialect, model: &str) -> String {
-        let outcomes: Vec<Outcome> = match Answer::from_body(body, client) {
-            Ok(answer) => self.checks.iter().filter_map(|&k| check::run(k, &answer, &self.expectations)).collect(),
-            // An answer the checks cannot read passes none of them.
-            Err(e) => self
-                .checks
-                .iter()
-                .map(|&check| Outcome { check, passed: false, detail: format!("not an answer: {e}") })
-                .collect(),
-        };
+    /// The scouts' answers compared under the route's `agree` (each None when that scout
+    /// gave no answer). The scouts' round is then over.
+    pub(super) fn agreement(&mut self, answers: &[Option<&Answer>]) -> Agreement {
+        self.scouting = false;
+        let a = &self.route.agree;
+        check::agree(answers.iter().copied(), &a.spec, a.quorum)
+    }
+
+    /// The judge, when this request is in its sample and the answer passed every check so
+    /// far (a judge is not paid to grade an answer that is escalated anyway).
+    pub(super) fn judge(&self, outcomes: &[Outcome]) -> Option<&'r JudgeConfig> {
+        let judge = self.route.judge.as_ref()?;
+        (self.judged && outcomes.iter().all(|o| o.passed)).then_some(judge)
+    }
+
+    /// The question the judge sees.
+    pub(super) fn question(&self) -> &str {
+        &self.expectations.question
+    }
+
+    /// An answer's outcomes are final: each counted as evidence for `model` (`provider/model`)
+    /// on the route; returned encoded for the ledger row. They are the cascade's latest when
+    /// `latest` (the answer that decides whether to escalate).
+    pub(super) fn conclude(&mut self, router: &Router, model: &str, outcomes: Vec<Outcome>, latest: bool) -> String {
         for o in &outcomes {
-            router.evidence.record(self.route, model, o.check.as_str(), o.passed);
+            router.evidence.record(&self.route.name, model, o.check.as_str(), o.passed);
         }
         let encoded = check::encode(&outcomes);
-        self.last = Some(outcomes);
+        if latest {
+            self.last = Some(outcomes);
+        }
         encoded
     }
 
@@ -112,9 +160,18 @@ impl<'r> Cascade<'r> {
     /// The answer of `candidate` (`model`) failed: keep it, and look for a better candidate.
     pub(super) fn escalate(&mut self, resp: Response, candidate: Candidate, model: &str) {
         let failed: Vec<&str> = self.last.iter().flatten().filter(|o| !o.passed).map(|o| o.check.as_str()).collect();
-        self.because = Some(format!("{} failed on {model}", failed.join(", ")));
-        self.failed = Some(resp);
-        self.floor = Some(candidate);
+        let because = format!("{} failed on {model}", failed.join(", "));
+        self.escalate_because(Some(resp), candidate, because);
+    }
+
+    /// Escalate past `floor` because of `because`, keeping `resp` (if any) as the answer of
+    /// last resort.
+    pub(super) fn escalate_because(&mut self, resp: Option<Response>, floor: Candidate, because: String) {
+        self.because = Some(because);
+        if resp.is_some() {
+            self.failed = resp;
+        }
+        self.floor = Some(floor);
         self.escalations += 1;
     }
 
@@ -140,7 +197,7 @@ impl<'r> Cascade<'r> {
     pub(super) fn exhausted(&mut self) -> Option<Response> {
         let mut resp = self.failed.take()?;
         // The last failure led nowhere: it was not an escalation.
-        self.escalations -= 1;
+        self.escalations = self.escalations.saturating_sub(1);
         self.mark(&mut resp, "failed");
         Some(resp)
     }
@@ -150,6 +207,18 @@ impl<'r> Cascade<'r> {
         let value = format!("{verdict}; escalations={}", self.escalations);
         if let Ok(v) = HeaderValue::from_str(&value) {
             h.insert(X_BOURSE_CASCADE.clone(), v);
+        }
+    }
+}
+
+/// Whether `a` is of higher quality than `b` on the route: evidence lower bounds when both
+/// have some, else catalog scores (unrated lowest).
+pub(super) fn higher(router: &Router, a: &Candidate, b: &Candidate) -> bool {
+    match (a.evidence, b.evidence) {
+        (Some(x), Some(y)) => x.lower_ppm > y.lower_ppm,
+        _ => {
+            let q = |c: &Candidate| router.entries[c.entry].model.quality.unwrap_or(0);
+            q(a) > q(b)
         }
     }
 }
