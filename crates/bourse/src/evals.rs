@@ -541,12 +541,17 @@ pub fn percentile(sorted: &[Duration], p: usize) -> Option<Duration> {
 
 /// Which models are on the price–quality frontier: no other model is at least as accurate
 /// and at most as costly while better in one of them. Every model is scored on the same
-/// items, so passes compare as accuracies; costs are the metered totals.
+/// items, so passes compare as accuracies; costs are the metered totals. A model that passed
+/// nothing is never on it: it offers no quality at any price (and one whose every call
+/// failed would otherwise be "cheapest").
 pub fn frontier(scores: &[Score]) -> Vec<bool> {
     scores
         .iter()
         .map(|a| {
-            !scores.iter().any(|b| b.passed >= a.passed && b.cost <= a.cost && (b.passed > a.passed || b.cost < a.cost))
+            a.passed > 0
+                && !scores
+                    .iter()
+                    .any(|b| b.passed >= a.passed && b.cost <= a.cost && (b.passed > a.passed || b.cost < a.cost))
         })
         .collect()
 }
@@ -734,8 +739,9 @@ mod tests {
             score("premium", 10, 2000),
             score("same-as-mid", 7, 500),
             score("pricier-same", 10, 2500),
+            score("all-failed", 0, 0),
         ];
-        assert_eq!(frontier(&s), [true, true, false, true, true, false]);
+        assert_eq!(frontier(&s), [true, true, false, true, true, false, false]);
         assert_eq!(frontier(&[]), Vec::<bool>::new());
     }
 
