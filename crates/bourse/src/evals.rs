@@ -173,7 +173,7 @@ fn parse_item(line: &str, line_no: usize) -> Result<Item, String> {
             REQUEST_MEMBERS.join(", ")
         ));
     }
-    if obj.get("max_tokens").is_some_and(|m| !m.as_u64().is_some_and(|n| n >= 1)) {
+    if obj.get("max_tokens").is_some_and(|m| m.as_u64().is_none_or(|n| n < 1)) {
         return Err("\"max_tokens\" must be a whole number of at least 1".into());
     }
     // The gateway's own validation of a chat request: what passes here is what it would send.

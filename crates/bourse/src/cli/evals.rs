@@ -235,8 +235,7 @@ pub fn results_table(f: &RunFacts<'_>, scores: &[Score], frontier: &[bool], stor
     );
     for (s, on) in scores.iter().zip(frontier) {
         let q = Quality::of(s.passed as f64, s.n);
-        let _ = writeln!(
-            out,
+        let line = format!(
             "  {:<width$}  {:>9}  {:>5}  {:>5}  {:>14}  {:>14}  {:>7}  {:>7}  {:>6}  {}",
             s.model,
             format!("{}/{}", s.passed, s.n),
@@ -249,6 +248,7 @@ pub fn results_table(f: &RunFacts<'_>, scores: &[Score], frontier: &[bool], stor
             s.errors,
             if *on { "*" } else { "" }
         );
+        let _ = writeln!(out, "{}", line.trim_end());
     }
     let mut front: Vec<&Score> = scores.iter().zip(frontier).filter(|(_, on)| **on).map(|(s, _)| s).collect();
     front.sort_by_key(|s| (s.cost, s.passed));
