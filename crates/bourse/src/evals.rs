@@ -242,7 +242,7 @@ pub struct Contender {
 pub fn resolve_models(state: &AppState, names: &[String]) -> Result<Vec<Contender>, String> {
     let mut out: Vec<Contender> = Vec::new();
     let mut bad = Vec::new();
-    for name in names {
+    for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
         let Some((provider, model)) = name.split_once('/').filter(|(p, m)| !p.is_empty() && !m.is_empty()) else {
             bad.push(format!("{name} (write it as provider/model)"));
             continue;
@@ -259,14 +259,17 @@ pub fn resolve_models(state: &AppState, names: &[String]) -> Result<Vec<Contende
                 continue;
             }
         };
-        if out.iter().any(|c| &c.key == name) {
+        if out.iter().any(|c| c.key == name) {
             continue;
         }
         let target = Target { provider: p.clone(), upstream_model: model.to_string() };
-        out.push(Contender { key: name.clone(), target, price });
+        out.push(Contender { key: name.to_string(), target, price });
     }
     if !bad.is_empty() {
         return Err(format!("unknown model{}: {}", if bad.len() > 1 { "s" } else { "" }, bad.join("; ")));
+    }
+    if out.is_empty() {
+        return Err("no model named: --models takes provider/model names, comma-separated".into());
     }
     Ok(out)
 }
@@ -713,6 +716,28 @@ mod tests {
         let odd = [contender("o", 0.3003, 0.7, None)];
         assert_eq!(estimate(&items, &odd, 0)[0].expected, Cost(4805));
         assert_eq!(estimate_total(&estimate(&items, &models, 512)), (Cost(433_200), Cost(774_800)));
+    }
+
+    #[test]
+    fn models_are_configured_priced_provider_model_names() {
+        let cfg = crate::config::Config::from_toml(
+            "[providers.p]\nkind = \"openai-compatible\"\nbase_url = \"http://127.0.0.1:9\"\n\
+             [models.\"p/m\"]\ninput = 1.0\noutput = 2.0\n",
+            &|_| None,
+        )
+        .unwrap();
+        let state = AppState::from_config(&cfg).unwrap();
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let got = resolve_models(&state, &names(&[" p/m", "p/m"])).unwrap();
+        assert_eq!(got.len(), 1, "trimmed, and named once");
+        assert_eq!((got[0].key.as_str(), got[0].target.upstream_model.as_str()), ("p/m", "m"));
+        let e = resolve_models(&state, &names(&["p/m", "q/x", "p/free", "bare"])).unwrap_err();
+        assert!(e.starts_with("unknown models: q/x (no provider \"q\" is configured; configured: p)"), "{e}");
+        assert!(
+            e.contains("p/free (no price in the catalog") && e.contains("bare (write it as provider/model)"),
+            "{e}"
+        );
+        assert!(resolve_models(&state, &names(&[""])).unwrap_err().contains("no model named"));
     }
 
     fn score(model: &str, passed: u64, cost: i64) -> Score {
