@@ -252,3 +252,59 @@ async fn a_dataset_is_estimated_confirmed_run_scored_and_stored() {
     // A rerun replaces rows, and a --no-store run leaves them alone.
     assert_eq!(Ledger::open(&dir.url()).await.unwrap().evidence().await.unwrap(), rows);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_upstream_dialect_is_asked_and_graded_alike() {
+    // One sim reached as an OpenAI, an Anthropic and a Gemini provider: the same outcome per
+    // item (its draw depends on the model name, the same in all three), so the same items must
+    // pass, JSON items included (Anthropic answers those through a forced tool, Gemini as JSON
+    // text), and the same usage is metered.
+    let dir = TempDir::new("dialects");
+    let sim = Sim::start(sim_config(0.6)).await.unwrap();
+    let root = format!("http://{}", sim.addr());
+    let mut text = "[storage]\nledger = false\n[routes.arith]\nmin_quality = \"basic\"\n".to_string();
+    for (id, kind, base) in [
+        ("oa", "openai-compatible", format!("{root}/v1")),
+        ("an", "anthropic-compatible", root.clone()),
+        ("ge", "gemini", format!("{root}/v1beta")),
+    ] {
+        text.push_str(&format!(
+            "[providers.{id}]\nkind = \"{kind}\"\nbase_url = \"{base}\"\napi_key = \"env:SIM_KEY\"\nmodels = [\"sim-small\"]\n\
+             [models.\"{id}/sim-small\"]\ninput = 1.0\noutput = 2.0\ncontext = 32000\ncapabilities = [\"json_schema\"]\n"
+        ));
+    }
+    let config = dir.0.join("bourse.toml");
+    std::fs::write(&config, text).unwrap();
+    let data = dataset(&dir);
+    let mut cmd = bin::command();
+    cmd.env("SIM_KEY", "sk-sim").args(["evals", "run", "--config"]).arg(&config).args([
+        "--route",
+        "arith",
+        "--dataset",
+        data.to_str().unwrap(),
+        "--models",
+        "oa/sim-small,an/sim-small,ge/sim-small",
+        "--yes",
+        "--no-store",
+        "--format",
+        "json",
+    ]);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), cmd.output()).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(sim.stats().requests, 120);
+    let out: Value = serde_json::from_str(&stdout).unwrap();
+    let truth = sim_config(0.6);
+    let failed: Vec<String> = (0..ITEMS)
+        .filter(|i| !truth.answers_correctly("sim-small", "arith", &format!("q{i}")))
+        .map(|i| format!("q{i}"))
+        .collect();
+    assert!(!failed.is_empty() && failed.len() < ITEMS, "{failed:?}");
+    for m in out["models"].as_array().unwrap() {
+        assert_eq!(m["failed_items"], json!(failed), "{}", m["model"]);
+        assert_eq!(m["errors"].as_u64(), Some(0), "{}", m["model"]);
+        // 20 prompt tokens at $1 per 1M and 10 output at $2: 40_000 nano-USD a call.
+        assert_eq!(m["cost"]["nanos"].as_i64(), Some(40 * 40_000), "{}", m["model"]);
+    }
+    assert_eq!(out["stored"], json!(false));
+}
