@@ -648,18 +648,44 @@ fn tenant_patch(a: &TenantArgs) -> Result<bourse::admin::TenantPatch, String> {
 
 fn run_evals(c: &GlobalConfigArg, action: &EvalsAction) -> Result<(), String> {
     let cfg = load(&ConfigArg { config: c.config.clone() })?;
-    if let EvalsAction::Run { route, dataset, models, concurrency, yes, no_store, format } = action {
-        let opts = EvalsRun {
-            route,
-            dataset,
-            models,
-            concurrency: *concurrency as usize,
-            yes: *yes,
-            store: !no_store,
-            json: matches!(format, QuoteFmt::Json),
-        };
-        return run_evals_run(&cfg, &opts);
+    // Borrowed by the closures below (an `async move` would otherwise move out of `cfg`).
+    let cfg = &cfg;
+    match action {
+        EvalsAction::Import { file } => with_evidence(cfg, |ledger| async move {
+            let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let routes = cfg.routing.routes.keys().cloned().collect();
+            let rows = cli::evals::parse_import(&text, &routes, &cfg.catalog, timespec::now_ms())
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            let n = rows.len();
+            ledger.put_evidence(rows).await.map_err(|e| format!("cannot store the evidence: {e}"))?;
+            let all = ledger.evidence().await.map_err(|e| format!("cannot read the evidence back: {e}"))?;
+            Ok(format!("imported {n} rows from {}\n\n{}", file.display(), cli::evals::table(&all, None)))
+        }),
+        EvalsAction::List { route } => with_evidence(cfg, |ledger| async move {
+            let all = ledger.evidence().await.map_err(|e| format!("cannot read the evidence: {e}"))?;
+            Ok(cli::evals::table(&all, route.as_deref()))
+        }),
+        EvalsAction::Run { route, dataset, models, concurrency, yes, no_store, format } => {
+            let opts = EvalsRun {
+                route,
+                dataset,
+                models,
+                concurrency: *concurrency as usize,
+                yes: *yes,
+                store: !no_store,
+                json: matches!(format, QuoteFmt::Json),
+            };
+            run_evals_run(cfg, &opts)
+        }
     }
+}
+
+/// Runs one evidence command against the configured store and prints what it returns.
+fn with_evidence<F, Fut>(cfg: &Config, f: F) -> Result<(), String>
+where
+    F: FnOnce(Ledger) -> Fut,
+    Fut: std::future::Future<Output = Result<String, String>>,
+{
     let url = cfg
         .storage
         .url
@@ -667,27 +693,7 @@ fn run_evals(c: &GlobalConfigArg, action: &EvalsAction) -> Result<(), String> {
         .ok_or("the store is off in this config ([storage] ledger = false): evidence lives in it")?;
     let out = runtime()?.block_on(async {
         let ledger = Ledger::open(&url).await.map_err(|e| format!("cannot open the store: {e}"))?;
-        match action {
-            EvalsAction::Import { file } => {
-                let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-                let routes = cfg.routing.routes.keys().cloned().collect();
-                let rows = cli::evals::parse_import(&text, &routes, &cfg.catalog, timespec::now_ms())
-                    .map_err(|e| format!("{}: {e}", file.display()))?;
-                let n = rows.len();
-                ledger.put_evidence(rows).await.map_err(|e| format!("cannot store the evidence: {e}"))?;
-                let all = ledger.evidence().await.map_err(|e| format!("cannot read the evidence back: {e}"))?;
-                Ok::<_, String>(format!(
-                    "imported {n} rows from {}\n\n{}",
-                    file.display(),
-                    cli::evals::table(&all, None)
-                ))
-            }
-            EvalsAction::List { route } => {
-                let all = ledger.evidence().await.map_err(|e| format!("cannot read the evidence: {e}"))?;
-                Ok(cli::evals::table(&all, route.as_deref()))
-            }
-            EvalsAction::Run { .. } => Err("evals run is handled above".to_string()),
-        }
+        f(ledger).await
     })?;
     print!("{out}");
     Ok(())
