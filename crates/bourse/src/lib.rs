@@ -21,6 +21,7 @@ pub mod dashboard;
 pub mod demo;
 pub mod dialect;
 pub mod error;
+pub mod evals;
 pub mod exchange;
 mod fnv;
 pub mod heap;

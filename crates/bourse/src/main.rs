@@ -126,7 +126,8 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
-    /// Quality evidence per route (task): import scores from a CSV file, list what is stored.
+    /// Quality evidence per route (task): import scores from a CSV file, list what is stored,
+    /// or run a labelled dataset against candidate models and store their scores.
     /// The router ranks a route's models on it (see README, "Routing on evidence").
     Evals {
         #[command(flatten)]
@@ -244,6 +245,33 @@ enum EvalsAction {
         /// Only this route.
         #[arg(long)]
         route: Option<String>,
+    },
+    /// Send a labelled dataset (JSONL: id, messages, expected text|regex|schema) to each
+    /// model, print accuracy, cost and latency per model with the price–quality frontier, and
+    /// store the scores as the route's evidence (source evals:<file stem>). Shows a cost
+    /// estimate and asks before sending anything.
+    Run {
+        /// The route the evidence is for.
+        #[arg(long)]
+        route: String,
+        /// The dataset: one JSON object per line (see README, "Routing on evidence").
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Models to evaluate, as provider/model, comma-separated (default: the route's
+        /// feasible models for every item).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Requests in flight at once, over all models.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+        concurrency: u32,
+        /// Skip the confirmation (needed when standard input is not a terminal).
+        #[arg(long)]
+        yes: bool,
+        /// Print the results without storing them as evidence.
+        #[arg(long)]
+        no_store: bool,
+        #[arg(long, value_enum, default_value_t = QuoteFmt::Table)]
+        format: QuoteFmt,
     },
 }
 
@@ -648,6 +676,44 @@ fn tenant_patch(a: &TenantArgs) -> Result<bourse::admin::TenantPatch, String> {
 
 fn run_evals(c: &GlobalConfigArg, action: &EvalsAction) -> Result<(), String> {
     let cfg = load(&ConfigArg { config: c.config.clone() })?;
+    // Borrowed by the closures below (an `async move` would otherwise move out of `cfg`).
+    let cfg = &cfg;
+    match action {
+        EvalsAction::Import { file } => with_evidence(cfg, |ledger| async move {
+            let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let routes = cfg.routing.routes.keys().cloned().collect();
+            let rows = cli::evals::parse_import(&text, &routes, &cfg.catalog, timespec::now_ms())
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            let n = rows.len();
+            ledger.put_evidence(rows).await.map_err(|e| format!("cannot store the evidence: {e}"))?;
+            let all = ledger.evidence().await.map_err(|e| format!("cannot read the evidence back: {e}"))?;
+            Ok(format!("imported {n} rows from {}\n\n{}", file.display(), cli::evals::table(&all, None)))
+        }),
+        EvalsAction::List { route } => with_evidence(cfg, |ledger| async move {
+            let all = ledger.evidence().await.map_err(|e| format!("cannot read the evidence: {e}"))?;
+            Ok(cli::evals::table(&all, route.as_deref()))
+        }),
+        EvalsAction::Run { route, dataset, models, concurrency, yes, no_store, format } => {
+            let opts = EvalsRun {
+                route,
+                dataset,
+                models,
+                concurrency: *concurrency as usize,
+                yes: *yes,
+                store: !no_store,
+                json: matches!(format, QuoteFmt::Json),
+            };
+            run_evals_run(cfg, &opts)
+        }
+    }
+}
+
+/// Runs one evidence command against the configured store and prints what it returns.
+fn with_evidence<F, Fut>(cfg: &Config, f: F) -> Result<(), String>
+where
+    F: FnOnce(Ledger) -> Fut,
+    Fut: std::future::Future<Output = Result<String, String>>,
+{
     let url = cfg
         .storage
         .url
@@ -655,29 +721,106 @@ fn run_evals(c: &GlobalConfigArg, action: &EvalsAction) -> Result<(), String> {
         .ok_or("the store is off in this config ([storage] ledger = false): evidence lives in it")?;
     let out = runtime()?.block_on(async {
         let ledger = Ledger::open(&url).await.map_err(|e| format!("cannot open the store: {e}"))?;
-        match action {
-            EvalsAction::Import { file } => {
-                let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-                let routes = cfg.routing.routes.keys().cloned().collect();
-                let rows = cli::evals::parse_import(&text, &routes, &cfg.catalog, timespec::now_ms())
-                    .map_err(|e| format!("{}: {e}", file.display()))?;
-                let n = rows.len();
-                ledger.put_evidence(rows).await.map_err(|e| format!("cannot store the evidence: {e}"))?;
-                let all = ledger.evidence().await.map_err(|e| format!("cannot read the evidence back: {e}"))?;
-                Ok::<_, String>(format!(
-                    "imported {n} rows from {}\n\n{}",
-                    file.display(),
-                    cli::evals::table(&all, None)
-                ))
-            }
-            EvalsAction::List { route } => {
-                let all = ledger.evidence().await.map_err(|e| format!("cannot read the evidence: {e}"))?;
-                Ok(cli::evals::table(&all, route.as_deref()))
-            }
-        }
+        f(ledger).await
     })?;
     print!("{out}");
     Ok(())
+}
+
+/// `bourse evals run`'s options.
+struct EvalsRun<'a> {
+    route: &'a str,
+    dataset: &'a Path,
+    models: &'a [String],
+    concurrency: usize,
+    yes: bool,
+    store: bool,
+    json: bool,
+}
+
+/// Everything is checked (route, dataset, models, the store) and the estimate shown and
+/// agreed to before the first request leaves.
+fn run_evals_run(cfg: &Config, o: &EvalsRun<'_>) -> Result<(), String> {
+    use bourse::evals;
+    let expected_output = evals::route_expected_output(cfg, o.route)?;
+    let text = std::fs::read_to_string(o.dataset).map_err(|e| format!("cannot read {}: {e}", o.dataset.display()))?;
+    let items = evals::parse_dataset(&text).map_err(|e| format!("{}: {e}", o.dataset.display()))?;
+    let url = match (o.store, &cfg.storage.url) {
+        (true, None) => {
+            return Err("the store is off in this config ([storage] ledger = false): pass --no-store to run without storing the evidence".into())
+        }
+        (true, Some(u)) => Some(u.clone()),
+        (false, _) => None,
+    };
+    let state = bourse::state::AppState::from_config(cfg)?;
+    let rt = runtime()?;
+    let ledger = match &url {
+        Some(u) => {
+            let ledger = rt.block_on(Ledger::open(u)).map_err(|e| format!("cannot open the store: {e}"))?;
+            // The route's evidence decides which models its min_score admits (the default models).
+            let rows = rt.block_on(ledger.evidence()).map_err(|e| format!("cannot read quality evidence: {e}"))?;
+            state.router.evidence.set_rows(rows);
+            Some(ledger)
+        }
+        None => None,
+    };
+    let models = match o.models.is_empty() {
+        true => evals::route_models(&state, o.route, &items)?,
+        false => evals::resolve_models(&state, o.models)?,
+    };
+    let source = evals::source(o.dataset);
+    let kinds = evals::kinds(&items);
+    let dataset = o.dataset.display().to_string();
+    let facts =
+        cli::evals::RunFacts { route: o.route, dataset: &dataset, items: items.len(), kinds: &kinds, source: &source };
+    let estimates = evals::estimate(&items, &models, expected_output);
+    eprint!("{}", cli::evals::estimate_table(&facts, &estimates, o.concurrency));
+    if !o.yes {
+        confirm(items.len() * models.len())?;
+    }
+    let terminal = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let mut last = evals::Progress::default();
+    let calls = rt.block_on(evals::run(&state, &items, &models, o.concurrency, |p| {
+        last = *p;
+        if terminal {
+            eprint!("\r{}", cli::evals::progress_line(p, started.elapsed(), 30));
+        }
+    }));
+    eprint!("{}", cli::evals::progress_end(&last, started.elapsed(), terminal));
+    let scores = evals::scores(&calls, &items, &models);
+    let frontier = evals::frontier(&scores);
+    if let Some(ledger) = &ledger {
+        let rows = evals::evidence_rows(o.route, &source, &scores, timespec::now_ms());
+        rt.block_on(ledger.put_evidence(rows)).map_err(|e| format!("cannot store the evidence: {e}"))?;
+    }
+    match o.json {
+        true => println!(
+            "{}",
+            serde_json::to_string_pretty(&cli::evals::results_json(&facts, &scores, &frontier, ledger.is_some()))
+                .unwrap_or_default()
+        ),
+        false => print!("{}", cli::evals::results_table(&facts, &scores, &frontier, ledger.is_some())),
+    }
+    Ok(())
+}
+
+/// Asks on the terminal before `requests` are sent; refuses without one (`--yes` skips this).
+fn confirm(requests: usize) -> Result<(), String> {
+    use std::io::Write as _;
+    if !std::io::stdin().is_terminal() {
+        return Err(format!(
+            "not sending {requests} requests without confirmation: standard input is not a terminal (pass --yes after reading the estimate)"
+        ));
+    }
+    eprint!("Proceed? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer).map_err(|e| format!("cannot read the answer: {e}"))?;
+    match answer.trim().to_ascii_lowercase().as_str() {
+        "y" | "yes" => Ok(()),
+        _ => Err("cancelled: nothing was sent".into()),
+    }
 }
 
 fn run_tenants(c: &GlobalConfigArg, action: &TenantsAction) -> Result<(), String> {

@@ -1,5 +1,7 @@
 //! `bourse evals import FILE.csv` and `bourse evals list`: quality evidence per route in, and
-//! out as a table.
+//! out as a table. `bourse evals run`'s terminal side: its cost estimate, progress bar and
+//! results ([`estimate_table`], [`progress_line`], [`results_table`], [`results_json`]); the
+//! run itself is [`crate::evals`].
 //!
 //! The import file is CSV with a header row naming the columns `route,model,score,n,source`
 //! (any order, no others):
@@ -21,10 +23,14 @@
 //! whole first and stored in one transaction, so a bad row stores nothing.
 
 use crate::catalog::Catalog;
+use crate::evals::{Estimate, Progress, Score};
 use crate::ledger::EvidenceRow;
+use crate::meter::Cost;
 use crate::route::evidence::{share, Quality};
+use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
+use std::time::Duration;
 
 const COLUMNS: [&str; 5] = ["route", "model", "score", "n", "source"];
 
@@ -130,6 +136,182 @@ pub fn table(rows: &[EvidenceRow], route: Option<&str>) -> String {
     out
 }
 
+/// What a run is about, for the headings.
+#[derive(Debug, Clone, Copy)]
+pub struct RunFacts<'a> {
+    pub route: &'a str,
+    /// The dataset file as given.
+    pub dataset: &'a str,
+    pub items: usize,
+    /// `text 30, regex 5, schema 5`.
+    pub kinds: &'a str,
+    /// The evidence source (`evals:<stem>`).
+    pub source: &'a str,
+}
+
+/// The cost estimate shown before anything is sent: per model, the prompt tokens, expected
+/// output tokens, expected and worst-case cost, then the totals.
+pub fn estimate_table(f: &RunFacts<'_>, estimates: &[Estimate], concurrency: usize) -> String {
+    let calls = f.items * estimates.len();
+    let mut out = format!(
+        "bourse evals run: {} items ({}) from {} on route {}, {} models: {calls} requests, {concurrency} at a time
+
+",
+        f.items,
+        f.kinds,
+        f.dataset,
+        f.route,
+        estimates.len()
+    );
+    let width = estimates.iter().map(|e| e.model.len()).max().unwrap_or(5).max(5);
+    let _ = writeln!(
+        out,
+        "  {:<width$}  {:>13}  {:>13}  {:>14}  {:>14}",
+        "model", "prompt tokens", "output (exp.)", "expected $", "worst case $"
+    );
+    for e in estimates {
+        let _ = writeln!(
+            out,
+            "  {:<width$}  {:>13}  {:>13}  {:>14}  {:>14}",
+            e.model,
+            e.prompt_tokens,
+            e.expected_output,
+            e.expected.usd(),
+            e.worst.usd()
+        );
+    }
+    let (expected, worst) = crate::evals::estimate_total(estimates);
+    let _ = writeln!(out, "  {:<width$}  {:>13}  {:>13}  {:>14}  {:>14}", "total", "", "", expected.usd(), worst.usd());
+    out.push_str(
+        "\n  catalog prices; prompt tokens estimated as the router does; expected output: the route's\n  \
+         expected_output, capped by max_tokens; worst case: max_tokens, else the model's maximum output\n\n",
+    );
+    out
+}
+
+/// One frame of the progress bar (`width` cells), without the carriage return.
+pub fn progress_line(p: &Progress, elapsed: Duration, width: usize) -> String {
+    let done = p.done.min(p.total);
+    let filled = (done * width).checked_div(p.total).unwrap_or(width);
+    let errors = if p.errors > 0 { format!("  {} errors", p.errors) } else { String::new() };
+    format!(
+        "evals [{}{}] {done:>w$}/{}  ${}  {:.1}s{errors}",
+        "#".repeat(filled),
+        "-".repeat(width - filled),
+        p.total,
+        p.cost.usd(),
+        elapsed.as_secs_f64(),
+        w = p.total.to_string().len(),
+    )
+}
+
+/// The run's last progress word: the full bar on a terminal, else one plain line.
+pub fn progress_end(p: &Progress, elapsed: Duration, terminal: bool) -> String {
+    if terminal {
+        return format!("\r{}\n", progress_line(p, elapsed, 30));
+    }
+    format!("evals: {} requests in {:.1}s, {} errors, ${}\n", p.done, elapsed.as_secs_f64(), p.errors, p.cost.usd())
+}
+
+fn millis(d: Option<Duration>) -> String {
+    d.map_or_else(|| "-".into(), |d| d.as_millis().to_string())
+}
+
+fn lower_ppm(s: &Score) -> u32 {
+    Quality::of(s.passed as f64, s.n).map_or(0, |q| q.lower_ppm)
+}
+
+/// The results: per model its accuracy (passes of items, the share and its Wilson 95% lower
+/// bound), metered cost in total and per item, latency, errors, and `*` on the price–quality
+/// frontier; then the frontier from cheapest up, an example of each model's errors, and
+/// where the evidence went.
+pub fn results_table(f: &RunFacts<'_>, scores: &[Score], frontier: &[bool], stored: bool) -> String {
+    let mut out = format!("\nroute {} · {} · {} items · source {}\n\n", f.route, f.dataset, f.items, f.source);
+    let width = scores.iter().map(|s| s.model.len()).max().unwrap_or(5).max(5);
+    let _ = writeln!(
+        out,
+        "  {:<width$}  {:>9}  {:>5}  {:>5}  {:>14}  {:>14}  {:>7}  {:>7}  {:>6}  frontier",
+        "model", "passed", "acc", "lower", "cost $", "per item $", "p50 ms", "p95 ms", "errors"
+    );
+    for (s, on) in scores.iter().zip(frontier) {
+        let q = Quality::of(s.passed as f64, s.n);
+        let line = format!(
+            "  {:<width$}  {:>9}  {:>5}  {:>5}  {:>14}  {:>14}  {:>7}  {:>7}  {:>6}  {}",
+            s.model,
+            format!("{}/{}", s.passed, s.n),
+            q.map_or("-".into(), |q| share(q.mean_ppm)),
+            q.map_or("-".into(), |q| share(q.lower_ppm)),
+            s.cost.usd(),
+            s.per_item().usd(),
+            millis(s.p50),
+            millis(s.p95),
+            s.errors,
+            if *on { "*" } else { "" }
+        );
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    let mut front: Vec<&Score> = scores.iter().zip(frontier).filter(|(_, on)| **on).map(|(s, _)| s).collect();
+    front.sort_by_key(|s| (s.cost, s.passed));
+    let path: Vec<String> =
+        front.iter().map(|s| format!("{} ({}, ${})", s.model, share(lower_ppm(s)), s.cost.usd())).collect();
+    let _ = writeln!(out, "\nfrontier (cheapest first; lower bound, cost): {}", path.join(" < "));
+    let estimated: u64 = scores.iter().map(|s| s.estimated).sum();
+    if estimated > 0 {
+        let _ = writeln!(out, "{estimated} answers reported no usage: their cost is from counted tokens");
+    }
+    for s in scores {
+        if let Some(e) = &s.first_error {
+            let _ = writeln!(out, "{}: {} errors, e.g. {e}", s.model, s.errors);
+        }
+    }
+    if stored {
+        let _ = writeln!(out, "stored as evidence for route {} (source {})", f.route, f.source);
+    } else {
+        let _ = writeln!(out, "not stored (--no-store)");
+    }
+    out
+}
+
+fn money(c: Cost) -> serde_json::Value {
+    json!({"usd": c.usd(), "nanos": c.0})
+}
+
+/// The results as JSON, for machines: the same numbers as the table, money as decimal text
+/// and integer nano-USD, latencies in milliseconds.
+pub fn results_json(f: &RunFacts<'_>, scores: &[Score], frontier: &[bool], stored: bool) -> serde_json::Value {
+    let models: Vec<serde_json::Value> = scores
+        .iter()
+        .zip(frontier)
+        .map(|(s, on)| {
+            let q = Quality::of(s.passed as f64, s.n);
+            json!({
+                "model": s.model,
+                "n": s.n,
+                "passed": s.passed,
+                "accuracy": q.map(|q| share(q.mean_ppm)),
+                "lower_bound": q.map(|q| share(q.lower_ppm)),
+                "errors": s.errors,
+                "usage_estimated": s.estimated,
+                "cost": money(s.cost),
+                "cost_per_item": money(s.per_item()),
+                "latency_p50_ms": s.p50.map(|d| d.as_millis() as u64),
+                "latency_p95_ms": s.p95.map(|d| d.as_millis() as u64),
+                "frontier": on,
+                "failed_items": s.failed_items,
+                "first_error": s.first_error,
+            })
+        })
+        .collect();
+    json!({
+        "route": f.route,
+        "dataset": f.dataset,
+        "items": f.items,
+        "source": f.source,
+        "stored": stored,
+        "models": models,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,5 +386,62 @@ mod tests {
         let by = t.lines().find(|l| l.trim_start().starts_with("b/y")).unwrap();
         assert!(by.contains("1.000") && by.contains("0.722"), "{by}");
         assert_eq!(table(&rows, Some("other")), "no evidence for route other\n");
+    }
+
+    #[test]
+    fn a_run_renders_its_estimate_progress_and_results() {
+        let facts = RunFacts { route: "tax", dataset: "tax.jsonl", items: 10, kinds: "text 10", source: "evals:tax" };
+        let est = [Estimate {
+            model: "a/x".into(),
+            prompt_tokens: 120,
+            expected_output: 5120,
+            expected: Cost(1_234),
+            worst: Cost(99_000),
+        }];
+        let t = estimate_table(&facts, &est, 4);
+        assert!(
+            t.contains("10 items (text 10) from tax.jsonl on route tax, 1 models: 10 requests, 4 at a time"),
+            "{t}"
+        );
+        let total = t.lines().find(|l| l.trim_start().starts_with("total")).unwrap();
+        assert!(total.contains("0.000001234") && total.contains("0.000099000"), "{total}");
+        let p = Progress { done: 5, total: 10, errors: 1, cost: Cost(1500) };
+        let line = progress_line(&p, Duration::from_millis(1500), 10);
+        assert_eq!(line, "evals [#####-----]  5/10  $0.000001500  1.5s  1 errors");
+        assert_eq!(
+            progress_end(&p, Duration::from_secs(2), false),
+            "evals: 5 requests in 2.0s, 1 errors, $0.000001500\n"
+        );
+        let score = |model: &str, passed, cost, errors| Score {
+            model: String::from(model),
+            n: 10,
+            passed,
+            errors,
+            estimated: 0,
+            cost: Cost(cost),
+            p50: Some(Duration::from_millis(12)),
+            p95: Some(Duration::from_millis(40)),
+            first_error: (errors > 0).then(|| "provider b timed out".to_string()),
+            failed_items: Vec::new(),
+        };
+        let scores = [score("a/x", 10, 5000, 0), score("b/y", 7, 1000, 1), score("c/z", 6, 2000, 0)];
+        let t = results_table(&facts, &scores, &[true, true, false], true);
+        let b = t.lines().find(|l| l.trim_start().starts_with("b/y")).unwrap();
+        assert!(b.contains("7/10") && b.contains("0.700") && b.contains("0.396") && b.contains("0.000000100"), "{b}");
+        assert!(b.trim_end().ends_with('*'), "{b}");
+        assert!(!t.lines().find(|l| l.trim_start().starts_with("c/z")).unwrap().trim_end().ends_with('*'));
+        assert!(
+            t.contains("frontier (cheapest first; lower bound, cost): b/y (0.396, $0.000001000) < a/x (0.722"),
+            "{t}"
+        );
+        assert!(
+            t.contains("b/y: 1 errors, e.g. provider b timed out") && t.contains("stored as evidence for route tax")
+        );
+        let j = results_json(&facts, &scores, &[true, true, false], false);
+        assert_eq!(j["models"][1]["cost"], json!({"usd": "0.000001000", "nanos": 1000}));
+        assert_eq!(
+            (j["models"][1]["lower_bound"].as_str(), j["models"][2]["frontier"].as_bool()),
+            (Some("0.396"), Some(false))
+        );
     }
 }
