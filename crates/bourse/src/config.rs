@@ -529,6 +529,7 @@ fn routing_from_raw(raw: &RawConfig, provider_ids: &[&str], catalog: &Catalog) -
             relative: None,
             min_score_ppm: None,
             cascade: Vec::new(),
+            cascade_streams: false,
             agree: AgreeConfig::default(),
             judge: None,
             shadow: None,
@@ -559,6 +560,16 @@ fn routing_from_raw(raw: &RawConfig, provider_ids: &[&str], catalog: &Catalog) -
                 None => (parse_quality(s).map_err(|m| err(at("min_quality"), m))?, None),
             },
         };
+        let cascade_streams = match r.cascade_streaming.as_deref() {
+            None | Some("off") => false,
+            Some("buffer") => true,
+            Some(other) => {
+                return Err(err(at("cascade_streaming"), format!("\"{other}\" must be \"off\" or \"buffer\"")))
+            }
+        };
+        if cascade_streams && r.cascade.as_ref().is_none_or(Vec::is_empty) {
+            return Err(err(at("cascade_streaming"), "\"buffer\" needs a cascade on the route"));
+        }
         let mut cascade = Vec::new();
         for name in r.cascade.iter().flatten() {
             let kind = CheckKind::parse(name).map_err(|m| err(at("cascade"), m))?;
@@ -602,6 +613,7 @@ fn routing_from_raw(raw: &RawConfig, provider_ids: &[&str], catalog: &Catalog) -
                 relative,
                 min_score_ppm,
                 cascade,
+                cascade_streams,
                 agree,
                 judge,
                 shadow,

@@ -120,6 +120,8 @@ pub async fn chat(
     // in this function's own future (a nested one would add a state machine to every poll).
     // A shadowed request: its route, the shadow's model, and the request as sent.
     let mut shadow: Option<(String, String, ChatRequest)> = None;
+    // A buffered stream's `include_usage`, when the answer is to be replayed as a stream.
+    let mut buffered: Option<bool> = None;
     let mut resp = 'answer: {
         let client = req.dialect;
         let router = &state.router;
@@ -183,6 +185,15 @@ pub async fn chat(
         // escalates to a better candidate.
         let route_config = plan.as_ref().and_then(|p| router.route(&p.route));
         let mut cascade = route_config.and_then(|r| Cascade::new(r, &req, &caller.request_id));
+        // A cascaded stream (`cascade_streaming = "buffer"`): its attempts go upstream without
+        // streaming, and the answer that stands is replayed to the client as a stream.
+        if req.stream && cascade.is_some() {
+            buffered = Some(req.include_usage);
+            req.stream = false;
+            let body = req.body_mut();
+            body.insert("stream".into(), serde_json::Value::Bool(false));
+            body.remove("stream_options");
+        }
         // Shadow sampling: a sampled non-streaming request is kept as sent, for its shadow.
         if let Some((r, s)) = route_config.and_then(|r| Some((r, r.shadow.as_ref()?))) {
             if !req.stream && side::sampled(&caller.request_id, "shadow", s.share_ppm) {
@@ -415,6 +426,9 @@ pub async fn chat(
             .render(client),
         }
     };
+    if let Some(include_usage) = buffered {
+        resp = answer::replayed(resp, req.dialect, include_usage).await;
+    }
     // The answer goes out first; its shadow follows on a task of its own.
     if let Some((route, model, req)) = shadow {
         let served = resp.extensions_mut().remove::<Served>().filter(|_| resp.status().is_success());

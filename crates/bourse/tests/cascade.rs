@@ -241,6 +241,14 @@ fn cascade_config_is_checked_at_start_up() {
             .to_string();
         assert!(e.contains(want), "{cascade}: {e}");
     }
+    for (route, want) in [
+        ("cascade = [\"complete\"]\ncascade_streaming = \"bufer\"", "\"bufer\" must be \"off\" or \"buffer\""),
+        ("cascade_streaming = \"buffer\"", "routes.r.cascade_streaming: \"buffer\" needs a cascade on the route"),
+    ] {
+        let e =
+            bourse::config::Config::from_toml(&format!("[routes.r]\n{route}\n"), &|_| None).unwrap_err().to_string();
+        assert!(e.contains(want), "{route}: {e}");
+    }
 }
 
 /// A serving gateway stores its checks' outcomes as evidence for the route (every 5 s), where
@@ -831,4 +839,51 @@ async fn scouts_and_judge_settle_on_the_keys_budget_and_the_shadow_does_not() {
     let usage = state.counters.usage(ScopeKind::Tenant, "acme", "acme", bourse::timespec::now_ms()).await.unwrap();
     assert_eq!((usage.day, usage.reserved, usage.in_flight), (spent, 0, 0));
     let _ = std::fs::remove_file(&db);
+}
+
+/// `cascade_streaming = "buffer"`: a streamed request is cascaded like any other (its attempts
+/// go upstream without streaming) and the answer that stands is replayed as a stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buffered_stream_is_checked_then_replayed() {
+    let cascade = "[\"complete\", \"json_schema\"]\ncascade_streaming = \"buffer\"";
+    let f = fixture([0.0, 0.0, 1.0, 1.0], WrongStyle::InvalidJson, cascade).await;
+    let mut body = schema_request(30);
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let resp = send(&f, &body, "buffered").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "content-type"), "text/event-stream");
+    assert_eq!(header(&resp, "x-bourse-provider"), "mid");
+    assert_eq!(header(&resp, "x-bourse-cascade"), "passed; escalations=1");
+    let cost = header(&resp, "x-bourse-cost-usd");
+    let bytes = resp.bytes().await.unwrap();
+    let items = bourse::sse::parse_all(&bytes);
+    let mut data = Vec::new();
+    let mut comments = Vec::new();
+    for item in items {
+        match item {
+            bourse::sse::Item::Event(e) => data.push(e.data),
+            bourse::sse::Item::Comment(c) => comments.push(c),
+        }
+    }
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let text: String =
+        chunks.iter().filter_map(|c| c["choices"].get(0)?["delta"]["content"].as_str().map(str::to_string)).collect();
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), json!({"answer": "42"}));
+    assert!(chunks.last().unwrap()["usage"]["total_tokens"].as_u64().unwrap() > 0, "the usage chunk asked for");
+    assert!(comments.iter().any(|c| c.starts_with(&format!("x-bourse-cost-usd={cost} "))), "{comments:?}");
+    // Both attempts went upstream without streaming, each a row with its checks.
+    let rows = rows(&f, "buffered", 2).await;
+    let got: Vec<(&str, bool, Option<&str>)> =
+        rows.iter().map(|r| (r.provider.as_str(), r.stream, r.checks.as_deref())).collect();
+    assert_eq!(
+        got,
+        [
+            ("cheap", false, Some("complete:pass,json_schema:fail")),
+            ("mid", false, Some("complete:pass,json_schema:pass"))
+        ]
+    );
+    let upstream: &Value = &f.sims[2].last_request().unwrap().body;
+    assert_eq!((upstream.get("stream"), upstream.get("stream_options")), (Some(&json!(false)), None));
 }

@@ -95,6 +95,8 @@ pub struct RawRoute {
     pub max_cost_usd: Option<f64>,
     /// Checks an answer must pass; a failed one escalates to a better candidate.
     pub cascade: Option<Vec<String>>,
+    /// Streams on a cascade route: "off" (served unchecked, the default) or "buffer".
+    pub cascade_streaming: Option<String>,
     /// How the `agree` check asks and compares (cascade and shadow).
     pub agree: Option<RawAgree>,
     /// The `judge` check's model, rubric and sampled share.

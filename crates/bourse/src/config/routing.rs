@@ -71,8 +71,12 @@ pub struct RouteConfig {
     pub min_score_ppm: Option<u32>,
     /// `cascade`: the checks a non-streaming answer must pass, in order; when one fails the
     /// request escalates to a candidate of higher quality. Empty: no cascade. Streamed
-    /// requests are not checked (their first byte would have to wait for the whole answer).
+    /// requests are served unchecked unless `cascade_streams`.
     pub cascade: Vec<crate::check::CheckKind>,
+    /// `cascade_streaming = "buffer"`: streamed requests are cascaded too; their attempts go
+    /// upstream without streaming and the answer that stands is replayed as a stream (the
+    /// first byte waits for the checks).
+    pub cascade_streams: bool,
     /// `agree`: how the `agree` check asks its scouts and compares answers (also what a
     /// shadow's answer is compared by). Defaults when not written.
     pub agree: AgreeConfig,

@@ -104,6 +104,38 @@ pub(super) fn money_headers(resp: &mut Response, s: &Settled) {
     }
 }
 
+/// A complete answer replayed as a stream in the client's dialect (a buffered cascade,
+/// `dialect::replay`), with the money comment a stream ends with; the answer's headers stay
+/// (its cost headers included: it was known before the first byte). Errors and bodies that
+/// are not an answer go out as they are.
+pub(super) async fn replayed(resp: Response, client: Dialect, include_usage: bool) -> Response {
+    if !resp.status().is_success() {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return Error::new(ErrorKind::Internal, "the checked answer could not be read back").render(client);
+    };
+    let Some(stream) = crate::dialect::replay::stream_of(&bytes, client, include_usage) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    let h = &mut parts.headers;
+    let money = |name: &HeaderName| h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("0").to_string();
+    let comment = format!(
+        ": x-bourse-cost-usd={} x-bourse-reference-cost-usd={} x-bourse-saved-usd={}\n\n",
+        money(&X_BOURSE_COST),
+        money(&X_BOURSE_REFERENCE_COST),
+        money(&X_BOURSE_SAVED)
+    );
+    let mut out = Vec::with_capacity(stream.len() + comment.len());
+    out.extend_from_slice(&stream);
+    out.extend_from_slice(comment.as_bytes());
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(out))
+}
+
 /// The SSE comment sent after `[DONE]`: streaming headers leave before the cost is known.
 pub(super) fn money_comment(s: &Settled) -> Bytes {
     Bytes::from(format!(

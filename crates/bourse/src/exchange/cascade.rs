@@ -60,7 +60,7 @@ impl<'r> Cascade<'r> {
     /// streams, or the request cannot be read as a conversation (it is then served unchecked,
     /// and the log says why).
     pub(super) fn new(route: &'r RouteConfig, req: &ChatRequest, request_id: &str) -> Option<Cascade<'r>> {
-        if route.cascade.is_empty() || req.stream {
+        if route.cascade.is_empty() || (req.stream && !route.cascade_streams) {
             return None;
         }
         let expectations = match Expectations::of(req) {
