@@ -3,8 +3,11 @@
 //!
 //! It reads the checked attempts of a window ([`Ledger::checked`](super::Ledger::checked):
 //! rows with a `checks` column, through a partial index). A request is one request id; it
-//! **escalated** when one of its attempts failed a check and a later attempt followed; it
-//! **passed** when its last checked attempt passed every check. The **final model** of a
+//! **escalated** when one of its attempts was an escalation, as that attempt's route reason
+//! says (`attempt N (escalated: json_schema failed on …)`: the report counts what the route
+//! reasons tell, and an `agree` scout that disagreed is not an escalation by itself); it
+//! **passed** when its last checked attempt passed every check. Side calls (a judge, a shadow:
+//! attempt 0) are not attempts of the request and are left out. The **final model** of a
 //! route is the one that most often served the last attempt of its escalated requests (of
 //! all its requests, when none escalated). The counterfactual prices each request's first
 //! attempt's usage (its prompt and answer sizes) at the final model's prices: the caller
@@ -47,10 +50,10 @@ pub fn cascades(rows: &[LedgerEntry], price: impl Fn(&str, &Usage) -> Option<i64
         escalated: bool,
     }
     let mut requests: Vec<Request<'_>> = Vec::new();
-    for r in rows {
+    for r in rows.iter().filter(|r| r.attempt > 0) {
         match requests.last_mut().filter(|q| q.first.request_id == r.request_id) {
             Some(q) => {
-                q.escalated |= failed(q.last);
+                q.escalated |= r.route_reason.as_deref().is_some_and(|x| x.contains(" (escalated: "));
                 q.last = r;
                 q.attempts += 1;
                 q.cost = q.cost.saturating_add(r.cost_nanos);
@@ -110,6 +113,10 @@ mod tests {
 
     fn row(request: &str, attempt: u32, model: &str, checks: &str, cost: i64, input: u64) -> LedgerEntry {
         let (provider, model) = model.split_once('/').unwrap();
+        let why = match attempt {
+            1 => String::new(),
+            n => format!("; attempt {n} (escalated: a check failed)"),
+        };
         LedgerEntry {
             request_id: request.into(),
             attempt,
@@ -118,7 +125,7 @@ mod tests {
             tenant_id: None,
             provider: provider.into(),
             model: model.into(),
-            route_reason: Some(format!("route=extract chose {provider}/{model} (expected $0.1); 3 feasible")),
+            route_reason: Some(format!("route=extract chose {provider}/{model} (expected $0.1); 3 feasible{why}")),
             usage: Usage { input_uncached: input, output: 10, ..Usage::default() },
             cost_nanos: cost,
             reference_cost_nanos: 0,
@@ -169,5 +176,17 @@ mod tests {
         let calm = [row("x", 1, "cheap/m", "complete:pass", 1, 1)];
         assert_eq!(cascades(&calm, |_, _| Some(0))[0].final_model.as_deref(), Some("cheap/m"));
         assert!(cascades(&[], |_, _| Some(0)).is_empty());
+        // Scouts that disagree are not escalations by themselves; a side call (attempt 0) is
+        // not an attempt of the request.
+        let mut scout = row("s", 2, "mid/m", "complete:pass,agree:pass", 3, 1);
+        scout.route_reason = Some("route=extract chose mid/m (expected $0.1); 3 feasible; agree scout 2 of 2".into());
+        let mut judge = row("s", 0, "top/m", "complete:pass", 9, 1);
+        judge.route_reason = Some("judge for cheap/m".into());
+        let scouted = [judge, row("s", 1, "cheap/m", "complete:pass,agree:fail", 1, 1), scout];
+        let got = &cascades(&scouted, |_, _| Some(0))[0];
+        assert_eq!(
+            (got.route.as_str(), got.requests, got.escalated, got.attempts, got.cost_nanos),
+            ("extract", 1, 0, 2, 4)
+        );
     }
 }
