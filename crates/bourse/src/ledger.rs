@@ -138,8 +138,9 @@ impl Ledger {
         }
     }
 
-    /// Every attempt that ran answer checks in `[since_ms, until_ms)`, by request and attempt
-    /// (the cascade report: see [`cascades`]).
+    /// Every attempt that ran answer checks in `[since_ms, until_ms)`, and every side call (a
+    /// judge, a shadow: attempt 0), by request and attempt (the cascade report: see
+    /// [`cascades`]).
     pub async fn checked(&self, since_ms: Option<i64>, until_ms: Option<i64>) -> Result<Vec<LedgerEntry>, LedgerError> {
         let (since, until) = (since_ms.unwrap_or(i64::MIN), until_ms.unwrap_or(i64::MAX));
         match self {

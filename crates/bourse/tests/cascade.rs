@@ -320,6 +320,7 @@ async fn check_outcomes_become_stored_evidence() {
             "cost_usd": bourse::meter::Cost(cost).usd(),
             "final_model": "mid/sim-small",
             "final_model_cost_usd": bourse::meter::Cost(all_to_mid).usd(),
+            "judged": 0, "shadowed": 0, "shadow_cost_usd": "0.000000000",
         }])
     );
     let mut cmd = bin::command();
@@ -634,7 +635,10 @@ async fn a_shadowed_request_is_answered_again_and_agreement_is_evidence() {
     assert_eq!((resp.status().as_u16(), header(&resp, "x-bourse-provider")), (200, "cheap".to_string()));
     let shadowed = rows(&f, "shadowed", 2).await;
     let shadow = shadowed.iter().find(|r| r.attempt == 0).unwrap();
-    assert_eq!((shadow.provider.as_str(), shadow.route_reason.as_deref()), ("ref", Some("shadow for shadowed")));
+    assert_eq!(
+        (shadow.provider.as_str(), shadow.route_reason.as_deref()),
+        ("ref", Some("shadow for shadowed on route extract"))
+    );
     assert!(shadow.cost_nanos > 0 && shadow.reference_cost_nanos == 0 && shadow.key_id.is_none(), "{shadow:?}");
     assert_eq!(shadow.error_kind, None);
     // The agreement is evidence for the model that served, under `check:shadow`.

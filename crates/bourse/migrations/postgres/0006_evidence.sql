@@ -10,4 +10,4 @@ CREATE TABLE route_evidence (
 );
 
 ALTER TABLE ledger ADD COLUMN checks text;
-CREATE INDEX ledger_checked_ts ON ledger (ts_ms) WHERE checks IS NOT NULL;
+CREATE INDEX ledger_checked_ts ON ledger (ts_ms) WHERE checks IS NOT NULL OR attempt = 0;

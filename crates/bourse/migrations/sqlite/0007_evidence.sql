@@ -13,7 +13,8 @@ CREATE TABLE route_evidence (
 );
 
 -- The answer checks an attempt ran and their outcomes (`complete:pass,json_schema:fail`),
--- NULL when none ran. The cascade report reads the checked rows of a window through a partial
--- index: only checked rows are in it, so it costs the other rows nothing.
+-- NULL when none ran. The cascade report reads the checked rows of a window, and the side
+-- calls (a judge, a shadow: attempt 0), through a partial index that holds only those, so it
+-- costs the other rows nothing.
 ALTER TABLE ledger ADD COLUMN checks TEXT;
-CREATE INDEX ledger_checked_ts ON ledger (ts_ms) WHERE checks IS NOT NULL;
+CREATE INDEX ledger_checked_ts ON ledger (ts_ms) WHERE checks IS NOT NULL OR attempt = 0;

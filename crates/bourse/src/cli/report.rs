@@ -131,9 +131,10 @@ pub fn render(rows: &[ReportRow], format: Format) -> String {
     }
 }
 
-/// The cascades of `--by route` (routes with answer checks): requests, how many escalated and
-/// passed, attempts, what they cost, and the same requests sent straight to the model the
-/// escalations ended at. JSON: a `cascades` array (USD as exact strings).
+/// The cascades of `--by route` (routes with answer checks or shadows): requests, how many
+/// escalated and passed, attempts, judge calls, what they cost (judges included), the same
+/// requests sent straight to the model the escalations ended at, and the shadow calls and
+/// their spend. JSON: a `cascades` array (USD as exact strings).
 pub fn cascades(list: &[crate::ledger::CascadeRow], format: Format) -> String {
     let usd = |n: Option<i64>| n.map_or("-".to_string(), |n| Cost(n).usd());
     match format {
@@ -145,6 +146,7 @@ pub fn cascades(list: &[crate::ledger::CascadeRow], format: Format) -> String {
                         "route": c.route, "requests": c.requests, "escalated": c.escalated, "passed": c.passed,
                         "attempts": c.attempts, "cost_usd": Cost(c.cost_nanos).usd(),
                         "final_model": c.final_model, "final_model_cost_usd": c.final_model_cost_nanos.map(|n| Cost(n).usd()),
+                        "judged": c.judged, "shadowed": c.shadowed, "shadow_cost_usd": Cost(c.shadow_cost_nanos).usd(),
                     })
                 })
                 .collect();
@@ -157,8 +159,19 @@ pub fn cascades(list: &[crate::ledger::CascadeRow], format: Format) -> String {
             let mut out = String::from(
                 "\ncascades (answers checked per route; escalated = a check failed and a better model was asked)\n",
             );
-            let head =
-                ["route", "requests", "escalated", "passed", "attempts", "cost $", "final model", "all to final $"];
+            let head = [
+                "route",
+                "requests",
+                "escalated",
+                "passed",
+                "attempts",
+                "judged",
+                "cost $",
+                "final model",
+                "all to final $",
+                "shadowed",
+                "shadow $",
+            ];
             let mut table: Vec<Vec<String>> = vec![head.iter().map(|h| h.to_string()).collect()];
             for c in list {
                 table.push(vec![
@@ -167,9 +180,12 @@ pub fn cascades(list: &[crate::ledger::CascadeRow], format: Format) -> String {
                     c.escalated.to_string(),
                     c.passed.to_string(),
                     c.attempts.to_string(),
+                    c.judged.to_string(),
                     Cost(c.cost_nanos).usd(),
                     c.final_model.clone().unwrap_or_else(|| "-".into()),
                     usd(c.final_model_cost_nanos),
+                    c.shadowed.to_string(),
+                    Cost(c.shadow_cost_nanos).usd(),
                 ]);
             }
             let widths: Vec<usize> =
@@ -177,7 +193,7 @@ pub fn cascades(list: &[crate::ledger::CascadeRow], format: Format) -> String {
             for row in &table {
                 for (i, c) in row.iter().enumerate() {
                     match i {
-                        0 | 6 => {
+                        0 | 7 => {
                             let _ = write!(out, "{}{c:<w$}", if i == 0 { "" } else { "  " }, w = widths[i]);
                         }
                         _ => {

@@ -1,8 +1,8 @@
 //! Side calls: a judge grading an answer (the `judge` check) and a shadow answering a sampled
 //! request again (shadow sampling). Each is a metered upstream attempt with a ledger row of
 //! its own, so its cost is in the ledger, but it answers no client: the row is attempt 0, its
-//! route reason says what it was for (`judge for cheap/sim-small`, `shadow for <request id>`),
-//! and it has no counterfactual (the reference model would not have made the call either), so
+//! route reason says what it was for (`judge for cheap/sim-small`, `shadow for <request id> on
+//! route <route>`), and it has no counterfactual (the reference model would not have made the call either), so
 //! its cost counts against the savings.
 //!
 //! Neither can fail the request: a judge that errs or gives no verdict says nothing of the
@@ -173,7 +173,7 @@ pub(super) struct Shadow {
 /// route under the check name `shadow` (source `check:shadow`). The shadow's call is
 /// booked without the request's key: it is the gateway's sampling, not the caller's spend,
 /// so no key's budget pays for it and a report tells it apart by its route reason,
-/// `shadow for <request id>`.
+/// `shadow for <request id> on route <route>`.
 pub(super) fn spawn(state: &SharedState, caller: &Caller, route: RouteId, shadow: Shadow) {
     let state = state.clone();
     let caller = Caller { key_id: None, key: None, arrived: None, request_id: caller.request_id.clone() };
@@ -190,7 +190,7 @@ async fn run(state: &SharedState, caller: Caller, route: RouteId, shadow: Shadow
     let (target, price) = resolve(state, &model)?;
     let client = req.dialect;
     let (body, json_tool) = upstream_body(&mut req, &target)?;
-    let reason = format!("shadow for {}", caller.request_id);
+    let reason = format!("shadow for {} on route {route_name}", caller.request_id);
     let read = |bytes: Bytes| client_answer(&req, &target, bytes, json_tool);
     let bytes = call(state, caller, (&target, price), body, reason, route, None, read).await?;
     let Some(config) = state.router.route(&route_name) else { return Ok(()) };

@@ -6,8 +6,9 @@
 //! **escalated** when one of its attempts was an escalation, as that attempt's route reason
 //! says (`attempt N (escalated: json_schema failed on …)`: the report counts what the route
 //! reasons tell, and an `agree` scout that disagreed is not an escalation by itself); it
-//! **passed** when its last checked attempt passed every check. Side calls (a judge, a shadow:
-//! attempt 0) are not attempts of the request and are left out. The **final model** of a
+//! **passed** when its last checked attempt passed every check. Side calls (attempt 0) are
+//! not attempts of the request: a judge's cost counts in its request's cascade cost (and
+//! `judged`), a shadow's as the route's shadow spend (its route reason names the route). The **final model** of a
 //! route is the one that most often served the last attempt of its escalated requests (of
 //! all its requests, when none escalated). The counterfactual prices each request's first
 //! attempt's usage (its prompt and answer sizes) at the final model's prices: the caller
@@ -30,8 +31,14 @@ pub struct CascadeRow {
     pub passed: u64,
     /// Checked attempts (every one metered).
     pub attempts: u64,
-    /// What the checked attempts cost, nano-USD.
+    /// What the checked attempts and their judges cost, nano-USD.
     pub cost_nanos: i64,
+    /// Judge calls (each also in `cost_nanos`).
+    pub judged: u64,
+    /// Shadow calls on the route, and what they cost (not in `cost_nanos`: spend of the
+    /// gateway's sampling, against the savings).
+    pub shadowed: u64,
+    pub shadow_cost_nanos: i64,
     /// `provider/model` the escalations ended at.
     pub final_model: Option<String>,
     /// The same requests sent straight to the final model, nano-USD (None: it has no price).
@@ -48,6 +55,19 @@ pub fn cascades(rows: &[LedgerEntry], price: impl Fn(&str, &Usage) -> Option<i64
         attempts: u64,
         cost: i64,
         escalated: bool,
+    }
+    // Side calls: judges by request, shadows by route.
+    let mut judges: BTreeMap<&str, (u64, i64)> = BTreeMap::new();
+    let mut shadows: BTreeMap<&str, (u64, i64)> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.attempt == 0) {
+        let reason = r.route_reason.as_deref().unwrap_or("");
+        let slot = match reason.split_once(" on route ") {
+            Some((head, route)) if head.starts_with("shadow for ") => shadows.entry(route).or_default(),
+            _ if reason.starts_with("judge for ") => judges.entry(&r.request_id).or_default(),
+            _ => continue,
+        };
+        slot.0 += 1;
+        slot.1 = slot.1.saturating_add(r.cost_nanos);
     }
     let mut requests: Vec<Request<'_>> = Vec::new();
     for r in rows.iter().filter(|r| r.attempt > 0) {
@@ -72,6 +92,9 @@ pub fn cascades(rows: &[LedgerEntry], price: impl Fn(&str, &Usage) -> Option<i64
     for q in &requests {
         by_route.entry(q.route).or_default().push(q);
     }
+    for route in shadows.keys() {
+        by_route.entry(route).or_default();
+    }
     by_route
         .into_iter()
         .map(|(route, qs)| {
@@ -88,13 +111,23 @@ pub fn cascades(rows: &[LedgerEntry], price: impl Fn(&str, &Usage) -> Option<i64
             let final_model_cost_nanos = final_model.as_deref().and_then(|m| {
                 qs.iter().try_fold(0i64, |sum, q| price(m, &q.first.usage).map(|c| sum.saturating_add(c)))
             });
+            let judged: Vec<(u64, i64)> =
+                qs.iter().filter_map(|q| judges.get(q.first.request_id.as_str()).copied()).collect();
+            let (shadowed, shadow_cost_nanos) = shadows.get(route).copied().unwrap_or_default();
             CascadeRow {
                 route: route.to_string(),
                 requests: qs.len() as u64,
                 escalated: qs.iter().filter(|q| q.escalated).count() as u64,
                 passed: qs.iter().filter(|q| !failed(q.last)).count() as u64,
                 attempts: qs.iter().map(|q| q.attempts).sum(),
-                cost_nanos: qs.iter().fold(0i64, |s, q| s.saturating_add(q.cost)),
+                cost_nanos: qs
+                    .iter()
+                    .map(|q| q.cost)
+                    .chain(judged.iter().map(|j| j.1))
+                    .fold(0i64, |s, c| s.saturating_add(c)),
+                judged: judged.iter().map(|j| j.0).sum(),
+                shadowed,
+                shadow_cost_nanos,
                 final_model,
                 final_model_cost_nanos,
             }
@@ -168,6 +201,7 @@ mod tests {
                 cost_nanos: 685,
                 final_model: Some("mid/m".into()),
                 final_model_cost_nanos: Some(350),
+                ..CascadeRow::default()
             }]
         );
         // A final model without a price: no counterfactual rather than a wrong one.
@@ -182,11 +216,29 @@ mod tests {
         scout.route_reason = Some("route=extract chose mid/m (expected $0.1); 3 feasible; agree scout 2 of 2".into());
         let mut judge = row("s", 0, "top/m", "complete:pass", 9, 1);
         judge.route_reason = Some("judge for cheap/m".into());
-        let scouted = [judge, row("s", 1, "cheap/m", "complete:pass,agree:fail", 1, 1), scout];
-        let got = &cascades(&scouted, |_, _| Some(0))[0];
+        let mut shadow = row("other-request", 0, "top/m", "", 20, 1);
+        shadow.checks = None;
+        shadow.route_reason = Some("shadow for other-request on route extract".into());
+        let mut elsewhere = shadow.clone();
+        elsewhere.route_reason = Some("shadow for x on route plain".into());
+        let scouted = [judge, row("s", 1, "cheap/m", "complete:pass,agree:fail", 1, 1), scout, shadow, elsewhere];
+        let got = cascades(&scouted, |_, _| Some(0));
+        let e = &got[0];
         assert_eq!(
-            (got.route.as_str(), got.requests, got.escalated, got.attempts, got.cost_nanos),
-            ("extract", 1, 0, 2, 4)
+            (
+                e.route.as_str(),
+                e.requests,
+                e.escalated,
+                e.attempts,
+                e.cost_nanos,
+                e.judged,
+                e.shadowed,
+                e.shadow_cost_nanos
+            ),
+            ("extract", 1, 0, 2, 13, 1, 1, 20),
+            "the judge's 9 in the cascade's cost, the shadow's 20 apart"
         );
+        // A route with only shadows has a row of its own.
+        assert_eq!((got[1].route.as_str(), got[1].requests, got[1].shadowed), ("plain", 0, 1));
     }
 }

@@ -64,11 +64,11 @@ macro_rules! has_next {
 const SELECT_AFTER_ID: &str =
     concat!("SELECT ", entry_columns!(), ", id, ", has_next!(), " FROM ledger AS l WHERE id > $1 ORDER BY id LIMIT $2");
 
-/// The checked rows of a window, through the partial index `ledger_checked_ts`.
+/// The checked rows and side calls of a window, through the partial index `ledger_checked_ts`.
 const SELECT_CHECKED: &str = concat!(
     "SELECT ",
     entry_columns!(),
-    " FROM ledger WHERE checks IS NOT NULL AND ts_ms >= $1 AND ts_ms < $2 ORDER BY request_id, attempt, id"
+    " FROM ledger WHERE (checks IS NOT NULL OR attempt = 0) AND ts_ms >= $1 AND ts_ms < $2 ORDER BY request_id, attempt, id"
 );
 
 /// Which of the keys (request id, attempt) are stored.

@@ -224,11 +224,11 @@ const SELECT_AFTER_ID: &str =
 
 const SELECT_EXISTS: &str = "SELECT 1 FROM ledger WHERE request_id = ?1 AND attempt = ?2";
 
-/// The checked rows of a window, through the partial index `ledger_checked_ts`.
+/// The checked rows and side calls of a window, through the partial index `ledger_checked_ts`.
 const SELECT_CHECKED: &str = concat!(
     "SELECT ",
     entry_columns!(),
-    " FROM ledger WHERE checks IS NOT NULL AND ts_ms >= ?1 AND ts_ms < ?2 ORDER BY request_id, attempt, id"
+    " FROM ledger WHERE (checks IS NOT NULL OR attempt = 0) AND ts_ms >= ?1 AND ts_ms < ?2 ORDER BY request_id, attempt, id"
 );
 
 const SELECT_FAILED_AT: &str = concat!(
