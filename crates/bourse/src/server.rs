@@ -364,8 +364,8 @@ pub async fn start(cfg: &Config, opts: ServeOptions) -> Result<Running, String> 
 impl Running {
     /// Stop accepting, let in-flight requests finish for up to `server.shutdown_grace` and
     /// end those still running then ([`serve`]), then flush every row the ledger's writer
-    /// still holds and every span not yet exported: the flush comes after the grace period,
-    /// not within it.
+    /// still holds, the live evidence not yet stored and every span not yet exported: the
+    /// flush comes after the grace period, not within it.
     pub async fn stop(self) {
         tracing::info!(
             grace_secs = self.state.shutdown.grace.as_secs_f64(),
@@ -384,6 +384,12 @@ impl Running {
             // flush what the writer still holds.
             let stats = handle.shutdown().await;
             tracing::info!(?stats, "ledger flushed");
+        }
+        // Live check outcomes counted since the last evidence sync (every 5 s) go to the store.
+        if let Some(ledger) = &self.state.reports {
+            if let Err(e) = self.state.router.evidence.sync(Some(ledger)).await {
+                tracing::warn!(error = %e, "evidence: the last outcomes could not be stored");
+            }
         }
         // The requests' last spans are queued: send them before the process goes.
         if let Some(tracer) = &self.state.telemetry.tracer {

@@ -891,3 +891,43 @@ async fn a_buffered_stream_is_checked_then_replayed() {
     let upstream: &Value = &f.sims[2].last_request().unwrap().body;
     assert_eq!((upstream.get("stream"), upstream.get("stream_options")), (Some(&json!(false)), None));
 }
+
+/// A graceful stop stores the outcomes counted since the last evidence sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_stores_the_last_outcomes() {
+    let sims = [
+        sim(0.0, WrongStyle::InvalidJson).await,
+        sim(0.0, WrongStyle::InvalidJson).await,
+        sim(1.0, WrongStyle::Answer).await,
+        sim(1.0, WrongStyle::Answer).await,
+    ];
+    let dir = std::env::temp_dir().join(format!("bourse-cascade-stop-{}-{}", std::process::id(), fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite:{}", dir.join("ledger.db").display());
+    let named: Vec<(&str, &Sim)> = ["cheap", "low", "mid", "premium"].into_iter().zip(sims.iter()).collect();
+    let config = dir.join("bourse.toml");
+    std::fs::write(&config, self::config(&named, &url, &cascading(r#"["json_schema"]"#), &[])).unwrap();
+    let mut cmd = bin::command();
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&config);
+    let started = std::time::Instant::now();
+    let mut gw = bin::serve(&mut cmd).await;
+    let resp = client()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .header("content-type", "application/json")
+        .body(schema_request(40).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&resp, "x-bourse-cascade"), "passed; escalations=1");
+    gw.process.signal("TERM");
+    let status = tokio::time::timeout(std::time::Duration::from_secs(30), gw.process.child.wait()).await.unwrap();
+    assert!(status.unwrap().success());
+    // The periodic sync first runs 5 s after the start: before that, only the stop stored them.
+    if started.elapsed() >= std::time::Duration::from_millis(4_500) {
+        eprintln!("note: the periodic sync may have run too (the stop came {:?} after the start)", started.elapsed());
+    }
+    let stored = bourse::ledger::Ledger::open(&url).await.unwrap().evidence().await.unwrap();
+    let got: Vec<(&str, &str, u64)> = stored.iter().map(|r| (r.model.as_str(), r.source.as_str(), r.n)).collect();
+    assert_eq!(got, [("cheap/sim-small", "check:json_schema", 1), ("mid/sim-small", "check:json_schema", 1)]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
