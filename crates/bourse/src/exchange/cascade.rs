@@ -22,8 +22,10 @@
 //! "Higher quality" compares the evidence lower bounds on the route when both models have
 //! some, else their catalog scores (unrated counts lowest).
 //!
-//! Streamed requests are not cascaded: their first byte would have to wait for the whole
-//! answer.
+//! Streamed requests are cascaded only on a route with `cascade_streaming = "buffer"`: the
+//! exchange then sends every attempt upstream without streaming and replays the answer that
+//! stands as the client's stream (`dialect::replay`); the first byte waits for the checks.
+//! Elsewhere a stream is served unchecked.
 
 use crate::canonical::{ChatRequest, Dialect};
 use crate::check::{self, Agreement, Answer, CheckKind, Expectations, Outcome};
