@@ -184,7 +184,9 @@ pub async fn chat(
         // A route's cascade (non-streaming requests): answers are checked, and one that fails
         // escalates to a better candidate.
         let route_config = plan.as_ref().and_then(|p| router.route(&p.route));
-        let mut cascade = route_config.and_then(|r| Cascade::new(r, &req, &caller.request_id));
+        // Boxed: the exchange's future holds a pointer, not the cascade (its expectations and
+        // kept answer), so requests without one do not carry (and copy) its size.
+        let mut cascade = route_config.and_then(|r| Cascade::new(r, &req, &caller.request_id)).map(Box::new);
         // A cascaded stream (`cascade_streaming = "buffer"`): its attempts go upstream without
         // streaming, and the answer that stands is replayed to the client as a stream.
         if req.stream && cascade.is_some() {
@@ -282,7 +284,7 @@ pub async fn chat(
             };
             attempt_no += 1;
             if let (Some(k), Some(p), Some(rank), Chosen::Routed(entry)) =
-                (cascade.as_ref().and_then(Cascade::scouts), &plan, rank, chosen)
+                (cascade.as_deref().and_then(Cascade::scouts), &plan, rank, chosen)
             {
                 let mut reason = router.reason(p, rank, 1);
                 if let Some(d) = &downgraded {
@@ -293,7 +295,7 @@ pub async fn chat(
                 if scouts.len() < k {
                     continue;
                 }
-                let (Some(c), Some(p)) = (cascade.as_mut(), &plan) else { continue };
+                let (Some(c), Some(p)) = (cascade.as_deref_mut(), &plan) else { continue };
                 let r = scouts::Request {
                     state,
                     caller,
@@ -338,7 +340,7 @@ pub async fn chat(
                 reason,
                 held,
                 gate: gate.as_mut(),
-                cascade: cascade.as_mut(),
+                cascade: cascade.as_deref_mut(),
                 watch: &mut watch,
                 shadowed: shadow.is_some(),
             };
@@ -372,7 +374,7 @@ pub async fn chat(
         // Fewer feasible candidates than scouts: those there are were gathered, and are asked
         // now (the missing ones count as giving no answer).
         if let (Some(k), Some(c), Some(p), false) =
-            (cascade.as_ref().and_then(Cascade::scouts), cascade.as_mut(), &plan, scouts.is_empty())
+            (cascade.as_deref().and_then(Cascade::scouts), cascade.as_deref_mut(), &plan, scouts.is_empty())
         {
             let r = scouts::Request {
                 state,
@@ -395,7 +397,7 @@ pub async fn chat(
             }
         }
         // No candidate passed the cascade's checks: the last answer, marked.
-        if let Some(resp) = cascade.as_mut().and_then(Cascade::exhausted) {
+        if let Some(resp) = cascade.as_deref_mut().and_then(Cascade::exhausted) {
             break 'answer resp;
         }
         if let (Some(r), None) = (&refused, &last_err) {
