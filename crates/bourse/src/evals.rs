@@ -41,7 +41,8 @@ use crate::canonical::{Dialect, Usage};
 use crate::catalog::Model;
 use crate::check::{self, Answer, Schema};
 use crate::config::Config;
-use crate::dialect::{anthropic, gemini, openai as wire};
+use crate::dialect::openai as wire;
+use crate::exchange;
 use crate::ledger::EvidenceRow;
 use crate::meter::estimate::{self as tokens, Counting};
 use crate::meter::{self, Cost};
@@ -424,46 +425,15 @@ async fn call(state: &AppState, c: &Contender, item: &Item, model: usize, index:
 async fn ask(state: &AppState, c: &Contender, item: &Item) -> Result<(Answer, Usage, bool), String> {
     let target = &c.target;
     let provider = &target.provider;
-    let model = target.upstream_model.as_str();
+    let redacted = |e: crate::error::Error| provider.redact(e).message;
     let mut req = wire::parse_chat_request(&item.body(&c.key)).map_err(|e| e.message)?;
-    let (body, json_tool) = match provider.dialect {
-        Dialect::OpenAi => (wire::upstream_chat_body(&mut req, model), false),
-        other => {
-            let conv = wire::conversation(req.body()).map_err(|e| e.message)?;
-            let body = match other {
-                Dialect::Anthropic => anthropic::render_request(&conv, model, false),
-                _ => gemini::render_request(&conv),
-            };
-            (body, other == Dialect::Anthropic && conv.response_format.is_json())
-        }
-    };
-    let upstream = provider
-        .post_json(Endpoint::Chat { model, stream: false }, body)
-        .await
-        .map_err(|e| provider.redact(e).message)?;
-    let bytes = provider.read_body(upstream).await.map_err(|e| provider.redact(e).message)?;
-    // Blank lines some upstreams send while a request waits are not part of the JSON.
-    let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
-    let bytes = bytes.slice(start..);
-    let not_json = || format!("provider {} returned a body that is not a chat answer", provider.id);
-    let (openai_body, usage) = match provider.dialect {
-        Dialect::OpenAi => {
-            let usage = wire::response_usage(&bytes).map_err(|_| not_json())?;
-            if let Some(e) = usage.is_none().then(|| wire::reported_error(&bytes)).flatten() {
-                return Err(provider.redact(e).message);
-            }
-            let bytes = if provider.quirks.think_tags_in_content { wire::split_think_tags(bytes) } else { bytes };
-            (bytes, usage)
-        }
-        other => {
-            let reply = match other {
-                Dialect::Anthropic => anthropic::parse_reply(&bytes, json_tool),
-                _ => gemini::parse_reply(&bytes),
-            }
-            .map_err(|e| provider.redact(e).message)?;
-            (Bytes::from(wire::render_reply(&reply)), reply.usage)
-        }
-    };
+    // The exchange's own translation, both ways: the item as the upstream's request, its
+    // answer as an OpenAI answer.
+    let (body, json_tool) = exchange::upstream_body(&mut req, target).map_err(|e| e.message)?;
+    let endpoint = Endpoint::Chat { model: &target.upstream_model, stream: false };
+    let upstream = provider.post_json(endpoint, body).await.map_err(redacted)?;
+    let (_, bytes) = exchange::read_upstream_body(target, upstream).await.map_err(redacted)?;
+    let (openai_body, usage) = exchange::answer(&req, target, bytes, json_tool).map_err(redacted)?;
     let answer = Answer::from_body(&openai_body, Dialect::OpenAi).map_err(|e| e.0)?;
     match usage {
         Some(u) => Ok((answer, u, false)),

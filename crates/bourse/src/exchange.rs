@@ -22,6 +22,7 @@ mod limits;
 mod scouts;
 mod side;
 
+pub(crate) use answer::read_upstream_body;
 pub use answer::{
     X_BOURSE_COST, X_BOURSE_MODEL, X_BOURSE_PROVIDER, X_BOURSE_REFERENCE_COST, X_BOURSE_ROUTE_REASON, X_BOURSE_SAVED,
 };
@@ -40,8 +41,7 @@ use crate::route::{Overrides, Routed, Target};
 use crate::state::{Caller, SharedState};
 use crate::telemetry::Watch;
 use answer::{
-    error_response, json_response, money_comment, money_headers, not_json, provenance, read_upstream_body,
-    route_reason, Content,
+    error_response, json_response, money_comment, money_headers, not_json, provenance, route_reason, Content,
 };
 use attempt::{Attempt, Chosen};
 use axum::body::{Body, Bytes};
@@ -511,8 +511,9 @@ fn key_rules(state: &SharedState, k: &crate::admin::Resolved, req: &ChatRequest,
 static ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 
 /// The upstream request body for `target`, and whether the answer's JSON arrives as the
-/// JSON tool's input (JSON mode translated to an Anthropic upstream).
-fn upstream_body(req: &mut ChatRequest, target: &Target) -> Result<(Vec<u8>, bool)> {
+/// JSON tool's input (JSON mode translated to an Anthropic upstream). Also how offline evals
+/// (`crate::evals`) ask a model.
+pub(crate) fn upstream_body(req: &mut ChatRequest, target: &Target) -> Result<(Vec<u8>, bool)> {
     let model = target.upstream_model.as_str();
     let upstream = target.provider.dialect;
     match (req.dialect, upstream) {
@@ -557,7 +558,12 @@ fn stream_mode(req: &ChatRequest, upstream: Dialect, json_tool: bool) -> Mode {
 
 /// A non-streaming answer in the client's dialect, with its usage (None if the upstream
 /// reported none).
-fn answer(req: &ChatRequest, target: &Target, bytes: Bytes, json_tool: bool) -> Result<(Bytes, Option<Usage>)> {
+pub(crate) fn answer(
+    req: &ChatRequest,
+    target: &Target,
+    bytes: Bytes,
+    json_tool: bool,
+) -> Result<(Bytes, Option<Usage>)> {
     let upstream = target.provider.dialect;
     let same = req.dialect == upstream;
     // The upstream's error (`{"error":…}`) under a 2xx is its error, not an answer: relayed

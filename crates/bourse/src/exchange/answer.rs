@@ -75,7 +75,7 @@ pub(super) fn json_response(status: StatusCode, body: Bytes, headers: HeaderMap)
     resp
 }
 
-pub(super) async fn read_upstream_body(target: &Target, resp: Upstream) -> Result<(StatusCode, Bytes)> {
+pub(crate) async fn read_upstream_body(target: &Target, resp: Upstream) -> Result<(StatusCode, Bytes)> {
     let status = resp.status();
     let bytes = target.provider.read_body(resp).await?;
     // DeepSeek holds queued non-streaming requests open with blank lines: they are not
