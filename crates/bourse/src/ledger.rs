@@ -280,6 +280,11 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_entry_column_count_is_the_list_s() {
+        assert_eq!(entry_columns!().split(',').count(), ENTRY_COLUMNS);
+    }
+
+    #[test]
     fn urls_pick_the_store() {
         assert_eq!(parse_url("sqlite:data/ledger.db").unwrap(), Target::Sqlite("data/ledger.db"));
         assert_eq!(parse_url("sqlite:///var/lib/bourse/l.sqlite").unwrap(), Target::Sqlite("/var/lib/bourse/l.sqlite"));

@@ -50,6 +50,7 @@ pub(super) struct Cascade<'r> {
     floor: Option<Candidate>,
     /// Why the next attempt escalates (`json_schema failed on cheap/sim-small`).
     because: Option<String>,
+    /// Attempts that escalated (counted as each one starts: a last failure leads nowhere).
     escalations: u32,
     /// The scouts' round is still to come (the cascade lists `agree`).
     scouting: bool,
@@ -174,12 +175,13 @@ impl<'r> Cascade<'r> {
             self.failed = resp;
         }
         self.floor = Some(floor);
-        self.escalations += 1;
     }
 
-    /// The route reason of the next attempt, with why it escalates (replacing "fallback").
+    /// The route reason of the next attempt, with why it escalates (replacing "fallback"); the
+    /// attempt counts as an escalation.
     pub(super) fn explain(&mut self, reason: &mut String) {
         if let Some(because) = self.because.take() {
+            self.escalations += 1;
             let why = format!(" (escalated: {because})");
             match reason.rfind(" (fallback)") {
                 Some(at) => reason.replace_range(at..at + " (fallback)".len(), &why),
@@ -198,8 +200,6 @@ impl<'r> Cascade<'r> {
     /// failed a check (the request ended another way).
     pub(super) fn exhausted(&mut self) -> Option<Response> {
         let mut resp = self.failed.take()?;
-        // The last failure led nowhere: it was not an escalation.
-        self.escalations = self.escalations.saturating_sub(1);
         self.mark(&mut resp, "failed");
         Some(resp)
     }

@@ -118,7 +118,7 @@ impl Gate {
     /// The map is a clone of a template for the answer's shape (content, dialect, which of
     /// budget, requests and tokens the key is limited by) that holds every name already, so
     /// only the values are written, in the template's order. Inserting the seven names
-    /// instead would hash and probe each: about half of the headers' cost.
+    /// instead would hash and probe each one on every answer.
     pub(super) fn answer_headers(&self, content: Content, client: Dialect) -> HeaderMap {
         let Some(r) = &self.remaining else { return content.headers() };
         let anthropic = client == Dialect::Anthropic;

@@ -102,9 +102,9 @@ impl Table {
     pub fn build<'a>(
         rows: &[EvidenceRow],
         pending: impl IntoIterator<Item = (&'a PendingKey, &'a (u64, u64))>,
-        entry_keys: &HashMap<&str, usize>,
-        entries: usize,
+        entry_keys: &HashMap<String, usize>,
     ) -> Table {
+        let entries = entry_keys.len();
         let mut pooled: HashMap<(&str, &str), (f64, u64)> = HashMap::new();
         let mut out = Table::default();
         for r in rows {
@@ -160,7 +160,6 @@ pub struct Evidence {
     /// (passed, samples) per key, since the last flush.
     pending: Mutex<BTreeMap<PendingKey, (u64, u64)>>,
     entry_keys: HashMap<String, usize>,
-    entries: usize,
 }
 
 impl Evidence {
@@ -168,8 +167,7 @@ impl Evidence {
     pub fn new<'a>(keys: impl IntoIterator<Item = &'a str>) -> Evidence {
         let entry_keys: HashMap<String, usize> =
             keys.into_iter().enumerate().map(|(i, k)| (k.to_string(), i)).collect();
-        let entries = entry_keys.len();
-        Evidence { snapshot: RwLock::default(), rows: Mutex::default(), pending: Mutex::default(), entry_keys, entries }
+        Evidence { snapshot: RwLock::default(), rows: Mutex::default(), pending: Mutex::default(), entry_keys }
     }
 
     /// What the planner reads.
@@ -225,8 +223,7 @@ impl Evidence {
     pub fn rebuild(&self) {
         let rows = self.rows.lock().unwrap_or_else(PoisonError::into_inner);
         let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        let keys: HashMap<&str, usize> = self.entry_keys.iter().map(|(k, &i)| (k.as_str(), i)).collect();
-        let table = Table::build(&rows, pending.iter(), &keys, self.entries);
+        let table = Table::build(&rows, pending.iter(), &self.entry_keys);
         *self.snapshot.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
     }
 }
