@@ -251,28 +251,52 @@ fn cascade_config_is_checked_at_start_up() {
     }
 }
 
-/// A serving gateway stores its checks' outcomes as evidence for the route (every 5 s), where
-/// `bourse evals list` and every replica read them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn check_outcomes_become_stored_evidence() {
-    let sims = [
+/// `bourse serve` (the real binary) over four sims on a store of its own: cheap and low answer
+/// `extract` with invalid JSON, mid and premium correctly; the route cascades on `checks`.
+struct Binary {
+    gw: bin::Served,
+    dir: std::path::PathBuf,
+    config: std::path::PathBuf,
+    url: String,
+    /// Just before the process started.
+    started: std::time::Instant,
+    _sims: Vec<Sim>,
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn serve_binary(checks: &str) -> Binary {
+    let sims = vec![
         sim(0.0, WrongStyle::InvalidJson).await,
         sim(0.0, WrongStyle::InvalidJson).await,
         sim(1.0, WrongStyle::Answer).await,
         sim(1.0, WrongStyle::Answer).await,
     ];
-    let dir = std::env::temp_dir().join(format!("bourse-cascade-ev-{}-{}", std::process::id(), fastrand::u64(..)));
+    let dir = std::env::temp_dir().join(format!("bourse-cascade-bin-{}-{}", std::process::id(), fastrand::u64(..)));
     std::fs::create_dir_all(&dir).unwrap();
     let url = format!("sqlite:{}", dir.join("ledger.db").display());
     let named: Vec<(&str, &Sim)> = ["cheap", "low", "mid", "premium"].into_iter().zip(sims.iter()).collect();
     let config = dir.join("bourse.toml");
-    std::fs::write(&config, self::config(&named, &url, &cascading(r#"["complete", "json_schema"]"#), &[])).unwrap();
+    std::fs::write(&config, self::config(&named, &url, &cascading(checks), &[])).unwrap();
     let mut cmd = bin::command();
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&config);
+    let started = std::time::Instant::now();
     let gw = bin::serve(&mut cmd).await;
+    Binary { gw, dir, config, url, started, _sims: sims }
+}
+
+/// A serving gateway stores its checks' outcomes as evidence for the route (every 5 s), where
+/// `bourse evals list` and every replica read them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_outcomes_become_stored_evidence() {
+    let b = serve_binary(r#"["complete", "json_schema"]"#).await;
     for item in 0..3 {
         let resp = client()
-            .post(format!("{}/v1/chat/completions", gw.url))
+            .post(format!("{}/v1/chat/completions", b.gw.url))
             .header("content-type", "application/json")
             .body(schema_request(10 + item).to_string())
             .send()
@@ -280,7 +304,7 @@ async fn check_outcomes_become_stored_evidence() {
             .unwrap();
         assert_eq!(header(&resp, "x-bourse-cascade"), "passed; escalations=1");
     }
-    let ledger = bourse::ledger::Ledger::open(&url).await.unwrap();
+    let ledger = bourse::ledger::Ledger::open(&b.url).await.unwrap();
     let mut stored = Vec::new();
     for _ in 0..150 {
         stored = ledger.evidence().await.unwrap();
@@ -303,14 +327,14 @@ async fn check_outcomes_become_stored_evidence() {
     // The report by route shows the cascade: every request escalated once and passed at mid;
     // the counterfactual prices each first attempt's usage at mid's prices.
     let mut cmd = bin::command();
-    cmd.args(["report", "--by", "route", "--format", "json", "--config"]).arg(&config);
+    cmd.args(["report", "--by", "route", "--format", "json", "--config"]).arg(&b.config);
     let (status, lines) = bin::Process::run(&mut cmd).await;
     assert!(status.success(), "{lines:?}");
     let report: Value = serde_json::from_str(&lines.join("\n")).unwrap();
     let checked = ledger.checked(None, None).await.unwrap();
     assert_eq!(checked.len(), 6);
     let cost: i64 = checked.iter().map(|r| r.cost_nanos).sum();
-    let cfg = bourse::config::Config::from_toml(&std::fs::read_to_string(&config).unwrap(), &|_| None).unwrap();
+    let cfg = bourse::config::Config::from_toml(&std::fs::read_to_string(&b.config).unwrap(), &|_| None).unwrap();
     let mid = cfg.catalog.get("mid/sim-small").unwrap();
     let all_to_mid: i64 = checked.iter().filter(|r| r.attempt == 1).map(|r| bourse::meter::cost(&r.usage, mid).0).sum();
     assert_eq!(
@@ -324,12 +348,10 @@ async fn check_outcomes_become_stored_evidence() {
         }])
     );
     let mut cmd = bin::command();
-    cmd.args(["report", "--by", "route", "--config"]).arg(&config);
+    cmd.args(["report", "--by", "route", "--config"]).arg(&b.config);
     let (_, lines) = bin::Process::run(&mut cmd).await;
     let table = lines.join("\n");
     assert!(table.contains("cascades (answers checked per route") && table.contains("mid/sim-small"), "{table}");
-    drop(gw);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ------------------------------------------------------------------ agree
@@ -895,39 +917,23 @@ async fn a_buffered_stream_is_checked_then_replayed() {
 /// A graceful stop stores the outcomes counted since the last evidence sync.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_stores_the_last_outcomes() {
-    let sims = [
-        sim(0.0, WrongStyle::InvalidJson).await,
-        sim(0.0, WrongStyle::InvalidJson).await,
-        sim(1.0, WrongStyle::Answer).await,
-        sim(1.0, WrongStyle::Answer).await,
-    ];
-    let dir = std::env::temp_dir().join(format!("bourse-cascade-stop-{}-{}", std::process::id(), fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let url = format!("sqlite:{}", dir.join("ledger.db").display());
-    let named: Vec<(&str, &Sim)> = ["cheap", "low", "mid", "premium"].into_iter().zip(sims.iter()).collect();
-    let config = dir.join("bourse.toml");
-    std::fs::write(&config, self::config(&named, &url, &cascading(r#"["json_schema"]"#), &[])).unwrap();
-    let mut cmd = bin::command();
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&config);
-    let started = std::time::Instant::now();
-    let mut gw = bin::serve(&mut cmd).await;
+    let mut b = serve_binary(r#"["json_schema"]"#).await;
     let resp = client()
-        .post(format!("{}/v1/chat/completions", gw.url))
+        .post(format!("{}/v1/chat/completions", b.gw.url))
         .header("content-type", "application/json")
         .body(schema_request(40).to_string())
         .send()
         .await
         .unwrap();
     assert_eq!(header(&resp, "x-bourse-cascade"), "passed; escalations=1");
-    gw.process.signal("TERM");
-    let status = tokio::time::timeout(std::time::Duration::from_secs(30), gw.process.child.wait()).await.unwrap();
+    b.gw.process.signal("TERM");
+    let status = tokio::time::timeout(std::time::Duration::from_secs(30), b.gw.process.child.wait()).await.unwrap();
     assert!(status.unwrap().success());
     // The periodic sync first runs 5 s after the start: before that, only the stop stored them.
-    if started.elapsed() >= std::time::Duration::from_millis(4_500) {
-        eprintln!("note: the periodic sync may have run too (the stop came {:?} after the start)", started.elapsed());
+    if b.started.elapsed() >= std::time::Duration::from_millis(4_500) {
+        eprintln!("note: the periodic sync may have run too (the stop came {:?} after the start)", b.started.elapsed());
     }
-    let stored = bourse::ledger::Ledger::open(&url).await.unwrap().evidence().await.unwrap();
+    let stored = bourse::ledger::Ledger::open(&b.url).await.unwrap().evidence().await.unwrap();
     let got: Vec<(&str, &str, u64)> = stored.iter().map(|r| (r.model.as_str(), r.source.as_str(), r.n)).collect();
     assert_eq!(got, [("cheap/sim-small", "check:json_schema", 1), ("mid/sim-small", "check:json_schema", 1)]);
-    let _ = std::fs::remove_dir_all(&dir);
 }
