@@ -234,6 +234,11 @@ impl Gen {
                 estimate: (rng.u32(..100) == 0).then_some(Estimate::Tokenizer),
                 stream,
                 checks: None,
+                needs: 0,
+                cache_hit: false,
+                cache_saved_nanos: 0,
+                energy_uwh: None,
+                co2e_ug: None,
             });
             if !(failed && route.is_some() && attempt == 1) {
                 return;

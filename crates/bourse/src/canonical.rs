@@ -172,6 +172,18 @@ pub struct Needs {
     pub vision: bool,
 }
 
+impl Needs {
+    /// As stored in a ledger row: tools 1, json_schema 2, vision 4.
+    pub fn bits(self) -> u8 {
+        u8::from(self.tools) | u8::from(self.json_schema) << 1 | u8::from(self.vision) << 2
+    }
+
+    /// The inverse of [`Needs::bits`] (unknown bits are ignored).
+    pub fn from_bits(b: u8) -> Needs {
+        Needs { tools: b & 1 != 0, json_schema: b & 2 != 0, vision: b & 4 != 0 }
+    }
+}
+
 /// An embeddings request.
 #[derive(Debug, Clone)]
 pub struct EmbeddingsRequest {
@@ -429,6 +441,15 @@ pub enum Delta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn needs_round_trip_through_their_bits() {
+        for b in 0..8u8 {
+            assert_eq!(Needs::from_bits(b).bits(), b);
+        }
+        assert_eq!(Needs { tools: true, json_schema: false, vision: true }.bits(), 5);
+        assert_eq!(Needs::from_bits(0xF8), Needs::default());
+    }
 
     fn b64(media_type: &str, data: &str) -> ImageSource {
         ImageSource::Base64 { media_type: media_type.into(), data: data.into() }

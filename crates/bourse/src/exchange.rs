@@ -663,6 +663,7 @@ async fn attempt_chat(
     let extra = anthropic_beta.filter(|_| client == upstream).map(|b| (ANTHROPIC_BETA.clone(), b.clone()));
     let mut attempt =
         Attempt::start(state, caller.clone(), target, req.stream, number, reason.clone(), chosen, pass.watch);
+    attempt.needs = req.needs.bits();
     attempt.held = pass.held.take();
     let endpoint = Endpoint::Chat { model: &target.upstream_model, stream: req.stream };
     let resp = match target.provider.post_json_with(endpoint, upstream_body, extra).await {

@@ -47,6 +47,21 @@ pub struct LedgerEntry {
     /// The answer checks this attempt ran and their outcomes, `complete:pass,json_schema:fail`
     /// (`check::encode`); None when none ran.
     pub checks: Option<String>,
+    /// What the request needed of a model ([`crate::canonical::Needs::bits`]: tools 1,
+    /// json_schema 2, vision 4), so `bourse replay` can re-plan it. The route it asked for
+    /// is the `route=NAME` that starts a routed attempt's `route_reason`.
+    pub needs: u8,
+    /// Answered from the response cache: no upstream call was made and the cost is 0.
+    pub cache_hit: bool,
+    /// On a cache hit, what the cached answer cost when it was made (nano-USD): what the hit
+    /// saved. 0 otherwise.
+    pub cache_saved_nanos: i64,
+    /// Estimated energy of the attempt, micro-watt-hours (None: no estimate, as on rows from
+    /// before estimates). An estimate from the catalog's published figures, never a reading.
+    pub energy_uwh: Option<i64>,
+    /// Estimated emissions, micrograms CO2e, from the energy and the hosting region's grid
+    /// intensity (None: no estimate).
+    pub co2e_ug: Option<i64>,
 }
 
 impl LedgerEntry {
@@ -63,12 +78,13 @@ macro_rules! entry_columns {
         "request_id, attempt, ts_ms, key_id, provider, model, route_reason, \
          input_uncached, input_cache_read, input_cache_write, output, output_reasoning, \
          cost_nanos, reference_cost_nanos, catalog_version, ttfb_ms, latency_ms, status, \
-         error_kind, estimated, stream, estimator, tenant_id, checks"
+         error_kind, estimated, stream, estimator, tenant_id, checks, \
+         needs, cache_hit, cache_saved_nanos, energy_uwh, co2e_ug"
     };
 }
 
 /// How many columns [`entry_columns!`] names: a select's extra columns come after them.
-const ENTRY_COLUMNS: usize = 24;
+const ENTRY_COLUMNS: usize = 29;
 
 mod aggregate;
 mod cascades;

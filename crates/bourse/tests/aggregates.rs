@@ -209,6 +209,11 @@ fn entry(request_id: &str, attempt: u32, ts_ms: i64) -> LedgerEntry {
         estimate: None,
         stream: false,
         checks: None,
+        needs: 0,
+        cache_hit: false,
+        cache_saved_nanos: 0,
+        energy_uwh: None,
+        co2e_ug: None,
     }
 }
 

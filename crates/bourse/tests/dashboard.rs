@@ -168,6 +168,11 @@ async fn seed(storage: &str) -> Seeded {
                 estimate: None,
                 stream: true,
                 checks: None,
+                needs: 0,
+                cache_hit: false,
+                cache_saved_nanos: 0,
+                energy_uwh: None,
+                co2e_ug: None,
             });
         }
     }

@@ -52,6 +52,11 @@ fn row(request_id: &str, attempt: u32, ts_ms: i64) -> LedgerEntry {
         estimate: None,
         stream: false,
         checks: None,
+        needs: 0,
+        cache_hit: false,
+        cache_saved_nanos: 0,
+        energy_uwh: None,
+        co2e_ug: None,
     }
 }
 
@@ -93,6 +98,11 @@ async fn roundtrip_every_field(url: &str) {
         estimate: Some(Estimate::Heuristic),
         stream: true,
         checks: Some("complete:pass,json_schema:fail".into()),
+        needs: 5,
+        cache_hit: true,
+        cache_saved_nanos: 1_234_567,
+        energy_uwh: Some(310_000),
+        co2e_ug: Some(117_800),
     };
     // Every optional field empty, bools false, and each integer at its type's edge.
     let edge = LedgerEntry {
@@ -121,6 +131,11 @@ async fn roundtrip_every_field(url: &str) {
         estimate: None,
         stream: false,
         checks: None,
+        needs: u8::MAX,
+        cache_hit: false,
+        cache_saved_nanos: i64::MAX,
+        energy_uwh: None,
+        co2e_ug: None,
     };
     let first = LedgerEntry { attempt: 1, status: 503, error_kind: Some("upstream_5xx".into()), ..full.clone() };
     let other = row("req-2", 1, 5);

@@ -77,6 +77,11 @@ fn rows(seed: u64) -> Vec<LedgerEntry> {
                 estimate: None,
                 stream: rng.bool(),
                 checks: None,
+                needs: 0,
+                cache_hit: false,
+                cache_saved_nanos: 0,
+                energy_uwh: None,
+                co2e_ug: None,
             });
         }
     }

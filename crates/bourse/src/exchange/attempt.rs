@@ -38,6 +38,8 @@ pub(super) struct Attempt {
     route_reason: Option<String>,
     /// The answer checks this attempt's answer went through, for its ledger row.
     pub(super) checks: Option<String>,
+    /// What the request needs of a model (`Needs::bits`), for its ledger row.
+    pub(super) needs: u8,
     /// A side call (a judge's grade, a shadow's answer): attempt 0 in the ledger, and no
     /// counterfactual, since the reference model would not have made it either; its cost
     /// then counts against the savings.
@@ -126,6 +128,7 @@ impl Attempt {
             number,
             route_reason,
             checks: None,
+            needs: 0,
             side: false,
             chosen,
             ts_ms,
@@ -162,6 +165,7 @@ impl Attempt {
             number: 0,
             route_reason: Some(route_reason),
             checks: None,
+            needs: 0,
             side: true,
             chosen: Chosen::Explicit(price),
             ts_ms: crate::timespec::now_ms(),
@@ -417,6 +421,11 @@ impl Attempt {
             error_kind: error.map(str::to_string),
             estimate,
             stream: self.stream,
+            needs: self.needs,
+            cache_hit: false,
+            cache_saved_nanos: 0,
+            energy_uwh: None,
+            co2e_ug: None,
         }
     }
 

@@ -96,6 +96,7 @@ pub(super) async fn ask(r: Request<'_, '_>, mut scouts: Vec<Scout>, wanted: usiz
             Err(e) => return Round::Done(e.render(client)),
         }
     }
+    let needs = req.needs.bits();
     let mut attempts: Vec<Attempt> = (scouts.iter_mut())
         .map(|s| {
             let reason = Some(s.reason.clone());
@@ -110,6 +111,7 @@ pub(super) async fn ask(r: Request<'_, '_>, mut scouts: Vec<Scout>, wanted: usiz
                 watch,
             );
             a.held = s.held.take();
+            a.needs = needs;
             a
         })
         .collect();

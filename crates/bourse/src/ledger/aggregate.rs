@@ -728,6 +728,11 @@ mod tests {
             estimate: None,
             stream: false,
             checks: None,
+            needs: 0,
+            cache_hit: false,
+            cache_saved_nanos: 0,
+            energy_uwh: None,
+            co2e_ug: None,
         };
         let rows = [row(1, 59_999, Some("upstream_5xx")), row(2, 60_000, None)];
         let earlier = row(1, 0, Some("upstream_timeout"));

@@ -170,6 +170,11 @@ mod tests {
             estimate: None,
             stream: false,
             checks: Some(checks.into()),
+            needs: 0,
+            cache_hit: false,
+            cache_saved_nanos: 0,
+            energy_uwh: None,
+            co2e_ug: None,
         }
     }
 

@@ -31,6 +31,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 4, sql: include_str!("../../migrations/postgres/0004_aggregates.sql"), backfill: true },
     Migration { version: 5, sql: include_str!("../../migrations/postgres/0005_installation.sql"), backfill: false },
     Migration { version: 6, sql: include_str!("../../migrations/postgres/0006_evidence.sql"), backfill: false },
+    Migration { version: 7, sql: include_str!("../../migrations/postgres/0007_market.sql"), backfill: false },
 ];
 
 /// Key for `pg_advisory_xact_lock`, so gateways starting together migrate one at a time
@@ -47,7 +48,8 @@ const INSERT: &str = concat!(
     ") SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], ",
     "$7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], ",
     "$14::bigint[], $15::text[], $16::bigint[], $17::bigint[], $18::integer[], $19::text[], $20::boolean[], ",
-    "$21::boolean[], $22::text[], $23::text[], $24::text[])"
+    "$21::boolean[], $22::text[], $23::text[], $24::text[], $25::smallint[], $26::boolean[], $27::bigint[], ",
+    "$28::bigint[], $29::bigint[])"
 );
 
 const SELECT_BY_REQUEST: &str =
@@ -344,6 +346,11 @@ async fn write(
     let estimator: Vec<Option<&str>> = rows.iter().map(|r| r.estimate.map(Estimate::as_str)).collect();
     let tenant_id: Vec<Option<&str>> = rows.iter().map(|r| r.tenant_id.as_deref()).collect();
     let checks: Vec<Option<&str>> = rows.iter().map(|r| r.checks.as_deref()).collect();
+    let needs: Vec<i16> = rows.iter().map(|r| i16::from(r.needs)).collect();
+    let cache_hit: Vec<bool> = rows.iter().map(|r| r.cache_hit).collect();
+    let cache_saved_nanos = col(|r| r.cache_saved_nanos);
+    let energy_uwh: Vec<Option<i64>> = rows.iter().map(|r| r.energy_uwh).collect();
+    let co2e_ug: Vec<Option<i64>> = rows.iter().map(|r| r.co2e_ug).collect();
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![
         &request_id,
         &attempt,
@@ -369,6 +376,11 @@ async fn write(
         &estimator,
         &tenant_id,
         &checks,
+        &needs,
+        &cache_hit,
+        &cache_saved_nanos,
+        &energy_uwh,
+        &co2e_ug,
     ];
     // Every aggregate table's columns as arrays, in `sql::postgres_write`'s order.
     let tables: Vec<Arrays<'_>> = agg.tables.iter().map(Arrays::of).collect();
@@ -424,6 +436,11 @@ fn entry(row: &Row) -> Result<LedgerEntry, LedgerError> {
         key_id: row.try_get::<_, Option<String>>(3)?.map(Arc::from),
         tenant_id: row.try_get::<_, Option<String>>(22)?.map(Arc::from),
         checks: row.try_get(23)?,
+        needs: from_db(i64::from(row.try_get::<_, i16>(24)?), "needs")?,
+        cache_hit: row.try_get(25)?,
+        cache_saved_nanos: row.try_get(26)?,
+        energy_uwh: row.try_get(27)?,
+        co2e_ug: row.try_get(28)?,
         provider: row.try_get(4)?,
         model: row.try_get(5)?,
         route_reason: row.try_get(6)?,

@@ -213,7 +213,7 @@ pub(crate) const SQLITE_MINUTE_IDS_UPSERT: &str = "INSERT INTO ledger_minute_ids
 pub(crate) fn postgres_write(insert_raw: &str) -> &'static str {
     static SQL: OnceLock<String> = OnceLock::new();
     SQL.get_or_init(|| {
-        let mut n = 24;
+        let mut n = super::ENTRY_COLUMNS;
         let mut ctes = vec![format!("raw AS ({insert_raw})")];
         for (i, (f, g)) in super::aggregate::tables().enumerate() {
             let table = f.table(g);
@@ -260,9 +260,9 @@ mod tests {
         let r = select(Dialect::Sqlite, Family::Routes, Grain::Day, Shape::Errors, false, false);
         assert!(r.contains("error_kind <> ''") && r.contains("GROUP BY 1, 2, 3"), "{r}");
         let w = postgres_write("INSERT INTO ledger (x) SELECT * FROM UNNEST($1::text[])");
-        // 24 raw columns, then 3 × (1 + 2 + 13 + 62) models, 3 × (1 + 5 + 13) routes, 3 × (1 + 2 + 13)
+        // 29 raw columns, then 3 × (1 + 2 + 13 + 62) models, 3 × (1 + 5 + 13) routes, 3 × (1 + 2 + 13)
         // keys and 3 × (1 + 6 + 13) usage arrays.
-        let last = 24 + 3 * 78 + 3 * 19 + 3 * 16 + 3 * 20;
+        let last = 29 + 3 * 78 + 3 * 19 + 3 * 16 + 3 * 20;
         assert!(w.contains(&format!("${last}::bigint[]")) && !w.contains(&format!("${}", last + 1)));
         assert!(
             w.contains("cost_nanos = CASE") && w.contains("latency_30 = models_day.latency_30 + EXCLUDED.latency_30")

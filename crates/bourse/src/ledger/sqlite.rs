@@ -26,6 +26,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 5, sql: include_str!("../../migrations/sqlite/0005_aggregates.sql"), backfill: true },
     Migration { version: 6, sql: include_str!("../../migrations/sqlite/0006_installation.sql"), backfill: false },
     Migration { version: 7, sql: include_str!("../../migrations/sqlite/0007_evidence.sql"), backfill: false },
+    Migration { version: 8, sql: include_str!("../../migrations/sqlite/0008_market.sql"), backfill: false },
 ];
 
 /// How long a statement waits for another process's lock (e.g. a `sqlite3` shell running
@@ -204,6 +205,11 @@ fn bind(stmt: &mut rusqlite::Statement<'_>, rows: &[LedgerEntry]) -> rusqlite::R
         stmt.raw_bind_parameter(at + 22, r.estimate.map(Estimate::as_str))?;
         stmt.raw_bind_parameter(at + 23, r.tenant_id.as_deref())?;
         stmt.raw_bind_parameter(at + 24, r.checks.as_deref())?;
+        stmt.raw_bind_parameter(at + 25, r.needs)?;
+        stmt.raw_bind_parameter(at + 26, r.cache_hit)?;
+        stmt.raw_bind_parameter(at + 27, r.cache_saved_nanos)?;
+        stmt.raw_bind_parameter(at + 28, r.energy_uwh)?;
+        stmt.raw_bind_parameter(at + 29, r.co2e_ug)?;
     }
     Ok(())
 }
@@ -489,6 +495,11 @@ fn entry(row: &rusqlite::Row<'_>) -> Result<LedgerEntry, LedgerError> {
         key_id: row.get::<_, Option<String>>(3)?.map(Arc::from),
         tenant_id: row.get::<_, Option<String>>(22)?.map(Arc::from),
         checks: row.get(23)?,
+        needs: row.get(24)?,
+        cache_hit: row.get(25)?,
+        cache_saved_nanos: row.get(26)?,
+        energy_uwh: row.get(27)?,
+        co2e_ug: row.get(28)?,
         provider: row.get(4)?,
         model: row.get(5)?,
         route_reason: row.get(6)?,
@@ -553,6 +564,11 @@ mod tests {
             estimate: None,
             stream: false,
             checks: None,
+            needs: 0,
+            cache_hit: false,
+            cache_saved_nanos: 0,
+            energy_uwh: Some(11),
+            co2e_ug: Some(5),
         }
     }
 
@@ -589,8 +605,10 @@ mod tests {
         }
         let ledger = SqliteLedger::open(db.0.to_str().unwrap()).await.unwrap();
         assert_eq!(ledger.count().await.unwrap(), 1, "the rows stay");
-        // Estimated before the column existed: counted with the tokenizer, as all were then.
-        let before = LedgerEntry { estimate: Some(Estimate::Tokenizer), ..entry("before") };
+        // Estimated before the column existed: counted with the tokenizer, as all were then;
+        // no energy estimate (NULL), no needs, no cache hit.
+        let before =
+            LedgerEntry { estimate: Some(Estimate::Tokenizer), energy_uwh: None, co2e_ug: None, ..entry("before") };
         assert_eq!(ledger.rows("before").await.unwrap(), [before]);
         ledger.append(vec![LedgerEntry { estimate: Some(Estimate::Heuristic), ..entry("after") }]).await.1.unwrap();
         assert_eq!(ledger.rows("after").await.unwrap()[0].estimate, Some(Estimate::Heuristic));
@@ -608,7 +626,8 @@ mod tests {
         assert!(plan.iter().any(|d| d.contains("ledger_checked_ts")), "{plan:?}");
         assert_eq!(
             names(&conn, "SELECT CAST(version AS TEXT) FROM schema_migrations ORDER BY version"),
-            ["1", "2", "3", "4", "5", "6", "7"]
+            MIGRATIONS.iter().map(|m| m.version.to_string()).collect::<Vec<_>>(),
+            "every step applied once"
         );
     }
 
