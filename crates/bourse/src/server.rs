@@ -46,6 +46,7 @@ async fn dispatch(state: SharedState, req: Request, caller: Caller, dialect: Dia
         "/metrics" if state.telemetry.metrics.is_some() => (Method::GET, Route::Metrics),
         "/v1/chat/completions" => (Method::POST, Route::ChatCompletions),
         "/v1/messages" => (Method::POST, Route::Messages),
+        "/v1/responses" => (Method::POST, Route::Responses),
         "/v1/messages/count_tokens" => (Method::POST, Route::CountTokens),
         "/v1/embeddings" => (Method::POST, Route::Embeddings),
         "/v1/models" => (Method::GET, Route::Models),
@@ -70,6 +71,7 @@ async fn dispatch(state: SharedState, req: Request, caller: Caller, dialect: Dia
     match route {
         Route::ChatCompletions => Box::pin(api::openai::chat_completions(state, caller, req)).await.into_response(),
         Route::Messages => Box::pin(api::anthropic::messages(state, caller, req)).await.into_response(),
+        Route::Responses => Box::pin(api::responses::create(state, caller, req)).await.into_response(),
         Route::CountTokens => Box::pin(api::anthropic::count_tokens(state, req)).await.into_response(),
         Route::Embeddings => Box::pin(api::openai::embeddings(state, caller, req)).await.into_response(),
         Route::Models => api::openai::list_models(&state),
@@ -92,6 +94,7 @@ enum Route {
     Readyz,
     ChatCompletions,
     Messages,
+    Responses,
     CountTokens,
     Embeddings,
     Models,
