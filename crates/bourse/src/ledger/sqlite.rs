@@ -609,7 +609,7 @@ mod tests {
         assert!(plan.iter().any(|d| d.contains("ledger_checked_ts")), "{plan:?}");
         assert_eq!(
             names(&conn, "SELECT CAST(version AS TEXT) FROM schema_migrations ORDER BY version"),
-            ["1", "2", "3", "4", "5", "6", "7"]
+            ["1", "2", "3", "4", "5", "6", "7", "9"]
         );
     }
 
