@@ -262,3 +262,15 @@ def test_reasoning_items_stream_and_round_trip(client: openai.OpenAI, sim, sim_c
     # It went back upstream as the assistant turn's reasoning_content.
     assistant = [m for m in _upstream_body(sim)["messages"] if m["role"] == "assistant"]
     assert assistant[0]["reasoning_content"] == reasoning[0].content[0].text
+
+
+def test_retrieve_a_stored_response(client: openai.OpenAI) -> None:
+    made = client.responses.create(model=ANTHROPIC_MODEL, input=PROMPT)
+    got = client.responses.retrieve(made.id)
+    assert isinstance(got, Response)
+    assert got.id == made.id and got.output_text == made.output_text and got.status == "completed"
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve("resp_does_not_exist")
+    unstored = client.responses.create(model=MODEL, input=PROMPT, store=False)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(unstored.id)

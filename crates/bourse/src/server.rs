@@ -53,6 +53,7 @@ async fn dispatch(state: SharedState, req: Request, caller: Caller, dialect: Dia
         "/v1/bourse/usage" => (Method::GET, Route::Usage),
         "/v1/bourse/quote" => (Method::POST, Route::Quote),
         p if p.len() > "/v1/models/".len() && p.starts_with("/v1/models/") => (Method::GET, Route::Model),
+        p if p.len() > "/v1/responses/".len() && p.starts_with("/v1/responses/") => (Method::GET, Route::Response),
         _ => {
             let msg = format!("no route for {} {path}", req.method());
             return Error::new(ErrorKind::NotFound, msg).render(dialect);
@@ -80,6 +81,10 @@ async fn dispatch(state: SharedState, req: Request, caller: Caller, dialect: Dia
             let id = percent_encoding::percent_decode_str(&path["/v1/models/".len()..]).decode_utf8_lossy();
             api::openai::get_model(&state, &id).into_response()
         }
+        Route::Response => {
+            let id = percent_encoding::percent_decode_str(&path["/v1/responses/".len()..]).decode_utf8_lossy();
+            Box::pin(api::responses::retrieve(&state, &caller, &id)).await.into_response()
+        }
         Route::Usage => Box::pin(api::usage::usage(state, &caller, req.uri())).await.into_response(),
         Route::Quote => Box::pin(api::quote::quote(state, req)).await.into_response(),
         Route::Healthz => healthz(),
@@ -95,6 +100,7 @@ enum Route {
     ChatCompletions,
     Messages,
     Responses,
+    Response,
     CountTokens,
     Embeddings,
     Models,

@@ -306,7 +306,14 @@ async fn stored_responses_continue_only_for_their_key(url: &str) {
         let id = r1["id"].as_str().unwrap();
         let answer = output_text(&r1);
         assert!(!answer.is_empty());
-        // Another key cannot see it.
+        // Another key cannot see it, nor retrieve it; its own key can.
+        let get = |key: &'static str| {
+            let url = format!("{}/v1/responses/{id}", gw.gateway.url);
+            async move { client().get(url).bearer_auth(key).send().await.unwrap() }
+        };
+        assert_eq!(get(KEY_2).await.status(), 404);
+        let got: Value = serde_json::from_str(&get(KEY_1).await.text().await.unwrap()).unwrap();
+        assert_eq!(got, r1, "retrieved as it was answered");
         let next = json!({"model": "oa/sim-small", "input": "and then?", "previous_response_id": id, "stream": stream});
         let (status, v) = create(&gw, next.clone(), KEY_2).await;
         assert_not_found(status, &v);

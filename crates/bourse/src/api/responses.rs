@@ -1,5 +1,6 @@
 //! The OpenAI Responses API surface: `POST /v1/responses`, as the official OpenAI SDKs
-//! (`client.responses.create`, `.stream`, `.parse`) and Responses-speaking agents send it.
+//! (`client.responses.create`, `.stream`, `.parse`) and Responses-speaking agents send it,
+//! and `GET /v1/responses/{id}` (`client.responses.retrieve`) for a stored response.
 //!
 //! A request is read into the canonical conversation ([`crate::dialect::responses`]), with
 //! the items of the stored response it continues (`previous_response_id`) first, and sent
@@ -58,7 +59,10 @@ pub async fn create(state: SharedState, caller: Caller, req: Request) -> Result<
         None => Vec::new(),
         Some(id) => match previous(&state, id, &key_id).await? {
             Some(items) => items,
-            None => return Ok(not_found(id)),
+            None => {
+                let message = format!("Previous response with id '{id}' not found.");
+                return Ok(not_found(message, Some(("previous_response_id", "previous_response_not_found"))));
+            }
         },
     };
     let input = rr.input_items();
@@ -115,6 +119,25 @@ pub async fn create(state: SharedState, caller: Caller, req: Request) -> Result<
     Ok(Response::from_parts(parts, Body::from(out)))
 }
 
+/// `GET /v1/responses/{id}`: a stored response, to the key that made it (404 otherwise, as
+/// for an unknown or expired id).
+pub async fn retrieve(state: &SharedState, caller: &Caller, id: &str) -> Result<Response> {
+    let key_id = caller.key_id.as_deref().unwrap_or("");
+    let stored = match &state.reports {
+        None => None,
+        Some(ledger) => ledger.get_response(id, key_id, crate::timespec::now_ms()).await.map_err(|e| {
+            tracing::warn!("responses: a stored response could not be read: {e}");
+            Error::new(ErrorKind::Unavailable, "the stored response could not be read; try again")
+        })?,
+    };
+    let Some(stored) = stored else {
+        return Ok(not_found(format!("Response with id '{id}' not found."), None));
+    };
+    let mut resp = Response::new(Body::from(stored.response));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(resp)
+}
+
 /// The items a stored response continues with: its conversation's input, then its output.
 /// `None` when there is no such response for this key (unknown, expired, another key's).
 async fn previous(state: &SharedState, id: &str, key_id: &str) -> Result<Option<Vec<Value>>> {
@@ -131,14 +154,11 @@ async fn previous(state: &SharedState, id: &str, key_id: &str) -> Result<Option<
     Ok(Some(items))
 }
 
-/// OpenAI's answer for a `previous_response_id` it does not hold.
-fn not_found(id: &str) -> Response {
-    let body = json!({"error": {
-        "message": format!("Previous response with id '{id}' not found."),
-        "type": "invalid_request_error",
-        "param": "previous_response_id",
-        "code": "previous_response_not_found",
-    }});
+/// OpenAI's 404 for a response it does not hold (unknown, expired, another key's), with the
+/// parameter and code that named it, if one did.
+fn not_found(message: String, param_code: Option<(&str, &str)>) -> Response {
+    let (param, code) = param_code.unzip();
+    let body = json!({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}});
     let mut resp = (StatusCode::NOT_FOUND, serde_json::to_vec(&body).unwrap_or_default()).into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp.extensions_mut().insert(ErrorLabel("not_found"));
