@@ -8,9 +8,10 @@ strictly validating `anthropic.Anthropic` client (see `anthropic_client`), and a
 The gateway also has an admin key, so tests can make tenants and virtual keys with limits
 (`admin`, `virtual_key`).
 
-The one sim speaks every dialect on the same port, so the gateway reaches it three ways:
+The one sim speaks every dialect on the same port, so the gateway reaches it four ways:
 `sim` (OpenAI dialect), `simanth` and `simanth2` (Anthropic dialect; two ids so the
-`anth-sims` route has two Anthropic candidates). A sim failure hits all three at once.
+`anth-sims` route has two Anthropic candidates), `simgem` (Gemini dialect). A sim failure
+hits all of them at once.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ MODEL = "sim/sim-small"
 # for Anthropic clients), and a route whose only candidates are two such providers.
 ANTHROPIC_MODEL = "simanth/sim-small"
 ANTHROPIC_ROUTE = "anth-sims"
+# The same simulated model behind a Gemini-dialect provider.
+GEMINI_MODEL = "simgem/sim-small"
 READY_TIMEOUT_S = 30.0
 
 _PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy"}
@@ -241,6 +244,16 @@ def gateway(sim: Sim, logdir: Path) -> Iterator[Gateway]:
         "input = 1.0\n"
         "output = 2.0\n"
         "\n"
+        "# The same sim in the Gemini dialect (the gateway appends /models/...:generateContent).\n"
+        "[providers.simgem]\n"
+        'kind = "gemini"\n'
+        f'base_url = "{sim.url}/v1beta"\n'
+        'api_key = "env:BOURSE_TEST_SIM_KEY"\n'
+        'models = ["sim-small"]\n'
+        '[models."simgem/sim-small"]\n'
+        "input = 1.0\n"
+        "output = 2.0\n"
+        "\n"
         "# A route with exactly two candidates, both Anthropic-dialect (unrated models: no floor).\n"
         f"[routes.{ANTHROPIC_ROUTE}]\n"
         'min_quality = "basic"\n'
@@ -260,7 +273,9 @@ def gateway(sim: Sim, logdir: Path) -> Iterator[Gateway]:
     child = _Child(
         "bourse",
         [str(binary), "serve", "--config", str(config), "--listen", "127.0.0.1:0"],
-        _child_env(BOURSE_TEST_GATEWAY_KEY=GATEWAY_KEY, BOURSE_TEST_ADMIN_KEY=ADMIN_KEY),
+        _child_env(
+            BOURSE_TEST_GATEWAY_KEY=GATEWAY_KEY, BOURSE_TEST_ADMIN_KEY=ADMIN_KEY, BOURSE_TEST_SIM_KEY="sim-key"
+        ),
         logdir,
     )
     try:

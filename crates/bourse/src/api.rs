@@ -5,6 +5,7 @@ pub mod anthropic;
 pub mod metrics;
 pub mod openai;
 pub mod quote;
+pub mod responses;
 pub mod usage;
 
 use crate::error::{Error, ErrorKind, Result};

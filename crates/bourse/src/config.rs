@@ -85,6 +85,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// The dashboard's sessions and refresh.
     pub dashboard: DashboardConfig,
+    /// The Responses API's stored responses.
+    pub responses: ResponsesConfig,
     /// Where the config came from, for logs and for files placed next to it.
     pub source: ConfigSource,
 }
@@ -109,6 +111,32 @@ impl Default for DashboardConfig {
             session_ttl: Duration::from_secs(12 * 3600),
             refresh: Duration::from_secs(30),
         }
+    }
+}
+
+/// `[responses]`: how long a Responses API answer stored for `previous_response_id` (in the
+/// ledger's store) can be continued from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponsesConfig {
+    pub store_ttl: Duration,
+}
+
+impl Default for ResponsesConfig {
+    /// 30 days, as long as OpenAI keeps stored responses.
+    fn default() -> Self {
+        ResponsesConfig { store_ttl: Duration::from_secs(30 * 86_400) }
+    }
+}
+
+/// A stored response's lifetime: a whole number of days ("30d", at most ten years), or a
+/// duration as [`parse_duration`] reads it.
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    match s.trim().strip_suffix('d') {
+        Some(days) => match days.trim().parse::<u64>() {
+            Ok(n @ 1..=3650) => Ok(Duration::from_secs(n * 86_400)),
+            _ => Err(format!("\"{s}\" must be a whole number of days from 1d to 3650d, or a duration like \"12h\"")),
+        },
+        None => parse_duration(s),
     }
 }
 
@@ -420,6 +448,10 @@ impl Config {
         let routing = routing_from_raw(&raw, &ids, &catalog)?;
         let telemetry = telemetry_from_raw(&raw.telemetry)?;
         let dashboard = dashboard_from_raw(&raw.dashboard)?;
+        let mut responses = ResponsesConfig::default();
+        if let Some(t) = &raw.responses.store_ttl {
+            responses.store_ttl = parse_ttl(t).map_err(|m| err("responses.store_ttl", m))?;
+        }
         Ok(Config {
             server: ServerConfig { listen, api_keys, admin_keys, max_body_bytes, shutdown_grace, limits },
             providers,
@@ -430,6 +462,7 @@ impl Config {
             routing,
             telemetry,
             dashboard,
+            responses,
             source: ConfigSource::Environment,
         })
     }
@@ -1057,6 +1090,20 @@ mod tests {
         assert_eq!(storage_url("/tmp/x.db"), "sqlite:/tmp/x.db");
         assert_eq!(storage_url("sqlite:a.db"), "sqlite:a.db");
         assert_eq!(storage_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn responses_store_ttl() {
+        assert_eq!(load("").unwrap().responses.store_ttl, Duration::from_secs(30 * 86_400));
+        assert_eq!(
+            load("[responses]\nstore_ttl = \"2d\"\n").unwrap().responses.store_ttl,
+            Duration::from_secs(2 * 86_400)
+        );
+        assert_eq!(load("[responses]\nstore_ttl = \"90s\"\n").unwrap().responses.store_ttl, Duration::from_secs(90));
+        for bad in ["0d", "1.5d", "forever", "9999d"] {
+            assert_eq!(path_of(&format!("[responses]\nstore_ttl = \"{bad}\"\n")), "responses.store_ttl", "{bad}");
+        }
+        assert_eq!(path_of("[responses]\nttl = \"1d\"\n"), "responses.ttl");
     }
 
     #[test]

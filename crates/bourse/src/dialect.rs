@@ -12,6 +12,7 @@ pub mod anthropic;
 pub mod gemini;
 pub mod openai;
 pub mod replay;
+pub mod responses;
 // Public only so the fuzz targets (`fuzz/`) and their corpus test can check the scanner
 // against serde_json directly; not part of the library's interface.
 #[doc(hidden)]

@@ -5,7 +5,9 @@
 //! in SQLite (the embedded default) or PostgreSQL, with per-minute and per-hour aggregates
 //! beside the raw rows ([`aggregate`]) that reports ([`ReportQuery`]) and the dashboard's
 //! series ([`SeriesQuery`]) are answered from.
-//! No prompt or completion text is ever stored.
+//! No prompt or completion text is stored in ledger rows. The one exception is beside them:
+//! a Responses API answer the client asked to store (`store`, OpenAI's default) is kept with
+//! its input for `previous_response_id`, for a configured time ([`StoredResponse`]).
 
 use crate::canonical::Usage;
 /// Where the usage of an estimated row came from (defined beside the estimator, which
@@ -91,6 +93,7 @@ mod cascades;
 mod evidence;
 mod postgres;
 mod report;
+mod responses;
 mod series;
 mod sql;
 mod sqlite;
@@ -101,6 +104,7 @@ pub use cascades::{cascades, CascadeRow};
 pub use evidence::{EvidenceDelta, EvidenceRow};
 pub use postgres::PostgresLedger;
 pub use report::{GroupBy, ReportQuery, ReportRow};
+pub use responses::StoredResponse;
 pub use series::{
     ErrorGroup, Histogram, LatencyPoint, Quantile, RouteGroup, SeriesBy, SeriesPoint, SeriesQuery, LATENCY_BOUNDS_MS,
 };

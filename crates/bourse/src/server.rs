@@ -46,12 +46,14 @@ async fn dispatch(state: SharedState, req: Request, caller: Caller, dialect: Dia
         "/metrics" if state.telemetry.metrics.is_some() => (Method::GET, Route::Metrics),
         "/v1/chat/completions" => (Method::POST, Route::ChatCompletions),
         "/v1/messages" => (Method::POST, Route::Messages),
+        "/v1/responses" => (Method::POST, Route::Responses),
         "/v1/messages/count_tokens" => (Method::POST, Route::CountTokens),
         "/v1/embeddings" => (Method::POST, Route::Embeddings),
         "/v1/models" => (Method::GET, Route::Models),
         "/v1/bourse/usage" => (Method::GET, Route::Usage),
         "/v1/bourse/quote" => (Method::POST, Route::Quote),
         p if p.len() > "/v1/models/".len() && p.starts_with("/v1/models/") => (Method::GET, Route::Model),
+        p if p.len() > "/v1/responses/".len() && p.starts_with("/v1/responses/") => (Method::GET, Route::Response),
         _ => {
             let msg = format!("no route for {} {path}", req.method());
             return Error::new(ErrorKind::NotFound, msg).render(dialect);
@@ -70,6 +72,7 @@ async fn dispatch(state: SharedState, req: Request, caller: Caller, dialect: Dia
     match route {
         Route::ChatCompletions => Box::pin(api::openai::chat_completions(state, caller, req)).await.into_response(),
         Route::Messages => Box::pin(api::anthropic::messages(state, caller, req)).await.into_response(),
+        Route::Responses => Box::pin(api::responses::create(state, caller, req)).await.into_response(),
         Route::CountTokens => Box::pin(api::anthropic::count_tokens(state, req)).await.into_response(),
         Route::Embeddings => Box::pin(api::openai::embeddings(state, caller, req)).await.into_response(),
         Route::Models => api::openai::list_models(&state),
@@ -77,6 +80,10 @@ async fn dispatch(state: SharedState, req: Request, caller: Caller, dialect: Dia
             // Model ids contain slashes (`provider/model`) and may be percent-encoded.
             let id = percent_encoding::percent_decode_str(&path["/v1/models/".len()..]).decode_utf8_lossy();
             api::openai::get_model(&state, &id).into_response()
+        }
+        Route::Response => {
+            let id = percent_encoding::percent_decode_str(&path["/v1/responses/".len()..]).decode_utf8_lossy();
+            Box::pin(api::responses::retrieve(&state, &caller, &id)).await.into_response()
         }
         Route::Usage => Box::pin(api::usage::usage(state, &caller, req.uri())).await.into_response(),
         Route::Quote => Box::pin(api::quote::quote(state, req)).await.into_response(),
@@ -92,6 +99,8 @@ enum Route {
     Readyz,
     ChatCompletions,
     Messages,
+    Responses,
+    Response,
     CountTokens,
     Embeddings,
     Models,

@@ -41,8 +41,10 @@ pub struct AppState {
     pub router: Router,
     /// Where ledger rows go; None when the ledger is off.
     pub ledger: Option<Writer>,
-    /// A read handle for usage reports.
+    /// A read handle for usage reports (and the store of Responses API answers).
     pub reports: Option<Ledger>,
+    /// How long a stored Responses API answer can be continued from.
+    pub responses: crate::config::ResponsesConfig,
     pub max_body_bytes: usize,
     /// What a client connection may hold, and for how long.
     pub limits: EdgeLimits,
@@ -114,6 +116,7 @@ impl AppState {
             estimator: Estimator::new(),
             ledger: None,
             reports: None,
+            responses: cfg.responses,
             max_body_bytes: usize::try_from(cfg.server.max_body_bytes).unwrap_or(usize::MAX),
             limits: cfg.server.limits,
             started: crate::timespec::now_secs(),

@@ -31,6 +31,16 @@ pub struct RawConfig {
     pub telemetry: RawTelemetry,
     #[serde(default)]
     pub dashboard: RawDashboard,
+    #[serde(default)]
+    pub responses: RawResponses,
+}
+
+/// `[responses]`: the Responses API's stored responses (`previous_response_id`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResponses {
+    /// How long a stored response can be continued from, e.g. "30d" (the default), "12h".
+    pub store_ttl: Option<String>,
 }
 
 /// `[telemetry]`: metrics, traces and logs.
