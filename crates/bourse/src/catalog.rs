@@ -17,7 +17,13 @@
 //! for a `[models."p/m"]` table that adds a model, which is how a self-hosted model is
 //! priced in one line. Both keys on one entry, or a reason on an embedding, is always an
 //! error.
+//!
+//! Every model, chat and embedding, also carries an energy profile ([`energy`]): its size
+//! class (`energy_class`, or `active_params` that pick one) with `energy_source`, and the grid
+//! of its `hosting` region, under the same graded rule, so an attempt's energy estimate is
+//! never a silent zero.
 
+pub mod energy;
 pub mod litellm;
 
 use crate::fnv::{fnv1a, Fnv1a, OFFSET as FNV_OFFSET};
@@ -155,6 +161,8 @@ pub struct Model {
     pub price_source: Option<String>,
     pub price_date: Option<String>,
     pub currency: String,
+    /// Size class and grid, with the integer rates an attempt's energy estimate uses.
+    pub energy: energy::ModelEnergy,
 }
 
 impl Model {
@@ -240,6 +248,12 @@ pub struct RawModel {
     pub price_cny: Option<BTreeMap<String, f64>>,
     pub notes: Option<String>,
     pub dims: Option<u64>,
+    /// Energy size class (`tiny`, `small`, `medium`, `large`, `frontier`; catalog/energy.toml).
+    pub energy_class: Option<String>,
+    /// Active parameters in billions (picks the energy class).
+    pub active_params: Option<f64>,
+    /// Where the size comes from, or why the class was chosen.
+    pub energy_source: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -327,7 +341,8 @@ fn model_from_raw(id: &str, at: &str, r: &RawModel, allow: bool, f: &mut Finding
     model_from_raw_with(id, at, r, allow, &[], Rule::Warn, f)
 }
 
-/// How strictly a chat entry with neither `quality` nor `quality_unrated` is treated.
+/// How strictly a chat entry with neither `quality` nor `quality_unrated` (or with no
+/// energy class) is treated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Rule {
     /// Shipped catalog: every chat model is rated or says why not.
@@ -482,6 +497,13 @@ fn model_from_raw_with(
     if !check_rating(at, kind, r, rule, f) {
         return None;
     }
+    let energy = match energy::EnergyTable::shipped() {
+        Ok(table) => table.profile(at, r, rule, f)?,
+        Err(e) => {
+            f.errors.push(e.to_string());
+            return None;
+        }
+    };
     let currency = r.currency.clone().unwrap_or_else(|| "USD".into());
     if currency != "USD" && r.price_cny.is_none() {
         f.warnings.push(format!("{at}: currency {currency} without price_cny (the original prices)"));
@@ -510,6 +532,7 @@ fn model_from_raw_with(
         price_source: r.price_source.clone(),
         price_date: r.price_date.clone(),
         currency,
+        energy,
     })
 }
 
@@ -548,7 +571,10 @@ fn merge(base: &RawModel, o: &RawModel) -> RawModel {
         currency,
         price_cny,
         notes,
-        dims
+        dims,
+        energy_class,
+        active_params,
+        energy_source
     );
     if o.quality.is_some() && o.quality_unrated.is_none() {
         m.quality_unrated = None;
@@ -557,6 +583,13 @@ fn merge(base: &RawModel, o: &RawModel) -> RawModel {
         m.quality = None;
         m.quality_source = o.quality_source.clone();
         m.quality_date = o.quality_date.clone();
+    }
+    // A class and a parameter count are one fact, and the source goes with whichever the
+    // override gives.
+    if o.energy_class.is_some() || o.active_params.is_some() {
+        m.energy_class = o.energy_class.clone();
+        m.active_params = o.active_params;
+        m.energy_source = o.energy_source.clone();
     }
     m
 }

@@ -9,6 +9,7 @@ use crate::canonical::Usage;
 use crate::error::{Error, ErrorKind};
 use crate::ledger::{Estimate, LedgerEntry};
 use crate::limit::Spent;
+use crate::meter::energy::{self, Energy};
 use crate::meter::{Cost, Price};
 use crate::relay::Facts;
 use crate::route::Target;
@@ -73,10 +74,11 @@ struct Traced {
     facts: Facts,
 }
 
-/// The money headers of a settled, non-streaming response.
+/// The money (and energy estimate) headers of a settled, non-streaming response.
 pub(super) struct Settled {
     pub(super) cost: Cost,
     pub(super) reference: Cost,
+    pub(super) energy: Energy,
 }
 
 impl Attempt {
@@ -289,7 +291,9 @@ impl Attempt {
         if self.side {
             reference = Cost(0);
         }
-        self.tell(&state, &usage, cost.0, reference.0, status, error);
+        // The model's rates were fixed at catalog load: a few integer operations here.
+        let energy = energy::estimate(&usage, &model.energy.rates);
+        self.tell(&state, &usage, cost.0, reference.0, energy, status, error);
         if let Some(held) = self.held.take() {
             let u = &usage;
             let tokens = u.input_uncached + u.input_cache_read + u.input_cache_write + u.output_total();
@@ -298,33 +302,46 @@ impl Attempt {
         let entry = state
             .ledger
             .is_some()
-            .then(|| self.row(usage, cost.0, reference.0, &meter.catalog.version, status, error, estimate));
+            .then(|| self.row(usage, cost.0, reference.0, energy, &meter.catalog.version, status, error, estimate));
         // The row travels with the state it came from (not a clone of the writer: its
         // reference counts are shared by every worker, so touching them costs).
-        (Settled { cost, reference }, entry.map(|entry| Record { state, entry }))
+        (Settled { cost, reference, energy }, entry.map(|entry| Record { state, entry }))
     }
 
     /// The metrics, the attempt's span and, for the attempt that answered, its request's
     /// last word: each only while it is on.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn tell(
         &mut self,
         state: &SharedState,
         usage: &Usage,
         cost: i64,
         reference: i64,
+        energy: Energy,
         status: u16,
         error: Option<&str>,
     ) {
         if let (Some(m), Some(series)) = (&state.telemetry.metrics, self.series) {
-            self.count(m, series, usage, cost, reference, error);
+            self.count(m, series, usage, cost, reference, energy, error);
         }
         if self.traced.is_some() || self.ending.is_some() {
             self.last_words(state, usage, cost, status, error);
         }
     }
 
-    fn count(&mut self, m: &Metrics, series: SeriesId, usage: &Usage, cost: i64, reference: i64, error: Option<&str>) {
+    #[allow(clippy::too_many_arguments)]
+    fn count(
+        &mut self,
+        m: &Metrics,
+        series: SeriesId,
+        usage: &Usage,
+        cost: i64,
+        reference: i64,
+        energy: Energy,
+        error: Option<&str>,
+    ) {
+        m.energy(self.route, series, energy.uwh, energy.co2e_ug);
         match error {
             None => {
                 let a = Answered {
@@ -395,6 +412,7 @@ impl Attempt {
         usage: Usage,
         cost: i64,
         reference: i64,
+        energy: Energy,
         catalog_version: &str,
         status: u16,
         error: Option<&str>,
@@ -424,8 +442,9 @@ impl Attempt {
             needs: self.needs,
             cache_hit: false,
             cache_saved_nanos: 0,
-            energy_uwh: None,
-            co2e_ug: None,
+            // Every row an attempt writes carries the estimate (0 for an attempt with no usage).
+            energy_uwh: Some(energy.uwh),
+            co2e_ug: Some(energy.co2e_ug),
         }
     }
 
@@ -461,12 +480,12 @@ impl Drop for Attempt {
     fn drop(&mut self) {
         let Some(state) = self.state.take() else { return };
         let (status, error) = gone(&state.shutdown);
-        self.tell(&state, &Usage::default(), 0, 0, status, Some(error));
+        self.tell(&state, &Usage::default(), 0, 0, Energy::default(), status, Some(error));
         if state.ledger.is_none() {
             return;
         }
         let version = state.meter.catalog.version.clone();
-        let entry = self.row(Usage::default(), 0, 0, &version, status, Some(error), None);
+        let entry = self.row(Usage::default(), 0, 0, Energy::default(), &version, status, Some(error), None);
         Record { state, entry }.send_detached();
     }
 }
