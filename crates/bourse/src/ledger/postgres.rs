@@ -32,6 +32,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 5, sql: include_str!("../../migrations/postgres/0005_installation.sql"), backfill: false },
     Migration { version: 6, sql: include_str!("../../migrations/postgres/0006_evidence.sql"), backfill: false },
     Migration { version: 7, sql: include_str!("../../migrations/postgres/0007_market.sql"), backfill: false },
+    Migration { version: 9, sql: include_str!("../../migrations/postgres/0009_energy.sql"), backfill: false },
 ];
 
 /// Key for `pg_advisory_xact_lock`, so gateways starting together migrate one at a time
