@@ -777,6 +777,90 @@ mod tests {
     }
 
     #[test]
+    fn shipped_models_have_a_sourced_energy_class_and_a_grid() {
+        let c = Catalog::shipped().unwrap_or_else(|f| panic!("{}", Catalog::describe(&f)));
+        let table = energy::EnergyTable::shipped().unwrap();
+        let by_price_tier = "undisclosed by the vendor; class from its output-price tier";
+        for m in c.models() {
+            let e = &m.energy;
+            assert!(!e.defaulted, "{}: no energy class", m.id);
+            let source = e.source.as_deref().unwrap_or("");
+            assert!(source.len() > 20, "{}: energy_source should say where the size comes from: {source:?}", m.id);
+            assert_eq!(Some(e.grid.as_str()), m.hosting.as_deref(), "{}: the grid is the hosting region's", m.id);
+            assert!(e.rates.input_nwh > 0 && e.rates.output_nwh >= e.rates.input_nwh, "{}: {:?}", m.id, e.rates);
+            assert!(e.rates.grid_g_per_kwh > 0, "{}", m.id);
+            if let Some(a) = e.active_params {
+                assert_eq!(table.class_for_active(a).name, e.class, "{}: {a}B active", m.id);
+            }
+            // The price-tier rule of catalog/README.md, where it is the stated reason (a
+            // Beijing copy says it takes the Singapore listing's class instead).
+            if source.starts_with(by_price_tier) && !source.contains("Beijing copy") {
+                let out = m.rates.output.usd_per_mtok();
+                let want = match out {
+                    o if o >= 10.0 => "frontier",
+                    o if o >= 3.0 => "large",
+                    o if o >= 0.8 => "medium",
+                    _ => "small",
+                };
+                assert_eq!(e.class, want, "{}: output ${out}/M", m.id);
+            }
+        }
+    }
+
+    #[test]
+    fn energy_classes_are_checked_by_where_the_entry_comes_from() {
+        let entry = |extra: &str| {
+            format!("{META}[[model]]\nprovider = \"openai\"\nmodel = \"x\"\ninput = 1\noutput = 1\nhosting = \"US\"\n{extra}")
+        };
+        // The shipped rule: no class, a class without a source, an unknown hosting region.
+        let raw = RawModel {
+            input: Some(1.0),
+            output: Some(1.0),
+            hosting: Some("US".into()),
+            quality_unrated: Some("not rated here".into()),
+            ..Default::default()
+        };
+        let at = "catalog model[0] (openai/x)";
+        let mut f = Findings::default();
+        assert!(model_from_raw_with("openai/x", at, &raw, false, &[], Rule::Error, &mut f).is_none());
+        assert!(f.errors[0].contains("openai/x") && f.errors[0].contains("no energy_class"), "{f:?}");
+        let classed = RawModel { energy_class: Some("small".into()), ..raw.clone() };
+        let mut f = Findings::default();
+        assert!(model_from_raw_with("openai/x", at, &classed, false, &[], Rule::Error, &mut f).is_none());
+        assert!(f.errors[0].contains("without energy_source"), "{f:?}");
+        let elsewhere = RawModel { energy_source: Some("model card".into()), hosting: Some("MARS".into()), ..classed };
+        let mut f = Findings::default();
+        assert!(model_from_raw_with("openai/x", at, &elsewhere, false, &[], Rule::Error, &mut f).is_none());
+        assert!(f.errors[0].contains("no grid intensity for \"MARS\""), "{f:?}");
+        // A user catalog file: the default class, with a warning that says so.
+        let (c, f) = Catalog::load(&entry(""), &BTreeMap::new()).unwrap();
+        let e = &c.get("openai/x").unwrap().energy;
+        assert!(e.defaulted && e.class == "large" && e.source.is_none(), "{e:?}");
+        assert!(f.warnings.iter().any(|w| w.contains("openai/x") && w.contains("default class \"large\"")), "{f:?}");
+        // Parameters pick the class; both, an unknown class or a bad count are errors anywhere.
+        let (c, _) = Catalog::load(&entry("active_params = 37\nenergy_source = \"card\"\n"), &BTreeMap::new()).unwrap();
+        assert_eq!(c.get("openai/x").unwrap().energy.class, "medium");
+        let e = load("[[model]]\nprovider = \"openai\"\nmodel = \"x\"\ninput = 1\noutput = 1\nenergy_class = \"huge\"\n")
+            .unwrap_err();
+        assert!(e.contains("unknown class \"huge\""), "{e}");
+        let e = Catalog::load(&entry("energy_class = \"small\"\nactive_params = 8\n"), &BTreeMap::new()).map(|_| ()).unwrap_err();
+        assert!(Catalog::describe(&e).contains("both energy_class and active_params"));
+        let e = Catalog::load(&entry("active_params = -1\n"), &BTreeMap::new()).map(|_| ()).unwrap_err();
+        assert!(Catalog::describe(&e).contains("not a parameter count"));
+        // A config table that adds a model: default class and world grid, said in a warning;
+        // one that overrides an entry may set the parameters, which replace its class.
+        let mut o = BTreeMap::new();
+        o.insert("vllm/llama".to_string(), RawModel { input: Some(0.0), output: Some(0.0), ..Default::default() });
+        o.insert("openai/x".to_string(), RawModel { active_params: Some(8.0), ..Default::default() });
+        let (c, f) = Catalog::load(&entry("energy_class = \"frontier\"\nenergy_source = \"guess\"\n"), &o).unwrap();
+        let v = &c.get("vllm/llama").unwrap().energy;
+        assert!(v.defaulted && v.grid == "WORLD" && v.rates.grid_g_per_kwh == 481, "{v:?}");
+        assert!(f.warnings.iter().any(|w| w.contains("vllm/llama") && w.contains("default class")), "{f:?}");
+        let x = &c.get("openai/x").unwrap().energy;
+        assert_eq!((x.class.as_str(), x.source.as_deref(), x.defaulted), ("small", None, false));
+    }
+
+    #[test]
     fn quality_and_quality_unrated_are_checked_by_where_the_entry_comes_from() {
         let chat =
             |extra: &str| format!("[[model]]\nprovider = \"openai\"\nmodel = \"x\"\ninput = 1\noutput = 1\n{extra}");
