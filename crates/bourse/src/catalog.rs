@@ -840,10 +840,13 @@ mod tests {
         // Parameters pick the class; both, an unknown class or a bad count are errors anywhere.
         let (c, _) = Catalog::load(&entry("active_params = 37\nenergy_source = \"card\"\n"), &BTreeMap::new()).unwrap();
         assert_eq!(c.get("openai/x").unwrap().energy.class, "medium");
-        let e = load("[[model]]\nprovider = \"openai\"\nmodel = \"x\"\ninput = 1\noutput = 1\nenergy_class = \"huge\"\n")
-            .unwrap_err();
+        let e =
+            load("[[model]]\nprovider = \"openai\"\nmodel = \"x\"\ninput = 1\noutput = 1\nenergy_class = \"huge\"\n")
+                .unwrap_err();
         assert!(e.contains("unknown class \"huge\""), "{e}");
-        let e = Catalog::load(&entry("energy_class = \"small\"\nactive_params = 8\n"), &BTreeMap::new()).map(|_| ()).unwrap_err();
+        let e = Catalog::load(&entry("energy_class = \"small\"\nactive_params = 8\n"), &BTreeMap::new())
+            .map(|_| ())
+            .unwrap_err();
         assert!(Catalog::describe(&e).contains("both energy_class and active_params"));
         let e = Catalog::load(&entry("active_params = -1\n"), &BTreeMap::new()).map(|_| ()).unwrap_err();
         assert!(Catalog::describe(&e).contains("not a parameter count"));

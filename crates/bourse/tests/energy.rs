@@ -102,7 +102,10 @@ async fn every_row_an_attempt_writes_carries_the_energy_estimate() {
     let mut body = chat_body("alpha/sim-small");
     body["stream"] = json!(true);
     let text = post(&gw, "/v1/chat/completions", "e-stream", &body).await.text().await.unwrap();
-    assert!(text.contains(" x-bourse-energy-wh=0.102000 x-bourse-co2e-g=0.035190 (energy and CO2e: estimate;"), "{text}");
+    assert!(
+        text.contains(" x-bourse-energy-wh=0.102000 x-bourse-co2e-g=0.035190 (energy and CO2e: estimate;"),
+        "{text}"
+    );
     rows.push(("e-stream", Some(medium)));
 
     // The Anthropic surface, same model: same estimate.
@@ -139,7 +142,11 @@ async fn every_row_an_attempt_writes_carries_the_energy_estimate() {
     rows.push(("e-failed", Some((0, 0))));
 
     // A stream cut short: usage estimated by the gateway, energy estimated from it.
-    sim.set_config(SimConfig { failure: Failure::DropMidStream { after_chunks: 4 }, chunk_delay_ms: 5, ..known_usage() });
+    sim.set_config(SimConfig {
+        failure: Failure::DropMidStream { after_chunks: 4 },
+        chunk_delay_ms: 5,
+        ..known_usage()
+    });
     let _ = post(&gw, "/v1/chat/completions", "e-estimated", &body).await.text().await;
     rows.push(("e-estimated", None));
 

@@ -257,8 +257,7 @@ impl EnergyTable {
             (Some(name), None) => match self.class(name) {
                 Some(c) => Some(c),
                 None => {
-                    f.errors
-                        .push(format!("{at}.energy_class: unknown class \"{name}\" ({})", self.class_names()));
+                    f.errors.push(format!("{at}.energy_class: unknown class \"{name}\" ({})", self.class_names()));
                     return None;
                 }
             },

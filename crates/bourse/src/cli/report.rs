@@ -346,7 +346,7 @@ mod tests {
         let total = t.lines().find(|l| l.starts_with("TOTAL")).unwrap();
         assert!(total.contains("0.228001") && total.contains("0.078661"), "{t}");
         assert!(t.lines().last().unwrap().contains("ESTIMATES"), "{t}");
-        let csv = render(&[a.clone()], Format::Csv);
+        let csv = render(std::slice::from_ref(&a), Format::Csv);
         assert!(csv.lines().next().unwrap().ends_with(",energy_wh_est,co2e_g_est"), "{csv}");
         assert!(csv.lines().nth(1).unwrap().ends_with(",0.228000,0.078660"), "{csv}");
         let j: serde_json::Value = serde_json::from_str(&render(&[a, b], Format::Json)).unwrap();
