@@ -738,10 +738,16 @@ async fn migration_backfills(postgres: bool) {
         let ledger = Ledger::open(&store.url()).await.unwrap();
         ledger.append(rows.clone()).await.unwrap();
     }
-    // Back to the schema before the aggregates: their tables gone, the migration unapplied.
-    let (version, extra) = if postgres { (4, "") } else { (5, "DROP TABLE ledger_minute_ids;") };
+    // Back to the schema before the aggregates: their tables gone, the migration unapplied,
+    // and so the later one that adds the energy columns to them (sqlite 10, postgres 9).
+    let (version, energy, extra) = if postgres { (4, 9, "") } else { (5, 10, "DROP TABLE ledger_minute_ids;") };
     let drops: Vec<String> = AGGREGATE_TABLES.iter().map(|t| format!("DROP TABLE {t};")).collect();
-    store.exec(&format!("{} {extra} DELETE FROM schema_migrations WHERE version = {version};", drops.join(" "))).await;
+    store
+        .exec(&format!(
+            "{} {extra} DELETE FROM schema_migrations WHERE version IN ({version}, {energy});",
+            drops.join(" ")
+        ))
+        .await;
     let ledger = Ledger::open(&store.url()).await.unwrap();
     for t in AGGREGATE_TABLES {
         let sum = store.count(&format!("SELECT CAST(SUM(attempts) AS BIGINT) FROM {t}")).await;
