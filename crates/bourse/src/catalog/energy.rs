@@ -83,7 +83,6 @@ struct RawClass {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)] // read for validation: a source without a url or date is an error
 struct RawSource {
     name: String,
     what: String,

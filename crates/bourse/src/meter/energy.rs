@@ -27,6 +27,24 @@ pub struct Energy {
 /// The estimate for `usage` at `rates`.
 #[inline]
 pub fn estimate(usage: &Usage, rates: &EnergyRates) -> Energy {
+    // Any real attempt fits u64 (2^64 nWh is 18 TWh), where dividing by a constant is a
+    // multiply and a shift; only absurd counts take the u128 path.
+    let (input, output) = (usage.input_total(), usage.output_total());
+    let fast = input
+        .checked_mul(rates.input_nwh)
+        .and_then(|i| output.checked_mul(rates.output_nwh).and_then(|o| i.checked_add(o)))
+        .and_then(|nwh| Some((nwh.checked_add(500)?, nwh.checked_mul(rates.grid_g_per_kwh)?.checked_add(500_000)?)));
+    if let Some((nwh_half, ug_half)) = fast {
+        if let (Ok(uwh), Ok(ug)) = (i64::try_from(nwh_half / 1000), i64::try_from(ug_half / 1_000_000)) {
+            return Energy { uwh, co2e_ug: ug };
+        }
+    }
+    wide(usage, rates)
+}
+
+/// [`estimate`] in u128, saturating: counts no real attempt reaches.
+#[cold]
+fn wide(usage: &Usage, rates: &EnergyRates) -> Energy {
     // Each product of two u64 fits a u128; only the sums can overflow, on absurd counts.
     let nwh = (u128::from(usage.input_total()) * u128::from(rates.input_nwh))
         .saturating_add(u128::from(usage.output_total()) * u128::from(rates.output_nwh));
@@ -106,6 +124,24 @@ mod tests {
         // An output token: 8,400 nWh = 8.4 µWh -> 8; 8,400 × 56 = 470,400 -> 0.4704 µg -> 0.
         // Two: 16.8 -> 17 µWh (from the exact nWh, not 8 + 8).
         assert_eq!(estimate(&Usage { output: 2, ..Usage::default() }, &tiny_fr).uwh, 17);
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_wide_one() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..10_000 {
+            // Ordinary sizes, and now and then counts near the edge of the u64 path.
+            let shift = if i % 10 == 0 { 20 } else { 44 };
+            let u = Usage { input_uncached: next() >> shift, output: next() >> shift, ..Usage::default() };
+            let r = EnergyRates { input_nwh: next() >> 44, output_nwh: next() >> 42, grid_g_per_kwh: next() >> 54 };
+            assert_eq!(estimate(&u, &r), wide(&u, &r), "{u:?} {r:?}");
+        }
     }
 
     #[test]
