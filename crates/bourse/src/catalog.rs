@@ -781,6 +781,13 @@ mod tests {
         let c = Catalog::shipped().unwrap_or_else(|f| panic!("{}", Catalog::describe(&f)));
         let table = energy::EnergyTable::shipped().unwrap();
         let by_price_tier = "undisclosed by the vendor; class from its output-price tier";
+        let with_params = c.models().iter().filter(|m| m.energy.active_params.is_some()).count();
+        // catalog/README.md states the counts; keep them in step with the file.
+        let readme = include_str!("../../../catalog/README.md");
+        let claim = format!("; {with_params} entries) or `energy_class`");
+        assert!(readme.contains(&claim), "catalog/README.md should say \"{claim}\"");
+        let claim = format!("({} entries):", c.models().len() - with_params);
+        assert!(readme.contains(&claim), "catalog/README.md should say \"{claim}\"");
         for m in c.models() {
             let e = &m.energy;
             assert!(!e.defaulted, "{}: no energy class", m.id);
