@@ -5,6 +5,8 @@
 //! comment, `/metrics` and `bourse report` say the same numbers.
 
 mod common;
+#[path = "common/pg.rs"]
+mod pg;
 
 use common::*;
 use serde_json::{json, Value};
@@ -76,13 +78,22 @@ async fn scrape(url: &str) -> BTreeMap<String, f64> {
 }
 
 #[tokio::test]
-async fn every_row_an_attempt_writes_carries_the_energy_estimate() {
-    let dir = std::env::temp_dir().join(format!("bourse-energy-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let url = format!("sqlite:{}", dir.join("ledger.db").display());
+async fn energy_on_sqlite() {
+    let path = std::env::temp_dir().join(format!("bourse-energy-{}-{}.db", std::process::id(), fastrand::u64(..)));
+    every_row_an_attempt_writes_carries_the_energy_estimate(&format!("sqlite:{}", path.display())).await;
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn energy_on_postgres() {
+    let db = pg::Database::create("energy").await;
+    every_row_an_attempt_writes_carries_the_energy_estimate(&db.url).await;
+    db.drop().await;
+}
+
+async fn every_row_an_attempt_writes_carries_the_energy_estimate(url: &str) {
     let sim = Sim::start(known_usage()).await.unwrap();
-    let gw = gateway_with_ledger(&config(&sim, &url), &url).await;
+    let gw = gateway_with_ledger(&config(&sim, url), url).await;
     // (request id, the row's expected (µWh, µg) where it is known exactly)
     let mut rows: Vec<(&str, Option<(i64, i64)>)> = Vec::new();
 
@@ -199,5 +210,4 @@ async fn every_row_an_attempt_writes_carries_the_energy_estimate() {
     assert_eq!((emb.energy_uwh, emb.co2e_ug), embed);
     let table = bourse::cli::report::render(&report, bourse::cli::Format::Table);
     assert!(table.contains("energy_wh_est") && table.contains("ESTIMATES"), "{table}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
