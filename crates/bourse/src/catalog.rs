@@ -182,7 +182,8 @@ impl Model {
 pub struct Catalog {
     pub name: String,
     pub date: String,
-    /// `name@date#hash`: recorded with every price used, so old ledger rows stay explainable.
+    /// `name@date#hash`: recorded with every price used, so old ledger rows stay explainable
+    /// (the hash covers the catalog text, config overrides and the energy figures).
     pub version: String,
     pub cny_per_usd: Option<f64>,
     models: Vec<Model>,
@@ -632,6 +633,8 @@ impl Catalog {
             entries.push((id.clone(), format!("catalog model[{i}] ({id})"), m.clone(), false));
         }
         let mut hash = fnv1a(text.as_bytes(), FNV_OFFSET);
+        // The energy figures are part of what a row's estimate was made with.
+        hash = fnv1a(energy::SHIPPED.as_bytes(), hash);
         for (id, o) in overrides {
             hash = fnv1a(format!("{id}{o:?}").as_bytes(), hash);
             let at = format!("models.\"{id}\"");
