@@ -51,7 +51,7 @@ def value(samples, name: str, **labels: str) -> float:
 def test_metrics_parse_and_counters_move_by_what_requests_did(gateway, client: openai.OpenAI) -> None:
     before = scrape(gateway)
     prompt = completion = 0
-    cost = saved = Decimal(0)
+    cost = saved = energy = co2e = Decimal(0)
     for _ in range(3):
         raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES)
         chat = raw.parse()
@@ -59,6 +59,9 @@ def test_metrics_parse_and_counters_move_by_what_requests_did(gateway, client: o
         completion += chat.usage.completion_tokens
         cost += Decimal(raw.headers["x-bourse-cost-usd"])
         saved += Decimal(raw.headers["x-bourse-saved-usd"])
+        energy += Decimal(raw.headers["x-bourse-energy-wh"])
+        co2e += Decimal(raw.headers["x-bourse-co2e-g"])
+        assert raw.headers["x-bourse-energy-method"].startswith("estimate;")
     after = scrape(gateway)
 
     def delta(name: str, **labels: str) -> float:
@@ -72,6 +75,10 @@ def test_metrics_parse_and_counters_move_by_what_requests_did(gateway, client: o
     assert abs(Decimal(str(delta("bourse_cost_usd_total", **PAIR))) - cost) < Decimal("1e-12")
     assert abs(Decimal(str(delta("bourse_savings_usd_total", **PAIR))) - saved) < Decimal("1e-12")
     assert delta("bourse_gateway_latency_seconds_count", route="") == 3
+    # The energy estimate: the counters move by what the headers said (micro-units, exact).
+    assert energy > 0
+    assert abs(Decimal(str(delta("bourse_energy_wh_total", **PAIR))) - energy) < Decimal("1e-9")
+    assert abs(Decimal(str(delta("bourse_co2e_grams_total", **PAIR))) - co2e) < Decimal("1e-9")
     # Every histogram's +Inf bucket is its count.
     for (name, labels), v in after.items():
         if name.endswith("_bucket") and dict(labels)["le"] == "+Inf":

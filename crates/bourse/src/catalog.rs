@@ -17,7 +17,13 @@
 //! for a `[models."p/m"]` table that adds a model, which is how a self-hosted model is
 //! priced in one line. Both keys on one entry, or a reason on an embedding, is always an
 //! error.
+//!
+//! Every model, chat and embedding, also carries an energy profile ([`energy`]): its size
+//! class (`energy_class`, or `active_params` that pick one) with `energy_source`, and the grid
+//! of its `hosting` region, under the same graded rule, so an attempt's energy estimate is
+//! never a silent zero.
 
+pub mod energy;
 pub mod litellm;
 
 use crate::fnv::{fnv1a, Fnv1a, OFFSET as FNV_OFFSET};
@@ -155,6 +161,8 @@ pub struct Model {
     pub price_source: Option<String>,
     pub price_date: Option<String>,
     pub currency: String,
+    /// Size class and grid, with the integer rates an attempt's energy estimate uses.
+    pub energy: energy::ModelEnergy,
 }
 
 impl Model {
@@ -174,7 +182,8 @@ impl Model {
 pub struct Catalog {
     pub name: String,
     pub date: String,
-    /// `name@date#hash`: recorded with every price used, so old ledger rows stay explainable.
+    /// `name@date#hash`: recorded with every price used, so old ledger rows stay explainable
+    /// (the hash covers the catalog text, config overrides and the energy figures).
     pub version: String,
     pub cny_per_usd: Option<f64>,
     models: Vec<Model>,
@@ -240,6 +249,12 @@ pub struct RawModel {
     pub price_cny: Option<BTreeMap<String, f64>>,
     pub notes: Option<String>,
     pub dims: Option<u64>,
+    /// Energy size class (`tiny`, `small`, `medium`, `large`, `frontier`; catalog/energy.toml).
+    pub energy_class: Option<String>,
+    /// Active parameters in billions (picks the energy class).
+    pub active_params: Option<f64>,
+    /// Where the size comes from, or why the class was chosen.
+    pub energy_source: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -327,7 +342,8 @@ fn model_from_raw(id: &str, at: &str, r: &RawModel, allow: bool, f: &mut Finding
     model_from_raw_with(id, at, r, allow, &[], Rule::Warn, f)
 }
 
-/// How strictly a chat entry with neither `quality` nor `quality_unrated` is treated.
+/// How strictly a chat entry with neither `quality` nor `quality_unrated` (or with no
+/// energy class) is treated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Rule {
     /// Shipped catalog: every chat model is rated or says why not.
@@ -482,6 +498,13 @@ fn model_from_raw_with(
     if !check_rating(at, kind, r, rule, f) {
         return None;
     }
+    let energy = match energy::EnergyTable::shipped() {
+        Ok(table) => table.profile(at, r, rule, f)?,
+        Err(e) => {
+            f.errors.push(e.to_string());
+            return None;
+        }
+    };
     let currency = r.currency.clone().unwrap_or_else(|| "USD".into());
     if currency != "USD" && r.price_cny.is_none() {
         f.warnings.push(format!("{at}: currency {currency} without price_cny (the original prices)"));
@@ -510,6 +533,7 @@ fn model_from_raw_with(
         price_source: r.price_source.clone(),
         price_date: r.price_date.clone(),
         currency,
+        energy,
     })
 }
 
@@ -548,7 +572,10 @@ fn merge(base: &RawModel, o: &RawModel) -> RawModel {
         currency,
         price_cny,
         notes,
-        dims
+        dims,
+        energy_class,
+        active_params,
+        energy_source
     );
     if o.quality.is_some() && o.quality_unrated.is_none() {
         m.quality_unrated = None;
@@ -557,6 +584,13 @@ fn merge(base: &RawModel, o: &RawModel) -> RawModel {
         m.quality = None;
         m.quality_source = o.quality_source.clone();
         m.quality_date = o.quality_date.clone();
+    }
+    // A class and a parameter count are one fact, and the source goes with whichever the
+    // override gives.
+    if o.energy_class.is_some() || o.active_params.is_some() {
+        m.energy_class = o.energy_class.clone();
+        m.active_params = o.active_params;
+        m.energy_source = o.energy_source.clone();
     }
     m
 }
@@ -599,6 +633,8 @@ impl Catalog {
             entries.push((id.clone(), format!("catalog model[{i}] ({id})"), m.clone(), false));
         }
         let mut hash = fnv1a(text.as_bytes(), FNV_OFFSET);
+        // The energy figures are part of what a row's estimate was made with.
+        hash = fnv1a(energy::SHIPPED.as_bytes(), hash);
         for (id, o) in overrides {
             hash = fnv1a(format!("{id}{o:?}").as_bytes(), hash);
             let at = format!("models.\"{id}\"");
@@ -741,6 +777,100 @@ mod tests {
         let readme = include_str!("../../../catalog/README.md");
         let claim = format!("{unrated} of {chat} chat entries have no score, each with its reason");
         assert!(readme.contains(&claim), "catalog/README.md should say \"{claim}\"");
+    }
+
+    #[test]
+    fn shipped_models_have_a_sourced_energy_class_and_a_grid() {
+        let c = Catalog::shipped().unwrap_or_else(|f| panic!("{}", Catalog::describe(&f)));
+        let table = energy::EnergyTable::shipped().unwrap();
+        let by_price_tier = "undisclosed by the vendor; class from its output-price tier";
+        let with_params = c.models().iter().filter(|m| m.energy.active_params.is_some()).count();
+        // catalog/README.md states the counts; keep them in step with the file.
+        let readme = include_str!("../../../catalog/README.md");
+        let claim = format!("; {with_params} entries) or `energy_class`");
+        assert!(readme.contains(&claim), "catalog/README.md should say \"{claim}\"");
+        let claim = format!("({} entries):", c.models().len() - with_params);
+        assert!(readme.contains(&claim), "catalog/README.md should say \"{claim}\"");
+        for m in c.models() {
+            let e = &m.energy;
+            assert!(!e.defaulted, "{}: no energy class", m.id);
+            let source = e.source.as_deref().unwrap_or("");
+            assert!(source.len() > 20, "{}: energy_source should say where the size comes from: {source:?}", m.id);
+            assert_eq!(Some(e.grid.as_str()), m.hosting.as_deref(), "{}: the grid is the hosting region's", m.id);
+            assert!(e.rates.input_nwh > 0 && e.rates.output_nwh >= e.rates.input_nwh, "{}: {:?}", m.id, e.rates);
+            assert!(e.rates.grid_g_per_kwh > 0, "{}", m.id);
+            if let Some(a) = e.active_params {
+                assert_eq!(table.class_for_active(a).name, e.class, "{}: {a}B active", m.id);
+            }
+            // The price-tier rule of catalog/README.md, where it is the stated reason (a
+            // Beijing copy says it takes the Singapore listing's class instead).
+            if source.starts_with(by_price_tier) && !source.contains("Beijing copy") {
+                let out = m.rates.output.usd_per_mtok();
+                let want = match out {
+                    o if o >= 10.0 => "frontier",
+                    o if o >= 3.0 => "large",
+                    o if o >= 0.8 => "medium",
+                    _ => "small",
+                };
+                assert_eq!(e.class, want, "{}: output ${out}/M", m.id);
+            }
+        }
+    }
+
+    #[test]
+    fn energy_classes_are_checked_by_where_the_entry_comes_from() {
+        let entry = |extra: &str| {
+            format!("{META}[[model]]\nprovider = \"openai\"\nmodel = \"x\"\ninput = 1\noutput = 1\nhosting = \"US\"\n{extra}")
+        };
+        // The shipped rule: no class, a class without a source, an unknown hosting region.
+        let raw = RawModel {
+            input: Some(1.0),
+            output: Some(1.0),
+            hosting: Some("US".into()),
+            quality_unrated: Some("not rated here".into()),
+            ..Default::default()
+        };
+        let at = "catalog model[0] (openai/x)";
+        let mut f = Findings::default();
+        assert!(model_from_raw_with("openai/x", at, &raw, false, &[], Rule::Error, &mut f).is_none());
+        assert!(f.errors[0].contains("openai/x") && f.errors[0].contains("no energy_class"), "{f:?}");
+        let classed = RawModel { energy_class: Some("small".into()), ..raw.clone() };
+        let mut f = Findings::default();
+        assert!(model_from_raw_with("openai/x", at, &classed, false, &[], Rule::Error, &mut f).is_none());
+        assert!(f.errors[0].contains("without energy_source"), "{f:?}");
+        let elsewhere = RawModel { energy_source: Some("model card".into()), hosting: Some("MARS".into()), ..classed };
+        let mut f = Findings::default();
+        assert!(model_from_raw_with("openai/x", at, &elsewhere, false, &[], Rule::Error, &mut f).is_none());
+        assert!(f.errors[0].contains("no grid intensity for \"MARS\""), "{f:?}");
+        // A user catalog file: the default class, with a warning that says so.
+        let (c, f) = Catalog::load(&entry(""), &BTreeMap::new()).unwrap();
+        let e = &c.get("openai/x").unwrap().energy;
+        assert!(e.defaulted && e.class == "large" && e.source.is_none(), "{e:?}");
+        assert!(f.warnings.iter().any(|w| w.contains("openai/x") && w.contains("default class \"large\"")), "{f:?}");
+        // Parameters pick the class; both, an unknown class or a bad count are errors anywhere.
+        let (c, _) = Catalog::load(&entry("active_params = 37\nenergy_source = \"card\"\n"), &BTreeMap::new()).unwrap();
+        assert_eq!(c.get("openai/x").unwrap().energy.class, "medium");
+        let e =
+            load("[[model]]\nprovider = \"openai\"\nmodel = \"x\"\ninput = 1\noutput = 1\nenergy_class = \"huge\"\n")
+                .unwrap_err();
+        assert!(e.contains("unknown class \"huge\""), "{e}");
+        let e = Catalog::load(&entry("energy_class = \"small\"\nactive_params = 8\n"), &BTreeMap::new())
+            .map(|_| ())
+            .unwrap_err();
+        assert!(Catalog::describe(&e).contains("both energy_class and active_params"));
+        let e = Catalog::load(&entry("active_params = -1\n"), &BTreeMap::new()).map(|_| ()).unwrap_err();
+        assert!(Catalog::describe(&e).contains("not a parameter count"));
+        // A config table that adds a model: default class and world grid, said in a warning;
+        // one that overrides an entry may set the parameters, which replace its class.
+        let mut o = BTreeMap::new();
+        o.insert("vllm/llama".to_string(), RawModel { input: Some(0.0), output: Some(0.0), ..Default::default() });
+        o.insert("openai/x".to_string(), RawModel { active_params: Some(8.0), ..Default::default() });
+        let (c, f) = Catalog::load(&entry("energy_class = \"frontier\"\nenergy_source = \"guess\"\n"), &o).unwrap();
+        let v = &c.get("vllm/llama").unwrap().energy;
+        assert!(v.defaulted && v.grid == "WORLD" && v.rates.grid_g_per_kwh == 481, "{v:?}");
+        assert!(f.warnings.iter().any(|w| w.contains("vllm/llama") && w.contains("default class")), "{f:?}");
+        let x = &c.get("openai/x").unwrap().energy;
+        assert_eq!((x.class.as_str(), x.source.as_deref(), x.defaulted), ("small", None, false));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! floating point.
 
 pub mod bpe;
+pub mod energy;
 pub mod estimate;
 
 use crate::canonical::Usage;

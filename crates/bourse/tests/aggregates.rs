@@ -118,6 +118,8 @@ impl Store {
             "output_reasoning",
             "cost_nanos",
             "reference_cost_nanos",
+            "COALESCE(energy_uwh, 0)",
+            "COALESCE(co2e_ug, 0)",
         ]
         .iter()
         .map(|c| format!("SUM({c}){cast}"))
@@ -132,7 +134,7 @@ impl Store {
              AND ({p2} IS NULL OR ts_ms < {p2}) AND ({p3} IS NULL OR key_id = {p3}) GROUP BY 1",
             sums.join(", ")
         );
-        let to_row = |g: String, v: [i64; 11]| ReportRow {
+        let to_row = |g: String, v: [i64; 13]| ReportRow {
             group: g,
             requests: v[0],
             attempts: v[1],
@@ -144,8 +146,10 @@ impl Store {
             cost_nanos: v[7],
             reference_cost_nanos: v[8],
             saved_nanos: v[8] - v[7],
-            errors: v[9],
-            estimated: v[10],
+            energy_uwh: v[9],
+            co2e_ug: v[10],
+            errors: v[11],
+            estimated: v[12],
         };
         let mut rows: Vec<ReportRow> = match self {
             Store::Sqlite(dir) => {
@@ -300,6 +304,8 @@ fn expected_report(rows: &[LedgerEntry], q: &ReportQuery) -> Vec<ReportRow> {
         e.saved_nanos = e.reference_cost_nanos - e.cost_nanos;
         e.errors += i64::from(r.error_kind.is_some());
         e.estimated += i64::from(r.estimate.is_some());
+        e.energy_uwh += r.energy_uwh.unwrap_or(0);
+        e.co2e_ug += r.co2e_ug.unwrap_or(0);
     }
     let mut out: Vec<ReportRow> = groups.into_values().collect();
     out.sort_by(|a, b| b.cost_nanos.cmp(&a.cost_nanos).then_with(|| a.group.cmp(&b.group)));
@@ -454,6 +460,9 @@ fn request(base: i64, id: usize, reuse: usize) -> impl Strategy<Value = Vec<Ledg
                     error_kind: [None, Some("upstream_5xx"), Some("upstream_timeout")][error].map(String::from),
                     estimate: [None, Some(Estimate::Tokenizer), Some(Estimate::Heuristic)][estimate],
                     stream,
+                    // Rows with and without an energy estimate (NULL adds 0).
+                    energy_uwh: (u.0 % 2 == 0).then_some(u.0 as i64 * 3),
+                    co2e_ug: (u.0 % 2 == 0).then_some(u.0 as i64),
                     ..entry(&format!("req-{}", id / reuse), i as u32 + 1, ts)
                 }
             })
@@ -729,10 +738,16 @@ async fn migration_backfills(postgres: bool) {
         let ledger = Ledger::open(&store.url()).await.unwrap();
         ledger.append(rows.clone()).await.unwrap();
     }
-    // Back to the schema before the aggregates: their tables gone, the migration unapplied.
-    let (version, extra) = if postgres { (4, "") } else { (5, "DROP TABLE ledger_minute_ids;") };
+    // Back to the schema before the aggregates: their tables gone, the migration unapplied,
+    // and so the later one that adds the energy columns to them (sqlite 10, postgres 9).
+    let (version, energy, extra) = if postgres { (4, 9, "") } else { (5, 10, "DROP TABLE ledger_minute_ids;") };
     let drops: Vec<String> = AGGREGATE_TABLES.iter().map(|t| format!("DROP TABLE {t};")).collect();
-    store.exec(&format!("{} {extra} DELETE FROM schema_migrations WHERE version = {version};", drops.join(" "))).await;
+    store
+        .exec(&format!(
+            "{} {extra} DELETE FROM schema_migrations WHERE version IN ({version}, {energy});",
+            drops.join(" ")
+        ))
+        .await;
     let ledger = Ledger::open(&store.url()).await.unwrap();
     for t in AGGREGATE_TABLES {
         let sum = store.count(&format!("SELECT CAST(SUM(attempts) AS BIGINT) FROM {t}")).await;

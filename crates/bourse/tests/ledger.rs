@@ -161,6 +161,9 @@ fn report_fixture() -> Vec<LedgerEntry> {
             usage: usage(base),
             cost_nanos: cost,
             reference_cost_nanos: reference,
+            // Energy estimates in proportion to the usage (µWh, µg CO2e).
+            energy_uwh: Some(7 * base as i64),
+            co2e_ug: Some(3 * base as i64),
             ..row(req, attempt, ts_ms)
         }
     };
@@ -202,6 +205,8 @@ async fn report_by_model_exact(url: &str) {
         saved_nanos: reference - cost,
         errors,
         estimated,
+        energy_uwh: 7 * base,
+        co2e_ug: 3 * base,
     };
     let want = vec![
         row("openai/gpt", 2, 2, 101, 400, 650, 1, 1),
@@ -313,6 +318,8 @@ fn expected_report(rows: &[LedgerEntry], query: &ReportQuery) -> Vec<ReportRow> 
         g.reference_cost_nanos += r.reference_cost_nanos;
         g.errors += i64::from(r.error_kind.is_some());
         g.estimated += i64::from(r.estimated());
+        g.energy_uwh += r.energy_uwh.unwrap_or(0);
+        g.co2e_ug += r.co2e_ug.unwrap_or(0);
     }
     let mut out: Vec<ReportRow> = groups
         .into_values()

@@ -205,6 +205,9 @@ struct Row<'a> {
     capabilities: Vec<&'static str>,
     /// Blended price over the reference's; None when the reference is free.
     vs_ref: Option<f64>,
+    /// JSON only: the energy estimate's class, its source, whether it is the default, the
+    /// grid region and the integer rates.
+    energy: &'a crate::catalog::energy::ModelEnergy,
     #[serde(skip)]
     model: &'a Model,
 }
@@ -227,6 +230,7 @@ impl<'a> Row<'a> {
             context: m.context,
             capabilities: m.capabilities.names(),
             vs_ref: (reference4 > 0).then(|| blended4(m) as f64 / reference4 as f64),
+            energy: &m.energy,
             model: m,
         }
     }
@@ -630,6 +634,13 @@ input = 0.02
         assert_eq!(get("openai/gpt-4o")["capabilities"], serde_json::json!(["tools", "vision"]));
         assert_eq!(get("zai/glm-4.7-flash")["vs_ref"], 0.0);
         assert_eq!(get("openai/text-embedding-3-small")["kind"], "embedding");
+        // The energy profile: this test catalog names no classes, so each has the default.
+        let e = &g["energy"];
+        assert_eq!(
+            (&e["class"], &e["defaulted"], &e["source"]),
+            (&serde_json::json!("large"), &serde_json::json!(true), &serde_json::Value::Null)
+        );
+        assert_eq!(e["rates"]["output_nwh"], 804_000);
 
         // A free reference has no meaningful ratio: null, not infinity.
         let out =

@@ -1,8 +1,10 @@
 //! `bourse report`: ledger aggregates as a table, JSON or CSV. Money is summed as integer
-//! nano-USD by the database and only formatted here.
+//! nano-USD by the database and only formatted here; the energy estimate likewise, as µWh
+//! and µg CO2e, shown in Wh and grams and always labelled "est.".
 
 use super::{csv_field, Format};
 use crate::ledger::ReportRow;
+use crate::meter::energy::millionths;
 use crate::meter::Cost;
 use serde_json::json;
 use std::fmt::Write as _;
@@ -31,11 +33,16 @@ fn total(rows: &[ReportRow]) -> ReportRow {
         t.saved_nanos += r.saved_nanos;
         t.errors += r.errors;
         t.estimated += r.estimated;
+        t.energy_uwh = t.energy_uwh.saturating_add(r.energy_uwh);
+        t.co2e_ug = t.co2e_ug.saturating_add(r.co2e_ug);
     }
     t
 }
 
-const HEADER: [&str; 14] = [
+/// Under the table: what the two energy columns are.
+pub const ENERGY_NOTE: &str = "energy_wh_est, co2e_g_est: ESTIMATES, not measurements: tokens x per-token energy of the model's size class x PUE, and x the hosting region's grid intensity (figures and sources: catalog/energy.toml)";
+
+const HEADER: [&str; 16] = [
     "group",
     "requests",
     "attempts",
@@ -50,6 +57,8 @@ const HEADER: [&str; 14] = [
     "saved_pct",
     "errors",
     "estimated",
+    "energy_wh_est",
+    "co2e_g_est",
 ];
 
 fn cells(r: &ReportRow) -> Vec<String> {
@@ -68,6 +77,8 @@ fn cells(r: &ReportRow) -> Vec<String> {
         saved_pct(r),
         r.errors.to_string(),
         r.estimated.to_string(),
+        millionths(r.energy_uwh),
+        millionths(r.co2e_ug),
     ]
 }
 
@@ -80,6 +91,8 @@ pub fn row_json(r: &ReportRow) -> serde_json::Value {
         o.insert("reference_cost_usd".into(), json!(Cost(r.reference_cost_nanos).usd()));
         o.insert("saved_usd".into(), json!(Cost(r.saved_nanos).usd()));
         o.insert("saved_pct".into(), json!(saved_pct(r)));
+        o.insert("energy_wh_est".into(), json!(millionths(r.energy_uwh)));
+        o.insert("co2e_g_est".into(), json!(millionths(r.co2e_ug)));
     }
     v
 }
@@ -92,7 +105,9 @@ pub fn render(rows: &[ReportRow], format: Format) -> String {
             serde_json::to_string_pretty(&json!({"data": data, "total": {
                 "requests": t.requests, "cost_usd": Cost(t.cost_nanos).usd(),
                 "reference_cost_usd": Cost(t.reference_cost_nanos).usd(), "saved_usd": Cost(t.saved_nanos).usd(),
-                "saved_pct": saved_pct(&t), "errors": t.errors}}))
+                "saved_pct": saved_pct(&t), "errors": t.errors,
+                "energy_wh_est": millionths(t.energy_uwh), "co2e_g_est": millionths(t.co2e_ug)},
+                "energy_note": ENERGY_NOTE}))
             .unwrap_or_default()
         }
         Format::Csv => {
@@ -125,6 +140,11 @@ pub fn render(rows: &[ReportRow], format: Format) -> String {
             }
             if rows.is_empty() {
                 out.push_str("(no ledger rows in this period)\n");
+            } else {
+                // After a blank line: the table's rows end where a reader (or a parser) expects.
+                out.push('\n');
+                out.push_str(ENERGY_NOTE);
+                out.push('\n');
             }
             out
         }
@@ -304,11 +324,35 @@ mod tests {
         let rows = [row("a/x", 800_000, 8_000_000), row("b/y", 1, 3)];
         let t = render(&rows, Format::Table);
         assert!(t.contains("0.000800000") && t.contains("90.0%") && t.contains("66.6%"), "{t}");
-        assert!(t.lines().last().unwrap().starts_with("TOTAL"), "{t}");
+        // The totals close the table; the energy columns' note follows a blank line.
+        let body: Vec<&str> = t.lines().take_while(|l| !l.is_empty()).collect();
+        assert!(body.last().unwrap().starts_with("TOTAL"), "{t}");
         assert!(t.contains("0.008000003"), "{t}");
         let csv = render(&[row("a,b", 1, 2)], Format::Csv);
         assert!(csv.lines().nth(1).unwrap().starts_with("\"a,b\",2,3"), "{csv}");
         let j: serde_json::Value = serde_json::from_str(&render(&rows, Format::Json)).unwrap();
         assert_eq!(j["total"]["cost_usd"], "0.000800001");
+    }
+
+    #[test]
+    fn energy_columns_are_exact_and_labelled_estimates() {
+        // 228,000 µWh and 78,660 µg (a medium model's 1,000 in / 500 out in the US, see
+        // meter/energy.rs) plus 1 µWh and 1 µg.
+        let a = ReportRow { energy_uwh: 228_000, co2e_ug: 78_660, ..row("a/x", 2, 1) };
+        let b = ReportRow { energy_uwh: 1, co2e_ug: 1, ..row("b/y", 1, 1) };
+        let t = render(&[a.clone(), b.clone()], Format::Table);
+        let head = t.lines().next().unwrap();
+        assert!(head.contains("energy_wh_est") && head.contains("co2e_g_est"), "{t}");
+        let total = t.lines().find(|l| l.starts_with("TOTAL")).unwrap();
+        assert!(total.contains("0.228001") && total.contains("0.078661"), "{t}");
+        assert!(t.lines().last().unwrap().contains("ESTIMATES"), "{t}");
+        let csv = render(std::slice::from_ref(&a), Format::Csv);
+        assert!(csv.lines().next().unwrap().ends_with(",energy_wh_est,co2e_g_est"), "{csv}");
+        assert!(csv.lines().nth(1).unwrap().ends_with(",0.228000,0.078660"), "{csv}");
+        let j: serde_json::Value = serde_json::from_str(&render(&[a, b], Format::Json)).unwrap();
+        assert_eq!(j["data"][0]["energy_uwh"], 228_000);
+        assert_eq!(j["data"][0]["energy_wh_est"], "0.228000");
+        assert_eq!(j["total"]["co2e_g_est"], "0.078661");
+        assert!(j["energy_note"].as_str().unwrap().contains("ESTIMATES"));
     }
 }

@@ -2,6 +2,9 @@
 //! (`x-bourse-provider`, `x-bourse-model`), what it cost and saved (`x-bourse-cost-usd`,
 //! `x-bourse-reference-cost-usd`, `x-bourse-saved-usd`; for a stream, the same figures in an
 //! SSE comment after `[DONE]`), and why the router chose it (`x-bourse-route-reason`).
+//! Beside the money, the attempt's energy **estimate** (`x-bourse-energy-wh`, `x-bourse-co2e-g`,
+//! and `x-bourse-energy-method` saying it is an estimate and where its figures come from;
+//! see `meter/energy.rs`), in the headers and in the stream's closing comment alike.
 
 use super::attempt::Settled;
 use crate::canonical::Dialect;
@@ -18,6 +21,12 @@ pub static X_BOURSE_COST: HeaderName = HeaderName::from_static("x-bourse-cost-us
 pub static X_BOURSE_REFERENCE_COST: HeaderName = HeaderName::from_static("x-bourse-reference-cost-usd");
 pub static X_BOURSE_SAVED: HeaderName = HeaderName::from_static("x-bourse-saved-usd");
 pub static X_BOURSE_ROUTE_REASON: HeaderName = HeaderName::from_static("x-bourse-route-reason");
+pub static X_BOURSE_ENERGY: HeaderName = HeaderName::from_static("x-bourse-energy-wh");
+pub static X_BOURSE_CO2E: HeaderName = HeaderName::from_static("x-bourse-co2e-g");
+pub static X_BOURSE_ENERGY_METHOD: HeaderName = HeaderName::from_static("x-bourse-energy-method");
+/// What the energy figures are: said on every answer that carries them.
+pub const ENERGY_METHOD: &str =
+    "estimate; tokens x per-token energy of the model's size class x PUE, x hosting-region grid intensity; sources: catalog/energy.toml";
 
 pub(super) fn provenance(resp: &mut Response, target: &Target) {
     let h = resp.headers_mut();
@@ -40,11 +49,11 @@ pub(super) enum Content {
 
 impl Content {
     /// The answer's first headers: its content type (and, for a stream, `no-cache`), in a
-    /// map with room for every header an answer gets (provenance, money, route, request id,
-    /// and a virtual key's seven budget and rate-limit headers), so adding them never
-    /// regrows it: a regrowth rehashes every header already in it.
+    /// map with room for every header an answer gets (provenance, money, energy, route,
+    /// request id, and a virtual key's seven budget and rate-limit headers), so adding them
+    /// never regrows it: a regrowth rehashes every header already in it.
     pub(super) fn headers(self) -> HeaderMap {
-        let mut h = HeaderMap::with_capacity(16);
+        let mut h = HeaderMap::with_capacity(20);
         match self {
             Content::Json => {
                 h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -102,6 +111,12 @@ pub(super) fn money_headers(resp: &mut Response, s: &Settled) {
             h.insert(name.clone(), v);
         }
     }
+    for (name, millionths) in [(&X_BOURSE_ENERGY, s.energy.uwh), (&X_BOURSE_CO2E, s.energy.co2e_ug)] {
+        if let Ok(v) = HeaderValue::from_bytes(crate::meter::energy::millionths_ascii(millionths, &mut buf)) {
+            h.insert(name.clone(), v);
+        }
+    }
+    h.insert(X_BOURSE_ENERGY_METHOD.clone(), HeaderValue::from_static(ENERGY_METHOD));
 }
 
 /// A complete answer replayed as a stream in the client's dialect (a buffered cascade,
@@ -122,10 +137,12 @@ pub(super) async fn replayed(resp: Response, client: Dialect, include_usage: boo
     let h = &mut parts.headers;
     let money = |name: &HeaderName| h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("0").to_string();
     let comment = format!(
-        ": x-bourse-cost-usd={} x-bourse-reference-cost-usd={} x-bourse-saved-usd={}\n\n",
+        ": x-bourse-cost-usd={} x-bourse-reference-cost-usd={} x-bourse-saved-usd={} x-bourse-energy-wh={} x-bourse-co2e-g={} (energy and CO2e: {ENERGY_METHOD})\n\n",
         money(&X_BOURSE_COST),
         money(&X_BOURSE_REFERENCE_COST),
-        money(&X_BOURSE_SAVED)
+        money(&X_BOURSE_SAVED),
+        money(&X_BOURSE_ENERGY),
+        money(&X_BOURSE_CO2E)
     );
     let mut out = Vec::with_capacity(stream.len() + comment.len());
     out.extend_from_slice(&stream);
@@ -137,12 +154,16 @@ pub(super) async fn replayed(resp: Response, client: Dialect, include_usage: boo
 }
 
 /// The SSE comment sent after `[DONE]`: streaming headers leave before the cost is known.
+/// It carries the energy estimate too, labelled as one.
 pub(super) fn money_comment(s: &Settled) -> Bytes {
+    use crate::meter::energy::millionths;
     Bytes::from(format!(
-        ": x-bourse-cost-usd={} x-bourse-reference-cost-usd={} x-bourse-saved-usd={}\n\n",
+        ": x-bourse-cost-usd={} x-bourse-reference-cost-usd={} x-bourse-saved-usd={} x-bourse-energy-wh={} x-bourse-co2e-g={} (energy and CO2e: {ENERGY_METHOD})\n\n",
         s.cost.usd(),
         s.reference.usd(),
-        (s.reference - s.cost).usd()
+        (s.reference - s.cost).usd(),
+        millionths(s.energy.uwh),
+        millionths(s.energy.co2e_ug)
     ))
 }
 

@@ -9,6 +9,7 @@ use crate::canonical::Usage;
 use crate::error::{Error, ErrorKind};
 use crate::ledger::{Estimate, LedgerEntry};
 use crate::limit::Spent;
+use crate::meter::energy::{self, Energy};
 use crate::meter::{Cost, Price};
 use crate::relay::Facts;
 use crate::route::Target;
@@ -73,10 +74,13 @@ struct Traced {
     facts: Facts,
 }
 
-/// The money headers of a settled, non-streaming response.
+/// What an attempt came to: its money and its energy estimate (the headers of a settled,
+/// non-streaming response; a stream's closing comment).
+#[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Settled {
     pub(super) cost: Cost,
     pub(super) reference: Cost,
+    pub(super) energy: Energy,
 }
 
 impl Attempt {
@@ -289,42 +293,36 @@ impl Attempt {
         if self.side {
             reference = Cost(0);
         }
-        self.tell(&state, &usage, cost.0, reference.0, status, error);
+        // The model's rates were fixed at catalog load: a few integer operations here.
+        let settled = Settled { cost, reference, energy: energy::estimate(&usage, &model.energy.rates) };
+        self.tell(&state, &usage, &settled, status, error);
         if let Some(held) = self.held.take() {
             let u = &usage;
             let tokens = u.input_uncached + u.input_cache_read + u.input_cache_write + u.output_total();
             held.settle(Spent { cost: cost.0, tokens });
         }
-        let entry = state
-            .ledger
-            .is_some()
-            .then(|| self.row(usage, cost.0, reference.0, &meter.catalog.version, status, error, estimate));
+        let entry =
+            state.ledger.is_some().then(|| self.row(usage, &settled, &meter.catalog.version, status, error, estimate));
         // The row travels with the state it came from (not a clone of the writer: its
         // reference counts are shared by every worker, so touching them costs).
-        (Settled { cost, reference }, entry.map(|entry| Record { state, entry }))
+        (settled, entry.map(|entry| Record { state, entry }))
     }
 
     /// The metrics, the attempt's span and, for the attempt that answered, its request's
     /// last word: each only while it is on.
     #[inline]
-    fn tell(
-        &mut self,
-        state: &SharedState,
-        usage: &Usage,
-        cost: i64,
-        reference: i64,
-        status: u16,
-        error: Option<&str>,
-    ) {
+    fn tell(&mut self, state: &SharedState, usage: &Usage, s: &Settled, status: u16, error: Option<&str>) {
         if let (Some(m), Some(series)) = (&state.telemetry.metrics, self.series) {
-            self.count(m, series, usage, cost, reference, error);
+            self.count(m, series, usage, s, error);
         }
         if self.traced.is_some() || self.ending.is_some() {
-            self.last_words(state, usage, cost, status, error);
+            self.last_words(state, usage, s.cost.0, status, error);
         }
     }
 
-    fn count(&mut self, m: &Metrics, series: SeriesId, usage: &Usage, cost: i64, reference: i64, error: Option<&str>) {
+    fn count(&mut self, m: &Metrics, series: SeriesId, usage: &Usage, s: &Settled, error: Option<&str>) {
+        let (cost, reference) = (s.cost.0, s.reference.0);
+        m.energy(self.route, series, s.energy.uwh, s.energy.co2e_ug);
         match error {
             None => {
                 let a = Answered {
@@ -393,8 +391,7 @@ impl Attempt {
     fn row(
         &mut self,
         usage: Usage,
-        cost: i64,
-        reference: i64,
+        s: &Settled,
         catalog_version: &str,
         status: u16,
         error: Option<&str>,
@@ -412,8 +409,8 @@ impl Attempt {
             route_reason: self.route_reason.take(),
             checks: self.checks.take(),
             usage,
-            cost_nanos: cost,
-            reference_cost_nanos: reference,
+            cost_nanos: s.cost.0,
+            reference_cost_nanos: s.reference.0,
             catalog_version: catalog_version.to_string(),
             ttfb_ms: self.ttfb.map(|d| d.as_millis() as u32),
             latency_ms: self.latency().as_millis() as u32,
@@ -424,8 +421,9 @@ impl Attempt {
             needs: self.needs,
             cache_hit: false,
             cache_saved_nanos: 0,
-            energy_uwh: None,
-            co2e_ug: None,
+            // Every row an attempt writes carries the estimate (0 for an attempt with no usage).
+            energy_uwh: Some(s.energy.uwh),
+            co2e_ug: Some(s.energy.co2e_ug),
         }
     }
 
@@ -461,12 +459,12 @@ impl Drop for Attempt {
     fn drop(&mut self) {
         let Some(state) = self.state.take() else { return };
         let (status, error) = gone(&state.shutdown);
-        self.tell(&state, &Usage::default(), 0, 0, status, Some(error));
+        self.tell(&state, &Usage::default(), &Settled::default(), status, Some(error));
         if state.ledger.is_none() {
             return;
         }
         let version = state.meter.catalog.version.clone();
-        let entry = self.row(Usage::default(), 0, 0, &version, status, Some(error), None);
+        let entry = self.row(Usage::default(), &Settled::default(), &version, status, Some(error), None);
         Record { state, entry }.send_detached();
     }
 }

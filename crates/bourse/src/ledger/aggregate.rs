@@ -21,7 +21,8 @@
 //!
 //! Each carries the same exact integer sums ([`UsageSums`]): requests, attempts, fallbacks,
 //! errors, failed requests, estimated rows, the five token counts, nano-USD cost and
-//! reference cost. A bucket is named by its first Unix millisecond, floored (rows before 1970
+//! reference cost, and the energy estimate (µWh, µg CO2e; rows written before the estimate
+//! existed add 0). A bucket is named by its first Unix millisecond, floored (rows before 1970
 //! land in the right bucket too); days are UTC days. Absent key, tenant, route, feasible
 //! count and error kind are stored as `''`.
 //!
@@ -143,7 +144,7 @@ impl Family {
 /// histograms (the order [`Group::values`] writes them in).
 pub(crate) fn read_sums(timed: bool, v: &[i64]) -> (UsageSums, Option<TimingSums>) {
     let n = UsageSums::COLUMNS.len();
-    let mut u = [0; 13];
+    let mut u = [0; UsageSums::COLUMNS.len()];
     u.copy_from_slice(&v[..n]);
     (UsageSums::from_values(u), timed.then(|| TimingSums::from_values(&v[n..])))
 }
@@ -277,10 +278,14 @@ pub(crate) struct UsageSums {
     pub output_reasoning: i64,
     pub cost_nanos: i64,
     pub reference_cost_nanos: i64,
+    /// Estimated energy, micro-watt-hours (`LedgerEntry::energy_uwh`; none counts 0).
+    pub energy_uwh: i64,
+    /// Estimated emissions, micrograms CO2e.
+    pub co2e_ug: i64,
 }
 
 impl UsageSums {
-    pub(crate) const COLUMNS: [&'static str; 13] = [
+    pub(crate) const COLUMNS: [&'static str; 15] = [
         "requests",
         "attempts",
         "fallbacks",
@@ -294,6 +299,8 @@ impl UsageSums {
         "output_reasoning",
         "cost_nanos",
         "reference_cost_nanos",
+        "energy_uwh",
+        "co2e_ug",
     ];
 
     /// One row's sums; `failed`: whether it is a failed request's last attempt.
@@ -313,10 +320,12 @@ impl UsageSums {
             output_reasoning: super::count_to_db(u.output_reasoning),
             cost_nanos: r.cost_nanos,
             reference_cost_nanos: r.reference_cost_nanos,
+            energy_uwh: r.energy_uwh.unwrap_or(0),
+            co2e_ug: r.co2e_ug.unwrap_or(0),
         }
     }
 
-    pub(crate) fn values(&self) -> [i64; 13] {
+    pub(crate) fn values(&self) -> [i64; 15] {
         [
             self.requests,
             self.attempts,
@@ -331,11 +340,13 @@ impl UsageSums {
             self.output_reasoning,
             self.cost_nanos,
             self.reference_cost_nanos,
+            self.energy_uwh,
+            self.co2e_ug,
         ]
     }
 
-    pub(crate) fn from_values(v: [i64; 13]) -> UsageSums {
-        let [requests, attempts, fallbacks, errors, failed, estimated, input_uncached, input_cache_read, input_cache_write, output, output_reasoning, cost_nanos, reference_cost_nanos] =
+    pub(crate) fn from_values(v: [i64; 15]) -> UsageSums {
+        let [requests, attempts, fallbacks, errors, failed, estimated, input_uncached, input_cache_read, input_cache_write, output, output_reasoning, cost_nanos, reference_cost_nanos, energy_uwh, co2e_ug] =
             v;
         UsageSums {
             requests,
@@ -351,6 +362,8 @@ impl UsageSums {
             output_reasoning,
             cost_nanos,
             reference_cost_nanos,
+            energy_uwh,
+            co2e_ug,
         }
     }
 

@@ -33,6 +33,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 6, sql: include_str!("../../migrations/postgres/0006_evidence.sql"), backfill: false },
     Migration { version: 7, sql: include_str!("../../migrations/postgres/0007_market.sql"), backfill: false },
     Migration { version: 8, sql: include_str!("../../migrations/postgres/0008_responses.sql"), backfill: false },
+    Migration { version: 9, sql: include_str!("../../migrations/postgres/0009_energy.sql"), backfill: false },
 ];
 
 /// Key for `pg_advisory_xact_lock`, so gateways starting together migrate one at a time

@@ -129,6 +129,11 @@ pub struct ReportRow {
     pub errors: i64,
     /// Attempts whose usage the gateway estimated.
     pub estimated: i64,
+    /// ESTIMATED energy, micro-watt-hours (see `meter/energy.rs`; rows from before the
+    /// estimate existed add 0).
+    pub energy_uwh: i64,
+    /// ESTIMATED emissions, micrograms CO2e.
+    pub co2e_ug: i64,
 }
 
 impl ReportRow {
@@ -147,6 +152,8 @@ impl ReportRow {
             saved_nanos: 0,
             errors: s.errors,
             estimated: s.estimated,
+            energy_uwh: s.energy_uwh,
+            co2e_ug: s.co2e_ug,
         }
     }
 }

@@ -161,7 +161,7 @@ pub(crate) fn select(d: Dialect, f: Family, g: Grain, shape: Shape, key: bool, t
 /// failing: a single absurd (saturated) count must not make its bucket refuse every later
 /// batch. Counts of rows cannot come near those bounds.
 fn add_column(table: &str, c: &str) -> String {
-    const SATURATING: [&str; 7] = [
+    const SATURATING: [&str; 9] = [
         "input_uncached",
         "input_cache_read",
         "input_cache_write",
@@ -169,6 +169,8 @@ fn add_column(table: &str, c: &str) -> String {
         "output_reasoning",
         "cost_nanos",
         "reference_cost_nanos",
+        "energy_uwh",
+        "co2e_ug",
     ];
     let (t, e) = (format!("{table}.{c}"), format!("EXCLUDED.{c}"));
     if !SATURATING.contains(&c) {
@@ -260,9 +262,9 @@ mod tests {
         let r = select(Dialect::Sqlite, Family::Routes, Grain::Day, Shape::Errors, false, false);
         assert!(r.contains("error_kind <> ''") && r.contains("GROUP BY 1, 2, 3"), "{r}");
         let w = postgres_write("INSERT INTO ledger (x) SELECT * FROM UNNEST($1::text[])");
-        // 29 raw columns, then 3 × (1 + 2 + 13 + 62) models, 3 × (1 + 5 + 13) routes, 3 × (1 + 2 + 13)
-        // keys and 3 × (1 + 6 + 13) usage arrays.
-        let last = 29 + 3 * 78 + 3 * 19 + 3 * 16 + 3 * 20;
+        // 29 raw columns, then 3 × (1 + 2 + 15 + 62) models, 3 × (1 + 5 + 15) routes, 3 × (1 + 2 + 15)
+        // keys and 3 × (1 + 6 + 15) usage arrays.
+        let last = 29 + 3 * 80 + 3 * 21 + 3 * 18 + 3 * 22;
         assert!(w.contains(&format!("${last}::bigint[]")) && !w.contains(&format!("${}", last + 1)));
         assert!(
             w.contains("cost_nanos = CASE") && w.contains("latency_30 = models_day.latency_30 + EXCLUDED.latency_30")

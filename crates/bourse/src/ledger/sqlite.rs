@@ -28,6 +28,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 7, sql: include_str!("../../migrations/sqlite/0007_evidence.sql"), backfill: false },
     Migration { version: 8, sql: include_str!("../../migrations/sqlite/0008_market.sql"), backfill: false },
     Migration { version: 9, sql: include_str!("../../migrations/sqlite/0009_responses.sql"), backfill: false },
+    Migration { version: 10, sql: include_str!("../../migrations/sqlite/0010_energy.sql"), backfill: false },
 ];
 
 /// How long a statement waits for another process's lock (e.g. a `sqlite3` shell running

@@ -189,6 +189,9 @@ struct Money {
     savings: AtomicU64,
     /// Cost minus reference cost, for attempts dearer than it: savings minus this is the net.
     overspend: AtomicU64,
+    /// Estimated energy, micro-watt-hours, and emissions, micrograms CO2e (meter/energy.rs).
+    energy_uwh: AtomicU64,
+    co2e_ug: AtomicU64,
 }
 
 /// What a settled attempt tells the metrics.
@@ -372,6 +375,16 @@ impl Metrics {
         }
     }
 
+    /// An attempt's energy estimate (nothing to add when it used no tokens).
+    #[inline]
+    pub fn energy(&self, route: RouteId, series: SeriesId, uwh: i64, co2e_ug: i64) {
+        if uwh > 0 {
+            let m = &self.money[self.cell(route, series)];
+            m.energy_uwh.fetch_add(uwh as u64, Relaxed);
+            m.co2e_ug.fetch_add(co2e_ug.max(0) as u64, Relaxed);
+        }
+    }
+
     /// An attempt was answered and priced.
     pub fn answered(&self, route: RouteId, series: SeriesId, a: &Answered) {
         self.spent(route, series, a.cost_nanos, a.reference_nanos);
@@ -552,6 +565,29 @@ impl prometheus_client::collector::Collector for Exposition {
                     continue;
                 }
                 Count(usd(v)).encode(f.encode_family(&labels(r, s))?)?;
+            }
+        }
+        for (name, help, unit, pick) in [
+            (
+                "bourse_energy",
+                "ESTIMATED energy of upstream attempts, Wh: tokens x per-token energy of the model's size class (ML.ENERGY, Epoch AI) x PUE, catalog/energy.toml",
+                Unit::Other("wh".into()),
+                (|x: &Money| &x.energy_uwh) as fn(&Money) -> &AtomicU64,
+            ),
+            (
+                "bourse_co2e",
+                "ESTIMATED emissions of upstream attempts, grams CO2e: the energy estimate x the hosting region's grid intensity (Ember, EEA, EMA), catalog/energy.toml",
+                Unit::Other("grams".into()),
+                |x: &Money| &x.co2e_ug,
+            ),
+        ] {
+            let mut f = enc.encode_descriptor(name, help, Some(&unit), MetricType::Counter)?;
+            for (r, s, c) in cells() {
+                if m.money[c].energy_uwh.load(Relaxed) == 0 {
+                    continue;
+                }
+                // Micro-units counted, whole units exported.
+                Count(pick(&m.money[c]).load(Relaxed) as f64 / 1e6).encode(f.encode_family(&labels(r, s))?)?;
             }
         }
         {
