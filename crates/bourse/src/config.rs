@@ -85,9 +85,32 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// The dashboard's sessions and refresh.
     pub dashboard: DashboardConfig,
+    /// The response cache's settings; None: no store (no `[cache]` section and no route
+    /// that turns it on).
+    pub cache: Option<CacheConfig>,
     /// Where the config came from, for logs and for files placed next to it.
     pub source: ConfigSource,
 }
+
+/// `[cache]`: the exact-match response cache (see `crate::cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Requests use it unless their route or key says otherwise: true when a `[cache]`
+    /// section is written (and does not say `enabled = false`).
+    pub enabled: bool,
+    /// How long an answer is served.
+    pub ttl: Duration,
+    /// The in-memory store's bound on what it holds (answers, their names and keys).
+    pub max_bytes: u64,
+    /// The largest answer stored (in memory or in Redis).
+    pub max_entry_bytes: u64,
+    /// Answers are shared by every tenant (else each tenant has its own).
+    pub share_across_tenants: bool,
+}
+
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(3600);
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 256 << 20;
+pub const DEFAULT_CACHE_MAX_ENTRY_BYTES: u64 = 4 << 20;
 
 /// `[dashboard]`: how `/dashboard` keeps its logins and how often its pages reload (it is on
 /// whenever `server.admin_keys` is set).
@@ -420,6 +443,8 @@ impl Config {
         let routing = routing_from_raw(&raw, &ids, &catalog)?;
         let telemetry = telemetry_from_raw(&raw.telemetry)?;
         let dashboard = dashboard_from_raw(&raw.dashboard)?;
+        let routes_cache = routing.routes.values().any(|r| r.cache == Some(true));
+        let cache = cache_from_raw(raw.cache.as_ref(), routes_cache)?;
         Ok(Config {
             server: ServerConfig { listen, api_keys, admin_keys, max_body_bytes, shutdown_grace, limits },
             providers,
@@ -430,6 +455,7 @@ impl Config {
             routing,
             telemetry,
             dashboard,
+            cache,
             source: ConfigSource::Environment,
         })
     }
@@ -536,6 +562,8 @@ fn routing_from_raw(raw: &RawConfig, provider_ids: &[&str], catalog: &Catalog) -
             policy: "default".into(),
             expected_output: DEFAULT_EXPECTED_OUTPUT,
             max_cost: None,
+            cache: None,
+            cache_sampled: false,
         },
     );
     for (name, r) in &raw.routes {
@@ -620,6 +648,8 @@ fn routing_from_raw(raw: &RawConfig, provider_ids: &[&str], catalog: &Catalog) -
                 policy,
                 expected_output: r.expected_output.unwrap_or(DEFAULT_EXPECTED_OUTPUT),
                 max_cost,
+                cache: r.cache,
+                cache_sampled: r.cache_sampled.unwrap_or(false),
             },
         );
     }
@@ -736,6 +766,64 @@ fn storage_from_raw(raw: &raw::RawStorage) -> Result<StorageConfig, ConfigError>
         queue,
         on_full,
     })
+}
+
+/// `[cache]`, or the defaults when only a route turns the cache on; None when nothing does.
+fn cache_from_raw(raw: Option<&raw::RawCache>, routes_cache: bool) -> Result<Option<CacheConfig>, ConfigError> {
+    // A route's `cache = true` alone: a store with the defaults, used by such routes only.
+    let only_routes = raw::RawCache { enabled: Some(false), ..raw::RawCache::default() };
+    let raw = match raw {
+        Some(r) => r,
+        None if routes_cache => &only_routes,
+        None => return Ok(None),
+    };
+    let ttl = match &raw.ttl {
+        Some(t) => parse_duration(t).map_err(|m| err("cache.ttl", m))?,
+        None => DEFAULT_CACHE_TTL,
+    };
+    if ttl < Duration::from_millis(1) {
+        return Err(err("cache.ttl", "must be at least 1ms"));
+    }
+    let size = |v: &Option<String>, path: &str, default: u64| match v {
+        Some(s) => match parse_size(s) {
+            Ok(0) => Err(err(path, "must be greater than 0")),
+            Ok(n) => Ok(n),
+            Err(m) => Err(err(path, m)),
+        },
+        None => Ok(default),
+    };
+    let max_bytes = size(&raw.max_bytes, "cache.max_bytes", DEFAULT_CACHE_MAX_BYTES)?;
+    let max_entry_bytes =
+        size(&raw.max_entry_bytes, "cache.max_entry_bytes", DEFAULT_CACHE_MAX_ENTRY_BYTES.min(max_bytes))?;
+    if max_entry_bytes > max_bytes {
+        return Err(err("cache.max_entry_bytes", format!("must not exceed cache.max_bytes ({max_bytes} bytes)")));
+    }
+    Ok(Some(CacheConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        ttl,
+        max_bytes,
+        max_entry_bytes,
+        share_across_tenants: raw.share_across_tenants.unwrap_or(false),
+    }))
+}
+
+/// A size in bytes: "256MiB", "64KiB", "1GiB", "10MB", "512KB", "1GB", "4096B", or a bare
+/// number of bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num.parse().map_err(|_| format!("\"{s}\" is not a size like \"256MiB\" or \"64KiB\""))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("\"{s}\": unknown unit \"{other}\" (use B, KiB, MiB, GiB, KB, MB or GB)")),
+    };
+    n.checked_mul(scale).ok_or_else(|| format!("\"{s}\" is too large"))
 }
 
 fn dashboard_from_raw(raw: &raw::RawDashboard) -> Result<DashboardConfig, ConfigError> {
