@@ -3,7 +3,9 @@
 //!
 //! A request consults it once it is planned and its key's rules have passed (a key may not
 //! read a cached answer of a model or route it may not use), with the `provider/model` the
-//! plan put first. A hit:
+//! plan put first. The answer kept under that key is the one the client got, whichever
+//! candidate made it (a fallback's, when the first failed; the one that passed a cascade's
+//! checks); answers decided by an `agree` round of scouts are not kept. A hit:
 //! - is admitted by the key's gate like any request (it counts against the requests per
 //!   minute and the concurrency limit; its hold is 0 USD and 0 tokens and is settled at once;
 //!   a key refused by a limit is refused here too);
@@ -92,7 +94,6 @@ pub(super) async fn consult(
 }
 
 /// Serve a hit: admitted by the key's gate, answered from `entry`, recorded in the ledger.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn serve(
     state: &SharedState,
     caller: &Caller,
