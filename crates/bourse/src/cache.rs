@@ -13,7 +13,9 @@
 //! **The key** ([`Key::of`]) is SHA-256 (`ring`, already in the build) over, each piece
 //! length-prefixed: a format version; the scope (the caller's tenant — `server.api_keys` and
 //! open gateways are the built-in tenant — or nothing when `share_across_tenants`); the client
-//! dialect (the stored bytes are in its wire format); whether the answer streams and whether a
+//! dialect (the stored bytes are in its wire format) and, for Anthropic's, the `anthropic-beta`
+//! header (relayed to an Anthropic upstream, it switches features and answer shapes on);
+//! whether the answer streams and whether a
 //! stream carries its usage chunk; the `provider/model` the routing policy put first for this
 //! caller (so a change of policy, floor, downgrade or allowed models is a different key); and
 //! every top-level member of the client's body as written, in order, except `model` (replaced
@@ -65,8 +67,8 @@ const VERSION: &[u8] = b"bourse-cache-1";
 
 impl Key {
     /// The key of `req` from `scope` (the tenant, or None when shared), answered first by
-    /// `provider`/`model`.
-    pub fn of(scope: Option<&str>, req: &ChatRequest, provider: &str, model: &str) -> Key {
+    /// `provider`/`model`, with the request's `anthropic-beta` header (empty: none).
+    pub fn of(scope: Option<&str>, req: &ChatRequest, provider: &str, model: &str, beta: &[u8]) -> Key {
         let mut h = Hasher(ring::digest::Context::new(&ring::digest::SHA256));
         h.piece(VERSION);
         match scope {
@@ -77,6 +79,7 @@ impl Key {
             None => h.piece(b"*"),
         }
         h.piece(req.dialect.name().as_bytes());
+        h.piece(beta);
         h.piece(&[u8::from(req.stream), u8::from(req.stream && req.include_usage)]);
         h.piece(provider.as_bytes());
         h.piece(model.as_bytes());
@@ -380,7 +383,7 @@ mod tests {
     }
 
     fn key(req: &ChatRequest) -> Key {
-        Key::of(Some("acme"), req, "p", "m")
+        Key::of(Some("acme"), req, "p", "m", b"")
     }
 
     const BASE: &str = r#"{"model":"auto","messages":[{"role":"user","content":"hi"}],"temperature":0}"#;
@@ -412,12 +415,13 @@ mod tests {
         }
         // The scope, the routed model and the dialect.
         let req = openai(BASE);
-        assert_ne!(Key::of(Some("other"), &req, "p", "m"), base);
-        assert_ne!(Key::of(None, &req, "p", "m"), base);
-        assert_ne!(Key::of(Some("acme"), &req, "q", "m"), base);
-        assert_ne!(Key::of(Some("acme"), &req, "p", "n"), base);
+        assert_ne!(Key::of(Some("other"), &req, "p", "m", b""), base);
+        assert_ne!(Key::of(None, &req, "p", "m", b""), base);
+        assert_ne!(Key::of(Some("acme"), &req, "q", "m", b""), base);
+        assert_ne!(Key::of(Some("acme"), &req, "p", "n", b""), base);
         // Pieces are framed: moving a byte from one to the next is another key.
-        assert_ne!(Key::of(Some("acme"), &req, "pm", ""), Key::of(Some("acme"), &req, "p", "m"));
+        assert_ne!(Key::of(Some("acme"), &req, "pm", "", b""), Key::of(Some("acme"), &req, "p", "m", b""));
+        assert_ne!(Key::of(Some("acme"), &req, "p", "m", b"tools-2024"), base);
     }
 
     #[test]

@@ -255,6 +255,39 @@ async fn streams_replay_byte_identical_events() {
     assert_eq!(saved, spent);
 }
 
+/// On a cascade route whose streams are buffered (`cascade_streaming = "buffer"`), the answer
+/// that passed its checks is kept as the stream the client got, and replayed as one; the
+/// unstreamed request is its own entry. An `anthropic-beta` header is part of an Anthropic
+/// request's key.
+#[tokio::test]
+async fn a_checked_answer_replayed_as_a_stream_is_kept_as_one() {
+    let sim = sim().await;
+    let route = "[routes.checked]\nmin_quality = 1300\ncascade = [\"complete\"]\ncascade_streaming = \"buffer\"\n";
+    let gw = start(&config(&sim, &temp_db("cascade"), &format!("{CACHE}{route}"))).await;
+    let streamed = json!({"model": "checked", "temperature": 0, "stream": true,
+                          "messages": [{"role": "user", "content": "checked"}]});
+    let miss = chat(&gw.url, &streamed, &[]).await;
+    assert_eq!((miss.status, miss.header("x-bourse-cache")), (200, "miss"));
+    assert!(!miss.header("x-bourse-cascade").is_empty(), "the answer was checked");
+    let hit = chat(&gw.url, &streamed, &[]).await;
+    assert_eq!((hit.header("x-bourse-cache"), hit.header("content-type")), ("hit", "text/event-stream"));
+    assert_eq!(split_comment(&hit.body).0, split_comment(&miss.body).0);
+    assert!(String::from_utf8_lossy(&hit.body).contains("data: [DONE]"));
+    assert_eq!(sim.stats().requests, 1);
+    let unstreamed = ask("checked", "checked");
+    assert_eq!(chat(&gw.url, &unstreamed, &[]).await.header("x-bourse-cache"), "miss");
+    let hit = chat(&gw.url, &unstreamed, &[]).await;
+    assert_eq!((hit.header("x-bourse-cache"), hit.header("content-type")), ("hit", "application/json"));
+    // Anthropic's beta flags change answers: another flag, another entry.
+    let a = json!({"model": "alpha/sim-small", "max_tokens": 50, "temperature": 0,
+                   "messages": [{"role": "user", "content": "beta"}]});
+    let said = |r: Answer| r.header("x-bourse-cache").to_string();
+    assert_eq!(said(post(&gw.url, "/v1/messages", GATEWAY, &a, &[]).await), "miss");
+    assert_eq!(said(post(&gw.url, "/v1/messages", GATEWAY, &a, &[("anthropic-beta", "x-2025")]).await), "miss");
+    assert_eq!(said(post(&gw.url, "/v1/messages", GATEWAY, &a, &[("anthropic-beta", "x-2025")]).await), "hit");
+    assert_eq!(said(post(&gw.url, "/v1/messages", GATEWAY, &a, &[]).await), "hit");
+}
+
 /// A stream that does not complete is not stored: the next identical request goes upstream.
 #[tokio::test]
 async fn a_broken_stream_or_a_failed_answer_is_not_stored() {

@@ -82,7 +82,11 @@ pub(super) async fn consult(
     if directive == Directive::NoStore {
         return Some(Consulted::Go { keep: None, said: "bypass" });
     }
-    let key = Key::of(cache.scope(caller.tenant_id()), req, provider, model);
+    let beta = match req.dialect {
+        Dialect::Anthropic => headers.get("anthropic-beta").map_or(&b""[..], |v| v.as_bytes()),
+        _ => b"",
+    };
+    let key = Key::of(cache.scope(caller.tenant_id()), req, provider, model, beta);
     let keep = Some(Keep { key, replay: None });
     if directive == Directive::NoCache {
         return Some(Consulted::Go { keep, said: "bypass" });
