@@ -79,15 +79,15 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Where limit counters live (in process, or Redis shared by replicas).
     pub shared: SharedConfig,
+    /// The response cache's settings; None: no store (no `[cache]` section and no route
+    /// that turns it on).
+    pub cache: Option<CacheConfig>,
     /// Routes, policies and the router's settings.
     pub routing: Routing,
     /// Metrics, traces and logs.
     pub telemetry: TelemetryConfig,
     /// The dashboard's sessions and refresh.
     pub dashboard: DashboardConfig,
-    /// The response cache's settings; None: no store (no `[cache]` section and no route
-    /// that turns it on).
-    pub cache: Option<CacheConfig>,
     /// Where the config came from, for logs and for files placed next to it.
     pub source: ConfigSource,
 }
@@ -441,10 +441,10 @@ impl Config {
         let shared = shared_from_raw(&raw.shared, env)?;
         let ids: Vec<&str> = providers.iter().map(|p| p.id.as_str()).collect();
         let routing = routing_from_raw(&raw, &ids, &catalog)?;
-        let telemetry = telemetry_from_raw(&raw.telemetry)?;
-        let dashboard = dashboard_from_raw(&raw.dashboard)?;
         let routes_cache = routing.routes.values().any(|r| r.cache == Some(true));
         let cache = cache_from_raw(raw.cache.as_ref(), routes_cache)?;
+        let telemetry = telemetry_from_raw(&raw.telemetry)?;
+        let dashboard = dashboard_from_raw(&raw.dashboard)?;
         Ok(Config {
             server: ServerConfig { listen, api_keys, admin_keys, max_body_bytes, shutdown_grace, limits },
             providers,
@@ -452,10 +452,10 @@ impl Config {
             reference,
             storage,
             shared,
+            cache,
             routing,
             telemetry,
             dashboard,
-            cache,
             source: ConfigSource::Environment,
         })
     }
@@ -1154,5 +1154,28 @@ mod tests {
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn cache_sizes_and_the_section() {
+        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_size(" 4 KiB ").unwrap(), 4096);
+        assert_eq!(parse_size("1GB").unwrap(), 1_000_000_000);
+        assert_eq!(parse_size("512").unwrap(), 512);
+        for bad in ["", "MiB", "-1MiB", "1.5MiB", "1TiB", "99999999999GiB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        assert_eq!(load("").unwrap().cache, None);
+        let c = load("[cache]\n").unwrap().cache.unwrap();
+        assert!(c.enabled && !c.share_across_tenants);
+        assert_eq!((c.ttl, c.max_bytes, c.max_entry_bytes), (DEFAULT_CACHE_TTL, 256 << 20, 4 << 20));
+        // A route's `cache = true` alone: a store with the defaults, off for other requests.
+        let c = load("[routes.r]\ncache = true\n").unwrap().cache.unwrap();
+        assert!(!c.enabled);
+        assert_eq!(load("[routes.r]\ncache = false\n").unwrap().cache, None);
+        // A small store's entries are at most its size.
+        assert_eq!(load("[cache]\nmax_bytes = \"1MiB\"\n").unwrap().cache.unwrap().max_entry_bytes, 1 << 20);
+        assert_eq!(path_of("[cache]\nttl = \"8d\"\n"), "cache.ttl");
+        assert_eq!(path_of("[cache]\nmax_entry_bytes = \"0\"\n"), "cache.max_entry_bytes");
     }
 }

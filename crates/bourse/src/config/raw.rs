@@ -27,29 +27,12 @@ pub struct RawConfig {
     pub router: RawRouter,
     #[serde(default)]
     pub shared: RawShared,
+    /// The exact-match response cache (off when absent).
+    pub cache: Option<RawCache>,
     #[serde(default)]
     pub telemetry: RawTelemetry,
     #[serde(default)]
     pub dashboard: RawDashboard,
-    /// The exact-match response cache (off when absent).
-    pub cache: Option<RawCache>,
-}
-
-/// `[cache]`: the exact-match response cache. Its presence turns it on for every request
-/// (unless `enabled = false`); a route's or a key's `cache` overrides that.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawCache {
-    /// Whether requests use the cache unless their route or key says otherwise (default true).
-    pub enabled: Option<bool>,
-    /// How long an answer is served from the cache, e.g. "1h" (default "1h").
-    pub ttl: Option<String>,
-    /// The in-memory store's bound, e.g. "256MiB" (default "256MiB").
-    pub max_bytes: Option<String>,
-    /// The largest answer stored, e.g. "4MiB" (default "4MiB", and at most `max_bytes`).
-    pub max_entry_bytes: Option<String>,
-    /// Let every caller hit answers made for any tenant (default false: per tenant).
-    pub share_across_tenants: Option<bool>,
 }
 
 /// `[telemetry]`: metrics, traces and logs.
@@ -91,6 +74,23 @@ pub struct RawShared {
     pub redis_url: Option<String>,
     /// "closed" (refuse with 503 while Redis is unreachable) or "open" (serve on local counters).
     pub on_shared_failure: Option<String>,
+}
+
+/// `[cache]`: the exact-match response cache. Its presence turns it on for every request
+/// (unless `enabled = false`); a route's or a key's `cache` overrides that.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// Whether requests use the cache unless their route or key says otherwise (default true).
+    pub enabled: Option<bool>,
+    /// How long an answer is served from the cache, e.g. "1h" (default "1h").
+    pub ttl: Option<String>,
+    /// The in-memory store's bound, e.g. "256MiB" (default "256MiB").
+    pub max_bytes: Option<String>,
+    /// The largest answer stored, e.g. "4MiB" (default "4MiB", and at most `max_bytes`).
+    pub max_entry_bytes: Option<String>,
+    /// Let every caller hit answers made for any tenant (default false: per tenant).
+    pub share_across_tenants: Option<bool>,
 }
 
 /// A quality floor: a tier name ("strong") or a number on the catalog's scale.
