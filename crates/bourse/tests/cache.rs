@@ -195,7 +195,15 @@ fn split_comment(body: &[u8]) -> (&[u8], &str) {
 #[tokio::test]
 async fn streams_replay_byte_identical_events() {
     let sim = sim().await;
-    let gw = start(&config(&sim, &temp_db("stream"), CACHE)).await;
+    // The same sim as an Anthropic upstream too: every relay mode (OpenAI pass-through,
+    // Anthropic observed, translated either way) is teed.
+    let an = format!(
+        "[providers.an]\nkind = \"anthropic-compatible\"\nbase_url = \"http://{}\"\napi_key = \"env:SIM_KEY\"\n\
+         models = [\"sim-small\"]\n{}",
+        sim.addr(),
+        price("an/sim-small", 1.0, 2.0)
+    );
+    let gw = start(&config(&sim, &temp_db("stream"), &format!("{CACHE}{an}"))).await;
     let question = "Tell me about the exchange.";
     let openai = json!({"model": "alpha/sim-small", "temperature": 0, "stream": true,
                         "messages": [{"role": "user", "content": question}]});
@@ -204,10 +212,20 @@ async fn streams_replay_byte_identical_events() {
                             "messages": [{"role": "user", "content": question}]});
     let anthropic = json!({"model": "alpha/sim-small", "max_tokens": 100, "temperature": 0, "stream": true,
                            "messages": [{"role": "user", "content": question}]});
+    let to_an = |v: &Value| {
+        let mut v = v.clone();
+        v["model"] = json!("an/sim-small");
+        v
+    };
+    let (openai_an, anthropic_an) = (to_an(&with_usage), to_an(&anthropic));
     let mut upstream = 0;
-    for (path, body) in
-        [("/v1/chat/completions", &openai), ("/v1/chat/completions", &with_usage), ("/v1/messages", &anthropic)]
-    {
+    for (path, body) in [
+        ("/v1/chat/completions", &openai),
+        ("/v1/chat/completions", &with_usage),
+        ("/v1/messages", &anthropic),
+        ("/v1/chat/completions", &openai_an),
+        ("/v1/messages", &anthropic_an),
+    ] {
         let miss = post(&gw.url, path, GATEWAY, body, &[("x-request-id", "s-miss")]).await;
         upstream += 1;
         assert_eq!((miss.status, miss.header("x-bourse-cache")), (200, "miss"), "{path} {body}");
@@ -241,8 +259,8 @@ async fn streams_replay_byte_identical_events() {
     let unstreamed = chat(&gw.url, &ask("alpha/sim-small", question), &[]).await;
     assert_eq!(unstreamed.header("x-bourse-cache"), "miss");
     // The hit's row: a stream, no usage, what the miss cost saved.
-    let miss_rows = rows(&gw, "s-miss", 3).await;
-    let hit_rows = rows(&gw, "s-hit", 3).await;
+    let miss_rows = rows(&gw, "s-miss", 5).await;
+    let hit_rows = rows(&gw, "s-hit", 5).await;
     for (m, h) in miss_rows.iter().zip(&hit_rows) {
         assert!(m.stream && h.stream && h.cache_hit && !m.cache_hit);
         assert_eq!((h.cost_nanos, h.reference_cost_nanos), (0, m.reference_cost_nanos));
