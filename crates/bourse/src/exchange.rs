@@ -172,6 +172,8 @@ pub async fn chat(
                 match cached::consult(cache, caller, &req, route, first, headers).await {
                     None => {}
                     Some(cached::Consulted::Hit(entry)) => {
+                        // The access line and span name who made the answer (no attempt did now).
+                        watch.tried(&entry.provider, &entry.model);
                         let route = plan.as_ref().map(|p| p.route.as_str());
                         break 'answer cached::serve(state, caller, &req, &entry, gate.as_mut(), route, started).await;
                     }
