@@ -20,6 +20,8 @@
 #                                             # its own (path `bourse-redis`; implies ICOUNT_KEY)
 #   ICOUNT_CONNS=64 bash bench/icount.sh      # connections (default 4; N is split among them):
 #                                             # more fill the Redis counters' batches as load does
+#   ICOUNT_EXTRA=$'[cache]\n[routes.cached]\ncache_sampled = true' ICOUNT_MODEL=cached \
+#     bash bench/icount.sh                    # every request a response-cache hit (in memory)
 #
 # With ICOUNT_KEY, bourse gets `[server] admin_keys`, and the tenant and key are created through
 # its admin API from BENCH_LIMITS_TENANT and BENCH_LIMITS_KEY (bench/run.sh's defaults, limits

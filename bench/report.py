@@ -309,6 +309,26 @@ def main():
                 w(f"{p}/bourse per round at 64 connections: "
                   + ", ".join(f"{100 * x['rps'] / y['rps']:.1f}%" for x, y in zip(rs, bs) if y["rps"]) + ".")
 
+    # ------------------------------------------------------------- response cache
+    if any(("bourse-cache", c) in wrk for c in conns):
+        w("")
+        w("## Response cache (`bourse-cache`: every request a hit)")
+        w("")
+        w("A hit is answered from memory, with no upstream behind it: its latency is what the gateway "
+          "itself adds (routing, the key's hash, the lookup, the ledger row). `bourse-auto` routes the "
+          "same way and goes upstream; `direct` is the upstream answering on its own.")
+        w("")
+        w("| conns | hit p50 (ms) | hit p99 (ms) | hit req/s | `bourse-auto` p50 (ms) | `direct` p50 (ms) |")
+        w("|---:|---:|---:|---:|---:|---:|")
+        for c in conns:
+            m = wrk.get(("bourse-cache", c))
+            if not m:
+                continue
+            auto_p50 = wrk.get(("bourse-auto", c), {}).get("p50")
+            direct_p50 = wrk.get(("direct", c), {}).get("p50")
+            fmt = lambda v: f"{v:.3f}" if v is not None else "—"
+            w(f"| {c} | {m['p50']:.3f} | {m['p99']:.3f} | {m['rps']:,.0f} | {fmt(auto_p50)} | {fmt(direct_p50)} |")
+
     # ------------------------------------------------------------- planner (criterion)
     cdir = meta.get("criterion_dir") or ""
     if cdir and os.path.isdir(cdir):

@@ -30,6 +30,10 @@
 #   BENCH_LIMITS_TENANT='{"name":"bench","budget_day_usd":"1000000"}'   the tenant created
 #   BENCH_LIMITS_KEY='{"tenant":"bench","rpm":100000000,"budget_day_usd":"1000000","tpm":100000000000}'
 #                            the virtual key created (limits high enough never to refuse)
+#   BENCH_CACHE=1            0 skips `bourse-cache`: the response cache on, in memory, every request
+#                            a hit (the preflight's first request of each kind is the one miss);
+#                            its requests name a route, `cached`, with `cache_sampled = true`, since
+#                            the benchmark's body sets no temperature
 #
 # Besides `bourse` as configured, the run measures variants of it (BENCH_NO_VARIANTS=1 skips the
 # first three): `bourse-noledger` (ledger off), `bourse-auto` (every request `"model": "auto"`),
@@ -63,6 +67,7 @@ BENCH_QUIET_CORES="${BENCH_QUIET_CORES:-0.25}"
 BENCH_MAX_OTHER_CORES="${BENCH_MAX_OTHER_CORES:-0.4}"
 BENCH_RETRIES="${BENCH_RETRIES:-2}"
 BENCH_LIMITS="${BENCH_LIMITS:-1}"
+BENCH_CACHE="${BENCH_CACHE:-1}"
 [ -n "${BENCH_LIMITS_TENANT:-}" ] || BENCH_LIMITS_TENANT='{"name":"bench","budget_day_usd":"1000000"}'
 [ -n "${BENCH_LIMITS_KEY:-}" ] ||
   BENCH_LIMITS_KEY='{"tenant":"bench","rpm":100000000,"budget_day_usd":"1000000","tpm":100000000000}'
@@ -350,7 +355,21 @@ if [ "$BENCH_LIMITS" != 0 ]; then
   esac
 fi
 
+# Every request a response-cache hit: what serving one adds, with no upstream behind it. Its
+# model is a route (`cached`), so `bourse-auto` (routed, every request upstream) is its pair.
+if [ "$BENCH_CACHE" != 0 ]; then
+  start_bourse bourse-cache $'[cache]\nttl = "1h"\nmax_bytes = "64MiB"\n[routes.cached]\ncache_sampled = true\n'"$BENCH_EXTRA_BOURSE_CONFIG"
+  MODEL[bourse-cache]="cached"
+fi
+
 for p in "${PATHS[@]}"; do preflight "$p"; done
+# The preflight stored bourse-cache's answers: from here on its requests are hits.
+if [ -n "${URL[bourse-cache]:-}" ]; then
+  said=$(curl -sS --max-time 5 -o /dev/null -D - -H 'content-type: application/json' \
+    -d "$(chat_body cached false)" "${URL[bourse-cache]}/v1/chat/completions" | tr -d '\r' |
+    sed -n 's/^x-bourse-cache: //Ip')
+  [ "$said" = hit ] || die "bourse-cache: a repeated request was not a cache hit (x-bourse-cache: ${said:-none})"
+fi
 log "paths: $(for p in "${PATHS[@]}"; do printf '%s=%s ' "$p" "${URL[$p]}"; done)"
 LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 

@@ -129,6 +129,8 @@ pub struct KeyInput {
     pub models: Vec<String>,
     pub policy: Option<String>,
     pub default_route: Option<String>,
+    /// Whether the key's requests use the response cache (None: as the route says).
+    pub cache: Option<bool>,
     pub metadata: Map<String, Value>,
     /// Unix milliseconds; must be in the future.
     pub expires_ms: Option<i64>,
@@ -290,6 +292,7 @@ impl Admin {
             models: input.models,
             policy: input.policy,
             default_route: input.default_route,
+            cache: input.cache,
             metadata: input.metadata,
             created_ms: now,
             expires_ms: input.expires_ms,
@@ -411,6 +414,7 @@ pub fn key_json(k: &Key, now_ms: i64) -> Value {
     o.insert("models".into(), json!(k.models));
     o.insert("policy".into(), json!(k.policy));
     o.insert("default_route".into(), json!(k.default_route));
+    o.insert("cache".into(), json!(k.cache));
     o.insert("metadata".into(), Value::Object(k.metadata.clone()));
     o.insert("state".into(), json!(key_state(k, now_ms)));
     o.insert("created_at".into(), json!(rfc3339(k.created_ms)));
@@ -840,6 +844,7 @@ mod tests {
             models: vec![],
             policy: None,
             default_route: None,
+            cache: None,
             metadata: Map::new(),
             created_ms: 0,
             expires_ms: Some(100),

@@ -79,6 +79,9 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Where limit counters live (in process, or Redis shared by replicas).
     pub shared: SharedConfig,
+    /// The response cache's settings; None: no store (no `[cache]` section and no route
+    /// that turns it on).
+    pub cache: Option<CacheConfig>,
     /// Routes, policies and the router's settings.
     pub routing: Routing,
     /// Metrics, traces and logs.
@@ -90,6 +93,26 @@ pub struct Config {
     /// Where the config came from, for logs and for files placed next to it.
     pub source: ConfigSource,
 }
+
+/// `[cache]`: the exact-match response cache (see `crate::cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Requests use it unless their route or key says otherwise: true when a `[cache]`
+    /// section is written (and does not say `enabled = false`).
+    pub enabled: bool,
+    /// How long an answer is served.
+    pub ttl: Duration,
+    /// The in-memory store's bound on what it holds (answers, their names and keys).
+    pub max_bytes: u64,
+    /// The largest answer stored (in memory or in Redis).
+    pub max_entry_bytes: u64,
+    /// Answers are shared by every tenant (else each tenant has its own).
+    pub share_across_tenants: bool,
+}
+
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(3600);
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 256 << 20;
+pub const DEFAULT_CACHE_MAX_ENTRY_BYTES: u64 = 4 << 20;
 
 /// `[dashboard]`: how `/dashboard` keeps its logins and how often its pages reload (it is on
 /// whenever `server.admin_keys` is set).
@@ -446,6 +469,8 @@ impl Config {
         let shared = shared_from_raw(&raw.shared, env)?;
         let ids: Vec<&str> = providers.iter().map(|p| p.id.as_str()).collect();
         let routing = routing_from_raw(&raw, &ids, &catalog)?;
+        let routes_cache = routing.routes.values().any(|r| r.cache == Some(true));
+        let cache = cache_from_raw(raw.cache.as_ref(), routes_cache)?;
         let telemetry = telemetry_from_raw(&raw.telemetry)?;
         let dashboard = dashboard_from_raw(&raw.dashboard)?;
         let mut responses = ResponsesConfig::default();
@@ -459,6 +484,7 @@ impl Config {
             reference,
             storage,
             shared,
+            cache,
             routing,
             telemetry,
             dashboard,
@@ -569,6 +595,8 @@ fn routing_from_raw(raw: &RawConfig, provider_ids: &[&str], catalog: &Catalog) -
             policy: "default".into(),
             expected_output: DEFAULT_EXPECTED_OUTPUT,
             max_cost: None,
+            cache: None,
+            cache_sampled: false,
         },
     );
     for (name, r) in &raw.routes {
@@ -653,6 +681,8 @@ fn routing_from_raw(raw: &RawConfig, provider_ids: &[&str], catalog: &Catalog) -
                 policy,
                 expected_output: r.expected_output.unwrap_or(DEFAULT_EXPECTED_OUTPUT),
                 max_cost,
+                cache: r.cache,
+                cache_sampled: r.cache_sampled.unwrap_or(false),
             },
         );
     }
@@ -769,6 +799,64 @@ fn storage_from_raw(raw: &raw::RawStorage) -> Result<StorageConfig, ConfigError>
         queue,
         on_full,
     })
+}
+
+/// `[cache]`, or the defaults when only a route turns the cache on; None when nothing does.
+fn cache_from_raw(raw: Option<&raw::RawCache>, routes_cache: bool) -> Result<Option<CacheConfig>, ConfigError> {
+    // A route's `cache = true` alone: a store with the defaults, used by such routes only.
+    let only_routes = raw::RawCache { enabled: Some(false), ..raw::RawCache::default() };
+    let raw = match raw {
+        Some(r) => r,
+        None if routes_cache => &only_routes,
+        None => return Ok(None),
+    };
+    let ttl = match &raw.ttl {
+        Some(t) => parse_duration(t).map_err(|m| err("cache.ttl", m))?,
+        None => DEFAULT_CACHE_TTL,
+    };
+    if ttl < Duration::from_millis(1) {
+        return Err(err("cache.ttl", "must be at least 1ms"));
+    }
+    let size = |v: &Option<String>, path: &str, default: u64| match v {
+        Some(s) => match parse_size(s) {
+            Ok(0) => Err(err(path, "must be greater than 0")),
+            Ok(n) => Ok(n),
+            Err(m) => Err(err(path, m)),
+        },
+        None => Ok(default),
+    };
+    let max_bytes = size(&raw.max_bytes, "cache.max_bytes", DEFAULT_CACHE_MAX_BYTES)?;
+    let max_entry_bytes =
+        size(&raw.max_entry_bytes, "cache.max_entry_bytes", DEFAULT_CACHE_MAX_ENTRY_BYTES.min(max_bytes))?;
+    if max_entry_bytes > max_bytes {
+        return Err(err("cache.max_entry_bytes", format!("must not exceed cache.max_bytes ({max_bytes} bytes)")));
+    }
+    Ok(Some(CacheConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        ttl,
+        max_bytes,
+        max_entry_bytes,
+        share_across_tenants: raw.share_across_tenants.unwrap_or(false),
+    }))
+}
+
+/// A size in bytes: "256MiB", "64KiB", "1GiB", "10MB", "512KB", "1GB", "4096B", or a bare
+/// number of bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num.parse().map_err(|_| format!("\"{s}\" is not a size like \"256MiB\" or \"64KiB\""))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("\"{s}\": unknown unit \"{other}\" (use B, KiB, MiB, GiB, KB, MB or GB)")),
+    };
+    n.checked_mul(scale).ok_or_else(|| format!("\"{s}\" is too large"))
 }
 
 fn dashboard_from_raw(raw: &raw::RawDashboard) -> Result<DashboardConfig, ConfigError> {
@@ -1113,5 +1201,28 @@ mod tests {
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn cache_sizes_and_the_section() {
+        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_size(" 4 KiB ").unwrap(), 4096);
+        assert_eq!(parse_size("1GB").unwrap(), 1_000_000_000);
+        assert_eq!(parse_size("512").unwrap(), 512);
+        for bad in ["", "MiB", "-1MiB", "1.5MiB", "1TiB", "99999999999GiB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        assert_eq!(load("").unwrap().cache, None);
+        let c = load("[cache]\n").unwrap().cache.unwrap();
+        assert!(c.enabled && !c.share_across_tenants);
+        assert_eq!((c.ttl, c.max_bytes, c.max_entry_bytes), (DEFAULT_CACHE_TTL, 256 << 20, 4 << 20));
+        // A route's `cache = true` alone: a store with the defaults, off for other requests.
+        let c = load("[routes.r]\ncache = true\n").unwrap().cache.unwrap();
+        assert!(!c.enabled);
+        assert_eq!(load("[routes.r]\ncache = false\n").unwrap().cache, None);
+        // A small store's entries are at most its size.
+        assert_eq!(load("[cache]\nmax_bytes = \"1MiB\"\n").unwrap().cache.unwrap().max_entry_bytes, 1 << 20);
+        assert_eq!(path_of("[cache]\nttl = \"8d\"\n"), "cache.ttl");
+        assert_eq!(path_of("[cache]\nmax_entry_bytes = \"0\"\n"), "cache.max_entry_bytes");
     }
 }

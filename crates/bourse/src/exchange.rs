@@ -13,10 +13,11 @@
 //! [`answer`] the headers an answer carries about itself (provenance, money, route reason);
 //! [`cascade`] a route's answer checks and escalation, [`scouts`] the `agree` check's
 //! parallel first round, and [`side`] the metered calls that answer no client (a judge's
-//! grade, a shadow's answer).
+//! grade, a shadow's answer); [`cached`] the response cache's hits and what it keeps.
 
 mod answer;
 mod attempt;
+mod cached;
 mod cascade;
 mod limits;
 mod scouts;
@@ -26,6 +27,7 @@ pub(crate) use answer::read_upstream_body;
 pub use answer::{
     X_BOURSE_COST, X_BOURSE_MODEL, X_BOURSE_PROVIDER, X_BOURSE_REFERENCE_COST, X_BOURSE_ROUTE_REASON, X_BOURSE_SAVED,
 };
+pub use cached::X_BOURSE_CACHE;
 pub use limits::X_BOURSE_BUDGET_REMAINING;
 
 use crate::canonical::{ChatRequest, Dialect, EmbeddingsRequest, Usage};
@@ -122,6 +124,8 @@ pub async fn chat(
     let mut shadow: Option<(String, String, ChatRequest)> = None;
     // A buffered stream's `include_usage`, when the answer is to be replayed as a stream.
     let mut buffered: Option<bool> = None;
+    // What `x-bourse-cache` says (None: the cache is off for this request).
+    let mut cache_said: Option<&'static str> = None;
     let mut resp = 'answer: {
         let client = req.dialect;
         let router = &state.router;
@@ -158,6 +162,28 @@ pub async fn chat(
         if let Some(p) = &plan {
             t.routed(&mut watch, &p.route);
         }
+        // The response cache, once the plan says which model would answer: one branch while
+        // it is off.
+        let mut keep: Option<cached::Keep> = None;
+        if let Some(cache) = &state.cache {
+            let started = Instant::now();
+            let route = plan.as_ref().and_then(|p| router.route(&p.route));
+            if let Some(first) = first_model(router, &tries, caller) {
+                match cached::consult(cache, caller, &req, route, first, headers).await {
+                    None => {}
+                    Some(cached::Consulted::Hit(entry)) => {
+                        // The access line and span name who made the answer (no attempt did now).
+                        watch.tried(&entry.provider, &entry.model);
+                        let route = plan.as_ref().map(|p| p.route.as_str());
+                        break 'answer cached::serve(state, caller, &req, &entry, gate.as_mut(), route, started).await;
+                    }
+                    Some(cached::Consulted::Go { keep: k, said }) => {
+                        keep = k;
+                        cache_said = Some(said);
+                    }
+                }
+            }
+        }
         // What a reservation needs: the prompt's estimated size and the output it may reach.
         let prompt_tokens = match (&gate, &plan) {
             (None, _) => 0,
@@ -191,6 +217,9 @@ pub async fn chat(
         // streaming, and the answer that stands is replayed to the client as a stream.
         if req.stream && cascade.is_some() {
             buffered = Some(req.include_usage);
+            if let Some(k) = &mut keep {
+                k.replay = Some(req.include_usage);
+            }
             req.stream = false;
             let body = req.body_mut();
             body.insert("stream".into(), serde_json::Value::Bool(false));
@@ -343,6 +372,7 @@ pub async fn chat(
                 cascade: cascade.as_deref_mut(),
                 watch: &mut watch,
                 shadowed: shadow.is_some(),
+                keep,
             };
             match attempt_chat(state, caller, &mut req, &target, chosen, pass, beta).await {
                 Ok(resp) => match (&mut cascade, &plan, rank, chosen) {
@@ -431,6 +461,9 @@ pub async fn chat(
     if let Some(include_usage) = buffered {
         resp = answer::replayed(resp, req.dialect, include_usage).await;
     }
+    if let Some(said) = cache_said {
+        resp.headers_mut().insert(X_BOURSE_CACHE.clone(), HeaderValue::from_static(said));
+    }
     // The answer goes out first; its shadow follows on a task of its own.
     if let Some((route, model, req)) = shadow {
         let served = resp.extensions_mut().remove::<Served>().filter(|_| resp.status().is_success());
@@ -446,6 +479,20 @@ pub async fn chat(
     }
     t.answered(watch, &resp, || caller.who());
     resp
+}
+
+/// The `provider/model` a request would be sent to first: the model it names, or its plan's
+/// first candidate that its key may use.
+fn first_model<'a>(router: &'a crate::route::Router, tries: &'a [Try], caller: &Caller) -> Option<(&'a str, &'a str)> {
+    let allowed = caller.key.as_ref().map(|k| &k.key.models).filter(|m| !m.is_empty());
+    tries.iter().find_map(|t| match t {
+        Try::Explicit { target, .. } => Some((target.provider.id.as_str(), target.upstream_model.as_str())),
+        Try::Routed { entry, .. } => {
+            let e = &router.entries[*entry];
+            let (provider, model) = (e.provider.id.as_str(), e.model.model.as_str());
+            allowed.is_none_or(|g| crate::admin::model_allowed(g, provider, model)).then_some((provider, model))
+        }
+    })
 }
 
 /// A virtual key's rules on a chat request: its default route, the routes and models it may
@@ -620,6 +667,8 @@ struct Pass<'g, 'r> {
     watch: &'g mut Watch,
     /// Keep the answer for a shadow ([`Served`]).
     shadowed: bool,
+    /// Keep a complete answer in the response cache, under this key.
+    keep: Option<cached::Keep>,
 }
 
 impl Pass<'_, '_> {
@@ -687,6 +736,10 @@ async fn attempt_chat(
         if attempt.traced() {
             relay.note_facts(client);
         }
+        let fresh = pass.keep.map(|k| cached::Fresh::new(state, k, target));
+        if let (Some(_), Some(c)) = (&fresh, &state.cache) {
+            relay.tee(usize::try_from(c.config.max_entry_bytes).unwrap_or(usize::MAX));
+        }
         // Nothing reaches the client before the first token: a stream that fails sooner is
         // this attempt's failure, and another candidate (or a clean error status) answers.
         let first_token_by = tokio::time::Instant::from_std(attempt.started) + target.provider.timeouts.first_byte;
@@ -705,8 +758,10 @@ async fn attempt_chat(
         // the body for a possible estimate, in an allocation of its own (see `detached`).
         let request = req.take_body().detached();
         let estimator = state.estimator.clone();
-        let on_end: OnEnd = Box::new(move |summary: StreamSummary| {
+        let on_end: OnEnd = Box::new(move |mut summary: StreamSummary| {
             attempt.streamed_facts(summary.facts);
+            // Set only when the stream completed and its bytes are kept.
+            let teed = summary.teed.take();
             let (status, error) = match &summary.end {
                 StreamEnd::Completed => (200, None),
                 StreamEnd::UpstreamFailed(_) => (502, Some("upstream_stream_broken")),
@@ -720,6 +775,9 @@ async fn attempt_chat(
                 let (settled, record) = attempt.settle(usage, None, status, error);
                 if let Some(r) = record {
                     r.send_detached();
+                }
+                if let (Some(f), Some(body)) = (fresh, teed) {
+                    f.store(body, true, client, &settled);
                 }
                 return Ending::Now(Some(money_comment(&settled)));
             }
@@ -740,6 +798,9 @@ async fn attempt_chat(
                 let (settled, record) = attempt.settle(usage, Some(how), status, error);
                 if let Some(r) = record {
                     r.send().await;
+                }
+                if let (Some(f), Some(body)) = (fresh, teed) {
+                    f.store(body, true, client, &settled);
                 }
                 completed.then(|| money_comment(&settled))
             }))
@@ -804,6 +865,14 @@ async fn attempt_chat(
     let (settled, record) = attempt.settle(usage, estimate, status.as_u16(), None);
     if let Some(r) = record {
         r.send().await;
+    }
+    // A complete answer that stands (no failed check escalates it) is kept; a stream the
+    // upstream would not stream is not (its bytes are not the stream the key is for).
+    if let Some(k) = pass.keep {
+        let stands = !pass.cascade.as_deref().is_some_and(Cascade::failed_now);
+        if status == axum::http::StatusCode::OK && stands && !req.stream {
+            cached::Fresh::new(state, k, target).store(bytes.clone(), false, client, &settled);
+        }
     }
     let kept = pass.shadowed.then(|| bytes.clone());
     let mut out = json_response(status, bytes, answer_headers(pass.gate.as_deref(), Content::Json, client));

@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod cache;
 pub mod canonical;
 pub mod catalog;
 pub mod check;

@@ -873,6 +873,7 @@ fn run_keys(c: &GlobalConfigArg, action: &KeysAction) -> Result<(), String> {
                     models: models.clone(),
                     policy: policy.clone(),
                     default_route: default_route.clone(),
+                    cache: None,
                     metadata: Default::default(),
                     expires_ms,
                 };

@@ -27,6 +27,11 @@
 //! or, if the client goes away meanwhile, leaves it to finish on its own. While traces are
 //! on, the relay also notes what the answer says of itself for its span ([`Facts`]: id,
 //! model, finish reasons); otherwise it reads nothing more than relaying needs.
+//!
+//! A stream whose answer the response cache will keep is teed ([`StreamRelay::tee`]): the
+//! bytes sent to the client, up to the end hook's own, are kept (chunks by reference, no
+//! copy but the last one's) and handed to the hook only if the stream completed and they
+//! fit the cache's bound ([`StreamSummary::teed`]).
 
 use crate::canonical::StopReason;
 use crate::canonical::{Delta, Dialect, Usage};
@@ -75,6 +80,34 @@ pub struct StreamSummary {
     pub transcript: Transcript,
     /// What the answer said of itself, when asked for ([`StreamRelay::note_facts`]).
     pub facts: Option<Facts>,
+    /// A teed stream that completed: every byte the client was sent before the end hook's.
+    pub teed: Option<Bytes>,
+}
+
+/// The bytes of a teed stream so far, while they fit `cap`.
+struct Tee {
+    chunks: Vec<Bytes>,
+    len: usize,
+    cap: usize,
+}
+
+impl Tee {
+    /// Keep `chunk`; past the cap, the tee gives up (the answer will not be stored).
+    fn keep(tee: &mut Option<Tee>, chunk: &Bytes) {
+        let Some(t) = tee else { return };
+        t.len += chunk.len();
+        match t.len > t.cap {
+            true => *tee = None,
+            false => t.chunks.push(chunk.clone()),
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self.chunks.len() {
+            1 => self.chunks.into_iter().next().unwrap_or_default(),
+            _ => Bytes::from(self.chunks.concat()),
+        }
+    }
 }
 
 /// What an answer says of itself, for its span: its id and model, its finish reasons as the
@@ -218,6 +251,8 @@ pub struct StreamRelay {
     on_end: Option<OnEnd>,
     /// The end hook's last bytes, being made.
     last: Option<Pin<Box<dyn Future<Output = Option<Bytes>> + Send>>>,
+    /// What the client was sent, for the response cache ([`StreamRelay::tee`]).
+    tee: Option<Tee>,
 }
 
 impl StreamRelay {
@@ -246,8 +281,14 @@ impl StreamRelay {
             done: false,
             on_end: None,
             last: None,
+            tee: None,
             provider,
         }
+    }
+
+    /// Keep what the client is sent (up to `cap` bytes) for the end hook's summary.
+    pub fn tee(&mut self, cap: usize) {
+        self.tee = Some(Tee { chunks: Vec::new(), len: 0, cap });
     }
 
     /// Note what the answer says of itself (id, model, finish reasons as `client`'s dialect
@@ -296,12 +337,16 @@ impl StreamRelay {
         let transcript = self.transcript.take().expect("a stream ends once");
         let partial = if self.usage.is_none() { self.partial } else { None };
         let facts = self.noting.take().map(|n| n.facts);
-        hook(StreamSummary { end, usage: self.usage, partial, events: self.events, transcript, facts })
+        let teed = self.tee.take().filter(|_| end == StreamEnd::Completed).map(Tee::into_bytes);
+        hook(StreamSummary { end, usage: self.usage, partial, events: self.events, transcript, facts, teed })
     }
 
     /// End the stream: `out` (what is left to send), then whatever the end hook adds now;
     /// what it adds later is polled for next.
     fn end_with(&mut self, end: StreamEnd, mut out: BytesMut) -> Bytes {
+        if self.tee.is_some() && !out.is_empty() {
+            Tee::keep(&mut self.tee, &Bytes::copy_from_slice(&out));
+        }
         match self.finish(end) {
             Ending::Now(Some(trailer)) => out.extend_from_slice(&trailer),
             Ending::Now(None) => {}
@@ -619,7 +664,11 @@ impl Stream for StreamRelay {
         let ended = match this.held.take() {
             // The whole stream came before its first token was looked for.
             Some(held) if this.ended_early => Some(this.end_with(StreamEnd::Completed, held)),
-            Some(held) if !held.is_empty() => return Poll::Ready(Some(Ok(held.freeze()))),
+            Some(held) if !held.is_empty() => {
+                let held = held.freeze();
+                Tee::keep(&mut this.tee, &held);
+                return Poll::Ready(Some(Ok(held)));
+            }
             _ => None,
         };
         let out = match ended {
@@ -634,7 +683,11 @@ impl Stream for StreamRelay {
                     return Poll::Ready(None);
                 }
                 match std::task::ready!(this.poll_upstream(cx)) {
-                    Next::Out(out) => return Poll::Ready(Some(Ok(out.freeze()))),
+                    Next::Out(out) => {
+                        let out = out.freeze();
+                        Tee::keep(&mut this.tee, &out);
+                        return Poll::Ready(Some(Ok(out)));
+                    }
                     Next::Over(out, Over::Completed) => this.end_with(StreamEnd::Completed, out),
                     Next::Over(mut out, Over::Broke(e, written)) => {
                         if !written {

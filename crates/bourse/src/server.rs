@@ -447,6 +447,10 @@ pub async fn prepare(cfg: &Config) -> Result<(AppState, Option<WriterHandle>), S
     // and the start-up skips scanning the ledger.
     let tenants = state.directory.as_ref().is_some_and(|d| !d.tenants_snapshot().is_empty());
     state.counters = counters(cfg, state.reports.as_ref().filter(|_| tenants)).await?;
+    // Replicas that share counters share the response cache too.
+    if let (Some(c), Some(url)) = (cfg.cache, &cfg.shared.redis_url) {
+        state.cache = Some(crate::cache::Cache::redis(c, url.expose()).map_err(|e| format!("shared.redis_url: {e}"))?);
+    }
     Ok((state, writer_handle))
 }
 

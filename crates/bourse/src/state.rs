@@ -57,6 +57,9 @@ pub struct AppState {
     /// How long in-flight requests may run once the server is told to stop, and whether
     /// that time has run out.
     pub shutdown: Shutdown,
+    /// The response cache (None: off for every request). In memory here; in Redis once
+    /// `server::prepare` finds `[shared] redis_url`.
+    pub cache: Option<crate::cache::Cache>,
 }
 
 /// The end of a graceful stop: in-flight requests get `grace` to finish; past it the server
@@ -122,6 +125,7 @@ impl AppState {
             started: crate::timespec::now_secs(),
             dashboard: Dashboard::new(cfg.dashboard),
             shutdown: Shutdown::new(cfg.server.shutdown_grace),
+            cache: cfg.cache.map(crate::cache::Cache::memory),
         })
     }
 

@@ -64,6 +64,9 @@ pub struct Key {
     pub policy: Option<String>,
     /// The route a request naming no model (or `model: "default"`) goes to.
     pub default_route: Option<String>,
+    /// Whether the key's requests use the response cache (None: as its route or `[cache]`
+    /// says; `false` wins over a route's `true`).
+    pub cache: Option<bool>,
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub created_ms: i64,
     pub expires_ms: Option<i64>,

@@ -42,6 +42,7 @@ fn key(id: &str, tenant: &str) -> Key {
         models: vec!["openai/*".into()],
         policy: None,
         default_route: Some("auto".into()),
+        cache: None,
         metadata: serde_json::Map::new(),
         created_ms: 2_000,
         expires_ms: Some(9_000),

@@ -201,8 +201,8 @@ fn object(body: &[u8]) -> Result<Map<String, Value>, Failure> {
 
 const LIMIT_FIELDS: [&str; 6] = ["budget_day_usd", "budget_month_usd", "budget_total_usd", "rpm", "tpm", "concurrency"];
 const TENANT_FIELDS: [&str; 3] = ["policy", "downgrade", "metadata"];
-const KEY_FIELDS: [&str; 9] =
-    ["tenant", "name", "routes", "models", "policy", "default_route", "metadata", "expires_in", "expires_at"];
+const KEY_FIELDS: [&str; 10] =
+    ["tenant", "name", "routes", "models", "policy", "default_route", "cache", "metadata", "expires_in", "expires_at"];
 
 fn refuse_unknown(o: &Map<String, Value>, known: &[&[&str]]) -> Result<(), Failure> {
     match o.keys().find(|k| !known.iter().any(|set| set.contains(&k.as_str()))) {
@@ -333,6 +333,11 @@ fn key_input(o: &Map<String, Value>, now: i64) -> Result<KeyInput, Failure> {
         models: strings("models", get("models"))?,
         policy: opt_string("policy", get("policy"))?,
         default_route: opt_string("default_route", get("default_route"))?,
+        cache: match get("cache") {
+            Value::Null => None,
+            Value::Bool(b) => Some(*b),
+            _ => return Err(Failure::invalid("cache", "must be true, false or null")),
+        },
         metadata: metadata(get("metadata"))?,
         expires_ms,
     })

@@ -27,6 +27,8 @@ pub struct RawConfig {
     pub router: RawRouter,
     #[serde(default)]
     pub shared: RawShared,
+    /// The exact-match response cache (off when absent).
+    pub cache: Option<RawCache>,
     #[serde(default)]
     pub telemetry: RawTelemetry,
     #[serde(default)]
@@ -84,6 +86,23 @@ pub struct RawShared {
     pub on_shared_failure: Option<String>,
 }
 
+/// `[cache]`: the exact-match response cache. Its presence turns it on for every request
+/// (unless `enabled = false`); a route's or a key's `cache` overrides that.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// Whether requests use the cache unless their route or key says otherwise (default true).
+    pub enabled: Option<bool>,
+    /// How long an answer is served from the cache, e.g. "1h" (default "1h").
+    pub ttl: Option<String>,
+    /// The in-memory store's bound, e.g. "256MiB" (default "256MiB").
+    pub max_bytes: Option<String>,
+    /// The largest answer stored, e.g. "4MiB" (default "4MiB", and at most `max_bytes`).
+    pub max_entry_bytes: Option<String>,
+    /// Let every caller hit answers made for any tenant (default false: per tenant).
+    pub share_across_tenants: Option<bool>,
+}
+
 /// A quality floor: a tier name ("strong") or a number on the catalog's scale.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -113,6 +132,10 @@ pub struct RawRoute {
     pub judge: Option<RawJudge>,
     /// A reference model that a sampled share of requests also goes to, after the answer.
     pub shadow: Option<RawShadow>,
+    /// Use the response cache on this route (overrides `[cache] enabled`).
+    pub cache: Option<bool>,
+    /// Cache answers to requests sampled at `temperature > 0` (or with no temperature) too.
+    pub cache_sampled: Option<bool>,
 }
 
 /// `agree = { models = 3, match = "regex:…", quorum = 2 }`.

@@ -87,6 +87,13 @@ pub struct RouteConfig {
     pub policy: String,
     pub expected_output: u64,
     pub max_cost: Option<Cost>,
+    /// `cache`: whether this route's requests use the response cache (None: `[cache]`'s
+    /// default; a key's own `cache` may still turn it off).
+    pub cache: Option<bool>,
+    /// `cache_sampled`: answers to sampled requests (`temperature > 0`, or none given, which
+    /// is the dialects' default of 1) are cached too; without it only `temperature = 0`
+    /// answers are.
+    pub cache_sampled: bool,
 }
 
 /// The `agree` check's settings.

@@ -95,6 +95,9 @@ struct KeySpec {
     policy: Option<String>,
     #[serde(default)]
     default_route: Option<String>,
+    /// Absent in specs written before the response cache: as the route says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cache: Option<bool>,
     #[serde(default)]
     metadata: Map<String, Value>,
 }
@@ -116,6 +119,7 @@ fn key_spec(k: &Key) -> String {
         models: k.models.clone(),
         policy: k.policy.clone(),
         default_route: k.default_route.clone(),
+        cache: k.cache,
         metadata: k.metadata.clone(),
     };
     serde_json::to_string(&spec).unwrap_or_default()
@@ -173,6 +177,7 @@ impl KeyRow {
             models: spec.models,
             policy: spec.policy,
             default_route: spec.default_route,
+            cache: spec.cache,
             metadata: spec.metadata,
             created_ms: self.created_ms,
             expires_ms: self.expires_ms,
