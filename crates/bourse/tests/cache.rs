@@ -161,6 +161,9 @@ async fn a_repeat_is_a_free_hit_with_the_originals_provenance_and_its_saving_in_
     assert_eq!((h.cost_nanos, h.cache_saved_nanos, h.reference_cost_nanos), (0, cost, reference));
     assert_eq!((h.provider.as_str(), h.model.as_str(), h.attempt, h.status), ("alpha", "sim-small", 1, 200));
     assert_eq!(h.usage, bourse::canonical::Usage::default(), "no tokens were processed");
+    assert_eq!((h.energy_uwh, h.co2e_ug), (Some(0), Some(0)), "no inference ran: an estimate of 0, not none");
+    assert!(m.energy_uwh.is_some_and(|e| e > 0), "the miss ran the model: {:?}", m.energy_uwh);
+    assert_eq!(hit.header("x-bourse-energy-wh"), "0.000000");
     assert_eq!(h.route_reason.as_deref(), Some("cache hit"));
     assert!(!h.stream && h.error_kind.is_none());
 

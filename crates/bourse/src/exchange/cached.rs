@@ -125,7 +125,8 @@ pub(super) async fn serve(
         Some(g) => g.answer_headers(content, client),
         None => content.headers(),
     };
-    let settled = Settled { cost: Cost(0), reference: Cost(entry.reference_nanos) };
+    // No upstream ran: no cost and no inference energy (an estimate of 0, not a missing one).
+    let settled = Settled { cost: Cost(0), reference: Cost(entry.reference_nanos), ..Settled::default() };
     let body = match entry.stream {
         true => {
             let chunks = [entry.body.clone(), money_comment(&settled)];
@@ -177,8 +178,8 @@ pub(super) async fn serve(
             needs: req.needs.bits(),
             cache_hit: true,
             cache_saved_nanos: entry.cost_nanos,
-            energy_uwh: None,
-            co2e_ug: None,
+            energy_uwh: Some(settled.energy.uwh),
+            co2e_ug: Some(settled.energy.co2e_ug),
         };
         writer.record(row).await;
     }
