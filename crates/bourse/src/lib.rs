@@ -31,6 +31,7 @@ pub mod meter;
 pub mod preset;
 pub mod provider;
 pub mod relay;
+pub mod replay;
 pub mod route;
 pub mod server;
 pub mod sse;

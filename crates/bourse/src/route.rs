@@ -219,6 +219,17 @@ impl Overrides {
     }
 }
 
+/// What the planner reads of a chat request: the capabilities it needs, whether it
+/// streams or asks for reasoning, its estimated prompt tokens and its `max_tokens`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub needs: crate::canonical::Needs,
+    pub stream: bool,
+    pub reasoning: bool,
+    pub prompt_tokens: u64,
+    pub max_tokens: Option<u64>,
+}
+
 /// A routed request's plan, with what is needed to explain it.
 #[derive(Debug)]
 pub struct Routed {
@@ -256,6 +267,21 @@ impl Router {
         req: &crate::canonical::ChatRequest,
         now: std::time::Instant,
     ) -> Result<Routed> {
+        let (prompt_tokens, reasoning) = prompt_facts(req);
+        let facts =
+            Facts { needs: req.needs, stream: req.stream, reasoning, prompt_tokens, max_tokens: req.max_output_tokens };
+        self.plan_facts(route, o, &facts, now)
+    }
+
+    /// [`Router::plan`] from what the planner reads of a request rather than the request
+    /// itself (`bourse replay` re-plans ledger rows, which keep these facts but no body).
+    pub fn plan_facts(
+        &self,
+        route: &RouteConfig,
+        o: &Overrides,
+        facts: &Facts,
+        now: std::time::Instant,
+    ) -> Result<Routed> {
         let mut policy_name = o.policy.clone().unwrap_or_else(|| route.policy.clone());
         let mut policy = self
             .policies
@@ -274,7 +300,7 @@ impl Router {
             narrowed = p;
             policy = &narrowed;
         }
-        let (prompt_tokens, reasoning) = prompt_facts(req);
+        let Facts { needs, stream, reasoning, prompt_tokens, max_tokens } = *facts;
         let min_quality = o.min_quality.unwrap_or(route.min_quality);
         let max_cost = match (o.max_cost, route.max_cost) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -295,11 +321,11 @@ impl Router {
             policy,
             min_quality,
             max_cost,
-            needs: req.needs,
-            stream: req.stream,
+            needs,
+            stream,
             reasoning,
             prompt_tokens,
-            max_tokens: req.max_output_tokens,
+            max_tokens,
             default_output: route.expected_output,
             evidence,
             min_score_ppm: route.min_score_ppm,
