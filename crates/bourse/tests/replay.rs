@@ -495,6 +495,15 @@ async fn another_catalog_reprices_and_reroutes(url: &str) {
     assert_eq!(refused(&s), reasons(&[("route 'gone' is not configured", 1)]));
     assert!(s.catalog.starts_with("replay-test@2026-12-01#"), "{}", s.catalog);
 
+    // Without us/mid, the request that named it would have been refused; nothing else moves.
+    let without_mid: Vec<M> = catalog_b().into_iter().filter(|m| m.id != "us/mid").collect();
+    std::fs::write(files.path("c.toml"), catalog_toml(&without_mid)).unwrap();
+    let catalog = replay::load_catalog(&cfg, &files.path("c.toml")).unwrap();
+    let c = replay_30d(&ledger, &cfg, &Scenario { catalog: Some(catalog), ..Scenario::default() }).await;
+    let kept: Vec<(&str, &str)> = chosen.iter().copied().filter(|(id, _)| *id != "r4").collect();
+    assert_eq!(c.after, after(&seeded, &b, &kept).0);
+    assert_eq!(refused(&c), reasons(&[("route 'gone' is not configured", 1), ("named model not in the catalog", 1)]));
+
     // A catalog that cannot be used says why, naming the file.
     let missing = files.path("nope.toml");
     let e = replay::load_catalog(&cfg, &missing).unwrap_err();
