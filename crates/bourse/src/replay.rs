@@ -226,6 +226,10 @@ struct Shape {
     output: u64,
 }
 
+/// The maps here are keyed by the ledger's own names and numbers, looked up for every row:
+/// FNV-1a rather than SipHash (nothing here is chosen by an adversary probing the process).
+type Fnv = std::hash::BuildHasherDefault<crate::fnv::Fnv1a>;
+
 /// Shapes remembered at most; the memo starts over when full (bounded memory).
 const MEMO_LIMIT: usize = 1 << 20;
 
@@ -252,7 +256,7 @@ const CONSTRAINTS: [&str; 15] = [
 /// Model names seen, interned: rows repeat a few models millions of times.
 #[derive(Default)]
 struct Names {
-    by_provider: HashMap<String, HashMap<String, usize>>,
+    by_provider: HashMap<String, HashMap<String, usize, Fnv>, Fnv>,
     names: Vec<String>,
 }
 
@@ -274,16 +278,15 @@ pub struct Replayer {
     meter: Meter,
     providers: Providers,
     /// Index of each configured route (the memo's key), by name.
-    routes: HashMap<String, usize>,
+    routes: HashMap<String, usize, Fnv>,
     route_list: Vec<RouteConfig>,
     /// `--route`'s index.
     forced_route: Option<usize>,
     policy: Option<Policy>,
     overrides: Overrides,
-    now: std::time::Instant,
-    memo: HashMap<Shape, Choice>,
+    memo: HashMap<Shape, Choice, Fnv>,
     /// A named model's price (catalog position) or why it would be refused, by provider and model.
-    named: HashMap<String, HashMap<String, Result<usize, Arc<str>>>>,
+    named: HashMap<String, HashMap<String, Result<usize, Arc<str>>, Fnv>, Fnv>,
     names: Names,
     /// Each entry's interned name.
     entry_names: Vec<usize>,
@@ -304,7 +307,8 @@ impl Replayer {
         let router = Router::new(&providers, &catalog, &cfg.routing);
         router.evidence.set_rows(evidence);
         let route_list: Vec<RouteConfig> = router.routes.values().cloned().collect();
-        let routes: HashMap<String, usize> = route_list.iter().enumerate().map(|(i, r)| (r.name.clone(), i)).collect();
+        let routes: HashMap<String, usize, Fnv> =
+            route_list.iter().enumerate().map(|(i, r)| (r.name.clone(), i)).collect();
         let forced_route =
             match &scenario.route {
                 Some(r) => Some(*routes.get(r).ok_or_else(|| {
@@ -340,9 +344,8 @@ impl Replayer {
             route_list,
             forced_route,
             policy,
-            now: std::time::Instant::now(),
-            memo: HashMap::new(),
-            named: HashMap::new(),
+            memo: HashMap::default(),
+            named: HashMap::default(),
             names,
             entry_names,
             mix: Vec::new(),
@@ -444,7 +447,8 @@ impl Replayer {
             prompt_tokens: s.prompt,
             max_tokens: Some(s.output),
         };
-        match self.router.plan_facts(&self.route_list[s.route], &self.overrides, &facts, self.now) {
+        // Every candidate available, no latency known: ties go to catalog order.
+        match self.router.plan_facts(&self.route_list[s.route], &self.overrides, &facts, |_| (true, None)) {
             Ok(routed) => match routed.plan.candidates.first() {
                 Some(c) => Choice::Entry(c.entry),
                 None => {

@@ -270,17 +270,22 @@ impl Router {
         let (prompt_tokens, reasoning) = prompt_facts(req);
         let facts =
             Facts { needs: req.needs, stream: req.stream, reasoning, prompt_tokens, max_tokens: req.max_output_tokens };
-        self.plan_facts(route, o, &facts, now)
+        let health = &self.health;
+        self.plan_facts(route, o, &facts, |e| {
+            (health.is_available(&e.key, now), health.ewma_ttfb(&e.key).map(|d| d.as_micros() as u64))
+        })
     }
 
     /// [`Router::plan`] from what the planner reads of a request rather than the request
-    /// itself (`bourse replay` re-plans ledger rows, which keep these facts but no body).
+    /// itself, with each entry's health given by `health(entry) -> (available, latency_us)`:
+    /// `bourse replay` re-plans ledger rows, which keep these facts but no body, as if every
+    /// candidate were healthy.
     pub fn plan_facts(
         &self,
         route: &RouteConfig,
         o: &Overrides,
         facts: &Facts,
-        now: std::time::Instant,
+        health: impl Fn(&Entry) -> (bool, Option<u64>),
     ) -> Result<Routed> {
         let mut policy_name = o.policy.clone().unwrap_or_else(|| route.policy.clone());
         let mut policy = self
@@ -331,10 +336,7 @@ impl Router {
             min_score_ppm: route.min_score_ppm,
             relative,
         };
-        let health = &self.health;
-        let plan = plan::plan(&self.entries, &ask, |e| {
-            (health.is_available(&e.key, now), health.ewma_ttfb(&e.key).map(|d| d.as_micros() as u64))
-        });
+        let plan = plan::plan(&self.entries, &ask, health);
         Ok(Routed { route: route.name.clone(), min_quality, policy: policy_name, max_cost, prompt_tokens, plan })
     }
 
