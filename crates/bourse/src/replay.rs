@@ -29,8 +29,8 @@
 //!   checked against that answer's cost on each model;
 //! - whether it asked for reasoning is not recorded: taken as not asked.
 //!
-//! Every candidate counts as healthy (no circuit history, no latency: ties go to catalog
-//! order), no output averages are known (the planner expects the route's `expected_output`),
+//! Every candidate counts as healthy (no circuit history, no latency: ties go to the router's
+//! entry order, providers as configured), no output averages are known (the planner expects the route's `expected_output`),
 //! and quality evidence is what the store holds now. A virtual key's or tenant's own policy is
 //! not applied (the ledger keeps the key, not the policy it had then).
 //!
@@ -447,7 +447,7 @@ impl Replayer {
             prompt_tokens: s.prompt,
             max_tokens: Some(s.output),
         };
-        // Every candidate available, no latency known: ties go to catalog order.
+        // Every candidate available, no latency known: ties go to the entries' order.
         match self.router.plan_facts(&self.route_list[s.route], &self.overrides, &facts, |_| (true, None)) {
             Ok(routed) => match routed.plan.candidates.first() {
                 Some(c) => Choice::Entry(c.entry),
