@@ -230,6 +230,9 @@ struct Shape {
 /// FNV-1a rather than SipHash (nothing here is chosen by an adversary probing the process).
 type Fnv = std::hash::BuildHasherDefault<crate::fnv::Fnv1a>;
 
+/// A named model's catalog position, or why it would be refused.
+type NamedPrice = Result<usize, Arc<str>>;
+
 /// Shapes remembered at most; the memo starts over when full (bounded memory).
 const MEMO_LIMIT: usize = 1 << 20;
 
@@ -286,7 +289,7 @@ pub struct Replayer {
     overrides: Overrides,
     memo: HashMap<Shape, Choice, Fnv>,
     /// A named model's price (catalog position) or why it would be refused, by provider and model.
-    named: HashMap<String, HashMap<String, Result<usize, Arc<str>>, Fnv>, Fnv>,
+    named: HashMap<String, HashMap<String, NamedPrice, Fnv>, Fnv>,
     names: Names,
     /// Each entry's interned name.
     entry_names: Vec<usize>,
