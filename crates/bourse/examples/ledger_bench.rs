@@ -5,6 +5,8 @@
 //!   the code that writes a gateway's batches and their aggregates — in batches of 20,000.
 //! - `count --url URL` prints how many rows the ledger holds; `analyze --url URL` has
 //!   PostgreSQL vacuum and analyze every table (what autovacuum does to tables that grew).
+//! - `replay-config --dir DIR --url URL` writes a config and two catalogs describing the
+//!   generated ledger's models and routes, for `bourse replay` (bench/replay.sh).
 //! - `query --url URL [--runs R] [--verify]` times every report grouping over three windows,
 //!   a key's own report, and the series, latency histograms and routing summaries the
 //!   dashboard's pages ask for (for each of its windows), and
@@ -15,7 +17,9 @@
 //! The workload: 24 models of 8 providers, 300 virtual keys of 30 tenants chosen by a Zipf
 //! law (a tenth of the traffic under config keys), 60% of requests routed by one of four
 //! routes, 4% of attempts failing (a routed one falls back once), a token mix from tens to
-//! thousands, TTFB and latency spread over four orders of magnitude. Deterministic (seeded).
+//! thousands, TTFB and latency spread over four orders of magnitude, a request in five needing
+//! tools, JSON schemas or vision (what `bourse replay` re-plans by; bench/replay.sh). Deterministic
+//! (seeded).
 
 use bourse::canonical::Usage;
 use bourse::ledger::{Estimate, GroupBy, Ledger, LedgerEntry, ReportQuery, SeriesBy, SeriesQuery};
@@ -48,6 +52,16 @@ enum Command {
         #[arg(long)]
         url: String,
     },
+    /// Writes DIR/bourse.toml (the generated ledger's providers and routes, its storage.url
+    /// `URL`), DIR/catalog.toml (its models, with quality, origin, hosting, context and
+    /// capabilities) and DIR/catalog-next.toml (the same models at other prices), for
+    /// `bourse replay` (bench/replay.sh).
+    ReplayConfig {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(long)]
+        url: String,
+    },
     Query {
         #[arg(long)]
         url: String,
@@ -74,6 +88,7 @@ fn main() -> Result<(), String> {
             Ok(())
         }),
         Command::Analyze { url } => rt.block_on(analyze(&url)),
+        Command::ReplayConfig { dir, url } => replay_config(&dir, &url),
     }
 }
 
@@ -114,6 +129,69 @@ fn models() -> Vec<Model> {
         }
     }
     out
+}
+
+/// The generated ledger's world as a config and two catalogs (see `Command::ReplayConfig`):
+/// US makers hosted in the US, Chinese ones in China, Mistral in France, and the open-weight
+/// hosts serving Chinese-made models (medium) in the US; larger models are better, see more
+/// and hold more. The next catalog makes the Chinese vendors 30% cheaper and OpenAI 20% dearer.
+fn replay_config(dir: &std::path::Path, url: &str) -> Result<(), String> {
+    let write = |name: &str, text: String| {
+        std::fs::write(dir.join(name), text).map_err(|e| format!("cannot write {}: {e}", dir.join(name).display()))
+    };
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let catalog = |next: bool| {
+        let mut t = String::from("[meta]\nname = \"ledger-bench\"\ndate = \"2026-01-01\"\n");
+        for (i, m) in models().iter().enumerate() {
+            let p = PROVIDERS.iter().position(|p| *p == m.provider).unwrap_or(0);
+            let size = i % 3;
+            let factor = match (next, m.provider) {
+                (true, "deepseek" | "dashscope") => 0.7,
+                (true, "openai") => 1.2,
+                _ => 1.0,
+            };
+            let (origin, hosting) = match m.provider {
+                "openai" | "anthropic" => ("US", "US"),
+                "deepseek" | "dashscope" => ("CN", "CN"),
+                "mistral" => ("FR", "FR"),
+                _ if size == 1 => ("CN", "US"),
+                _ => ("US", "US"),
+            };
+            let caps = match size {
+                0 if p < 4 => r#""tools", "json_schema", "vision", "streaming""#,
+                0 | 1 => r#""tools", "json_schema", "streaming""#,
+                _ => r#""tools", "streaming""#,
+            };
+            t.push_str(&format!(
+                "\n[[model]]\nprovider = \"{}\"\nmodel = \"{}\"\ninput = {:.6}\noutput = {:.6}\nquality = {}\norigin = \"{origin}\"\nhosting = \"{hosting}\"\ncontext = {}\ncapabilities = [{caps}]\n",
+                m.provider,
+                m.name,
+                m.input as f64 / 1e6 * factor,
+                m.output as f64 / 1e6 * factor,
+                [1440, 1390, 1320][size] + (p as u32 % 4) * 5,
+                [200_000, 128_000, 32_000][size],
+            ));
+        }
+        t
+    };
+    write("catalog.toml", catalog(false))?;
+    write("catalog-next.toml", catalog(true))?;
+    let mut cfg = String::new();
+    for p in PROVIDERS {
+        cfg.push_str(&format!(
+            "[providers.{p}]\nkind = \"openai-compatible\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodels = [\"large\", \"medium\", \"small\"]\n\n"
+        ));
+    }
+    cfg.push_str(&format!(
+        "[catalog]\nfile = \"{}\"\nreference = \"openai/large\"\n\n[storage]\nurl = \"{url}\"\n\n\
+         [policies.no_cn]\ndeny_hosting = [\"CN\"]\n\n\
+         [routes.auto]\nmin_quality = \"strong\"\n[routes.cheap]\nmin_quality = \"adequate\"\n\
+         [routes.strong-not-cn]\nmin_quality = \"strong\"\npolicy = \"no_cn\"\n[routes.code]\nmin_quality = 1400\n",
+        dir.join("catalog.toml").display()
+    ));
+    write("bourse.toml", cfg)?;
+    println!("wrote {}", dir.join("bourse.toml").display());
+    Ok(())
 }
 
 /// An index in 0..n drawn from a Zipf-like law (weight 1/(i+1)), by inverting its CDF.
@@ -171,6 +249,15 @@ impl Gen {
         let input = log_uniform(rng, 40.0, 12_000.0);
         let cached = if rng.u32(..4) == 0 { input / 2 } else { 0 };
         let output = log_uniform(rng, 5.0, 3_000.0);
+        // What the request needed (tools 1, json_schema 2, vision 4), for `bourse replay`: from
+        // the request number, not the generator, so the rest of the data stays as it was.
+        let needs = match self.next_request % 20 {
+            0 | 1 => 1,
+            2 => 2,
+            3 => 4,
+            4 => 3,
+            _ => 0,
+        };
         let mut attempt = 1;
         let mut ts = ts;
         loop {
@@ -234,7 +321,7 @@ impl Gen {
                 estimate: (rng.u32(..100) == 0).then_some(Estimate::Tokenizer),
                 stream,
                 checks: None,
-                needs: 0,
+                needs,
                 cache_hit: false,
                 cache_saved_nanos: 0,
                 energy_uwh: None,

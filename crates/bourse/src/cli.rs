@@ -1,5 +1,5 @@
 //! Everything Bourse renders for a terminal: the catalog (`bourse catalog`), ledger reports
-//! (`bourse report`), quotes (`bourse quote`), quality evidence (`bourse evals`), tenants and
+//! (`bourse report`), replays (`bourse replay`), quotes (`bourse quote`), quality evidence (`bourse evals`), tenants and
 //! keys (`bourse tenants`, `bourse keys`) and the demo's banner, progress bar and report (`bourse demo`), as aligned tables,
 //! JSON or CSV. The data comes from the catalog, the ledger's queries and the router; only
 //! formatting lives here.
@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod demo;
 pub mod evals;
 pub mod quote;
+pub mod replay;
 pub mod report;
 
 /// Output format of a listing.

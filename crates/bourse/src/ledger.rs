@@ -92,6 +92,7 @@ mod aggregate;
 mod cascades;
 mod evidence;
 mod postgres;
+mod replay;
 mod report;
 mod responses;
 mod series;
@@ -103,6 +104,7 @@ mod writer;
 pub use cascades::{cascades, CascadeRow};
 pub use evidence::{EvidenceDelta, EvidenceRow};
 pub use postgres::PostgresLedger;
+pub use replay::{ReplayRow, CHUNK_ROWS};
 pub use report::{GroupBy, ReportQuery, ReportRow};
 pub use responses::StoredResponse;
 pub use series::{
@@ -166,6 +168,22 @@ impl Ledger {
         match self {
             Ledger::Sqlite(s) => s.checked(since, until).await,
             Ledger::Postgres(p) => p.checked(since, until).await,
+        }
+    }
+
+    /// Every row of `[since_ms, until_ms)` as `bourse replay` reads it, sent to `out` in
+    /// chunks as they are read (see [`ReplayRow`]); stops early, without an error, when the
+    /// receiver is dropped.
+    pub async fn replay_rows(
+        &self,
+        since_ms: Option<i64>,
+        until_ms: Option<i64>,
+        out: tokio::sync::mpsc::Sender<Vec<ReplayRow>>,
+    ) -> Result<(), LedgerError> {
+        let (since, until) = (since_ms.unwrap_or(i64::MIN), until_ms.unwrap_or(i64::MAX));
+        match self {
+            Ledger::Sqlite(s) => s.replay_rows(since, until, out).await,
+            Ledger::Postgres(p) => p.replay_rows(since, until, out).await,
         }
     }
 

@@ -32,6 +32,7 @@ pub mod meter;
 pub mod preset;
 pub mod provider;
 pub mod relay;
+pub mod replay;
 pub mod route;
 pub mod server;
 pub mod sse;

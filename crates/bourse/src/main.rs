@@ -110,6 +110,34 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Fmt::Table)]
         format: Fmt,
     },
+    /// Re-plan and re-price the ledger's past requests under another route, policy or
+    /// catalog, and print the difference: spend, savings, model mix, and the requests that
+    /// would have been refused and why (see README, "Replay").
+    Replay {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Read this ledger instead of the config's storage.url (a SQLite file's path, or a
+        /// sqlite: or postgres:// URL); routes, policies and prices still come from the config.
+        #[arg(long)]
+        ledger: Option<String>,
+        /// Start of the period: 30d, 24h, 2w, a date (2026-11-01) or unix ms.
+        #[arg(long, default_value = "30d")]
+        since: String,
+        /// End of the period (default: now).
+        #[arg(long)]
+        until: Option<String>,
+        /// Replay every request as if it had asked for this route.
+        #[arg(long)]
+        route: Option<String>,
+        /// Keep each request's route but plan it under this policy.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Price with this catalog file (the config's [models] tables still apply over it).
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = QuoteFmt::Table)]
+        format: QuoteFmt,
+    },
     /// Tenants (teams, customers): create, list, change, delete. Changes go to the store
     /// (storage.url) and are audited.
     Tenants {
@@ -645,6 +673,56 @@ fn run_report(
     Ok(())
 }
 
+/// `bourse replay`'s options.
+struct ReplayOpts<'a> {
+    ledger: Option<&'a str>,
+    since: &'a str,
+    until: Option<&'a str>,
+    route: Option<&'a str>,
+    policy: Option<&'a str>,
+    catalog: Option<&'a Path>,
+    json: bool,
+}
+
+/// Everything is checked (the period, the route, the policy, the catalog) before the ledger
+/// is read; the progress bar goes to stderr on a terminal only.
+fn run_replay(c: &ConfigArg, o: &ReplayOpts<'_>) -> Result<(), String> {
+    use bourse::replay;
+    let cfg = load(c)?;
+    let now = timespec::now_ms();
+    let since = timespec::parse(o.since, now).map_err(|e| format!("--since: {e}"))?;
+    let until = o.until.map(|u| timespec::parse(u, now)).transpose().map_err(|e| format!("--until: {e}"))?;
+    let catalog =
+        o.catalog.map(|f| replay::load_catalog(&cfg, f)).transpose().map_err(|e| format!("--catalog: {e}"))?;
+    let scenario =
+        replay::Scenario { route: o.route.map(str::to_string), policy: o.policy.map(str::to_string), catalog };
+    // The route and policy are checked against the config before the store is opened.
+    replay::Replayer::new(&cfg, &scenario, Vec::new())?;
+    let url = match o.ledger {
+        Some(l) => bourse::config::storage_url(l),
+        None => cfg.storage.url.clone().ok_or("the ledger is off in this config ([storage] ledger = false)")?,
+    };
+    let terminal = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let mut last = replay::Progress::default();
+    let summary = runtime()?.block_on(async {
+        let ledger = Ledger::open(&url).await.map_err(|e| format!("cannot open the ledger: {e}"))?;
+        replay::run(&ledger, &cfg, &scenario, Some(since), until, |p| {
+            last = *p;
+            if terminal {
+                eprint!("\r{}", cli::replay::progress_line(p, started.elapsed(), 30));
+            }
+        })
+        .await
+    })?;
+    eprint!("{}", cli::replay::progress_end(&last, started.elapsed(), terminal));
+    match o.json {
+        true => println!("{}", cli::replay::json(&summary)),
+        false => print!("{}", cli::replay::render(&summary)),
+    }
+    Ok(())
+}
+
 /// Runs one tenancy command against the configured store.
 fn with_admin<F, Fut>(c: &GlobalConfigArg, f: F) -> Result<(), String>
 where
@@ -930,6 +1008,18 @@ fn main() -> ExitCode {
         }
         Command::Report { config, ledger, since, until, by, format } => {
             run_report(config, ledger.as_deref(), since, until.as_deref(), *by, *format)
+        }
+        Command::Replay { config, ledger, since, until, route, policy, catalog, format } => {
+            let opts = ReplayOpts {
+                ledger: ledger.as_deref(),
+                since,
+                until: until.as_deref(),
+                route: route.as_deref(),
+                policy: policy.as_deref(),
+                catalog: catalog.as_deref(),
+                json: matches!(format, QuoteFmt::Json),
+            };
+            run_replay(config, &opts)
         }
         Command::Tenants { config, action } => run_tenants(config, action),
         Command::Evals { config, action } => run_evals(config, action),

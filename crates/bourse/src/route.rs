@@ -219,6 +219,17 @@ impl Overrides {
     }
 }
 
+/// What the planner reads of a chat request: the capabilities it needs, whether it
+/// streams or asks for reasoning, its estimated prompt tokens and its `max_tokens`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub needs: crate::canonical::Needs,
+    pub stream: bool,
+    pub reasoning: bool,
+    pub prompt_tokens: u64,
+    pub max_tokens: Option<u64>,
+}
+
 /// A routed request's plan, with what is needed to explain it.
 #[derive(Debug)]
 pub struct Routed {
@@ -256,6 +267,26 @@ impl Router {
         req: &crate::canonical::ChatRequest,
         now: std::time::Instant,
     ) -> Result<Routed> {
+        let (prompt_tokens, reasoning) = prompt_facts(req);
+        let facts =
+            Facts { needs: req.needs, stream: req.stream, reasoning, prompt_tokens, max_tokens: req.max_output_tokens };
+        let health = &self.health;
+        self.plan_facts(route, o, &facts, |e| {
+            (health.is_available(&e.key, now), health.ewma_ttfb(&e.key).map(|d| d.as_micros() as u64))
+        })
+    }
+
+    /// [`Router::plan`] from what the planner reads of a request rather than the request
+    /// itself, with each entry's health given by `health(entry) -> (available, latency_us)`:
+    /// `bourse replay` re-plans ledger rows, which keep these facts but no body, as if every
+    /// candidate were healthy.
+    pub fn plan_facts(
+        &self,
+        route: &RouteConfig,
+        o: &Overrides,
+        facts: &Facts,
+        health: impl Fn(&Entry) -> (bool, Option<u64>),
+    ) -> Result<Routed> {
         let mut policy_name = o.policy.clone().unwrap_or_else(|| route.policy.clone());
         let mut policy = self
             .policies
@@ -274,7 +305,7 @@ impl Router {
             narrowed = p;
             policy = &narrowed;
         }
-        let (prompt_tokens, reasoning) = prompt_facts(req);
+        let Facts { needs, stream, reasoning, prompt_tokens, max_tokens } = *facts;
         let min_quality = o.min_quality.unwrap_or(route.min_quality);
         let max_cost = match (o.max_cost, route.max_cost) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -295,20 +326,17 @@ impl Router {
             policy,
             min_quality,
             max_cost,
-            needs: req.needs,
-            stream: req.stream,
+            needs,
+            stream,
             reasoning,
             prompt_tokens,
-            max_tokens: req.max_output_tokens,
+            max_tokens,
             default_output: route.expected_output,
             evidence,
             min_score_ppm: route.min_score_ppm,
             relative,
         };
-        let health = &self.health;
-        let plan = plan::plan(&self.entries, &ask, |e| {
-            (health.is_available(&e.key, now), health.ewma_ttfb(&e.key).map(|d| d.as_micros() as u64))
-        });
+        let plan = plan::plan(&self.entries, &ask, health);
         Ok(Routed { route: route.name.clone(), min_quality, policy: policy_name, max_cost, prompt_tokens, plan })
     }
 
