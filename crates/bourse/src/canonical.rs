@@ -204,12 +204,14 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Saturating, as are all sums of counts an upstream reported: a hostile or broken
+    /// upstream's figures must not overflow.
     pub fn input_total(&self) -> u64 {
-        self.input_uncached + self.input_cache_read + self.input_cache_write
+        self.input_uncached.saturating_add(self.input_cache_read).saturating_add(self.input_cache_write)
     }
 
     pub fn output_total(&self) -> u64 {
-        self.output + self.output_reasoning
+        self.output.saturating_add(self.output_reasoning)
     }
 }
 
@@ -441,6 +443,21 @@ pub enum Delta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_totals_saturate_instead_of_overflowing() {
+        let u = Usage {
+            input_uncached: u64::MAX,
+            input_cache_read: 1,
+            input_cache_write: 1,
+            output: u64::MAX,
+            output_reasoning: 1,
+        };
+        assert_eq!((u.input_total(), u.output_total()), (u64::MAX, u64::MAX));
+        let small =
+            Usage { input_uncached: 1, input_cache_read: 2, input_cache_write: 3, output: 4, output_reasoning: 5 };
+        assert_eq!((small.input_total(), small.output_total()), (6, 9));
+    }
 
     #[test]
     fn needs_round_trip_through_their_bits() {

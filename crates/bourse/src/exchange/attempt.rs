@@ -298,7 +298,7 @@ impl Attempt {
         self.tell(&state, &usage, &settled, status, error);
         if let Some(held) = self.held.take() {
             let u = &usage;
-            let tokens = u.input_uncached + u.input_cache_read + u.input_cache_write + u.output_total();
+            let tokens = u.input_total().saturating_add(u.output_total());
             held.settle(Spent { cost: cost.0, tokens });
         }
         let entry =

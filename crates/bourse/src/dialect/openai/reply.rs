@@ -63,7 +63,7 @@ pub(super) fn usage_json(u: &Usage) -> Value {
     json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion,
-        "total_tokens": prompt + completion,
+        "total_tokens": prompt.saturating_add(completion),
         "prompt_tokens_details": {"cached_tokens": u.input_cache_read, "audio_tokens": 0},
         "completion_tokens_details": {
             "reasoning_tokens": u.output_reasoning,

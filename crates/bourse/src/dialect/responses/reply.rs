@@ -17,7 +17,7 @@ pub fn usage_json(u: &Usage) -> Value {
         "input_tokens_details": {"cached_tokens": u.input_cache_read, "cache_write_tokens": u.input_cache_write},
         "output_tokens": output,
         "output_tokens_details": {"reasoning_tokens": u.output_reasoning},
-        "total_tokens": input + output,
+        "total_tokens": input.saturating_add(output),
     })
 }
 
