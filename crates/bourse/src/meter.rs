@@ -32,27 +32,35 @@ impl Cost {
     /// No `format!`: with padding it cost more than the rest of pricing together. The nine
     /// decimals are written digit by digit (zero-padded), the integer part by `itoa`.
     pub fn usd_ascii(self, buf: &mut [u8; 24]) -> &[u8] {
-        // Sign, up to 11 integer digits (i64::MAX nanos is ~9.2e9 USD), point, 9 decimals;
-        // filled from the right.
-        let mut at = buf.len();
-        let (int, mut frac) = (self.0.unsigned_abs() / 1_000_000_000, self.0.unsigned_abs() % 1_000_000_000);
-        for _ in 0..9 {
-            at -= 1;
-            buf[at] = b'0' + (frac % 10) as u8;
-            frac /= 10;
-        }
-        at -= 1;
-        buf[at] = b'.';
-        let mut ints = itoa::Buffer::new();
-        let digits = ints.format(int).as_bytes();
-        buf[at - digits.len()..at].copy_from_slice(digits);
-        at -= digits.len();
-        if self.0 < 0 {
-            at -= 1;
-            buf[at] = b'-';
-        }
-        &buf[at..]
+        fixed_ascii(self.0, 9, buf)
     }
+}
+
+/// `v` units of 10^-`places` (at most 9) as a decimal with `places` zero-padded decimals
+/// (`fixed_ascii(123_450, 9, ..)` is `0.000123450`), exact, written into the end of `buf`
+/// without allocating: nano-USD as USD, µWh as Wh. Sign, up to 19 integer digits, point and
+/// decimals fit 24 bytes; filled from the right.
+pub fn fixed_ascii(v: i64, places: u32, buf: &mut [u8; 24]) -> &[u8] {
+    debug_assert!(places <= 9);
+    let scale = 10u64.pow(places);
+    let mut at = buf.len();
+    let (int, mut frac) = (v.unsigned_abs() / scale, v.unsigned_abs() % scale);
+    for _ in 0..places {
+        at -= 1;
+        buf[at] = b'0' + (frac % 10) as u8;
+        frac /= 10;
+    }
+    at -= 1;
+    buf[at] = b'.';
+    let mut ints = itoa::Buffer::new();
+    let digits = ints.format(int).as_bytes();
+    buf[at - digits.len()..at].copy_from_slice(digits);
+    at -= digits.len();
+    if v < 0 {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    &buf[at..]
 }
 
 impl std::ops::Sub for Cost {

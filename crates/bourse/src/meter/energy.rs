@@ -56,24 +56,7 @@ fn wide(usage: &Usage, rates: &EnergyRates) -> Energy {
 /// `units` millionths as a decimal with six places (`0.000123`), exact, written into the
 /// end of `buf` without allocating: µWh as Wh, µg as g.
 pub fn millionths_ascii(units: i64, buf: &mut [u8; 24]) -> &[u8] {
-    let mut at = buf.len();
-    let (int, mut frac) = (units.unsigned_abs() / 1_000_000, units.unsigned_abs() % 1_000_000);
-    for _ in 0..6 {
-        at -= 1;
-        buf[at] = b'0' + (frac % 10) as u8;
-        frac /= 10;
-    }
-    at -= 1;
-    buf[at] = b'.';
-    let mut ints = itoa::Buffer::new();
-    let digits = ints.format(int).as_bytes();
-    buf[at - digits.len()..at].copy_from_slice(digits);
-    at -= digits.len();
-    if units < 0 {
-        at -= 1;
-        buf[at] = b'-';
-    }
-    &buf[at..]
+    super::fixed_ascii(units, 6, buf)
 }
 
 /// [`millionths_ascii`] as a String (reports, the stream's closing comment).
