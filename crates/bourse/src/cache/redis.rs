@@ -10,7 +10,7 @@
 use super::{Entry, Key};
 use crate::limit::redis::TIMEOUT;
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
@@ -41,12 +41,7 @@ fn failed(warned: &AtomicI64, what: &str, e: &dyn std::fmt::Display) {
 
 impl RedisStore {
     pub(super) fn connect(url: &str) -> Result<RedisStore, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("invalid redis URL: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT))
-            .set_number_of_retries(0);
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())?;
+        let conn = crate::limit::redis::lazy_connection(url)?;
         Ok(RedisStore { conn, warned: Arc::new(AtomicI64::new(i64::MIN / 2)) })
     }
 

@@ -50,7 +50,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-fn parse_object(body: &[u8]) -> Result<Map<String, Value>> {
+pub(super) fn parse_object(body: &[u8]) -> Result<Map<String, Value>> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(Error::new(ErrorKind::InvalidRequest, "the request body must be a JSON object")),
@@ -69,11 +69,11 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn wrong(param: &str, expected: &str, got: &Value) -> Error {
+pub(super) fn wrong(param: &str, expected: &str, got: &Value) -> Error {
     Error::invalid(param, format!("'{param}' must be {expected}, got {}", type_name(got)))
 }
 
-fn check(map: &Map<String, Value>, key: &str, shape: Shape) -> Result<()> {
+pub(super) fn check(map: &Map<String, Value>, key: &str, shape: Shape) -> Result<()> {
     // `null` is always accepted for optional fields.
     let Some(v) = map.get(key) else { return Ok(()) };
     if v.is_null() || shape.matches(v) {
@@ -92,7 +92,7 @@ fn check(map: &Map<String, Value>, key: &str, shape: Shape) -> Result<()> {
     Err(wrong(key, expected, v))
 }
 
-fn required_model(map: &Map<String, Value>) -> Result<String> {
+pub(super) fn required_model(map: &Map<String, Value>) -> Result<String> {
     match map.get("model") {
         Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
         Some(Value::String(_)) => Err(Error::invalid("model", "'model' must not be empty")),

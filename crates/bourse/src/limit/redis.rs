@@ -217,17 +217,24 @@ fn limit_args(l: &Limits) -> [i64; 6] {
     ]
 }
 
+/// A connection to `url` that connects on first use, with [`TIMEOUT`] on connecting and on
+/// every call and no retries: a caller on the request path gives up rather than waits. Fails
+/// only on a malformed URL. Shared by the counters and the response cache.
+pub(crate) fn lazy_connection(url: &str) -> Result<ConnectionManager, String> {
+    let client = redis::Client::open(url).map_err(|e| format!("invalid redis URL: {e}"))?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(TIMEOUT))
+        .set_response_timeout(Some(TIMEOUT))
+        .set_number_of_retries(0);
+    ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())
+}
+
 impl RedisCounters {
     /// Connect to `url` (`redis://...`). Fails only on a malformed URL: an unreachable
     /// server is a per-decision [`LimitError::Unavailable`], so a replica starts (and serves,
     /// with "open") while Redis is down.
     pub async fn connect(url: &str) -> Result<RedisCounters, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("invalid redis URL: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT))
-            .set_number_of_retries(0);
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())?;
+        let conn = lazy_connection(url)?;
         let (ops, queue) = mpsc::unbounded_channel();
         tokio::spawn(send_batches(conn.clone(), queue));
         Ok(RedisCounters { conn, ops, hold_ttl_ms: HOLD_TTL_MS })

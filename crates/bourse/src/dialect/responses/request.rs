@@ -5,8 +5,9 @@
 use crate::canonical::{
     Conversation, ImageSource, Message, Part, ResponseFormat, Role, Text, Thinking, Tool, ToolChoice,
 };
+use crate::dialect::openai::{check, parse_object, required_model, wrong};
 use crate::dialect::Shape;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use serde_json::{json, Map, Value};
 
 /// A checked `POST /v1/responses` body.
@@ -55,51 +56,13 @@ const REFUSED: &[(&str, &str)] = &[
     ("prompt", "stored prompt templates are not supported by this gateway; send the input itself"),
 ];
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn expected(shape: Shape) -> &'static str {
-    match shape {
-        Shape::Bool => "a boolean",
-        Shape::Number => "a number",
-        Shape::Integer => "an integer",
-        Shape::String => "a string",
-        Shape::Object => "an object",
-        Shape::Array => "an array",
-        Shape::StringOrArray => "a string or an array",
-        Shape::StringOrObject => "a string or an object",
-    }
-}
-
-fn wrong(param: &str, what: &str, got: &Value) -> Error {
-    Error::invalid(param, format!("'{param}' must be {what}, got {}", type_name(got)))
-}
-
 /// Check a `/v1/responses` body and lift out what the handler needs before the exchange.
 pub fn parse_request(body: &[u8]) -> Result<ResponsesRequest> {
-    let map = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => map,
-        Ok(_) => return Err(Error::new(ErrorKind::InvalidRequest, "the request body must be a JSON object")),
-        Err(e) => return Err(Error::new(ErrorKind::InvalidJson, format!("the request body is not valid JSON: {e}"))),
-    };
-    let model = match map.get("model") {
-        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-        Some(Value::String(_)) => return Err(Error::invalid("model", "'model' must not be empty")),
-        Some(other) => return Err(wrong("model", "a string", other)),
-        None => return Err(Error::invalid("model", "you must provide a model parameter")),
-    };
+    // The OpenAI dialect's own checks: the same wording and error shapes as chat completions.
+    let map = parse_object(body)?;
+    let model = required_model(&map)?;
     for &(key, shape) in FIELDS {
-        if let Some(v) = map.get(key).filter(|v| !v.is_null() && !shape.matches(v)) {
-            return Err(wrong(key, expected(shape), v));
-        }
+        check(&map, key, shape)?;
     }
     for &(key, why) in REFUSED {
         if map.get(key).is_some_and(|v| !v.is_null()) {
