@@ -15,24 +15,10 @@ mod redis_server;
 use bourse::config::Config;
 use common::*;
 use serde_json::{json, Value};
-use std::sync::Arc;
 use std::time::Duration;
 
 const ADMIN: &str = "gw-other"; // GATEWAY_KEY_2 in test_env
 const GATEWAY: &str = "gw-secret"; // GATEWAY_KEY
-
-struct Running {
-    url: String,
-    state: bourse::state::SharedState,
-    task: tokio::task::JoinHandle<()>,
-    _writer: Option<bourse::ledger::WriterHandle>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 fn temp_db(tag: &str) -> String {
     let p = std::env::temp_dir().join(format!("bourse-cache-{tag}-{}-{}.db", std::process::id(), fastrand::u64(..)));
@@ -50,17 +36,6 @@ fn config(sim: &Sim, storage: &str, extra: &str) -> String {
          capabilities = [\"tools\", \"json_schema\", \"streaming\"]\n",
         sim.base_url(),
     )
-}
-
-async fn start(toml: &str) -> Running {
-    let cfg = Config::from_toml(toml, &test_env).expect("valid config");
-    let (state, writer) = bourse::server::prepare(&cfg).await.expect("prepare");
-    let state = Arc::new(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let s = state.clone();
-    let task = tokio::spawn(async move { bourse::server::serve(listener, s, std::future::pending()).await });
-    Running { url, state, task, _writer: writer }
 }
 
 async fn sim() -> Sim {

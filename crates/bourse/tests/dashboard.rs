@@ -20,14 +20,12 @@ mod pg;
 
 use bourse::admin::{KeyInput, TenantInput};
 use bourse::canonical::Usage;
-use bourse::config::Config;
 use bourse::ledger::LedgerEntry;
 use bourse::limit::Limits;
 use common::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 const ADMIN: &str = "gw-other"; // GATEWAY_KEY_2 in test_env
@@ -68,29 +66,6 @@ fn config(storage: &str, admin: bool) -> String {
         price("alpha/small", 0.5, 1.5),
         price("alpha/large", 3.0, 12.0),
     )
-}
-
-struct Running {
-    url: String,
-    state: bourse::state::SharedState,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn start(toml: &str) -> Running {
-    let cfg = Config::from_toml(toml, &test_env).expect("valid config");
-    let (state, _writer) = bourse::server::prepare(&cfg).await.expect("prepare");
-    let state = Arc::new(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let s = state.clone();
-    let task = tokio::spawn(async move { bourse::server::serve(listener, s, std::future::pending()).await });
-    Running { url, state, task }
 }
 
 struct Seeded {

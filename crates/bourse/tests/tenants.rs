@@ -9,7 +9,6 @@ mod pg;
 #[path = "common/redis.rs"]
 mod redis_server;
 
-use bourse::config::Config;
 use bourse::limit::{Counters, RedisCounters, ScopeKind};
 use common::*;
 use pg::Database;
@@ -40,30 +39,6 @@ fn config(sim: &Sim, storage: &str, extra: &str) -> String {
         sim.base_url(),
         price("alpha/sim-small", 100.0, 200.0)
     )
-}
-
-struct Running {
-    url: String,
-    state: bourse::state::SharedState,
-    task: tokio::task::JoinHandle<()>,
-    _writer: Option<bourse::ledger::WriterHandle>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn start(toml: &str) -> Running {
-    let cfg = Config::from_toml(toml, &test_env).expect("valid config");
-    let (state, writer) = bourse::server::prepare(&cfg).await.expect("prepare");
-    let state = Arc::new(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let s = state.clone();
-    let task = tokio::spawn(async move { bourse::server::serve(listener, s, std::future::pending()).await });
-    Running { url, state, task, _writer: writer }
 }
 
 /// The request builder with a JSON body (reqwest is built without its `json` feature).

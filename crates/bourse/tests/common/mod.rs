@@ -22,6 +22,33 @@ pub fn test_env(name: &str) -> Option<String> {
     }
 }
 
+/// A gateway started as `bourse serve` starts one (`server::prepare`: the ledger and its writer,
+/// the directory, the cache, the counters), serving on its own port until dropped.
+pub struct Running {
+    pub url: String,
+    pub state: bourse::state::SharedState,
+    task: tokio::task::JoinHandle<()>,
+    _writer: Option<bourse::ledger::WriterHandle>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Start [`Running`] from a config's TOML (secrets from [`test_env`]).
+pub async fn start(toml: &str) -> Running {
+    let cfg = Config::from_toml(toml, &test_env).expect("valid config");
+    let (state, writer) = bourse::server::prepare(&cfg).await.expect("prepare");
+    let state = Arc::new(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let s = state.clone();
+    let task = tokio::spawn(async move { bourse::server::serve(listener, s, std::future::pending()).await });
+    Running { url, state, task, _writer: writer }
+}
+
 pub struct Gateway {
     pub addr: SocketAddr,
     pub url: String,
