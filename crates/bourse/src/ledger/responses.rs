@@ -39,8 +39,6 @@ const SELECT_SQLITE: &str = "SELECT id, key_id, created_ms, expires_ms, input, r
      WHERE id = ?1 AND key_id = ?2 AND expires_ms > ?3";
 const SELECT_PG: &str = "SELECT id, key_id, created_ms, expires_ms, input, response FROM responses \
      WHERE id = $1 AND key_id = $2 AND expires_ms > $3";
-const DELETE_SQLITE: &str = "DELETE FROM responses WHERE id = ?1 AND key_id = ?2";
-const DELETE_PG: &str = "DELETE FROM responses WHERE id = $1 AND key_id = $2";
 
 impl Ledger {
     /// Stores a response, and deletes those expired by `now_ms`.
@@ -119,18 +117,6 @@ impl Ledger {
                 })
                 .transpose()
             }
-        }
-    }
-
-    /// Deletes the response `id` made by `key_id`; whether there was one.
-    pub async fn delete_response(&self, id: &str, key_id: &str) -> Result<bool, LedgerError> {
-        match self {
-            Ledger::Sqlite(s) => {
-                let (id, key_id) = (id.to_owned(), key_id.to_owned());
-                s.write_with(move |conn| Ok(conn.prepare_cached(DELETE_SQLITE)?.execute(params![id, key_id])? > 0))
-                    .await
-            }
-            Ledger::Postgres(p) => Ok(p.client().await?.execute(DELETE_PG, &[&id, &key_id]).await? > 0),
         }
     }
 
