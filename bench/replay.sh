@@ -59,31 +59,6 @@ if [ "$BENCH_SKIP_BUILD" != 1 ]; then
 fi
 [ -x "$BOURSE" ] && [ -x "$TOOL" ] || die "missing $BOURSE or $TOOL (build them, or unset BENCH_SKIP_BUILD)"
 
-# start_postgres: a throwaway cluster in $BENCH_OUT_DIR/pg (kept for reuse); sets PG_URL.
-start_postgres() {
-  local bin dir port as=()
-  bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
-  [ -x "$bin/initdb" ] || die "PostgreSQL is not installed: run scripts/pg, or set BENCH_PG_URL"
-  dir="$BENCH_OUT_DIR/pg"
-  if [ "$(id -u)" = 0 ]; then
-    as=(runuser -u postgres --)
-  fi
-  if [ ! -f "$dir/data/PG_VERSION" ]; then
-    mkdir -p "$dir"
-    [ ${#as[@]} -eq 0 ] || chown -R postgres:postgres "$dir"
-    (cd "$dir" && "${as[@]}" "$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >/dev/null)
-  fi
-  port="$(free_port)"
-  (cd "$dir" && "${as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-        -c full_page_writes=off -c shared_buffers=1GB -c max_wal_size=1GB" start >/dev/null)
-  PG_STOP=("${as[@]}" "$bin/pg_ctl" -D "$dir/data" -m fast stop)
-  "${as[@]}" "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -tAc \
-    "SELECT 1 FROM pg_database WHERE datname = 'bourse_bench'" | grep -q 1 ||
-    "${as[@]}" "$bin/createdb" -h 127.0.0.1 -p "$port" -U postgres bourse_bench
-  PG_URL="postgres://postgres@127.0.0.1:$port/bourse_bench"
-}
-
 # times_ms CMD...: runs CMD BENCH_RUNS times (stdout discarded, stderr kept in $WORK/err);
 # prints "median slowest" wall times in ms.
 times_ms() {
