@@ -37,11 +37,12 @@ impl RedisServer {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        // The port is free when probed but could be taken before redis binds it: retry.
+        // The port is free when probed but could be taken before redis binds it: retry on
+        // another. One handle across the tries: dropping one removes the dir the next needs.
+        let mut server = RedisServer { port: 0, url: String::new(), dir: dir.clone(), child: None };
         for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let mut server =
-                RedisServer { port, url: format!("redis://127.0.0.1:{port}/"), dir: dir.clone(), child: None };
+            server.port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            server.url = format!("redis://127.0.0.1:{}/", server.port);
             if server.spawn() {
                 return server;
             }
